@@ -1,0 +1,216 @@
+"""Generate the TrainingRun CRD from the pydantic models (`python -m loka_operator.api.crd`).
+
+pydantic's JSON schema is rewritten into a Kubernetes structural schema: `$ref`s inlined,
+`Optional` unwrapped, titles and null defaults dropped, numeric exclusive bounds turned into
+OpenAPI 3.0 booleans, single-value `const` turned into `enum`.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from loka_operator.api.models import (
+    CATEGORIES,
+    GROUP,
+    KIND,
+    MUTABLE_FIELDS,
+    PLURAL,
+    RUN_SHAPING_FIELDS,
+    SHORT_NAMES,
+    SINGULAR,
+    VERSION,
+    TrainingRunSpec,
+    TrainingRunStatus,
+    cel,
+)
+
+CRD_PATH = Path("crds") / f"{PLURAL}.{GROUP}.yaml"
+
+JSONSchema = dict[str, Any]
+
+_DROP_KEYS = frozenset({"title"})
+
+
+def _resolve(node: Any, defs: dict[str, JSONSchema]) -> Any:
+    if isinstance(node, list):
+        return [_resolve(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = copy.deepcopy(defs[node["$ref"].rsplit("/", 1)[-1]])
+        siblings = {k: v for k, v in node.items() if k != "$ref"}
+        return _resolve({**target, **siblings}, defs)
+    return {k: _resolve(v, defs) for k, v in node.items() if k != "$defs"}
+
+
+def _structural(node: Any) -> Any:
+    """Rewrite one resolved pydantic schema node into its structural-schema form."""
+    if isinstance(node, list):
+        return [_structural(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out: JSONSchema = {k: v for k, v in node.items() if k not in _DROP_KEYS}
+    # Optional[X] -> X: absence already means "not set"; structural schemas have no `type: null`.
+    any_of = out.get("anyOf")
+    if isinstance(any_of, list) and any(branch == {"type": "null"} for branch in any_of):
+        rest = [branch for branch in any_of if branch != {"type": "null"}]
+        del out["anyOf"]
+        if len(rest) == 1:
+            out = {**rest[0], **out}
+        else:
+            out["anyOf"] = rest
+    for key in _DROP_KEYS:
+        out.pop(key, None)
+    if "default" in out and out["default"] is None:
+        del out["default"]
+    if out.get("additionalProperties") is False:
+        del out["additionalProperties"]
+    if "const" in out:
+        out["enum"] = [out.pop("const")]
+    if "enum" in out and "type" not in out:
+        out["type"] = "string"
+    for bound, inclusive in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        value = out.get(bound)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[inclusive] = value
+            out[bound] = True
+    if out.get("format") == "date-time":
+        out["type"] = "string"
+    if isinstance(out.get("maxLength"), int) and out.get("type") == "object":
+        out["maxProperties"] = out.pop("maxLength")
+    if out.get("type") == "array" and "maxLength" in out:
+        out["maxItems"] = out.pop("maxLength")
+    for key in ("properties",):
+        if key in out:
+            out[key] = {name: _structural(child) for name, child in out[key].items()}
+    for key in ("items", "additionalProperties"):
+        if isinstance(out.get(key), dict):
+            out[key] = _structural(out[key])
+    if "anyOf" in out:
+        out["anyOf"] = [_structural(branch) for branch in out["anyOf"]]
+    return out
+
+
+def model_schema(model: type[Any]) -> JSONSchema:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    resolved = _resolve(raw, raw.get("$defs", {}))
+    result: JSONSchema = _structural(resolved)
+    return result
+
+
+def _present_and_equal(field: str) -> str:
+    return (
+        f"has(self.spec.{field}) == has(oldSelf.spec.{field}) && "
+        f"(!has(self.spec.{field}) || self.spec.{field} == oldSelf.spec.{field})"
+    )
+
+
+# A run the operator rejected (Valid=False) never launched, so its spec may still be fixed.
+_REJECTED = (
+    "has(oldSelf.status) && has(oldSelf.status.conditions) && "
+    "oldSelf.status.conditions.exists(c, c.type == 'Valid' && c.status == 'False')"
+)
+
+
+def immutability_rules() -> list[dict[str, str]]:
+    mutable = ", ".join(MUTABLE_FIELDS)
+    return [
+        cel(
+            f"{_REJECTED} || ({_present_and_equal(field)})",
+            f"spec.{field} is immutable once the run is created (only {mutable} may change; "
+            "delete and recreate the run to change it)",
+            field_path=f".spec.{field}",
+            reason="FieldValueForbidden",
+        )
+        for field in RUN_SHAPING_FIELDS
+    ]
+
+
+def openapi_schema() -> JSONSchema:
+    spec = model_schema(TrainingRunSpec)
+    spec.pop("description", None)
+    spec["description"] = "What to train, on what, and where it may run."
+    status = model_schema(TrainingRunStatus)
+    status.pop("required", None)
+    return {
+        "type": "object",
+        "description": "A reinforcement-learning post-training run (verl GRPO on KubeRay, admitted by Kueue).",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+        "x-kubernetes-validations": immutability_rules(),
+    }
+
+
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step"},
+    {"name": "Reward", "type": "number", "jsonPath": ".status.metrics.rewardMean"},
+    {"name": "Checkpoint", "type": "integer", "jsonPath": ".status.checkpoint.step"},
+    {"name": "Queue", "type": "string", "jsonPath": ".spec.queue.name"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def build_crd() -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PLURAL}.{GROUP}", "labels": {"app.kubernetes.io/part-of": "loka"}},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": list(SHORT_NAMES),
+                "categories": list(CATEGORIES),
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {"openAPIV3Schema": openapi_schema()},
+                }
+            ],
+        },
+    }
+
+
+def render_crd_yaml() -> str:
+    header = (
+        "# Generated by `make crds` (python -m loka_operator.api.crd) from loka_operator.api.models. Do not edit.\n"
+    )
+    return header + yaml.safe_dump(build_crd(), sort_keys=False, width=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    text = render_crd_yaml()
+    if args and args[0] == "--stdout":
+        sys.stdout.write(text)
+        return 0
+    target = Path(args[0]) if args else CRD_PATH
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text, encoding="utf-8")
+    print(f"wrote {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,445 @@
+"""The TrainingRun resource as pydantic v2 models: the single source of truth for the CRD.
+
+Field constraints (bounds, enums, patterns) become the CRD's structural schema; cross-field
+rules are CEL (`x-kubernetes-validations`) attached with `json_schema_extra`. Every string and
+list is bounded so that the API server can cost-check the CEL rules.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic.alias_generators import to_camel
+
+GROUP = "loka.dev"
+VERSION = "v1alpha1"
+KIND = "TrainingRun"
+PLURAL = "trainingruns"
+SINGULAR = "trainingrun"
+SHORT_NAMES = ("tr", "trun")
+CATEGORIES = ("loka",)
+
+# The Kubernetes resource.Quantity grammar (as emitted by kubebuilder for resource.Quantity).
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+def _quantity_to_str(value: object) -> object:
+    # YAML turns `cpu: 8` into an int; the API server keeps it as int-or-string.
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+Quantity = Annotated[
+    str,
+    BeforeValidator(_quantity_to_str),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": QUANTITY_PATTERN,
+            "x-kubernetes-int-or-string": True,
+        }
+    ),
+]
+
+
+def cel(rule: str, message: str, *, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:
+    """One `x-kubernetes-validations` entry."""
+    entry = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    if reason:
+        entry["reason"] = reason
+    return entry
+
+
+def validations(*rules: dict[str, str]) -> dict[str, Any]:
+    return {"x-kubernetes-validations": list(rules)}
+
+
+class LokaModel(BaseModel):
+    """Base: camelCase on the wire, snake_case in Python, unknown fields ignored (the API server prunes)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+# --------------------------------------------------------------------------------------------- spec
+
+
+class Algorithm(enum.StrEnum):
+    """verl advantage estimators that need no critic (GRPO family)."""
+
+    GRPO = "grpo"
+    RLOO = "rloo"
+    REINFORCE_PLUS_PLUS = "reinforce_plus_plus"
+    REMAX = "remax"
+
+
+class Engine(enum.StrEnum):
+    VERL = "verl"
+    TRL = "trl"
+
+
+class RolloutEngine(enum.StrEnum):
+    VLLM = "vllm"
+    SGLANG = "sglang"
+
+
+class SecretKeyRef(LokaModel):
+    """A key in a Secret of the run's namespace. Only referenced (secretKeyRef), never copied."""
+
+    secret: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Secret name.")
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key in the Secret.")
+
+
+class ModelSource(LokaModel):
+    uri: str = Field(
+        max_length=1024,
+        description="hf://<org>/<model> (a Hugging Face model id) or s3://<bucket>/<prefix> (a staged model).",
+        json_schema_extra=validations(
+            cel(
+                "self.matches('^(hf://[^/]+/[^/]+|s3://[^/]+/.+)$')",
+                "must be hf://<org>/<model> or s3://<bucket>/<prefix>",
+            )
+        ),
+    )
+
+
+_S3_URI_RULE = "self.matches('^s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9](/.*)?$')"
+
+
+class DataSpec(LokaModel):
+    train: str = Field(
+        max_length=1024,
+        description="s3:// URI of the training parquet file.",
+        json_schema_extra=validations(cel(_S3_URI_RULE, "must be an s3://<bucket>/<key> URI")),
+    )
+    validation: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="s3:// URI of the validation parquet file.",
+        json_schema_extra=validations(cel(_S3_URI_RULE, "must be an s3://<bucket>/<key> URI")),
+    )
+    prompt_key: str = Field(default="prompt", min_length=1, max_length=128, description="Column holding the prompt.")
+    max_prompt_length: int = Field(default=512, ge=1, le=131072, description="Prompt tokens kept (verl truncation).")
+    max_response_length: int = Field(default=1024, ge=1, le=131072, description="Tokens generated per response.")
+
+
+class RewardSpec(LokaModel):
+    function: str = Field(
+        max_length=256,
+        description="Python reward function as module.path:function, importable in the trainer image.",
+        json_schema_extra=validations(
+            cel(
+                "self.matches('^[A-Za-z_][A-Za-z0-9_]*(\\\\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$')",
+                "must be module.path:function (e.g. loka_trainer.rewards.gsm8k:compute_score)",
+            )
+        ),
+    )
+
+
+class TrainingSpec(LokaModel):
+    epochs: int = Field(default=1, ge=1, le=10000, description="Passes over the training data.")
+    max_steps: int | None = Field(default=None, ge=1, le=10_000_000, description="Stop after this many steps.")
+    batch_size: int = Field(default=256, ge=1, le=65536, description="Prompts per training step.")
+    mini_batch_size: int | None = Field(
+        default=None, ge=1, le=65536, description="Prompts per actor update (default: batchSize)."
+    )
+    micro_batch_size_per_gpu: int = Field(default=4, ge=1, le=4096, description="Sequences per GPU forward pass.")
+    learning_rate: float = Field(default=1.0e-6, gt=0, le=1, description="Actor learning rate.")
+    samples_per_prompt: int = Field(default=5, ge=1, le=1024, description="Responses sampled per prompt (group size).")
+    kl_loss_coef: float = Field(default=0.001, ge=0, le=100, description="KL loss coefficient (0 turns it off).")
+    entropy_coef: float = Field(default=0.0, ge=0, le=100, description="Entropy bonus coefficient.")
+    rollout_engine: RolloutEngine = Field(default=RolloutEngine.VLLM, description="verl rollout engine.")
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64, description="Rollout tensor parallelism.")
+    gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1, description="Rollout engine GPU memory share.")
+
+
+class PodResources(LokaModel):
+    cpu: Quantity = Field(default="4", description="CPU request and limit of the pod's Ray container.")
+    memory: Quantity = Field(default="16Gi", description="Memory request and limit of the pod's Ray container.")
+
+
+class Toleration(LokaModel):
+    key: str | None = Field(default=None, max_length=316)
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = Field(default=None, max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(default=None, ge=0)
+
+
+class ResourcesSpec(LokaModel):
+    workers: int = Field(default=1, ge=1, le=256, description="Ray worker pods (one per node).")
+    gpus_per_worker: int = Field(default=8, ge=0, le=16, description="nvidia.com/gpu per worker pod (0: CPU only).")
+    head: PodResources = Field(default=PodResources(cpu="4", memory="16Gi"), description="The Ray head pod.")
+    worker: PodResources = Field(default=PodResources(cpu="16", memory="64Gi"), description="Each Ray worker pod.")
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict, max_length=32, description="Node labels every Ray pod must match."
+    )
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+
+
+class QueueSpec(LokaModel):
+    name: str = Field(
+        min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN, description="Kueue LocalQueue in the run's namespace."
+    )
+    cluster_queue: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="When set, the operator ensures the LocalQueue exists and points at this ClusterQueue.",
+    )
+    priority_class: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="Kueue WorkloadPriorityClass name.",
+    )
+
+
+class CheckpointSpec(LokaModel):
+    uri: str = Field(
+        max_length=1024,
+        description="s3:// prefix; checkpoints go to <uri>/<namespace>/<run>/global_step_N.",
+        json_schema_extra=validations(cel(_S3_URI_RULE, "must be an s3://<bucket>/<prefix> URI")),
+    )
+    every: int = Field(default=50, ge=1, le=1_000_000, description="Save every N steps (and always at the end).")
+    keep: int = Field(default=3, ge=1, le=1000, description="Checkpoints kept in S3 (older ones are pruned).")
+    resume: str = Field(
+        default="auto",
+        max_length=1024,
+        description="auto (latest verified checkpoint), never, or s3://.../global_step_N.",
+        json_schema_extra=validations(
+            cel(
+                "self == 'auto' || self == 'never' || self.matches('^s3://[^/]+/.*global_step_[0-9]+/?$')",
+                "must be auto, never, or an s3://<bucket>/<prefix>/global_step_<N> URI",
+            )
+        ),
+    )
+
+
+class StorageSpec(LokaModel):
+    endpoint: str | None = Field(
+        default=None,
+        max_length=512,
+        description="S3 endpoint URL (MinIO); empty for AWS S3.",
+        json_schema_extra=validations(
+            cel("self.matches('^https?://[^/\\\\s]+(/.*)?$')", "must be an http:// or https:// URL")
+        ),
+    )
+    credentials_secret: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="Secret with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.",
+    )
+
+
+class WandbSpec(LokaModel):
+    project: str = Field(min_length=1, max_length=128)
+    entity: str | None = Field(default=None, max_length=128)
+    mode: Literal["online", "offline", "disabled"] = "online"
+    api_key: SecretKeyRef | None = None
+
+
+class TrackingSpec(LokaModel):
+    wandb: WandbSpec | None = None
+
+
+class HuggingFaceSpec(LokaModel):
+    token: SecretKeyRef | None = None
+
+
+# Spec fields that shape the run; the rest (suspend, maxRestarts, ttlSecondsAfterFinished) stay mutable.
+RUN_SHAPING_FIELDS: tuple[str, ...] = (
+    "algorithm",
+    "engine",
+    "image",
+    "model",
+    "data",
+    "reward",
+    "training",
+    "verlOverrides",
+    "resources",
+    "queue",
+    "checkpoints",
+    "storage",
+    "tracking",
+    "huggingface",
+)
+MUTABLE_FIELDS: tuple[str, ...] = ("suspend", "maxRestarts", "ttlSecondsAfterFinished")
+
+_GPU_DIVISIBILITY_RULE = (
+    "self.engine != 'verl' || self.resources.gpusPerWorker == 0 || "
+    "(self.training.batchSize * self.training.samplesPerPrompt) "
+    "% (self.resources.workers * self.resources.gpusPerWorker) == 0"
+)
+
+
+class TrainingRunSpec(LokaModel):
+    """What to train, on what, and where it may run."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.algorithm != 'grpo' || self.training.samplesPerPrompt >= 2",
+                "grpo compares responses within a group: training.samplesPerPrompt must be at least 2",
+                field_path=".training.samplesPerPrompt",
+            ),
+            cel(
+                _GPU_DIVISIBILITY_RULE,
+                "training.batchSize * training.samplesPerPrompt must be divisible by "
+                "resources.workers * resources.gpusPerWorker (verl splits trajectories evenly over GPUs)",
+                field_path=".training.batchSize",
+            ),
+            cel(
+                "self.engine != 'verl' || self.resources.gpusPerWorker >= 1",
+                "engine verl needs GPUs: resources.gpusPerWorker must be at least 1 (use engine trl for CPU)",
+                field_path=".resources.gpusPerWorker",
+            ),
+            cel(
+                "!has(self.training.miniBatchSize) || self.training.miniBatchSize <= self.training.batchSize",
+                "training.miniBatchSize must not exceed training.batchSize",
+                field_path=".training.miniBatchSize",
+            ),
+        )
+    )
+
+    algorithm: Algorithm = Field(default=Algorithm.GRPO, description="verl advantage estimator.")
+    engine: Engine = Field(default=Engine.VERL, description="verl (Ray, GPUs) or trl (single process, CPU demo).")
+    image: str = Field(min_length=1, max_length=512, description="Trainer image (runs `loka-trainer run`).")
+    model: ModelSource
+    data: DataSpec
+    reward: RewardSpec | None = None
+    training: TrainingSpec = Field(default=TrainingSpec())
+    verl_overrides: list[Annotated[str, Field(min_length=3, max_length=512, pattern=r"^[+~]{0,2}[A-Za-z_].*=.*")]] = (
+        Field(
+            default_factory=list,
+            max_length=64,
+            description="Extra Hydra overrides for verl.trainer.main_ppo (key=value), applied last and validated.",
+        )
+    )
+    resources: ResourcesSpec = Field(default=ResourcesSpec())
+    queue: QueueSpec | None = None
+    checkpoints: CheckpointSpec | None = None
+    storage: StorageSpec | None = None
+    tracking: TrackingSpec | None = None
+    huggingface: HuggingFaceSpec | None = None
+    max_restarts: int = Field(default=3, ge=0, le=100, description="Whole-run retries (RayJob backoffLimit).")
+    suspend: bool = Field(default=False, description="Suspend the run (its Ray cluster is deleted) or resume it.")
+    ttl_seconds_after_finished: int | None = Field(
+        default=None,
+        ge=0,
+        le=31_536_000,
+        description="Delete the RayJob this long after the run finished; the TrainingRun keeps its status.",
+    )
+
+
+# ------------------------------------------------------------------------------------------- status
+
+
+class RunPhase(enum.StrEnum):
+    PENDING = "Pending"
+    QUEUED = "Queued"
+    STARTING = "Starting"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    RESUMING = "Resuming"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class ConditionType(enum.StrEnum):
+    VALID = "Valid"
+    SECRETS_READY = "SecretsReady"
+    ADMITTED = "Admitted"
+    CLUSTER_READY = "ClusterReady"
+    TRAINING = "Training"
+    CHECKPOINT_SAVED = "CheckpointSaved"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class Condition(LokaModel):
+    """metav1.Condition."""
+
+    type: str = Field(max_length=316)
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(default="", max_length=1024)
+    message: str = Field(default="", max_length=32768)
+    last_transition_time: datetime | None = None
+    observed_generation: int | None = Field(default=None, ge=0)
+
+
+class Progress(LokaModel):
+    step: int | None = Field(default=None, ge=0)
+    total_steps: int | None = Field(default=None, ge=0)
+    epoch: int | None = Field(default=None, ge=0)
+
+
+class Metrics(LokaModel):
+    reward_mean: float | None = None
+    kl_loss: float | None = None
+    response_length_mean: float | None = None
+    tokens_per_second: float | None = None
+    validation_score: float | None = None
+    updated_at: datetime | None = None
+
+
+class CheckpointStatus(LokaModel):
+    step: int | None = Field(default=None, ge=0)
+    uri: str | None = None
+    time: datetime | None = None
+
+
+class TrainingRunStatus(LokaModel):
+    """Operator-owned fields plus the trainer-owned progress, metrics, checkpoint (and message on failure)."""
+
+    phase: RunPhase | None = None
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    observed_generation: int | None = None
+    attempt: int | None = Field(default=None, ge=0)
+    ray_job: str | None = None
+    ray_cluster: str | None = None
+    dashboard_url: str | None = Field(default=None, alias="dashboardURL")
+    progress: Progress | None = None
+    metrics: Metrics | None = None
+    checkpoint: CheckpointStatus | None = None
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+    queued_since: datetime | None = Field(default=None, description="When the current attempt started waiting.")
+    message: str | None = None
+    wandb_url: str | None = Field(default=None, alias="wandbURL")
+
+
+class ObjectMeta(LokaModel):
+    name: str = ""
+    namespace: str = ""
+    uid: str = ""
+    generation: int = 0
+    resource_version: str = ""
+    creation_timestamp: datetime | None = None
+    deletion_timestamp: datetime | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class TrainingRun(LokaModel):
+    api_version: str = f"{GROUP}/{VERSION}"
+    kind: str = KIND
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: TrainingRunSpec
+    status: TrainingRunStatus = Field(default_factory=TrainingRunStatus)
