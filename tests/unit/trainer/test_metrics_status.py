@@ -1,0 +1,151 @@
+"""Following verl's metrics file and turning it into rate-limited status patches."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+from loka_trainer.checkpoints import CheckpointRecord
+from loka_trainer.metrics import MetricsFollower, MetricsWriter, StepMetrics, parse_line
+from loka_trainer.status import StatusReporter
+
+VERL_STEP = {
+    "training/global_step": 7,
+    "training/epoch": 1,
+    "critic/score/mean": 0.61,
+    "actor/kl_loss": 0.002,
+    "response_length/mean": 311.5,
+    "perf/total_num_tokens": 54000,
+    "perf/time_per_step": 10.0,
+    "perf/throughput": 675.0,
+    "val-core/openai/gsm8k/acc/mean@1": 0.4,
+}
+
+
+def line(step: int, **extra: float) -> bytes:
+    return json.dumps({"step": step, "data": {**VERL_STEP, "training/global_step": step, **extra}}).encode() + b"\n"
+
+
+def test_verl_step_record_maps_to_status_fields() -> None:
+    parsed = parse_line(line(7))
+    assert parsed == StepMetrics(
+        step=7,
+        epoch=1,
+        reward_mean=0.61,
+        kl_loss=0.002,
+        response_length_mean=311.5,
+        tokens_per_second=5400.0,
+        validation_score=0.4,
+    )
+
+
+def test_throughput_falls_back_to_verl_per_gpu_figure_without_totals() -> None:
+    parsed = parse_line(json.dumps({"step": 3, "data": {"perf/throughput": 99.0}}))
+    assert parsed is not None
+    assert (parsed.step, parsed.tokens_per_second, parsed.reward_mean) == (3, 99.0, None)
+
+
+def test_non_finite_and_non_numeric_values_are_dropped() -> None:
+    parsed = parse_line(b'{"step": 2, "data": {"critic/score/mean": NaN, "actor/kl_loss": "x"}}')
+    assert parsed is not None
+    assert (parsed.reward_mean, parsed.kl_loss) == (None, None)
+
+
+def test_garbage_lines_are_not_steps() -> None:
+    for raw in (b"", b"{", b"[]", b'{"data": {}}', b'{"step": 1}', b"\xff\xfe"):
+        assert parse_line(raw) is None
+
+
+def test_follower_reads_only_complete_lines_and_survives_truncation(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    follower = MetricsFollower(path)
+    assert list(follower.poll()) == []  # not created yet
+    path.write_bytes(line(1) + line(2)[:20])
+    assert [m.step for m in follower.poll()] == [1]
+    with path.open("ab") as handle:
+        handle.write(line(2)[20:] + line(3))
+    assert [m.step for m in follower.poll()] == [2, 3]
+    path.write_bytes(line(4))  # verl reopens the file with "wb" after a restart
+    assert [m.step for m in follower.poll()] == [4]
+
+
+def test_follow_drains_remaining_lines_when_stopped(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    writer = MetricsWriter(path)
+    for step in (1, 2, 3):
+        writer.log(step, {"training/global_step": step, "critic/score/mean": step / 10})
+    writer.close()
+    seen: list[int] = []
+    stop = threading.Event()
+    stop.set()
+    MetricsFollower(path).follow(lambda m: seen.append(m.step), stop, interval=0.01)
+    assert seen == [1, 2, 3]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_reporter_sends_at_most_once_per_interval_and_always_the_last() -> None:
+    sent: list[dict[str, Any]] = []
+    clock = FakeClock()
+    reporter = StatusReporter(sent.append, total_steps=50, min_interval=10.0, clock=clock)
+    for step in range(1, 31):  # one step per second for 30 s
+        reporter.report_metrics(StepMetrics(step=step, reward_mean=step / 100))
+        clock.now += 1.0
+    reporter.flush()
+    steps = [p["progress"]["step"] for p in sent]
+    assert steps == [1, 11, 21, 30]
+    assert sent[-1]["progress"] == {"step": 30, "totalSteps": 50}
+    assert sent[-1]["metrics"]["rewardMean"] == 0.3
+    assert "updatedAt" in sent[-1]["metrics"]
+
+
+def test_tick_sends_a_pending_update_once_its_interval_has_passed() -> None:
+    sent: list[dict[str, Any]] = []
+    clock = FakeClock()
+    reporter = StatusReporter(sent.append, min_interval=10.0, clock=clock)
+    reporter.report_metrics(StepMetrics(step=1))
+    reporter.report_metrics(StepMetrics(step=2))
+    reporter.tick()
+    assert len(sent) == 1
+    clock.now += 10.0
+    reporter.tick()
+    assert [p["progress"]["step"] for p in sent] == [1, 2]
+
+
+def test_missing_metrics_are_left_out_of_the_patch_not_nulled() -> None:
+    sent: list[dict[str, Any]] = []
+    StatusReporter(sent.append).report_metrics(StepMetrics(step=4, kl_loss=0.1))
+    assert set(sent[0]["metrics"]) == {"klLoss", "updatedAt"}
+    assert sent[0]["progress"] == {"step": 4}
+
+
+def test_checkpoint_and_message_are_sent_immediately() -> None:
+    sent: list[dict[str, Any]] = []
+    reporter = StatusReporter(sent.append)
+    reporter.report_checkpoint(CheckpointRecord(step=5, uri="s3://b/ns/r/global_step_5", time="2026-01-01T00:00:00Z"))
+    reporter.report_message("x" * 5000)
+    assert sent[0] == {"checkpoint": {"step": 5, "uri": "s3://b/ns/r/global_step_5", "time": "2026-01-01T00:00:00Z"}}
+    assert len(sent[1]["message"]) == 1024
+
+
+def test_a_failing_api_never_reaches_the_training_loop() -> None:
+    calls: list[int] = []
+
+    def broken(patch: dict[str, Any]) -> None:
+        calls.append(1)
+        raise RuntimeError("apiserver down")
+
+    reporter = StatusReporter(broken, min_interval=0.0)
+    reporter.report_metrics(StepMetrics(step=1))
+    reporter.report_message("failed")
+    reporter.flush()
+    assert len(calls) == 2
+    assert reporter.patches_sent == 0

@@ -1,0 +1,141 @@
+"""verl's per-step metrics: the ``file`` logger's JSONL lines ``{"step": N, "data": {...}}``, followed as they grow.
+
+The TRL engine writes the same lines under the same metric names, so one follower serves both engines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# verl metric names (verl/trainer/ppo/metric_utils.py, trainer_base.py) behind each status.metrics field.
+STEP = "training/global_step"
+EPOCH = "training/epoch"
+REWARD_MEAN = "critic/score/mean"
+KL_LOSS = "actor/kl_loss"
+RESPONSE_LENGTH_MEAN = "response_length/mean"
+TOTAL_TOKENS = "perf/total_num_tokens"
+TIME_PER_STEP = "perf/time_per_step"
+THROUGHPUT_PER_GPU = "perf/throughput"
+VALIDATION_PREFIX = "val-core/"
+
+
+@dataclass(frozen=True)
+class StepMetrics:
+    """One logged step, reduced to the fields the run's status shows."""
+
+    step: int
+    epoch: int | None = None
+    reward_mean: float | None = None
+    kl_loss: float | None = None
+    response_length_mean: float | None = None
+    tokens_per_second: float | None = None
+    validation_score: float | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+def _number(data: Mapping[str, Any], key: str) -> float | None:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _validation_score(data: Mapping[str, Any]) -> float | None:
+    """The first ``val-core/<source>/(reward|acc)/mean@N`` value: the headline validation number verl logs."""
+    for key in sorted(data):
+        if key.startswith(VALIDATION_PREFIX) and "/mean@" in key and (score := _number(data, key)) is not None:
+            return score
+    return None
+
+
+def parse_line(line: str | bytes) -> StepMetrics | None:
+    """One JSONL line to StepMetrics; None for anything that is not a step record (torn, foreign or empty lines)."""
+    try:
+        record = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("data"), dict):
+        return None
+    data: dict[str, Any] = record["data"]
+    step = _number(data, STEP)
+    if step is None:
+        step = _number(record, "step")
+    if step is None:
+        return None
+    tokens, seconds = _number(data, TOTAL_TOKENS), _number(data, TIME_PER_STEP)
+    # Whole-cluster tokens/s; verl's perf/throughput is per GPU, used only when the totals are missing.
+    tokens_per_second = tokens / seconds if tokens is not None and seconds else _number(data, THROUGHPUT_PER_GPU)
+    epoch = _number(data, EPOCH)
+    return StepMetrics(
+        step=int(step),
+        epoch=None if epoch is None else int(epoch),
+        reward_mean=_number(data, REWARD_MEAN),
+        kl_loss=_number(data, KL_LOSS),
+        response_length_mean=_number(data, RESPONSE_LENGTH_MEAN),
+        tokens_per_second=tokens_per_second,
+        validation_score=_validation_score(data),
+        raw=data,
+    )
+
+
+class MetricsFollower:
+    """Follows a JSONL file that may not exist yet, may be truncated (verl reopens it with ``wb`` on restart),
+    and may have a half-written last line. Delivers every complete step record once, in order.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._partial = b""
+
+    def poll(self) -> Iterator[StepMetrics]:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size < self._offset:
+            log.info("metrics file %s was truncated (restart); following it from the start", self.path)
+            self._offset, self._partial = 0, b""
+        if size == self._offset:
+            return
+        with self.path.open("rb") as handle:
+            handle.seek(self._offset)
+            chunk = handle.read(size - self._offset)
+        self._offset += len(chunk)
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            if line.strip() and (parsed := parse_line(line)) is not None:
+                yield parsed
+
+    def follow(self, sink: Callable[[StepMetrics], None], stop: threading.Event, *, interval: float = 1.0) -> None:
+        """Call ``sink`` for each new step until ``stop`` is set, then drain what is left."""
+        while not stop.wait(interval):
+            for metrics in self.poll():
+                sink(metrics)
+        for metrics in self.poll():
+            sink(metrics)
+
+
+class MetricsWriter:
+    """Appends step records in verl's file-logger format (used by engines that are not verl)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._handle = path.open("ab", buffering=0)
+
+    def log(self, step: int, data: Mapping[str, float | int]) -> None:
+        self._handle.write(json.dumps({"step": step, "data": dict(data)}).encode() + b"\n")
+
+    def close(self) -> None:
+        self._handle.close()

@@ -1,0 +1,120 @@
+"""Reporting progress, metrics and checkpoints into the run's status, rate-limited, never failing the training."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from loka_trainer.checkpoints import CheckpointRecord
+from loka_trainer.metrics import StepMetrics
+
+log = logging.getLogger(__name__)
+
+StatusPatcher = Callable[[dict[str, Any]], None]
+
+# The issue's budget: at most about one metrics patch per 10 s; the last update is always sent (flush).
+DEFAULT_MIN_INTERVAL_S = 10.0
+# status.message is shown by kubectl and consoles; keep it short.
+MAX_MESSAGE_CHARS = 1024
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _without_none(values: dict[str, Any]) -> dict[str, Any]:
+    # In a merge patch None would delete the field; a missing metric should leave the last value shown.
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def progress_patch(metrics: StepMetrics, total_steps: int | None) -> dict[str, Any]:
+    return {
+        "progress": _without_none({"step": metrics.step, "totalSteps": total_steps, "epoch": metrics.epoch}),
+        "metrics": _without_none(
+            {
+                "rewardMean": metrics.reward_mean,
+                "klLoss": metrics.kl_loss,
+                "responseLengthMean": metrics.response_length_mean,
+                "tokensPerSecond": metrics.tokens_per_second,
+                "validationScore": metrics.validation_score,
+                "updatedAt": _now(),
+            }
+        ),
+    }
+
+
+class StatusReporter:
+    """Sends metrics at most once per ``min_interval`` (keeping only the newest pending one), checkpoints and
+    messages at once. A failed patch is logged and dropped: status is best effort, training is not.
+    """
+
+    def __init__(
+        self,
+        patcher: StatusPatcher,
+        *,
+        total_steps: int | None = None,
+        min_interval: float = DEFAULT_MIN_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._patcher = patcher
+        self.total_steps = total_steps
+        self._min_interval = min_interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._pending: StepMetrics | None = None
+        self._last_sent_at: float | None = None
+        self._warned: set[str] = set()
+        self.patches_sent = 0
+
+    def _send(self, patch: dict[str, Any]) -> bool:
+        try:
+            self._patcher(patch)
+        except Exception as error:
+            reason = f"{type(error).__name__}: {getattr(error, 'status', '')} {getattr(error, 'reason', '')}".strip()
+            if reason not in self._warned:
+                self._warned.add(reason)
+                log.warning("could not patch the run's status (%s); training continues", reason)
+            return False
+        self.patches_sent += 1
+        return True
+
+    def report_metrics(self, metrics: StepMetrics) -> None:
+        with self._lock:
+            if self._pending is None or metrics.step >= self._pending.step:
+                self._pending = metrics
+            self._send_pending_if_due()
+
+    def tick(self) -> None:
+        """Send a pending update whose interval has passed (called while no new step arrives)."""
+        with self._lock:
+            self._send_pending_if_due()
+
+    def _send_pending_if_due(self) -> None:
+        now = self._clock()
+        if self._pending is None:
+            return
+        if self._last_sent_at is not None and now - self._last_sent_at < self._min_interval:
+            return
+        pending, self._pending = self._pending, None
+        self._last_sent_at = now
+        self._send(progress_patch(pending, self.total_steps))
+
+    def flush(self) -> None:
+        """Send the pending update now, whatever the interval: the last update always lands."""
+        with self._lock:
+            if self._pending is not None:
+                pending, self._pending = self._pending, None
+                self._last_sent_at = self._clock()
+                self._send(progress_patch(pending, self.total_steps))
+
+    def report_checkpoint(self, record: CheckpointRecord) -> None:
+        with self._lock:
+            self._send({"checkpoint": {"step": record.step, "uri": record.uri, "time": record.time}})
+
+    def report_message(self, message: str) -> None:
+        with self._lock:
+            self._send({"message": message[:MAX_MESSAGE_CHARS]})
