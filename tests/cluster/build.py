@@ -78,7 +78,7 @@ def _run_logged(cmd: list[str], *, env: dict[str, str], cwd: Path, log: Path) ->
     with log.open("a") as fh:
         fh.write(f"$ {' '.join(cmd)}\n")
         fh.flush()
-        proc = subprocess.run(cmd, env=env, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.run(cmd, env=env, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, check=False)
     if proc.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-30:])
         raise BuildError(f"`{' '.join(cmd[:3])} …` failed (exit {proc.returncode}); log {log}:\n{tail}")
@@ -120,9 +120,7 @@ def build_kubernetes(c: Component, go: GoEnv, out: Path, src: Path, log: Path) -
         f"-s -w -X {v}.gitVersion={c.version} -X {v}.gitMajor={major} -X {v}.gitMinor={minor}"
         f" -X {v}.gitTreeState=clean -X {v}.buildDate=2026-01-01T00:00:00Z"
     )
-    _run_logged(
-        ["go", "build", "-trimpath", "-ldflags", ldflags, "-o", f"{out}/", *cmds], env=go.env, cwd=src, log=log
-    )
+    _run_logged(["go", "build", "-trimpath", "-ldflags", ldflags, "-o", f"{out}/", *cmds], env=go.env, cwd=src, log=log)
 
 
 def build_etcd(c: Component, go: GoEnv, out: Path, src: Path, log: Path) -> None:
@@ -137,12 +135,21 @@ def build_etcd(c: Component, go: GoEnv, out: Path, src: Path, log: Path) -> None
     )
 
 
-def _go_install(package: str) -> Callable[[Component, GoEnv, Path, Path, Path], None]:
+def _in_module(binary: str, package: str = ".") -> Callable[[Component, GoEnv, Path, Path, Path], None]:
+    """Build a published module as the main module, from its folder in the module cache.
+
+    Equivalent to `go install module/package@version`, which the proxy breaks for some
+    modules: it also fetches the module's version list for deprecation notices, and the
+    proxy refuses that list (403) for KubeRay and Kueue.
+    """
+
     def build(c: Component, go: GoEnv, out: Path, src: Path, log: Path) -> None:
-        src.mkdir(parents=True, exist_ok=True)
-        env = {**go.env, "GOBIN": str(out)}
+        module_dir = go.module_dir(c.module, c.version)
         _run_logged(
-            ["go", "install", "-trimpath", "-ldflags", "-s -w", f"{package}@{c.version}"], env=env, cwd=src, log=log
+            ["go", "build", "-mod=readonly", "-trimpath", "-ldflags", "-s -w", "-o", str(out / binary), package],
+            env=go.env,
+            cwd=module_dir,
+            log=log,
         )
 
     return build
@@ -151,10 +158,10 @@ def _go_install(package: str) -> Callable[[Component, GoEnv, Path, Path, Path], 
 BUILDERS: dict[str, Callable[[Component, GoEnv, Path, Path, Path], None]] = {
     "etcd": build_etcd,
     "kubernetes": build_kubernetes,
-    "kwok": _go_install("sigs.k8s.io/kwok/cmd/kwok"),
-    "kuberay": _go_install("github.com/ray-project/kuberay/ray-operator"),
-    "kueue": _go_install("sigs.k8s.io/kueue/cmd/kueue"),
-    "minio": _go_install("github.com/minio/minio"),
+    "kwok": _in_module("kwok", "./cmd/kwok"),
+    "kuberay": _in_module("ray-operator"),
+    "kueue": _in_module("kueue", "./cmd/kueue"),
+    "minio": _in_module("minio"),
 }
 
 
@@ -183,6 +190,7 @@ def build_all(only: list[str] | None = None, *, echo: Callable[[str], None] = pr
                 f"building {', '.join(c.name for c in missing)} with {go_version} into {go.root}/bin "
                 "(cold builds take 20-50 minutes on 2 cores; later runs reuse the cache)"
             )
+        failures: list[str] = []
         for c in missing:
             out = bin_dir(c, go, go_version)
             if out.exists():
@@ -193,10 +201,18 @@ def build_all(only: list[str] | None = None, *, echo: Callable[[str], None] = pr
             log.write_text("")
             echo(f"  {c.name} {c.version} … (log: {log})")
             started = time.monotonic()
-            BUILDERS[c.name](c, go, out, go.root / "src" / f"{c.name}-{c.version}", log)
-            (out / STAMP).write_text(f"{c.module}@{c.version} {go_version}\n")
+            try:
+                BUILDERS[c.name](c, go, out, go.root / "src" / f"{c.name}-{c.version}", log)
+            except (BuildError, subprocess.CalledProcessError) as err:
+                # Keep building the others: one bad pin should not hide the state of the rest.
+                failures.append(f"{c.name} {c.version}: {err}")
+                echo(f"  {c.name} {c.version} FAILED after {time.monotonic() - started:.0f}s")
+                continue
             timings[c.name] = time.monotonic() - started
+            (out / STAMP).write_text(f"{c.module}@{c.version} {go_version} {timings[c.name]:.0f}s\n")
             echo(f"  {c.name} {c.version} built in {timings[c.name]:.0f}s")
+    if failures:
+        raise BuildError("\n".join(failures))
     return timings
 
 
