@@ -42,6 +42,7 @@ Quantity = Annotated[
         {
             "anyOf": [{"type": "integer"}, {"type": "string"}],
             "pattern": QUANTITY_PATTERN,
+            "maxLength": 64,
             "x-kubernetes-int-or-string": True,
         }
     ),
@@ -320,12 +321,14 @@ class TrainingRunSpec(LokaModel):
     data: DataSpec
     reward: RewardSpec | None = None
     training: TrainingSpec = Field(default=TrainingSpec())
-    verl_overrides: list[Annotated[str, Field(min_length=3, max_length=512, pattern=r"^[+~]{0,2}[A-Za-z_].*=.*")]] = (
-        Field(
-            default_factory=list,
-            max_length=64,
-            description="Extra Hydra overrides for verl.trainer.main_ppo (key=value), applied last and validated.",
-        )
+    verl_overrides: list[
+        Annotated[
+            str, Field(min_length=3, max_length=512, pattern=r"^(\+{0,2}[A-Za-z_][^=]*=.*|~[A-Za-z_][^=]*(=.*)?)$")
+        ]
+    ] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Extra Hydra overrides for verl.trainer.main_ppo (key=value), applied last and validated.",
     )
     resources: ResourcesSpec = Field(default=ResourcesSpec())
     queue: QueueSpec | None = None
