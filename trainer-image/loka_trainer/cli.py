@@ -1,0 +1,90 @@
+"""``loka-trainer``: render the verl command for a TrainingRun, run it, or build a dataset from task files."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+def _dataset(args: argparse.Namespace) -> int:
+    from loka_trainer.dataset import DatasetError, build_dataset
+
+    try:
+        summary = build_dataset(
+            args.tasks,
+            args.output,
+            validation_fraction=args.validation_fraction,
+            seed=args.seed,
+            data_source=args.data_source,
+            ability=args.ability,
+        )
+    except DatasetError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        print(f"nothing written to {args.output}: fix the rows above and run again", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (OSError, ValueError) as error:
+        print(f"loka-trainer dataset: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"{summary.train} ({summary.train_rows} rows)")
+    print(f"{summary.validation} ({summary.validation_rows} rows)")
+    return EXIT_OK
+
+
+def _render(args: argparse.Namespace) -> int:
+    from loka_trainer.runner import RenderError, render_command_line
+
+    try:
+        print(render_command_line(args.file, namespace=args.namespace))
+    except RenderError as error:
+        print(f"loka-trainer render: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from loka_trainer.runner import run_from_environment
+
+    return run_from_environment(work_dir=args.work_dir, kubeconfig=args.kubeconfig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loka-trainer", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    render = commands.add_parser("render", help="print the verl command for a TrainingRun manifest (no cluster)")
+    render.add_argument("-f", "--file", type=Path, required=True, help="TrainingRun manifest (YAML)")
+    render.add_argument("--namespace", help="namespace when the manifest has none (default: default)")
+    render.set_defaults(handler=_render)
+
+    run = commands.add_parser("run", help="run this pod's TrainingRun (LOKA_RUN_NAME / LOKA_RUN_NAMESPACE)")
+    run.add_argument("--work-dir", type=Path, default=None, help="local staging folder (default: $HOME/loka-work)")
+    run.add_argument("--kubeconfig", default=None, help="kubeconfig outside a pod (default: in-cluster, $KUBECONFIG)")
+    run.set_defaults(handler=_run)
+
+    dataset = commands.add_parser("dataset", help="turn a tasks JSONL file into verl's RL parquet files")
+    dataset.add_argument("tasks", type=Path, help="JSONL, one task per line: id, prompt, ground_truth, metadata")
+    dataset.add_argument("-o", "--output", type=Path, required=True, help="folder for train/validation.parquet")
+    dataset.add_argument("--validation-fraction", type=float, default=0.1, help="share of tasks held out (0.1)")
+    dataset.add_argument("--seed", default="loka", help="split seed; the same seed gives the same split")
+    dataset.add_argument("--data-source", default="loka", help="data_source column (verl's reward routing key)")
+    dataset.add_argument("--ability", default="math", help="ability column")
+    dataset.set_defaults(handler=_dataset)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    code: int = args.handler(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
