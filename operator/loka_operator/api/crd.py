@@ -29,6 +29,9 @@ from loka_operator.api.models import (
     cel,
 )
 
+# KubeRay names the Ray cluster `<rayjob>-<5 chars>`; the RayJob is named after the run.
+MAX_RUN_NAME_LENGTH = 47
+
 CRD_PATH = Path("crds") / f"{PLURAL}.{GROUP}.yaml"
 
 JSONSchema = dict[str, Any]
@@ -46,6 +49,12 @@ def _resolve(node: Any, defs: dict[str, JSONSchema]) -> Any:
         siblings = {k: v for k, v in node.items() if k != "$ref"}
         return _resolve({**target, **siblings}, defs)
     return {k: _resolve(v, defs) for k, v in node.items() if k != "$defs"}
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    return value
 
 
 def _structural(node: Any) -> Any:
@@ -68,6 +77,8 @@ def _structural(node: Any) -> Any:
         out.pop(key, None)
     if "default" in out and out["default"] is None:
         del out["default"]
+    if isinstance(out.get("default"), dict):
+        out["default"] = _without_nulls(out["default"])
     if out.get("additionalProperties") is False:
         del out["additionalProperties"]
     if "const" in out:
@@ -117,6 +128,16 @@ _REJECTED = (
 )
 
 
+def name_rule() -> dict[str, str]:
+    # KubeRay requires the RayJob name (the run's name) to be a DNS-1035 label of at most 47 characters.
+    return cel(
+        f"size(self.metadata.name) <= {MAX_RUN_NAME_LENGTH} && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+        f"metadata.name must start with a letter, use only lowercase letters, digits and '-', and be at most "
+        f"{MAX_RUN_NAME_LENGTH} characters (KubeRay derives the Ray cluster and service names from it)",
+        reason="FieldValueInvalid",
+    )
+
+
 def immutability_rules() -> list[dict[str, str]]:
     mutable = ", ".join(MUTABLE_FIELDS)
     return [
@@ -148,7 +169,7 @@ def openapi_schema() -> JSONSchema:
             "spec": spec,
             "status": status,
         },
-        "x-kubernetes-validations": immutability_rules(),
+        "x-kubernetes-validations": [name_rule(), *immutability_rules()],
     }
 
 

@@ -1,0 +1,214 @@
+"""The RayJob that runs a TrainingRun: one head, one GPU worker group, the trainer as entrypoint.
+
+Kueue-compatible (no clusterSelector, shutdownAfterJobFinishes), restricted pod security, and
+secrets only by `secretKeyRef`: no secret value ever appears in a manifest built here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from loka_operator import naming
+from loka_operator.api import PodResources, SecretKeyRef, TrainingRunSpec
+
+Manifest = dict[str, Any]
+
+SUBMISSION_MODES = ("K8sJobMode", "HTTPMode", "SidecarMode")
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+@dataclass(frozen=True)
+class RayJobSettings:
+    """Operator-wide choices that are not part of a run's spec."""
+
+    submission_mode: str = "K8sJobMode"
+    submitter_cpu: str = "500m"
+    submitter_memory: str = "512Mi"
+
+
+def referenced_secrets(spec: TrainingRunSpec) -> list[tuple[str, str, str]]:
+    """(env var, secret, key) for every Secret key the run's pods read."""
+    refs: list[tuple[str, str, str]] = []
+    if spec.storage is not None and spec.storage.credentials_secret is not None:
+        refs += [(key, spec.storage.credentials_secret, key) for key in naming.STORAGE_SECRET_KEYS]
+    if spec.tracking is not None and spec.tracking.wandb is not None and spec.tracking.wandb.api_key is not None:
+        refs.append(_ref(naming.ENV_WANDB_KEY, spec.tracking.wandb.api_key))
+    if spec.huggingface is not None and spec.huggingface.token is not None:
+        refs.append(_ref(naming.ENV_HF_TOKEN, spec.huggingface.token))
+    return refs
+
+
+def _ref(env: str, ref: SecretKeyRef) -> tuple[str, str, str]:
+    return (env, ref.secret, ref.key)
+
+
+def plain_env(spec: TrainingRunSpec, run: str, namespace: str) -> dict[str, str]:
+    """The trainer's non-secret environment (also given to Ray through runtimeEnvYAML)."""
+    env = {naming.ENV_RUN_NAME: run, naming.ENV_RUN_NAMESPACE: namespace}
+    if spec.storage is not None and spec.storage.endpoint is not None:
+        env[naming.ENV_AWS_ENDPOINT] = spec.storage.endpoint
+    return env
+
+
+def _container_env(spec: TrainingRunSpec, run: str, namespace: str) -> list[Manifest]:
+    env: list[Manifest] = [{"name": k, "value": v} for k, v in plain_env(spec, run, namespace).items()]
+    env += [
+        {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+        for name, secret, key in referenced_secrets(spec)
+    ]
+    return env
+
+
+def _restricted_container_security() -> Manifest:
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _restricted_pod_security() -> Manifest:
+    # No runAsUser: the image's non-root user (or OpenShift's assigned UID) is used.
+    return {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _resources(pod: PodResources, gpus: int) -> Manifest:
+    amounts: dict[str, Any] = {"cpu": pod.cpu, "memory": pod.memory}
+    if gpus > 0:
+        amounts[GPU_RESOURCE] = gpus
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def _pod_template(
+    spec: TrainingRunSpec,
+    *,
+    run: str,
+    namespace: str,
+    container: str,
+    pod: PodResources,
+    gpus: int,
+    service_account: str | None,
+) -> Manifest:
+    pod_spec: Manifest = {
+        "securityContext": _restricted_pod_security(),
+        "containers": [
+            {
+                "name": container,
+                "image": spec.image,
+                "env": _container_env(spec, run, namespace),
+                "resources": _resources(pod, gpus),
+                "securityContext": _restricted_container_security(),
+                "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+            }
+        ],
+        # vLLM and NCCL need a large /dev/shm; the container default is 64 MiB.
+        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}],
+    }
+    if service_account is not None:
+        pod_spec["serviceAccountName"] = service_account
+    else:
+        pod_spec["automountServiceAccountToken"] = False
+    if spec.resources.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.resources.node_selector)
+    if spec.resources.tolerations:
+        pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.resources.tolerations]
+    return {"metadata": {"labels": naming.run_labels(run, container)}, "spec": pod_spec}
+
+
+def _submitter_template(spec: TrainingRunSpec, run: str, settings: RayJobSettings) -> Manifest:
+    return {
+        "metadata": {"labels": naming.run_labels(run, "submitter")},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "securityContext": _restricted_pod_security(),
+            "containers": [
+                {
+                    "name": "ray-job-submitter",
+                    "image": spec.image,
+                    "resources": _resources(
+                        PodResources(cpu=settings.submitter_cpu, memory=settings.submitter_memory), 0
+                    ),
+                    "securityContext": _restricted_container_security(),
+                }
+            ],
+        },
+    }
+
+
+def build_rayjob(
+    spec: TrainingRunSpec,
+    *,
+    run: str,
+    namespace: str,
+    uid: str,
+    settings: RayJobSettings,
+) -> Manifest:
+    """The RayJob for a run. Under Kueue, `suspend` is Kueue's to flip, so it is only set for unqueued runs."""
+    labels = naming.run_labels(run, "rayjob")
+    if spec.queue is not None:
+        labels[naming.KUEUE_QUEUE_LABEL] = spec.queue.name
+        if spec.queue.priority_class is not None:
+            labels[naming.KUEUE_PRIORITY_LABEL] = spec.queue.priority_class
+    resources = spec.resources
+    head = _pod_template(
+        spec,
+        run=run,
+        namespace=namespace,
+        container="ray-head",
+        pod=resources.head,
+        gpus=0,
+        service_account=naming.service_account_name(run),
+    )
+    worker = _pod_template(
+        spec,
+        run=run,
+        namespace=namespace,
+        container="ray-worker",
+        pod=resources.worker,
+        gpus=resources.gpus_per_worker,
+        service_account=None,
+    )
+    rayjob_spec: Manifest = {
+        "entrypoint": naming.TRAINER_ENTRYPOINT,
+        "runtimeEnvYAML": yaml.safe_dump({"env_vars": plain_env(spec, run, namespace)}, sort_keys=True),
+        "submissionMode": settings.submission_mode,
+        "shutdownAfterJobFinishes": True,
+        "backoffLimit": spec.max_restarts,
+        "rayClusterSpec": {
+            "headGroupSpec": {
+                # The head schedules no training work: keep its GPUs (none) and CPUs out of verl's pools.
+                "rayStartParams": {"dashboard-host": "0.0.0.0", "num-gpus": "0"},
+                "template": head,
+            },
+            "workerGroupSpecs": [
+                {
+                    "groupName": naming.WORKER_GROUP,
+                    "replicas": resources.workers,
+                    "minReplicas": resources.workers,
+                    "maxReplicas": resources.workers,
+                    "rayStartParams": {},
+                    "template": worker,
+                }
+            ],
+        },
+    }
+    if settings.submission_mode == "K8sJobMode":
+        rayjob_spec["submitterPodTemplate"] = _submitter_template(spec, run, settings)
+    if spec.queue is None:
+        rayjob_spec["suspend"] = spec.suspend
+    return {
+        "apiVersion": f"{naming.RAY_GROUP}/{naming.RAY_VERSION}",
+        "kind": "RayJob",
+        "metadata": {
+            "name": naming.rayjob_name(run),
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": [naming.owner_reference(run, uid)],
+        },
+        "spec": rayjob_spec,
+    }

@@ -1,0 +1,85 @@
+"""Names, labels, selectors and owner references of everything a TrainingRun owns: one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loka_operator.api import GROUP, KIND, VERSION
+
+OPERATOR_NAME = "loka-operator"
+
+LABEL_RUN = f"{GROUP}/run"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
+KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
+
+RAY_GROUP = "ray.io"
+RAY_VERSION = "v1"
+KUEUE_GROUP = "kueue.x-k8s.io"
+KUEUE_VERSION = "v1beta2"
+
+# KubeRay names the Ray cluster `<rayjob>-<5 chars>` and its services `<cluster>-head-svc`.
+MAX_RUN_NAME_LENGTH = 47
+
+ENV_RUN_NAME = "LOKA_RUN_NAME"
+ENV_RUN_NAMESPACE = "LOKA_RUN_NAMESPACE"
+ENV_AWS_ENDPOINT = "AWS_ENDPOINT_URL"
+ENV_AWS_KEY_ID = "AWS_ACCESS_KEY_ID"
+ENV_AWS_SECRET = "AWS_SECRET_ACCESS_KEY"
+ENV_WANDB_KEY = "WANDB_API_KEY"
+ENV_HF_TOKEN = "HF_TOKEN"
+
+# The keys the storage credentials Secret must hold (documented in the CRD field description).
+STORAGE_SECRET_KEYS = (ENV_AWS_KEY_ID, ENV_AWS_SECRET)
+
+TRAINER_ENTRYPOINT = "loka-trainer run"
+WORKER_GROUP = "workers"
+
+
+def rayjob_name(run: str) -> str:
+    return run
+
+
+def service_account_name(run: str) -> str:
+    return f"loka-run-{run}"
+
+
+def role_name(run: str) -> str:
+    return service_account_name(run)
+
+
+def role_binding_name(run: str) -> str:
+    return service_account_name(run)
+
+
+def run_labels(run: str, component: str) -> dict[str, str]:
+    return {
+        LABEL_RUN: run,
+        LABEL_MANAGED_BY: OPERATOR_NAME,
+        LABEL_PART_OF: "loka",
+        LABEL_COMPONENT: component,
+    }
+
+
+def owner_reference(run: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "name": run,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def run_key(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    namespace, _, name = key.partition("/")
+    return namespace, name

@@ -1,0 +1,372 @@
+"""The one place that maps observed child state to a run's phase and conditions.
+
+`calculate_status` is pure: given what reconcile observed (validation, secrets, the RayJob and
+Kueue's Workload) and the stored status, it returns the next status. `decide_phase` is an
+explicit state machine over the RayJob's `jobDeploymentStatus`, with Kueue's Workload saying
+why a run waits. Only operator-owned fields are computed; the trainer's progress, metrics,
+checkpoint and wandbURL are carried over untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from loka_operator.api import Condition, ConditionType, RunPhase, TrainingRunStatus
+
+# The status fields the operator writes; everything else under status belongs to the trainer.
+OPERATOR_FIELDS: tuple[str, ...] = (
+    "phase",
+    "conditions",
+    "observedGeneration",
+    "attempt",
+    "rayJob",
+    "rayCluster",
+    "dashboardURL",
+    "startTime",
+    "completionTime",
+    "queuedSince",
+    "message",
+)
+
+TERMINAL = frozenset({RunPhase.SUCCEEDED, RunPhase.FAILED})
+ACTIVE = frozenset({RunPhase.STARTING, RunPhase.RUNNING, RunPhase.RESUMING})
+# Entering one of these from an active phase ends the current attempt.
+ATTEMPT_ENDING = frozenset({RunPhase.QUEUED, RunPhase.SUSPENDED, RunPhase.RESUMING})
+
+# KubeRay jobDeploymentStatus values (ray-operator apis/ray/v1/rayjob_types.go).
+RJ_NEW = ""
+RJ_INITIALIZING = "Initializing"
+RJ_RUNNING = "Running"
+RJ_COMPLETE = "Complete"
+RJ_FAILED = "Failed"
+RJ_VALIDATION_FAILED = "ValidationFailed"
+RJ_SUSPENDING = "Suspending"
+RJ_SUSPENDED = "Suspended"
+RJ_RETRYING = "Retrying"
+RJ_WAITING = "Waiting"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a run cannot proceed, in words a user can act on."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What one reconcile saw."""
+
+    generation: int
+    suspend: bool
+    queued: bool
+    now: datetime
+    invalid: Problem | None = None
+    missing_secrets: Problem | None = None
+    rayjob: dict[str, Any] | None = None
+    workload: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    phase: RunPhase
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class PhaseEvent:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class StatusUpdate:
+    status: TrainingRunStatus
+    previous_phase: RunPhase | None
+    event: PhaseEvent | None = None
+    left_queue_after: float | None = None  # seconds spent Queued, when the run just left the queue
+    changes: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------ Kueue's Workload
+
+
+def _conditions(obj: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    if not obj:
+        return {}
+    return {c.get("type", ""): c for c in obj.get("status", {}).get("conditions", []) or []}
+
+
+def workload_admitted(workload: dict[str, Any] | None) -> bool:
+    return _conditions(workload).get("Admitted", {}).get("status") == "True"
+
+
+def kueue_wait_reason(workload: dict[str, Any] | None) -> Problem:
+    """Why Kueue holds the workload, in Kueue's own words (eviction/preemption first, then quota)."""
+    if workload is None:
+        return Problem("WorkloadPending", "waiting for Kueue to create the Workload for the RayJob")
+    conditions = _conditions(workload)
+    if workload.get("spec", {}).get("active") is False:
+        return Problem("Deactivated", "the Workload is deactivated")
+    for kind in ("Preempted", "Evicted"):
+        cond = conditions.get(kind)
+        if cond and cond.get("status") == "True":
+            return Problem(f"{kind}{cond.get('reason', '')}", cond.get("message", ""))
+    for kind in ("QuotaReserved", "Admitted"):
+        cond = conditions.get(kind)
+        if cond and cond.get("status") == "False":
+            return Problem(cond.get("reason") or "Pending", cond.get("message", ""))
+    return Problem("Pending", "waiting for Kueue to admit the Workload")
+
+
+# ---------------------------------------------------------------------------- the state machine
+
+
+def _rayjob_status(rayjob: dict[str, Any]) -> dict[str, Any]:
+    status: dict[str, Any] = rayjob.get("status") or {}
+    return status
+
+
+def decide_phase(obs: Observed, previous: TrainingRunStatus) -> Verdict:
+    """Every phase and every transition of a run, in one place."""
+    prev = previous.phase
+    if obs.invalid is not None:
+        return Verdict(RunPhase.FAILED, obs.invalid.reason, obs.invalid.message)
+    if obs.rayjob is None:
+        if prev in TERMINAL:
+            # The run finished and its RayJob was removed after ttlSecondsAfterFinished.
+            return Verdict(prev, "Finished", previous.message or f"the run {prev.lower()}")
+        if obs.missing_secrets is not None:
+            return Verdict(RunPhase.PENDING, obs.missing_secrets.reason, obs.missing_secrets.message)
+        if obs.suspend:
+            return Verdict(RunPhase.SUSPENDED, "Suspended", "suspended by spec.suspend before it started")
+        return Verdict(RunPhase.PENDING, "CreatingRayJob", "creating the RayJob")
+
+    status = _rayjob_status(obs.rayjob)
+    deployment = status.get("jobDeploymentStatus", RJ_NEW) or RJ_NEW
+    job_status = status.get("jobStatus", "") or ""
+    reason = status.get("reason", "") or ""
+    message = status.get("message", "") or ""
+    restarting = (previous.attempt or 1) > 1
+
+    match deployment:
+        case "Complete":
+            if job_status == "SUCCEEDED":
+                return Verdict(RunPhase.SUCCEEDED, "RayJobSucceeded", message or "the Ray job succeeded")
+            return Verdict(
+                RunPhase.FAILED, f"RayJob{job_status.title() or 'Stopped'}", message or "the Ray job stopped"
+            )
+        case "Failed" | "ValidationFailed":
+            return Verdict(RunPhase.FAILED, reason or deployment, message or f"the RayJob {deployment.lower()}")
+        case "Suspending" | "Suspended":
+            if obs.suspend:
+                return Verdict(
+                    RunPhase.SUSPENDED, "Suspended", "suspended by spec.suspend; the Ray cluster is released"
+                )
+            wait = kueue_wait_reason(obs.workload) if obs.queued else Problem("Resuming", "resuming the RayJob")
+            if not obs.queued:
+                return Verdict(RunPhase.RESUMING, wait.reason, wait.message)
+            return Verdict(RunPhase.QUEUED, wait.reason, f"waiting for Kueue: {wait.message}")
+        case "Retrying":
+            return Verdict(RunPhase.RESUMING, "Retrying", message or "KubeRay is retrying the run on a new Ray cluster")
+        case "Running":
+            return Verdict(RunPhase.RUNNING, "RayJobRunning", "the Ray cluster is up and the trainer was submitted")
+        case _:  # New, Initializing, Waiting
+            if obs.queued and not workload_admitted(obs.workload):
+                wait = kueue_wait_reason(obs.workload)
+                return Verdict(RunPhase.QUEUED, wait.reason, f"waiting for Kueue: {wait.message}")
+            if obs.suspend:
+                return Verdict(RunPhase.SUSPENDED, "Suspending", "suspending: the Ray cluster is being released")
+            if restarting:
+                return Verdict(RunPhase.RESUMING, "StartingRayCluster", "starting a new Ray cluster for the run")
+            return Verdict(RunPhase.STARTING, "StartingRayCluster", "starting the Ray cluster")
+
+
+# ------------------------------------------------------------------------------------ conditions
+
+
+def set_condition(
+    conditions: list[Condition],
+    type_: ConditionType,
+    status: bool,
+    reason: str,
+    message: str,
+    *,
+    now: datetime,
+    generation: int,
+) -> list[Condition]:
+    """metav1 semantics: lastTransitionTime moves only when the status flips."""
+    wanted = "True" if status else "False"
+    out: list[Condition] = []
+    found = False
+    for cond in conditions:
+        if cond.type != type_.value:
+            out.append(cond)
+            continue
+        found = True
+        moved = cond.status != wanted
+        out.append(
+            Condition(
+                type=type_.value,
+                status=wanted,
+                reason=reason,
+                message=message,
+                last_transition_time=now if moved else cond.last_transition_time or now,
+                observed_generation=generation,
+            )
+        )
+    if not found:
+        out.append(
+            Condition(
+                type=type_.value,
+                status=wanted,
+                reason=reason,
+                message=message,
+                last_transition_time=now,
+                observed_generation=generation,
+            )
+        )
+    return out
+
+
+def _cluster_ready(rayjob: dict[str, Any] | None) -> tuple[bool, str, str]:
+    if rayjob is None:
+        return False, "NoRayJob", "the RayJob does not exist"
+    status = _rayjob_status(rayjob)
+    deployment = status.get("jobDeploymentStatus", "") or "New"
+    state = (status.get("rayClusterStatus") or {}).get("state", "")
+    if deployment == RJ_RUNNING or state == "ready":
+        return True, "RayClusterReady", f"Ray cluster {status.get('rayClusterName', '')} is ready"
+    return False, f"RayJob{deployment}", f"RayJob is {deployment}; Ray cluster state {state or 'unknown'}"
+
+
+def _admitted(obs: Observed) -> tuple[bool, str, str]:
+    if not obs.queued:
+        return True, "NoQueue", "the run names no Kueue queue; the RayJob is not held by Kueue"
+    if workload_admitted(obs.workload):
+        cond = _conditions(obs.workload)["Admitted"]
+        return True, cond.get("reason") or "Admitted", cond.get("message", "")
+    wait = kueue_wait_reason(obs.workload)
+    return False, wait.reason, wait.message
+
+
+def _conditions_for(obs: Observed, verdict: Verdict, previous: TrainingRunStatus) -> list[Condition]:
+    conditions = list(previous.conditions)
+    kw: dict[str, Any] = {"now": obs.now, "generation": obs.generation}
+
+    def put(type_: ConditionType, status: bool, reason: str, message: str) -> None:
+        nonlocal conditions
+        conditions = set_condition(conditions, type_, status, reason, message, **kw)
+
+    if obs.invalid is not None:
+        put(ConditionType.VALID, False, obs.invalid.reason, obs.invalid.message)
+    else:
+        put(ConditionType.VALID, True, "Validated", "the spec is valid and its verl arguments compose")
+    if obs.missing_secrets is not None:
+        put(ConditionType.SECRETS_READY, False, obs.missing_secrets.reason, obs.missing_secrets.message)
+    elif obs.invalid is None:
+        put(ConditionType.SECRETS_READY, True, "SecretsFound", "every referenced Secret and key exists")
+    if obs.invalid is None and (obs.rayjob is not None or verdict.phase not in TERMINAL):
+        put(ConditionType.ADMITTED, *_admitted(obs))
+        put(ConditionType.CLUSTER_READY, *_cluster_ready(obs.rayjob))
+    running = verdict.phase == RunPhase.RUNNING
+    put(ConditionType.TRAINING, running, verdict.reason if not running else "Training", verdict.message)
+    checkpoint = previous.checkpoint
+    if checkpoint is not None and checkpoint.step is not None:
+        put(ConditionType.CHECKPOINT_SAVED, True, "CheckpointSaved", f"step {checkpoint.step} at {checkpoint.uri}")
+    else:
+        put(ConditionType.CHECKPOINT_SAVED, False, "NoCheckpointYet", "no checkpoint has been saved yet")
+    succeeded = verdict.phase == RunPhase.SUCCEEDED
+    put(ConditionType.SUCCEEDED, succeeded, verdict.reason if succeeded else "NotSucceeded", verdict.message)
+    failed = verdict.phase == RunPhase.FAILED
+    put(ConditionType.FAILED, failed, verdict.reason if failed else "NotFailed", verdict.message if failed else "")
+    suspended = verdict.phase == RunPhase.SUSPENDED
+    put(ConditionType.SUSPENDED, suspended, verdict.reason if suspended else "NotSuspended", verdict.message)
+    order = {t.value: i for i, t in enumerate(ConditionType)}
+    return sorted(conditions, key=lambda c: order.get(c.type, len(order)))
+
+
+# ---------------------------------------------------------------------------------- calculation
+
+
+def _next_attempt(previous: TrainingRunStatus, phase: RunPhase, rayjob_exists: bool) -> int | None:
+    attempt = previous.attempt
+    if attempt is None:
+        return 1 if rayjob_exists else None
+    if previous.phase in ACTIVE and phase in ATTEMPT_ENDING and phase != previous.phase:
+        return attempt + 1
+    return attempt
+
+
+def _dashboard_url(status: dict[str, Any]) -> str | None:
+    url = status.get("dashboardURL") or None
+    if url and "://" not in url:
+        url = f"http://{url}"
+    return url
+
+
+def _message(previous: TrainingRunStatus, verdict: Verdict) -> str | None:
+    """The operator explains waits; during and at the end of an active attempt the trainer's words win."""
+    if verdict.phase == previous.phase:
+        return previous.message
+    if verdict.phase in ACTIVE:
+        return None
+    if verdict.phase in TERMINAL and previous.phase in ACTIVE and previous.message:
+        return previous.message
+    return verdict.message
+
+
+def calculate_status(obs: Observed, previous: TrainingRunStatus) -> StatusUpdate:
+    verdict = decide_phase(obs, previous)
+    phase = verdict.phase
+    status = previous.model_copy(deep=True)
+    status.phase = phase
+    status.observed_generation = obs.generation
+    status.attempt = _next_attempt(previous, phase, obs.rayjob is not None)
+    status.conditions = _conditions_for(obs, verdict, previous)
+    status.message = _message(previous, verdict)
+    if obs.rayjob is not None:
+        rj_status = _rayjob_status(obs.rayjob)
+        status.ray_job = obs.rayjob["metadata"]["name"]
+        status.ray_cluster = rj_status.get("rayClusterName") or None
+        status.dashboard_url = _dashboard_url(rj_status)
+    if phase in ACTIVE and status.start_time is None:
+        status.start_time = obs.now
+    if phase in TERMINAL and status.completion_time is None:
+        status.completion_time = obs.now
+    if phase not in TERMINAL:
+        status.completion_time = None
+    left_queue_after: float | None = None
+    if phase == RunPhase.QUEUED and status.queued_since is None:
+        status.queued_since = obs.now
+    elif phase != RunPhase.QUEUED and previous.queued_since is not None:
+        left_queue_after = (obs.now - previous.queued_since).total_seconds()
+        status.queued_since = None
+
+    event: PhaseEvent | None = None
+    if phase != previous.phase:
+        kind = "Warning" if phase == RunPhase.FAILED else "Normal"
+        event = PhaseEvent(kind, phase.value, verdict.message)
+    update = StatusUpdate(status=status, previous_phase=previous.phase, event=event, left_queue_after=left_queue_after)
+    update.changes = status_changes(previous, status)
+    return update
+
+
+def operator_view(status: TrainingRunStatus) -> dict[str, Any]:
+    """The operator-owned fields as they go on the wire (absent fields as None)."""
+    wire = status.model_dump(mode="json", by_alias=True)
+    return {key: wire.get(key) for key in OPERATOR_FIELDS}
+
+
+def status_changes(previous: TrainingRunStatus, current: TrainingRunStatus) -> dict[str, Any]:
+    """A merge patch of the operator's fields that changed; empty means nothing to write."""
+    before, after = operator_view(previous), operator_view(current)
+    changes = {key: value for key, value in after.items() if before.get(key) != value}
+    if "conditions" in changes and not after["conditions"]:
+        changes["conditions"] = None
+    return changes
