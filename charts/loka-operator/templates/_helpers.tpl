@@ -1,0 +1,80 @@
+{{/* Names and labels, in one place. */}}
+{{- define "loka-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "loka-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else if contains (include "loka-operator.name" .) .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name (include "loka-operator.name" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{- define "loka-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "loka-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "loka-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "loka-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "loka-operator.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "loka-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: loka
+{{- end }}
+
+{{- define "loka-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/*
+What the operator does in watched namespaces, verb by verb; the same rules serve the
+ClusterRole (all namespaces) and the per-namespace Roles (watchNamespaces).
+*/}}
+{{- define "loka-operator.namespacedRules" -}}
+# kopf: watch TrainingRuns, keep its finalizer and progress annotations on them.
+- apiGroups: [loka.dev]
+  resources: [trainingruns]
+  verbs: [get, list, watch, patch]
+# kopf and the status calculator write the status subresource; the per-run Role grants get/patch here.
+- apiGroups: [loka.dev]
+  resources: [trainingruns/status]
+  verbs: [get, patch]
+- apiGroups: [ray.io]
+  resources: [rayjobs]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [ray.io]
+  resources: [rayclusters]
+  verbs: [get, list, watch]
+- apiGroups: [kueue.x-k8s.io]
+  resources: [localqueues]
+  verbs: [get, create, patch]
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [get, list, watch]
+# Only get by name, to check that a referenced Secret and key exist; never list or watch.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+# The per-run ServiceAccount, Role and RoleBinding the trainer uses to report status.
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [get, create, patch]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [get, create, patch]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create, patch]
+{{- end }}

@@ -1,0 +1,87 @@
+"""Generate the ArgoCD configuration that carries the TrainingRun health check, from health.lua.
+
+``python -m tests.deploy.gitops`` rewrites gitops/argocd/argocd-cm-health.yaml and
+gitops/openshift/argocd-resource-health.yaml; a test proves they hold health.lua unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.deploy.tools import REPO
+
+GITOPS = REPO / "gitops"
+HEALTH_LUA = GITOPS / "argocd" / "health" / "loka.dev" / "TrainingRun" / "health.lua"
+ARGOCD_CM = GITOPS / "argocd" / "argocd-cm-health.yaml"
+OPENSHIFT_ARGOCD = GITOPS / "openshift" / "argocd-resource-health.yaml"
+
+# ArgoCD dropped Application health in 1.8; app-of-apps sync waves need it back to wait on child apps.
+APPLICATION_HEALTH = """\
+local hs = {status = "Progressing", message = ""}
+if obj.status ~= nil and obj.status.health ~= nil then
+  hs.status = obj.status.health.status
+  if obj.status.health.message ~= nil then
+    hs.message = obj.status.health.message
+  end
+end
+return hs
+"""
+
+
+def _indent(text: str, spaces: int) -> str:
+    pad = " " * spaces
+    return "".join(pad + line if line.strip() else line for line in text.splitlines(keepends=True))
+
+
+def argocd_cm(script: str) -> str:
+    return f"""\
+# Merge into argocd-cm (namespace argocd) on upstream ArgoCD: kubectl -n argocd patch cm argocd-cm --patch-file <this>
+# Generated from gitops/argocd/health/loka.dev/TrainingRun/health.lua by `make gitops-health`.
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: argocd-cm
+  namespace: argocd
+  labels:
+    app.kubernetes.io/name: argocd-cm
+    app.kubernetes.io/part-of: argocd
+data:
+  resource.customizations.health.loka.dev_TrainingRun: |
+{_indent(script, 4)}  resource.customizations.health.argoproj.io_Application: |
+{_indent(APPLICATION_HEALTH, 4)}"""
+
+
+def openshift_argocd(script: str) -> str:
+    return f"""\
+# OpenShift GitOps owns argocd-cm: merge this into the ArgoCD CR (openshift-gitops/openshift-gitops),
+#   oc -n openshift-gitops patch argocd openshift-gitops --type merge --patch-file <this>
+# A merge patch replaces the whole list: keep any resourceHealthChecks you already have in it.
+# Generated from gitops/argocd/health/loka.dev/TrainingRun/health.lua by `make gitops-health`.
+apiVersion: argoproj.io/v1beta1
+kind: ArgoCD
+metadata:
+  name: openshift-gitops
+  namespace: openshift-gitops
+spec:
+  resourceTrackingMethod: annotation
+  resourceHealthChecks:
+    - group: loka.dev
+      kind: TrainingRun
+      check: |
+{_indent(script, 8)}    - group: argoproj.io
+      kind: Application
+      check: |
+{_indent(APPLICATION_HEALTH, 8)}"""
+
+
+def write_health_snippets() -> list[Path]:
+    script = HEALTH_LUA.read_text()
+    ARGOCD_CM.write_text(argocd_cm(script))
+    OPENSHIFT_ARGOCD.parent.mkdir(parents=True, exist_ok=True)
+    OPENSHIFT_ARGOCD.write_text(openshift_argocd(script))
+    return [ARGOCD_CM, OPENSHIFT_ARGOCD]
+
+
+if __name__ == "__main__":
+    for written in write_health_snippets():
+        print(written.relative_to(REPO))

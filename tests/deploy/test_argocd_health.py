@@ -1,0 +1,94 @@
+"""The TrainingRun health check, run from argo-cd's own test layout under ArgoCD's Lua sandbox."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.argocd_lua import LuaError, run_health
+from tests.deploy.gitops import APPLICATION_HEALTH
+from tests.deploy.tools import REPO
+
+CHECK = REPO / "gitops" / "argocd" / "health" / "loka.dev" / "TrainingRun"
+SCRIPT = (CHECK / "health.lua").read_text()
+CASES: list[dict[str, Any]] = yaml.safe_load((CHECK / "health_test.yaml").read_text())["tests"]
+ARGO_STATUSES = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[Path(c["inputPath"]).stem for c in CASES])
+def test_health_matches_argo_test_case(case: dict[str, Any]) -> None:
+    obj = yaml.safe_load((CHECK / case["inputPath"]).read_text())
+    assert run_health(SCRIPT, obj) == case["healthStatus"]
+
+
+def test_every_testdata_file_has_a_case_and_every_status_is_covered() -> None:
+    listed = {c["inputPath"] for c in CASES}
+    on_disk = {f"testdata/{p.name}" for p in (CHECK / "testdata").glob("*.yaml")}
+    assert listed == on_disk
+    assert {c["healthStatus"]["status"] for c in CASES} == {"Healthy", "Progressing", "Suspended", "Degraded"}
+    assert {c["healthStatus"]["status"] for c in CASES} <= ARGO_STATUSES
+
+
+def _running() -> dict[str, Any]:
+    obj: dict[str, Any] = yaml.safe_load((CHECK / "testdata" / "running.yaml").read_text())
+    return obj
+
+
+def test_unknown_phase_is_reported_not_hidden() -> None:
+    obj = _running()
+    obj["status"]["phase"] = "Exploded"
+    assert run_health(SCRIPT, obj) == {"status": "Unknown", "message": "Unknown phase Exploded"}
+
+
+def test_failed_condition_wins_over_a_running_phase() -> None:
+    obj = _running()
+    obj["status"]["conditions"].append(
+        {"type": "Failed", "status": "True", "reason": "CheckpointCorrupt", "message": "global_step_100 is torn"}
+    )
+    assert run_health(SCRIPT, obj) == {"status": "Degraded", "message": "CheckpointCorrupt: global_step_100 is torn"}
+
+
+def test_running_without_progress_yet_says_training() -> None:
+    obj = _running()
+    del obj["status"]["progress"]
+    del obj["status"]["metrics"]
+    assert run_health(SCRIPT, obj) == {"status": "Progressing", "message": "Training"}
+
+
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        'return {status = string.format("%s", "Healthy")}',
+        "return {status = math.floor(1)}",
+        'return {status = ("x"):upper()}',
+    ],
+)
+def test_sandbox_refuses_what_argocd_refuses(snippet: str) -> None:
+    with pytest.raises(LuaError):
+        run_health(snippet, {})
+
+
+def _embedded_checks() -> dict[str, str]:
+    cm = yaml.safe_load((REPO / "gitops" / "argocd" / "argocd-cm-health.yaml").read_text())
+    openshift = yaml.safe_load((REPO / "gitops" / "openshift" / "argocd-resource-health.yaml").read_text())
+    found = {"argocd-cm": cm["data"]["resource.customizations.health.loka.dev_TrainingRun"]}
+    for check in openshift["spec"]["resourceHealthChecks"]:
+        if (check["group"], check["kind"]) == ("loka.dev", "TrainingRun"):
+            found["ArgoCD CR"] = check["check"]
+    return found
+
+
+def test_argocd_cm_and_openshift_gitops_carry_the_same_script() -> None:
+    embedded = _embedded_checks()
+    assert set(embedded) == {"argocd-cm", "ArgoCD CR"}
+    for where, script in embedded.items():
+        assert script == SCRIPT, f"{where} differs from health.lua: run `make gitops-health`"
+
+
+def test_application_health_for_app_of_apps_waves_runs_in_the_sandbox() -> None:
+    app = {"status": {"health": {"status": "Degraded", "message": "one child failed"}}}
+    assert run_health(APPLICATION_HEALTH, app) == {"status": "Degraded", "message": "one child failed"}
+    assert run_health(APPLICATION_HEALTH, {}) == {"status": "Progressing", "message": ""}

@@ -1,0 +1,183 @@
+"""The loka-operator chart, rendered with real helm for several value sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.chart import CHART, OPENSHIFT_APIS, VALUE_SETS, ChartError, Rendered, helm, render
+from tests.deploy.podsecurity import pod_specs, restricted_violations
+from tests.deploy.tools import REPO
+
+VALUE_FILES = sorted(VALUE_SETS.glob("*-values.yaml"))
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "ConsoleYAMLSample", "CustomResourceDefinition"}
+
+
+def _values_id(path: Path | None) -> str:
+    return "default" if path is None else path.stem
+
+
+@pytest.mark.parametrize("values", [None, *VALUE_FILES], ids=_values_id)
+def test_chart_lints_strictly(values: Path | None) -> None:
+    args: list[str | Path] = ["lint", "--strict", CHART]
+    if values is not None:
+        args += ["--values", values]
+    done = helm(*args)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("values", [None, *VALUE_FILES], ids=_values_id)
+def test_operator_pod_passes_restricted_v2(values: Path | None) -> None:
+    rendered = render(values=values, api_versions=OPENSHIFT_APIS)
+    (deployment,) = rendered.of_kind("Deployment")
+    for where, spec in pod_specs(deployment):
+        assert restricted_violations(spec, where) == []
+
+
+def test_operator_runs_as_one_replica_replaced_not_rolled() -> None:
+    deployment = render().one("Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_liveness_probe_hits_the_endpoint_the_operator_serves() -> None:
+    container = render(sets={"liveness.port": "9191", "liveness.path": "/alive"}).one("Deployment")["spec"]["template"][
+        "spec"
+    ]["containers"][0]
+    probe = container["livenessProbe"]["httpGet"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert probe == {"path": "/alive", "port": "health"}
+    assert ports["health"] == 9191
+    assert "--liveness=http://0.0.0.0:9191/alive" in container["args"]
+
+
+def test_metrics_service_reaches_the_operator_metrics_port() -> None:
+    rendered = render(sets={"metrics.port": "9400"})
+    service = rendered.one("Service")
+    pod = rendered.one("Deployment")["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 9400, "targetPort": "metrics", "protocol": "TCP"}]
+    assert {"name": "metrics", "containerPort": 9400, "protocol": "TCP"} in container["ports"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert {"name": "LOKA_METRICS_PORT", "value": "9400"} in container["env"]
+
+
+def test_metrics_disabled_renders_no_service_and_no_monitor() -> None:
+    rendered = render(values=VALUE_SETS / "no-metrics-values.yaml", api_versions=OPENSHIFT_APIS)
+    assert "Service" not in rendered.kinds()
+    assert "ServiceMonitor" not in rendered.kinds()
+    container = rendered.one("Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert [p["name"] for p in container["ports"]] == ["health"]
+
+
+def test_service_monitor_is_rendered_only_when_the_cluster_serves_it() -> None:
+    assert "ServiceMonitor" not in render().kinds()
+    rendered = render(api_versions=("monitoring.coreos.com/v1/ServiceMonitor",))
+    monitor = rendered.one("ServiceMonitor")
+    service = rendered.one("Service")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+
+
+def test_cluster_mode_binds_one_cluster_role_and_watches_all_namespaces() -> None:
+    rendered = render()
+    assert "Role" not in rendered.kinds()
+    binding = rendered.one("ClusterRoleBinding")
+    sa = rendered.one("ServiceAccount")
+    assert binding["roleRef"]["name"] == rendered.one("ClusterRole")["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "loka-system"}
+    ]
+    args = rendered.one("Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--all-namespaces" in args
+    assert not [a for a in args if a.startswith("--namespace")]
+
+
+def test_namespaced_mode_renders_roles_only_in_each_watched_namespace() -> None:
+    rendered = render(values=VALUE_SETS / "namespaced-values.yaml")
+    assert not rendered.kinds() & CLUSTER_SCOPED
+    roles = {r["metadata"]["namespace"] for r in rendered.of_kind("Role")}
+    bindings = {b["metadata"]["namespace"]: b for b in rendered.of_kind("RoleBinding")}
+    assert roles == set(bindings) == {"team-a", "team-b"}
+    for binding in bindings.values():
+        assert binding["subjects"][0]["namespace"] == "loka-system"
+    args = rendered.one("Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert [a for a in args if a.startswith("--namespace")] == ["--namespace=team-a", "--namespace=team-b"]
+    assert "--all-namespaces" not in args
+
+
+def _verbs(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    table: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                table.setdefault((group, resource), set()).update(rule["verbs"])
+    return table
+
+
+@pytest.mark.parametrize("values", [None, VALUE_SETS / "namespaced-values.yaml"], ids=_values_id)
+def test_rbac_grants_exactly_the_verbs_the_operator_uses(values: Path | None) -> None:
+    rendered = render(values=values)
+    roles = rendered.of_kind("ClusterRole") + rendered.of_kind("Role")
+    assert roles
+    for role in roles:
+        verbs = _verbs(role["rules"])
+        assert all("*" not in v for v in verbs.values()), "no wildcard verbs"
+        assert all("*" not in key for key in verbs), "no wildcard groups or resources"
+        assert verbs[("", "secrets")] == {"get"}, "Secrets: get by name only, never list or watch"
+        assert verbs[("loka.dev", "trainingruns/status")] >= {"get", "patch"}
+        assert verbs[("loka.dev", "trainingruns")] == {"get", "list", "watch", "patch"}
+        assert ("", "namespaces") not in verbs
+        assert ("", "pods") not in verbs
+        forbidden = {"bind", "escalate", "impersonate", "delete", "deletecollection"}
+        for (group, resource), granted in verbs.items():
+            if (group, resource) != ("ray.io", "rayjobs"):
+                assert not granted & forbidden, f"{group}/{resource}: {granted & forbidden}"
+
+
+@pytest.mark.parametrize(
+    ("sets", "field", "accepted"),
+    [
+        ({"watchNamespaces[0]": "Team_A"}, "watchNamespaces", "does not match pattern"),
+        ({"operator.rayJobSubmissionMode": "Magic"}, "rayJobSubmissionMode", "K8sJobMode"),
+        ({"metrics.port": "70000"}, "/metrics/port", "want 65,535"),
+        ({"replicas": "2"}, "replicas", "additional properties"),
+        ({"liveness.path": "healthz"}, "liveness", "does not match pattern"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_field(sets: dict[str, str], field: str, accepted: str) -> None:
+    with pytest.raises(ChartError) as refused:
+        render(sets=sets)
+    message = str(refused.value)
+    assert field in message
+    assert accepted.lower() in message.lower()
+
+
+def test_console_sample_is_rendered_only_on_openshift() -> None:
+    assert "ConsoleYAMLSample" not in render().kinds()
+    sample = render(values=VALUE_SETS / "openshift-values.yaml", api_versions=OPENSHIFT_APIS).one("ConsoleYAMLSample")
+    assert sample["spec"]["targetResource"] == {"apiVersion": "loka.dev/v1alpha1", "kind": "TrainingRun"}
+    run = yaml.safe_load(sample["spec"]["yaml"])
+    assert run["kind"] == "TrainingRun"
+    assert run["spec"]["queue"]["name"]
+
+
+def _generated_crds() -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted((REPO / "crds").glob("*.yaml"))}
+
+
+def test_chart_carries_the_generated_crd_unchanged() -> None:
+    generated = _generated_crds()
+    assert generated, "crds/ holds no generated CRD yet"
+    carried = {p.name: p.read_text() for p in sorted((CHART / "crds").glob("*.yaml"))}
+    assert carried == generated, "charts/loka-operator/crds/ differs from crds/: run `make chart-crds`"
+
+
+def test_crd_installs_with_the_chart() -> None:
+    rendered: Rendered = render(include_crds=True)
+    crd = rendered.one("CustomResourceDefinition")
+    assert crd["metadata"]["name"] == "trainingruns.loka.dev"
+    assert crd["spec"]["versions"][0]["subresources"] == {"status": {}}
