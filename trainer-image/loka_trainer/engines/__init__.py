@@ -1,0 +1,70 @@
+"""Training engines behind one interface: the runner stages inputs and restores a checkpoint, an engine runs
+the steps, writes per-step metrics in verl's file-logger format and hands each checkpoint to the store.
+
+- ``verl``: ``python -m verl.trainer.main_ppo`` on the Ray cluster (GPUs); checkpoints go up from verl's
+  ``trainer.checkpoint_callback_class``.
+- ``trl``: TRL's GRPOTrainer in this process (runs on CPU); checkpoints go up from a TrainerCallback.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from loka_operator.api import TrainingRunSpec
+
+from loka_trainer.checkpoints import CheckpointRecord, CheckpointStore
+from loka_trainer.staging import StagedInputs
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """A checkpoint restored on local disk before the engine starts."""
+
+    step: int
+    folder: Path
+    explicit: bool  # checkpoints.resume named it (resume_path) rather than auto picking the latest
+
+
+@dataclass(frozen=True)
+class EngineJob:
+    spec: TrainingRunSpec
+    run_name: str
+    namespace: str
+    inputs: StagedInputs
+    work_dir: Path
+    checkpoint_dir: Path
+    metrics_file: Path
+    checkpoints: CheckpointStore | None
+    resume: ResumePoint | None
+    on_checkpoint: Callable[[CheckpointRecord], None]
+    stop: threading.Event
+    wandb_mode: str
+
+
+class Engine(Protocol):
+    name: str
+
+    def total_steps(self, spec: TrainingRunSpec, train_rows: int) -> int | None:
+        """Steps the run will take, shown as status.progress.totalSteps."""
+        ...
+
+    def run(self, job: EngineJob) -> int:
+        """Train until done or until ``job.stop`` is set; the exit code (0: finished)."""
+        ...
+
+
+def engine_for(name: str) -> Engine:
+    if name == "verl":
+        from loka_trainer.engines.verl import VerlEngine
+
+        return VerlEngine()
+    if name == "trl":
+        from loka_trainer.engines.trl import TrlEngine
+
+        return TrlEngine()
+    msg = f"spec.engine: {name!r} is not an engine (accepted: verl, trl)"
+    raise ValueError(msg)

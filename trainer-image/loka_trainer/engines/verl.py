@@ -1,0 +1,92 @@
+"""The verl engine: run ``verl.trainer.main_ppo`` with the one renderer's arguments, stop it on SIGTERM."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Mapping
+
+from loka_operator.api import TrainingRunSpec
+
+from loka_trainer.engines import EngineJob
+from loka_trainer.render import StagedPaths, _hydra_value, verl_command
+from loka_trainer.settings import CHECKPOINT_KEEP_ENV, CHECKPOINT_PREFIX_ENV, WANDB_MODE_ENV
+
+log = logging.getLogger(__name__)
+
+# Kubernetes gives a pod 30 s by default between SIGTERM and SIGKILL; leave the runner time to report.
+STOP_GRACE_S = 20.0
+RUNTIME_ENV_PREFIX = "+ray_kwargs.ray_init.runtime_env.env_vars."
+
+
+def staged_paths(job: EngineJob) -> StagedPaths:
+    return StagedPaths(
+        model=job.inputs.model,
+        train_files=job.inputs.train_files,
+        val_files=job.inputs.val_files,
+        checkpoint_dir=job.checkpoint_dir,
+        resume_from=job.resume.folder if job.resume is not None and job.resume.explicit else None,
+        metrics_file=job.metrics_file,
+    )
+
+
+def actor_environment(job: EngineJob) -> dict[str, str]:
+    """Non-secret variables verl's actors need; verl prints its runtime_env, so never a secret here."""
+    env = {WANDB_MODE_ENV: job.wandb_mode}
+    if job.checkpoints is not None:
+        env[CHECKPOINT_PREFIX_ENV] = str(job.checkpoints.prefix)
+        env[CHECKPOINT_KEEP_ENV] = str(job.checkpoints.keep)
+    for name in ("LOKA_RUN_NAME", "LOKA_RUN_NAMESPACE", "KUBECONFIG"):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
+    return env
+
+
+def command(job: EngineJob) -> list[str]:
+    """The renderer's command, with the actor environment inserted before the user's verlOverrides."""
+    rendered = verl_command(job.spec, run_name=job.run_name, namespace=job.namespace, paths=staged_paths(job))
+    split = len(rendered) - len(job.spec.verl_overrides)
+    extra = [f"{RUNTIME_ENV_PREFIX}{k}={_hydra_value(v)}" for k, v in sorted(actor_environment(job).items())]
+    return [*rendered[:split], *extra, *rendered[split:]]
+
+
+class VerlEngine:
+    name = "verl"
+
+    def total_steps(self, spec: TrainingRunSpec, train_rows: int) -> int | None:
+        if spec.training.max_steps is not None:
+            return spec.training.max_steps
+        # verl's dataloader drops the last partial batch.
+        return max(train_rows // spec.training.batch_size, 0) * spec.training.epochs or None
+
+    def run(self, job: EngineJob) -> int:
+        argv = command(job)
+        env: Mapping[str, str] = {**os.environ, **actor_environment(job)}
+        log.info("launching verl: %s", " ".join(argv[:3]) + f" … ({len(argv) - 3} overrides)")
+        process = subprocess.Popen(argv, env=env, start_new_session=True)
+        return wait_or_stop(process, job.stop)
+
+
+def wait_or_stop(process: subprocess.Popen[bytes], stop: threading.Event, *, grace_s: float = STOP_GRACE_S) -> int:
+    """Wait for ``process``; when ``stop`` is set, SIGTERM its process group, then SIGKILL after ``grace_s``."""
+    while process.poll() is None:
+        if stop.wait(0.5):
+            log.info("stopping verl (pid %d): SIGTERM to its process group", process.pid)
+            _signal_group(process, signal.SIGTERM)
+            try:
+                process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                log.warning("verl did not stop within %.0f s: SIGKILL", grace_s)
+                _signal_group(process, signal.SIGKILL)
+                process.wait()
+            break
+    return process.returncode
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)

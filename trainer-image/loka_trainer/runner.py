@@ -1,0 +1,267 @@
+"""``loka-trainer run`` and ``render``: read the run, stage inputs, restore a checkpoint, run the engine,
+follow its metrics into status, and stop cleanly on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import yaml
+from loka_operator.api import TrainingRun
+from pydantic import ValidationError
+
+from loka_trainer.checkpoints import CheckpointError, CheckpointRecord, CheckpointStore
+from loka_trainer.engines import Engine, EngineJob, ResumePoint, engine_for
+from loka_trainer.metrics import MetricsFollower
+from loka_trainer.settings import redact, wandb_mode
+from loka_trainer.staging import StagedInputs, parquet_rows, stage_inputs
+from loka_trainer.status import StatusPatcher, StatusReporter
+from loka_trainer.storage import ObjectStore, TransferCancelledError
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+# 128 + SIGTERM, what a shell reports for a process ended by SIGTERM.
+EXIT_TERMINATED = 143
+
+
+class RenderError(ValueError):
+    """The manifest cannot be rendered; the message names the field and the bad value."""
+
+
+def load_manifest(path: Path) -> TrainingRun:
+    try:
+        body = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise RenderError(f"{path}: {error}") from error
+    if not isinstance(body, dict) or body.get("kind") != "TrainingRun":
+        raise RenderError(f"{path}: expected a TrainingRun manifest (kind: TrainingRun)")
+    try:
+        return TrainingRun.model_validate(body)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in error.errors()
+        )
+        raise RenderError(f"{path}: {problems}") from error
+
+
+def render_command_line(path: Path, *, namespace: str | None = None) -> str:
+    """The exact verl command ``loka-trainer run`` would launch for this manifest, as one shell line."""
+    from loka_trainer.render import StagedPaths, verl_command
+
+    run = load_manifest(path)
+    name = run.metadata.name or path.stem
+    ns = run.metadata.namespace or namespace or "default"
+    paths = StagedPaths(
+        model=_model_path(run.spec.model.uri, Path("/loka/work")),
+        train_files=Path("/loka/work/data/train.parquet"),
+        val_files=Path("/loka/work/data/validation.parquet") if run.spec.data.validation else None,
+        checkpoint_dir=Path("/loka/work/checkpoints"),
+        metrics_file=Path("/loka/work/metrics.jsonl"),
+        resume_from=_explicit_resume_folder(run, Path("/loka/work/checkpoints")),
+    )
+    try:
+        argv = verl_command(run.spec, run_name=name, namespace=ns, paths=paths)
+    except ValueError as error:
+        raise RenderError(str(error)) from error
+    return shlex.join(["python", *argv[1:]])
+
+
+def _model_path(uri: str, work_dir: Path) -> str:
+    return uri.removeprefix("hf://") if uri.startswith("hf://") else str(work_dir / "model")
+
+
+def _explicit_resume_folder(run: TrainingRun, checkpoint_dir: Path) -> Path | None:
+    checkpoints = run.spec.checkpoints
+    if checkpoints is None or checkpoints.resume in {"auto", "never"}:
+        return None
+    return checkpoint_dir / checkpoints.resume.rstrip("/").rsplit("/", 1)[-1]
+
+
+@dataclass
+class StopSignal:
+    """Set by SIGTERM/SIGINT; engines and transfers watch ``event``."""
+
+    event: threading.Event = field(default_factory=threading.Event)
+    reason: str | None = None
+
+    def install(self) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            del frame
+            self.reason = signal.Signals(signum).name
+            self.event.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+
+class Runner:
+    def __init__(
+        self,
+        run: TrainingRun,
+        *,
+        run_name: str,
+        namespace: str,
+        patch_status: StatusPatcher,
+        work_dir: Path,
+        store: ObjectStore | None = None,
+        engine: Engine | None = None,
+        stop: StopSignal | None = None,
+        status_interval_s: float = 10.0,
+    ) -> None:
+        self.run = run
+        self.spec = run.spec
+        self.run_name = run_name
+        self.namespace = namespace
+        self.work_dir = work_dir
+        self.store = store or ObjectStore(endpoint_url=self.spec.storage.endpoint if self.spec.storage else None)
+        self.engine = engine or engine_for(self.spec.engine.value)
+        self.stop = stop or StopSignal()
+        self.reporter = StatusReporter(patch_status, min_interval=status_interval_s)
+        self.checkpoints: CheckpointStore | None = None
+        if self.spec.checkpoints is not None:
+            self.checkpoints = CheckpointStore.for_run(
+                self.store,
+                self.spec.checkpoints.uri,
+                namespace=namespace,
+                run_name=run_name,
+                keep=self.spec.checkpoints.keep,
+            )
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.work_dir / "checkpoints"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.work_dir / "metrics.jsonl"
+
+    def restore(self) -> ResumePoint | None:
+        """Put the checkpoint to resume from on local disk: latest verified (auto), the named one, or none."""
+        checkpoints = self.spec.checkpoints
+        if checkpoints is None or checkpoints.resume == "never" or self.checkpoints is None:
+            return None
+        if checkpoints.resume == "auto":
+            step = self.checkpoints.restore_latest(self.checkpoint_dir, cancel=self.stop.event)
+            if step is None:
+                log.info("no complete checkpoint under %s: starting from scratch", self.checkpoints.prefix)
+                return None
+            return ResumePoint(step, self.checkpoint_dir / f"global_step_{step}", explicit=False)
+        source, step = CheckpointStore.for_checkpoint_uri(self.store, checkpoints.resume)
+        folder = source.restore(step, self.checkpoint_dir, cancel=self.stop.event)
+        return ResumePoint(step, folder, explicit=True)
+
+    def _report_checkpoint(self, record: CheckpointRecord) -> None:
+        self.reporter.report_checkpoint(record)
+
+    def execute(self) -> int:
+        """Stage, restore, train, report. Returns the process exit code."""
+        for folder in (self.work_dir, self.checkpoint_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.metrics_file.unlink(missing_ok=True)
+        follower_stop = threading.Event()
+        follower: threading.Thread | None = None
+        try:
+            inputs: StagedInputs = stage_inputs(self.spec, self.work_dir, self.store, cancel=self.stop.event)
+            self.reporter.total_steps = self.engine.total_steps(self.spec, parquet_rows(inputs.train_files))
+            resume = self.restore()
+            if resume is not None:
+                log.info("resuming from checkpoint step %d", resume.step)
+            job = EngineJob(
+                spec=self.spec,
+                run_name=self.run_name,
+                namespace=self.namespace,
+                inputs=inputs,
+                work_dir=self.work_dir,
+                checkpoint_dir=self.checkpoint_dir,
+                metrics_file=self.metrics_file,
+                checkpoints=self.checkpoints,
+                resume=resume,
+                on_checkpoint=self._report_checkpoint,
+                stop=self.stop.event,
+                wandb_mode=wandb_mode(self._wandb_requested_mode()),
+            )
+            follower = threading.Thread(target=self._follow, args=(follower_stop,), name="metrics", daemon=True)
+            follower.start()
+            code = 0 if self.stop.event.is_set() else self.engine.run(job)
+        except TransferCancelledError:
+            code = EXIT_TERMINATED
+        except (CheckpointError, FileNotFoundError, ValueError, OSError) as error:
+            return self._fail(f"trainer failed: {error}", follower, follower_stop)
+        except Exception as error:
+            log.exception("trainer failed")
+            return self._fail(f"trainer failed: {type(error).__name__}: {error}", follower, follower_stop)
+        self._stop_follower(follower, follower_stop)
+        if self.stop.event.is_set():
+            last = self.checkpoints.latest_complete() if self.checkpoints else None
+            where = f"; resumes from checkpoint step {last}" if last is not None else ""
+            self.reporter.report_message(f"trainer stopped by {self.stop.reason or 'a stop request'}{where}")
+            return EXIT_TERMINATED
+        if code != 0:
+            self.reporter.report_message(f"trainer failed: {self.engine.name} exited with code {code}")
+            return EXIT_FAILED
+        return EXIT_OK
+
+    def _wandb_requested_mode(self) -> str | None:
+        tracking = self.spec.tracking
+        return tracking.wandb.mode if tracking is not None and tracking.wandb is not None else "disabled"
+
+    def _follow(self, stop: threading.Event) -> None:
+        follower = MetricsFollower(self.metrics_file)
+
+        def sink(metrics: Any) -> None:
+            self.reporter.report_metrics(metrics)
+
+        while not stop.wait(1.0):
+            for metrics in follower.poll():
+                sink(metrics)
+            self.reporter.tick()
+        for metrics in follower.poll():
+            sink(metrics)
+
+    def _stop_follower(self, follower: threading.Thread | None, stop: threading.Event) -> None:
+        stop.set()
+        if follower is not None:
+            follower.join(timeout=10)
+        self.reporter.flush()
+
+    def _fail(self, message: str, follower: threading.Thread | None, stop: threading.Event) -> int:
+        self._stop_follower(follower, stop)
+        message = redact(message)
+        log.error("%s", message)
+        self.reporter.report_message(message)
+        return EXIT_FAILED
+
+
+def run_from_environment(*, work_dir: Path | None = None, kubeconfig: str | None = None) -> int:
+    """Entry point of ``loka-trainer run``: identity from env, the run from the API, then Runner.execute()."""
+    from loka_trainer.kube import IdentityError, RunClient, RunIdentity, api_client
+
+    stop = StopSignal()
+    stop.install()
+    try:
+        identity = RunIdentity.from_env()
+    except IdentityError as error:
+        log.error("%s", error)
+        return EXIT_FAILED
+    runs = RunClient(api_client(kubeconfig), identity)
+    run = runs.get()
+    root = work_dir or Path(os.environ.get("LOKA_WORK_DIR") or Path.home() / "loka-work")
+    runner = Runner(
+        run,
+        run_name=identity.name,
+        namespace=identity.namespace,
+        patch_status=runs.patch_status,
+        work_dir=root / identity.namespace / identity.name,
+        stop=stop,
+    )
+    return runner.execute()

@@ -1,0 +1,58 @@
+"""verl's ``trainer.checkpoint_callback_class``: upload each ``global_step_N`` to S3, then move the marker.
+
+verl calls ``on_save`` on its driver (the TaskRunner actor) after writing the checkpoint and its tracker file;
+an exception here aborts training, which is what a checkpoint that could not be stored deserves.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from verl.trainer.ppo.checkpoint_callback import CheckpointCallback
+
+from loka_trainer.checkpoints import CheckpointStore
+from loka_trainer.settings import CallbackSettings
+from loka_trainer.status import StatusReporter
+from loka_trainer.storage import ObjectStore, S3Uri
+
+log = logging.getLogger(__name__)
+
+
+def _status_reporter() -> StatusReporter | None:
+    """Reports the checkpoint into the run's status when the actor knows its run; uploads work without it."""
+    from loka_trainer.kube import IdentityError, RunClient, RunIdentity, api_client
+
+    try:
+        runs = RunClient(api_client(), RunIdentity.from_env())
+    except (IdentityError, Exception) as error:  # no identity or no API access: upload only
+        log.warning("checkpoint status will not be reported: %s", type(error).__name__)
+        return None
+    return StatusReporter(runs.patch_status)
+
+
+class S3CheckpointCallback(CheckpointCallback):
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config=config)  # type: ignore[no-untyped-call]
+        settings = CallbackSettings.from_env()
+        self.checkpoints: CheckpointStore | None = None
+        if settings is None:
+            log.warning("LOKA_CHECKPOINT_PREFIX is not set: checkpoints stay on local disk only")
+            return
+        self.checkpoints = CheckpointStore(ObjectStore(), S3Uri.parse(settings.prefix), keep=settings.keep)
+        self.reporter = _status_reporter()
+
+    def on_save(
+        self, trainer: Any, global_step: int, checkpoint_dir: str, async_save: bool = False, **kwargs: Any
+    ) -> None:
+        del trainer, kwargs
+        if self.checkpoints is None:
+            return
+        if async_save:
+            # Shards may still be in flight: uploading now could store a torn checkpoint.
+            log.warning("async checkpoint save at step %d is not uploaded (turn async_save off)", global_step)
+            return
+        record = self.checkpoints.upload(global_step, Path(checkpoint_dir))
+        if self.reporter is not None:
+            self.reporter.report_checkpoint(record)
