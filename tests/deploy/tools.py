@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,9 @@ import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -102,3 +106,18 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main(sys.argv[1:]))
+
+
+class Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-06` as a float, as Go's YAML (kubectl, kustomize, helm) writes and reads it."""
+
+
+Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_manifests(text: str) -> list[dict[str, Any]]:
+    return [m for m in yaml.load_all(text, Loader=Yaml12Loader) if m]
