@@ -66,6 +66,7 @@ class Observed:
     now: datetime
     invalid: Problem | None = None
     missing_secrets: Problem | None = None
+    conflict: Problem | None = None  # a child name is taken by an object this run does not own
     rayjob: dict[str, Any] | None = None
     workload: dict[str, Any] | None = None
 
@@ -127,6 +128,16 @@ def kueue_wait_reason(workload: dict[str, Any] | None) -> Problem:
 # ---------------------------------------------------------------------------- the state machine
 
 
+def rejected(status: TrainingRunStatus) -> bool:
+    """The run failed validation: nothing was launched, and a fixed spec may still start it."""
+    return any(c.type == ConditionType.VALID.value and c.status == "False" for c in status.conditions)
+
+
+def finished(status: TrainingRunStatus) -> bool:
+    """The run ran to an end; its RayJob is never recreated."""
+    return status.phase in TERMINAL and not rejected(status)
+
+
 def _rayjob_status(rayjob: dict[str, Any]) -> dict[str, Any]:
     status: dict[str, Any] = rayjob.get("status") or {}
     return status
@@ -138,11 +149,13 @@ def decide_phase(obs: Observed, previous: TrainingRunStatus) -> Verdict:
     if obs.invalid is not None:
         return Verdict(RunPhase.FAILED, obs.invalid.reason, obs.invalid.message)
     if obs.rayjob is None:
-        if prev in TERMINAL:
+        if finished(previous) and prev is not None:
             # The run finished and its RayJob was removed after ttlSecondsAfterFinished.
             return Verdict(prev, "Finished", previous.message or f"the run {prev.lower()}")
         if obs.missing_secrets is not None:
             return Verdict(RunPhase.PENDING, obs.missing_secrets.reason, obs.missing_secrets.message)
+        if obs.conflict is not None:
+            return Verdict(RunPhase.PENDING, obs.conflict.reason, obs.conflict.message)
         if obs.suspend:
             return Verdict(RunPhase.SUSPENDED, "Suspended", "suspended by spec.suspend before it started")
         return Verdict(RunPhase.PENDING, "CreatingRayJob", "creating the RayJob")

@@ -131,7 +131,8 @@ _REJECTED = (
 def name_rule() -> dict[str, str]:
     # KubeRay requires the RayJob name (the run's name) to be a DNS-1035 label of at most 47 characters.
     return cel(
-        f"size(self.metadata.name) <= {MAX_RUN_NAME_LENGTH} && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+        f"size(self.metadata.name) <= {MAX_RUN_NAME_LENGTH} && "
+        "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
         f"metadata.name must start with a letter, use only lowercase letters, digits and '-', and be at most "
         f"{MAX_RUN_NAME_LENGTH} characters (KubeRay derives the Ray cluster and service names from it)",
         reason="FieldValueInvalid",

@@ -1,0 +1,155 @@
+"""Thin kopf wiring: every watch event on a run or one of its children asks for one level-based reconcile."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from loka_operator import naming
+from loka_operator.api import GROUP, PLURAL, VERSION
+from loka_operator.config import OperatorConfig
+from loka_operator.kube import TRAINING_RUNS, KubeClient, login
+from loka_operator.metrics import OperatorMetrics
+from loka_operator.reconcile import Reconciler
+from loka_operator.workqueue import RunQueue
+
+log = logging.getLogger(__name__)
+
+# Set by main() before kopf starts; tests may set it too.
+CONFIG = OperatorConfig()
+
+
+@dataclass
+class OperatorState:
+    client: KubeClient
+    reconciler: Reconciler
+    queue: RunQueue
+    metrics: OperatorMetrics
+    resync: asyncio.Task[None] | None = None
+
+
+def _state(memo: Any) -> OperatorState:
+    state: OperatorState = memo.loka
+    return state
+
+
+@kopf.on.login()
+def authenticate(**_: Any) -> kopf.ConnectionInfo:
+    # kopf's own kubeconfig reader: no import of the official client (about 60% of a kopf operator's memory).
+    return login()
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    config = CONFIG
+    settings.scanning.disabled = True  # the watched resources are known; no cluster-wide CRD listing
+    settings.watching.server_timeout = 300
+    settings.posting.level = logging.WARNING
+    metrics = OperatorMetrics()
+    client = KubeClient(login(), on_request=lambda verb: metrics.api_requests.labels(verb=verb).inc())
+    reconciler = Reconciler(client=client, config=config, metrics=metrics)
+
+    async def reconcile_one(key: str, drift: bool) -> float | None:
+        namespace, name = naming.split_key(key)
+        started = time.monotonic()
+        metrics.in_flight.inc()
+        try:
+            outcome = await reconciler.reconcile(namespace, name, drift=drift)
+        except Exception:
+            metrics.reconciles.labels(result="error").inc()
+            raise
+        finally:
+            metrics.in_flight.dec()
+            metrics.reconcile_seconds.observe(time.monotonic() - started)
+        metrics.reconciles.labels(result="requeue" if outcome.requeue_after else "success").inc()
+        return outcome.requeue_after
+
+    queue = RunQueue(reconcile_one, max_concurrent=config.max_concurrent_reconciles)
+    state = OperatorState(client=client, reconciler=reconciler, queue=queue, metrics=metrics)
+    memo.loka = state
+    if config.metrics_port:
+        start_http_server(config.metrics_port, registry=metrics.registry)
+    state.resync = asyncio.get_running_loop().create_task(_resync_forever(state, config), name="loka drift repair")
+    log.info(
+        "loka-operator started (namespaces: %s, submission mode %s, metrics on :%s)",
+        ", ".join(config.namespaces) or "all",
+        config.rayjob.submission_mode,
+        config.metrics_port,
+    )
+
+
+@kopf.on.cleanup()
+async def stop(memo: Any, **_: Any) -> None:
+    state = _state(memo)
+    if state.resync is not None:
+        state.resync.cancel()
+    await state.queue.drain()
+    await state.client.close()
+
+
+@kopf.on.probe(id="reconcilesInFlight")
+def reconciles_in_flight(memo: Any, **_: Any) -> int:
+    return _state(memo).queue.busy()
+
+
+async def _resync_forever(state: OperatorState, config: OperatorConfig) -> None:
+    """The slow drift-repair pass: every run is reconciled from fresh reads, spread over the interval."""
+    while True:
+        await asyncio.sleep(config.resync_seconds)
+        scopes: list[str | None] = [*config.namespaces] or [None]
+        try:
+            keys = [
+                naming.run_key(run["metadata"]["namespace"], run["metadata"]["name"])
+                for scope in scopes
+                for run in await state.client.list(TRAINING_RUNS, scope)
+            ]
+        except Exception:
+            log.exception("drift-repair listing failed; next pass in %ss", config.resync_seconds)
+            continue
+        for index, key in enumerate(keys):
+            # Spread the pass over the interval instead of a thundering herd.
+            state.queue.request_after(key, config.resync_seconds * index / len(keys), drift=True)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def run_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    state = _state(memo)
+    key = naming.run_key(body.metadata.namespace or "", body.metadata.name or "")
+    if type == "DELETED":
+        state.reconciler.forget(key)
+        state.queue.forget(key)
+        return
+    state.reconciler.remember(dict(body))
+    state.queue.request(key)
+
+
+@kopf.on.event(naming.RAY_GROUP, naming.RAY_VERSION, "rayjobs", labels={naming.LABEL_MANAGED_BY: naming.OPERATOR_NAME})
+async def rayjob_changed(body: kopf.Body, memo: Any, **_: Any) -> None:
+    run = body.metadata.labels.get(naming.LABEL_RUN)
+    if run:
+        _state(memo).queue.request(naming.run_key(body.metadata.namespace or "", run))
+
+
+def _owner_rayjob(body: kopf.Body) -> str | None:
+    for ref in body.metadata.get("ownerReferences", []) or []:
+        if ref.get("kind") == "RayJob" and str(ref.get("apiVersion", "")).startswith(f"{naming.RAY_GROUP}/"):
+            name: str = ref.get("name", "")
+            return name
+    return None
+
+
+@kopf.on.event(naming.KUEUE_GROUP, naming.KUEUE_VERSION, "workloads")
+async def workload_changed(body: kopf.Body, memo: Any, **_: Any) -> None:
+    rayjob = _owner_rayjob(body)
+    if rayjob is None:
+        return
+    state = _state(memo)
+    key = naming.run_key(body.metadata.namespace or "", rayjob)  # a run's RayJob carries the run's name
+    if state.reconciler.known(key):
+        state.queue.request(key)

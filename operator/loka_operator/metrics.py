@@ -1,0 +1,45 @@
+"""Prometheus metrics: reconciles by result, reconcile duration, runs by phase, time queued, API requests."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from loka_operator.api import RunPhase
+
+
+class OperatorMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.reconciles = Counter(
+            "loka_reconcile_total", "Reconciles of TrainingRuns by result.", ["result"], registry=self.registry
+        )
+        self.reconcile_seconds = Histogram(
+            "loka_reconcile_duration_seconds",
+            "Time one reconcile of a TrainingRun took.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.in_flight = Gauge("loka_reconciles_in_flight", "Reconciles running now.", registry=self.registry)
+        self.runs = Gauge("loka_runs", "TrainingRuns by phase.", ["phase"], registry=self.registry)
+        self.queued_seconds = Histogram(
+            "loka_run_queued_seconds",
+            "How long a run attempt waited in Kueue's queue before it left the Queued phase.",
+            buckets=(1, 5, 15, 30, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600),
+            registry=self.registry,
+        )
+        self.api_requests = Counter(
+            "loka_api_requests_total",
+            "Kubernetes API requests the operator made, by verb.",
+            ["verb"],
+            registry=self.registry,
+        )
+        self._phases: dict[str, str] = {}
+
+    def observe_phase(self, key: str, phase: RunPhase | None) -> None:
+        """Keep `loka_runs{phase}` exact without listing runs on every scrape."""
+        old = self._phases.pop(key, None)
+        if old is not None:
+            self.runs.labels(phase=old).dec()
+        if phase is not None:
+            self._phases[key] = phase.value
+            self.runs.labels(phase=phase.value).inc()

@@ -1,0 +1,383 @@
+"""One level-based, idempotent reconcile of a TrainingRun: ordered steps, each "get, then create or patch".
+
+1. validate the spec (schema is the API server's job; here the semantic checks and verl composition)
+2. check every referenced Secret and key
+3. ensure the Kueue LocalQueue (when the run names its ClusterQueue)
+4. ensure the per-run ServiceAccount, Role and RoleBinding
+5. ensure the RayJob (and apply suspend, maxRestarts, the TTL after the run finished)
+6. calculate the status from what was observed and write the operator's fields only if they changed
+
+A step that cannot proceed stops the chain; the status still says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+from pydantic import ValidationError
+
+from loka_operator import builders, naming
+from loka_operator.api import QueueSpec, RunPhase, TrainingRun, TrainingRunStatus
+from loka_operator.config import OperatorConfig
+from loka_operator.kube import (
+    EVENTS,
+    JSON,
+    LOCAL_QUEUES,
+    RAYJOBS,
+    ROLE_BINDINGS,
+    ROLES,
+    SECRETS,
+    SERVICE_ACCOUNTS,
+    TRAINING_RUNS,
+    WORKLOADS,
+    ApiError,
+    KubeClient,
+    Resource,
+)
+from loka_operator.metrics import OperatorMetrics
+from loka_operator.status import (
+    TERMINAL,
+    Observed,
+    PhaseEvent,
+    Problem,
+    calculate_status,
+    finished,
+    rejected,
+)
+from loka_operator.validation import validate_spec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """What the caller should do next: nothing, or look again after `requeue_after` seconds."""
+
+    requeue_after: float | None = None
+    phase: str | None = None
+
+
+def now() -> datetime:
+    # metav1.Time has second precision; matching it keeps status comparisons stable.
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def _rv(obj: JSON | None) -> int:
+    try:
+        return int((obj or {}).get("metadata", {}).get("resourceVersion", "0"))
+    except ValueError:
+        return 0
+
+
+@dataclass
+class Reconciler:
+    client: KubeClient
+    config: OperatorConfig
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    # Latest TrainingRun bodies seen on the watch or returned by our own writes (newest resourceVersion wins).
+    _runs: dict[str, JSON] = field(default_factory=dict)
+    # (uid, generation) for which steps 2-4 already succeeded; the drift pass redoes them.
+    _ensured: dict[str, tuple[str, int]] = field(default_factory=dict)
+    _instance: str = field(default_factory=socket.gethostname)
+
+    # ------------------------------------------------------------------------- cache of runs
+
+    def remember(self, body: JSON) -> None:
+        key = naming.run_key(body["metadata"]["namespace"], body["metadata"]["name"])
+        if _rv(body) >= _rv(self._runs.get(key)):
+            self._runs[key] = body
+
+    def forget(self, key: str) -> None:
+        self._runs.pop(key, None)
+        self._ensured.pop(key, None)
+        self.metrics.observe_phase(key, None)
+
+    def known(self, key: str) -> bool:
+        return key in self._runs
+
+    async def _load_run(self, namespace: str, name: str, *, fresh: bool) -> JSON | None:
+        key = naming.run_key(namespace, name)
+        cached = self._runs.get(key)
+        if cached is not None and not fresh:
+            return cached
+        body = await self.client.get(TRAINING_RUNS, namespace, name)
+        if body is None:
+            self.forget(key)
+            return None
+        self.remember(body)
+        return self._runs[key]
+
+    # --------------------------------------------------------------------------- the loop
+
+    async def reconcile(self, namespace: str, name: str, *, drift: bool = False) -> Outcome:
+        key = naming.run_key(namespace, name)
+        body = await self._load_run(namespace, name, fresh=drift)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return Outcome()
+        try:
+            run = TrainingRun.model_validate(body)
+        except ValidationError as error:
+            previous = TrainingRunStatus.model_validate(body.get("status") or {})
+            problem = Problem("InvalidSpec", f"spec does not match the TrainingRun schema: {error}")
+            await self._write_status(body, previous, Observed(0, False, False, now(), invalid=problem))
+            return Outcome()
+        meta, spec, previous = run.metadata, run.spec, run.status
+        uid, generation = meta.uid, meta.generation
+        base = Observed(generation=generation, suspend=spec.suspend, queued=spec.queue is not None, now=now())
+
+        # 1. semantic validation (composition is CPU-bound and cached: keep it off the event loop)
+        invalid = await asyncio.to_thread(validate_spec, spec)
+        if invalid is not None:
+            await self._write_status(body, previous, replace(base, now=now(), invalid=invalid))
+            return Outcome(phase="Failed")
+
+        rayjob = await self.client.get(RAYJOBS, namespace, naming.rayjob_name(name))
+        conflict: Problem | None = None
+        if rayjob is not None and not _owned_by(rayjob, uid):
+            conflict = Problem(
+                "NameConflict",
+                f"a RayJob named {naming.rayjob_name(name)!r} already exists and is not owned by this run; "
+                "delete it or rename the run",
+            )
+            rayjob = None
+
+        requeue: float | None = None
+        # 2. secrets (values are never read into anything but a key set)
+        ensured = self._ensured.get(key) == (uid, generation) and not drift
+        missing = None if ensured and rayjob is not None else await self._missing_secrets(run)
+        if missing is not None:
+            requeue = self.config.secret_retry_seconds
+
+        launchable = missing is None and conflict is None and not finished(previous)
+        if launchable:
+            if not ensured:
+                # 3. Kueue LocalQueue, 4. the trainer's identity
+                if spec.queue is not None:
+                    await self._ensure_local_queue(spec.queue, namespace)
+                await self._ensure_rbac(name, namespace, uid)
+                self._ensured[key] = (uid, generation)
+            # 5. the RayJob
+            rayjob = await self._ensure_rayjob(run, rayjob)
+
+        workload = None
+        if rayjob is not None and spec.queue is not None:
+            workload = await self._find_workload(namespace, rayjob)
+            if rayjob is not None and not finished(previous):
+                await self._apply_kueue_suspend(workload, spec.suspend)
+
+        if rayjob is not None and finished(previous) and spec.ttl_seconds_after_finished is not None:
+            requeue = await self._expire(run, rayjob)
+            if requeue is None:
+                rayjob = None
+
+        # 6. status
+        observed = replace(
+            base,
+            now=now(),
+            missing_secrets=missing,
+            conflict=conflict,
+            rayjob=rayjob,
+            workload=workload,
+        )
+        update = await self._write_status(body, previous, observed)
+        phase = update.phase if update is not None else previous.phase
+        if phase in TERMINAL and spec.ttl_seconds_after_finished is not None and rayjob is not None and requeue is None:
+            requeue = float(spec.ttl_seconds_after_finished) + 1
+        return Outcome(requeue_after=requeue, phase=phase.value if phase else None)
+
+    # ------------------------------------------------------------------------------ steps
+
+    async def _missing_secrets(self, run: TrainingRun) -> Problem | None:
+        namespace = run.metadata.namespace
+        wanted: dict[str, list[str]] = {}
+        for _env, secret, key in builders.referenced_secrets(run.spec):
+            wanted.setdefault(secret, []).append(key)
+        missing: list[str] = []
+        for secret, keys in wanted.items():
+            body = await self.client.get(SECRETS, namespace, secret)
+            if body is None:
+                missing.append(f"Secret {secret!r} (keys {', '.join(keys)}) does not exist")
+                continue
+            present = set((body.get("data") or {}).keys()) | set((body.get("stringData") or {}).keys())
+            del body  # only key names leave this function
+            lacking = [k for k in keys if k not in present]
+            if lacking:
+                missing.append(f"Secret {secret!r} has no key {', '.join(repr(k) for k in lacking)}")
+        if not missing:
+            return None
+        return Problem("SecretMissing", "waiting for " + "; ".join(missing) + f" in namespace {namespace!r}")
+
+    async def _ensure_local_queue(self, queue: QueueSpec, namespace: str) -> None:
+        manifest = builders.build_local_queue(queue, namespace)
+        if manifest is None:
+            return
+        existing = await self.client.get(LOCAL_QUEUES, namespace, queue.name)
+        if existing is None:
+            await self._create(LOCAL_QUEUES, namespace, manifest)
+        elif existing.get("spec", {}).get("clusterQueue") != queue.cluster_queue:
+            log.warning(
+                "LocalQueue %s/%s points at ClusterQueue %r, not %r as the run asks; leaving it",
+                namespace,
+                queue.name,
+                existing.get("spec", {}).get("clusterQueue"),
+                queue.cluster_queue,
+            )
+
+    async def _ensure_rbac(self, run: str, namespace: str, uid: str) -> None:
+        await self._ensure(SERVICE_ACCOUNTS, namespace, builders.build_service_account(run, namespace, uid), ())
+        await self._ensure(ROLES, namespace, builders.build_role(run, namespace, uid), ("rules",))
+        await self._ensure(ROLE_BINDINGS, namespace, builders.build_role_binding(run, namespace, uid), ("subjects",))
+
+    async def _ensure(self, resource: Resource, namespace: str, manifest: JSON, owned: tuple[str, ...]) -> JSON:
+        """Get, then create or patch the fields this operator owns back to what they should be."""
+        name = manifest["metadata"]["name"]
+        existing = await self.client.get(resource, namespace, name)
+        if existing is None:
+            return await self._create(resource, namespace, manifest)
+        drifted = {k: manifest[k] for k in owned if existing.get(k) != manifest[k]}
+        if drifted:
+            log.info("repairing drift in %s %s/%s: %s", resource.plural, namespace, name, ", ".join(drifted))
+            return await self.client.merge_patch(resource, namespace, name, drifted)
+        return existing
+
+    async def _create(self, resource: Resource, namespace: str, manifest: JSON) -> JSON:
+        try:
+            return await self.client.create(resource, namespace, manifest)
+        except ApiError as error:
+            if error.status != 409:
+                raise
+            # Created meanwhile (e.g. by the previous operator process before it was killed).
+            existing = await self.client.get(resource, namespace, manifest["metadata"]["name"])
+            if existing is None:
+                raise
+            return existing
+
+    async def _ensure_rayjob(self, run: TrainingRun, rayjob: JSON | None) -> JSON | None:
+        spec, name, namespace = run.spec, run.metadata.name, run.metadata.namespace
+        if rayjob is None:
+            if spec.suspend:
+                return None  # nothing to suspend yet: launch when resumed
+            manifest = builders.build_rayjob(
+                spec, run=name, namespace=namespace, uid=run.metadata.uid, settings=self.config.rayjob
+            )
+            created = await self._create(RAYJOBS, namespace, manifest)
+            log.info("created RayJob %s/%s", namespace, name)
+            return created
+        patch: JSON = {}
+        if rayjob.get("spec", {}).get("backoffLimit") != spec.max_restarts:
+            patch["backoffLimit"] = spec.max_restarts
+        # Under Kueue, suspend belongs to Kueue (driven through the Workload); otherwise it is ours.
+        if spec.queue is None and bool(rayjob.get("spec", {}).get("suspend", False)) != spec.suspend:
+            patch["suspend"] = spec.suspend
+        if not patch:
+            return rayjob
+        return await self.client.merge_patch(RAYJOBS, namespace, name, {"spec": patch})
+
+    async def _find_workload(self, namespace: str, rayjob: JSON) -> JSON | None:
+        selector = f"{naming.KUEUE_JOB_UID_LABEL}={rayjob['metadata']['uid']}"
+        workloads = await self.client.list(WORKLOADS, namespace, label_selector=selector)
+        return max(workloads, key=lambda w: w["metadata"].get("creationTimestamp", ""), default=None)
+
+    async def _apply_kueue_suspend(self, workload: JSON | None, suspend: bool) -> None:
+        """Kueue re-admits a suspended RayJob it holds quota for; deactivating its Workload is how to stop it."""
+        if workload is None:
+            return
+        active = workload.get("spec", {}).get("active", True)
+        if active == (not suspend):
+            return
+        meta = workload["metadata"]
+        updated = await self.client.merge_patch(
+            WORKLOADS, meta["namespace"], meta["name"], {"spec": {"active": not suspend}}
+        )
+        workload.clear()
+        workload.update(updated)
+
+    async def _expire(self, run: TrainingRun, rayjob: JSON) -> float | None:
+        """Delete the finished run's RayJob once its TTL passed; otherwise the seconds left."""
+        ttl = run.spec.ttl_seconds_after_finished
+        done_at = run.status.completion_time
+        if ttl is None or done_at is None:
+            return None
+        left = (done_at - now()).total_seconds() + ttl
+        if left > 0:
+            return left + 1
+        await self.client.delete(RAYJOBS, run.metadata.namespace, rayjob["metadata"]["name"])
+        log.info("deleted RayJob %s/%s: ttlSecondsAfterFinished passed", run.metadata.namespace, run.metadata.name)
+        return None
+
+    # ----------------------------------------------------------------------------- status
+
+    async def _write_status(self, body: JSON, previous: TrainingRunStatus, observed: Observed) -> _Written | None:
+        meta = body["metadata"]
+        key = naming.run_key(meta["namespace"], meta["name"])
+        update = calculate_status(observed, previous)
+        self.metrics.observe_phase(key, update.status.phase)
+        if update.left_queue_after is not None:
+            self.metrics.queued_seconds.observe(update.left_queue_after)
+        if not update.changes:
+            return _Written(update.status.phase)
+        try:
+            written = await self.client.merge_patch(
+                TRAINING_RUNS, meta["namespace"], meta["name"], {"status": update.changes}, subresource="status"
+            )
+        except ApiError as error:
+            if error.status == 404:
+                self.forget(key)
+                return None
+            raise
+        self.remember(written)
+        if update.event is not None:
+            await self._post_event(body, update.event)
+        if update.status.phase != previous.phase:
+            log.info(
+                "run %s: %s -> %s (%s)",
+                key,
+                previous.phase,
+                update.status.phase,
+                update.event.reason if update.event else "",
+            )
+        if rejected(update.status):
+            self._ensured.pop(key, None)
+        return _Written(update.status.phase)
+
+    async def _post_event(self, body: JSON, event: PhaseEvent) -> None:
+        meta = body["metadata"]
+        stamp = now().isoformat().replace("+00:00", "Z")
+        manifest: JSON = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": body.get("apiVersion", "loka.dev/v1alpha1"),
+                "kind": body.get("kind", "TrainingRun"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "reason": event.reason,
+            "message": event.message[:1024],
+            "type": event.type,
+            "source": {"component": naming.OPERATOR_NAME},
+            "reportingComponent": naming.OPERATOR_NAME,
+            "reportingInstance": self._instance[:128],
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        try:
+            await self.client.create(EVENTS, meta["namespace"], manifest)
+        except ApiError as error:  # an Event is a courtesy; the status already says it
+            log.warning("could not post Event %s for %s/%s: %s", event.reason, meta["namespace"], meta["name"], error)
+
+
+@dataclass(frozen=True)
+class _Written:
+    phase: RunPhase | None
+
+
+def _owned_by(obj: JSON, uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences", []) or [])

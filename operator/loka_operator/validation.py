@@ -1,0 +1,66 @@
+"""Semantic checks the CRD schema cannot express, run before anything is launched.
+
+The heaviest one composes the run's rendered verl arguments (with the spec's verlOverrides
+last) against verl's packaged Hydra config, through the same renderer the trainer uses.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from loka_trainer.render import (
+    StagedPaths,
+    VerlConfigError,
+    VerlNotInstalledError,
+    compose_verl_config,
+    render_verl_overrides,
+)
+
+from loka_operator.api import Engine, TrainingRunSpec
+from loka_operator.status import Problem
+
+log = logging.getLogger(__name__)
+
+# Composition only checks keys and types, so any stable identity will do (and keeps the cache warm).
+_PLACEHOLDER_RUN = "validation"
+_PLACEHOLDER_NAMESPACE = "validation"
+
+
+def _check_batch_shape(spec: TrainingRunSpec) -> Problem | None:
+    training, resources = spec.training, spec.resources
+    gpus = resources.workers * resources.gpus_per_worker
+    mini = training.mini_batch_size or training.batch_size
+    if spec.engine == Engine.VERL and gpus > 0 and (mini * training.samples_per_prompt) % gpus != 0:
+        return Problem(
+            "InvalidBatchShape",
+            f"spec.training.miniBatchSize ({mini}) * samplesPerPrompt ({training.samples_per_prompt}) = "
+            f"{mini * training.samples_per_prompt} trajectories cannot be split evenly over {gpus} GPUs "
+            "(resources.workers * resources.gpusPerWorker); choose a multiple",
+        )
+    return None
+
+
+def _check_verl_overrides(spec: TrainingRunSpec) -> Problem | None:
+    if spec.engine != Engine.VERL:
+        if spec.verl_overrides:
+            return Problem(
+                "InvalidVerlOverrides",
+                f"spec.verlOverrides is only used by engine verl; engine is {spec.engine.value!r}: remove it",
+            )
+        return None
+    overrides = render_verl_overrides(
+        spec, run_name=_PLACEHOLDER_RUN, namespace=_PLACEHOLDER_NAMESPACE, paths=StagedPaths.placeholder()
+    )
+    try:
+        compose_verl_config(overrides)
+    except VerlConfigError as error:
+        return Problem("InvalidVerlOverrides", f"spec.verlOverrides: {error}")
+    except VerlNotInstalledError as error:
+        # An operator image without verl's config cannot check overrides; say so rather than reject runs.
+        log.warning("verlOverrides not checked: %s", error)
+    return None
+
+
+def validate_spec(spec: TrainingRunSpec) -> Problem | None:
+    """The first problem found, or None. Blocking (composition takes ~1 s cold): call it in a thread."""
+    return _check_batch_shape(spec) or _check_verl_overrides(spec)

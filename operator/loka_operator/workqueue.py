@@ -1,0 +1,102 @@
+"""A per-run work queue: at most one reconcile per run at a time, bursts of events coalesced into one more pass.
+
+Watch handlers only call `request()` and return, so kopf's event loop never waits on a reconcile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+ReconcileFn = Callable[[str, bool], Awaitable[float | None]]
+
+
+@dataclass
+class _Slot:
+    dirty: bool = False
+    drift: bool = False
+    task: asyncio.Task[None] | None = None
+    timer: asyncio.TimerHandle | None = None
+    timer_due: float = 0.0
+    failures: int = 0
+
+
+@dataclass
+class RunQueue:
+    """`reconcile(key, drift)` returns seconds until the run should be looked at again, or None."""
+
+    reconcile: ReconcileFn
+    max_concurrent: int = 16
+    max_backoff: float = 60.0
+    _slots: dict[str, _Slot] = field(default_factory=dict)
+    _limit: asyncio.Semaphore | None = None
+
+    def request(self, key: str, *, drift: bool = False) -> None:
+        slot = self._slots.setdefault(key, _Slot())
+        slot.drift = slot.drift or drift
+        if slot.task is not None and not slot.task.done():
+            slot.dirty = True
+            return
+        slot.dirty = False
+        slot.task = asyncio.get_running_loop().create_task(self._run(key, slot), name=f"reconcile {key}")
+
+    def request_after(self, key: str, delay: float, *, drift: bool = False) -> None:
+        slot = self._slots.setdefault(key, _Slot())
+        slot.drift = slot.drift or drift
+        due = time.monotonic() + delay
+        if slot.timer is not None and slot.timer_due <= due:
+            return  # an earlier look is already scheduled
+        if slot.timer is not None:
+            slot.timer.cancel()
+        slot.timer_due = due
+        slot.timer = asyncio.get_running_loop().call_later(delay, self._fire, key)
+
+    def _fire(self, key: str) -> None:
+        slot = self._slots.get(key)
+        if slot is not None:
+            slot.timer = None
+        self.request(key)
+
+    def forget(self, key: str) -> None:
+        slot = self._slots.pop(key, None)
+        if slot is not None and slot.timer is not None:
+            slot.timer.cancel()
+
+    def busy(self) -> int:
+        return sum(1 for slot in self._slots.values() if slot.task is not None and not slot.task.done())
+
+    async def _run(self, key: str, slot: _Slot) -> None:
+        if self._limit is None:
+            self._limit = asyncio.Semaphore(self.max_concurrent)
+        while True:
+            drift, slot.drift = slot.drift, False
+            delay: float | None
+            async with self._limit:
+                try:
+                    delay = await self.reconcile(key, drift)
+                    slot.failures = 0
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    slot.failures += 1
+                    delay = min(self.max_backoff, 0.5 * 2**slot.failures)
+                    log.exception("reconcile of %s failed (attempt %d); retrying in %.1fs", key, slot.failures, delay)
+            if delay is not None:
+                self.request_after(key, delay)
+            if not slot.dirty:
+                return
+            slot.dirty = False
+
+    async def drain(self) -> None:
+        tasks = [slot.task for slot in self._slots.values() if slot.task is not None and not slot.task.done()]
+        for slot in self._slots.values():
+            if slot.timer is not None:
+                slot.timer.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
