@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from loka_operator.api import TrainingRunSpec
 
 from loka_trainer.engines import EngineJob
-from loka_trainer.render import StagedPaths, _hydra_value, verl_command
+from loka_trainer.render import StagedPaths, verl_command
 from loka_trainer.settings import CHECKPOINT_KEEP_ENV, CHECKPOINT_PREFIX_ENV, WANDB_MODE_ENV
 
 log = logging.getLogger(__name__)
@@ -46,11 +46,16 @@ def actor_environment(job: EngineJob) -> dict[str, str]:
     return env
 
 
+def hydra_string(value: str) -> str:
+    """Always quoted: Ray rejects non-string env values, and Hydra would read ``3`` as an int."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def command(job: EngineJob) -> list[str]:
     """The renderer's command, with the actor environment inserted before the user's verlOverrides."""
     rendered = verl_command(job.spec, run_name=job.run_name, namespace=job.namespace, paths=staged_paths(job))
     split = len(rendered) - len(job.spec.verl_overrides)
-    extra = [f"{RUNTIME_ENV_PREFIX}{k}={_hydra_value(v)}" for k, v in sorted(actor_environment(job).items())]
+    extra = [f"{RUNTIME_ENV_PREFIX}{k}={hydra_string(v)}" for k, v in sorted(actor_environment(job).items())]
     return [*rendered[:split], *extra, *rendered[split:]]
 
 

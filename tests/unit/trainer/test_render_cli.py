@@ -1,0 +1,129 @@
+"""`loka-trainer render` prints the exact verl command, and what the trainer launches composes in verl's config."""
+
+from __future__ import annotations
+
+import shlex
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from loka_operator.api import TrainingRunSpec
+from loka_trainer.checkpoints import CheckpointStore
+from loka_trainer.cli import EXIT_BAD_INPUT, EXIT_OK, main
+from loka_trainer.engines import EngineJob, ResumePoint
+from loka_trainer.engines.verl import command
+from loka_trainer.render import compose_verl_config
+from loka_trainer.staging import StagedInputs
+from loka_trainer.storage import ObjectStore, S3Uri
+
+MANIFEST: dict[str, Any] = {
+    "apiVersion": "loka.dev/v1alpha1",
+    "kind": "TrainingRun",
+    "metadata": {"name": "qwen-gsm8k", "namespace": "loka"},
+    "spec": {
+        "image": "ghcr.io/acme/loka:rl-train",
+        "model": {"uri": "hf://Qwen/Qwen2.5-1.5B-Instruct"},
+        "data": {"train": "s3://data/gsm8k/train.parquet", "validation": "s3://data/gsm8k/test.parquet"},
+        "reward": {"function": "loka_trainer.rewards.gsm8k:compute_score"},
+        "training": {"epochs": 2, "batchSize": 64, "samplesPerPrompt": 4, "learningRate": 1.0e-6},
+        "verlOverrides": ["actor_rollout_ref.rollout.gpu_memory_utilization=0.6"],
+        "resources": {"workers": 1, "gpusPerWorker": 8},
+        "checkpoints": {"uri": "s3://ckpt/", "every": 50, "keep": 3, "resume": "auto"},
+        "tracking": {"wandb": {"project": "orbital_rl", "mode": "online"}},
+    },
+}
+
+
+def write_manifest(tmp_path: Path, body: dict[str, Any]) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def rendered_overrides(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    argv = shlex.split(capsys.readouterr().out.strip())
+    assert argv[:3] == ["python", "-m", "verl.trainer.main_ppo"]
+    return argv[3:]
+
+
+def test_render_prints_a_verl_command_that_composes_in_verls_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["render", "-f", str(write_manifest(tmp_path, MANIFEST))]) == EXIT_OK
+    config = compose_verl_config(rendered_overrides(capsys))
+    assert config.actor_rollout_ref.model.path == "Qwen/Qwen2.5-1.5B-Instruct"
+    assert config.trainer.checkpoint_callback_class == "loka_trainer.verl_callback.S3CheckpointCallback"
+    assert config.reward.custom_reward_function.path == "pkg://loka_trainer.rewards.gsm8k"
+    assert config.trainer.experiment_name == "qwen-gsm8k"
+    assert "file" in config.trainer.logger
+    assert config.actor_rollout_ref.rollout.gpu_memory_utilization == 0.6
+
+
+def test_render_of_an_invalid_manifest_names_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    body = {**MANIFEST, "spec": {**MANIFEST["spec"], "training": {"batchSize": 0}}}
+    assert main(["render", "-f", str(write_manifest(tmp_path, body))]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "spec.training.batchSize" in err
+    assert "got 0" in err
+
+
+def test_render_of_something_that_is_not_a_training_run_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["render", "-f", str(write_manifest(tmp_path, {"kind": "Pod"}))]) == EXIT_BAD_INPUT
+    assert "expected a TrainingRun manifest" in capsys.readouterr().err
+
+
+def test_explicit_resume_renders_verl_resume_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = dict(MANIFEST["spec"])
+    spec["checkpoints"] = {**spec["checkpoints"], "resume": "s3://ckpt/loka/old/global_step_40"}
+    assert main(["render", "-f", str(write_manifest(tmp_path, {**MANIFEST, "spec": spec}))]) == EXIT_OK
+    config = compose_verl_config(rendered_overrides(capsys))
+    assert config.trainer.resume_mode == "resume_path"
+    assert config.trainer.resume_from_path.endswith("/global_step_40")
+
+
+def test_launched_command_hands_the_checkpoint_settings_to_verls_actors_without_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-key")
+    monkeypatch.setenv("WANDB_API_KEY", "wandb-secret-key")
+    spec = TrainingRunSpec.model_validate(MANIFEST["spec"])
+    store = CheckpointStore(ObjectStore(endpoint_url="http://127.0.0.1:9"), S3Uri("ckpt", "loka/qwen-gsm8k"), keep=3)
+    job = EngineJob(
+        spec=spec,
+        run_name="qwen-gsm8k",
+        namespace="loka",
+        inputs=StagedInputs("Qwen/Qwen2.5-1.5B-Instruct", tmp_path / "train.parquet", tmp_path / "val.parquet"),
+        work_dir=tmp_path,
+        checkpoint_dir=tmp_path / "checkpoints",
+        metrics_file=tmp_path / "metrics.jsonl",
+        checkpoints=store,
+        resume=ResumePoint(100, tmp_path / "checkpoints" / "global_step_100", explicit=False),
+        on_checkpoint=lambda record: None,
+        stop=threading.Event(),
+        wandb_mode="online",
+    )
+    argv = command(job)
+    assert not any("secret-key" in arg for arg in argv)
+    assert argv[-1] == "actor_rollout_ref.rollout.gpu_memory_utilization=0.6"  # the user's overrides stay last
+    config = compose_verl_config(argv[3:])
+    env_vars = config.ray_kwargs.ray_init.runtime_env.env_vars
+    assert env_vars.LOKA_CHECKPOINT_PREFIX == "s3://ckpt/loka/qwen-gsm8k"
+    assert env_vars.LOKA_CHECKPOINT_KEEP == "3"
+    assert env_vars.WANDB_MODE == "online"
+    assert env_vars.VERL_FILE_LOGGER_PATH == str(tmp_path / "metrics.jsonl")
+    assert config.trainer.default_local_dir == str(tmp_path / "checkpoints")
+    assert config.trainer.resume_mode == "auto"
+
+
+def test_checkpoint_callback_class_is_a_verl_checkpoint_callback() -> None:
+    from verl.trainer.ppo.checkpoint_callback import CheckpointCallback
+    from verl.utils.import_utils import load_class_from_fqn
+
+    from loka_trainer.render import DEFAULT_CHECKPOINT_CALLBACK
+
+    assert issubclass(load_class_from_fqn(DEFAULT_CHECKPOINT_CALLBACK, "CheckpointCallback"), CheckpointCallback)
