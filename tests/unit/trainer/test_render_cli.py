@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from loka_operator.api import TrainingRunSpec
 from loka_trainer.checkpoints import CheckpointStore
 from loka_trainer.cli import EXIT_BAD_INPUT, EXIT_OK, main
@@ -115,15 +114,14 @@ def test_launched_command_hands_the_checkpoint_settings_to_verls_actors_without_
     assert env_vars.LOKA_CHECKPOINT_PREFIX == "s3://ckpt/loka/qwen-gsm8k"
     assert env_vars.LOKA_CHECKPOINT_KEEP == "3"
     assert env_vars.WANDB_MODE == "online"
-    assert env_vars.VERL_FILE_LOGGER_PATH == str(tmp_path / "metrics.jsonl")
+    assert str(tmp_path / "metrics.jsonl") == env_vars.VERL_FILE_LOGGER_PATH
     assert config.trainer.default_local_dir == str(tmp_path / "checkpoints")
     assert config.trainer.resume_mode == "auto"
 
 
 def test_checkpoint_callback_class_is_a_verl_checkpoint_callback() -> None:
+    from loka_trainer.render import DEFAULT_CHECKPOINT_CALLBACK
     from verl.trainer.ppo.checkpoint_callback import CheckpointCallback
     from verl.utils.import_utils import load_class_from_fqn
-
-    from loka_trainer.render import DEFAULT_CHECKPOINT_CALLBACK
 
     assert issubclass(load_class_from_fqn(DEFAULT_CHECKPOINT_CALLBACK, "CheckpointCallback"), CheckpointCallback)
