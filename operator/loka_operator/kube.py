@@ -118,9 +118,12 @@ class KubeClient:
             raise ApiError(0, type(error).__name__, str(error) or "connection failed") from error
         finally:
             self.request_seconds += time.monotonic() - started
-        decoded: JSON = json.loads(payload) if payload else {}
+        try:
+            decoded: JSON = json.loads(payload) if payload else {}
+        except ValueError:  # e.g. "404 page not found" for a resource the server does not serve
+            decoded = {"message": payload[:200].decode(errors="replace")}
         if response.status >= 400:
-            raise ApiError(response.status, str(decoded.get("reason", "")), str(decoded.get("message", payload[:200])))
+            raise ApiError(response.status, str(decoded.get("reason", "")), str(decoded.get("message", "")))
         return decoded
 
     async def get(self, resource: Resource, namespace: str, name: str) -> JSON | None:

@@ -1,0 +1,191 @@
+"""Pure builders: the RayJob, the trainer's RBAC and the LocalQueue a run asks for."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+from loka_operator import naming
+from loka_operator.api import QueueSpec, TrainingRunSpec
+from loka_operator.builders import (
+    RayJobSettings,
+    build_local_queue,
+    build_rayjob,
+    build_role,
+    build_role_binding,
+    build_service_account,
+    referenced_secrets,
+)
+
+UID = "0f3c-uid"
+
+
+def make_spec(**overrides: Any) -> TrainingRunSpec:
+    body: dict[str, Any] = {
+        "image": "ghcr.io/acme/loka:rl-train",
+        "model": {"uri": "hf://Qwen/Qwen2.5-1.5B-Instruct"},
+        "data": {"train": "s3://data/gsm8k/train.parquet"},
+        "resources": {
+            "workers": 2,
+            "gpusPerWorker": 8,
+            "head": {"cpu": "8", "memory": "32Gi"},
+            "worker": {"cpu": "32", "memory": "256Gi"},
+            "nodeSelector": {"nvidia.com/gpu.product": "H100"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+        "queue": {"name": "team-a", "clusterQueue": "gpu-cq", "priorityClass": "high"},
+        "storage": {"endpoint": "http://minio.minio:9000", "credentialsSecret": "loka-s3"},
+        "tracking": {"wandb": {"project": "orbital", "apiKey": {"secret": "loka-secrets", "key": "wandb-api-key"}}},
+        "huggingface": {"token": {"secret": "loka-secrets", "key": "hf-token"}},
+        "maxRestarts": 3,
+    }
+    body.update(overrides)
+    return TrainingRunSpec.model_validate(body)
+
+
+def rayjob(spec: TrainingRunSpec | None = None, mode: str = "K8sJobMode") -> dict[str, Any]:
+    return build_rayjob(
+        spec or make_spec(), run="qwen", namespace="team-a", uid=UID, settings=RayJobSettings(submission_mode=mode)
+    )
+
+
+def containers(job: dict[str, Any]) -> list[dict[str, Any]]:
+    cluster = job["spec"]["rayClusterSpec"]
+    templates = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    if "submitterPodTemplate" in job["spec"]:
+        templates.append(job["spec"]["submitterPodTemplate"])
+    return [c for t in templates for c in t["spec"]["containers"]]
+
+
+def test_rayjob_is_owned_by_the_run_and_queued_in_kueue() -> None:
+    job = rayjob()
+    meta = job["metadata"]
+    assert meta["name"] == "qwen"
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": "loka.dev/v1alpha1",
+            "kind": "TrainingRun",
+            "name": "qwen",
+            "uid": UID,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    assert meta["labels"][naming.KUEUE_QUEUE_LABEL] == "team-a"
+    assert meta["labels"][naming.KUEUE_PRIORITY_LABEL] == "high"
+    assert meta["labels"][naming.LABEL_RUN] == "qwen"
+    # Kueue flips suspend on a queued RayJob; the builder must leave it alone.
+    assert "suspend" not in job["spec"]
+    assert "clusterSelector" not in job["spec"]
+    assert job["spec"]["shutdownAfterJobFinishes"] is True
+    assert job["spec"]["backoffLimit"] == 3
+    assert job["spec"]["entrypoint"] == "loka-trainer run"
+
+
+def test_unqueued_rayjob_carries_spec_suspend() -> None:
+    job = rayjob(make_spec(queue=None, suspend=True))
+    assert job["spec"]["suspend"] is True
+    assert naming.KUEUE_QUEUE_LABEL not in job["metadata"]["labels"]
+
+
+def test_worker_group_gets_gpus_and_placement_from_resources() -> None:
+    cluster = rayjob()["spec"]["rayClusterSpec"]
+    group = cluster["workerGroupSpecs"][0]
+    assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 2
+    worker = group["template"]["spec"]
+    limits = worker["containers"][0]["resources"]["limits"]
+    assert limits == {"cpu": "32", "memory": "256Gi", "nvidia.com/gpu": 8}
+    assert worker["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
+    assert worker["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    assert head["containers"][0]["resources"]["requests"] == {"cpu": "8", "memory": "32Gi"}
+    assert head["serviceAccountName"] == naming.service_account_name("qwen")
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"
+
+
+def test_every_pod_runs_restricted_without_a_fixed_uid() -> None:
+    job = rayjob()
+    for container in containers(job):
+        ctx = container["securityContext"]
+        assert ctx["allowPrivilegeEscalation"] is False
+        assert ctx["capabilities"] == {"drop": ["ALL"]}
+        assert ctx["runAsNonRoot"] is True
+        assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert "runAsUser" not in ctx
+        assert not ctx.get("privileged", False)
+    assert "runAsUser" not in json.dumps(job)
+
+
+def test_trainer_env_contract_with_secrets_only_by_reference() -> None:
+    head = rayjob()["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in head["env"]}
+    assert env["LOKA_RUN_NAME"]["value"] == "qwen"
+    assert env["LOKA_RUN_NAMESPACE"]["value"] == "team-a"
+    assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio.minio:9000"
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"] == {"secretKeyRef": {"name": "loka-s3", "key": "AWS_ACCESS_KEY_ID"}}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"] == {
+        "secretKeyRef": {"name": "loka-s3", "key": "AWS_SECRET_ACCESS_KEY"}
+    }
+    assert env["WANDB_API_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "loka-secrets", "key": "wandb-api-key"}}
+    assert env["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "loka-secrets", "key": "hf-token"}}
+    for secret_env in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "WANDB_API_KEY", "HF_TOKEN"):
+        assert "value" not in env[secret_env]
+
+
+def test_runtime_env_carries_only_the_plain_variables() -> None:
+    runtime_env = yaml.safe_load(rayjob()["spec"]["runtimeEnvYAML"])
+    assert runtime_env == {
+        "env_vars": {
+            "LOKA_RUN_NAME": "qwen",
+            "LOKA_RUN_NAMESPACE": "team-a",
+            "AWS_ENDPOINT_URL": "http://minio.minio:9000",
+        }
+    }
+
+
+@pytest.mark.parametrize(("mode", "has_submitter"), [("K8sJobMode", True), ("HTTPMode", False)])
+def test_submission_mode_is_an_operator_setting(mode: str, has_submitter: bool) -> None:
+    job = rayjob(mode=mode)
+    assert job["spec"]["submissionMode"] == mode
+    assert ("submitterPodTemplate" in job["spec"]) is has_submitter
+
+
+def test_referenced_secrets_lists_every_key_the_pods_read() -> None:
+    assert referenced_secrets(make_spec()) == [
+        ("AWS_ACCESS_KEY_ID", "loka-s3", "AWS_ACCESS_KEY_ID"),
+        ("AWS_SECRET_ACCESS_KEY", "loka-s3", "AWS_SECRET_ACCESS_KEY"),
+        ("WANDB_API_KEY", "loka-secrets", "wandb-api-key"),
+        ("HF_TOKEN", "loka-secrets", "hf-token"),
+    ]
+    assert referenced_secrets(make_spec(storage=None, tracking=None, huggingface=None)) == []
+
+
+def test_role_allows_exactly_get_run_and_patch_its_status() -> None:
+    role = build_role("qwen", "team-a", UID)
+    assert role["rules"] == [
+        {"apiGroups": ["loka.dev"], "resources": ["trainingruns"], "resourceNames": ["qwen"], "verbs": ["get"]},
+        {
+            "apiGroups": ["loka.dev"],
+            "resources": ["trainingruns/status"],
+            "resourceNames": ["qwen"],
+            "verbs": ["patch"],
+        },
+    ]
+    binding = build_role_binding("qwen", "team-a", UID)
+    account = build_service_account("qwen", "team-a", UID)
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "team-a"}
+    ]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    for obj in (role, binding, account):
+        assert obj["metadata"]["ownerReferences"][0]["uid"] == UID
+
+
+def test_local_queue_only_when_the_run_names_a_cluster_queue() -> None:
+    queue = build_local_queue(QueueSpec(name="team-a", cluster_queue="gpu-cq"), "ns")
+    assert queue is not None
+    assert queue["spec"] == {"clusterQueue": "gpu-cq"}
+    assert "ownerReferences" not in queue["metadata"]  # shared by the namespace's runs
+    assert build_local_queue(QueueSpec(name="team-a"), "ns") is None

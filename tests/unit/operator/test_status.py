@@ -1,0 +1,288 @@
+"""The status calculator: every RayJob x Workload state it maps, and the transitions between them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from loka_operator.api import CheckpointStatus, Condition, RunPhase, TrainingRunStatus
+from loka_operator.status import Observed, Problem, calculate_status, decide_phase, kueue_wait_reason
+
+NOW = datetime(2026, 11, 22, 5, 0, 0, tzinfo=UTC)
+
+
+def rayjob(deployment: str = "", job_status: str = "", **status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "qwen", "uid": "rj-uid"},
+        "status": {"jobDeploymentStatus": deployment, "jobStatus": job_status, **status},
+    }
+
+
+def workload(*conditions: tuple[str, str, str, str], active: bool = True) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "rayjob-qwen-1"},
+        "spec": {"active": active},
+        "status": {"conditions": [{"type": t, "status": s, "reason": r, "message": m} for t, s, r, m in conditions]},
+    }
+
+
+PENDING_QUOTA = workload(
+    (
+        "QuotaReserved",
+        "False",
+        "Pending",
+        "couldn't assign flavors to pod set head: insufficient unused quota for nvidia.com/gpu in flavor gpu, 8 more needed",
+    )
+)
+ADMITTED = workload(
+    ("QuotaReserved", "True", "QuotaReserved", "Quota reserved in ClusterQueue gpu-cq"),
+    ("Admitted", "True", "Admitted", "The workload is admitted"),
+)
+PREEMPTED = workload(
+    ("QuotaReserved", "False", "Preempted", "Preempted to accommodate a workload (UID: x) due to prioritization"),
+    ("Evicted", "True", "Preempted", "Preempted to accommodate a workload (UID: x) due to prioritization"),
+    ("Preempted", "True", "InClusterQueue", "Preempted to accommodate a workload (UID: x) due to prioritization"),
+)
+
+
+def observe(
+    rj: dict[str, Any] | None,
+    wl: dict[str, Any] | None = None,
+    *,
+    queued: bool = True,
+    suspend: bool = False,
+    **extra: Any,
+) -> Observed:
+    return Observed(generation=1, suspend=suspend, queued=queued, now=NOW, rayjob=rj, workload=wl, **extra)
+
+
+@pytest.mark.parametrize(
+    ("rj", "wl", "queued", "suspend", "phase", "reason"),
+    [
+        # before the RayJob exists
+        (None, None, True, False, RunPhase.PENDING, "CreatingRayJob"),
+        (None, None, True, True, RunPhase.SUSPENDED, "Suspended"),
+        # freshly created, Kueue has not made or admitted the Workload yet
+        (rayjob(""), None, True, False, RunPhase.QUEUED, "WorkloadPending"),
+        (rayjob("Initializing"), PENDING_QUOTA, True, False, RunPhase.QUEUED, "Pending"),
+        (rayjob("Suspended"), PENDING_QUOTA, True, False, RunPhase.QUEUED, "Pending"),
+        (rayjob("Suspending"), PENDING_QUOTA, True, False, RunPhase.QUEUED, "Pending"),
+        # admitted: the Ray cluster comes up, then the trainer runs
+        (rayjob(""), ADMITTED, True, False, RunPhase.STARTING, "StartingRayCluster"),
+        (rayjob("Initializing"), ADMITTED, True, False, RunPhase.STARTING, "StartingRayCluster"),
+        (rayjob("Waiting"), ADMITTED, True, False, RunPhase.STARTING, "StartingRayCluster"),
+        (rayjob("Running", "RUNNING"), ADMITTED, True, False, RunPhase.RUNNING, "RayJobRunning"),
+        (rayjob("Running", "PENDING"), ADMITTED, True, False, RunPhase.RUNNING, "RayJobRunning"),
+        # preempted by Kueue: the RayJob is suspended and the run waits again, in Kueue's words
+        (rayjob("Suspending"), PREEMPTED, True, False, RunPhase.QUEUED, "PreemptedInClusterQueue"),
+        (rayjob("Suspended"), PREEMPTED, True, False, RunPhase.QUEUED, "PreemptedInClusterQueue"),
+        # suspended by the user (Workload deactivated)
+        (rayjob("Suspended"), workload(active=False), True, True, RunPhase.SUSPENDED, "Suspended"),
+        (rayjob("Running", "RUNNING"), ADMITTED, True, True, RunPhase.RUNNING, "RayJobRunning"),
+        # retries and the end
+        (rayjob("Retrying"), ADMITTED, True, False, RunPhase.RESUMING, "Retrying"),
+        (rayjob("Complete", "SUCCEEDED"), ADMITTED, True, False, RunPhase.SUCCEEDED, "RayJobSucceeded"),
+        (rayjob("Complete", "STOPPED"), ADMITTED, True, False, RunPhase.FAILED, "RayJobStopped"),
+        (rayjob("Failed", "FAILED", reason="AppFailed"), ADMITTED, True, False, RunPhase.FAILED, "AppFailed"),
+        (
+            rayjob("Failed", "FAILED", reason="DeadlineExceeded"),
+            ADMITTED,
+            True,
+            False,
+            RunPhase.FAILED,
+            "DeadlineExceeded",
+        ),
+        (rayjob("ValidationFailed", reason="ValidationFailed"), None, True, False, RunPhase.FAILED, "ValidationFailed"),
+        # without Kueue
+        (rayjob(""), None, False, False, RunPhase.STARTING, "StartingRayCluster"),
+        (rayjob("Running", "RUNNING"), None, False, False, RunPhase.RUNNING, "RayJobRunning"),
+        (rayjob("Suspended"), None, False, True, RunPhase.SUSPENDED, "Suspended"),
+        (rayjob("Suspended"), None, False, False, RunPhase.RESUMING, "Resuming"),
+        (rayjob("Initializing"), None, False, True, RunPhase.SUSPENDED, "Suspending"),
+    ],
+)
+def test_phase_for_each_rayjob_and_workload_state(
+    rj: dict[str, Any] | None,
+    wl: dict[str, Any] | None,
+    queued: bool,
+    suspend: bool,
+    phase: RunPhase,
+    reason: str,
+) -> None:
+    verdict = decide_phase(observe(rj, wl, queued=queued, suspend=suspend), TrainingRunStatus())
+    assert (verdict.phase, verdict.reason) == (phase, reason)
+
+
+def test_queued_run_says_why_in_kueues_words() -> None:
+    update = calculate_status(observe(rayjob("Suspended"), PENDING_QUOTA), TrainingRunStatus())
+    assert update.status.phase == RunPhase.QUEUED
+    assert "insufficient unused quota for nvidia.com/gpu" in (update.status.message or "")
+    admitted = next(c for c in update.status.conditions if c.type == "Admitted")
+    assert admitted.status == "False"
+    assert "insufficient unused quota" in admitted.message
+    assert update.status.queued_since == NOW
+
+
+def test_kueue_wait_reason_prefers_preemption_over_quota() -> None:
+    problem = kueue_wait_reason(PREEMPTED)
+    assert problem.reason == "PreemptedInClusterQueue"
+    assert "due to prioritization" in problem.message
+
+
+def test_invalid_spec_fails_without_children_and_recovers_when_fixed() -> None:
+    invalid = Problem("InvalidVerlOverrides", "spec.verlOverrides: unknown verl config key 'trainer.nope'")
+    failed = calculate_status(observe(None, invalid=invalid), TrainingRunStatus()).status
+    assert failed.phase == RunPhase.FAILED
+    valid = next(c for c in failed.conditions if c.type == "Valid")
+    assert (valid.status, valid.reason) == ("False", "InvalidVerlOverrides")
+    assert "trainer.nope" in valid.message
+    assert failed.attempt is None
+    recovered = calculate_status(observe(None), failed).status
+    assert recovered.phase == RunPhase.PENDING
+    assert recovered.completion_time is None
+    assert next(c for c in recovered.conditions if c.type == "Valid").status == "True"
+
+
+def test_missing_secret_keeps_the_run_pending_with_the_name() -> None:
+    missing = Problem("SecretMissing", "waiting for Secret 'loka-s3' (keys AWS_ACCESS_KEY_ID) does not exist")
+    status = calculate_status(observe(None, missing_secrets=missing), TrainingRunStatus()).status
+    assert status.phase == RunPhase.PENDING
+    cond = next(c for c in status.conditions if c.type == "SecretsReady")
+    assert (cond.status, cond.reason) == ("False", "SecretMissing")
+    assert "loka-s3" in cond.message
+
+
+def walk(*steps: tuple[dict[str, Any] | None, dict[str, Any] | None, bool]) -> list[TrainingRunStatus]:
+    status = TrainingRunStatus()
+    seen = []
+    for index, (rj, wl, suspend) in enumerate(steps):
+        obs = Observed(
+            generation=1, suspend=suspend, queued=True, now=NOW + timedelta(seconds=index), rayjob=rj, workload=wl
+        )
+        status = calculate_status(obs, status).status
+        seen.append(status)
+    return seen
+
+
+def test_preemption_and_suspension_start_new_attempts() -> None:
+    history = walk(
+        (None, None, False),
+        (rayjob("Suspended"), PENDING_QUOTA, False),
+        (rayjob("Initializing"), ADMITTED, False),
+        (rayjob("Running", "RUNNING"), ADMITTED, False),
+        (rayjob("Suspending"), PREEMPTED, False),  # preempted: attempt 1 ends
+        (rayjob("Initializing"), ADMITTED, False),
+        (rayjob("Running", "RUNNING"), ADMITTED, False),
+        (rayjob("Suspended"), workload(active=False), True),  # suspended by the user: attempt 2 ends
+        (rayjob("Running", "RUNNING"), ADMITTED, False),
+        (rayjob("Complete", "SUCCEEDED"), ADMITTED, False),
+    )
+    phases = [s.phase for s in history]
+    assert phases == [
+        RunPhase.PENDING,
+        RunPhase.QUEUED,
+        RunPhase.STARTING,
+        RunPhase.RUNNING,
+        RunPhase.QUEUED,
+        RunPhase.RESUMING,
+        RunPhase.RUNNING,
+        RunPhase.SUSPENDED,
+        RunPhase.RUNNING,
+        RunPhase.SUCCEEDED,
+    ]
+    assert [s.attempt for s in history] == [None, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert history[-1].completion_time is not None
+    assert history[3].start_time == NOW + timedelta(seconds=2)  # first became active at Starting
+
+
+def test_retry_starts_a_new_attempt() -> None:
+    history = walk(
+        (rayjob("Running", "RUNNING"), ADMITTED, False),
+        (rayjob("Retrying"), ADMITTED, False),
+        (rayjob("Initializing"), ADMITTED, False),
+    )
+    assert [(s.phase, s.attempt) for s in history] == [
+        (RunPhase.RUNNING, 1),
+        (RunPhase.RESUMING, 2),
+        (RunPhase.RESUMING, 2),
+    ]
+
+
+def test_unchanged_observation_patches_nothing() -> None:
+    first = calculate_status(observe(rayjob("Running", "RUNNING"), ADMITTED), TrainingRunStatus())
+    assert first.changes and first.event is not None
+    again = calculate_status(observe(rayjob("Running", "RUNNING"), ADMITTED), first.status)
+    assert again.changes == {}
+    assert again.event is None
+
+
+def test_trainer_fields_are_never_touched() -> None:
+    previous = TrainingRunStatus.model_validate(
+        {
+            "phase": "Running",
+            "attempt": 1,
+            "progress": {"step": 120, "totalSteps": 900, "epoch": 2},
+            "metrics": {"rewardMean": 0.61},
+            "checkpoint": {"step": 100, "uri": "s3://ckpt/ns/qwen/global_step_100"},
+            "wandbURL": "https://wandb.ai/x",
+        }
+    )
+    update = calculate_status(observe(rayjob("Complete", "SUCCEEDED"), ADMITTED), previous)
+    assert not {"progress", "metrics", "checkpoint", "wandbURL"} & set(update.changes)
+    saved = next(c for c in update.status.conditions if c.type == "CheckpointSaved")
+    assert saved.status == "True"
+    assert "global_step_100" in saved.message
+
+
+def test_trainer_failure_message_survives_the_failed_transition() -> None:
+    previous = TrainingRunStatus(phase=RunPhase.RUNNING, attempt=1, message="reward function raised KeyError")
+    update = calculate_status(observe(rayjob("Failed", "FAILED", reason="AppFailed", message="job failed")), previous)
+    assert update.status.phase == RunPhase.FAILED
+    assert update.status.message == "reward function raised KeyError"
+    failed = next(c for c in update.status.conditions if c.type == "Failed")
+    assert (failed.status, failed.reason, failed.message) == ("True", "AppFailed", "job failed")
+    assert update.event is not None and update.event.type == "Warning"
+
+
+def test_finished_run_keeps_its_status_after_the_rayjob_is_removed() -> None:
+    done = TrainingRunStatus(
+        phase=RunPhase.SUCCEEDED,
+        attempt=1,
+        ray_job="qwen",
+        completion_time=NOW,
+        conditions=[Condition(type="Valid", status="True", reason="Validated")],
+        checkpoint=CheckpointStatus(step=900),
+    )
+    update = calculate_status(observe(None), done)
+    assert update.status.phase == RunPhase.SUCCEEDED
+    assert update.status.ray_job == "qwen"
+    assert update.status.completion_time == NOW
+    assert update.event is None
+
+
+def test_condition_transition_time_moves_only_when_status_flips() -> None:
+    first = calculate_status(observe(rayjob("Running", "RUNNING"), ADMITTED), TrainingRunStatus()).status
+    later = Observed(
+        generation=2,
+        suspend=False,
+        queued=True,
+        now=NOW + timedelta(minutes=5),
+        rayjob=rayjob("Running", "RUNNING"),
+        workload=ADMITTED,
+    )
+    second = calculate_status(later, first).status
+    training = next(c for c in second.conditions if c.type == "Training")
+    assert training.last_transition_time == NOW
+    assert training.observed_generation == 2
+    assert second.observed_generation == 2
+
+
+def test_dashboard_url_gets_a_scheme() -> None:
+    rj = rayjob(
+        "Running", "RUNNING", dashboardURL="qwen-abcde-head-svc.ns.svc.cluster.local:8265", rayClusterName="qwen-abcde"
+    )
+    status = calculate_status(observe(rj, ADMITTED), TrainingRunStatus()).status
+    assert status.dashboard_url == "http://qwen-abcde-head-svc.ns.svc.cluster.local:8265"
+    assert status.ray_cluster == "qwen-abcde"
+    assert status.ray_job == "qwen"
