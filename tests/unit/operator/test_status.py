@@ -32,7 +32,8 @@ PENDING_QUOTA = workload(
         "QuotaReserved",
         "False",
         "Pending",
-        "couldn't assign flavors to pod set head: insufficient unused quota for nvidia.com/gpu in flavor gpu, 8 more needed",
+        "couldn't assign flavors to pod set head: "
+        "insufficient unused quota for nvidia.com/gpu in flavor gpu, 8 more needed",
     )
 )
 ADMITTED = workload(
@@ -102,7 +103,7 @@ def observe(
         (rayjob("Initializing"), None, False, True, RunPhase.SUSPENDED, "Suspending"),
     ],
 )
-def test_phase_for_each_rayjob_and_workload_state(
+def test_phase_for_each_rayjob_and_workload_state(  # noqa: PLR0917
     rj: dict[str, Any] | None,
     wl: dict[str, Any] | None,
     queued: bool,
