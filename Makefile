@@ -12,6 +12,7 @@ comma := ,
 
 .PHONY: help venv cluster-build cluster-up cluster-down cluster-status test test-unit test-cluster lint typecheck fmt bench-cluster clean
 .PHONY: helm chart-crds chart-lint lint-workflows gitops-build gitops-health test-deploy
+.PHONY: lint-dockerfile test-trainer bench-checkpoint
 
 help: ## List every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -87,3 +88,12 @@ gitops-health: venv ## Regenerate the argocd-cm and OpenShift GitOps snippets fr
 
 test-deploy: venv ## Chart, gitops, health-check and workflow tests (the cluster ones start the control plane)
 	$(PY) -m pytest tests/deploy
+
+lint-dockerfile: venv ## hadolint the trainer image's Dockerfile
+	$(VENV)/bin/hadolint trainer-image/Dockerfile
+
+test-trainer: venv ## Trainer unit tests, then its MinIO/API-server tests and the CPU GRPO run (starts the control plane)
+	$(PY) -m pytest tests/unit/trainer tests/trainer
+
+bench-checkpoint: venv ## Upload a 2 GB synthetic checkpoint to the local MinIO three ways, then time its restore
+	$(PY) bench/checkpoint_upload.py

@@ -1,0 +1,97 @@
+"""The trainer image, checked without building it: lint-clean, everything it copies exists, its entrypoint
+runs, it runs as any non-root UID in group 0, and it bakes in no secret.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+DOCKERFILE = REPO / "trainer-image" / "Dockerfile"
+SECRET_NAMES = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL)", re.IGNORECASE)
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    result = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            keyword, _, rest = stripped.partition(" ")
+            result.append((keyword.upper(), rest.strip()))
+    return result
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_base_image_is_pinned_to_a_tag() -> None:
+    (base,) = [args for keyword, args in instructions() if keyword == "FROM"]
+    assert re.fullmatch(r"[\w./-]+:[\w.-]+(@sha256:[0-9a-f]{64})?", base), base
+    assert not base.endswith(":latest")
+
+
+def test_everything_the_image_copies_exists_in_the_build_context() -> None:
+    copies = [shlex.split(args) for keyword, args in instructions() if keyword in {"COPY", "ADD"}]
+    assert copies
+    for parts in copies:
+        sources = [p for p in parts[:-1] if not p.startswith("--")]
+        for source in sources:
+            assert (REPO / source).exists(), f"COPY {source}: not in the repository"
+
+
+def test_build_context_filter_keeps_what_the_image_copies() -> None:
+    ignore = (REPO / "trainer-image" / "Dockerfile.dockerignore").read_text().splitlines()
+    kept = {line.removeprefix("!").removesuffix("/**") for line in ignore if line.startswith("!")}
+    copied = {source for keyword, args in instructions() if keyword == "COPY" for source in shlex.split(args)[:-1]}
+    assert copied <= kept, copied - kept
+
+
+def test_entrypoint_is_the_installed_console_script_and_imports() -> None:
+    (entrypoint,) = [args for keyword, args in instructions() if keyword == "ENTRYPOINT"]
+    script = entrypoint.strip('[]" ')
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    module_name, _, function = scripts[script].partition(":")
+    assert callable(getattr(importlib.import_module(module_name), function))
+    result = subprocess.run(
+        [Path(sys.executable).parent / script, "--help"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert all(command in result.stdout for command in ("render", "run", "dataset"))
+
+
+def test_image_runs_as_non_root_in_group_zero_with_group_writable_dirs() -> None:
+    (user,) = [args for keyword, args in instructions() if keyword == "USER"]
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit()
+    assert int(uid) != 0
+    assert gid == "0"
+    run = " ".join(args for keyword, args in instructions() if keyword == "RUN")
+    env = " ".join(args for keyword, args in instructions() if keyword == "ENV")
+    home = re.search(r"HOME=(\S+)", env)
+    work = re.search(r"LOKA_WORK_DIR=(\S+)", env)
+    assert home
+    assert work
+    for folder in (home.group(1), work.group(1)):
+        assert f"chgrp -R 0 {folder}" in run or re.search(rf"chgrp -R 0 [^&]*{re.escape(folder)}", run)
+        assert re.search(rf"chmod -R g=u [^&]*{re.escape(folder)}", run), folder
+
+
+@pytest.mark.parametrize("keyword", ["ENV", "ARG", "LABEL"])
+def test_no_secret_is_baked_into_the_image(keyword: str) -> None:
+    for kw, args in instructions():
+        if kw == keyword:
+            names = re.findall(r"([A-Za-z_][\w.]*)=", args) or [args.split()[0]]
+            assert not [n for n in names if SECRET_NAMES.search(n)], f"{kw} {args}"
