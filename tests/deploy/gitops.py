@@ -6,11 +6,14 @@ gitops/openshift/argocd-resource-health.yaml; a test proves they hold health.lua
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
+from typing import Any
 
-from tests.deploy.tools import REPO
+from tests.deploy.tools import REPO, kubectl_path, load_manifests
 
 GITOPS = REPO / "gitops"
+OVERLAYS = sorted(p for p in (GITOPS / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
 HEALTH_LUA = GITOPS / "argocd" / "health" / "loka.dev" / "TrainingRun" / "health.lua"
 ARGOCD_CM = GITOPS / "argocd" / "argocd-cm-health.yaml"
 OPENSHIFT_ARGOCD = GITOPS / "openshift" / "argocd-resource-health.yaml"
@@ -26,6 +29,11 @@ if obj.status ~= nil and obj.status.health ~= nil then
 end
 return hs
 """
+
+
+def kustomize(overlay: Path) -> list[dict[str, Any]]:
+    done = subprocess.run([str(kubectl_path()), "kustomize", str(overlay)], capture_output=True, text=True, check=True)
+    return load_manifests(done.stdout)
 
 
 def _indent(text: str, spaces: int) -> str:

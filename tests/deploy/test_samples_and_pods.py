@@ -3,8 +3,6 @@ Loka asks for (operator, Ray head, Ray workers, submitter) passes restricted-v2.
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -14,10 +12,10 @@ from loka_operator.api import TrainingRunSpec
 from loka_operator.builders.rayjob import SUBMISSION_MODES, RayJobSettings, build_rayjob
 
 from tests.deploy.chart import CHART
+from tests.deploy.gitops import OVERLAYS, kustomize
 from tests.deploy.podsecurity import pod_specs, restricted_violations
-from tests.deploy.tools import REPO, kubectl_path, load_manifests
+from tests.deploy.tools import REPO
 
-OVERLAYS = sorted(p for p in (REPO / "gitops" / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
 Manifest = dict[str, Any]
 
 
@@ -31,11 +29,6 @@ def crd_schema() -> Manifest:
     (served,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
     schema: Manifest = served["schema"]["openAPIV3Schema"]
     return schema
-
-
-def kustomize(overlay: Path) -> list[Manifest]:
-    done = subprocess.run([str(kubectl_path()), "kustomize", str(overlay)], capture_output=True, text=True, check=True)
-    return load_manifests(done.stdout)
 
 
 def shipped_runs() -> list[tuple[str, Manifest]]:

@@ -1,0 +1,82 @@
+"""Install the chart into the local control plane the way `helm template | kubectl apply --server-side` does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from tests.deploy.chart import CHART, render
+
+FIELD_MANAGER = "loka-deploy-tests"
+Manifest = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Install:
+    cluster: Any
+    release: str
+    namespace: str
+    service_account: str
+
+    @property
+    def user(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.service_account}"
+
+    def as_operator(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """kubectl as the chart's ServiceAccount (impersonated by the admin)."""
+        done: subprocess.CompletedProcess[str] = self.cluster.kubectl(
+            f"--as={self.user}", *args, input=input, check=False
+        )
+        return done
+
+    def can(self, verb: str, resource: str, namespace: str | None = None, *extra: str) -> bool:
+        args = ["auth", "can-i", verb, resource, *extra]
+        args += ["--all-namespaces"] if namespace is None else ["-n", namespace]
+        answer = self.as_operator(*args)
+        return answer.stdout.strip() == "yes"
+
+
+def apply(cluster: Any, manifests: list[Manifest], *, dry_run: bool = False) -> subprocess.CompletedProcess[str]:
+    args = ["apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}", "-f", "-"]
+    if dry_run:
+        args.append("--dry-run=server")
+    done: subprocess.CompletedProcess[str] = cluster.kubectl(*args, input=yaml.safe_dump_all(manifests), check=False)
+    return done
+
+
+def ensure_crd(cluster: Any) -> None:
+    """The chart's CRD, applied for real (cluster-scoped and shared) and waited for."""
+    crd = yaml.safe_load((CHART / "crds" / "trainingruns.loka.dev.yaml").read_text())
+    done = apply(cluster, [crd])
+    assert done.returncode == 0, done.stderr
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/trainingruns.loka.dev")
+
+
+@contextmanager
+def installed_chart(cluster: Any, namespace: str, sets: dict[str, str] | None = None) -> Iterator[Install]:
+    """The chart's templates applied in `namespace`; its cluster-scoped objects removed afterwards."""
+    ensure_crd(cluster)
+    release = f"loka-{uuid.uuid4().hex[:6]}"
+    rendered = render(release=release, namespace=namespace, sets=sets)
+    done = apply(cluster, rendered.manifests)
+    assert done.returncode == 0, done.stderr
+    (sa,) = rendered.of_kind("ServiceAccount")
+    try:
+        yield Install(cluster, release, namespace, sa["metadata"]["name"])
+    finally:
+        for kind in ("ClusterRoleBinding", "ClusterRole"):
+            for obj in rendered.of_kind(kind):
+                cluster.kubectl("delete", kind.lower(), obj["metadata"]["name"], "--ignore-not-found", check=False)
+
+
+def get_json(cluster: Any, *args: str) -> Manifest:
+    done = cluster.kubectl("get", *args, "-o", "json")
+    loaded: Manifest = json.loads(done.stdout)
+    return loaded
