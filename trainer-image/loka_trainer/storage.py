@@ -90,6 +90,9 @@ class ObjectStore:
                 max_pool_connections=concurrency + 4,
                 retries={"max_attempts": 5, "mode": "standard"},
                 s3={"addressing_style": "path"},
+                # The manifest's sha256 already covers every byte; a second CRC per part only costs CPU.
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
             ),
         )
 
