@@ -7,8 +7,11 @@ from typing import Any
 
 import pytest
 import yaml
+from loka_operator.config import OperatorConfig
+from loka_operator.main import parse_args
 
 from tests.deploy.chart import CHART, OPENSHIFT_APIS, VALUE_SETS, ChartError, Rendered, helm, render
+from tests.deploy.operator_api import required_verbs
 from tests.deploy.podsecurity import pod_specs, restricted_violations
 from tests.deploy.tools import REPO
 
@@ -62,7 +65,7 @@ def test_metrics_service_reaches_the_operator_metrics_port() -> None:
     assert service["spec"]["ports"] == [{"name": "metrics", "port": 9400, "targetPort": "metrics", "protocol": "TCP"}]
     assert {"name": "metrics", "containerPort": 9400, "protocol": "TCP"} in container["ports"]
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
-    assert {"name": "LOKA_METRICS_PORT", "value": "9400"} in container["env"]
+    assert "--metrics-port=9400" in container["args"]
 
 
 def test_metrics_disabled_renders_no_service_and_no_monitor() -> None:
@@ -71,6 +74,7 @@ def test_metrics_disabled_renders_no_service_and_no_monitor() -> None:
     assert "ServiceMonitor" not in rendered.kinds()
     container = rendered.one("Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert [p["name"] for p in container["ports"]] == ["health"]
+    assert "--metrics-port=0" in container["args"]
 
 
 def test_service_monitor_is_rendered_only_when_the_cluster_serves_it() -> None:
@@ -92,7 +96,6 @@ def test_cluster_mode_binds_one_cluster_role_and_watches_all_namespaces() -> Non
         {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "loka-system"}
     ]
     args = rendered.one("Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert "--all-namespaces" in args
     assert not [a for a in args if a.startswith("--namespace")]
 
 
@@ -106,7 +109,6 @@ def test_namespaced_mode_renders_roles_only_in_each_watched_namespace() -> None:
         assert binding["subjects"][0]["namespace"] == "loka-system"
     args = rendered.one("Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert [a for a in args if a.startswith("--namespace")] == ["--namespace=team-a", "--namespace=team-b"]
-    assert "--all-namespaces" not in args
 
 
 def _verbs(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
@@ -119,23 +121,40 @@ def _verbs(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
 
 
 @pytest.mark.parametrize("values", [None, VALUE_SETS / "namespaced-values.yaml"], ids=_values_id)
-def test_rbac_grants_exactly_the_verbs_the_operator_uses(values: Path | None) -> None:
+def test_rbac_grants_exactly_the_verbs_the_operator_code_uses(values: Path | None) -> None:
     rendered = render(values=values)
     roles = rendered.of_kind("ClusterRole") + rendered.of_kind("Role")
     assert roles
+    needed = required_verbs()
     for role in roles:
-        verbs = _verbs(role["rules"])
-        assert all("*" not in v for v in verbs.values()), "no wildcard verbs"
-        assert all("*" not in key for key in verbs), "no wildcard groups or resources"
-        assert verbs[("", "secrets")] == {"get"}, "Secrets: get by name only, never list or watch"
-        assert verbs[("loka.dev", "trainingruns/status")] >= {"get", "patch"}
-        assert verbs[("loka.dev", "trainingruns")] == {"get", "list", "watch", "patch"}
-        assert ("", "namespaces") not in verbs
-        assert ("", "pods") not in verbs
-        forbidden = {"bind", "escalate", "impersonate", "delete", "deletecollection"}
-        for (group, resource), granted in verbs.items():
-            if (group, resource) != ("ray.io", "rayjobs"):
-                assert not granted & forbidden, f"{group}/{resource}: {granted & forbidden}"
+        assert _verbs(role["rules"]) == needed
+
+
+def test_operator_needs_no_secret_listing_and_no_cluster_powers() -> None:
+    needed = required_verbs()
+    assert needed[("", "secrets")] == {"get"}
+    assert ("", "namespaces") not in needed
+    assert ("", "pods") not in needed
+    assert not any(v & {"bind", "escalate", "impersonate", "*"} for v in needed.values())
+
+
+@pytest.mark.parametrize("values", [None, *VALUE_FILES], ids=_values_id)
+def test_operator_accepts_the_arguments_and_environment_the_chart_gives_it(
+    values: Path | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rendered = render(values=values)
+    container = rendered.one("Deployment")["spec"]["template"]["spec"]["containers"][0]
+    args = parse_args(container["args"])
+    chart_values = yaml.safe_load(values.read_text()) if values is not None else {}
+    assert args.namespace == chart_values.get("watchNamespaces", [])
+    for env in container["env"]:
+        monkeypatch.setenv(env["name"], env["value"])
+    config = OperatorConfig.from_env(namespaces=tuple(args.namespace), metrics_port=args.metrics_port)
+    expected_mode = chart_values.get("operator", {}).get("rayJobSubmissionMode", "K8sJobMode")
+    assert config.rayjob.submission_mode == expected_mode
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert args.metrics_port == ports.get("metrics", 0)
+    assert args.liveness.endswith(f":{ports['health']}{container['livenessProbe']['httpGet']['path']}")
 
 
 @pytest.mark.parametrize(

@@ -39,30 +39,28 @@ app.kubernetes.io/part-of: loka
 {{- end }}
 
 {{/*
-What the operator does in watched namespaces, verb by verb; the same rules serve the
-ClusterRole (all namespaces) and the per-namespace Roles (watchNamespaces).
+What the operator does in watched namespaces, verb by verb, as read from its code
+(tests/deploy/operator_api.py derives the same table from operator/loka_operator and a test
+compares them). The same rules serve the ClusterRole and the per-namespace Roles.
 */}}
 {{- define "loka-operator.namespacedRules" -}}
-# kopf: watch TrainingRuns, keep its finalizer and progress annotations on them.
+# kopf watches runs; the reconciler reads them and writes only the status subresource.
 - apiGroups: [loka.dev]
   resources: [trainingruns]
-  verbs: [get, list, watch, patch]
-# kopf and the status calculator write the status subresource; the per-run Role grants get/patch here.
+  verbs: [get, list, watch]
 - apiGroups: [loka.dev]
   resources: [trainingruns/status]
-  verbs: [get, patch]
+  verbs: [patch]
 - apiGroups: [ray.io]
   resources: [rayjobs]
   verbs: [get, list, watch, create, patch, delete]
-- apiGroups: [ray.io]
-  resources: [rayclusters]
-  verbs: [get, list, watch]
-- apiGroups: [kueue.x-k8s.io]
-  resources: [localqueues]
-  verbs: [get, create, patch]
+# Suspending a queued run deactivates its Workload (spec.active).
 - apiGroups: [kueue.x-k8s.io]
   resources: [workloads]
-  verbs: [get, list, watch]
+  verbs: [list, watch, patch]
+- apiGroups: [kueue.x-k8s.io]
+  resources: [localqueues]
+  verbs: [get, create]
 # Only get by name, to check that a referenced Secret and key exist; never list or watch.
 - apiGroups: [""]
   resources: [secrets]
@@ -70,11 +68,11 @@ ClusterRole (all namespaces) and the per-namespace Roles (watchNamespaces).
 # The per-run ServiceAccount, Role and RoleBinding the trainer uses to report status.
 - apiGroups: [""]
   resources: [serviceaccounts]
-  verbs: [get, create, patch]
+  verbs: [get, create]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [get, create, patch]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- end }}
