@@ -253,8 +253,20 @@ def run_from_environment(*, work_dir: Path | None = None, kubeconfig: str | None
     except IdentityError as error:
         log.error("%s", error)
         return EXIT_FAILED
+    from kubernetes.client.exceptions import ApiException
+
     runs = RunClient(api_client(kubeconfig), identity)
-    run = runs.get()
+    try:
+        run = runs.get()
+    except ApiException as error:
+        log.error(
+            "cannot read TrainingRun %s/%s: %s %s (the per-run Role must allow get on it)",
+            identity.namespace,
+            identity.name,
+            error.status,
+            error.reason,
+        )
+        return EXIT_FAILED
     root = work_dir or Path(os.environ.get("LOKA_WORK_DIR") or Path.home() / "loka-work")
     runner = Runner(
         run,

@@ -106,9 +106,10 @@ class ObjectStore:
 
     def _run_transfers(self, submit: Iterable[Any], cancel: threading.Event | None) -> None:
         """Wait for transfer futures; on ``cancel`` abandon the rest and raise TransferCancelledError."""
-        manager = create_transfer_manager(self.client, self.transfer_config())
-        futures: list[Any] = []
-        try:
+        # Leaving the `with` block by an exception cancels in-flight transfers (shutdown(cancel=True) is broken
+        # in s3transfer 0.19: it passes its arguments in the wrong order).
+        with create_transfer_manager(self.client, self.transfer_config()) as manager:
+            futures: list[Any] = []
             for make in submit:
                 if cancel is not None and cancel.is_set():
                     raise TransferCancelledError("transfer cancelled before all files were submitted")
@@ -119,10 +120,6 @@ class ObjectStore:
                     raise TransferCancelledError("transfer cancelled while files were in flight")
             for future in futures:
                 future.result()
-        except BaseException:
-            manager.shutdown(cancel=True)
-            raise
-        manager.shutdown()
 
     def upload_files(self, files: Iterable[tuple[Path, S3Uri]], *, cancel: threading.Event | None = None) -> None:
         """Upload every (local file, destination) pair in parallel; raise on the first failure."""
