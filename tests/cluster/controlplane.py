@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -478,8 +479,27 @@ class LocalCluster:
     def is_up(self) -> bool:
         return self.layout.kubeconfig.exists() and all(c.is_healthy() for c in self.components())
 
+    def is_down(self) -> bool:
+        """Nothing of this cluster is running (so whoever starts it may also stop it)."""
+        return not self.layout.root.exists() or all(c.pid() is None for c in self.components())
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Serialize up/down between processes (a test session, `make cluster-up`, the demo)."""
+        lock = self.layout.root.with_name(self.layout.root.name + ".lock")
+        with lock.open("w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     def up(self) -> float:
         """Start whatever is not running and healthy; return the seconds it took."""
+        with self.exclusive():
+            return self._up()
+
+    def _up(self) -> float:
         started = time.monotonic()
         self._require_built()
         if self.is_up():
@@ -513,6 +533,10 @@ class LocalCluster:
 
     def down(self) -> None:
         """Stop every component by its recorded PID (last started, first stopped) and remove the data."""
+        with self.exclusive():
+            self._down()
+
+    def _down(self) -> None:
         components = self.components() if self.layout.root.exists() else []
         for component in components:
             # Kueue's webhooks fail closed; unregister them before Kueue goes, in case the
@@ -691,11 +715,14 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str, inte
 
 @contextlib.contextmanager
 def running_cluster(echo: Callable[[str], None] = print) -> Iterator[tuple[LocalCluster, bool]]:
-    """Yield an up cluster and whether this call started it (and so stops it afterwards)."""
+    """Yield an up cluster and whether this call started it from nothing (and so stops it afterwards).
+
+    A cluster that was partly running is repaired but left running: someone else started it.
+    """
     cluster = LocalCluster(echo=echo)
-    started = not cluster.is_up()
-    if started:
-        cluster.up()
+    with cluster.exclusive():
+        started = cluster.is_down()
+        cluster._up()
     try:
         yield cluster, started
     finally:

@@ -39,8 +39,7 @@ def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
 
 
 def test_apiserver_is_ready_and_serves_the_pinned_version(cluster: LocalCluster, k8s: Any) -> None:
-    readyz = k8s.call_api("/readyz", "GET", auth_settings=["BearerToken"], response_type="str", _preload_content=True)
-    assert readyz[0] == "ok"
+    assert cluster.kubectl("get", "--raw", "/readyz").stdout == "ok"
     version = client.VersionApi(k8s).get_code()
     assert version.git_version == load_versions()["kubernetes"].version
 
@@ -222,7 +221,7 @@ def test_kueue_admits_one_8_gpu_rayjob_and_queues_the_next_until_quota_frees(
     eventually(lambda: admitted("first"), timeout=60, what="the first RayJob's Workload to be Admitted")
     eventually(
         lambda: (
-            custom.get_namespaced_custom_object(*RAY, namespace, "rayjobs", "first")["spec"].get("suspend") is False
+            custom.get_namespaced_custom_object(*RAY, namespace, "rayjobs", "first")["spec"].get("suspend") is not True
         ),
         timeout=30,
         what="Kueue to unsuspend the first RayJob",
@@ -256,7 +255,7 @@ def test_kueue_admits_one_8_gpu_rayjob_and_queues_the_next_until_quota_frees(
     eventually(lambda: admitted("second"), timeout=90, what="the second Workload to be Admitted once quota frees")
     eventually(
         lambda: (
-            custom.get_namespaced_custom_object(*RAY, namespace, "rayjobs", "second")["spec"].get("suspend") is False
+            custom.get_namespaced_custom_object(*RAY, namespace, "rayjobs", "second")["spec"].get("suspend") is not True
         ),
         timeout=30,
         what="Kueue to unsuspend the second RayJob",
@@ -320,6 +319,7 @@ def test_a_component_that_cannot_start_is_named_with_its_log(tmp_path: Any) -> N
     local = LocalCluster(tmp_path / "broken")
     component = local.component("etcd")
     component.args = ["--no-such-flag"]
+    component.health = lambda: False  # the running cluster's etcd answers on the same port
     component.layout.logs.mkdir(parents=True)
     component.layout.pids.mkdir(parents=True)
     component.start()
