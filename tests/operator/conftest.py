@@ -1,0 +1,202 @@
+"""The operator under test, run as a subprocess against the local control plane.
+
+It only watches namespaces named `lokaop-*`, so other engineers' operators and tests on the same
+cluster never see or touch its runs (and it never touches theirs).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from loka_operator.api.crd import CRD_PATH
+
+from tests.cluster.controlplane import LocalCluster, wait_until
+from tests.operator.kube import Kube
+
+REPO = Path(__file__).resolve().parents[2]
+NAMESPACE_PREFIX = "lokaop-"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class OperatorProcess:
+    """`loka-operator` in a subprocess, with its log in a file; can be killed and restarted."""
+
+    def __init__(self, cluster: LocalCluster, log_path: Path, *, submission_mode: str = "HTTPMode") -> None:
+        self.cluster = cluster
+        self.log_path = log_path
+        self.submission_mode = submission_mode
+        self.metrics_port = free_port()
+        self.health_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, **self.cluster.env, "LOKA_RAYJOB_SUBMISSION_MODE": self.submission_mode}
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("loka-operator")),
+                "--namespace",
+                f"{NAMESPACE_PREFIX}*",
+                "--metrics-port",
+                str(self.metrics_port),
+                "--liveness",
+                f"http://127.0.0.1:{self.health_port}/healthz",
+                "--resync-seconds",
+                "15",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        wait_until(self.healthy, timeout=60, what=f"loka-operator liveness (log: {self.log_path})")
+
+    def healthy(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError(f"loka-operator exited; see {self.log_path}:\n{self.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as answer:
+                return bool(answer.status == 200)
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as answer:
+            text: str = answer.read().decode()
+            return text
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, exactly like an OOM kill or a node loss."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture(scope="session")
+def crd(cluster: LocalCluster) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / CRD_PATH))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/trainingruns.loka.dev")
+
+
+@pytest.fixture(scope="session")
+def kube(cluster: LocalCluster, crd: None) -> Iterator[Kube]:
+    api = cluster.api_client()
+    yield Kube(api)
+    api.close()
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: LocalCluster, crd: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    log_path = tmp_path_factory.mktemp("operator") / "loka-operator.log"
+    process = OperatorProcess(cluster, log_path)
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def ns(kube: Kube) -> Iterator[str]:
+    """A fresh `lokaop-*` namespace (watched by the test operator), deleted afterwards."""
+    name = f"{NAMESPACE_PREFIX}{uuid.uuid4().hex[:8]}"
+    kube.core.create_namespace({"metadata": {"name": name, "labels": {"loka.dev/test": "operator"}}})
+    wait_until(lambda: kube.exists("", "v1", "serviceaccounts", name, "default"), timeout=30, what="default SA")
+    yield name
+    kube.core.delete_namespace(name)
+
+
+@pytest.fixture
+def gpu_queue(kube: Kube) -> Iterator[str]:
+    """A Kueue ClusterQueue with room for exactly one 8-GPU worker; returns its name."""
+    name = f"lokaop-cq-{uuid.uuid4().hex[:6]}"
+    flavor = f"{name}-flavor"
+    kube.create_cluster_object("kueue.x-k8s.io", "v1beta2", "resourceflavors", {"metadata": {"name": flavor}})
+    resources = [
+        {"name": "cpu", "nominalQuota": "1000"},
+        {"name": "memory", "nominalQuota": "10Ti"},
+        {"name": "nvidia.com/gpu", "nominalQuota": "8"},
+    ]
+    kube.create_cluster_object(
+        "kueue.x-k8s.io",
+        "v1beta2",
+        "clusterqueues",
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "namespaceSelector": {},
+                "resourceGroups": [
+                    {
+                        "coveredResources": ["cpu", "memory", "nvidia.com/gpu"],
+                        "flavors": [{"name": flavor, "resources": resources}],
+                    }
+                ],
+            },
+        },
+    )
+    yield name
+    kube.delete_cluster_object("kueue.x-k8s.io", "v1beta2", "clusterqueues", name)
+    kube.delete_cluster_object("kueue.x-k8s.io", "v1beta2", "resourceflavors", flavor)
+
+
+def run_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "image": "ghcr.io/acme/loka:rl-train",
+        "model": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct"},
+        "data": {"train": "s3://loka/data/gsm8k/train.parquet"},
+        "training": {"batchSize": 16, "samplesPerPrompt": 4},
+        "resources": {
+            "workers": 1,
+            "gpusPerWorker": 8,
+            "head": {"cpu": "1", "memory": "2Gi"},
+            "worker": {"cpu": "4", "memory": "8Gi"},
+        },
+        "checkpoints": {"uri": "s3://loka/checkpoints", "every": 10, "keep": 2},
+    }
+    body.update(spec)
+    return {
+        "apiVersion": "loka.dev/v1alpha1",
+        "kind": "TrainingRun",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": body,
+    }
+
+
+def eventually(predicate: Any, *, timeout: float = 60, what: str, interval: float = 0.3) -> Any:
+    """Poll until `predicate()` returns something truthy; return it."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")

@@ -1,0 +1,109 @@
+"""A thin test-side wrapper over the official client for the objects these tests read and write."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+
+class Kube:
+    def __init__(self, api: Any) -> None:
+        self.api = api
+        self.core: Any = client.CoreV1Api(api)
+        self.custom: Any = client.CustomObjectsApi(api)
+        self.rbac: Any = client.RbacAuthorizationV1Api(api)
+
+    # ------------------------------------------------------------------------ runs
+
+    def create_run(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        ns = manifest["metadata"]["namespace"]
+        created: dict[str, Any] = self.custom.create_namespaced_custom_object(
+            "loka.dev", "v1alpha1", ns, "trainingruns", manifest
+        )
+        return created
+
+    def run(self, ns: str, name: str) -> dict[str, Any] | None:
+        return self.get("loka.dev", "v1alpha1", "trainingruns", ns, name)
+
+    def status(self, ns: str, name: str) -> dict[str, Any]:
+        body = self.run(ns, name) or {}
+        status: dict[str, Any] = body.get("status") or {}
+        return status
+
+    def phase(self, ns: str, name: str) -> str | None:
+        phase: str | None = self.status(ns, name).get("phase")
+        return phase
+
+    def condition(self, ns: str, name: str, type_: str) -> dict[str, Any]:
+        for cond in self.status(ns, name).get("conditions", []):
+            if cond["type"] == type_:
+                found: dict[str, Any] = cond
+                return found
+        return {}
+
+    def patch_run(self, ns: str, name: str, spec: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object("loka.dev", "v1alpha1", ns, "trainingruns", name, {"spec": spec})
+
+    def delete_run(self, ns: str, name: str) -> None:
+        self.custom.delete_namespaced_custom_object("loka.dev", "v1alpha1", ns, "trainingruns", name)
+
+    # ------------------------------------------------------------------ children
+
+    def rayjob(self, ns: str, name: str) -> dict[str, Any] | None:
+        return self.get("ray.io", "v1", "rayjobs", ns, name)
+
+    def rayjobs(self, ns: str) -> list[dict[str, Any]]:
+        return self.list("ray.io", "v1", "rayjobs", ns)
+
+    def workloads(self, ns: str) -> list[dict[str, Any]]:
+        return self.list("kueue.x-k8s.io", "v1beta2", "workloads", ns)
+
+    def pods(self, ns: str, selector: str = "") -> list[Any]:
+        items: list[Any] = self.core.list_namespaced_pod(ns, label_selector=selector).items
+        return items
+
+    def events(self, ns: str, name: str) -> list[Any]:
+        items: list[Any] = self.core.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}").items
+        return items
+
+    # -------------------------------------------------------------------- generic
+
+    def get(self, group: str, version: str, plural: str, ns: str, name: str) -> dict[str, Any] | None:
+        try:
+            if group == "" and plural == "serviceaccounts":
+                return dict(self.core.read_namespaced_service_account(name, ns).to_dict())
+            found: dict[str, Any] = self.custom.get_namespaced_custom_object(group, version, ns, plural, name)
+            return found
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def exists(self, group: str, version: str, plural: str, ns: str, name: str) -> bool:
+        if group == "rbac.authorization.k8s.io":
+            reader = self.rbac.read_namespaced_role if plural == "roles" else self.rbac.read_namespaced_role_binding
+            try:
+                reader(name, ns)
+            except ApiException as error:
+                if error.status == 404:
+                    return False
+                raise
+            return True
+        return self.get(group, version, plural, ns, name) is not None
+
+    def list(self, group: str, version: str, plural: str, ns: str) -> list[dict[str, Any]]:
+        answer = self.custom.list_namespaced_custom_object(group, version, ns, plural)
+        items: list[dict[str, Any]] = answer.get("items", [])
+        return items
+
+    def create_cluster_object(self, group: str, version: str, plural: str, body: dict[str, Any]) -> None:
+        self.custom.create_cluster_custom_object(group, version, plural, body)
+
+    def delete_cluster_object(self, group: str, version: str, plural: str, name: str) -> None:
+        try:
+            self.custom.delete_cluster_custom_object(group, version, plural, name)
+        except ApiException as error:
+            if error.status != 404:
+                raise

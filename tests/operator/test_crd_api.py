@@ -1,0 +1,124 @@
+"""The generated CRD on the real API server: it installs, and bad manifests are refused with a useful message."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from tests.cluster.controlplane import LocalCluster
+from tests.operator.conftest import run_manifest
+from tests.operator.kube import Kube
+
+
+def apply(cluster: LocalCluster, manifest: dict[str, Any]) -> tuple[int, str]:
+    result = cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest), check=False)
+    return result.returncode, result.stderr + result.stdout
+
+
+def with_spec(base: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    manifest = copy.deepcopy(base)
+    node = manifest["spec"]
+    *parents, leaf = path.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return manifest
+
+
+# (field path, bad value, words the API server's message must contain: the field and what is accepted)
+INVALID: list[tuple[str, Any, list[str]]] = [
+    ("resources.gpusPerWorker", -1, ["spec.resources.gpusPerWorker", "greater than or equal to 0"]),
+    ("resources.workers", "two", ["spec.resources.workers", "integer"]),
+    ("algorithm", "ppo-ish", ["spec.algorithm", "grpo", "rloo"]),
+    ("engine", "deepspeed", ["spec.engine", "verl", "trl"]),
+    ("checkpoints.keep", 0, ["spec.checkpoints.keep", "greater than or equal to 1"]),
+    ("checkpoints.resume", "sometimes", ["spec.checkpoints.resume", "auto, never", "global_step_"]),
+    ("checkpoints.uri", "/mnt/ckpt", ["spec.checkpoints.uri", "s3://"]),
+    ("model.uri", "Qwen/Qwen2.5", ["spec.model.uri", "hf://", "s3://"]),
+    ("data.train", "https://example.com/train.parquet", ["spec.data.train", "s3://"]),
+    ("training.learningRate", 0, ["spec.training.learningRate", "greater than 0"]),
+    ("training.samplesPerPrompt", 1, ["training.samplesPerPrompt", "at least 2"]),
+    ("training.batchSize", 3, ["spec.training.batchSize", "divisible by", "gpusPerWorker"]),
+    ("resources.head.memory", "lots", ["spec.resources.head.memory", "should match"]),
+    ("reward.function", "compute_score", ["spec.reward.function", "module.path:function"]),
+    ("verlOverrides", ["no equals sign"], ["spec.verlOverrides[0]", "should match"]),
+    ("storage.endpoint", "minio:9000", ["spec.storage.endpoint", "http://"]),
+    ("tracking.wandb.mode", "loud", ["spec.tracking.wandb.mode", "online", "offline"]),
+    ("queue.name", "Team_A", ["spec.queue.name", "should match"]),
+    ("maxRestarts", -3, ["spec.maxRestarts", "greater than or equal to 0"]),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "words"), INVALID, ids=[case[0] + "=" + str(case[1]) for case in INVALID])
+def test_invalid_manifest_is_rejected_naming_the_field(  # noqa: PLR0917
+    cluster: LocalCluster, kube: Kube, ns: str, path: str, value: Any, words: list[str]
+) -> None:
+    code, output = apply(cluster, with_spec(run_manifest("bad", ns), path, value))
+    assert code != 0, f"the API server accepted spec.{path}={value!r}"
+    for word in words:
+        assert word in output, f"{word!r} missing from: {output}"
+    assert kube.run(ns, "bad") is None
+
+
+def test_missing_required_fields_are_named(cluster: LocalCluster, ns: str) -> None:
+    manifest = run_manifest("bad", ns)
+    del manifest["spec"]["image"], manifest["spec"]["model"]
+    code, output = apply(cluster, manifest)
+    assert code != 0
+    assert "spec.image: Required value" in output
+    assert "spec.model: Required value" in output
+
+
+def test_name_kuberay_cannot_use_is_rejected(cluster: LocalCluster, ns: str) -> None:
+    code, output = apply(cluster, run_manifest("x" * 48, ns))
+    assert code != 0
+    assert "metadata.name" in output and "47 characters" in output
+
+
+def test_valid_run_gets_schema_defaults(cluster: LocalCluster, kube: Kube, ns: str) -> None:
+    manifest = run_manifest("defaults", ns)
+    del manifest["spec"]["training"]
+    code, output = apply(cluster, manifest)
+    assert code == 0, output
+    spec = (kube.run(ns, "defaults") or {})["spec"]
+    assert spec["algorithm"] == "grpo"
+    assert spec["training"]["samplesPerPrompt"] == 5
+    assert spec["checkpoints"]["resume"] == "auto"
+    assert spec["maxRestarts"] == 3
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("model", {"uri": "hf://Qwen/Qwen2.5-7B-Instruct"}),
+        ("image", "ghcr.io/acme/loka:other"),
+        ("resources", {"workers": 2, "gpusPerWorker": 8}),
+        ("queue", {"name": "another-queue"}),
+    ],
+)
+def test_run_shaping_fields_are_immutable_after_creation(
+    cluster: LocalCluster, kube: Kube, ns: str, field: str, value: Any
+) -> None:
+    assert apply(cluster, run_manifest("fixed", ns))[0] == 0
+    code, output = apply(cluster, with_spec(run_manifest("fixed", ns), field, value))
+    assert code != 0
+    assert f"spec.{field}" in output and "immutable" in output and "suspend, maxRestarts" in output
+
+
+def test_suspend_max_restarts_and_ttl_stay_mutable(cluster: LocalCluster, kube: Kube, ns: str) -> None:
+    assert apply(cluster, run_manifest("mutable", ns))[0] == 0
+    changed = run_manifest("mutable", ns, suspend=True, maxRestarts=7, ttlSecondsAfterFinished=60)
+    code, output = apply(cluster, changed)
+    assert code == 0, output
+    spec = (kube.run(ns, "mutable") or {})["spec"]
+    assert (spec["suspend"], spec["maxRestarts"], spec["ttlSecondsAfterFinished"]) == (True, 7, 60)
+
+
+def test_printer_columns(cluster: LocalCluster, ns: str) -> None:
+    assert apply(cluster, run_manifest("columns", ns))[0] == 0
+    header = cluster.kubectl("get", "tr", "-n", ns).stdout.splitlines()[0].split()
+    assert header == ["NAME", "PHASE", "STEP", "REWARD", "CHECKPOINT", "QUEUE", "AGE"]
+    assert "columns" in cluster.kubectl("get", "loka", "-n", ns).stdout  # the category
