@@ -30,7 +30,10 @@ def eventually(predicate: Callable[[], Any], *, timeout: float, what: str) -> An
         result[:] = [value]
         return bool(value)
 
-    wait_until(check, timeout=timeout, what=what)
+    try:
+        wait_until(check, timeout=timeout, what=what)
+    except ClusterError as err:
+        raise AssertionError(f"{err}; last seen: {result[0] if result else None!r}") from None
     return result[0]
 
 
