@@ -36,6 +36,12 @@ class Install:
         )
         return done
 
+    def api(self) -> Any:
+        """A kubernetes ApiClient that makes direct API calls (no read-before-patch) as the ServiceAccount."""
+        client = self.cluster.api_client()
+        client.set_default_header("Impersonate-User", self.user)
+        return client
+
     def can(self, verb: str, resource: str, namespace: str | None = None, *extra: str) -> bool:
         args = ["auth", "can-i", verb, resource, *extra]
         args += ["--all-namespaces"] if namespace is None else ["-n", namespace]
