@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -62,19 +63,26 @@ def files_of(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file())
 
 
-def timed(label: str, nbytes: int, action: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    action()
-    seconds = time.perf_counter() - start
-    rate = nbytes / MB / seconds
-    print(f"  {label:<34} {seconds:7.2f} s  {rate:8.1f} MB/s", flush=True)
-    return rate
+def measure(methods: dict[str, Callable[[], object]], nbytes: int, *, repeat: int) -> dict[str, float]:
+    """Median MB/s per method; rounds interleave the methods so load from other processes hits them alike."""
+    rates: dict[str, list[float]] = {label: [] for label in methods}
+    for _ in range(repeat):
+        for label, action in methods.items():
+            start = time.perf_counter()
+            action()
+            rates[label].append(nbytes / MB / (time.perf_counter() - start))
+    medians = {label: statistics.median(values) for label, values in rates.items()}
+    for label, values in rates.items():
+        runs = ", ".join(f"{r:.0f}" for r in values)
+        print(f"  {label:<34} {nbytes / MB / medians[label]:7.2f} s  {medians[label]:8.1f} MB/s  (runs: {runs})")
+    return medians
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-gb", type=float, default=2.0, help="synthetic checkpoint size (2)")
     parser.add_argument("--shards", type=int, default=16, help="ranks; each writes a model and an optimizer shard")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per method; the median is reported (3)")
     args = parser.parse_args(argv)
 
     from tests.cluster.controlplane import LocalCluster
@@ -112,14 +120,24 @@ def main(argv: list[str] | None = None) -> int:
             manager.shutdown()
 
         checkpoints = CheckpointStore(store, base.join("loka"), keep=3)
-        print("upload:")
-        plain = timed("plain upload_file loop", nbytes, plain_loop)
-        default = timed("boto3 TransferManager, defaults", nbytes, boto3_default)
-        loka = timed("loka (with sha256 manifest)", nbytes, lambda: checkpoints.upload(100, folder))
+        print(f"upload (median of {args.repeat}):")
+        rates = measure(
+            {
+                "plain upload_file loop": plain_loop,
+                "boto3 TransferManager, defaults": boto3_default,
+                "loka (with sha256 manifest)": lambda: checkpoints.upload(100, folder),
+            },
+            nbytes,
+            repeat=args.repeat,
+        )
+        plain, default, loka = rates.values()
         print(f"  loka / plain loop = {loka / plain:.2f}x   loka / boto3 default = {loka / default:.2f}x")
         print("resume:")
-        restore_root = workdir / "restore"
-        timed("loka restore (download + verify)", nbytes, lambda: checkpoints.restore(100, restore_root))
+        measure(
+            {"loka restore (download + verify)": lambda: checkpoints.restore(100, workdir / "restore")},
+            nbytes,
+            repeat=1,
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         store.delete_prefix(base)

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from loka_trainer.checkpoints import CheckpointError, CheckpointRecord, CheckpointStore
 from loka_trainer.engines import Engine, EngineJob, ResumePoint, engine_for
 from loka_trainer.metrics import MetricsFollower
-from loka_trainer.settings import redact, wandb_mode
+from loka_trainer.settings import WANDB_KEY_ENV, redact, wandb_mode
 from loka_trainer.staging import StagedInputs, parquet_rows, stage_inputs
 from loka_trainer.status import StatusPatcher, StatusReporter
 from loka_trainer.storage import ObjectStore, TransferCancelledError
@@ -54,37 +54,57 @@ def load_manifest(path: Path) -> TrainingRun:
         raise RenderError(f"{path}: {problems}") from error
 
 
+def default_work_root() -> Path:
+    return Path(os.environ.get("LOKA_WORK_DIR") or Path.home() / "loka-work")
+
+
 def render_command_line(path: Path, *, namespace: str | None = None) -> str:
-    """The exact verl command ``loka-trainer run`` would launch for this manifest, as one shell line."""
-    from loka_trainer.render import StagedPaths, verl_command
+    """The exact verl command ``loka-trainer run`` would launch for this manifest, as one shell line
+    (paths as the trainer stages them under $LOKA_WORK_DIR; no cluster, no S3 access).
+    """
+    from loka_trainer.engines.verl import command
 
     run = load_manifest(path)
+    spec = run.spec
     name = run.metadata.name or path.stem
     ns = run.metadata.namespace or namespace or "default"
-    paths = StagedPaths(
-        model=_model_path(run.spec.model.uri, Path("/loka/work")),
-        train_files=Path("/loka/work/data/train.parquet"),
-        val_files=Path("/loka/work/data/validation.parquet") if run.spec.data.validation else None,
-        checkpoint_dir=Path("/loka/work/checkpoints"),
-        metrics_file=Path("/loka/work/metrics.jsonl"),
-        resume_from=_explicit_resume_folder(run, Path("/loka/work/checkpoints")),
+    work = default_work_root() / ns / name
+    checkpoints = None
+    if spec.checkpoints is not None:
+        store = ObjectStore(endpoint_url=spec.storage.endpoint if spec.storage else None)
+        checkpoints = CheckpointStore.for_run(
+            store, spec.checkpoints.uri, namespace=ns, run_name=name, keep=spec.checkpoints.keep
+        )
+    resume = None
+    if spec.checkpoints is not None and spec.checkpoints.resume not in {"auto", "never"}:
+        folder = spec.checkpoints.resume.rstrip("/").rsplit("/", 1)[-1]
+        resume = ResumePoint(int(folder.rsplit("_", 1)[-1]), work / "checkpoints" / folder, explicit=True)
+    wandb = spec.tracking.wandb if spec.tracking else None
+    requested = wandb.mode if wandb is not None else "disabled"
+    key_given = {WANDB_KEY_ENV: "set"} if wandb is not None and wandb.api_key is not None else {}
+    job = EngineJob(
+        spec=spec,
+        run_name=name,
+        namespace=ns,
+        inputs=StagedInputs(
+            model=spec.model.uri.removeprefix("hf://") if spec.model.uri.startswith("hf://") else str(work / "model"),
+            train_files=work / "data" / "train.parquet",
+            val_files=work / "data" / "validation.parquet" if spec.data.validation else None,
+        ),
+        work_dir=work,
+        checkpoint_dir=work / "checkpoints",
+        metrics_file=work / "metrics.jsonl",
+        checkpoints=checkpoints,
+        resume=resume,
+        on_checkpoint=lambda record: None,
+        stop=threading.Event(),
+        wandb_mode=wandb_mode(requested, key_given),
     )
     try:
-        argv = verl_command(run.spec, run_name=name, namespace=ns, paths=paths)
+        argv = command(job, environ={})
     except ValueError as error:
         raise RenderError(str(error)) from error
     return shlex.join(["python", *argv[1:]])
-
-
-def _model_path(uri: str, work_dir: Path) -> str:
-    return uri.removeprefix("hf://") if uri.startswith("hf://") else str(work_dir / "model")
-
-
-def _explicit_resume_folder(run: TrainingRun, checkpoint_dir: Path) -> Path | None:
-    checkpoints = run.spec.checkpoints
-    if checkpoints is None or checkpoints.resume in {"auto", "never"}:
-        return None
-    return checkpoint_dir / checkpoints.resume.rstrip("/").rsplit("/", 1)[-1]
 
 
 @dataclass
@@ -267,7 +287,7 @@ def run_from_environment(*, work_dir: Path | None = None, kubeconfig: str | None
             error.reason,
         )
         return EXIT_FAILED
-    root = work_dir or Path(os.environ.get("LOKA_WORK_DIR") or Path.home() / "loka-work")
+    root = work_dir or default_work_root()
     runner = Runner(
         run,
         run_name=identity.name,

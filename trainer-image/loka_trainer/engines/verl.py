@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from loka_operator.api import TrainingRunSpec
 
 from loka_trainer.engines import EngineJob
+from loka_trainer.kube import RUN_NAME_ENV, RUN_NAMESPACE_ENV
 from loka_trainer.render import StagedPaths, verl_command
 from loka_trainer.settings import CHECKPOINT_KEEP_ENV, CHECKPOINT_PREFIX_ENV, WANDB_MODE_ENV
 
@@ -34,15 +35,16 @@ def staged_paths(job: EngineJob) -> StagedPaths:
     )
 
 
-def actor_environment(job: EngineJob) -> dict[str, str]:
+def actor_environment(job: EngineJob, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Non-secret variables verl's actors need; verl prints its runtime_env, so never a secret here."""
-    env = {WANDB_MODE_ENV: job.wandb_mode}
+    env = {WANDB_MODE_ENV: job.wandb_mode, RUN_NAME_ENV: job.run_name, RUN_NAMESPACE_ENV: job.namespace}
     if job.checkpoints is not None:
         env[CHECKPOINT_PREFIX_ENV] = str(job.checkpoints.prefix)
         env[CHECKPOINT_KEEP_ENV] = str(job.checkpoints.keep)
-    for name in ("LOKA_RUN_NAME", "LOKA_RUN_NAMESPACE", "KUBECONFIG"):
-        if os.environ.get(name):
-            env[name] = os.environ[name]
+    # Outside a pod (the local demo) the actors reach the API server through the same kubeconfig file.
+    kubeconfig = (os.environ if environ is None else environ).get("KUBECONFIG")
+    if kubeconfig:
+        env["KUBECONFIG"] = kubeconfig
     return env
 
 
@@ -51,11 +53,11 @@ def hydra_string(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def command(job: EngineJob) -> list[str]:
+def command(job: EngineJob, environ: Mapping[str, str] | None = None) -> list[str]:
     """The renderer's command, with the actor environment inserted before the user's verlOverrides."""
     rendered = verl_command(job.spec, run_name=job.run_name, namespace=job.namespace, paths=staged_paths(job))
     split = len(rendered) - len(job.spec.verl_overrides)
-    extra = [f"{RUNTIME_ENV_PREFIX}{k}={hydra_string(v)}" for k, v in sorted(actor_environment(job).items())]
+    extra = [f"{RUNTIME_ENV_PREFIX}{k}={hydra_string(v)}" for k, v in sorted(actor_environment(job, environ).items())]
     return [*rendered[:split], *extra, *rendered[split:]]
 
 
