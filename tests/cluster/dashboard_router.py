@@ -11,6 +11,7 @@ Ray dashboard. KubeRay then submits and polls jobs exactly as it would in a clus
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import http.client
 import http.server
 import logging
@@ -24,12 +25,24 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authorizati
               "transfer-encoding", "upgrade"}  # fmt: skip
 
 
+def namespace_of(host: str) -> str | None:
+    """`<service>.<namespace>.svc[.cluster.local][:port]` → namespace; None for any other host."""
+    labels = host.rsplit(":", 1)[0].split(".")
+    return labels[1] if len(labels) >= 3 and labels[2] == "svc" else None
+
+
 class _Forwarder(http.server.BaseHTTPRequestHandler):
     dashboard: ClassVar[tuple[str, int]] = ("127.0.0.1", 8265)
+    namespaces: ClassVar[tuple[str, ...]] = ("*",)
     protocol_version = "HTTP/1.1"
 
     def _forward(self) -> None:
         target = urllib.parse.urlsplit(self.path)
+        namespace = namespace_of(target.netloc) if target.netloc else None
+        if target.netloc and not any(fnmatch.fnmatchcase(namespace or "", p) for p in self.namespaces):
+            # Runs in other namespaces see what they would without the router: no dashboard.
+            self.send_error(502, f"no Ray dashboard is routed for namespace {namespace!r}")
+            return
         path = urllib.parse.urlunsplit(("", "", target.path or "/", target.query, ""))
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
@@ -61,9 +74,14 @@ class _Forwarder(http.server.BaseHTTPRequestHandler):
         pass  # requests are logged in _forward, with the host KubeRay asked for
 
 
-def serve(listen: tuple[str, int], dashboard: tuple[str, int]) -> http.server.ThreadingHTTPServer:
-    """Start the router in a background thread and return its server (call `.shutdown()` to stop)."""
-    handler = type("Forwarder", (_Forwarder,), {"dashboard": dashboard})
+def serve(
+    listen: tuple[str, int], dashboard: tuple[str, int], namespaces: tuple[str, ...] = ("*",)
+) -> http.server.ThreadingHTTPServer:
+    """Start the router in a background thread and return its server (call `.shutdown()` to stop).
+
+    Only head services in `namespaces` (glob patterns) are routed.
+    """
+    handler = type("Forwarder", (_Forwarder,), {"dashboard": dashboard, "namespaces": namespaces})
     server = http.server.ThreadingHTTPServer(listen, handler)
     threading.Thread(target=server.serve_forever, name="dashboard-router", daemon=True).start()
     return server
@@ -78,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--listen", type=_address, default=("127.0.0.1", 38265))
     parser.add_argument("--dashboard", type=_address, default=("127.0.0.1", 8265))
+    parser.add_argument("--namespace", action="append", default=[], help="route only these (globs; default all)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    server = serve(args.listen, args.dashboard)
+    server = serve(args.listen, args.dashboard, tuple(args.namespace) or ("*",))
     log.info("routing Ray dashboard requests from %s:%s to %s:%s", *args.listen, *args.dashboard)
     try:
         threading.Event().wait()

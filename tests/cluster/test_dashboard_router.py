@@ -66,3 +66,20 @@ def test_an_unreachable_dashboard_is_a_502_that_says_where_it_looked() -> None:
         router.shutdown()
     assert failure.value.code == 502
     assert "127.0.0.1:9 unreachable" in failure.value.read().decode()
+
+
+def test_head_services_outside_the_routed_namespaces_get_no_dashboard(dashboard: tuple[str, int]) -> None:
+    router = serve(("127.0.0.1", 0), dashboard, namespaces=("loka-demo", "lokae2e-*"))
+    body = json.dumps({"entrypoint": "loka-trainer run"}).encode()
+    try:
+        opener = _opener(router.server_address[1])
+        routed = "http://run-head-svc.lokae2e-abc.svc.cluster.local:8265/api/jobs/"
+        with opener.open(urllib.request.Request(routed, data=body, method="POST"), timeout=5) as response:
+            assert json.loads(response.read())["path"] == "/api/jobs/"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            other = "http://run-head-svc.team-a.svc.cluster.local:8265/api/jobs/"
+            opener.open(urllib.request.Request(other, data=body, method="POST"), timeout=5)
+    finally:
+        router.shutdown()
+    assert refused.value.code == 502
+    assert "'team-a'" in refused.value.read().decode()

@@ -1,0 +1,282 @@
+"""Everything `make demo` and the end-to-end tests run on top of the local control plane.
+
+- a real Ray head on this machine (`ray start --head --block`, from PyPI), whose dashboard
+  KubeRay reaches through the dashboard router (KubeRay runs RayJobs in HTTPMode);
+- the dashboard router (`tests.cluster.dashboard_router`) on the port KubeRay's HTTP_PROXY names;
+- `loka-operator`, watching the demo and e2e namespaces;
+- the kubelet stand-in (`PodShim`): what a kubelet would do for the head pod that the local Ray
+  head plays — project the pod's ServiceAccount token, and kill the trainer when KubeRay deletes
+  the pods (suspension, preemption, retry). KWOK simulates every other part of a pod.
+
+Each process has a PID file and a log under `.demo/`; `down()` stops them by PID.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.cluster.controlplane import PORTS, REPO_ROOT, ClusterError, Component, Layout, LocalCluster, http_ok
+
+log = logging.getLogger("loka.demo")
+
+RAY_DASHBOARD_PORT = 8265
+RAY_GCS_PORT = 36379
+OPERATOR_HEALTH_PORT = 38090
+OPERATOR_METRICS_PORT = 38091
+# The namespaces the demo's operator watches: the demo's own and the end-to-end tests'.
+WATCHED_NAMESPACES = ("loka-demo", "lokae2e-*")
+ACTIVE_DEPLOYMENT_STATES = {"Initializing", "Running", "Waiting"}
+
+
+def _venv_bin(name: str) -> Path:
+    return Path(sys.executable).parent / name
+
+
+class DemoStack:
+    """The Ray head, the dashboard router, the operator and the pod shim, over a LocalCluster."""
+
+    def __init__(self, cluster: LocalCluster, root: Path | None = None) -> None:
+        self.cluster = cluster
+        self.layout = Layout((root or REPO_ROOT / ".demo").resolve())
+        self.trainer_kubeconfig = self.layout.root / "trainer.kubeconfig"
+        self.work_dir = self.layout.root / "work"
+
+    @property
+    def _shim_ready(self) -> Path:
+        return self.layout.root / "pod-shim.ready"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{RAY_DASHBOARD_PORT}"
+
+    def components(self) -> list[Component]:
+        cluster_env = self.cluster.env
+        # The Ray head plays the head pod: it gets what the pod spec would give the trainer.
+        # S3 credentials stand in for the secretKeyRef of the run's storage Secret; KUBECONFIG for
+        # the projected ServiceAccount token (written by the pod shim, per run).
+        ray_env = {
+            "AWS_ACCESS_KEY_ID": cluster_env["AWS_ACCESS_KEY_ID"],
+            "AWS_SECRET_ACCESS_KEY": cluster_env["AWS_SECRET_ACCESS_KEY"],
+            "AWS_DEFAULT_REGION": cluster_env["AWS_DEFAULT_REGION"],
+            "KUBECONFIG": str(self.trainer_kubeconfig),
+            "LOKA_WORK_DIR": str(self.work_dir),
+            "PATH": f"{_venv_bin('')}:{os.environ.get('PATH', '')}",
+            "HF_HUB_OFFLINE": "1",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+        return [
+            Component(
+                name="ray-head",
+                binary=_venv_bin("ray"),
+                args=[
+                    "start",
+                    "--head",
+                    "--block",
+                    f"--port={RAY_GCS_PORT}",
+                    "--node-ip-address=127.0.0.1",
+                    "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={RAY_DASHBOARD_PORT}",
+                    "--num-cpus=2",
+                    "--disable-usage-stats",
+                ],
+                env=ray_env,
+                health=lambda: http_ok(f"{self.dashboard_url}/api/version"),
+                layout=self.layout,
+                startup_timeout=120,
+            ),
+            Component(
+                name="dashboard-router",
+                binary=Path(sys.executable),
+                args=[
+                    "-m",
+                    "tests.cluster.dashboard_router",
+                    f"--listen=127.0.0.1:{PORTS.dashboard_router}",
+                    f"--dashboard=127.0.0.1:{RAY_DASHBOARD_PORT}",
+                    *(f"--namespace={ns}" for ns in WATCHED_NAMESPACES),
+                ],
+                env={"PYTHONPATH": str(REPO_ROOT)},
+                health=lambda: http_ok(f"http://127.0.0.1:{PORTS.dashboard_router}/api/version"),
+                layout=self.layout,
+            ),
+            Component(
+                name="loka-operator",
+                binary=_venv_bin("loka-operator"),
+                args=[
+                    *(f"--namespace={ns}" for ns in WATCHED_NAMESPACES),
+                    f"--liveness=http://127.0.0.1:{OPERATOR_HEALTH_PORT}/healthz",
+                    f"--metrics-port={OPERATOR_METRICS_PORT}",
+                    "--resync-seconds=15",
+                ],
+                # KubeRay submits the trainer to the (local) Ray dashboard itself, as in a cluster.
+                env={"KUBECONFIG": str(self.cluster.kubeconfig), "LOKA_RAYJOB_SUBMISSION_MODE": "HTTPMode"},
+                health=lambda: http_ok(f"http://127.0.0.1:{OPERATOR_HEALTH_PORT}/healthz"),
+                before=self._apply_crd,
+                layout=self.layout,
+            ),
+            Component(
+                name="pod-shim",
+                binary=Path(sys.executable),
+                args=["-m", "tests.e2e.stack", "pod-shim"],
+                env={
+                    "PYTHONPATH": str(REPO_ROOT),
+                    "LOKA_CLUSTER_DIR": str(self.cluster.layout.root),
+                    "LOKA_DEMO_DIR": str(self.layout.root),
+                },
+                health=self._shim_ready.exists,
+                before=lambda: self._shim_ready.unlink(missing_ok=True),
+                layout=self.layout,
+            ),
+        ]
+
+    def up(self, echo: Callable[[str], None] = print) -> None:
+        for sub in ("logs", "pids"):
+            (self.layout.root / sub).mkdir(parents=True, exist_ok=True)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        for component in self.components():
+            if component.is_healthy():
+                echo(f"  {component.name:<24} already running (pid {component.pid()})")
+                continue
+            component.stop()
+            if component.before:
+                component.before()
+            pid = component.start()
+            try:
+                component.wait_healthy()
+            except ClusterError as err:
+                raise ClusterError(f"{component.name} failed to start: {err}") from err
+            echo(f"  {component.name:<24} ready (pid {pid}, log {component.log})")
+
+    def is_up(self) -> bool:
+        return all(c.is_healthy() for c in self.components())
+
+    def down(self, echo: Callable[[str], None] = print) -> None:
+        for component in reversed(self.components()):
+            if component.pid() is not None:
+                echo(f"  stopping {component.name} (pid {component.pid()})")
+            component.stop(timeout=45)  # the Ray head drains its workers first
+
+    def _apply_crd(self) -> None:
+        self.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
+        self.cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/trainingruns.loka.dev")
+
+    # ----- Ray's job API, as the pod shim and the summary use it ---------------------------------
+
+    def ray_jobs(self) -> list[dict[str, Any]]:
+        with urllib.request.urlopen(f"{self.dashboard_url}/api/jobs/", timeout=5) as response:
+            jobs: list[dict[str, Any]] = json.loads(response.read())
+            return jobs
+
+    def stop_ray_job(self, submission_id: str) -> None:
+        request = urllib.request.Request(f"{self.dashboard_url}/api/jobs/{submission_id}/stop", method="POST")
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+
+    def ray_job_logs(self, submission_id: str) -> str:
+        with urllib.request.urlopen(f"{self.dashboard_url}/api/jobs/{submission_id}/logs", timeout=10) as response:
+            logs: str = json.loads(response.read()).get("logs", "")
+            return logs
+
+
+class PodShim:
+    """The kubelet's part for the head pod that the local Ray head stands in for.
+
+    - While a RayJob is active, the trainer needs its pod's ServiceAccount token: write a
+      kubeconfig holding a token for the RayJob head's ServiceAccount (TokenRequest, as the
+      kubelet's projected token does). The local Ray runs one trainer at a time in the demo.
+    - When KubeRay deletes a RayJob's cluster (suspend, preemption, retry, deletion), the pods'
+      processes would die: stop every Ray job whose RayJob is no longer active with that job id.
+    """
+
+    def __init__(self, stack: DemoStack, interval: float = 1.0) -> None:
+        self.stack = stack
+        self.interval = interval
+        self._token_for: str | None = None
+
+    def run_forever(self, ready: Path) -> None:
+        from kubernetes import client
+
+        api = self.stack.cluster.api_client()
+        custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
+        ready.touch()
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        while not stop.wait(self.interval):
+            try:
+                self._sync(custom, core)
+            except Exception as err:  # keep shimming through API hiccups; log and retry
+                log.warning("pod shim: %s", err)
+
+    def _sync(self, custom: Any, core: Any) -> None:
+        rayjobs = custom.list_cluster_custom_object("ray.io", "v1", "rayjobs")["items"]
+        active = [
+            job
+            for job in rayjobs
+            if any(fnmatch.fnmatchcase(job["metadata"]["namespace"], p) for p in WATCHED_NAMESPACES)
+            and job.get("status", {}).get("jobDeploymentStatus") in ACTIVE_DEPLOYMENT_STATES
+            and not job["spec"].get("suspend")
+            and not job["metadata"].get("deletionTimestamp")
+        ]
+        if active:
+            self._project_token(core, active[-1])
+        live_ids = {job["status"].get("jobId") for job in active}
+        for ray_job in self.stack.ray_jobs():
+            if ray_job.get("status") in ("PENDING", "RUNNING") and ray_job.get("submission_id") not in live_ids:
+                log.info("pod shim: RayJob for Ray job %s is gone or suspended; stopping it", ray_job["submission_id"])
+                self.stack.stop_ray_job(ray_job["submission_id"])
+
+    def _project_token(self, core: Any, rayjob: dict[str, Any]) -> None:
+        namespace = rayjob["metadata"]["namespace"]
+        head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+        account = head.get("serviceAccountName", "default")
+        key = f"{namespace}/{account}"
+        if key == self._token_for:
+            return
+        token = core.create_namespaced_service_account_token(
+            account, namespace, {"spec": {"audiences": [], "expirationSeconds": 3600}}
+        ).status.token
+        cluster = self.stack.cluster
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "local", "cluster": {"server": cluster.server,
+                                                       "certificate-authority": str(cluster.layout.pki.ca_crt)}}],
+            "users": [{"name": key, "user": {"token": token}}],
+            "contexts": [{"name": "pod", "context": {"cluster": "local", "user": key, "namespace": namespace}}],
+            "current-context": "pod",
+        }  # fmt: skip
+        path = self.stack.trainer_kubeconfig
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(config))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+        self._token_for = key
+        log.info("pod shim: projected the token of ServiceAccount %s", key)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m tests.e2e.stack pod-shim`: the shim as its own process (the stack starts it)."""
+    if argv != ["pod-shim"]:
+        print("usage: python -m tests.e2e.stack pod-shim", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cluster = LocalCluster(Path(os.environ["LOKA_CLUSTER_DIR"]))
+    stack = DemoStack(cluster, Path(os.environ["LOKA_DEMO_DIR"]))
+    PodShim(stack).run_forever(stack.layout.root / "pod-shim.ready")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
