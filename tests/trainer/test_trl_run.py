@@ -200,3 +200,20 @@ def test_sigterm_stops_the_run_reports_why_and_the_next_attempt_resumes_from_the
     assert status["progress"]["step"] == 8
     assert status["checkpoint"]["step"] == 8
     assert store.marker_step() == 8
+
+
+def test_missing_training_data_fails_the_run_with_the_uri_in_status(case: TrainerCase) -> None:
+    spec = run_spec(case.prefix, max_steps=2, every=2)
+    spec["data"]["train"] = f"s3://{case.prefix.bucket}/{case.prefix.key}/data/missing.parquet"
+    create_run(case.k8s, case.namespace, "no-data", spec)
+    log = case.work / "trainer.log"
+    trainer = start_trainer(case.env_for("no-data"), case.work / "work", log)
+    try:
+        code = trainer.wait(timeout=RUN_TIMEOUT_S)
+    finally:
+        trainer.kill()
+    assert code == 1, log.read_text(errors="replace")[-4000:]
+    status = read_run(case.k8s, case.namespace, "no-data")["status"]
+    assert status["message"] == f"trainer failed: {spec['data']['train']} does not exist"
+    assert "progress" not in status
+    assert case.checkpoints("no-data").all_steps() == []
