@@ -95,6 +95,20 @@ class CheckpointRecord:
     time: str
 
 
+def merge_node_files(per_node: list[tuple[ManifestFile, ...]]) -> tuple[ManifestFile, ...]:
+    """One manifest from the files each Ray node uploaded. A path on two nodes must hold the same bytes;
+    otherwise the checkpoint is torn and must not become the latest.
+    """
+    merged: dict[str, ManifestFile] = {}
+    for files in per_node:
+        for entry in files:
+            seen = merged.setdefault(entry.path, entry)
+            if seen.sha256 != entry.sha256 or seen.size != entry.size:
+                msg = f"{entry.path} differs between nodes (sha256 {seen.sha256[:12]}… vs {entry.sha256[:12]}…)"
+                raise CheckpointError(msg)
+    return tuple(merged[path] for path in sorted(merged))
+
+
 def _local_files(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
     if not files:
@@ -145,34 +159,49 @@ class CheckpointStore:
 
         Raises TransferCancelledError when ``cancel`` is set midway; the marker then still names the previous step.
         """
+        self.begin(step)
+        files = self.upload_folder(step, folder, cancel=cancel)
+        if cancel is not None and cancel.is_set():
+            raise TransferCancelledError("upload cancelled before the manifest was written")
+        return self.commit(step, files)
+
+    def begin(self, step: int) -> None:
+        """Withdraw the step's manifest: one left from an earlier attempt would vouch for a half-overwritten folder."""
+        self.store.delete(self.step_uri(step).join(MANIFEST_NAME))
+
+    def upload_folder(
+        self, step: int, folder: Path, *, cancel: threading.Event | None = None
+    ) -> tuple[ManifestFile, ...]:
+        """Upload every file of ``folder`` under step ``step`` in parallel; returns their manifest entries.
+        Writes no manifest: call ``commit`` once every node's files are stored.
+        """
         destination = self.step_uri(step)
         files = _local_files(folder)
-        # A manifest left from an earlier attempt at this step would vouch for a half-overwritten folder.
-        self.store.delete(destination.join(MANIFEST_NAME))
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="sha256") as hashers:
             # Hashing runs alongside the upload; both read the same page-cached files.
             digests = [hashers.submit(sha256_file, path) for path in files]
             self.store.upload_files(
                 ((path, destination.join(path.relative_to(folder).as_posix())) for path in files), cancel=cancel
             )
-            entries = tuple(
+            return tuple(
                 ManifestFile(path.relative_to(folder).as_posix(), path.stat().st_size, digest.result())
                 for path, digest in zip(files, digests, strict=True)
             )
-        if cancel is not None and cancel.is_set():
-            raise TransferCancelledError("upload cancelled before the manifest was written")
+
+    def commit(self, step: int, files: tuple[ManifestFile, ...]) -> CheckpointRecord:
+        """Write the manifest, then move the marker, then prune: the step becomes the one resume picks."""
+        if not files:
+            msg = f"checkpoint step {step} has no files: nothing to commit"
+            raise CheckpointError(msg)
+        destination = self.step_uri(step)
         now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-        manifest = CheckpointManifest(step=step, files=entries, created=now)
+        manifest = CheckpointManifest(step=step, files=files, created=now)
         self.store.put_bytes(destination.join(MANIFEST_NAME), manifest.to_json(), content_type="application/json")
         record = CheckpointRecord(step=step, uri=str(destination), time=now)
         marker = {"step": step, "uri": record.uri, "time": now}
         self.store.put_bytes(self.marker_uri, json.dumps(marker).encode(), content_type="application/json")
         log.info(
-            "checkpoint step %d stored at %s (%d files, %d bytes)",
-            step,
-            destination,
-            len(entries),
-            manifest.total_bytes,
+            "checkpoint step %d stored at %s (%d files, %d bytes)", step, destination, len(files), manifest.total_bytes
         )
         self.prune()
         return record

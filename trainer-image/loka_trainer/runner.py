@@ -175,10 +175,11 @@ class Runner:
             if step is None:
                 log.info("no complete checkpoint under %s: starting from scratch", self.checkpoints.prefix)
                 return None
-            return ResumePoint(step, self.checkpoint_dir / f"global_step_{step}", explicit=False)
+            folder = self.checkpoint_dir / f"global_step_{step}"
+            return ResumePoint(step, folder, explicit=False, source=str(self.checkpoints.prefix))
         source, step = CheckpointStore.for_checkpoint_uri(self.store, checkpoints.resume)
         folder = source.restore(step, self.checkpoint_dir, cancel=self.stop.event)
-        return ResumePoint(step, folder, explicit=True)
+        return ResumePoint(step, folder, explicit=True, source=str(source.prefix))
 
     def _report_checkpoint(self, record: CheckpointRecord) -> None:
         self.reporter.report_checkpoint(record)

@@ -1,18 +1,19 @@
 """verl's ``trainer.checkpoint_callback_class``: upload each ``global_step_N`` to S3, then move the marker.
 
 verl calls ``on_save`` on its driver (the TaskRunner actor) after writing the checkpoint and its tracker file;
-an exception here aborts training, which is what a checkpoint that could not be stored deserves.
+an exception here aborts training, which is what a checkpoint that could not be stored deserves. Ranks write
+shards to their own node's disk, so every Ray node uploads what it holds (loka_trainer.nodes).
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from verl.trainer.ppo.checkpoint_callback import CheckpointCallback
 
-from loka_trainer.checkpoints import CheckpointStore
+from loka_trainer.checkpoints import CheckpointRecord, CheckpointStore, merge_node_files
+from loka_trainer.nodes import on_nodes, upload_from_node
 from loka_trainer.settings import CallbackSettings
 from loka_trainer.status import StatusReporter
 from loka_trainer.storage import ObjectStore, S3Uri
@@ -30,6 +31,13 @@ def _status_reporter() -> StatusReporter | None:
         log.warning("checkpoint status will not be reported: %s", type(error).__name__)
         return None
     return StatusReporter(runs.patch_status)
+
+
+def upload_from_every_node(checkpoints: CheckpointStore, step: int, checkpoint_dir: str) -> CheckpointRecord:
+    """Each Ray node uploads the shards it holds; the manifest lists them all; only then does the marker move."""
+    checkpoints.begin(step)
+    per_node = on_nodes(upload_from_node, str(checkpoints.prefix), checkpoints.keep, step, checkpoint_dir)
+    return checkpoints.commit(step, merge_node_files(per_node))
 
 
 class S3CheckpointCallback(CheckpointCallback):
@@ -53,6 +61,6 @@ class S3CheckpointCallback(CheckpointCallback):
             # Shards may still be in flight: uploading now could store a torn checkpoint.
             log.warning("async checkpoint save at step %d is not uploaded (turn async_save off)", global_step)
             return
-        record = self.checkpoints.upload(global_step, Path(checkpoint_dir))
+        record = upload_from_every_node(self.checkpoints, global_step, checkpoint_dir)
         if self.reporter is not None:
             self.reporter.report_checkpoint(record)

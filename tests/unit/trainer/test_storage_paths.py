@@ -40,3 +40,19 @@ def test_resume_value_that_is_not_a_step_folder_is_rejected_with_the_accepted_fo
 def test_keep_below_one_is_rejected() -> None:
     with pytest.raises(ValueError, match=r"checkpoints\.keep must be at least 1, got 0"):
         CheckpointStore(NOWHERE, S3Uri("b", "p"), keep=0)
+
+
+def test_node_manifests_merge_into_one_listing_every_shard_once() -> None:
+    from loka_trainer.checkpoints import ManifestFile, merge_node_files
+
+    head = (ManifestFile("data.pt", 10, "a" * 64), ManifestFile("actor/fsdp_config.json", 5, "b" * 64))
+    worker = (ManifestFile("actor/model_world_size_2_rank_1.pt", 99, "c" * 64), head[1])
+    merged = merge_node_files([head, worker, ()])
+    assert [f.path for f in merged] == ["actor/fsdp_config.json", "actor/model_world_size_2_rank_1.pt", "data.pt"]
+
+
+def test_the_same_file_with_different_bytes_on_two_nodes_is_a_torn_checkpoint() -> None:
+    from loka_trainer.checkpoints import CheckpointError, ManifestFile, merge_node_files
+
+    with pytest.raises(CheckpointError, match=r"data\.pt differs between nodes"):
+        merge_node_files([(ManifestFile("data.pt", 10, "a" * 64),), (ManifestFile("data.pt", 10, "f" * 64),)])

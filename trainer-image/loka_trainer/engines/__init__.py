@@ -27,6 +27,7 @@ class ResumePoint:
     step: int
     folder: Path
     explicit: bool  # checkpoints.resume named it (resume_path) rather than auto picking the latest
+    source: str = ""  # the S3 prefix holding global_step_<step> (another run's, for an explicit resume)
 
 
 @dataclass(frozen=True)

@@ -71,11 +71,28 @@ class VerlEngine:
         return max(train_rows // spec.training.batch_size, 0) * spec.training.epochs or None
 
     def run(self, job: EngineJob) -> int:
+        stage_other_nodes(job)
         argv = command(job)
         env: Mapping[str, str] = {**os.environ, **actor_environment(job)}
         log.info("launching verl: %s", " ".join(argv[:3]) + f" … ({len(argv) - 3} overrides)")
         process = subprocess.Popen(argv, env=env, start_new_session=True)
         return wait_or_stop(process, job.stop)
+
+
+def stage_other_nodes(job: EngineJob) -> None:
+    """Put the model, data and restored checkpoint on every other Ray node at the same paths as here:
+    verl's ranks read them from their own node's disk.
+    """
+    from loka_trainer.nodes import connected_to_ray, on_nodes, stage_on_node
+
+    resume = (job.resume.source, job.resume.step) if job.resume is not None else None
+    endpoint = job.spec.storage.endpoint if job.spec.storage else None
+    with connected_to_ray() as joined:
+        if joined:
+            spec_json = job.spec.model_dump_json(by_alias=True)
+            hosts = on_nodes(stage_on_node, spec_json, str(job.work_dir), endpoint, resume, skip_current=True)
+            if hosts:
+                log.info("staged inputs on %d other Ray node(s): %s", len(hosts), ", ".join(sorted(hosts)))
 
 
 def wait_or_stop(process: subprocess.Popen[bytes], stop: threading.Event, *, grace_s: float = STOP_GRACE_S) -> int:

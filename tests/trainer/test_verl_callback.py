@@ -1,0 +1,117 @@
+"""verl's checkpoint hook and node staging on a real two-node Ray cluster (local raylets) with a real MinIO."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from loka_trainer.checkpoints import MANIFEST_NAME, CheckpointStore
+from loka_trainer.nodes import on_nodes, ray_node_ids, stage_on_node
+from loka_trainer.storage import ObjectStore, S3Uri
+
+from tests.trainer.conftest import create_run, per_run_kubeconfig, read_run, write_verl_checkpoint
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(cluster: Any) -> Iterator[list[str]]:
+    """Two Ray nodes started with the S3 credentials in their environment, as pods get them from the operator."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in cluster.env.items():
+            if key.startswith("AWS_"):
+                env.setenv(key, value)
+        nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+        nodes.add_node(num_cpus=1)
+        ray.init(address=nodes.address, log_to_driver=False)
+        nodes.wait_for_nodes()
+        try:
+            yield ray_node_ids()
+        finally:
+            ray.shutdown()
+            nodes.shutdown()  # type: ignore[no-untyped-call]
+
+
+def test_verl_builds_the_callback_and_every_node_uploads_before_the_marker_moves(  # noqa: PLR0917 - fixtures
+    ray_cluster: list[str],
+    cluster: Any,
+    k8s: Any,
+    namespace: str,
+    trainingrun_crd: None,
+    object_store: ObjectStore,
+    s3_prefix: S3Uri,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from loka_trainer.render import DEFAULT_CHECKPOINT_CALLBACK
+    from omegaconf import OmegaConf
+    from verl.trainer.ppo.checkpoint_callback import build_checkpoint_callback
+
+    assert len(ray_cluster) == 2
+    create_run(
+        k8s, namespace, "verl-run", {"image": "x", "model": {"uri": "hf://a/b"}, "data": {"train": "s3://loka/t"}}
+    )
+    run_prefix = s3_prefix.join(namespace, "verl-run")
+    monkeypatch.setenv("LOKA_CHECKPOINT_PREFIX", str(run_prefix))
+    monkeypatch.setenv("LOKA_CHECKPOINT_KEEP", "2")
+    monkeypatch.setenv("LOKA_RUN_NAME", "verl-run")
+    monkeypatch.setenv("LOKA_RUN_NAMESPACE", namespace)
+    monkeypatch.setenv("KUBECONFIG", str(per_run_kubeconfig(cluster, k8s, namespace, "verl-run", tmp_path)))
+    config = OmegaConf.create({"trainer": {"checkpoint_callback_class": DEFAULT_CHECKPOINT_CALLBACK}})
+    callback = build_checkpoint_callback(config)
+
+    for step in (10, 20, 30):
+        folder = write_verl_checkpoint(tmp_path / "local", step=step, shard_bytes=64 * 1024)
+        callback.on_save(trainer=None, global_step=step, checkpoint_dir=str(folder), async_save=False)
+
+    store = CheckpointStore(object_store, run_prefix, keep=2)
+    assert store.complete_steps() == [20, 30]
+    assert store.marker_step() == 30
+    manifest = store.manifest(30)
+    assert manifest is not None
+    assert {f.path for f in manifest.files} == {
+        p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME
+    }
+    checkpoint = read_run(k8s, namespace, "verl-run")["status"]["checkpoint"]
+    assert checkpoint["step"] == 30
+    assert checkpoint["uri"] == str(store.step_uri(30))
+
+
+def test_async_saves_are_not_uploaded_as_complete(
+    ray_cluster: list[str], object_store: ObjectStore, s3_prefix: S3Uri, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loka_trainer.verl_callback import S3CheckpointCallback
+
+    monkeypatch.setenv("LOKA_CHECKPOINT_PREFIX", str(s3_prefix))
+    monkeypatch.delenv("LOKA_RUN_NAME", raising=False)
+    callback = S3CheckpointCallback(config=None)
+    folder = write_verl_checkpoint(tmp_path, step=5, shard_bytes=1024)
+    callback.on_save(trainer=None, global_step=5, checkpoint_dir=str(folder), async_save=True)
+    assert CheckpointStore(object_store, s3_prefix, keep=3).all_steps() == []
+
+
+def test_other_nodes_get_the_model_data_and_restored_checkpoint_at_the_same_paths(
+    ray_cluster: list[str], object_store: ObjectStore, s3_prefix: S3Uri, tmp_path: Path
+) -> None:
+    model = {"config.json": b'{"model_type": "qwen2"}', "model.safetensors": os.urandom(4096)}
+    for name, body in model.items():
+        object_store.put_bytes(s3_prefix.join("model", name), body)
+    train = s3_prefix.join("data", "train.parquet")
+    object_store.put_bytes(train, b"PAR1 train")
+    run_prefix = s3_prefix.join("ckpt", "ns", "run")
+    CheckpointStore(object_store, run_prefix, keep=2).upload(7, write_verl_checkpoint(tmp_path / "src", step=7))
+    spec = {"image": "x", "model": {"uri": str(s3_prefix.join("model"))}, "data": {"train": str(train)}}
+    work = tmp_path / "work"
+
+    hosts = on_nodes(stage_on_node, json.dumps(spec), str(work), None, (str(run_prefix), 7), skip_current=True)
+
+    assert len(hosts) == 1  # the one node that is not this one
+    assert (work / "model" / "model.safetensors").read_bytes() == model["model.safetensors"]
+    assert (work / "data" / "train.parquet").read_bytes() == b"PAR1 train"
+    assert (work / "checkpoints" / "latest_checkpointed_iteration.txt").read_text() == "7"
+    assert (work / "checkpoints" / "global_step_7" / "actor" / "model_world_size_2_rank_1.pt").is_file()
