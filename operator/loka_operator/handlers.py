@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 import time
 from dataclasses import dataclass
@@ -102,19 +103,27 @@ async def _resync_forever(state: OperatorState, config: OperatorConfig) -> None:
     """The slow drift-repair pass: every run is reconciled from fresh reads, spread over the interval."""
     while True:
         await asyncio.sleep(config.resync_seconds)
-        scopes: list[str | None] = [*config.namespaces] or [None]
         try:
-            keys = [
-                naming.run_key(run["metadata"]["namespace"], run["metadata"]["name"])
-                for scope in scopes
-                for run in await state.client.list(TRAINING_RUNS, scope)
-            ]
+            keys = await _all_runs(state.client, config.namespaces)
         except Exception:
             log.exception("drift-repair listing failed; next pass in %ss", config.resync_seconds)
             continue
         for index, key in enumerate(keys):
             # Spread the pass over the interval instead of a thundering herd.
             state.queue.request_after(key, config.resync_seconds * index / len(keys), drift=True)
+
+
+async def _all_runs(client: KubeClient, namespaces: tuple[str, ...]) -> list[str]:
+    """Keys of every run in scope; namespace patterns (kopf globs like `team-*`) need a cluster-wide list."""
+    patterns = [ns for ns in namespaces if any(ch in ns for ch in "*?[")]
+    scopes: list[str | None] = [None] if not namespaces or patterns else list(namespaces)
+    keys: list[str] = []
+    for scope in scopes:
+        for run in await client.list(TRAINING_RUNS, scope):
+            namespace = run["metadata"]["namespace"]
+            if not namespaces or any(fnmatch.fnmatchcase(namespace, pattern) for pattern in namespaces):
+                keys.append(naming.run_key(namespace, run["metadata"]["name"]))
+    return keys
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

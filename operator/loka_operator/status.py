@@ -325,11 +325,10 @@ def _dashboard_url(status: dict[str, Any]) -> str | None:
 
 def _message(previous: TrainingRunStatus, verdict: Verdict) -> str | None:
     """The operator explains waits; during and at the end of an active attempt the trainer's words win."""
-    if verdict.phase == previous.phase:
-        return previous.message
     if verdict.phase in ACTIVE:
-        return None
-    if verdict.phase in TERMINAL and previous.phase in ACTIVE and previous.message:
+        return previous.message if verdict.phase == previous.phase else None
+    trainer_spoke = previous.phase in ACTIVE and bool(previous.message)
+    if verdict.phase in TERMINAL and (verdict.phase == previous.phase or trainer_spoke):
         return previous.message
     return verdict.message
 

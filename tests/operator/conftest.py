@@ -139,7 +139,9 @@ def gpu_queue(kube: Kube) -> Iterator[str]:
     """A Kueue ClusterQueue with room for exactly one 8-GPU worker; returns its name."""
     name = f"lokaop-cq-{uuid.uuid4().hex[:6]}"
     flavor = f"{name}-flavor"
-    kube.create_cluster_object("kueue.x-k8s.io", "v1beta2", "resourceflavors", {"metadata": {"name": flavor}})
+    kube.create_cluster_object(
+        "kueue.x-k8s.io", "v1beta2", "ResourceFlavor", "resourceflavors", {"metadata": {"name": flavor}}
+    )
     resources = [
         {"name": "cpu", "nominalQuota": "1000"},
         {"name": "memory", "nominalQuota": "10Ti"},
@@ -148,6 +150,7 @@ def gpu_queue(kube: Kube) -> Iterator[str]:
     kube.create_cluster_object(
         "kueue.x-k8s.io",
         "v1beta2",
+        "ClusterQueue",
         "clusterqueues",
         {
             "metadata": {"name": name},

@@ -18,6 +18,7 @@ class Kube:
     # ------------------------------------------------------------------------ runs
 
     def create_run(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        manifest = {"apiVersion": "loka.dev/v1alpha1", "kind": "TrainingRun", **manifest}
         ns = manifest["metadata"]["namespace"]
         created: dict[str, Any] = self.custom.create_namespaced_custom_object(
             "loka.dev", "v1alpha1", ns, "trainingruns", manifest
@@ -98,7 +99,8 @@ class Kube:
         items: list[dict[str, Any]] = answer.get("items", [])
         return items
 
-    def create_cluster_object(self, group: str, version: str, plural: str, body: dict[str, Any]) -> None:
+    def create_cluster_object(self, group: str, version: str, kind: str, plural: str, body: dict[str, Any]) -> None:
+        body = {"apiVersion": f"{group}/{version}", "kind": kind, **body}
         self.custom.create_cluster_custom_object(group, version, plural, body)
 
     def delete_cluster_object(self, group: str, version: str, plural: str, name: str) -> None:

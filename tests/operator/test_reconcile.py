@@ -51,7 +51,7 @@ def test_run_is_admitted_and_running(operator: OperatorProcess, kube: Kube, ns: 
     assert head["serviceAccountName"] == f"loka-run-{RUN}"
     assert head["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     worker = spec["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
-    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 8
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "8"
 
     # The per-run identity and the LocalQueue exist.
     assert kube.exists("", "v1", "serviceaccounts", ns, f"loka-run-{RUN}")
@@ -232,8 +232,14 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(
     cluster: LocalCluster, operator: OperatorProcess, kube: Kube, ns: str
 ) -> None:
     names = [f"run-{i}" for i in range(8)]
+    small = {
+        "workers": 1,
+        "gpusPerWorker": 1,
+        "head": {"cpu": "1", "memory": "1Gi"},
+        "worker": {"cpu": "1", "memory": "1Gi"},
+    }
     for name in names:
-        kube.create_run(run_manifest(name, ns))
+        kube.create_run(run_manifest(name, ns, resources=small))
     # Kill as soon as the first child appears: the others are mid-flight.
     eventually(lambda: kube.rayjobs(ns), timeout=30, what="the first RayJob")
     operator.kill()

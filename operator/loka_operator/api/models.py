@@ -175,7 +175,9 @@ class Toleration(LokaModel):
 
 
 class ResourcesSpec(LokaModel):
-    workers: int = Field(default=1, ge=1, le=256, description="Ray worker pods (one per node).")
+    workers: int = Field(
+        default=1, ge=0, le=256, description="Ray worker pods, one per node (0: the head alone, for engine trl)."
+    )
     gpus_per_worker: int = Field(default=8, ge=0, le=16, description="nvidia.com/gpu per worker pod (0: CPU only).")
     head: PodResources = Field(default=PodResources(cpu="4", memory="16Gi"), description="The Ray head pod.")
     worker: PodResources = Field(default=PodResources(cpu="16", memory="64Gi"), description="Each Ray worker pod.")
@@ -279,7 +281,7 @@ RUN_SHAPING_FIELDS: tuple[str, ...] = (
 MUTABLE_FIELDS: tuple[str, ...] = ("suspend", "maxRestarts", "ttlSecondsAfterFinished")
 
 _GPU_DIVISIBILITY_RULE = (
-    "self.engine != 'verl' || self.resources.gpusPerWorker == 0 || "
+    "self.engine != 'verl' || self.resources.workers * self.resources.gpusPerWorker == 0 || "
     "(self.training.batchSize * self.training.samplesPerPrompt) "
     "% (self.resources.workers * self.resources.gpusPerWorker) == 0"
 )
@@ -302,8 +304,9 @@ class TrainingRunSpec(LokaModel):
                 field_path=".training.batchSize",
             ),
             cel(
-                "self.engine != 'verl' || self.resources.gpusPerWorker >= 1",
-                "engine verl needs GPUs: resources.gpusPerWorker must be at least 1 (use engine trl for CPU)",
+                "self.engine != 'verl' || (self.resources.workers >= 1 && self.resources.gpusPerWorker >= 1)",
+                "engine verl needs GPU workers: resources.workers and resources.gpusPerWorker must be at least 1 "
+                "(use engine trl for CPU)",
                 field_path=".resources.gpusPerWorker",
             ),
             cel(

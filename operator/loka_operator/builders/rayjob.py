@@ -79,7 +79,7 @@ def _restricted_pod_security() -> Manifest:
 def _resources(pod: PodResources, gpus: int) -> Manifest:
     amounts: dict[str, Any] = {"cpu": pod.cpu, "memory": pod.memory}
     if gpus > 0:
-        amounts[GPU_RESOURCE] = gpus
+        amounts[GPU_RESOURCE] = str(gpus)
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
@@ -194,7 +194,9 @@ def build_rayjob(
                     "rayStartParams": {},
                     "template": worker,
                 }
-            ],
+            ]
+            if resources.workers > 0
+            else [],
         },
     }
     if settings.submission_mode == "K8sJobMode":

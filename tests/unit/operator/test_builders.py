@@ -96,7 +96,7 @@ def test_worker_group_gets_gpus_and_placement_from_resources() -> None:
     assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 2
     worker = group["template"]["spec"]
     limits = worker["containers"][0]["resources"]["limits"]
-    assert limits == {"cpu": "32", "memory": "256Gi", "nvidia.com/gpu": 8}
+    assert limits == {"cpu": "32", "memory": "256Gi", "nvidia.com/gpu": "8"}
     assert worker["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
     assert worker["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     head = cluster["headGroupSpec"]["template"]["spec"]
