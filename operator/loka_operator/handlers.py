@@ -139,10 +139,17 @@ async def run_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) ->
 
 
 @kopf.on.event(naming.RAY_GROUP, naming.RAY_VERSION, "rayjobs", labels={naming.LABEL_MANAGED_BY: naming.OPERATOR_NAME})
-async def rayjob_changed(body: kopf.Body, memo: Any, **_: Any) -> None:
+async def rayjob_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
     run = body.metadata.labels.get(naming.LABEL_RUN)
-    if run:
-        _state(memo).queue.request(naming.run_key(body.metadata.namespace or "", run))
+    if not run:
+        return
+    state = _state(memo)
+    key = naming.run_key(body.metadata.namespace or "", run)
+    if type == "DELETED":
+        state.reconciler.forget_rayjob(key)
+    else:
+        state.reconciler.remember_rayjob(key, dict(body))
+    state.queue.request(key)
 
 
 def _owner_rayjob(body: kopf.Body) -> str | None:

@@ -82,6 +82,8 @@ class Reconciler:
     _runs: dict[str, JSON] = field(default_factory=dict)
     # (uid, generation) for which steps 2-4 already succeeded; the drift pass redoes them.
     _ensured: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # Latest RayJob of each run seen on the watch or returned by our own writes.
+    _rayjobs: dict[str, JSON] = field(default_factory=dict)
     _instance: str = field(default_factory=socket.gethostname)
 
     # ------------------------------------------------------------------------- cache of runs
@@ -91,8 +93,28 @@ class Reconciler:
         if _rv(body) >= _rv(self._runs.get(key)):
             self._runs[key] = body
 
+    def remember_rayjob(self, key: str, body: JSON) -> None:
+        if _rv(body) >= _rv(self._rayjobs.get(key)):
+            self._rayjobs[key] = body
+
+    def forget_rayjob(self, key: str) -> None:
+        self._rayjobs.pop(key, None)
+
+    async def _load_rayjob(self, namespace: str, name: str, *, fresh: bool) -> JSON | None:
+        key = naming.run_key(namespace, name)
+        cached = self._rayjobs.get(key)
+        if cached is not None and not fresh:
+            return cached
+        body = await self.client.get(RAYJOBS, namespace, naming.rayjob_name(name))
+        if body is None:
+            self.forget_rayjob(key)
+            return None
+        self.remember_rayjob(key, body)
+        return self._rayjobs[key]
+
     def forget(self, key: str) -> None:
         self._runs.pop(key, None)
+        self._rayjobs.pop(key, None)
         self._ensured.pop(key, None)
         self.metrics.observe_phase(key, None)
 
@@ -135,7 +157,7 @@ class Reconciler:
             await self._write_status(body, previous, replace(base, now=now(), invalid=invalid))
             return Outcome(phase="Failed")
 
-        rayjob = await self.client.get(RAYJOBS, namespace, naming.rayjob_name(name))
+        rayjob = await self._load_rayjob(namespace, name, fresh=drift)
         conflict: Problem | None = None
         if rayjob is not None and not _owned_by(rayjob, uid):
             conflict = Problem(
@@ -158,7 +180,7 @@ class Reconciler:
                 # 3. Kueue LocalQueue, 4. the trainer's identity
                 if spec.queue is not None:
                     await self._ensure_local_queue(spec.queue, namespace)
-                await self._ensure_rbac(name, namespace, uid)
+                await self._ensure_rbac(name, namespace, uid, check_first=drift or key in self._ensured)
                 self._ensured[key] = (uid, generation)
             # 5. the RayJob
             rayjob = await self._ensure_rayjob(run, rayjob)
@@ -227,17 +249,36 @@ class Reconciler:
                 queue.cluster_queue,
             )
 
-    async def _ensure_rbac(self, run: str, namespace: str, uid: str) -> None:
-        await self._ensure(SERVICE_ACCOUNTS, namespace, builders.build_service_account(run, namespace, uid), ())
-        await self._ensure(ROLES, namespace, builders.build_role(run, namespace, uid), ("rules",))
-        await self._ensure(ROLE_BINDINGS, namespace, builders.build_role_binding(run, namespace, uid), ("subjects",))
+    async def _ensure_rbac(self, run: str, namespace: str, uid: str, *, check_first: bool) -> None:
+        account = builders.build_service_account(run, namespace, uid)
+        await self._ensure(SERVICE_ACCOUNTS, namespace, account, (), check_first=check_first)
+        role = builders.build_role(run, namespace, uid)
+        await self._ensure(ROLES, namespace, role, ("rules",), check_first=check_first)
+        binding = builders.build_role_binding(run, namespace, uid)
+        await self._ensure(ROLE_BINDINGS, namespace, binding, ("subjects",), check_first=check_first)
 
-    async def _ensure(self, resource: Resource, namespace: str, manifest: JSON, owned: tuple[str, ...]) -> JSON:
-        """Get, then create or patch the fields this operator owns back to what they should be."""
+    async def _ensure(
+        self, resource: Resource, namespace: str, manifest: JSON, owned: tuple[str, ...], *, check_first: bool
+    ) -> JSON:
+        """Get, then create or patch the fields this operator owns back to what they should be.
+
+        For a run this process has not handled yet the object most likely does not exist: create first
+        and read only on a conflict, which saves a GET per child when many runs arrive at once.
+        """
         name = manifest["metadata"]["name"]
-        existing = await self.client.get(resource, namespace, name)
-        if existing is None:
-            return await self._create(resource, namespace, manifest)
+        if check_first:
+            existing = await self.client.get(resource, namespace, name)
+            if existing is None:
+                return await self._create(resource, namespace, manifest)
+        else:
+            try:
+                return await self.client.create(resource, namespace, manifest)
+            except ApiError as error:
+                if error.status != 409:
+                    raise
+            existing = await self.client.get(resource, namespace, name)
+            if existing is None:
+                return await self._create(resource, namespace, manifest)
         drifted = {k: manifest[k] for k in owned if existing.get(k) != manifest[k]}
         if drifted:
             log.info("repairing drift in %s %s/%s: %s", resource.plural, namespace, name, ", ".join(drifted))
@@ -265,6 +306,7 @@ class Reconciler:
                 spec, run=name, namespace=namespace, uid=run.metadata.uid, settings=self.config.rayjob
             )
             created = await self._create(RAYJOBS, namespace, manifest)
+            self.remember_rayjob(naming.run_key(namespace, name), created)
             log.info("created RayJob %s/%s", namespace, name)
             return created
         patch: JSON = {}
@@ -275,7 +317,9 @@ class Reconciler:
             patch["suspend"] = spec.suspend
         if not patch:
             return rayjob
-        return await self.client.merge_patch(RAYJOBS, namespace, name, {"spec": patch})
+        patched = await self.client.merge_patch(RAYJOBS, namespace, name, {"spec": patch})
+        self.remember_rayjob(naming.run_key(namespace, name), patched)
+        return patched
 
     async def _find_workload(self, namespace: str, rayjob: JSON) -> JSON | None:
         selector = f"{naming.KUEUE_JOB_UID_LABEL}={rayjob['metadata']['uid']}"
@@ -306,6 +350,7 @@ class Reconciler:
         if left > 0:
             return left + 1
         await self.client.delete(RAYJOBS, run.metadata.namespace, rayjob["metadata"]["name"])
+        self.forget_rayjob(naming.run_key(run.metadata.namespace, run.metadata.name))
         log.info("deleted RayJob %s/%s: ttlSecondsAfterFinished passed", run.metadata.namespace, run.metadata.name)
         return None
 
