@@ -13,6 +13,7 @@ comma := ,
 .PHONY: help venv cluster-build cluster-up cluster-down cluster-status test test-unit test-cluster lint typecheck fmt bench-cluster clean demo demo-down
 .PHONY: helm chart-crds chart-lint lint-workflows gitops-build gitops-health test-deploy
 .PHONY: lint-dockerfile test-trainer bench-checkpoint
+.PHONY: crds operator bench-reconcile
 
 help: ## List every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -103,3 +104,12 @@ test-trainer: venv ## Trainer unit tests, then its MinIO/API-server tests and th
 
 bench-checkpoint: venv ## Upload a 2 GB synthetic checkpoint to the local MinIO three ways, then time its restore
 	$(PY) bench/checkpoint_upload.py
+
+crds: venv ## Regenerate crds/ from the pydantic models (loka_operator.api)
+	$(PY) -m loka_operator.api.crd
+
+operator: venv ## Run loka-operator against the current kubeconfig (LOKA_RAYJOB_SUBMISSION_MODE=HTTPMode for a real Ray)
+	$(VENV)/bin/loka-operator
+
+bench-reconcile: cluster-up ## Time TrainingRun -> RayJob -> Running for N=1,100,500 next to KubeRay alone
+	$(PY) bench/reconcile.py
