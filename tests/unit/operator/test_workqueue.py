@@ -1,0 +1,78 @@
+"""The per-run work queue: one reconcile per run at a time, bursts coalesced, failures retried with backoff."""
+
+from __future__ import annotations
+
+import asyncio
+
+from loka_operator.workqueue import RunQueue
+
+
+def test_burst_of_events_for_one_run_coalesces_into_one_more_pass() -> None:
+    calls: list[str] = []
+    running: set[str] = set()
+    overlapped = False
+
+    async def reconcile(key: str, drift: bool) -> float | None:
+        nonlocal overlapped
+        overlapped = overlapped or key in running
+        running.add(key)
+        calls.append(key)
+        await asyncio.sleep(0.05)
+        running.discard(key)
+        return None
+
+    async def scenario() -> None:
+        queue = RunQueue(reconcile)
+        for _ in range(20):
+            queue.request("ns/a")
+        queue.request("ns/b")
+        await asyncio.sleep(0.3)
+
+    asyncio.run(scenario())
+    assert calls.count("ns/a") == 2  # the first pass, then one more for everything that arrived meanwhile
+    assert calls.count("ns/b") == 1
+    assert not overlapped
+
+
+def test_requeue_after_runs_again_and_failures_back_off() -> None:
+    calls: list[tuple[str, bool]] = []
+
+    async def reconcile(key: str, drift: bool) -> float | None:
+        calls.append((key, drift))
+        if key == "ns/failing" and len([c for c in calls if c[0] == key]) == 1:
+            raise RuntimeError("API server hiccup")
+        return 0.05 if key == "ns/waiting" and len(calls) < 4 else None
+
+    async def scenario() -> None:
+        queue = RunQueue(reconcile, max_backoff=0.1)
+        queue.request("ns/waiting")
+        queue.request("ns/failing")
+        queue.request_after("ns/drift", 0.05, drift=True)
+        await asyncio.sleep(1.5)
+
+    asyncio.run(scenario())
+    assert [c for c in calls if c[0] == "ns/failing"] == [("ns/failing", False)] * 2  # retried after the error
+    assert len([c for c in calls if c[0] == "ns/waiting"]) >= 2
+    assert ("ns/drift", True) in calls
+
+
+def test_concurrency_is_bounded() -> None:
+    active = 0
+    peak = 0
+
+    async def reconcile(key: str, drift: bool) -> float | None:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.02)
+        active -= 1
+        return None
+
+    async def scenario() -> None:
+        queue = RunQueue(reconcile, max_concurrent=3)
+        for i in range(12):
+            queue.request(f"ns/run-{i}")
+        await asyncio.sleep(0.5)
+
+    asyncio.run(scenario())
+    assert peak == 3
