@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -86,3 +87,24 @@ def get_json(cluster: Any, *args: str) -> Manifest:
     done = cluster.kubectl("get", *args, "-o", "json")
     loaded: Manifest = json.loads(done.stdout)
     return loaded
+
+
+def service_account_kubeconfig(install: Install, path: Path) -> Path:
+    """A kubeconfig that authenticates as the chart's ServiceAccount with a short-lived token."""
+    token = install.cluster.kubectl(
+        "create", "token", install.service_account, "-n", install.namespace, "--duration=2h"
+    ).stdout.strip()
+    admin = yaml.safe_load(install.cluster.kubeconfig.read_text())
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": admin["clusters"],
+        "users": [{"name": install.service_account, "user": {"token": token}}],
+        "contexts": [
+            {"name": "chart", "context": {"cluster": admin["clusters"][0]["name"], "user": install.service_account}}
+        ],
+        "current-context": "chart",
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path

@@ -10,6 +10,7 @@ import yaml
 
 from tests.deploy.argocd_lua import LuaError, run_health
 from tests.deploy.gitops import APPLICATION_HEALTH
+from tests.deploy.health_scenarios import SCENARIOS, run_with
 from tests.deploy.tools import REPO
 
 CHECK = REPO / "gitops" / "argocd" / "health" / "loka.dev" / "TrainingRun"
@@ -45,9 +46,8 @@ def test_unknown_phase_is_reported_not_hidden() -> None:
 
 def test_failed_condition_wins_over_a_running_phase() -> None:
     obj = _running()
-    obj["status"]["conditions"].append(
-        {"type": "Failed", "status": "True", "reason": "CheckpointCorrupt", "message": "global_step_100 is torn"}
-    )
+    failed = next(c for c in obj["status"]["conditions"] if c["type"] == "Failed")
+    failed.update({"status": "True", "reason": "CheckpointCorrupt", "message": "global_step_100 is torn"})
     assert run_health(SCRIPT, obj) == {"status": "Degraded", "message": "CheckpointCorrupt: global_step_100 is torn"}
 
 
@@ -92,3 +92,34 @@ def test_application_health_for_app_of_apps_waves_runs_in_the_sandbox() -> None:
     app = {"status": {"health": {"status": "Degraded", "message": "one child failed"}}}
     assert run_health(APPLICATION_HEALTH, app) == {"status": "Degraded", "message": "one child failed"}
     assert run_health(APPLICATION_HEALTH, {}) == {"status": "Progressing", "message": ""}
+
+
+# What ArgoCD should say about a run in each state, whatever the exact words.
+EXPECTED_HEALTH = {
+    "no-status": "Progressing",
+    "stale-generation": "Progressing",
+    "pending": "Progressing",
+    "missing-secret": "Degraded",
+    "invalid-spec": "Degraded",
+    "queued": "Suspended",
+    "starting": "Progressing",
+    "running": "Progressing",
+    "preempted": "Suspended",
+    "resuming": "Progressing",
+    "suspended": "Suspended",
+    "succeeded": "Healthy",
+    "failed": "Degraded",
+}
+
+
+@pytest.mark.parametrize("state", sorted(EXPECTED_HEALTH))
+def test_health_of_the_status_the_operator_calculates_now(state: str) -> None:
+    # Fresh from the operator's status calculator, so a change there that the check misreads fails here.
+    health = run_health(SCRIPT, run_with(state))
+    assert health["status"] == EXPECTED_HEALTH[state]
+    assert health["message"]
+    assert "nil" not in health["message"]
+
+
+def test_every_state_is_covered() -> None:
+    assert set(EXPECTED_HEALTH) == set(SCENARIOS)

@@ -30,6 +30,14 @@ local function explain(c, fallback)
   return fallback
 end
 
+-- The operator's own words for a wait (status.message), else the condition that explains the phase.
+local function waiting(status, c, fallback)
+  if status.message ~= nil and status.message ~= "" then
+    return status.message
+  end
+  return explain(c, fallback)
+end
+
 local function progress(status)
   local text = ""
   if status.progress ~= nil and status.progress.step ~= nil then
@@ -92,14 +100,14 @@ end
 
 if phase == "Suspended" then
   hs.status = "Suspended"
-  hs.message = explain(condition(status, "Suspended"), "Suspended")
+  hs.message = waiting(status, condition(status, "Suspended"), "Suspended")
   return hs
 end
 
 if phase == "Queued" then
   -- Like a suspended batch Job: waiting for Kueue to admit it is not a fault.
   hs.status = "Suspended"
-  hs.message = explain(condition(status, "Admitted"), "Waiting for Kueue to admit the run")
+  hs.message = waiting(status, condition(status, "Admitted"), "Waiting for Kueue to admit the run")
   return hs
 end
 
@@ -116,11 +124,10 @@ end
 
 if phase == "Pending" or phase == "Starting" or phase == "Resuming" then
   hs.status = "Progressing"
-  local why = status.message
-  if why == nil or why == "" then
-    why = phase
+  hs.message = waiting(status, condition(status, "Training"), phase)
+  if phase == "Resuming" and status.checkpoint ~= nil and status.checkpoint.step ~= nil then
+    hs.message = hs.message .. " (resumes from step " .. status.checkpoint.step .. ")"
   end
-  hs.message = why
   return hs
 end
 
