@@ -1,7 +1,7 @@
 """The operator under test, run as a subprocess against the local control plane.
 
-It only watches namespaces named `lokaop-*`, so other engineers' operators and tests on the same
-cluster never see or touch its runs (and it never touches theirs).
+It only watches namespaces named `lokaop-<session>-*`, so other operators and test sessions on the
+same cluster never see or touch its runs (and it never touches theirs).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from tests.cluster.controlplane import LocalCluster, wait_until
 from tests.operator.kube import Kube
 
 REPO = Path(__file__).resolve().parents[2]
-NAMESPACE_PREFIX = "lokaop-"
+# One prefix per test session: concurrent sessions each run their own operator.
+NAMESPACE_PREFIX = f"lokaop-{uuid.uuid4().hex[:4]}-"
 
 
 def free_port() -> int:
@@ -126,7 +127,7 @@ def operator(cluster: LocalCluster, crd: None, tmp_path_factory: pytest.TempPath
 
 @pytest.fixture
 def ns(kube: Kube) -> Iterator[str]:
-    """A fresh `lokaop-*` namespace (watched by the test operator), deleted afterwards."""
+    """A fresh namespace watched by this session's operator, deleted afterwards."""
     name = f"{NAMESPACE_PREFIX}{uuid.uuid4().hex[:8]}"
     kube.core.create_namespace({"metadata": {"name": name, "labels": {"loka.dev/test": "operator"}}})
     wait_until(lambda: kube.exists("", "v1", "serviceaccounts", name, "default"), timeout=30, what="default SA")
