@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -115,3 +118,66 @@ def test_other_nodes_get_the_model_data_and_restored_checkpoint_at_the_same_path
     assert (work / "data" / "train.parquet").read_bytes() == b"PAR1 train"
     assert (work / "checkpoints" / "latest_checkpointed_iteration.txt").read_text() == "7"
     assert (work / "checkpoints" / "global_step_7" / "actor" / "model_world_size_2_rank_1.pt").is_file()
+
+
+DRIVER = """
+import json, os, sys
+import ray
+# What verl.trainer.main_ppo does: join the cluster with its own runtime_env (the actor variables).
+ray.init(address=sys.argv[1], runtime_env={"env_vars": json.loads(sys.argv[2])}, log_to_driver=False)
+@ray.remote(num_cpus=0)
+def actor_sees():
+    return {k: os.environ.get(k) for k in ("LOKA_RUN_NAME", "LOKA_CHECKPOINT_PREFIX", "AWS_ENDPOINT_URL")}
+print(json.dumps(ray.get(actor_sees.remote())))
+"""
+
+
+def test_verl_driver_joins_a_rayjob_whose_runtime_env_sets_the_same_variables(
+    ray_cluster: list[str], tmp_path: Path
+) -> None:
+    import ray
+    from loka_operator.api import TrainingRunSpec
+    from loka_trainer.engines import EngineJob
+    from loka_trainer.engines.verl import actor_environment, process_environment
+    from loka_trainer.staging import StagedInputs
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    spec = TrainingRunSpec.model_validate(
+        {"image": "x", "model": {"uri": "hf://a/b"}, "data": {"train": "s3://loka/t"}}
+    )
+    store = CheckpointStore(ObjectStore(endpoint_url="http://127.0.0.1:9"), S3Uri("loka", "ck/ns/run"), keep=2)
+    job = EngineJob(
+        spec=spec,
+        run_name="run",
+        namespace="ns",
+        inputs=StagedInputs("a/b", tmp_path / "t.parquet", None),
+        work_dir=tmp_path,
+        checkpoint_dir=tmp_path / "checkpoints",
+        metrics_file=tmp_path / "metrics.jsonl",
+        checkpoints=store,
+        resume=None,
+        on_checkpoint=lambda record: None,
+        stop=threading.Event(),
+        wandb_mode="offline",
+    )
+    # The RayJob's runtimeEnvYAML, as the operator writes it (KubeRay hands it to the entrypoint like this).
+    rayjob_env = {"LOKA_RUN_NAME": "run", "LOKA_RUN_NAMESPACE": "ns", "AWS_ENDPOINT_URL": "http://minio:9000"}
+    job_config = json.dumps({"runtime_env": {"env_vars": rayjob_env}})
+    base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), RAY_JOB_CONFIG_JSON_ENV_VAR: job_config}
+    address = ray.get_runtime_context().gcs_address
+    argv = [sys.executable, "-c", DRIVER, address, json.dumps(actor_environment(job, {}))]
+
+    refused = subprocess.run(argv, env=base, capture_output=True, text=True, check=False, timeout=120)
+    assert refused.returncode != 0
+    assert "Failed to merge the Job's runtime env" in refused.stderr  # why the override is needed
+
+    joined = subprocess.run(
+        argv, env=process_environment(job, base), capture_output=True, text=True, check=False, timeout=120
+    )
+    assert joined.returncode == 0, joined.stderr[-3000:]
+    seen = json.loads(joined.stdout.strip().splitlines()[-1])
+    assert seen == {
+        "LOKA_RUN_NAME": "run",
+        "LOKA_CHECKPOINT_PREFIX": "s3://loka/ck/ns/run",
+        "AWS_ENDPOINT_URL": "http://minio:9000",
+    }

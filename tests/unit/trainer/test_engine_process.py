@@ -66,7 +66,7 @@ def test_actor_env_values_reach_ray_as_strings() -> None:
     from omegaconf import OmegaConf
     from ray.runtime_env import RuntimeEnv
 
-    values = {"KEEP": "3", "X": "a'b"}
+    values = {"KEEP": "3", "Q": "it's", "D": 'a"b', "W": "C:\\dir\\", "E": "", "S": "s3://b/p,x=y"}
     overrides = [f"+ray_kwargs.ray_init.runtime_env.env_vars.{k}={hydra_string(v)}" for k, v in values.items()]
     config = compose_verl_config(overrides)
     env_vars = OmegaConf.to_container(config.ray_kwargs.ray_init.runtime_env.env_vars)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -48,9 +49,22 @@ def actor_environment(job: EngineJob, environ: Mapping[str, str] | None = None) 
     return env
 
 
+def process_environment(job: EngineJob, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """verl's process environment: ours, the actor variables, and permission to overlap the RayJob's env."""
+    return {
+        **(os.environ if environ is None else environ),
+        **actor_environment(job, environ),
+        # The RayJob's runtimeEnvYAML already sets some of these keys; without this Ray refuses to merge the
+        # job's runtime_env with verl's ray.init(runtime_env=...) ("same environment variable keys").
+        "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1",
+    }
+
+
 def hydra_string(value: str) -> str:
     """Always quoted: Ray rejects non-string env values, and Hydra would read ``3`` as an int."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    # Hydra reads a backslash literally unless it precedes a quote or ends the string.
+    escaped = re.sub(r'(\\+)(?="|$)', lambda run: run.group(1) * 2, value).replace('"', '\\"')
+    return f'"{escaped}"'
 
 
 def command(job: EngineJob, environ: Mapping[str, str] | None = None) -> list[str]:
@@ -73,7 +87,7 @@ class VerlEngine:
     def run(self, job: EngineJob) -> int:
         stage_other_nodes(job)
         argv = command(job)
-        env: Mapping[str, str] = {**os.environ, **actor_environment(job)}
+        env = process_environment(job)
         log.info("launching verl: %s", " ".join(argv[:3]) + f" … ({len(argv) - 3} overrides)")
         process = subprocess.Popen(argv, env=env, start_new_session=True)
         return wait_or_stop(process, job.stop)
