@@ -16,7 +16,7 @@ from loka_trainer.checkpoints import MANIFEST_NAME, CheckpointStore
 from loka_trainer.nodes import on_nodes, ray_node_ids, stage_on_node
 from loka_trainer.storage import ObjectStore, S3Uri
 
-from tests.trainer.conftest import create_run, per_run_kubeconfig, read_run, write_verl_checkpoint
+from tests.trainer.conftest import write_verl_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -40,31 +40,17 @@ def ray_cluster(cluster: Any) -> Iterator[list[str]]:
             nodes.shutdown()  # type: ignore[no-untyped-call]
 
 
-def test_verl_builds_the_callback_and_every_node_uploads_before_the_marker_moves(  # noqa: PLR0917 - fixtures
-    ray_cluster: list[str],
-    cluster: Any,
-    k8s: Any,
-    namespace: str,
-    trainingrun_crd: None,
-    object_store: ObjectStore,
-    s3_prefix: S3Uri,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+def test_verl_builds_the_callback_and_every_node_uploads_before_the_marker_moves(
+    ray_cluster: list[str], object_store: ObjectStore, s3_prefix: S3Uri, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from loka_trainer.render import DEFAULT_CHECKPOINT_CALLBACK
     from omegaconf import OmegaConf
     from verl.trainer.ppo.checkpoint_callback import build_checkpoint_callback
 
     assert len(ray_cluster) == 2
-    create_run(
-        k8s, namespace, "verl-run", {"image": "x", "model": {"uri": "hf://a/b"}, "data": {"train": "s3://loka/t"}}
-    )
-    run_prefix = s3_prefix.join(namespace, "verl-run")
+    run_prefix = s3_prefix.join("ns", "verl-run")
     monkeypatch.setenv("LOKA_CHECKPOINT_PREFIX", str(run_prefix))
     monkeypatch.setenv("LOKA_CHECKPOINT_KEEP", "2")
-    monkeypatch.setenv("LOKA_RUN_NAME", "verl-run")
-    monkeypatch.setenv("LOKA_RUN_NAMESPACE", namespace)
-    monkeypatch.setenv("KUBECONFIG", str(per_run_kubeconfig(cluster, k8s, namespace, "verl-run", tmp_path)))
     config = OmegaConf.create({"trainer": {"checkpoint_callback_class": DEFAULT_CHECKPOINT_CALLBACK}})
     callback = build_checkpoint_callback(config)
 
@@ -80,9 +66,6 @@ def test_verl_builds_the_callback_and_every_node_uploads_before_the_marker_moves
     assert {f.path for f in manifest.files} == {
         p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME
     }
-    checkpoint = read_run(k8s, namespace, "verl-run")["status"]["checkpoint"]
-    assert checkpoint["step"] == 30
-    assert checkpoint["uri"] == str(store.step_uri(30))
 
 
 def test_async_saves_are_not_uploaded_as_complete(

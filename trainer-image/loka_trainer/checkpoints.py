@@ -236,15 +236,21 @@ class CheckpointStore:
     def complete_steps(self) -> list[int]:
         return [step for step in self.all_steps() if self.store.exists(self.step_uri(step).join(MANIFEST_NAME))]
 
-    def marker_step(self) -> int | None:
+    def marker(self) -> CheckpointRecord | None:
+        """The checkpoint the "latest" marker names, or None when there is no (readable) marker."""
         raw = self.store.get_bytes(self.marker_uri)
         if raw is None:
             return None
         try:
-            return int(json.loads(raw)["step"])
+            body = json.loads(raw)
+            return CheckpointRecord(step=int(body["step"]), uri=str(body["uri"]), time=str(body["time"]))
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring unreadable marker %s", self.marker_uri)
             return None
+
+    def marker_step(self) -> int | None:
+        record = self.marker()
+        return None if record is None else record.step
 
     def latest_complete(self) -> int | None:
         """The marker's step when it is complete, else the newest complete step, else None."""

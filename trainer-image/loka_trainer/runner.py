@@ -9,6 +9,7 @@ import os
 import shlex
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -137,6 +138,7 @@ class Runner:
         engine: Engine | None = None,
         stop: StopSignal | None = None,
         status_interval_s: float = 10.0,
+        poll_interval_s: float = 1.0,
     ) -> None:
         self.run = run
         self.spec = run.spec
@@ -147,6 +149,11 @@ class Runner:
         self.engine = engine or engine_for(self.spec.engine.value)
         self.stop = stop or StopSignal()
         self.reporter = StatusReporter(patch_status, min_interval=status_interval_s)
+        self.poll_interval_s = poll_interval_s
+        # The marker is read at most this often: the verl callback stores checkpoints from another process.
+        self.marker_interval_s = max(status_interval_s, poll_interval_s)
+        self._reported_checkpoint: int | None = None
+        self._checkpoint_lock = threading.Lock()
         self.checkpoints: CheckpointStore | None = None
         if self.spec.checkpoints is not None:
             self.checkpoints = CheckpointStore.for_run(
@@ -182,7 +189,25 @@ class Runner:
         return ResumePoint(step, folder, explicit=True, source=str(source.prefix))
 
     def _report_checkpoint(self, record: CheckpointRecord) -> None:
+        with self._checkpoint_lock:
+            if record.step == self._reported_checkpoint:
+                return
+            self._reported_checkpoint = record.step
         self.reporter.report_checkpoint(record)
+
+    def _poll_marker(self) -> None:
+        """Report the checkpoint the marker names: verl's callback runs in a Ray actor, maybe on a worker node
+        that has no ServiceAccount token; the marker is the one place every uploader moves last.
+        """
+        if self.checkpoints is None:
+            return
+        try:
+            record = self.checkpoints.marker()
+        except Exception as error:  # S3 hiccups must not stop the follower
+            log.warning("could not read the checkpoint marker: %s", type(error).__name__)
+            return
+        if record is not None:
+            self._report_checkpoint(record)
 
     def execute(self) -> int:
         """Stage, restore, train, report. Returns the process exit code."""
@@ -242,12 +267,17 @@ class Runner:
         def sink(metrics: Any) -> None:
             self.reporter.report_metrics(metrics)
 
-        while not stop.wait(1.0):
+        next_marker_check = time.monotonic()
+        while not stop.wait(self.poll_interval_s):
             for metrics in follower.poll():
                 sink(metrics)
             self.reporter.tick()
+            if time.monotonic() >= next_marker_check:
+                self._poll_marker()
+                next_marker_check = time.monotonic() + self.marker_interval_s
         for metrics in follower.poll():
             sink(metrics)
+        self._poll_marker()
 
     def _stop_follower(self, follower: threading.Thread | None, stop: threading.Event) -> None:
         stop.set()

@@ -15,22 +15,9 @@ from verl.trainer.ppo.checkpoint_callback import CheckpointCallback
 from loka_trainer.checkpoints import CheckpointRecord, CheckpointStore, merge_node_files
 from loka_trainer.nodes import on_nodes, upload_from_node
 from loka_trainer.settings import CallbackSettings
-from loka_trainer.status import StatusReporter
 from loka_trainer.storage import ObjectStore, S3Uri
 
 log = logging.getLogger(__name__)
-
-
-def _status_reporter() -> StatusReporter | None:
-    """Reports the checkpoint into the run's status when the actor knows its run; uploads work without it."""
-    from loka_trainer.kube import IdentityError, RunClient, RunIdentity, api_client
-
-    try:
-        runs = RunClient(api_client(), RunIdentity.from_env())
-    except (IdentityError, Exception) as error:  # no identity or no API access: upload only
-        log.warning("checkpoint status will not be reported: %s", type(error).__name__)
-        return None
-    return StatusReporter(runs.patch_status)
 
 
 def upload_from_every_node(checkpoints: CheckpointStore, step: int, checkpoint_dir: str) -> CheckpointRecord:
@@ -49,7 +36,6 @@ class S3CheckpointCallback(CheckpointCallback):
             log.warning("LOKA_CHECKPOINT_PREFIX is not set: checkpoints stay on local disk only")
             return
         self.checkpoints = CheckpointStore(ObjectStore(), S3Uri.parse(settings.prefix), keep=settings.keep)
-        self.reporter = _status_reporter()
 
     def on_save(
         self, trainer: Any, global_step: int, checkpoint_dir: str, async_save: bool = False, **kwargs: Any
@@ -61,6 +47,5 @@ class S3CheckpointCallback(CheckpointCallback):
             # Shards may still be in flight: uploading now could store a torn checkpoint.
             log.warning("async checkpoint save at step %d is not uploaded (turn async_save off)", global_step)
             return
-        record = upload_from_every_node(self.checkpoints, global_step, checkpoint_dir)
-        if self.reporter is not None:
-            self.reporter.report_checkpoint(record)
+        # status.checkpoint follows from the marker: `loka-trainer run` reads it (only the head has API access).
+        upload_from_every_node(self.checkpoints, global_step, checkpoint_dir)
