@@ -21,6 +21,7 @@ OPERATOR_FIELDS: tuple[str, ...] = (
     "conditions",
     "observedGeneration",
     "attempt",
+    "restarts",
     "rayJob",
     "rayCluster",
     "dashboardURL",
@@ -32,8 +33,11 @@ OPERATOR_FIELDS: tuple[str, ...] = (
 
 TERMINAL = frozenset({RunPhase.SUCCEEDED, RunPhase.FAILED})
 ACTIVE = frozenset({RunPhase.STARTING, RunPhase.RUNNING, RunPhase.RESUMING})
-# Entering one of these from an active phase ends the current attempt.
-ATTEMPT_ENDING = frozenset({RunPhase.QUEUED, RunPhase.SUSPENDED, RunPhase.RESUMING})
+# Entering one of these from an active phase ends the current attempt (a suspension or preemption).
+# Retries after a failure are counted from KubeRay's own counter instead: they can pass unobserved.
+ATTEMPT_ENDING = frozenset({RunPhase.QUEUED, RunPhase.SUSPENDED})
+# Kueue's Workload conditions that mean Kueue took an admitted run's quota away.
+KUEUE_PREEMPTION = ("Preempted", "Evicted")
 
 # KubeRay jobDeploymentStatus values (ray-operator apis/ray/v1/rayjob_types.go).
 RJ_NEW = ""
@@ -114,7 +118,7 @@ def kueue_wait_reason(workload: dict[str, Any] | None) -> Problem:
     conditions = _conditions(workload)
     if workload.get("spec", {}).get("active") is False:
         return Problem("Deactivated", "the Workload is deactivated")
-    for kind in ("Preempted", "Evicted"):
+    for kind in KUEUE_PREEMPTION:
         cond = conditions.get(kind)
         if cond and cond.get("status") == "True":
             return Problem(f"{kind}{cond.get('reason', '')}", cond.get("message", ""))
@@ -184,20 +188,26 @@ def decide_phase(obs: Observed, previous: TrainingRunStatus) -> Verdict:
             wait = kueue_wait_reason(obs.workload) if obs.queued else Problem("Resuming", "resuming the RayJob")
             if not obs.queued:
                 return Verdict(RunPhase.RESUMING, wait.reason, wait.message)
-            return Verdict(RunPhase.QUEUED, wait.reason, f"waiting for Kueue: {wait.message}")
+            return _waiting_for_kueue(wait)
         case "Retrying":
             return Verdict(RunPhase.RESUMING, "Retrying", message or "KubeRay is retrying the run on a new Ray cluster")
         case "Running":
             return Verdict(RunPhase.RUNNING, "RayJobRunning", "the Ray cluster is up and the trainer was submitted")
         case _:  # New, Initializing, Waiting
             if obs.queued and not workload_admitted(obs.workload):
-                wait = kueue_wait_reason(obs.workload)
-                return Verdict(RunPhase.QUEUED, wait.reason, f"waiting for Kueue: {wait.message}")
+                return _waiting_for_kueue(kueue_wait_reason(obs.workload))
             if obs.suspend:
                 return Verdict(RunPhase.SUSPENDED, "Suspending", "suspending: the Ray cluster is being released")
             if restarting:
                 return Verdict(RunPhase.RESUMING, "StartingRayCluster", "starting a new Ray cluster for the run")
             return Verdict(RunPhase.STARTING, "StartingRayCluster", "starting the Ray cluster")
+
+
+def _waiting_for_kueue(wait: Problem) -> Verdict:
+    """Queued for quota; Suspended (in Kueue's words) when Kueue preempted or evicted the run."""
+    if wait.reason.startswith(KUEUE_PREEMPTION):
+        return Verdict(RunPhase.SUSPENDED, wait.reason, f"suspended by Kueue: {wait.message}")
+    return Verdict(RunPhase.QUEUED, wait.reason, f"waiting for Kueue: {wait.message}")
 
 
 # ------------------------------------------------------------------------------------ conditions
@@ -307,13 +317,23 @@ def _conditions_for(obs: Observed, verdict: Verdict, previous: TrainingRunStatus
 # ---------------------------------------------------------------------------------- calculation
 
 
-def _next_attempt(previous: TrainingRunStatus, phase: RunPhase, rayjob_exists: bool) -> int | None:
+def _restarts(rayjob: dict[str, Any] | None) -> int | None:
+    """KubeRay's retries so far: its failure count, less the final failure of a RayJob that gave up."""
+    if rayjob is None:
+        return None
+    status = _rayjob_status(rayjob)
+    failed = int(status.get("failed") or 0)
+    return max(failed - 1, 0) if status.get("jobDeploymentStatus") == RJ_FAILED else failed
+
+
+def _next_attempt(previous: TrainingRunStatus, phase: RunPhase, restarts: int | None) -> int | None:
     attempt = previous.attempt
     if attempt is None:
-        return 1 if rayjob_exists else None
+        return None if restarts is None else 1 + restarts
     if previous.phase in ACTIVE and phase in ATTEMPT_ENDING and phase != previous.phase:
-        return attempt + 1
-    return attempt
+        attempt += 1
+    # Each KubeRay retry is a new attempt, counted once even when the Retrying state went unseen.
+    return attempt + max((restarts or 0) - (previous.restarts or 0), 0)
 
 
 def _dashboard_url(status: dict[str, Any]) -> str | None:
@@ -339,7 +359,10 @@ def calculate_status(obs: Observed, previous: TrainingRunStatus) -> StatusUpdate
     status = previous.model_copy(deep=True)
     status.phase = phase
     status.observed_generation = obs.generation
-    status.attempt = _next_attempt(previous, phase, obs.rayjob is not None)
+    restarts = _restarts(obs.rayjob)
+    status.attempt = _next_attempt(previous, phase, restarts)
+    if restarts is not None:
+        status.restarts = max(restarts, previous.restarts or 0)
     status.conditions = _conditions_for(obs, verdict, previous)
     status.message = _message(previous, verdict)
     if obs.rayjob is not None:

@@ -418,6 +418,9 @@ class TrainingRunStatus(LokaModel):
     )
     observed_generation: int | None = None
     attempt: int | None = Field(default=None, ge=0)
+    restarts: int | None = Field(
+        default=None, ge=0, description="Times KubeRay retried the run on a new Ray cluster after a failure."
+    )
     ray_job: str | None = None
     ray_cluster: str | None = None
     dashboard_url: str | None = Field(default=None, alias="dashboardURL")

@@ -76,8 +76,8 @@ def observe(
         (rayjob("Running", "RUNNING"), ADMITTED, True, False, RunPhase.RUNNING, "RayJobRunning"),
         (rayjob("Running", "PENDING"), ADMITTED, True, False, RunPhase.RUNNING, "RayJobRunning"),
         # preempted by Kueue: the RayJob is suspended and the run waits again, in Kueue's words
-        (rayjob("Suspending"), PREEMPTED, True, False, RunPhase.QUEUED, "PreemptedInClusterQueue"),
-        (rayjob("Suspended"), PREEMPTED, True, False, RunPhase.QUEUED, "PreemptedInClusterQueue"),
+        (rayjob("Suspending"), PREEMPTED, True, False, RunPhase.SUSPENDED, "PreemptedInClusterQueue"),
+        (rayjob("Suspended"), PREEMPTED, True, False, RunPhase.SUSPENDED, "PreemptedInClusterQueue"),
         # suspended by the user (Workload deactivated)
         (rayjob("Suspended"), workload(active=False), True, True, RunPhase.SUSPENDED, "Suspended"),
         (rayjob("Running", "RUNNING"), ADMITTED, True, True, RunPhase.RUNNING, "RayJobRunning"),
@@ -185,7 +185,7 @@ def test_preemption_and_suspension_start_new_attempts() -> None:
         RunPhase.QUEUED,
         RunPhase.STARTING,
         RunPhase.RUNNING,
-        RunPhase.QUEUED,
+        RunPhase.SUSPENDED,
         RunPhase.RESUMING,
         RunPhase.RUNNING,
         RunPhase.SUSPENDED,
@@ -200,14 +200,41 @@ def test_preemption_and_suspension_start_new_attempts() -> None:
 def test_retry_starts_a_new_attempt() -> None:
     history = walk(
         (rayjob("Running", "RUNNING"), ADMITTED, False),
-        (rayjob("Retrying"), ADMITTED, False),
-        (rayjob("Initializing"), ADMITTED, False),
+        (rayjob("Retrying", failed=1), ADMITTED, False),
+        (rayjob("Initializing", failed=1), ADMITTED, False),
     )
-    assert [(s.phase, s.attempt) for s in history] == [
-        (RunPhase.RUNNING, 1),
-        (RunPhase.RESUMING, 2),
-        (RunPhase.RESUMING, 2),
+    assert [(s.phase, s.attempt, s.restarts) for s in history] == [
+        (RunPhase.RUNNING, 1, 0),
+        (RunPhase.RESUMING, 2, 1),
+        (RunPhase.RESUMING, 2, 1),
     ]
+
+
+def test_retries_the_operator_never_saw_still_count_as_attempts() -> None:
+    # KubeRay can fail, retry and fail again between two reconciles; its failure counter tells.
+    history = walk(
+        (rayjob("Running", "RUNNING"), ADMITTED, False),
+        (rayjob("Running", "RUNNING", failed=1), ADMITTED, False),
+        (rayjob("Failed", "FAILED", failed=2), ADMITTED, False),
+    )
+    assert [(s.phase, s.attempt, s.restarts) for s in history] == [
+        (RunPhase.RUNNING, 1, 0),
+        (RunPhase.RUNNING, 2, 1),
+        (RunPhase.FAILED, 2, 1),
+    ]
+
+
+def test_a_preempted_run_says_so_in_kueues_words() -> None:
+    history = walk(
+        (rayjob("Running", "RUNNING"), ADMITTED, False),
+        (rayjob("Suspended"), PREEMPTED, False),
+    )
+    suspended = history[-1]
+    assert suspended.phase == RunPhase.SUSPENDED
+    condition = next(c for c in suspended.conditions if c.type == "Suspended")
+    assert condition.status == "True"
+    assert condition.reason == "PreemptedInClusterQueue"
+    assert "Preempted to accommodate a workload" in condition.message
 
 
 def test_unchanged_observation_patches_nothing() -> None:
