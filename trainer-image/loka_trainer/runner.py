@@ -248,7 +248,7 @@ class Runner:
             return self._fail(f"trainer failed: {type(error).__name__}: {error}", follower, follower_stop)
         self._stop_follower(follower, follower_stop)
         if self.stop.event.is_set():
-            last = self.checkpoints.latest_complete() if self.checkpoints else None
+            last = self.checkpoints.marker_step() if self.checkpoints else None  # one GET: time is short now
             where = f"; resumes from checkpoint step {last}" if last is not None else ""
             self.reporter.report_message(f"trainer stopped by {self.stop.reason or 'a stop request'}{where}")
             return EXIT_TERMINATED

@@ -95,3 +95,12 @@ def test_no_secret_is_baked_into_the_image(keyword: str) -> None:
         if kw == keyword:
             names = re.findall(r"([A-Za-z_][\w.]*)=", args) or [args.split()[0]]
             assert not [n for n in names if SECRET_NAMES.search(n)], f"{kw} {args}"
+
+
+def test_ray_waits_long_enough_after_sigterm_for_the_trainer_to_stop_verl_and_report() -> None:
+    from loka_trainer.engines.verl import STOP_GRACE_S
+
+    env = " ".join(args for keyword, args in instructions() if keyword == "ENV")
+    wait = re.search(r"RAY_JOB_STOP_WAIT_TIME_S=(\d+)", env)
+    assert wait, "Ray's job supervisor would SIGKILL the trainer 3 s after SIGTERM"
+    assert STOP_GRACE_S + 5 <= int(wait.group(1)) < 30  # room to report, inside the pod's 30 s grace

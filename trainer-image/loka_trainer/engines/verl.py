@@ -20,8 +20,9 @@ from loka_trainer.settings import CHECKPOINT_KEEP_ENV, CHECKPOINT_PREFIX_ENV, WA
 
 log = logging.getLogger(__name__)
 
-# Kubernetes gives a pod 30 s by default between SIGTERM and SIGKILL; leave the runner time to report.
-STOP_GRACE_S = 20.0
+# Pods get 30 s between SIGTERM and SIGKILL, the image gives Ray's job supervisor 25 s (RAY_JOB_STOP_WAIT_TIME_S);
+# verl gets 15 s of that, the rest is for reporting.
+STOP_GRACE_S = 15.0
 RUNTIME_ENV_PREFIX = "+ray_kwargs.ray_init.runtime_env.env_vars."
 
 
