@@ -49,7 +49,8 @@ def authenticate(**_: Any) -> kopf.ConnectionInfo:
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     config = CONFIG
-    settings.scanning.disabled = True  # the watched resources are known; no cluster-wide CRD listing
+    # Namespace patterns (`team-*`) need kopf to watch namespaces; exact names and cluster-wide need no scanning.
+    settings.scanning.disabled = not any(_is_pattern(ns) for ns in config.namespaces)
     settings.watching.server_timeout = 300
     settings.posting.level = logging.WARNING
     metrics = OperatorMetrics()
@@ -113,9 +114,13 @@ async def _resync_forever(state: OperatorState, config: OperatorConfig) -> None:
             state.queue.request_after(key, config.resync_seconds * index / len(keys), drift=True)
 
 
+def _is_pattern(namespace: str) -> bool:
+    return any(ch in namespace for ch in "*?[")
+
+
 async def _all_runs(client: KubeClient, namespaces: tuple[str, ...]) -> list[str]:
     """Keys of every run in scope; namespace patterns (kopf globs like `team-*`) need a cluster-wide list."""
-    patterns = [ns for ns in namespaces if any(ch in ns for ch in "*?[")]
+    patterns = [ns for ns in namespaces if _is_pattern(ns)]
     scopes: list[str | None] = [None] if not namespaces or patterns else list(namespaces)
     keys: list[str] = []
     for scope in scopes:
