@@ -58,7 +58,7 @@ def s3_client(cluster: LocalCluster) -> Any:
     )
 
 
-def prepare_namespace(cluster: LocalCluster, namespace: str, *, cluster_queue: str, gpus: int = 8) -> None:
+def prepare_namespace(cluster: LocalCluster, namespace: str, *, cluster_queue: str, cpu: int = 8) -> None:
     """Namespace, the S3 credentials Secret, and a ClusterQueue (the operator makes the LocalQueue)."""
     env = cluster.env
     cluster.kubectl("create", "namespace", namespace, check=False)
@@ -84,9 +84,9 @@ def prepare_namespace(cluster: LocalCluster, namespace: str, *, cluster_queue: s
                         {
                             "name": "default",
                             "resources": [
-                                {"name": "cpu", "nominalQuota": "8"},
+                                {"name": "cpu", "nominalQuota": str(cpu)},
                                 {"name": "memory", "nominalQuota": "32Gi"},
-                                {"name": "nvidia.com/gpu", "nominalQuota": str(gpus)},
+                                {"name": "nvidia.com/gpu", "nominalQuota": "8"},
                             ],
                         }
                     ],

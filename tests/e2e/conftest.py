@@ -1,0 +1,42 @@
+"""The demo stack (Ray head, dashboard router, operator, pod shim) for end-to-end tests."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.controlplane import LocalCluster
+from tests.e2e.demo import prepare_namespace, upload_tiny_assets
+from tests.e2e.stack import DemoStack
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if Path(str(item.fspath)).parent == Path(__file__).parent:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def stack(cluster: LocalCluster) -> Iterator[DemoStack]:
+    """The demo's stack: reused when `make demo` left it running, else started here and stopped after."""
+    demo = DemoStack(cluster)
+    started = not demo.is_up()
+    demo.up()
+    upload_tiny_assets(cluster, demo.layout.root, prefix="e2e")
+    yield demo
+    if started:
+        demo.down()
+
+
+@pytest.fixture
+def e2e_namespace(cluster: LocalCluster, stack: DemoStack, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A namespace the demo operator watches (lokae2e-*), with S3 credentials and its own ClusterQueue."""
+    name = f"lokae2e-{uuid.uuid4().hex[:6]}"
+    # 4 CPUs: room for exactly one e2e run (head 1 + worker 2), so a second one must queue or preempt.
+    prepare_namespace(cluster, name, cluster_queue=name, cpu=4)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    cluster.kubectl("delete", "clusterqueue", name, "--wait=false", check=False)

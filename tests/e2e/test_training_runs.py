@@ -1,0 +1,162 @@
+"""End to end: TrainingRuns through the operator, Kueue, KubeRay, a real Ray and the trainer (GRPO on CPU)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.cluster.controlplane import S3_BUCKET, LocalCluster
+from tests.e2e.demo import checkpoint_keys, demo_manifest, s3_client
+from tests.e2e.stack import DemoStack
+
+PRIORITY_CLASSES = {"loka-e2e-low": 100, "loka-e2e-high": 10000}
+
+
+def run_manifest(namespace: str, name: str, **spec: Any) -> dict[str, Any]:
+    """The demo run, resized for one e2e queue (4 CPUs) and pointed at the e2e model and data."""
+    manifest = copy.deepcopy(demo_manifest())
+    manifest["metadata"] = {"name": name, "namespace": namespace}
+    run = manifest["spec"]
+    run["model"]["uri"] = "s3://loka/e2e/model"
+    run["data"]["train"] = "s3://loka/e2e/data/train.parquet"
+    run["data"]["validation"] = "s3://loka/e2e/data/validation.parquet"
+    run["resources"] = {"workers": 1, "gpusPerWorker": 0, "head": {"cpu": "1", "memory": "2Gi"},
+                        "worker": {"cpu": "2", "memory": "2Gi"}}  # fmt: skip
+    run["queue"] = {"name": "e2e", "clusterQueue": namespace}
+    run.pop("ttlSecondsAfterFinished", None)
+    for key, value in spec.items():
+        run[key] = {**run[key], **value} if isinstance(value, dict) and isinstance(run.get(key), dict) else value
+    return manifest
+
+
+@dataclass
+class RunWatch:
+    """Polls one TrainingRun; remembers every phase, attempt and step it was seen at."""
+
+    cluster: LocalCluster
+    namespace: str
+    name: str
+    seen: list[dict[str, Any]] = field(default_factory=list)
+
+    def status(self) -> dict[str, Any]:
+        out = self.cluster.kubectl("-n", self.namespace, "get", "trainingrun", self.name, "-o", "json").stdout
+        status: dict[str, Any] = json.loads(out).get("status") or {}
+        self.seen.append(status)
+        return status
+
+    def until(self, predicate: Callable[[dict[str, Any]], bool], *, timeout: float, what: str) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        status: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            status = self.status()
+            if predicate(status):
+                return status
+            if status.get("phase") in ("Succeeded", "Failed") and not predicate(status):
+                break
+            time.sleep(0.5)
+        pytest.fail(f"{self.name}: timed out or finished waiting for {what}; last status:\n{yaml.safe_dump(status)}")
+
+    def steps_in_attempt(self, attempt: int) -> list[int]:
+        return [s["progress"]["step"] for s in self.seen
+                if s.get("attempt") == attempt and (s.get("progress") or {}).get("step") is not None]  # fmt: skip
+
+
+def apply(cluster: LocalCluster, manifest: dict[str, Any]) -> RunWatch:
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+    return RunWatch(cluster, manifest["metadata"]["namespace"], manifest["metadata"]["name"])
+
+
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions", []) if c["type"] == kind), {})
+
+
+def test_a_run_trains_to_success_with_live_progress_and_a_complete_checkpoint_in_minio(
+    cluster: LocalCluster, stack: DemoStack, e2e_namespace: str
+) -> None:
+    manifest = run_manifest(e2e_namespace, "grpo", training={"maxSteps": 4}, checkpoints={"every": 2})
+    watch = apply(cluster, manifest)
+
+    running = watch.until(lambda s: s.get("phase") == "Running", timeout=120, what="phase Running")
+    assert running.get("rayJob") and running.get("attempt") == 1
+    final = watch.until(lambda s: s.get("phase") == "Succeeded", timeout=600, what="phase Succeeded")
+
+    assert final["progress"]["step"] == final["progress"]["totalSteps"] == 4
+    assert final["metrics"]["rewardMean"] is not None
+    assert final["checkpoint"]["step"] == 4
+    assert final["checkpoint"]["uri"].endswith(f"/{e2e_namespace}/grpo/global_step_4")
+    assert condition(final, "Succeeded").get("status") == "True"
+    assert final.get("completionTime")
+
+    keys = checkpoint_keys(cluster, manifest)
+    prefix = final["checkpoint"]["uri"].removeprefix(f"s3://{S3_BUCKET}/") + "/"
+    manifest_key = prefix + "loka-manifest.json"
+    assert manifest_key in keys, keys
+    s3 = s3_client(cluster)
+    checkpoint_manifest = json.loads(s3.get_object(Bucket=S3_BUCKET, Key=manifest_key)["Body"].read())
+    stored = {k.removeprefix(prefix): s3.head_object(Bucket=S3_BUCKET, Key=k)["ContentLength"]
+              for k in keys if k.startswith(prefix) and k != manifest_key}  # fmt: skip
+    listed = {f["path"]: f["size"] for f in checkpoint_manifest["files"]}
+    assert listed == stored, "the manifest lists exactly the files in MinIO, with their sizes"
+    latest = s3.get_object(Bucket=S3_BUCKET, Key=prefix.rsplit("/global_step_", 1)[0] + "/latest")
+    marker = json.loads(latest["Body"].read())
+    assert (marker["step"], marker["uri"]) == (4, final["checkpoint"]["uri"]), "latest names the final checkpoint"
+
+
+@pytest.fixture
+def priority_classes(cluster: LocalCluster) -> None:
+    docs = [{"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "WorkloadPriorityClass", "metadata": {"name": name},
+             "value": value} for name, value in PRIORITY_CLASSES.items()]  # fmt: skip
+    cluster.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(docs))
+
+
+def test_a_preempted_run_is_suspended_with_kueues_reason_and_resumes_from_its_checkpoint(
+    cluster: LocalCluster, stack: DemoStack, e2e_namespace: str, priority_classes: None
+) -> None:
+    low = apply(cluster, run_manifest(
+        e2e_namespace, "low", training={"maxSteps": 60}, checkpoints={"every": 4},
+        queue={"name": "e2e", "clusterQueue": e2e_namespace, "priorityClass": "loka-e2e-low"},
+    ))  # fmt: skip
+    low.until(lambda s: (s.get("checkpoint") or {}).get("step", 0) >= 4, timeout=300, what="a first checkpoint")
+
+    high = apply(cluster, run_manifest(
+        e2e_namespace, "high", training={"maxSteps": 2}, checkpoints={"every": 2},
+        queue={"name": "e2e", "clusterQueue": e2e_namespace, "priorityClass": "loka-e2e-high"},
+    ))  # fmt: skip
+    suspended = low.until(lambda s: s.get("phase") == "Suspended", timeout=120, what="preemption")
+    reason = condition(suspended, "Suspended")
+    assert reason.get("status") == "True", suspended
+    assert "preempt" in (reason.get("message", "") + reason.get("reason", "")).lower(), reason
+    saved = (suspended.get("checkpoint") or {}).get("step")
+    assert saved and saved >= 2
+
+    high.until(lambda s: s.get("phase") == "Succeeded", timeout=600, what="the high-priority run to finish")
+    resumed = low.until(lambda s: s.get("attempt") == 2 and s.get("phase") == "Running", timeout=300,
+                        what="the low-priority run to be admitted again")  # fmt: skip
+    final = low.until(lambda s: s.get("phase") == "Succeeded", timeout=900, what="the resumed run to finish")
+
+    saved = max(saved, (resumed.get("checkpoint") or {}).get("step") or 0)
+    second = low.steps_in_attempt(2)
+    assert second, "progress was reported in the second attempt"
+    assert min(second) >= saved, f"attempt 2 went back past checkpoint {saved}: steps {second}"
+    assert final["progress"]["step"] == 60
+    assert final.get("attempt") == 2
+
+
+def test_a_bad_reward_function_fails_the_run_with_the_trainers_error_after_max_restarts(
+    cluster: LocalCluster, stack: DemoStack, e2e_namespace: str
+) -> None:
+    watch = apply(cluster, run_manifest(
+        e2e_namespace, "bad-reward", reward={"function": "loka_trainer.rewards.nowhere:compute_score"},
+        maxRestarts=1,
+    ))  # fmt: skip
+    final = watch.until(lambda s: s.get("phase") == "Failed", timeout=600, what="phase Failed")
+    assert "loka_trainer.rewards.nowhere" in final.get("message", ""), final.get("message")
+    assert final.get("attempt") == 2, "maxRestarts: 1 allows one retry before the run fails"
+    assert condition(final, "Failed").get("status") == "True"
