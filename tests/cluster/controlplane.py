@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -128,6 +129,7 @@ class Component:
     after: Callable[[], None] | None = None
     wrap: list[str] = field(default_factory=list)
     startup_timeout: float = 120.0
+    ports: tuple[int, ...] = ()  # what it binds on 127.0.0.1, checked free before it starts
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -160,6 +162,12 @@ class Component:
         return self.pid() is not None and self.health()
 
     def start(self) -> int:
+        for port in self.ports:
+            if not _port_free(port):
+                raise ClusterError(
+                    f"{self.name} cannot start: port {port} on {LOCALHOST} is taken by another process "
+                    "(another Loka cluster from a different checkout? run `make cluster-down` there)"
+                )
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as log:
@@ -228,6 +236,15 @@ def http_ok(url: str, *, context: ssl.SSLContext | None = None, token: str | Non
             return bool(response.status == 200 and (not body or body in response.read()))
     except (urllib.error.URLError, ConnectionError, TimeoutError, ssl.SSLError):
         return False
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((LOCALHOST, port))
+        except OSError:
+            return False
+    return True
 
 
 def _insecure() -> ssl.SSLContext:
@@ -304,6 +321,7 @@ class LocalCluster:
         return [
             Component(
                 name="etcd",
+                ports=(PORTS.etcd_client, PORTS.etcd_peer),
                 binary=self._bin("etcd") / "etcd",
                 args=[
                     "--name=loka",
@@ -323,6 +341,7 @@ class LocalCluster:
             ),
             Component(
                 name="kube-apiserver",
+                ports=(PORTS.apiserver,),
                 binary=k8s / "kube-apiserver",
                 args=[
                     f"--etcd-servers=http://{LOCALHOST}:{PORTS.etcd_client}",
@@ -348,6 +367,7 @@ class LocalCluster:
             ),
             Component(
                 name="kube-controller-manager",
+                ports=(PORTS.controller_manager,),
                 binary=k8s / "kube-controller-manager",
                 args=[
                     f"--kubeconfig={kubeconfig}",
@@ -371,6 +391,7 @@ class LocalCluster:
             ),
             Component(
                 name="kube-scheduler",
+                ports=(PORTS.scheduler,),
                 binary=k8s / "kube-scheduler",
                 args=[
                     f"--kubeconfig={kubeconfig}",
@@ -385,6 +406,7 @@ class LocalCluster:
             ),
             Component(
                 name="kwok",
+                ports=(PORTS.kwok,),
                 binary=self._bin("kwok") / "kwok",
                 args=[
                     f"--kubeconfig={kubeconfig}",
@@ -403,6 +425,7 @@ class LocalCluster:
             ),
             Component(
                 name="kuberay-operator",
+                ports=(PORTS.kuberay_metrics, PORTS.kuberay_probe),
                 binary=self._bin("kuberay") / "ray-operator",
                 args=[
                     "--enable-leader-election=false",
@@ -425,6 +448,7 @@ class LocalCluster:
             ),
             Component(
                 name="kueue",
+                ports=(PORTS.kueue_probe, PORTS.kueue_metrics, PORTS.kueue_webhook),
                 binary=self._bin("kueue") / "kueue",
                 args=[
                     f"--config={layout.config / 'kueue.yaml'}",
@@ -452,6 +476,7 @@ class LocalCluster:
             ),
             Component(
                 name="minio",
+                ports=(PORTS.minio, PORTS.minio_console),
                 binary=self._bin("minio") / "minio",
                 args=[
                     "server",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -323,6 +324,7 @@ def test_a_component_that_cannot_start_is_named_with_its_log(tmp_path: Any) -> N
     component = local.component("etcd")
     component.args = ["--no-such-flag"]
     component.health = lambda: False  # the running cluster's etcd answers on the same port
+    component.ports = ()  # ...and holds it: this test is about a process that exits
     component.layout.logs.mkdir(parents=True)
     component.layout.pids.mkdir(parents=True)
     component.start()
@@ -330,3 +332,17 @@ def test_a_component_that_cannot_start_is_named_with_its_log(tmp_path: Any) -> N
         component.wait_healthy()
     assert "etcd exited during startup" in str(failure.value)
     assert "no-such-flag" in str(failure.value), "the log tail explains why"
+
+
+@pytest.mark.cluster
+def test_a_component_whose_port_is_taken_says_which_port(tmp_path: Any) -> None:
+    local = LocalCluster(tmp_path / "other-checkout")
+    component = local.component("etcd")
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        component.ports = (squatter.getsockname()[1],)
+        with pytest.raises(ClusterError) as refused:
+            component.start()
+    assert f"port {component.ports[0]} on 127.0.0.1 is taken" in str(refused.value)
+    assert component.pid() is None, "nothing was started"

@@ -80,6 +80,7 @@ class DemoStack:
         return [
             Component(
                 name="ray-head",
+                ports=(RAY_GCS_PORT, RAY_DASHBOARD_PORT),
                 binary=_venv_bin("ray"),
                 args=[
                     "start",
@@ -99,6 +100,7 @@ class DemoStack:
             ),
             Component(
                 name="dashboard-router",
+                ports=(PORTS.dashboard_router,),
                 binary=Path(sys.executable),
                 args=[
                     "-m",
@@ -113,6 +115,7 @@ class DemoStack:
             ),
             Component(
                 name="loka-operator",
+                ports=(OPERATOR_HEALTH_PORT, OPERATOR_METRICS_PORT),
                 binary=_venv_bin("loka-operator"),
                 args=[
                     *(f"--namespace={ns}" for ns in WATCHED_NAMESPACES),
