@@ -63,14 +63,23 @@ def files_of(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file())
 
 
-def measure(methods: dict[str, Callable[[], object]], nbytes: int, *, repeat: int) -> dict[str, float]:
-    """Median MB/s per method; rounds interleave the methods so load from other processes hits them alike."""
+Upload = Callable[[S3Uri], object]
+
+
+def measure(
+    methods: dict[str, Upload], nbytes: int, *, base: S3Uri, store: ObjectStore, repeat: int
+) -> dict[str, float]:
+    """Median MB/s per method. Rounds interleave the methods so load from other processes hits them alike, and
+    every run writes to a fresh prefix (emptied untimed afterwards): MinIO overwrites slower than it creates.
+    """
     rates: dict[str, list[float]] = {label: [] for label in methods}
-    for _ in range(repeat):
-        for label, action in methods.items():
+    for round_number in range(repeat):
+        for index, (label, upload) in enumerate(methods.items()):
+            target = base.join(f"round{round_number}-method{index}")
             start = time.perf_counter()
-            action()
+            upload(target)
             rates[label].append(nbytes / MB / (time.perf_counter() - start))
+            store.delete_prefix(target)
     medians = {label: statistics.median(values) for label, values in rates.items()}
     for label, values in rates.items():
         runs = ", ".join(f"{r:.0f}" for r in values)
@@ -104,40 +113,39 @@ def main(argv: list[str] | None = None) -> int:
         print(f"checkpoint: {len(files)} files, {nbytes / MB:.0f} MB; MinIO at {cluster.s3_endpoint}")
         plain_client = boto3.client("s3", endpoint_url=cluster.s3_endpoint)
 
-        def plain_loop() -> None:
+        def plain_loop(target: S3Uri) -> None:
             for path in files:
-                key = base.join("plain", path.relative_to(folder).as_posix()).key
-                plain_client.upload_file(str(path), BUCKET, key)
+                plain_client.upload_file(str(path), BUCKET, target.join(path.relative_to(folder).as_posix()).key)
 
-        def boto3_default() -> None:
+        def boto3_default(target: S3Uri) -> None:
             manager = create_transfer_manager(plain_client, TransferConfig())
-            futures = [
-                manager.upload(str(p), BUCKET, base.join("default", p.relative_to(folder).as_posix()).key)
-                for p in files
-            ]
+            futures = [manager.upload(str(p), BUCKET, target.join(p.relative_to(folder).as_posix()).key) for p in files]
             for future in futures:
                 future.result()
             manager.shutdown()
 
-        checkpoints = CheckpointStore(store, base.join("loka"), keep=3)
+        def loka(target: S3Uri) -> None:
+            CheckpointStore(store, target, keep=3).upload(100, folder)
+
         print(f"upload (median of {args.repeat}):")
-        rates = measure(
-            {
-                "plain upload_file loop": plain_loop,
-                "boto3 TransferManager, defaults": boto3_default,
-                "loka (with sha256 manifest)": lambda: checkpoints.upload(100, folder),
-            },
-            nbytes,
-            repeat=args.repeat,
+        methods: dict[str, Upload] = {
+            "plain upload_file loop": plain_loop,
+            "boto3 TransferManager, defaults": boto3_default,
+            "loka (with sha256 manifest)": loka,
+        }
+        rates = measure(methods, nbytes, base=base, store=store, repeat=args.repeat)
+        plain_rate, default_rate, loka_rate = rates.values()
+        print(
+            f"  loka / plain loop = {loka_rate / plain_rate:.2f}x   "
+            f"loka / boto3 default = {loka_rate / default_rate:.2f}x"
         )
-        plain, default, loka = rates.values()
-        print(f"  loka / plain loop = {loka / plain:.2f}x   loka / boto3 default = {loka / default:.2f}x")
         print("resume:")
-        measure(
-            {"loka restore (download + verify)": lambda: checkpoints.restore(100, workdir / "restore")},
-            nbytes,
-            repeat=1,
-        )
+        checkpoints = CheckpointStore(store, base.join("resume"), keep=3)
+        checkpoints.upload(100, folder)
+        start = time.perf_counter()
+        checkpoints.restore(100, workdir / "restore")
+        seconds = time.perf_counter() - start
+        print(f"  {'loka restore (download + verify)':<34} {seconds:7.2f} s  {nbytes / MB / seconds:8.1f} MB/s")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         store.delete_prefix(base)
