@@ -222,23 +222,14 @@ def test_kueue_admits_one_8_gpu_rayjob_and_queues_the_next_until_quota_frees(
         workload = workload_for(job)
         return workload if workload and (condition(workload, "Admitted") or {}).get("status") == "True" else None
 
-    eventually(lambda: admitted("first"), timeout=60, what="the first RayJob's Workload to be Admitted")
-    eventually(
-        lambda: (
-            custom.get_namespaced_custom_object(*RAY, namespace, "rayjobs", "first")["spec"].get("suspend") is not True
-        ),
-        timeout=30,
-        what="Kueue to unsuspend the first RayJob",
-    )
-    eventually(
-        lambda: (
-            custom.get_namespaced_custom_object(*RAY, namespace, "rayjobs", "first")
-            .get("status", {})
-            .get("rayClusterName")
-        ),
-        timeout=60,
-        what="KubeRay to create the first RayJob's RayCluster",
-    )
+    def running(job: str) -> bool:
+        """Admitted, unsuspended by Kueue (KubeRay omits `suspend: false`), and given its RayCluster by KubeRay."""
+        if not admitted(job):
+            return False
+        current = custom.get_namespaced_custom_object(*RAY, namespace, "rayjobs", job)
+        return current["spec"].get("suspend") is not True and bool(current.get("status", {}).get("rayClusterName"))
+
+    eventually(lambda: running("first"), timeout=90, what="the first RayJob to be admitted and get its RayCluster")
 
     custom.create_namespaced_custom_object(*RAY, namespace, "rayjobs", rayjob("second", gpu_queue))
 
@@ -256,14 +247,7 @@ def test_kueue_admits_one_8_gpu_rayjob_and_queues_the_next_until_quota_frees(
     assert not second.get("status", {}).get("rayClusterName")
 
     custom.delete_namespaced_custom_object(*RAY, namespace, "rayjobs", "first")
-    eventually(lambda: admitted("second"), timeout=90, what="the second Workload to be Admitted once quota frees")
-    eventually(
-        lambda: (
-            custom.get_namespaced_custom_object(*RAY, namespace, "rayjobs", "second")["spec"].get("suspend") is not True
-        ),
-        timeout=30,
-        what="Kueue to unsuspend the second RayJob",
-    )
+    eventually(lambda: running("second"), timeout=120, what="the second RayJob to be admitted once quota frees")
 
 
 def test_deleting_an_owner_garbage_collects_what_it_owns(cluster: LocalCluster, k8s: Any, namespace: str) -> None:
