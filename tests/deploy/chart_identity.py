@@ -9,11 +9,14 @@ Only the operator subprocess changes identity; the tests themselves still set up
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 ENV = "LOKA_OPERATOR_KUBECONFIG"
+# Each operator start appends a line here, so the caller can tell the swap really happened.
+STARTS_ENV = "LOKA_OPERATOR_STARTS_FILE"
 
 
 class _ClusterAs:
@@ -43,6 +46,10 @@ def pytest_configure(config: pytest.Config) -> None:
     def start_as_chart_identity(self: Any) -> None:
         if not isinstance(self.cluster, _ClusterAs):
             self.cluster = _ClusterAs(self.cluster, kubeconfig)
+        starts = os.environ.get(STARTS_ENV)
+        if starts:
+            with Path(starts).open("a") as record:
+                record.write(f"{self.cluster.env['KUBECONFIG']}\n")
         original(self)
 
     operator_tests.OperatorProcess.start = start_as_chart_identity  # type: ignore[method-assign]

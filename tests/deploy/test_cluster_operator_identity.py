@@ -4,12 +4,14 @@ ServiceAccount (cluster mode) instead of the cluster admin: the chart's RBAC is 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from tests.deploy.install import installed_chart, service_account_kubeconfig
+from tests.deploy.chart_identity import ENV, STARTS_ENV
+from tests.deploy.install import Install, installed_chart, service_account_kubeconfig
 from tests.deploy.tools import REPO
 
 # The tests that exercise every verb the operator uses: runs, RayJobs, the per-run identity, the
@@ -21,24 +23,50 @@ SELECTED = (
     " or test_completion_succeeds_and_ttl_removes_only_the_rayjob"
     " or test_deleting_a_run_removes_its_children"
 )
+# What the API server says when RBAC refuses the operator (a terminating namespace says something else).
+RBAC_REFUSAL = re.compile(r'is forbidden: User "system:serviceaccount:[^"]+" cannot')
+
+
+def _operator_suite(selected: str, kubeconfig: Path, starts: Path) -> subprocess.CompletedProcess[str]:
+    basetemp = starts.parent / "suite"
+    suite = ["tests/operator/test_reconcile.py", "-k", selected, "-q", "--no-header", f"--basetemp={basetemp}"]
+    plugins = ["-p", "tests.deploy.chart_identity", "-p", "no:cacheprovider"]
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", *suite, *plugins],
+        cwd=REPO,
+        env={**os.environ, ENV: str(kubeconfig), STARTS_ENV: str(starts)},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=840,
+    )
 
 
 def test_operator_integration_tests_pass_as_the_charts_service_account(
     cluster: Any, namespace: str, tmp_path: Path
 ) -> None:
+    starts = tmp_path / "starts"
     with installed_chart(cluster, namespace) as install:
         kubeconfig = service_account_kubeconfig(install, tmp_path / "kubeconfig")
-        suite = ["tests/operator/test_reconcile.py", "-k", SELECTED, "-q", "--no-header"]
-        plugins = ["-p", "tests.deploy.chart_identity", "-p", "no:cacheprovider"]
-        done = subprocess.run(
-            [sys.executable, "-m", "pytest", *suite, *plugins],
-            cwd=REPO,
-            env={**os.environ, "LOKA_OPERATOR_KUBECONFIG": str(kubeconfig)},
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=840,
-        )
-    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr
+        done = _operator_suite(SELECTED, kubeconfig, starts)
+    assert set(starts.read_text().splitlines()) == {str(kubeconfig)}, "the operator did not run as the chart identity"
+    refusals = RBAC_REFUSAL.findall(_operator_log(tmp_path))
+    assert refusals == [], "the chart's RBAC refused the operator"
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert "6 passed" in summary, summary
+
+
+def test_the_same_tests_fail_for_an_identity_without_those_rights(cluster: Any, namespace: str, tmp_path: Path) -> None:
+    # The control: a ServiceAccount with no RBAC at all cannot make the operator work.
+    cluster.kubectl("create", "serviceaccount", "nobody", "-n", namespace)
+    nobody = Install(cluster, "none", namespace, "nobody")
+    kubeconfig = service_account_kubeconfig(nobody, tmp_path / "kubeconfig")
+    done = _operator_suite("test_run_is_admitted_and_running", kubeconfig, tmp_path / "starts")
+    assert done.returncode != 0
+    assert "1 failed" in done.stdout
+    assert RBAC_REFUSAL.search(_operator_log(tmp_path)), "the refusal check would not have noticed"
+
+
+def _operator_log(tmp_path: Path) -> str:
+    logs = sorted((tmp_path / "suite").glob("operator*/loka-operator.log"))
+    assert logs, "the operator suite left no operator log"
+    return "".join(log.read_text(errors="replace") for log in logs)

@@ -177,3 +177,42 @@ def test_cluster_mode_grants_cluster_wide_operator_verbs_only(cluster: Any, name
         ]
         allowed = [(verb, resource, ns) for verb, resource, ns in refused if install.can(verb, resource, ns)]
         assert allowed == []
+
+
+def test_ray_pods_kuberay_creates_from_the_operators_rayjob_pass_restricted(cluster: Any, team: str) -> None:
+    """Head, worker and submitter pods as KubeRay really makes them (with what it injects), in a
+    namespace that enforces the `restricted` Pod Security level; then the stricter restricted-v2 check."""
+    run = json.loads(json.dumps(SAMPLE))
+    del run["spec"]["queue"]  # straight to KubeRay: Kueue admission is not what this test is about
+    spec = TrainingRunSpec.model_validate(run["spec"])
+    name = run["metadata"]["name"]
+    rayjob = build_rayjob(spec, run=name, namespace=team, uid="0", settings=RayJobSettings("K8sJobMode"))
+    del rayjob["metadata"]["ownerReferences"]  # no TrainingRun here
+    trainer_identity = build_service_account(name, team, "0")
+    del trainer_identity["metadata"]["ownerReferences"]
+    _must(apply(cluster, [trainer_identity, rayjob]))
+
+    def pods() -> dict[str, Any]:
+        found = get_json(cluster, "pods", "-n", team)["items"]
+        return {p["metadata"]["name"]: p for p in found}
+
+    def kinds(found: dict[str, Any]) -> set[str]:
+        labels = [p["metadata"].get("labels", {}) for p in found.values()]
+        return {
+            lbl.get("ray.io/node-type") or ("submitter" if "batch.kubernetes.io/job-name" in lbl else "")
+            for lbl in labels
+        }
+
+    def refused() -> str:
+        events = get_json(cluster, "events", "-n", team)["items"]
+        return "; ".join(e["message"] for e in events if "PodSecurity" in e.get("message", ""))
+
+    try:
+        wait_until(
+            lambda: {"head", "worker", "submitter"} <= kinds(pods()), timeout=120, what="head, worker, submitter"
+        )
+    except Exception as error:
+        raise AssertionError(f"pods seen: {kinds(pods())}; refusals: {refused() or 'none'}") from error
+    assert refused() == ""
+    for pod_name, pod in pods().items():
+        assert restricted_violations(pod["spec"], pod_name) == []
