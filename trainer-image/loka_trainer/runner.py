@@ -41,11 +41,14 @@ class RenderError(ValueError):
 
 def load_manifest(path: Path) -> TrainingRun:
     try:
-        body = yaml.safe_load(path.read_text(encoding="utf-8"))
+        documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
     except (OSError, yaml.YAMLError) as error:
         raise RenderError(f"{path}: {error}") from error
-    if not isinstance(body, dict) or body.get("kind") != "TrainingRun":
-        raise RenderError(f"{path}: expected a TrainingRun manifest (kind: TrainingRun)")
+    runs = [d for d in documents if isinstance(d, dict) and d.get("kind") == "TrainingRun"]
+    if len(runs) != 1:
+        found = "no" if not runs else f"{len(runs)}"
+        raise RenderError(f"{path}: expected a TrainingRun manifest (kind: TrainingRun), found {found} TrainingRun")
+    body = runs[0]
     try:
         return TrainingRun.model_validate(body)
     except ValidationError as error:

@@ -73,7 +73,7 @@ def test_render_of_something_that_is_not_a_training_run_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["render", "-f", str(write_manifest(tmp_path, {"kind": "Pod"}))]) == EXIT_BAD_INPUT
-    assert "expected a TrainingRun manifest" in capsys.readouterr().err
+    assert "expected a TrainingRun manifest (kind: TrainingRun), found no TrainingRun" in capsys.readouterr().err
 
 
 def test_explicit_resume_renders_verl_resume_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -125,3 +125,39 @@ def test_checkpoint_callback_class_is_a_verl_checkpoint_callback() -> None:
     from verl.utils.import_utils import load_class_from_fqn
 
     assert issubclass(load_class_from_fqn(DEFAULT_CHECKPOINT_CALLBACK, "CheckpointCallback"), CheckpointCallback)
+
+
+def verl_example_manifests() -> list[Path]:
+    examples = Path(__file__).resolve().parents[3] / "examples"
+    found = []
+    for path in sorted(examples.glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            is_run = isinstance(document, dict) and document.get("kind") == "TrainingRun"
+            if is_run and document.get("spec", {}).get("engine", "verl") == "verl":
+                found.append(path)
+    return found
+
+
+@pytest.mark.parametrize("source", ["test-manifest", *verl_example_manifests()], ids=str)
+def test_rendered_verl_config_passes_verls_own_validation(
+    source: str | Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What verl.trainer.main_ppo checks before it starts Ray (batch divisibility, micro-batches, rollout)."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    path = write_manifest(tmp_path, MANIFEST) if source == "test-manifest" else Path(source)
+    assert main(["render", "-f", str(path)]) == EXIT_OK
+    config = compose_verl_config(rendered_overrides(capsys))
+    validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    assert need_reference_policy(config)  # KL loss is on: verl builds the reference model
+    assert not need_critic(config)  # GRPO needs no critic
+
+
+def test_render_picks_the_training_run_out_of_a_multi_document_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bundle.yaml"
+    path.write_text(yaml.safe_dump_all([{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}}, MANIFEST]))
+    assert main(["render", "-f", str(path)]) == EXIT_OK
+    assert compose_verl_config(rendered_overrides(capsys)).trainer.experiment_name == "qwen-gsm8k"
