@@ -24,6 +24,7 @@ class VerlLikeEngine:
     """Writes verl file-logger lines and stores checkpoints itself, never calling job.on_checkpoint."""
 
     name = "verl-like"
+    uses_ray = False
 
     def __init__(self, steps: int, *, stop_after: int | None = None) -> None:
         self.steps = steps

@@ -164,3 +164,21 @@ def test_verl_driver_joins_a_rayjob_whose_runtime_env_sets_the_same_variables(
         "LOKA_CHECKPOINT_PREFIX": "s3://loka/ck/ns/run",
         "AWS_ENDPOINT_URL": "http://minio:9000",
     }
+
+
+def test_metrics_written_on_another_node_reach_the_follower(ray_cluster: list[str], tmp_path: Path) -> None:
+    from loka_trainer.metrics import MetricsFollower, MetricsWriter
+    from loka_trainer.nodes import FileOnAnyNode
+
+    path = tmp_path / "metrics.jsonl"
+    writer = MetricsWriter(path)
+    for step in (1, 2):
+        writer.log(step, {"training/global_step": step, "critic/score/mean": step / 4})
+    # As seen from the head when verl's driver actor runs on a worker: not on this machine.
+    reader = FileOnAnyNode(local_reader=lambda _path, _offset: (-1, b""))
+    follower = MetricsFollower(path, reader=reader)
+    assert [(m.step, m.reward_mean) for m in follower.poll()] == [(1, 0.25), (2, 0.5)]
+    assert reader.node in ray_cluster
+    writer.log(3, {"training/global_step": 3})
+    writer.close()
+    assert [m.step for m in follower.poll()] == [3]  # read on the node found first

@@ -87,29 +87,47 @@ def parse_line(line: str | bytes) -> StepMetrics | None:
     )
 
 
+# Bytes read per poll; verl's step records are a few KiB each.
+MAX_CHUNK_BYTES = 4 * 1024 * 1024
+
+# (path, offset) -> (file size or -1 when missing, bytes from offset)
+FileReader = Callable[[str, int], tuple[int, bytes]]
+
+
+def read_local(path: str, offset: int) -> tuple[int, bytes]:
+    try:
+        size = Path(path).stat().st_size
+    except FileNotFoundError:
+        return -1, b""
+    if size <= offset:
+        return size, b""
+    with Path(path).open("rb") as handle:
+        handle.seek(offset)
+        return size, handle.read(min(size - offset, MAX_CHUNK_BYTES))
+
+
 class MetricsFollower:
     """Follows a JSONL file that may not exist yet, may be truncated (verl reopens it with ``wb`` on restart),
     and may have a half-written last line. Delivers every complete step record once, in order.
+    ``reader`` fetches bytes (this machine by default; loka_trainer.nodes reads it on another Ray node).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, reader: FileReader = read_local) -> None:
         self.path = path
+        self._read = reader
         self._offset = 0
         self._partial = b""
 
     def poll(self) -> Iterator[StepMetrics]:
-        try:
-            size = self.path.stat().st_size
-        except FileNotFoundError:
+        size, chunk = self._read(str(self.path), self._offset)
+        if size < 0:
             return
         if size < self._offset:
             log.info("metrics file %s was truncated (restart); following it from the start", self.path)
             self._offset, self._partial = 0, b""
-        if size == self._offset:
+            size, chunk = self._read(str(self.path), 0)
+        if not chunk:
             return
-        with self.path.open("rb") as handle:
-            handle.seek(self._offset)
-            chunk = handle.read(size - self._offset)
         self._offset += len(chunk)
         lines = (self._partial + chunk).split(b"\n")
         self._partial = lines.pop()

@@ -37,23 +37,57 @@ def current_node_id() -> str | None:
     return str(ray.get_runtime_context().get_node_id()) if ray.is_initialized() else None
 
 
+def _pinned(fn: Callable[..., T], node: str) -> Any:
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(num_cpus=0, max_retries=0)(fn)
+    return task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False))
+
+
 def on_nodes(fn: Callable[..., T], *args: Any, skip_current: bool = False) -> list[T]:
     """``fn(*args)`` once on every alive Ray node (pinned, not soft), or here when Ray is not connected."""
     nodes = ray_node_ids()
     if not nodes:
         return [] if skip_current else [fn(*args)]
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = current_node_id() if skip_current else None
-    task = ray.remote(num_cpus=0, max_retries=0)(fn)
-    refs = [
-        task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False)).remote(*args)
-        for node in nodes
-        if node != here
-    ]
-    results: list[T] = ray.get(refs)
+    results: list[T] = ray.get([_pinned(fn, node).remote(*args) for node in nodes if node != here])
     return results
+
+
+class FileOnAnyNode:
+    """A metrics FileReader for a file written on some Ray node (verl's driver actor may run on a worker):
+    this machine first, else the node that has it, found once and then read directly.
+    """
+
+    def __init__(self, local_reader: Callable[[str, int], tuple[int, bytes]] | None = None) -> None:
+        self.node: str | None = None
+        self._local_reader = local_reader
+
+    def __call__(self, path: str, offset: int) -> tuple[int, bytes]:
+        import ray
+
+        from loka_trainer.metrics import read_local
+
+        if self.node is None:
+            size, chunk = (self._local_reader or read_local)(path, offset)
+            if size >= 0 or not ray.is_initialized():
+                return size, chunk
+            found: list[tuple[str, tuple[int, bytes]]] = [
+                (node, ray.get(_pinned(read_local, node).remote(path, offset))) for node in ray_node_ids()
+            ]
+            holders = [(node, result) for node, result in found if result[0] >= 0]
+            if not holders:
+                return -1, b""
+            self.node, first = max(holders, key=lambda holder: holder[1][0])
+            log.info("following verl's metrics on Ray node %s", self.node)
+            return first
+        if not ray.is_initialized():  # left the cluster: never let a Ray call start a local one
+            return -1, b""
+        size, chunk = ray.get(_pinned(read_local, self.node).remote(path, offset))
+        return int(size), bytes(chunk)
 
 
 @contextmanager

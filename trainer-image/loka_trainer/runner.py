@@ -10,6 +10,7 @@ import shlex
 import signal
 import threading
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -22,6 +23,7 @@ from pydantic import ValidationError
 from loka_trainer.checkpoints import CheckpointError, CheckpointRecord, CheckpointStore
 from loka_trainer.engines import Engine, EngineJob, ResumePoint, engine_for
 from loka_trainer.metrics import MetricsFollower
+from loka_trainer.nodes import FileOnAnyNode, connected_to_ray
 from loka_trainer.settings import WANDB_KEY_ENV, redact, wandb_mode
 from loka_trainer.staging import StagedInputs, parquet_rows, stage_inputs
 from loka_trainer.status import StatusPatcher, StatusReporter
@@ -239,9 +241,12 @@ class Runner:
                 stop=self.stop.event,
                 wandb_mode=wandb_mode(self._wandb_requested_mode()),
             )
-            follower = threading.Thread(target=self._follow, args=(follower_stop,), name="metrics", daemon=True)
-            follower.start()
-            code = 0 if self.stop.event.is_set() else self.engine.run(job)
+            with self._engine_session():
+                follower = threading.Thread(target=self._follow, args=(follower_stop,), name="metrics", daemon=True)
+                follower.start()
+                code = 0 if self.stop.event.is_set() else self.engine.run(job)
+                # Drained inside the session: the metrics file may sit on another Ray node.
+                self._stop_follower(follower, follower_stop)
         except TransferCancelledError:
             code = EXIT_TERMINATED
         except (CheckpointError, FileNotFoundError, ValueError, OSError) as error:
@@ -260,26 +265,36 @@ class Runner:
             return EXIT_FAILED
         return EXIT_OK
 
+    def _engine_session(self) -> AbstractContextManager[bool]:
+        """For Ray engines, this process joins the Ray cluster for the run (staging other nodes, metrics)."""
+        return connected_to_ray() if self.engine.uses_ray else nullcontext(False)
+
     def _wandb_requested_mode(self) -> str | None:
         tracking = self.spec.tracking
         return tracking.wandb.mode if tracking is not None and tracking.wandb is not None else "disabled"
 
     def _follow(self, stop: threading.Event) -> None:
-        follower = MetricsFollower(self.metrics_file)
+        follower = MetricsFollower(self.metrics_file, reader=FileOnAnyNode())
 
         def sink(metrics: Any) -> None:
             self.reporter.report_metrics(metrics)
 
         next_marker_check = time.monotonic()
         while not stop.wait(self.poll_interval_s):
-            for metrics in follower.poll():
-                sink(metrics)
+            try:
+                for metrics in follower.poll():
+                    sink(metrics)
+            except Exception as error:  # a node going away must not end the follower
+                log.warning("could not read the metrics file: %s", type(error).__name__)
             self.reporter.tick()
             if time.monotonic() >= next_marker_check:
                 self._poll_marker()
                 next_marker_check = time.monotonic() + self.marker_interval_s
-        for metrics in follower.poll():
-            sink(metrics)
+        try:
+            for metrics in follower.poll():
+                sink(metrics)
+        except Exception as error:
+            log.warning("could not read the last metrics: %s", type(error).__name__)
         self._poll_marker()
 
     def _stop_follower(self, follower: threading.Thread | None, stop: threading.Event) -> None:

@@ -48,6 +48,7 @@ class EngineJob:
 
 class Engine(Protocol):
     name: str
+    uses_ray: bool  # the runner joins the Ray cluster around run(): staging other nodes, remote metrics
 
     def total_steps(self, spec: TrainingRunSpec, train_rows: int) -> int | None:
         """Steps the run will take, shown as status.progress.totalSteps."""

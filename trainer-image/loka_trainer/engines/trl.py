@@ -82,6 +82,7 @@ def verl_metrics(logs: dict[str, float], *, step: int) -> dict[str, float]:
 
 class TrlEngine:
     name = "trl"
+    uses_ray = False
 
     def total_steps(self, spec: TrainingRunSpec, train_rows: int) -> int | None:
         if spec.training.max_steps is not None:

@@ -78,6 +78,7 @@ def command(job: EngineJob, environ: Mapping[str, str] | None = None) -> list[st
 
 class VerlEngine:
     name = "verl"
+    uses_ray = True
 
     def total_steps(self, spec: TrainingRunSpec, train_rows: int) -> int | None:
         if spec.training.max_steps is not None:
@@ -86,11 +87,13 @@ class VerlEngine:
         return max(train_rows // spec.training.batch_size, 0) * spec.training.epochs or None
 
     def run(self, job: EngineJob) -> int:
-        stage_other_nodes(job)
+        import ray
+
+        if ray.is_initialized():  # the runner joined the RayJob's cluster (uses_ray)
+            stage_other_nodes(job)
         argv = command(job)
-        env = process_environment(job)
         log.info("launching verl: %s", " ".join(argv[:3]) + f" … ({len(argv) - 3} overrides)")
-        process = subprocess.Popen(argv, env=env, start_new_session=True)
+        process = subprocess.Popen(argv, env=process_environment(job), start_new_session=True)
         return wait_or_stop(process, job.stop)
 
 
@@ -98,16 +101,14 @@ def stage_other_nodes(job: EngineJob) -> None:
     """Put the model, data and restored checkpoint on every other Ray node at the same paths as here:
     verl's ranks read them from their own node's disk.
     """
-    from loka_trainer.nodes import connected_to_ray, on_nodes, stage_on_node
+    from loka_trainer.nodes import on_nodes, stage_on_node
 
     resume = (job.resume.source, job.resume.step) if job.resume is not None else None
     endpoint = job.spec.storage.endpoint if job.spec.storage else None
-    with connected_to_ray() as joined:
-        if joined:
-            spec_json = job.spec.model_dump_json(by_alias=True)
-            hosts = on_nodes(stage_on_node, spec_json, str(job.work_dir), endpoint, resume, skip_current=True)
-            if hosts:
-                log.info("staged inputs on %d other Ray node(s): %s", len(hosts), ", ".join(sorted(hosts)))
+    spec_json = job.spec.model_dump_json(by_alias=True)
+    hosts = on_nodes(stage_on_node, spec_json, str(job.work_dir), endpoint, resume, skip_current=True)
+    if hosts:
+        log.info("staged inputs on %d other Ray node(s): %s", len(hosts), ", ".join(sorted(hosts)))
 
 
 def wait_or_stop(process: subprocess.Popen[bytes], stop: threading.Event, *, grace_s: float = STOP_GRACE_S) -> int:
