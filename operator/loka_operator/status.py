@@ -126,6 +126,8 @@ def kueue_wait_reason(workload: dict[str, Any] | None) -> Problem:
         cond = conditions.get(kind)
         if cond and cond.get("status") == "False":
             return Problem(cond.get("reason") or "Pending", cond.get("message", ""))
+    if workload_admitted(workload):
+        return Problem("AdmittedNotStarted", "admitted; waiting for Kueue to unsuspend the RayJob")
     return Problem("Pending", "waiting for Kueue to admit the Workload")
 
 
@@ -194,7 +196,9 @@ def decide_phase(obs: Observed, previous: TrainingRunStatus) -> Verdict:
         case "Running":
             return Verdict(RunPhase.RUNNING, "RayJobRunning", "the Ray cluster is up and the trainer was submitted")
         case _:  # New, Initializing, Waiting
-            if obs.queued and not workload_admitted(obs.workload):
+            # Until Kueue unsuspends the RayJob, KubeRay only cycles it through Suspending: nothing starts.
+            held = bool((obs.rayjob.get("spec") or {}).get("suspend", False))
+            if obs.queued and (held or not workload_admitted(obs.workload)):
                 return _waiting_for_kueue(kueue_wait_reason(obs.workload))
             if obs.suspend:
                 return Verdict(RunPhase.SUSPENDED, "Suspending", "suspending: the Ray cluster is being released")

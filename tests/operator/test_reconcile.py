@@ -142,7 +142,10 @@ def test_invalid_overrides_fail_validation_and_a_fix_recovers(operator: Operator
     assert kube.phase(ns, RUN) == "Failed"
     assert kube.rayjob(ns, RUN) is None
     assert not kube.exists("", "v1", "serviceaccounts", ns, f"loka-run-{RUN}")
-    assert any(e.reason == "Failed" and e.type == "Warning" for e in kube.events(ns, RUN))
+    eventually(
+        lambda: any(e.reason == "Failed" and e.type == "Warning" for e in kube.events(ns, RUN)),
+        what="a Warning Event for the failure",
+    )
 
     kube.patch_run(ns, RUN, {"verlOverrides": ["trainer.total_epochs=3"]})
     eventually(lambda: kube.rayjob(ns, RUN), timeout=30, what="the RayJob after the fix")

@@ -12,9 +12,10 @@ from loka_operator.status import Observed, Problem, calculate_status, decide_pha
 NOW = datetime(2026, 11, 22, 5, 0, 0, tzinfo=UTC)
 
 
-def rayjob(deployment: str = "", job_status: str = "", **status: Any) -> dict[str, Any]:
+def rayjob(deployment: str = "", job_status: str = "", *, suspend: bool = False, **status: Any) -> dict[str, Any]:
     return {
         "metadata": {"name": "qwen", "uid": "rj-uid"},
+        "spec": {"suspend": suspend},
         "status": {"jobDeploymentStatus": deployment, "jobStatus": job_status, **status},
     }
 
@@ -69,6 +70,9 @@ def observe(
         (rayjob("Initializing"), PENDING_QUOTA, True, False, RunPhase.QUEUED, "Pending"),
         (rayjob("Suspended"), PENDING_QUOTA, True, False, RunPhase.QUEUED, "Pending"),
         (rayjob("Suspending"), PENDING_QUOTA, True, False, RunPhase.QUEUED, "Pending"),
+        # admitted, but Kueue has not unsuspended the RayJob yet: KubeRay only cycles it through Suspending
+        (rayjob("Initializing", suspend=True), ADMITTED, True, False, RunPhase.QUEUED, "AdmittedNotStarted"),
+        (rayjob("", suspend=True), ADMITTED, True, False, RunPhase.QUEUED, "AdmittedNotStarted"),
         # admitted: the Ray cluster comes up, then the trainer runs
         (rayjob(""), ADMITTED, True, False, RunPhase.STARTING, "StartingRayCluster"),
         (rayjob("Initializing"), ADMITTED, True, False, RunPhase.STARTING, "StartingRayCluster"),
@@ -195,6 +199,20 @@ def test_preemption_and_suspension_start_new_attempts() -> None:
     assert [s.attempt for s in history] == [None, 1, 1, 1, 2, 2, 2, 3, 3, 3]
     assert history[-1].completion_time is not None
     assert history[3].start_time == NOW + timedelta(seconds=2)  # first became active at Starting
+
+
+def test_admission_racing_kuberays_suspend_cycle_is_not_a_new_attempt() -> None:
+    history = walk(
+        (rayjob("", suspend=True), None, False),
+        (rayjob("Initializing", suspend=True), ADMITTED, False),  # Kueue admitted, not yet unsuspended
+        (rayjob("Suspending"), ADMITTED, False),  # KubeRay finishes the suspend it started
+        (rayjob("Suspended"), ADMITTED, False),
+        (rayjob(""), ADMITTED, False),
+        (rayjob("Initializing"), ADMITTED, False),
+        (rayjob("Running", "RUNNING"), ADMITTED, False),
+    )
+    assert [s.phase for s in history] == [RunPhase.QUEUED] * 4 + [RunPhase.STARTING] * 2 + [RunPhase.RUNNING]
+    assert {s.attempt for s in history} == {1}
 
 
 def test_retry_starts_a_new_attempt() -> None:
