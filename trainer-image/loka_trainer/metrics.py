@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,14 +133,6 @@ class MetricsFollower:
         for line in lines:
             if line.strip() and (parsed := parse_line(line)) is not None:
                 yield parsed
-
-    def follow(self, sink: Callable[[StepMetrics], None], stop: threading.Event, *, interval: float = 1.0) -> None:
-        """Call ``sink`` for each new step until ``stop`` is set, then drain what is left."""
-        while not stop.wait(interval):
-            for metrics in self.poll():
-                sink(metrics)
-        for metrics in self.poll():
-            sink(metrics)
 
 
 class MetricsWriter:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -71,17 +70,13 @@ def test_follower_reads_only_complete_lines_and_survives_truncation(tmp_path: Pa
     assert [m.step for m in follower.poll()] == [4]
 
 
-def test_follow_drains_remaining_lines_when_stopped(tmp_path: Path) -> None:
+def test_lines_written_in_verls_format_read_back_as_steps(tmp_path: Path) -> None:
     path = tmp_path / "m.jsonl"
     writer = MetricsWriter(path)
     for step in (1, 2, 3):
         writer.log(step, {"training/global_step": step, "critic/score/mean": step / 10})
     writer.close()
-    seen: list[int] = []
-    stop = threading.Event()
-    stop.set()
-    MetricsFollower(path).follow(lambda m: seen.append(m.step), stop, interval=0.01)
-    assert seen == [1, 2, 3]
+    assert [(m.step, m.reward_mean) for m in MetricsFollower(path).poll()] == [(1, 0.1), (2, 0.2), (3, 0.3)]
 
 
 class FakeClock:
