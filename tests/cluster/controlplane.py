@@ -309,6 +309,19 @@ class LocalCluster:
             check=check,
         )
 
+    def wait_for_crds(self, *names: str, timeout: float = 60) -> None:
+        """Poll until each CRD is Established (`kubectl wait` errors on one whose status is not written yet)."""
+        established = '{.status.conditions[?(@.type=="Established")].status}'
+
+        def ready() -> bool:
+            for name in names:
+                result = self.kubectl("get", "crd", name, "-o", f"jsonpath={established}", check=False)
+                if result.returncode != 0 or result.stdout.strip() != "True":
+                    return False
+            return True
+
+        wait_until(ready, timeout=timeout, what=f"CRDs {', '.join(names)} to be Established")
+
     # ----- lifecycle --------------------------------------------------------------------------
 
     def components(self) -> list[Component]:
@@ -649,15 +662,13 @@ class LocalCluster:
         # The CRDs are far over the 256 KiB last-applied annotation limit: server-side apply only.
         crds = self._module_dir("kuberay") / "config" / "crd" / "bases"
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds))
-        self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                     "crd/rayjobs.ray.io", "crd/rayclusters.ray.io")  # fmt: skip
+        self.wait_for_crds("rayjobs.ray.io", "rayclusters.ray.io")
 
     def _prepare_kueue(self) -> None:
         self.kubectl("create", "namespace", KUEUE_NAMESPACE, check=False)
         crds = self._module_dir("kueue") / "config" / "components" / "crd" / "bases"
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds))
-        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/workloads.kueue.x-k8s.io",
-                     "crd/clusterqueues.kueue.x-k8s.io", "crd/localqueues.kueue.x-k8s.io")  # fmt: skip
+        self.wait_for_crds("workloads.kueue.x-k8s.io", "clusterqueues.kueue.x-k8s.io", "localqueues.kueue.x-k8s.io")
         pki, config = self.layout.pki, self.layout.config
         for certs in (config / "kueue-certs", config / "kueue-webhook-certs"):
             certs.mkdir(parents=True, exist_ok=True)
