@@ -113,7 +113,13 @@ class StatusReporter:
 
     def report_checkpoint(self, record: CheckpointRecord) -> None:
         with self._lock:
-            self._send({"checkpoint": {"step": record.step, "uri": record.uri, "time": record.time}})
+            patch: dict[str, Any] = {"checkpoint": {"step": record.step, "uri": record.uri, "time": record.time}}
+            # The checkpoint goes out at once; the newest pending progress rides along in the same patch,
+            # so status never shows a checkpoint ahead of the step it reports.
+            if self._pending is not None:
+                patch.update(progress_patch(self._pending, self.total_steps))
+                self._pending, self._last_sent_at = None, self._clock()
+            self._send(patch)
 
     def report_message(self, message: str) -> None:
         with self._lock:

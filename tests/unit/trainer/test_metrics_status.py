@@ -131,6 +131,21 @@ def test_checkpoint_and_message_are_sent_immediately() -> None:
     assert len(sent[1]["message"]) == 1024
 
 
+def test_a_checkpoint_carries_the_pending_progress_so_status_never_lags_behind_it() -> None:
+    sent: list[dict[str, Any]] = []
+    clock = FakeClock()
+    reporter = StatusReporter(sent.append, total_steps=8, min_interval=10.0, clock=clock)
+    for step in (1, 2, 3, 4):  # step 1 goes out; 2-4 wait for the interval
+        reporter.report_metrics(StepMetrics(step=step, reward_mean=step / 10))
+        clock.now += 1.0
+    reporter.report_checkpoint(CheckpointRecord(step=4, uri="s3://b/ns/r/global_step_4", time="2026-01-01T00:00:00Z"))
+    assert len(sent) == 2, "no extra patch: the progress rides with the checkpoint"
+    assert sent[1]["checkpoint"]["step"] == sent[1]["progress"]["step"] == 4
+    assert sent[1]["metrics"]["rewardMean"] == 0.4
+    reporter.flush()
+    assert len(sent) == 2, "nothing was left pending"
+
+
 def test_a_failing_api_never_reaches_the_training_loop() -> None:
     calls: list[int] = []
 
