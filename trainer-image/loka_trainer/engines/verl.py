@@ -93,7 +93,8 @@ class VerlEngine:
             stage_other_nodes(job)
         argv = command(job)
         log.info("launching verl: %s", " ".join(argv[:3]) + f" … ({len(argv) - 3} overrides)")
-        process = subprocess.Popen(argv, env=process_environment(job), start_new_session=True)
+        # Hydra writes its outputs/ folder into the working directory: keep it in the run's work dir.
+        process = subprocess.Popen(argv, env=process_environment(job), cwd=job.work_dir, start_new_session=True)
         return wait_or_stop(process, job.stop)
 
 
