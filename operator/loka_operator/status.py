@@ -197,11 +197,11 @@ def decide_phase(obs: Observed, previous: TrainingRunStatus) -> Verdict:
             return Verdict(RunPhase.RUNNING, "RayJobRunning", "the Ray cluster is up and the trainer was submitted")
         case _:  # New, Initializing, Waiting
             # Until Kueue unsuspends the RayJob, KubeRay only cycles it through Suspending: nothing starts.
+            if obs.suspend:
+                return Verdict(RunPhase.SUSPENDED, "Suspending", "suspending: the Ray cluster is being released")
             held = bool((obs.rayjob.get("spec") or {}).get("suspend", False))
             if obs.queued and (held or not workload_admitted(obs.workload)):
                 return _waiting_for_kueue(kueue_wait_reason(obs.workload))
-            if obs.suspend:
-                return Verdict(RunPhase.SUSPENDED, "Suspending", "suspending: the Ray cluster is being released")
             if restarting:
                 return Verdict(RunPhase.RESUMING, "StartingRayCluster", "starting a new Ray cluster for the run")
             return Verdict(RunPhase.STARTING, "StartingRayCluster", "starting the Ray cluster")

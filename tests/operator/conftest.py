@@ -138,6 +138,34 @@ def ns(kube: Kube) -> Iterator[str]:
 @pytest.fixture
 def gpu_queue(kube: Kube) -> Iterator[str]:
     """A Kueue ClusterQueue with room for exactly one 8-GPU worker; returns its name."""
+    yield from _gpu_queue(kube, preemption=None)
+
+
+@pytest.fixture
+def preempting_gpu_queue(kube: Kube) -> Iterator[str]:
+    """Like gpu_queue, but a higher-priority workload preempts a lower one inside the queue."""
+    yield from _gpu_queue(kube, preemption={"withinClusterQueue": "LowerPriority"})
+
+
+@pytest.fixture
+def priorities(kube: Kube) -> Iterator[tuple[str, str]]:
+    """Two Kueue WorkloadPriorityClasses: (low, high)."""
+    tag = uuid.uuid4().hex[:6]
+    names = (f"lokaop-low-{tag}", f"lokaop-high-{tag}")
+    for name, value in zip(names, (100, 1000), strict=True):
+        kube.create_cluster_object(
+            "kueue.x-k8s.io",
+            "v1beta2",
+            "WorkloadPriorityClass",
+            "workloadpriorityclasses",
+            {"metadata": {"name": name}, "value": value},
+        )
+    yield names
+    for name in names:
+        kube.delete_cluster_object("kueue.x-k8s.io", "v1beta2", "workloadpriorityclasses", name)
+
+
+def _gpu_queue(kube: Kube, *, preemption: dict[str, str] | None) -> Iterator[str]:
     name = f"lokaop-cq-{uuid.uuid4().hex[:6]}"
     flavor = f"{name}-flavor"
     kube.create_cluster_object(
@@ -156,6 +184,7 @@ def gpu_queue(kube: Kube) -> Iterator[str]:
         {
             "metadata": {"name": name},
             "spec": {
+                **({"preemption": preemption} if preemption else {}),
                 "namespaceSelector": {},
                 "resourceGroups": [
                     {

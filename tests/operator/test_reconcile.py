@@ -100,6 +100,31 @@ def test_run_waits_with_kueues_reason_when_queue_is_full(
     assert "queuedSince" not in kube.status(ns, "second")
 
 
+def test_preempted_run_is_suspended_in_kueues_words_and_resumes_as_a_new_attempt(
+    operator: OperatorProcess, kube: Kube, ns: str, preempting_gpu_queue: str, priorities: tuple[str, str]
+) -> None:
+    low, high = priorities
+    queue = {"name": "team-a", "clusterQueue": preempting_gpu_queue}
+    kube.create_run(run_manifest("low", ns, queue={**queue, "priorityClass": low}))
+    wait_phase(kube, ns, "low", "Running")
+    assert (kube.rayjob(ns, "low") or {})["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == low
+
+    kube.create_run(run_manifest("high", ns, queue={**queue, "priorityClass": high}))
+    status = wait_phase(kube, ns, "low", "Suspended", timeout=120)
+    assert status["attempt"] == 2
+    suspended = kube.condition(ns, "low", "Suspended")
+    assert suspended["status"] == "True" and suspended["reason"].startswith("Preempted")
+    assert "due to prioritization" in suspended["message"]  # Kueue's own words
+    assert "Preempted" in kube.condition(ns, "low", "Admitted")["reason"]
+    wait_phase(kube, ns, "high", "Running", timeout=120)
+
+    kube.delete_run(ns, "high")
+    status = wait_phase(kube, ns, "low", "Running", timeout=180)
+    assert status["attempt"] == 2
+    reasons = [e.reason for e in kube.events(ns, "low")]
+    assert "Resuming" in reasons or reasons.count("Running") >= 2
+
+
 def test_missing_secret_waits_and_recovers_when_created(operator: OperatorProcess, kube: Kube, ns: str) -> None:
     kube.create_run(run_manifest(RUN, ns, storage={"endpoint": "http://127.0.0.1:9000", "credentialsSecret": "s3"}))
 
