@@ -275,10 +275,12 @@ def _cluster_ready(rayjob: dict[str, Any] | None) -> tuple[bool, str, str]:
 def _admitted(obs: Observed) -> tuple[bool, str, str]:
     if not obs.queued:
         return True, "NoQueue", "the run names no Kueue queue; the RayJob is not held by Kueue"
-    if workload_admitted(obs.workload):
+    wait = kueue_wait_reason(obs.workload)
+    # Kueue marks eviction before it drops Admitted: an evicted Workload is no longer admitted for the run.
+    taken_away = wait.reason.startswith((*KUEUE_PREEMPTION, "Deactivated"))
+    if workload_admitted(obs.workload) and not taken_away:
         cond = _conditions(obs.workload)["Admitted"]
         return True, cond.get("reason") or "Admitted", cond.get("message", "")
-    wait = kueue_wait_reason(obs.workload)
     return False, wait.reason, wait.message
 
 

@@ -129,6 +129,18 @@ def test_queued_run_says_why_in_kueues_words() -> None:
     assert update.status.queued_since == NOW
 
 
+def test_evicted_workload_still_marked_admitted_is_not_admitted_for_the_run() -> None:
+    evicting = workload(
+        ("QuotaReserved", "True", "QuotaReserved", "Quota reserved in ClusterQueue gpu-cq"),
+        ("Admitted", "True", "Admitted", "The workload is admitted"),
+        ("Evicted", "True", "Preempted", "Preempted to accommodate a workload due to prioritization"),
+    )
+    update = calculate_status(observe(rayjob("Suspending", suspend=True), evicting), TrainingRunStatus())
+    admitted = next(c for c in update.status.conditions if c.type == "Admitted")
+    assert (admitted.status, admitted.reason) == ("False", "EvictedPreempted")
+    assert update.status.phase == RunPhase.SUSPENDED
+
+
 def test_kueue_wait_reason_prefers_preemption_over_quota() -> None:
     problem = kueue_wait_reason(PREEMPTED)
     assert problem.reason == "PreemptedInClusterQueue"
