@@ -2,8 +2,8 @@
 
 The operator's reconcile steps are plain get/create/patch/delete calls on a handful of
 resources; an async client keeps them off kopf's event loop without a thread per call, and
-avoids loading the official client's thousands of model classes. Every request is counted
-(for the metrics and the benchmark's "API requests per run").
+answers plain dicts (no model classes). Every request is counted (for the metrics and the
+benchmark's "API requests per run").
 """
 
 from __future__ import annotations
