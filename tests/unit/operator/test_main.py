@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from loka_operator.config import ENV_SUBMISSION_MODE, OperatorConfig
 from loka_operator.main import main
 
