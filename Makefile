@@ -47,7 +47,7 @@ test-unit: venv ## Run the tests that need no cluster
 test-cluster: cluster-build ## Run the control-plane tests only
 	$(PY) -m pytest tests/cluster
 
-lint: venv lint-workflows chart-lint ## ruff (lint + format check), mypy, actionlint and helm lint
+lint: venv lint-workflows chart-lint lint-dockerfile ## ruff (lint + format check), mypy, actionlint, helm lint and hadolint
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy operator/loka_operator trainer-image/loka_trainer tests bench
