@@ -12,6 +12,7 @@ then prints a summary. Nothing is faked but the kubelet (KWOK, plus the pod shim
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -139,6 +140,15 @@ def delete_previous_run(cluster: LocalCluster, manifest: dict[str, Any]) -> None
         s3.delete_objects(Bucket=S3_BUCKET, Delete={"Objects": [{"Key": k} for k in keys[start : start + 1000]]})
 
 
+def step_seconds(stack: DemoStack, namespace: str, name: str) -> list[float]:
+    """Seconds per GRPO step as the trainer measured them (verl's `perf/time_per_step` in its metrics file)."""
+    metrics = stack.work_dir / namespace / name / "metrics.jsonl"
+    if not metrics.exists():
+        return []
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return [r["data"]["perf/time_per_step"] for r in records if "perf/time_per_step" in r.get("data", {})]
+
+
 def get_run(cluster: LocalCluster, namespace: str, name: str) -> dict[str, Any] | None:
     result = cluster.kubectl("-n", namespace, "get", "trainingrun", name, "-o", "json", check=False)
     if result.returncode != 0:
@@ -227,6 +237,11 @@ def run_demo(timeout: float) -> int:
     if timeline.rewards:
         (first_step, first), (last_step, last) = timeline.rewards[0], timeline.rewards[-1]
         print(f"  reward mean        {first:.3f} at step {first_step} → {last:.3f} at step {last_step}")
+    seconds_per_step = step_seconds(stack, namespace, name)
+    if seconds_per_step:
+        mean = sum(seconds_per_step) / len(seconds_per_step)
+        rate = f"{60 / mean:.0f} steps/min on CPU"
+        print(f"  GRPO step time     {mean:.2f} s mean over {len(seconds_per_step)} steps ({rate})")
     for phase in ("Queued", "Starting", "Running", "Succeeded", "Failed"):
         seconds = timeline.seconds_to(phase)
         if seconds is not None:
