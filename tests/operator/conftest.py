@@ -39,7 +39,15 @@ def free_port() -> int:
 class OperatorProcess:
     """`loka-operator` in a subprocess, with its log in a file; can be killed and restarted."""
 
-    def __init__(self, cluster: LocalCluster, log_path: Path, *, submission_mode: str = "HTTPMode") -> None:
+    def __init__(
+        self,
+        cluster: LocalCluster,
+        log_path: Path,
+        *,
+        submission_mode: str = "HTTPMode",
+        namespace_prefix: str = NAMESPACE_PREFIX,
+    ) -> None:
+        self.namespace_prefix = namespace_prefix
         self.cluster = cluster
         self.log_path = log_path
         self.submission_mode = submission_mode
@@ -54,7 +62,7 @@ class OperatorProcess:
             [
                 str(Path(sys.executable).with_name("loka-operator")),
                 "--namespace",
-                f"{NAMESPACE_PREFIX}*",
+                f"{self.namespace_prefix}*",
                 "--metrics-port",
                 str(self.metrics_port),
                 "--liveness",
@@ -128,7 +136,11 @@ def operator(cluster: LocalCluster, crd: None, tmp_path_factory: pytest.TempPath
 @pytest.fixture
 def ns(kube: Kube) -> Iterator[str]:
     """A fresh namespace watched by this session's operator, deleted afterwards."""
-    name = f"{NAMESPACE_PREFIX}{uuid.uuid4().hex[:8]}"
+    yield from fresh_namespace(kube, NAMESPACE_PREFIX)
+
+
+def fresh_namespace(kube: Kube, prefix: str) -> Iterator[str]:
+    name = f"{prefix}{uuid.uuid4().hex[:8]}"
     kube.core.create_namespace({"metadata": {"name": name, "labels": {"loka.dev/test": "operator"}}})
     wait_until(lambda: kube.exists("", "v1", "serviceaccounts", name, "default"), timeout=30, what="default SA")
     yield name

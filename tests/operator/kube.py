@@ -14,6 +14,7 @@ class Kube:
         self.core: Any = client.CoreV1Api(api)
         self.custom: Any = client.CustomObjectsApi(api)
         self.rbac: Any = client.RbacAuthorizationV1Api(api)
+        self.batch: Any = client.BatchV1Api(api)
 
     # ------------------------------------------------------------------------ runs
 
