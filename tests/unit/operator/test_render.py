@@ -154,3 +154,15 @@ def test_resume_from_s3_path_needs_a_staged_folder() -> None:
     spec = make_spec(checkpoints={"uri": "s3://ckpt/", "resume": "s3://ckpt/n/r/global_step_5"})
     with pytest.raises(ValueError, match="resume_from"):
         render_verl_overrides(spec, run_name="r", namespace="n", paths=PATHS)
+
+
+def test_api_and_renderer_load_without_kopf_kubernetes_or_hydra() -> None:
+    # The trainer image imports these; pulling in the operator's stack (or Hydra before composing) would be a bug.
+    import subprocess
+
+    code = (
+        "import sys, loka_operator.api, loka_trainer.render;"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'kopf', 'kubernetes', 'aiohttp', 'hydra', 'torch'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
