@@ -96,8 +96,8 @@ gitops-health: venv ## Regenerate the argocd-cm and OpenShift GitOps snippets fr
 test-deploy: venv ## Chart, gitops, health-check and workflow tests (the cluster ones start the control plane)
 	$(PY) -m pytest tests/deploy
 
-lint-dockerfile: venv ## hadolint the trainer image's Dockerfile
-	$(VENV)/bin/hadolint trainer-image/Dockerfile
+lint-dockerfile: venv ## hadolint the operator and trainer images' Dockerfiles
+	$(VENV)/bin/hadolint operator/Dockerfile trainer-image/Dockerfile
 
 test-trainer: venv ## Trainer unit tests, then its MinIO/API-server tests and the CPU GRPO run (starts the control plane)
 	$(PY) -m pytest tests/unit/trainer tests/trainer
@@ -105,8 +105,9 @@ test-trainer: venv ## Trainer unit tests, then its MinIO/API-server tests and th
 bench-checkpoint: venv ## Upload a 2 GB synthetic checkpoint to the local MinIO three ways, then time its restore
 	$(PY) bench/checkpoint_upload.py
 
-crds: venv ## Regenerate crds/ from the pydantic models (loka_operator.api)
+crds: venv ## Regenerate crds/ from the pydantic models (loka_operator.api), and the chart's copy
 	$(PY) -m loka_operator.api.crd
+	@$(MAKE) --no-print-directory chart-crds
 
 operator: venv ## Run loka-operator against the current kubeconfig (LOKA_RAYJOB_SUBMISSION_MODE=HTTPMode for a real Ray)
 	$(VENV)/bin/loka-operator

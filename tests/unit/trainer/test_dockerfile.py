@@ -14,21 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.dockerfiles import instructions as dockerfile_instructions
+
 REPO = Path(__file__).resolve().parents[3]
 DOCKERFILE = REPO / "trainer-image" / "Dockerfile"
 SECRET_NAMES = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL)", re.IGNORECASE)
 
 
 def instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
-    result = []
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped and not stripped.startswith("#"):
-            keyword, _, rest = stripped.partition(" ")
-            result.append((keyword.upper(), rest.strip()))
-    return result
+    return dockerfile_instructions(DOCKERFILE)
 
 
 def test_dockerfile_passes_hadolint() -> None:
