@@ -163,6 +163,10 @@ class Component:
 
     def start(self) -> int:
         for port in self.ports:
+            # A process stopped a moment ago (or its children) may still be letting go of the port.
+            deadline = time.monotonic() + 30
+            while not _port_free(port) and time.monotonic() < deadline:
+                time.sleep(0.5)
             if not _port_free(port):
                 raise ClusterError(
                     f"{self.name} cannot start: port {port} on {LOCALHOST} is taken by another process "
@@ -562,9 +566,9 @@ class LocalCluster:
                     component.after()
             except (ClusterError, subprocess.CalledProcessError) as err:
                 detail = err.stderr if isinstance(err, subprocess.CalledProcessError) else ""
-                raise ClusterError(
-                    f"{component.name} failed to start: {err}\n{detail or ''}{component.log_tail()}"
-                ) from err
+                tail = component.log_tail()
+                component.stop()  # leave nothing half-started behind
+                raise ClusterError(f"{component.name} failed to start: {err}\n{detail or ''}{tail}") from err
             self.echo(f"  {component.name:<24} ready in {time.monotonic() - t0:5.1f}s (pid {pid}, log {component.log})")
         self._write_env_file()
         return time.monotonic() - started

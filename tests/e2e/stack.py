@@ -75,6 +75,11 @@ class DemoStack:
             "PATH": f"{_venv_bin('')}:{os.environ.get('PATH', '')}",
             "HF_HUB_OFFLINE": "1",
             "RAY_USAGE_STATS_ENABLED": "0",
+            # Ray turns token auth on by itself once any local ray.init() has written ~/.ray/auth_token;
+            # KubeRay sends no Ray token, and this dashboard listens on loopback only.
+            "RAY_AUTH_MODE": "disabled",
+            # As in the trainer image: time for the trainer to stop, flush status and exit after SIGTERM.
+            "RAY_JOB_STOP_WAIT_TIME_S": "25",
             "TOKENIZERS_PARALLELISM": "false",
         }
         return [
@@ -96,7 +101,7 @@ class DemoStack:
                 env=ray_env,
                 health=lambda: http_ok(f"{self.dashboard_url}/api/version"),
                 layout=self.layout,
-                startup_timeout=120,
+                startup_timeout=300,  # the dashboard can take minutes on 2 busy cores
             ),
             Component(
                 name="dashboard-router",
@@ -159,6 +164,7 @@ class DemoStack:
             try:
                 component.wait_healthy()
             except ClusterError as err:
+                component.stop()  # leave nothing half-started behind
                 raise ClusterError(f"{component.name} failed to start: {err}") from err
             echo(f"  {component.name:<24} ready (pid {pid}, log {component.log})")
 

@@ -142,6 +142,8 @@ def test_a_preempted_run_is_suspended_with_kueues_reason_and_resumes_from_its_ch
     final = low.until(lambda s: s.get("phase") == "Succeeded", timeout=900, what="the resumed run to finish")
 
     saved = max(saved, (resumed.get("checkpoint") or {}).get("step") or 0)
+    said = [s.get("message", "") for s in low.seen if s.get("attempt") == 2]
+    assert any(m.startswith("resumed from checkpoint step") for m in said), said
     second = low.steps_in_attempt(2)
     assert second, "progress was reported in the second attempt"
     assert min(second) >= saved, f"attempt 2 went back past checkpoint {saved}: steps {second}"

@@ -227,6 +227,7 @@ class Runner:
             resume = self.restore()
             if resume is not None:
                 log.info("resuming from checkpoint step %d", resume.step)
+                self.reporter.report_resumed(resume.step, resume.source or str(resume.folder))
             job = EngineJob(
                 spec=self.spec,
                 run_name=self.run_name,

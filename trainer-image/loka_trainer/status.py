@@ -68,9 +68,13 @@ class StatusReporter:
         self._pending: StepMetrics | None = None
         self._last_sent_at: float | None = None
         self._warned: set[str] = set()
+        self._progress_sent = 0  # the highest progress.step patched so far
         self.patches_sent = 0
 
     def _send(self, patch: dict[str, Any]) -> bool:
+        step = (patch.get("progress") or {}).get("step")
+        if step is not None:
+            self._progress_sent = max(self._progress_sent, step)
         try:
             self._patcher(patch)
         except Exception as error:
@@ -114,12 +118,21 @@ class StatusReporter:
     def report_checkpoint(self, record: CheckpointRecord) -> None:
         with self._lock:
             patch: dict[str, Any] = {"checkpoint": {"step": record.step, "uri": record.uri, "time": record.time}}
-            # The checkpoint goes out at once; the newest pending progress rides along in the same patch,
-            # so status never shows a checkpoint ahead of the step it reports.
-            if self._pending is not None:
+            # The checkpoint goes out at once; the newest pending progress rides along in the same patch, and
+            # progress never reads below a saved checkpoint (its step is done, whatever the metrics file says).
+            if self._pending is not None and self._pending.step >= record.step:
                 patch.update(progress_patch(self._pending, self.total_steps))
                 self._pending, self._last_sent_at = None, self._clock()
+            elif self._progress_sent < record.step:
+                patch["progress"] = progress_patch(StepMetrics(step=record.step), self.total_steps)["progress"]
             self._send(patch)
+
+    def report_resumed(self, step: int, source: str) -> None:
+        """A resumed attempt says at once which step it continues from, before its first new step."""
+        with self._lock:
+            self._pending, self._last_sent_at = None, self._clock()
+            patch = progress_patch(StepMetrics(step=step), self.total_steps)
+            self._send({"progress": patch["progress"], "message": f"resumed from checkpoint step {step} ({source})"})
 
     def report_message(self, message: str) -> None:
         with self._lock:

@@ -127,7 +127,10 @@ def test_checkpoint_and_message_are_sent_immediately() -> None:
     reporter = StatusReporter(sent.append)
     reporter.report_checkpoint(CheckpointRecord(step=5, uri="s3://b/ns/r/global_step_5", time="2026-01-01T00:00:00Z"))
     reporter.report_message("x" * 5000)
-    assert sent[0] == {"checkpoint": {"step": 5, "uri": "s3://b/ns/r/global_step_5", "time": "2026-01-01T00:00:00Z"}}
+    assert sent[0] == {
+        "checkpoint": {"step": 5, "uri": "s3://b/ns/r/global_step_5", "time": "2026-01-01T00:00:00Z"},
+        "progress": {"step": 5},  # a saved checkpoint proves its step was done
+    }
     assert len(sent[1]["message"]) == 1024
 
 
@@ -144,6 +147,29 @@ def test_a_checkpoint_carries_the_pending_progress_so_status_never_lags_behind_i
     assert sent[1]["metrics"]["rewardMean"] == 0.4
     reporter.flush()
     assert len(sent) == 2, "nothing was left pending"
+
+
+def test_progress_never_reads_below_a_saved_checkpoint() -> None:
+    sent: list[dict[str, Any]] = []
+    reporter = StatusReporter(sent.append, total_steps=60, min_interval=10.0, clock=FakeClock())
+    reporter.report_metrics(StepMetrics(step=5))  # sent; the metrics follower has not read further yet
+    reporter.report_checkpoint(CheckpointRecord(step=8, uri="s3://b/ns/r/global_step_8", time="2026-01-01T00:00:00Z"))
+    assert sent[-1]["checkpoint"]["step"] == 8
+    assert sent[-1]["progress"] == {"step": 8, "totalSteps": 60}
+    reporter.report_checkpoint(CheckpointRecord(step=4, uri="s3://b/ns/r/global_step_4", time="2026-01-01T00:00:00Z"))
+    assert "progress" not in sent[-1], "an older checkpoint never moves progress back"
+
+
+def test_a_resumed_attempt_reports_its_starting_step_and_source_at_once() -> None:
+    sent: list[dict[str, Any]] = []
+    reporter = StatusReporter(sent.append, total_steps=60, min_interval=10.0, clock=FakeClock())
+    reporter.report_resumed(8, "s3://loka/checkpoints/ns/low")
+    assert sent == [
+        {
+            "progress": {"step": 8, "totalSteps": 60},
+            "message": "resumed from checkpoint step 8 (s3://loka/checkpoints/ns/low)",
+        }
+    ]
 
 
 def test_a_failing_api_never_reaches_the_training_loop() -> None:
