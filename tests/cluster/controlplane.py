@@ -130,6 +130,7 @@ class Component:
     wrap: list[str] = field(default_factory=list)
     startup_timeout: float = 120.0
     ports: tuple[int, ...] = ()  # what it binds on 127.0.0.1, checked free before it starts
+    port_grace: float = 30.0  # how long a just-stopped process may take to let go of them
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -164,7 +165,7 @@ class Component:
     def start(self) -> int:
         for port in self.ports:
             # A process stopped a moment ago (or its children) may still be letting go of the port.
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + self.port_grace
             while not _port_free(port) and time.monotonic() < deadline:
                 time.sleep(0.5)
             if not _port_free(port):
@@ -243,7 +244,9 @@ def http_ok(url: str, *, context: ssl.SSLContext | None = None, token: str | Non
 
 
 def _port_free(port: int) -> bool:
+    """No one listens there. SO_REUSEADDR, as servers set it: TIME_WAIT leftovers of a stopped one don't count."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((LOCALHOST, port))
         except OSError:

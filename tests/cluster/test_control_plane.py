@@ -326,6 +326,7 @@ def test_a_component_whose_port_is_taken_says_which_port(tmp_path: Any) -> None:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         component.ports = (squatter.getsockname()[1],)
+        component.port_grace = 1.0
         with pytest.raises(ClusterError) as refused:
             component.start()
     assert f"port {component.ports[0]} on 127.0.0.1 is taken" in str(refused.value)
