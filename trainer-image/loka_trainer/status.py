@@ -73,8 +73,11 @@ class StatusReporter:
 
     def _send(self, patch: dict[str, Any]) -> bool:
         step = (patch.get("progress") or {}).get("step")
-        if step is not None:
-            self._progress_sent = max(self._progress_sent, step)
+        if step is not None and step < self._progress_sent:
+            # The metrics file lags checkpoints: never move progress back behind what status already shows.
+            patch = {key: value for key, value in patch.items() if key != "progress"}
+        elif step is not None:
+            self._progress_sent = step
         try:
             self._patcher(patch)
         except Exception as error:

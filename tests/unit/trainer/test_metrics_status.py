@@ -160,6 +160,16 @@ def test_progress_never_reads_below_a_saved_checkpoint() -> None:
     assert "progress" not in sent[-1], "an older checkpoint never moves progress back"
 
 
+def test_metrics_read_late_never_move_progress_back_behind_a_checkpoint() -> None:
+    sent: list[dict[str, Any]] = []
+    reporter = StatusReporter(sent.append, total_steps=8, min_interval=10.0, clock=FakeClock())
+    # The checkpoint of step 4 lands before the metrics follower has read step 1 from the file.
+    reporter.report_checkpoint(CheckpointRecord(step=4, uri="s3://b/ns/r/global_step_4", time="2026-01-01T00:00:00Z"))
+    reporter.report_metrics(StepMetrics(step=1, reward_mean=0.25))
+    assert sent[-1]["metrics"]["rewardMean"] == 0.25, "the metrics still go out"
+    assert "progress" not in sent[-1], "but progress stays at the checkpoint's step 4"
+
+
 def test_a_resumed_attempt_reports_its_starting_step_and_source_at_once() -> None:
     sent: list[dict[str, Any]] = []
     reporter = StatusReporter(sent.append, total_steps=60, min_interval=10.0, clock=FakeClock())
