@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -129,11 +130,12 @@ def checkpoint_keys(cluster: LocalCluster, manifest: dict[str, Any]) -> list[str
     return keys
 
 
-def delete_previous_run(cluster: LocalCluster, manifest: dict[str, Any]) -> None:
-    """Idempotence: a demo run left from before is deleted with its children and its checkpoints."""
+def delete_previous_run(cluster: LocalCluster, stack: DemoStack, manifest: dict[str, Any]) -> None:
+    """Idempotence: a demo run left from before is deleted with its children, checkpoints and work dir."""
     name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
     cluster.kubectl("-n", namespace, "delete", "trainingrun", name, "--ignore-not-found", "--wait=true",
                     "--timeout=120s")  # fmt: skip
+    shutil.rmtree(stack.work_dir / namespace / name, ignore_errors=True)
     keys = checkpoint_keys(cluster, manifest)
     s3 = s3_client(cluster)
     for start in range(0, len(keys), 1000):
@@ -220,7 +222,7 @@ def run_demo(timeout: float) -> int:
     namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
     print(f"3/5 namespace {namespace}, S3 credentials Secret, ClusterQueue; tiny model and dataset into MinIO")
     prepare_namespace(cluster, namespace, cluster_queue=manifest["spec"]["queue"]["clusterQueue"])
-    delete_previous_run(cluster, manifest)
+    delete_previous_run(cluster, stack, manifest)
     upload_tiny_assets(cluster, stack.layout.root)
 
     print(f"4/5 kubectl apply -f {DEMO_RUN.relative_to(REPO_ROOT)}")

@@ -250,8 +250,10 @@ class PodShim:
         namespace = rayjob["metadata"]["namespace"]
         head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
         account = head.get("serviceAccountName", "default")
+        # One token per RayJob, as a kubelet projects one per pod: a run deleted and created again has a
+        # new ServiceAccount under the same name, and the old token no longer authenticates.
         key = f"{namespace}/{account}"
-        if key == self._token_for:
+        if f"{key}@{rayjob['metadata']['uid']}" == self._token_for:
             return
         token = core.create_namespaced_service_account_token(
             account, namespace, {"spec": {"audiences": [], "expirationSeconds": 3600}}
@@ -271,7 +273,7 @@ class PodShim:
         tmp.write_text(yaml.safe_dump(config))
         tmp.chmod(0o600)
         tmp.replace(path)
-        self._token_for = key
+        self._token_for = f"{key}@{rayjob['metadata']['uid']}"
         log.info("pod shim: projected the token of ServiceAccount %s", key)
 
 
