@@ -18,19 +18,14 @@ Runs are head-only `engine: trl` runs (no GPUs, 50m CPU) so that 500 of them fit
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +38,7 @@ from loka_operator.api.crd import CRD_PATH
 from loka_operator.builders import RayJobSettings, build_rayjob
 
 from tests.cluster.controlplane import LocalCluster, wait_until
+from tests.operator.process import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "lokabench-"
@@ -56,15 +52,6 @@ SPEC: dict[str, Any] = {
 }
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -73,60 +60,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-@dataclass
-class Operator:
-    cluster: LocalCluster
-    log: Path
-    metrics_port: int = field(default_factory=free_port)
-    health_port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, **self.cluster.env, "LOKA_RAYJOB_SUBMISSION_MODE": "HTTPMode"}
-        self.proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("loka-operator")),
-                "--namespace",
-                f"{PREFIX}*",
-                "--metrics-port",
-                str(self.metrics_port),
-                "--liveness",
-                f"http://127.0.0.1:{self.health_port}/healthz",
-                "--resync-seconds",
-                "600",
-            ],
-            env=env,
-            stdout=self.log.open("ab"),
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-        wait_until(self._healthy, timeout=60, what="loka-operator liveness")
-
-    def _healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as answer:
-                return bool(answer.status == 200)
-        except OSError:
-            return False
-
-    def api_requests(self) -> float:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as answer:
-            text = answer.read().decode()
-        return sum(float(m) for m in re.findall(r"^loka_api_requests_total\{[^}]*\} (\S+)$", text, re.M))
-
-    def peak_rss_mb(self) -> float:
-        assert self.proc is not None
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
-        return int(match.group(1)) / 1024 if match else float("nan")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+def api_requests(operator: OperatorProcess) -> float:
+    """The operator's API requests so far, from its own counter."""
+    return sum(float(m) for m in re.findall(r"^loka_api_requests_total\{[^}]*\} (\S+)$", operator.metrics(), re.M))
 
 
 class Watcher:
@@ -193,7 +129,7 @@ def create_all(count: int, create: Callable[[int], None]) -> dict[int, float]:
 
 def bench_loka(cluster: LocalCluster, api: Any, n: int, log: Path, timeout: float) -> dict[str, float]:
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
-    operator = Operator(cluster, log)
+    operator = OperatorProcess(cluster, log, namespace_prefix=PREFIX, resync_seconds=600)
     operator.start()
     ns = create_namespace(core, f"loka{n}")
     rayjobs = Watcher(
@@ -204,7 +140,7 @@ def bench_loka(cluster: LocalCluster, api: Any, n: int, log: Path, timeout: floa
         lambda **kw: custom.list_namespaced_custom_object("loka.dev", "v1alpha1", ns, "trainingruns", **kw),
         lambda obj: obj["metadata"]["name"] if (obj.get("status") or {}).get("phase") == "Running" else None,
     )
-    requests_before = operator.api_requests()
+    requests_before = api_requests(operator)
     started = time.monotonic()
 
     def create(index: int) -> None:
@@ -224,7 +160,7 @@ def bench_loka(cluster: LocalCluster, api: Any, n: int, log: Path, timeout: floa
     running.stop()
     to_rayjob = [rayjobs.seen[name] - t for name, t in names.items()]
     to_running = [running.seen[name] - t for name, t in names.items()]
-    requests = operator.api_requests() - requests_before
+    requests = api_requests(operator) - requests_before
     rss = operator.peak_rss_mb()
     operator.stop()
     delete_namespace(core, ns)

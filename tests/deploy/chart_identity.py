@@ -39,9 +39,9 @@ def pytest_configure(config: pytest.Config) -> None:
     kubeconfig = os.environ.get(ENV)
     if not kubeconfig:
         raise pytest.UsageError(f"{ENV} must name the chart ServiceAccount's kubeconfig")
-    from tests.operator import conftest as operator_tests
+    from tests.operator.process import OperatorProcess
 
-    original = operator_tests.OperatorProcess.start
+    original = OperatorProcess.start
 
     def start_as_chart_identity(self: Any) -> None:
         if not isinstance(self.cluster, _ClusterAs):
@@ -52,4 +52,4 @@ def pytest_configure(config: pytest.Config) -> None:
                 record.write(f"{self.cluster.env['KUBECONFIG']}\n")
         original(self)
 
-    operator_tests.OperatorProcess.start = start_as_chart_identity  # type: ignore[method-assign]
+    OperatorProcess.start = start_as_chart_identity  # type: ignore[method-assign]

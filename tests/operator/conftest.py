@@ -6,13 +6,7 @@ same cluster never see or touch its runs (and it never touches theirs).
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,92 +17,11 @@ from loka_operator.api.crd import CRD_PATH
 
 from tests.cluster.controlplane import LocalCluster, wait_until
 from tests.operator.kube import Kube
+from tests.operator.process import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 # One prefix per test session: concurrent sessions each run their own operator.
 NAMESPACE_PREFIX = f"lokaop-{uuid.uuid4().hex[:4]}-"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class OperatorProcess:
-    """`loka-operator` in a subprocess, with its log in a file; can be killed and restarted."""
-
-    def __init__(
-        self,
-        cluster: LocalCluster,
-        log_path: Path,
-        *,
-        submission_mode: str = "HTTPMode",
-        namespace_prefix: str = NAMESPACE_PREFIX,
-    ) -> None:
-        self.namespace_prefix = namespace_prefix
-        self.cluster = cluster
-        self.log_path = log_path
-        self.submission_mode = submission_mode
-        self.metrics_port = free_port()
-        self.health_port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, **self.cluster.env, "LOKA_RAYJOB_SUBMISSION_MODE": self.submission_mode}
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("loka-operator")),
-                "--namespace",
-                f"{self.namespace_prefix}*",
-                "--metrics-port",
-                str(self.metrics_port),
-                "--liveness",
-                f"http://127.0.0.1:{self.health_port}/healthz",
-                "--resync-seconds",
-                "15",
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-        wait_until(self.healthy, timeout=60, what=f"loka-operator liveness (log: {self.log_path})")
-
-    def healthy(self) -> bool:
-        if self.proc is None or self.proc.poll() is not None:
-            raise RuntimeError(f"loka-operator exited; see {self.log_path}:\n{self.log_tail()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as answer:
-                return bool(answer.status == 200)
-        except OSError:
-            return False
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as answer:
-            text: str = answer.read().decode()
-            return text
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup, exactly like an OOM kill or a node loss."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log_tail(self, lines: int = 40) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
 @pytest.fixture(scope="session")
@@ -127,7 +40,7 @@ def kube(cluster: LocalCluster, crd: None) -> Iterator[Kube]:
 @pytest.fixture(scope="session")
 def operator(cluster: LocalCluster, crd: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     log_path = tmp_path_factory.mktemp("operator") / "loka-operator.log"
-    process = OperatorProcess(cluster, log_path)
+    process = OperatorProcess(cluster, log_path, namespace_prefix=NAMESPACE_PREFIX)
     process.start()
     yield process
     process.stop()

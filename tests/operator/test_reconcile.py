@@ -6,8 +6,9 @@ import base64
 from typing import Any
 
 from tests.cluster.controlplane import LocalCluster
-from tests.operator.conftest import OperatorProcess, eventually, run_manifest
+from tests.operator.conftest import eventually, run_manifest
 from tests.operator.kube import Kube
+from tests.operator.process import OperatorProcess
 
 RUN = "qwen"
 
