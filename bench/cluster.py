@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.cluster.build import STAMP, GoEnv, bin_dir
-from tests.cluster.controlplane import LocalCluster
-from tests.cluster.versions import cache_root, load_versions
+from localcluster.build import STAMP, GoEnv, bin_dir
+from localcluster.controlplane import LocalCluster
+from localcluster.versions import cache_root, load_versions
 
 
 def recorded_build_seconds() -> dict[str, float | None]:

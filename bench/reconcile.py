@@ -33,12 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
-from loka_operator.api import TrainingRunSpec
-from loka_operator.api.crd import CRD_PATH
-from loka_operator.builders import RayJobSettings, build_rayjob
 
-from tests.cluster.controlplane import LocalCluster, wait_until
-from tests.operator.process import OperatorProcess
+from localcluster.controlplane import LocalCluster, wait_until
+from localcluster.operator_process import OperatorProcess
+from loka_api import TrainingRunSpec
+from loka_api.crd import CRD_PATH
+from loka_operator.builders import RayJobSettings, build_rayjob
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "lokabench-"

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.build import build_all
-from tests.cluster.controlplane import LocalCluster, running_cluster, wait_until
+from localcluster.build import build_all
+from localcluster.controlplane import LocalCluster, running_cluster, wait_until
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

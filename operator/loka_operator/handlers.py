@@ -12,8 +12,8 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
+from loka_api import GROUP, PLURAL, VERSION
 from loka_operator import naming
-from loka_operator.api import GROUP, PLURAL, VERSION
 from loka_operator.config import OperatorConfig
 from loka_operator.kube import TRAINING_RUNS, KubeClient, login
 from loka_operator.metrics import OperatorMetrics
@@ -21,9 +21,6 @@ from loka_operator.reconcile import Reconciler
 from loka_operator.workqueue import RunQueue
 
 log = logging.getLogger(__name__)
-
-# Set by main() before kopf starts; tests may set it too.
-CONFIG = OperatorConfig()
 
 
 @dataclass
@@ -40,6 +37,12 @@ def _state(memo: Any) -> OperatorState:
     return state
 
 
+def _config(memo: Any) -> OperatorConfig:
+    """main() hands its settings over in kopf's memo; `kopf run` without main() reads the environment."""
+    config = getattr(memo, "config", None)
+    return config if isinstance(config, OperatorConfig) else OperatorConfig.from_env()
+
+
 @kopf.on.login()
 def authenticate(**_: Any) -> kopf.ConnectionInfo:
     # The same credentials as the reconcile client: the kubeconfig, else the pod's service account.
@@ -48,7 +51,7 @@ def authenticate(**_: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
-    config = CONFIG
+    config = _config(memo)
     # Namespace patterns (`team-*`) need kopf to watch namespaces; exact names and cluster-wide need no scanning.
     settings.scanning.disabled = not any(_is_pattern(ns) for ns in config.namespaces)
     settings.watching.server_timeout = 300
@@ -139,7 +142,7 @@ async def run_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) ->
         state.reconciler.forget(key)
         state.queue.forget(key)
         return
-    state.reconciler.remember(dict(body))
+    state.reconciler.cache.remember_run(dict(body))
     state.queue.request(key)
 
 
@@ -151,9 +154,9 @@ async def rayjob_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any)
     state = _state(memo)
     key = naming.run_key(body.metadata.namespace or "", run)
     if type == "DELETED":
-        state.reconciler.forget_rayjob(key)
+        state.reconciler.cache.forget_rayjob(key)
     else:
-        state.reconciler.remember_rayjob(key, dict(body))
+        state.reconciler.cache.remember_rayjob(key, dict(body))
     state.queue.request(key)
 
 
@@ -172,5 +175,5 @@ async def workload_changed(body: kopf.Body, memo: Any, **_: Any) -> None:
         return
     state = _state(memo)
     key = naming.run_key(body.metadata.namespace or "", rayjob)  # a run's RayJob carries the run's name
-    if state.reconciler.known(key):
+    if state.reconciler.cache.known(key):
         state.queue.request(key)

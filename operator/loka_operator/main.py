@@ -7,7 +7,7 @@ import sys
 
 import kopf
 
-from loka_operator import handlers
+import loka_operator.handlers  # noqa: F401  (registers the kopf handlers)
 from loka_operator.config import ConfigError, OperatorConfig
 
 
@@ -25,7 +25,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        handlers.CONFIG = OperatorConfig.from_env(
+        config = OperatorConfig.from_env(
             namespaces=tuple(args.namespace),
             metrics_port=args.metrics_port,
             resync_seconds=args.resync_seconds,
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     kopf.configure(verbose=args.verbose)
     kopf.run(
+        memo=kopf.Memo(config=config),
         standalone=True,
         clusterwide=not args.namespace,
         namespaces=args.namespace,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from loka_operator.api import RunPhase
+from loka_api import RunPhase
 
 
 class OperatorMetrics:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loka_operator.api import GROUP, KIND, VERSION
+from loka_api import GROUP, KIND, VERSION
 
 OPERATOR_NAME = "loka-operator"
 
@@ -22,21 +22,6 @@ RAY_VERSION = "v1"
 KUEUE_GROUP = "kueue.x-k8s.io"
 KUEUE_VERSION = "v1beta2"
 
-# KubeRay names the Ray cluster `<rayjob>-<5 chars>` and its services `<cluster>-head-svc`.
-MAX_RUN_NAME_LENGTH = 47
-
-ENV_RUN_NAME = "LOKA_RUN_NAME"
-ENV_RUN_NAMESPACE = "LOKA_RUN_NAMESPACE"
-ENV_AWS_ENDPOINT = "AWS_ENDPOINT_URL"
-ENV_AWS_KEY_ID = "AWS_ACCESS_KEY_ID"
-ENV_AWS_SECRET = "AWS_SECRET_ACCESS_KEY"
-ENV_WANDB_KEY = "WANDB_API_KEY"
-ENV_HF_TOKEN = "HF_TOKEN"
-
-# The keys the storage credentials Secret must hold (documented in the CRD field description).
-STORAGE_SECRET_KEYS = (ENV_AWS_KEY_ID, ENV_AWS_SECRET)
-
-TRAINER_ENTRYPOINT = "loka-trainer run"
 WORKER_GROUP = "workers"
 
 

@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
+from loka_api import QueueSpec, TrainingRun, TrainingRunStatus
 from loka_operator import builders, naming
-from loka_operator.api import QueueSpec, RunPhase, TrainingRun, TrainingRunStatus
+from loka_operator.cache import RunCache
 from loka_operator.config import OperatorConfig
+from loka_operator.events import EventRecorder
 from loka_operator.kube import (
-    EVENTS,
     JSON,
     LOCAL_QUEUES,
     RAYJOBS,
@@ -32,22 +32,14 @@ from loka_operator.kube import (
     ROLES,
     SECRETS,
     SERVICE_ACCOUNTS,
-    TRAINING_RUNS,
     WORKLOADS,
     ApiError,
     KubeClient,
     Resource,
 )
 from loka_operator.metrics import OperatorMetrics
-from loka_operator.status import (
-    TERMINAL,
-    Observed,
-    PhaseEvent,
-    Problem,
-    calculate_status,
-    finished,
-    rejected,
-)
+from loka_operator.status import TERMINAL, Observed, Problem, StatusUpdate, finished, rejected
+from loka_operator.status_writer import StatusWriter
 from loka_operator.validation import validate_spec
 
 log = logging.getLogger(__name__)
@@ -66,78 +58,31 @@ def now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-def _rv(obj: JSON | None) -> int:
-    try:
-        return int((obj or {}).get("metadata", {}).get("resourceVersion", "0"))
-    except ValueError:
-        return 0
-
-
 @dataclass
 class Reconciler:
     client: KubeClient
     config: OperatorConfig
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
-    # Latest TrainingRun bodies seen on the watch or returned by our own writes (newest resourceVersion wins).
-    _runs: dict[str, JSON] = field(default_factory=dict)
+    cache: RunCache = field(init=False)
+    status: StatusWriter = field(init=False)
     # (uid, generation) for which steps 2-4 already succeeded; the drift pass redoes them.
     _ensured: dict[str, tuple[str, int]] = field(default_factory=dict)
-    # Latest RayJob of each run seen on the watch or returned by our own writes.
-    _rayjobs: dict[str, JSON] = field(default_factory=dict)
-    _instance: str = field(default_factory=socket.gethostname)
 
-    # ------------------------------------------------------------------------- cache of runs
-
-    def remember(self, body: JSON) -> None:
-        key = naming.run_key(body["metadata"]["namespace"], body["metadata"]["name"])
-        if _rv(body) >= _rv(self._runs.get(key)):
-            self._runs[key] = body
-
-    def remember_rayjob(self, key: str, body: JSON) -> None:
-        if _rv(body) >= _rv(self._rayjobs.get(key)):
-            self._rayjobs[key] = body
-
-    def forget_rayjob(self, key: str) -> None:
-        self._rayjobs.pop(key, None)
-
-    async def _load_rayjob(self, namespace: str, name: str, *, fresh: bool) -> JSON | None:
-        key = naming.run_key(namespace, name)
-        cached = self._rayjobs.get(key)
-        if cached is not None and not fresh:
-            return cached
-        body = await self.client.get(RAYJOBS, namespace, naming.rayjob_name(name))
-        if body is None:
-            self.forget_rayjob(key)
-            return None
-        self.remember_rayjob(key, body)
-        return self._rayjobs[key]
+    def __post_init__(self) -> None:
+        self.cache = RunCache(self.client)
+        self.status = StatusWriter(self.client, self.cache, EventRecorder(self.client), self.metrics)
 
     def forget(self, key: str) -> None:
-        self._runs.pop(key, None)
-        self._rayjobs.pop(key, None)
+        """The run is gone: drop everything known about it."""
+        self.cache.forget(key)
         self._ensured.pop(key, None)
         self.metrics.observe_phase(key, None)
-
-    def known(self, key: str) -> bool:
-        return key in self._runs
-
-    async def _load_run(self, namespace: str, name: str, *, fresh: bool) -> JSON | None:
-        key = naming.run_key(namespace, name)
-        cached = self._runs.get(key)
-        if cached is not None and not fresh:
-            return cached
-        body = await self.client.get(TRAINING_RUNS, namespace, name)
-        if body is None:
-            self.forget(key)
-            return None
-        self.remember(body)
-        return self._runs[key]
 
     # --------------------------------------------------------------------------- the loop
 
     async def reconcile(self, namespace: str, name: str, *, drift: bool = False) -> Outcome:
         key = naming.run_key(namespace, name)
-        body = await self._load_run(namespace, name, fresh=drift)
+        body = await self.cache.load_run(namespace, name, fresh=drift)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return Outcome()
         try:
@@ -157,7 +102,7 @@ class Reconciler:
             await self._write_status(body, previous, replace(base, now=now(), invalid=invalid))
             return Outcome(phase="Failed")
 
-        rayjob = await self._load_rayjob(namespace, name, fresh=drift)
+        rayjob = await self.cache.load_rayjob(namespace, name, fresh=drift)
         conflict: Problem | None = None
         if rayjob is not None and not _owned_by(rayjob, uid):
             conflict = Problem(
@@ -206,7 +151,7 @@ class Reconciler:
             workload=workload,
         )
         update = await self._write_status(body, previous, observed)
-        phase = update.phase if update is not None else previous.phase
+        phase = update.status.phase if update is not None else previous.phase
         if phase in TERMINAL and spec.ttl_seconds_after_finished is not None and rayjob is not None and requeue is None:
             requeue = float(spec.ttl_seconds_after_finished) + 1
         return Outcome(requeue_after=requeue, phase=phase.value if phase else None)
@@ -306,7 +251,7 @@ class Reconciler:
                 spec, run=name, namespace=namespace, uid=run.metadata.uid, settings=self.config.rayjob
             )
             created = await self._create(RAYJOBS, namespace, manifest)
-            self.remember_rayjob(naming.run_key(namespace, name), created)
+            self.cache.remember_rayjob(naming.run_key(namespace, name), created)
             log.info("created RayJob %s/%s", namespace, name)
             return created
         patch: JSON = {}
@@ -318,7 +263,7 @@ class Reconciler:
         if not patch:
             return rayjob
         patched = await self.client.merge_patch(RAYJOBS, namespace, name, {"spec": patch})
-        self.remember_rayjob(naming.run_key(namespace, name), patched)
+        self.cache.remember_rayjob(naming.run_key(namespace, name), patched)
         return patched
 
     async def _find_workload(self, namespace: str, rayjob: JSON) -> JSON | None:
@@ -350,78 +295,20 @@ class Reconciler:
         if left > 0:
             return left + 1
         await self.client.delete(RAYJOBS, run.metadata.namespace, rayjob["metadata"]["name"])
-        self.forget_rayjob(naming.run_key(run.metadata.namespace, run.metadata.name))
+        self.cache.forget_rayjob(naming.run_key(run.metadata.namespace, run.metadata.name))
         log.info("deleted RayJob %s/%s: ttlSecondsAfterFinished passed", run.metadata.namespace, run.metadata.name)
         return None
 
     # ----------------------------------------------------------------------------- status
 
-    async def _write_status(self, body: JSON, previous: TrainingRunStatus, observed: Observed) -> _Written | None:
-        meta = body["metadata"]
-        key = naming.run_key(meta["namespace"], meta["name"])
-        update = calculate_status(observed, previous)
-        self.metrics.observe_phase(key, update.status.phase)
-        if update.left_queue_after is not None:
-            self.metrics.queued_seconds.observe(update.left_queue_after)
-        if not update.changes:
-            return _Written(update.status.phase)
-        try:
-            written = await self.client.merge_patch(
-                TRAINING_RUNS, meta["namespace"], meta["name"], {"status": update.changes}, subresource="status"
-            )
-        except ApiError as error:
-            if error.status == 404:
-                self.forget(key)
-                return None
-            raise
-        self.remember(written)
-        if update.event is not None:
-            await self._post_event(body, update.event)
-        if update.status.phase != previous.phase:
-            log.info(
-                "run %s: %s -> %s (%s)",
-                key,
-                previous.phase,
-                update.status.phase,
-                update.event.reason if update.event else "",
-            )
-        if rejected(update.status):
-            self._ensured.pop(key, None)
-        return _Written(update.status.phase)
-
-    async def _post_event(self, body: JSON, event: PhaseEvent) -> None:
-        meta = body["metadata"]
-        stamp = now().isoformat().replace("+00:00", "Z")
-        manifest: JSON = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "apiVersion": body.get("apiVersion", "loka.dev/v1alpha1"),
-                "kind": body.get("kind", "TrainingRun"),
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta["uid"],
-            },
-            "reason": event.reason,
-            "message": event.message[:1024],
-            "type": event.type,
-            "source": {"component": naming.OPERATOR_NAME},
-            "reportingComponent": naming.OPERATOR_NAME,
-            "reportingInstance": self._instance[:128],
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "count": 1,
-        }
-        try:
-            await self.client.create(EVENTS, meta["namespace"], manifest)
-        except ApiError as error:  # an Event is a courtesy; the status already says it
-            log.warning("could not post Event %s for %s/%s: %s", event.reason, meta["namespace"], meta["name"], error)
-
-
-@dataclass(frozen=True)
-class _Written:
-    phase: RunPhase | None
+    async def _write_status(self, body: JSON, previous: TrainingRunStatus, observed: Observed) -> StatusUpdate | None:
+        key = naming.run_key(body["metadata"]["namespace"], body["metadata"]["name"])
+        update = await self.status.write(body, previous, observed)
+        if update is None:
+            self.forget(key)
+        elif rejected(update.status):
+            self._ensured.pop(key, None)  # a fixed spec must go through steps 2-4 again
+        return update
 
 
 def _owned_by(obj: JSON, uid: str) -> bool:

@@ -13,23 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from loka_operator.api import Condition, ConditionType, RunPhase, TrainingRunStatus
-
-# The status fields the operator writes; everything else under status belongs to the trainer.
-OPERATOR_FIELDS: tuple[str, ...] = (
-    "phase",
-    "conditions",
-    "observedGeneration",
-    "attempt",
-    "restarts",
-    "rayJob",
-    "rayCluster",
-    "dashboardURL",
-    "startTime",
-    "completionTime",
-    "queuedSince",
-    "message",
-)
+from loka_api import Condition, ConditionType, RunPhase, TrainingRunStatus
+from loka_api.contract import OPERATOR_STATUS_FIELDS
 
 TERMINAL = frozenset({RunPhase.SUCCEEDED, RunPhase.FAILED})
 ACTIVE = frozenset({RunPhase.STARTING, RunPhase.RUNNING, RunPhase.RESUMING})
@@ -401,7 +386,7 @@ def calculate_status(obs: Observed, previous: TrainingRunStatus) -> StatusUpdate
 def operator_view(status: TrainingRunStatus) -> dict[str, Any]:
     """The operator-owned fields as they go on the wire (absent fields as None)."""
     wire = status.model_dump(mode="json", by_alias=True)
-    return {key: wire.get(key) for key in OPERATOR_FIELDS}
+    return {key: wire.get(key) for key in OPERATOR_STATUS_FIELDS}
 
 
 def status_changes(previous: TrainingRunStatus, current: TrainingRunStatus) -> dict[str, Any]:

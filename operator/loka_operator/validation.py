@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import logging
 
-from loka_trainer.render import (
+from loka_api import Engine, TrainingRunSpec
+from loka_api.render import (
     StagedPaths,
     VerlConfigError,
     VerlNotInstalledError,
     compose_verl_config,
     render_verl_overrides,
 )
-
-from loka_operator.api import Engine, TrainingRunSpec
 from loka_operator.status import Problem
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from boto3.s3.transfer import TransferConfig
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.cluster.controlplane import S3_BUCKET, ClusterError, LocalCluster, wait_until
-from tests.cluster.versions import load_versions
+from localcluster.controlplane import S3_BUCKET, ClusterError, LocalCluster, wait_until
+from localcluster.versions import load_versions
 
 RAY = ("ray.io", "v1")
 KUEUE = ("kueue.x-k8s.io", "v1beta2")

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cluster.dashboard_router import serve
+from localcluster.dashboard_router import serve
 
 
 class _FakeDashboard(http.server.BaseHTTPRequestHandler):

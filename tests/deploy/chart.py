@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.deploy.tools import REPO, ensure_helm, load_manifests
+from localcluster.tools import REPO, ensure_helm, load_manifests
 
 CHART = REPO / "charts" / "loka-operator"
 VALUE_SETS = CHART / "ci"

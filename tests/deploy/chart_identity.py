@@ -39,7 +39,7 @@ def pytest_configure(config: pytest.Config) -> None:
     kubeconfig = os.environ.get(ENV)
     if not kubeconfig:
         raise pytest.UsageError(f"{ENV} must name the chart ServiceAccount's kubeconfig")
-    from tests.operator.process import OperatorProcess
+    from localcluster.operator_process import OperatorProcess
 
     original = OperatorProcess.start
 

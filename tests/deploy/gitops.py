@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.deploy.tools import REPO, kubectl_path, load_manifests
+from localcluster.tools import REPO, kubectl_path, load_manifests
 
 GITOPS = REPO / "gitops"
 OVERLAYS = sorted(p for p in (GITOPS / "overlays").iterdir() if (p / "kustomization.yaml").is_file())

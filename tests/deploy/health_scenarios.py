@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import yaml
-from loka_operator.api import CheckpointStatus, Metrics, Progress, TrainingRunStatus
-from loka_operator.status import Observed, Problem, calculate_status
 
+from loka_api import CheckpointStatus, Metrics, Progress, TrainingRunStatus
+from loka_operator.status import Observed, Problem, calculate_status
 from tests.deploy.gitops import GITOPS
 
 TESTDATA = GITOPS / "argocd" / "health" / "loka.dev" / "TrainingRun" / "testdata"

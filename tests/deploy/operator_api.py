@@ -8,11 +8,11 @@ import ast
 from pathlib import Path
 
 import kopf
+
 import loka_operator.handlers  # registers the kopf handlers
+from localcluster.tools import REPO
 from loka_operator import kube
 from loka_operator.builders.rbac import build_role
-
-from tests.deploy.tools import REPO
 
 OPERATOR_SOURCES = REPO / "operator" / "loka_operator"
 CLIENT_VERBS = {"get": "get", "list": "list", "create": "create", "merge_patch": "patch", "delete": "delete"}

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import yaml
 
+from localcluster.tools import REPO
 from tests.deploy.argocd_lua import LuaError, run_health
 from tests.deploy.gitops import APPLICATION_HEALTH
 from tests.deploy.health_scenarios import SCENARIOS, run_with
-from tests.deploy.tools import REPO
 
 CHECK = REPO / "gitops" / "argocd" / "health" / "loka.dev" / "TrainingRun"
 SCRIPT = (CHECK / "health.lua").read_text()

@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 import yaml
+
+from localcluster.tools import REPO
 from loka_operator.config import OperatorConfig
 from loka_operator.main import parse_args
-
 from tests.deploy.chart import CHART, OPENSHIFT_APIS, VALUE_SETS, ChartError, Rendered, helm, render
 from tests.deploy.operator_api import required_verbs
 from tests.deploy.podsecurity import pod_specs, restricted_violations
-from tests.deploy.tools import REPO
 
 VALUE_FILES = sorted(VALUE_SETS.glob("*-values.yaml"))
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "ConsoleYAMLSample", "CustomResourceDefinition"}

@@ -12,9 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from localcluster.tools import REPO
 from tests.deploy.chart_identity import ENV, STARTS_ENV
 from tests.deploy.install import Install, apply, installed_chart, service_account_kubeconfig
-from tests.deploy.tools import REPO
 
 # The tests that exercise every verb the operator uses: runs, RayJobs, the per-run identity, the
 # LocalQueue, Secrets, Kueue Workloads (suspend), events, deletion and the status subresource.

@@ -14,15 +14,15 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
-from loka_operator.api import TrainingRunSpec
+
+from localcluster.controlplane import wait_until
+from localcluster.tools import REPO
+from loka_api import TrainingRunSpec
 from loka_operator.builders.localqueue import build_local_queue
 from loka_operator.builders.rayjob import RayJobSettings, build_rayjob
 from loka_operator.builders.rbac import build_role, build_role_binding, build_service_account
-
-from tests.cluster.controlplane import wait_until
 from tests.deploy.install import Install, apply, get_json, installed_chart
 from tests.deploy.podsecurity import restricted_violations
-from tests.deploy.tools import REPO
 
 RESTRICTED = "pod-security.kubernetes.io/enforce=restricted"
 SAMPLE = yaml.safe_load((REPO / "gitops" / "base" / "runs" / "qwen-gsm8k.yaml").read_text())

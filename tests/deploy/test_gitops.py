@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
+from localcluster.tools import REPO
 from tests.deploy.gitops import OVERLAYS, kustomize
-from tests.deploy.tools import REPO
 
 ARGOCD = REPO / "gitops" / "argocd"
 ENVS = [o.name for o in OVERLAYS]

@@ -8,13 +8,13 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from loka_operator.api import TrainingRunSpec
-from loka_operator.builders.rayjob import SUBMISSION_MODES, RayJobSettings, build_rayjob
 
+from localcluster.tools import REPO
+from loka_api import TrainingRunSpec
+from loka_operator.builders.rayjob import SUBMISSION_MODES, RayJobSettings, build_rayjob
 from tests.deploy.chart import CHART
 from tests.deploy.gitops import OVERLAYS, kustomize
 from tests.deploy.podsecurity import pod_specs, restricted_violations
-from tests.deploy.tools import REPO
 
 Manifest = dict[str, Any]
 

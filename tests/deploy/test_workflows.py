@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
+from localcluster.tools import REPO, actionlint_path
 from tests.deploy.metadata_tags import Push, github_expression, tags
-from tests.deploy.tools import REPO, actionlint_path
 
 WORKFLOW = REPO / ".github" / "workflows" / "ci.yml"
 MAIN = Push("push", "refs/heads/main")

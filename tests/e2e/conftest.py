@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.controlplane import LocalCluster
-from tests.e2e.demo import prepare_namespace, upload_tiny_assets
-from tests.e2e.stack import DemoStack
+from localcluster.controlplane import LocalCluster
+from localcluster.demo import prepare_namespace, upload_tiny_assets
+from localcluster.stack import DemoStack
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.controlplane import S3_BUCKET, LocalCluster
-from tests.e2e.demo import checkpoint_keys, demo_manifest, s3_client
-from tests.e2e.stack import DemoStack
+from localcluster.controlplane import S3_BUCKET, LocalCluster
+from localcluster.demo import checkpoint_keys, demo_manifest, s3_client
+from localcluster.stack import DemoStack
 
 PRIORITY_CLASSES = {"loka-e2e-low": 100, "loka-e2e-high": 10000}
 

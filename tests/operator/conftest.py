@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from loka_operator.api.crd import CRD_PATH
 
-from tests.cluster.controlplane import LocalCluster, wait_until
+from localcluster.controlplane import LocalCluster, wait_until
+from localcluster.operator_process import OperatorProcess
+from loka_api.crd import CRD_PATH
 from tests.operator.kube import Kube
-from tests.operator.process import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 # One prefix per test session: concurrent sessions each run their own operator.

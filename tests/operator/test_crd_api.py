@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.controlplane import LocalCluster
+from localcluster.controlplane import LocalCluster
 from tests.operator.conftest import run_manifest
 from tests.operator.kube import Kube
 

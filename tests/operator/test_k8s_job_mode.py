@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cluster.controlplane import LocalCluster
+from localcluster.controlplane import LocalCluster
+from localcluster.operator_process import OperatorProcess
 from tests.operator.conftest import NAMESPACE_PREFIX, eventually, fresh_namespace, run_manifest
 from tests.operator.kube import Kube
-from tests.operator.process import OperatorProcess
 
 # Not matched by the session operator's `<prefix>*`: this module's operator has these namespaces to itself.
 PREFIX = NAMESPACE_PREFIX.rstrip("-") + "k-"

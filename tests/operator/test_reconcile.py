@@ -5,10 +5,10 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from tests.cluster.controlplane import LocalCluster
+from localcluster.controlplane import LocalCluster
+from localcluster.operator_process import OperatorProcess
 from tests.operator.conftest import eventually, run_manifest
 from tests.operator.kube import Kube
-from tests.operator.process import OperatorProcess
 
 RUN = "qwen"
 

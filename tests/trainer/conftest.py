@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from loka_trainer.storage import ObjectStore, S3Uri
 
 BUCKET = "loka"
@@ -63,7 +64,7 @@ RUN_GROUP, RUN_VERSION, RUN_PLURAL = "loka.dev", "v1alpha1", "trainingruns"
 @pytest.fixture(scope="session")
 def trainingrun_crd(cluster: Any) -> None:
     """The operator's generated CRD from crds/, applied and Established."""
-    from tests.cluster.controlplane import wait_until
+    from localcluster.controlplane import wait_until
 
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
 

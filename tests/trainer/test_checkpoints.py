@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from loka_trainer.checkpoints import MANIFEST_NAME, VERL_TRACKER_NAME, CheckpointError, CheckpointStore
-from loka_trainer.storage import ObjectStore, S3Uri, TransferCancelledError
 
+from loka_api.contract import MANIFEST_NAME
+from loka_trainer.checkpoints import VERL_TRACKER_NAME, CheckpointError, CheckpointStore
+from loka_trainer.storage import ObjectStore, S3Uri, TransferCancelledError
 from tests.trainer.conftest import write_verl_checkpoint
 
 

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
-from loka_trainer.checkpoints import CheckpointRecord
-from loka_trainer.kube import RunClient, RunIdentity, api_client
-from loka_trainer.metrics import StepMetrics
-from loka_trainer.status import StatusReporter
 
+from loka_trainer.checkpoints import CheckpointRecord
+from loka_trainer.run_client import RunClient, RunIdentity, api_client
+from loka_trainer.status_reporter import StatusReporter
+from loka_trainer.step_metrics import StepMetrics
 from tests.trainer.conftest import create_run, per_run_kubeconfig, read_run
 
 SPEC: dict[str, Any] = {

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from loka_trainer.checkpoints import MANIFEST_NAME, CheckpointStore
+
+from loka_api.contract import MANIFEST_NAME
+from loka_trainer.checkpoints import CheckpointStore
 from loka_trainer.nodes import on_nodes, ray_node_ids, stage_on_node
 from loka_trainer.storage import ObjectStore, S3Uri
-
 from tests.trainer.conftest import write_verl_checkpoint
 
 
@@ -43,9 +44,10 @@ def ray_cluster(cluster: Any) -> Iterator[list[str]]:
 def test_verl_builds_the_callback_and_every_node_uploads_before_the_marker_moves(
     ray_cluster: list[str], object_store: ObjectStore, s3_prefix: S3Uri, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from loka_trainer.render import DEFAULT_CHECKPOINT_CALLBACK
     from omegaconf import OmegaConf
     from verl.trainer.ppo.checkpoint_callback import build_checkpoint_callback
+
+    from loka_api.render import DEFAULT_CHECKPOINT_CALLBACK
 
     assert len(ray_cluster) == 2
     run_prefix = s3_prefix.join("ns", "verl-run")
@@ -119,11 +121,12 @@ def test_verl_driver_joins_a_rayjob_whose_runtime_env_sets_the_same_variables(
     ray_cluster: list[str], tmp_path: Path
 ) -> None:
     import ray
-    from loka_operator.api import TrainingRunSpec
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    from loka_api import TrainingRunSpec
     from loka_trainer.engines import EngineJob
     from loka_trainer.engines.verl import actor_environment, process_environment
     from loka_trainer.staging import StagedInputs
-    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
 
     spec = TrainingRunSpec.model_validate(
         {"image": "x", "model": {"uri": "hf://a/b"}, "data": {"train": "s3://loka/t"}}
@@ -167,8 +170,8 @@ def test_verl_driver_joins_a_rayjob_whose_runtime_env_sets_the_same_variables(
 
 
 def test_metrics_written_on_another_node_reach_the_follower(ray_cluster: list[str], tmp_path: Path) -> None:
-    from loka_trainer.metrics import MetricsFollower, MetricsWriter
     from loka_trainer.nodes import FileOnAnyNode
+    from loka_trainer.step_metrics import MetricsFollower, MetricsWriter
 
     path = tmp_path / "metrics.jsonl"
     writer = MetricsWriter(path)

@@ -1,12 +1,8 @@
 """Checkpoints in S3: upload with a manifest, move the "latest" marker last, prune, find and restore for resume.
 
-Layout under the run's prefix ``<checkpoints.uri>/<namespace>/<run>/``::
-
-    global_step_<N>/...                  the files verl (or TRL) wrote, same relative paths
-    global_step_<N>/loka-manifest.json   every file's path, size and sha256; written after all files
-    latest                               {"step": N, "uri": ...}; written after the manifest
-
-A checkpoint is complete exactly when its manifest exists, and resume only ever restores complete ones.
+The layout under the run's prefix is the core's contract (``loka_api.contract``): a step folder per checkpoint,
+its manifest (every file's path, size and sha256, written after all files) and the marker (written after the
+manifest). A checkpoint is complete exactly when its manifest exists, and resume only ever restores complete ones.
 """
 
 from __future__ import annotations
@@ -14,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -23,13 +18,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from loka_api.contract import (
+    MANIFEST_NAME,
+    MARKER_NAME,
+    STEP_FOLDER,
+    STEP_FOLDER_PREFIX,
+    run_checkpoint_prefix,
+    step_folder,
+)
 from loka_trainer.storage import ObjectStore, S3Uri, TransferCancelledError
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "loka-manifest.json"
-MARKER_NAME = "latest"
-STEP_FOLDER = re.compile(r"^global_step_(\d+)$")
 # verl's resume_mode=auto reads this file under trainer.default_local_dir.
 VERL_TRACKER_NAME = "latest_checkpointed_iteration.txt"
 MANIFEST_VERSION = 1
@@ -38,10 +38,6 @@ _HASH_BLOCK = 8 * 1024 * 1024
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete or does not match its manifest."""
-
-
-def step_folder(step: int) -> str:
-    return f"global_step_{step}"
 
 
 def sha256_file(path: Path) -> str:
@@ -132,7 +128,7 @@ class CheckpointStore:
     def for_run(
         cls, store: ObjectStore, checkpoints_uri: str, *, namespace: str, run_name: str, keep: int
     ) -> CheckpointStore:
-        return cls(store, S3Uri.parse(checkpoints_uri).join(namespace, run_name), keep=keep)
+        return cls(store, S3Uri.parse(run_checkpoint_prefix(checkpoints_uri, namespace, run_name)), keep=keep)
 
     @classmethod
     def for_checkpoint_uri(cls, store: ObjectStore, uri: str) -> tuple[CheckpointStore, int]:
@@ -140,7 +136,7 @@ class CheckpointStore:
         parsed = S3Uri.parse(uri.rstrip("/"))
         match = STEP_FOLDER.match(parsed.name)
         if match is None:
-            msg = f"checkpoints.resume: expected auto, never or s3://…/global_step_<N>, got {uri!r}"
+            msg = f"checkpoints.resume: expected auto, never or s3://…/{STEP_FOLDER_PREFIX}<N>, got {uri!r}"
             raise ValueError(msg)
         parent = S3Uri(parsed.bucket, parsed.key.rpartition("/")[0])
         return cls(store, parent, keep=1), int(match.group(1))

@@ -69,7 +69,7 @@ class FileOnAnyNode:
     def __call__(self, path: str, offset: int) -> tuple[int, bytes]:
         import ray
 
-        from loka_trainer.metrics import read_local
+        from loka_trainer.step_metrics import read_local
 
         if self.node is None:
             size, chunk = (self._local_reader or read_local)(path, offset)
@@ -115,8 +115,7 @@ def connected_to_ray() -> Iterator[bool]:
 
 def stage_on_node(spec_json: str, work_dir: str, endpoint: str | None, resume: tuple[str, int] | None) -> str:
     """Stage the model and data, and restore checkpoint ``resume`` = (run prefix, step), under ``work_dir``."""
-    from loka_operator.api import TrainingRunSpec
-
+    from loka_api import TrainingRunSpec
     from loka_trainer.staging import stage_inputs
 
     store = ObjectStore(endpoint_url=endpoint)

@@ -17,16 +17,17 @@ from types import FrameType
 from typing import Any
 
 import yaml
-from loka_operator.api import TrainingRun
 from pydantic import ValidationError
 
+from loka_api import TrainingRun
+from loka_api.contract import ENV_WANDB_KEY, ENV_WORK_DIR, step_folder
 from loka_trainer.checkpoints import CheckpointError, CheckpointRecord, CheckpointStore
 from loka_trainer.engines import Engine, EngineJob, ResumePoint, engine_for
-from loka_trainer.metrics import MetricsFollower
 from loka_trainer.nodes import FileOnAnyNode, connected_to_ray
-from loka_trainer.settings import WANDB_KEY_ENV, redact, wandb_mode
+from loka_trainer.settings import redact, wandb_mode
 from loka_trainer.staging import StagedInputs, parquet_rows, stage_inputs
-from loka_trainer.status import StatusPatcher, StatusReporter
+from loka_trainer.status_reporter import StatusPatcher, StatusReporter
+from loka_trainer.step_metrics import MetricsFollower
 from loka_trainer.storage import ObjectStore, TransferCancelledError
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def load_manifest(path: Path) -> TrainingRun:
 
 
 def default_work_root() -> Path:
-    return Path(os.environ.get("LOKA_WORK_DIR") or Path.home() / "loka-work")
+    return Path(os.environ.get(ENV_WORK_DIR) or Path.home() / "loka-work")
 
 
 def render_command_line(path: Path, *, namespace: str | None = None) -> str:
@@ -87,7 +88,7 @@ def render_command_line(path: Path, *, namespace: str | None = None) -> str:
         resume = ResumePoint(int(folder.rsplit("_", 1)[-1]), work / "checkpoints" / folder, explicit=True)
     wandb = spec.tracking.wandb if spec.tracking else None
     requested = wandb.mode if wandb is not None else "disabled"
-    key_given = {WANDB_KEY_ENV: "set"} if wandb is not None and wandb.api_key is not None else {}
+    key_given = {ENV_WANDB_KEY: "set"} if wandb is not None and wandb.api_key is not None else {}
     job = EngineJob(
         spec=spec,
         run_name=name,
@@ -187,7 +188,7 @@ class Runner:
             if step is None:
                 log.info("no complete checkpoint under %s: starting from scratch", self.checkpoints.prefix)
                 return None
-            folder = self.checkpoint_dir / f"global_step_{step}"
+            folder = self.checkpoint_dir / step_folder(step)
             return ResumePoint(step, folder, explicit=False, source=str(self.checkpoints.prefix))
         source, step = CheckpointStore.for_checkpoint_uri(self.store, checkpoints.resume)
         folder = source.restore(step, self.checkpoint_dir, cancel=self.stop.event)
@@ -314,7 +315,7 @@ class Runner:
 
 def run_from_environment(*, work_dir: Path | None = None, kubeconfig: str | None = None) -> int:
     """Entry point of ``loka-trainer run``: identity from env, the run from the API, then Runner.execute()."""
-    from loka_trainer.kube import IdentityError, RunClient, RunIdentity, api_client
+    from loka_trainer.run_client import IdentityError, RunClient, RunIdentity, api_client
 
     stop = StopSignal()
     stop.install()

@@ -10,13 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-# Non-secret settings the runner hands to the verl checkpoint callback through Ray's runtime_env.
-CHECKPOINT_PREFIX_ENV = "LOKA_CHECKPOINT_PREFIX"
-CHECKPOINT_KEEP_ENV = "LOKA_CHECKPOINT_KEEP"
-WANDB_KEY_ENV = "WANDB_API_KEY"
-WANDB_MODE_ENV = "WANDB_MODE"
-HF_TOKEN_ENV = "HF_TOKEN"
-SECRET_ENV = frozenset({"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", WANDB_KEY_ENV, HF_TOKEN_ENV})
+from loka_api.contract import ENV_CHECKPOINT_KEEP, ENV_CHECKPOINT_PREFIX, ENV_WANDB_KEY, SECRET_ENV
 
 
 @dataclass(frozen=True)
@@ -29,10 +23,10 @@ class CallbackSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> CallbackSettings | None:
         env = os.environ if environ is None else environ
-        prefix = env.get(CHECKPOINT_PREFIX_ENV)
+        prefix = env.get(ENV_CHECKPOINT_PREFIX)
         if not prefix:
             return None
-        return cls(prefix=prefix, keep=int(env.get(CHECKPOINT_KEEP_ENV, "3")))
+        return cls(prefix=prefix, keep=int(env.get(ENV_CHECKPOINT_KEEP, "3")))
 
 
 def wandb_mode(requested: str | None, environ: Mapping[str, str] | None = None) -> str:
@@ -40,7 +34,7 @@ def wandb_mode(requested: str | None, environ: Mapping[str, str] | None = None) 
     env = os.environ if environ is None else environ
     if requested == "disabled":
         return "disabled"
-    if requested == "offline" or not env.get(WANDB_KEY_ENV):
+    if requested == "offline" or not env.get(ENV_WANDB_KEY):
         return "offline"
     return "online"
 

@@ -7,8 +7,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from loka_operator.api import TrainingRunSpec
-
+from loka_api import TrainingRunSpec
 from loka_trainer.storage import ObjectStore, S3Uri
 
 log = logging.getLogger(__name__)

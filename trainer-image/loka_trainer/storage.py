@@ -18,6 +18,8 @@ from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from loka_api.contract import ENV_AWS_ENDPOINT
+
 MiB = 1024 * 1024
 
 # Checkpoint shards are many mid-sized files: parallelism across files matters more than within one.
@@ -84,7 +86,7 @@ class ObjectStore:
         self.chunk_bytes = chunk_bytes
         self.client: Any = client or boto3.client(
             "s3",
-            endpoint_url=endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None,
+            endpoint_url=endpoint_url or os.environ.get(ENV_AWS_ENDPOINT) or None,
             # The pool must be as wide as the transfer concurrency or threads queue for connections.
             config=Config(
                 max_pool_connections=concurrency + 4,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from loka_api import QueueSpec
 from loka_operator import naming
-from loka_operator.api import QueueSpec
 
 
 def build_local_queue(queue: QueueSpec, namespace: str) -> dict[str, Any] | None:

@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
+from loka_api import PodResources, SecretKeyRef, TrainingRunSpec, contract
 from loka_operator import naming
-from loka_operator.api import PodResources, SecretKeyRef, TrainingRunSpec
 
 Manifest = dict[str, Any]
 
@@ -33,11 +33,11 @@ def referenced_secrets(spec: TrainingRunSpec) -> list[tuple[str, str, str]]:
     """(env var, secret, key) for every Secret key the run's pods read."""
     refs: list[tuple[str, str, str]] = []
     if spec.storage is not None and spec.storage.credentials_secret is not None:
-        refs += [(key, spec.storage.credentials_secret, key) for key in naming.STORAGE_SECRET_KEYS]
+        refs += [(key, spec.storage.credentials_secret, key) for key in contract.STORAGE_SECRET_KEYS]
     if spec.tracking is not None and spec.tracking.wandb is not None and spec.tracking.wandb.api_key is not None:
-        refs.append(_ref(naming.ENV_WANDB_KEY, spec.tracking.wandb.api_key))
+        refs.append(_ref(contract.ENV_WANDB_KEY, spec.tracking.wandb.api_key))
     if spec.huggingface is not None and spec.huggingface.token is not None:
-        refs.append(_ref(naming.ENV_HF_TOKEN, spec.huggingface.token))
+        refs.append(_ref(contract.ENV_HF_TOKEN, spec.huggingface.token))
     return refs
 
 
@@ -47,9 +47,9 @@ def _ref(env: str, ref: SecretKeyRef) -> tuple[str, str, str]:
 
 def plain_env(spec: TrainingRunSpec, run: str, namespace: str) -> dict[str, str]:
     """The trainer's non-secret environment (also given to Ray through runtimeEnvYAML)."""
-    env = {naming.ENV_RUN_NAME: run, naming.ENV_RUN_NAMESPACE: namespace}
+    env = {contract.ENV_RUN_NAME: run, contract.ENV_RUN_NAMESPACE: namespace}
     if spec.storage is not None and spec.storage.endpoint is not None:
-        env[naming.ENV_AWS_ENDPOINT] = spec.storage.endpoint
+        env[contract.ENV_AWS_ENDPOINT] = spec.storage.endpoint
     return env
 
 
@@ -174,7 +174,7 @@ def build_rayjob(
         service_account=None,
     )
     rayjob_spec: Manifest = {
-        "entrypoint": naming.TRAINER_ENTRYPOINT,
+        "entrypoint": contract.TRAINER_ENTRYPOINT,
         "runtimeEnvYAML": yaml.safe_dump({"env_vars": plain_env(spec, run, namespace)}, sort_keys=True),
         "submissionMode": settings.submission_mode,
         "shutdownAfterJobFinishes": True,

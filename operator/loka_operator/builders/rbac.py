@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from loka_api import GROUP, PLURAL
 from loka_operator import naming
-from loka_operator.api import GROUP, PLURAL
 
 Manifest = dict[str, Any]
 

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 import yaml
+
+from loka_api import QueueSpec, TrainingRunSpec
 from loka_operator import naming
-from loka_operator.api import QueueSpec, TrainingRunSpec
 from loka_operator.builders import (
     RayJobSettings,
     build_local_queue,

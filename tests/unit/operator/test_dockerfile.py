@@ -12,7 +12,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from tests.dockerfiles import instructions
+from tests.dockerfiles import copied_packages, import_without, instructions
 
 REPO = Path(__file__).resolve().parents[3]
 DOCKERFILE = REPO / "operator" / "Dockerfile"
@@ -61,3 +61,14 @@ def test_verl_is_installed_for_its_config_only() -> None:
     run = " ".join(args for keyword, args in instructions(DOCKERFILE) if keyword == "RUN")
     assert re.search(r"pip install --no-deps \"?verl==0\.9\.1", run), "verl's dependencies would pull in torch"
     assert "torch" not in run
+
+
+def test_the_operator_image_carries_the_core_and_the_operator_only() -> None:
+    assert copied_packages(DOCKERFILE) == {"loka_api", "loka_operator"}
+
+
+def test_the_operator_starts_without_the_trainer_package() -> None:
+    (check,) = re.findall(r'python -c "([^"]+)"', " ".join(a for k, a in instructions(DOCKERFILE) if k == "RUN"))
+    modules = [m.strip() for m in check.removeprefix("import ").split(",")]
+    result = import_without([*modules, "loka_operator.handlers", "loka_operator.reconcile"], missing="loka_trainer")
+    assert result.returncode == 0, result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from loka_operator.config import ENV_SUBMISSION_MODE, OperatorConfig
 from loka_operator.main import main
 

@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from loka_operator.api import CheckpointStatus, Condition, RunPhase, TrainingRunStatus
+
+from loka_api import CheckpointStatus, Condition, RunPhase, TrainingRunStatus
 from loka_operator.status import Observed, Problem, calculate_status, decide_phase, kueue_wait_reason
 
 NOW = datetime(2026, 11, 22, 5, 0, 0, tzinfo=UTC)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loka_operator.api import TrainingRunSpec
+from loka_api import TrainingRunSpec
 from loka_operator.validation import validate_spec
 
 

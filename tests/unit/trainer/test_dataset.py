@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+
 from loka_trainer.cli import EXIT_BAD_INPUT, EXIT_OK, main
 
 

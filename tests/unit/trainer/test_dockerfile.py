@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.dockerfiles import copied_packages, import_without
 from tests.dockerfiles import instructions as dockerfile_instructions
 
 REPO = Path(__file__).resolve().parents[3]
@@ -98,3 +99,13 @@ def test_ray_waits_long_enough_after_sigterm_for_the_trainer_to_stop_verl_and_re
     wait = re.search(r"RAY_JOB_STOP_WAIT_TIME_S=(\d+)", env)
     assert wait, "Ray's job supervisor would SIGKILL the trainer 3 s after SIGTERM"
     assert STOP_GRACE_S + 5 <= int(wait.group(1)) < 30  # room to report, inside the pod's 30 s grace
+
+
+def test_the_trainer_image_carries_the_core_and_the_trainer_only() -> None:
+    assert copied_packages(DOCKERFILE) == {"loka_api", "loka_trainer"}
+
+
+def test_the_trainer_runs_without_the_operator_package() -> None:
+    modules = ["loka_trainer.cli", "loka_trainer.runner", "loka_trainer.verl_callback", "loka_trainer.engines.trl"]
+    result = import_without(modules, missing="loka_operator")
+    assert result.returncode == 0, result.stderr

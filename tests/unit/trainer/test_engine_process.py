@@ -62,9 +62,10 @@ def test_secret_values_are_redacted_from_messages() -> None:
 
 
 def test_actor_env_values_reach_ray_as_strings() -> None:
-    from loka_trainer.render import compose_verl_config
     from omegaconf import OmegaConf
     from ray.runtime_env import RuntimeEnv
+
+    from loka_api.render import compose_verl_config
 
     values = {"KEEP": "3", "Q": "it's", "D": 'a"b', "W": "C:\\dir\\", "E": "", "S": "s3://b/p,x=y"}
     overrides = [f"+ray_kwargs.ray_init.runtime_env.env_vars.{k}={hydra_string(v)}" for k, v in values.items()]

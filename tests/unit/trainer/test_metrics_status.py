@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from loka_trainer.checkpoints import CheckpointRecord
-from loka_trainer.metrics import MetricsFollower, MetricsWriter, StepMetrics, parse_line
-from loka_trainer.status import StatusReporter
+from loka_trainer.status_reporter import StatusReporter
+from loka_trainer.step_metrics import MetricsFollower, MetricsWriter, StepMetrics, parse_line
 
 VERL_STEP = {
     "training/global_step": 7,
@@ -195,3 +195,17 @@ def test_a_failing_api_never_reaches_the_training_loop() -> None:
     reporter.flush()
     assert len(calls) == 2
     assert reporter.patches_sent == 0
+
+
+def test_the_reporter_writes_only_the_status_fields_the_contract_gives_the_trainer() -> None:
+    from loka_api.contract import TRAINER_STATUS_FIELDS
+
+    sent: list[dict[str, Any]] = []
+    reporter = StatusReporter(sent.append, total_steps=10, min_interval=0.0)
+    reporter.report_resumed(2, "s3://loka/ckpt")
+    reporter.report_metrics(parse_line(line(3)) or StepMetrics(step=3))
+    reporter.report_checkpoint(CheckpointRecord(step=4, uri="s3://loka/ckpt/global_step_4", time="t"))
+    reporter.report_message("trainer stopped by SIGTERM")
+    reporter.flush()
+    written = {key for patch in sent for key in patch}
+    assert written and written <= set(TRAINER_STATUS_FIELDS), written - set(TRAINER_STATUS_FIELDS)

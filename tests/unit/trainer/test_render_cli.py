@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 import yaml
-from loka_operator.api import TrainingRunSpec
+
+from loka_api import TrainingRunSpec
+from loka_api.render import compose_verl_config
 from loka_trainer.checkpoints import CheckpointStore
 from loka_trainer.cli import EXIT_BAD_INPUT, EXIT_OK, main
 from loka_trainer.engines import EngineJob, ResumePoint
 from loka_trainer.engines.verl import command
-from loka_trainer.render import compose_verl_config
 from loka_trainer.staging import StagedInputs
 from loka_trainer.storage import ObjectStore, S3Uri
 
@@ -120,9 +121,10 @@ def test_launched_command_hands_the_checkpoint_settings_to_verls_actors_without_
 
 
 def test_checkpoint_callback_class_is_a_verl_checkpoint_callback() -> None:
-    from loka_trainer.render import DEFAULT_CHECKPOINT_CALLBACK
     from verl.trainer.ppo.checkpoint_callback import CheckpointCallback
     from verl.utils.import_utils import load_class_from_fqn
+
+    from loka_api.render import DEFAULT_CHECKPOINT_CALLBACK
 
     assert issubclass(load_class_from_fqn(DEFAULT_CHECKPOINT_CALLBACK, "CheckpointCallback"), CheckpointCallback)
 

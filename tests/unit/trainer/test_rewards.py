@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from loka_trainer.rewards import format as format_reward
 from loka_trainer.rewards import gsm8k
 from loka_trainer.rewards.answers import MAX_SOLUTION_CHARS, extract_final_answer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from loka_trainer.checkpoints import CheckpointStore
 from loka_trainer.storage import ObjectStore, S3Uri
 

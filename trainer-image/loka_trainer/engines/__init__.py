@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from loka_operator.api import TrainingRunSpec
-
+from loka_api import TrainingRunSpec
 from loka_trainer.checkpoints import CheckpointRecord, CheckpointStore
 from loka_trainer.staging import StagedInputs
 

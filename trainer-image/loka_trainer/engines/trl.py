@@ -14,12 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loka_operator.api import TrainingRunSpec
-
-from loka_trainer import metrics as names
+from loka_api import TrainingRunSpec
+from loka_api.contract import ENV_WANDB_MODE
+from loka_trainer import step_metrics as names
 from loka_trainer.checkpoints import VERL_TRACKER_NAME
 from loka_trainer.engines import EngineJob
-from loka_trainer.metrics import MetricsWriter
+from loka_trainer.step_metrics import MetricsWriter
 from loka_trainer.storage import TransferCancelledError
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class TrlEngine:
         use_wandb = spec.tracking is not None and spec.tracking.wandb is not None and job.wandb_mode != "disabled"
         if use_wandb and spec.tracking and spec.tracking.wandb:
             os.environ.setdefault("WANDB_PROJECT", spec.tracking.wandb.project)
-            os.environ["WANDB_MODE"] = job.wandb_mode
+            os.environ[ENV_WANDB_MODE] = job.wandb_mode
             os.environ.setdefault("WANDB_DIR", str(job.work_dir))
         config = GRPOConfig(
             output_dir=str(job.checkpoint_dir),

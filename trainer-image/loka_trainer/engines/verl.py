@@ -11,12 +11,16 @@ import subprocess
 import threading
 from collections.abc import Mapping
 
-from loka_operator.api import TrainingRunSpec
-
+from loka_api import TrainingRunSpec
+from loka_api.contract import (
+    ENV_CHECKPOINT_KEEP,
+    ENV_CHECKPOINT_PREFIX,
+    ENV_RUN_NAME,
+    ENV_RUN_NAMESPACE,
+    ENV_WANDB_MODE,
+)
+from loka_api.render import StagedPaths, verl_command
 from loka_trainer.engines import EngineJob
-from loka_trainer.kube import RUN_NAME_ENV, RUN_NAMESPACE_ENV
-from loka_trainer.render import StagedPaths, verl_command
-from loka_trainer.settings import CHECKPOINT_KEEP_ENV, CHECKPOINT_PREFIX_ENV, WANDB_MODE_ENV
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +43,10 @@ def staged_paths(job: EngineJob) -> StagedPaths:
 
 def actor_environment(job: EngineJob, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Non-secret variables verl's actors need; verl prints its runtime_env, so never a secret here."""
-    env = {WANDB_MODE_ENV: job.wandb_mode, RUN_NAME_ENV: job.run_name, RUN_NAMESPACE_ENV: job.namespace}
+    env = {ENV_WANDB_MODE: job.wandb_mode, ENV_RUN_NAME: job.run_name, ENV_RUN_NAMESPACE: job.namespace}
     if job.checkpoints is not None:
-        env[CHECKPOINT_PREFIX_ENV] = str(job.checkpoints.prefix)
-        env[CHECKPOINT_KEEP_ENV] = str(job.checkpoints.keep)
+        env[ENV_CHECKPOINT_PREFIX] = str(job.checkpoints.prefix)
+        env[ENV_CHECKPOINT_KEEP] = str(job.checkpoints.keep)
     # Outside a pod (the local demo) the actors reach the API server through the same kubeconfig file.
     kubeconfig = (os.environ if environ is None else environ).get("KUBECONFIG")
     if kubeconfig:

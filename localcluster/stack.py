@@ -2,7 +2,7 @@
 
 - a real Ray head on this machine (`ray start --head --block`, from PyPI), whose dashboard
   KubeRay reaches through the dashboard router (KubeRay runs RayJobs in HTTPMode);
-- the dashboard router (`tests.cluster.dashboard_router`) on the port KubeRay's HTTP_PROXY names;
+- the dashboard router (`localcluster.dashboard_router`) on the port KubeRay's HTTP_PROXY names;
 - `loka-operator`, watching the demo and e2e namespaces;
 - the kubelet stand-in (`PodShim`): what a kubelet would do for the head pod that the local Ray
   head plays — project the pod's ServiceAccount token, and kill the trainer when KubeRay deletes
@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from tests.cluster.controlplane import PORTS, REPO_ROOT, ClusterError, Component, Layout, LocalCluster, http_ok
+from localcluster.controlplane import PORTS, REPO_ROOT, ClusterError, Component, Layout, LocalCluster, http_ok
 
 log = logging.getLogger("loka.demo")
 
@@ -109,7 +109,7 @@ class DemoStack:
                 binary=Path(sys.executable),
                 args=[
                     "-m",
-                    "tests.cluster.dashboard_router",
+                    "localcluster.dashboard_router",
                     f"--listen=127.0.0.1:{PORTS.dashboard_router}",
                     f"--dashboard=127.0.0.1:{RAY_DASHBOARD_PORT}",
                     *(f"--namespace={ns}" for ns in WATCHED_NAMESPACES),
@@ -137,7 +137,7 @@ class DemoStack:
             Component(
                 name="pod-shim",
                 binary=Path(sys.executable),
-                args=["-m", "tests.e2e.stack", "pod-shim"],
+                args=["-m", "localcluster.stack", "pod-shim"],
                 env={
                     "PYTHONPATH": str(REPO_ROOT),
                     "LOKA_CLUSTER_DIR": str(self.cluster.layout.root),
@@ -278,9 +278,9 @@ class PodShim:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m tests.e2e.stack pod-shim`: the shim as its own process (the stack starts it)."""
+    """`python -m localcluster.stack pod-shim`: the shim as its own process (the stack starts it)."""
     if argv != ["pod-shim"]:
-        print("usage: python -m tests.e2e.stack pod-shim", file=sys.stderr)
+        print("usage: python -m localcluster.stack pod-shim", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cluster = LocalCluster(Path(os.environ["LOKA_CLUSTER_DIR"]))

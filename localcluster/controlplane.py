@@ -30,12 +30,12 @@ from typing import Any
 
 import yaml
 
-from tests.cluster import nodes
-from tests.cluster.build import GoEnv, bin_dir, is_built
-from tests.cluster.pki import Pki
-from tests.cluster.versions import cache_root, load_versions
+from localcluster import nodes
+from localcluster.build import GoEnv, bin_dir, is_built
+from localcluster.pki import Pki
+from localcluster.versions import cache_root, load_versions
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCALHOST = "127.0.0.1"
 
 

@@ -1,6 +1,15 @@
-"""The TrainingRun API: pydantic models only (no kopf, no kubernetes), shared with the trainer."""
+"""Loka's core: what the operator and the trainer both stand on, and nothing else.
 
-from loka_operator.api.models import (
+- `loka_api.models`: the `TrainingRun` resource as pydantic models (the source of the CRD);
+- `loka_api.crd`: the CRD generator (`python -m loka_api.crd`);
+- `loka_api.render`: the one renderer of verl arguments, and the check that composes them against verl's config;
+- `loka_api.contract`: env names, the S3 layout of checkpoints, who writes which status field.
+
+It imports neither `loka_operator` nor `loka_trainer` (`make lint` enforces it), and needs only pydantic
+(plus hydra-core for composition).
+"""
+
+from loka_api.models import (
     CATEGORIES,
     GROUP,
     KIND,

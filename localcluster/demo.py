@@ -5,8 +5,8 @@ operator and the pod shim; builds a tiny model and dataset and puts them in MinI
 `examples/demo-run.yaml` and follows it live through Queued → Starting → Running → Succeeded;
 then prints a summary. Nothing is faked but the kubelet (KWOK, plus the pod shim).
 
-    python -m tests.e2e.demo          # run the demo (idempotent: a previous demo run is replaced)
-    python -m tests.e2e.demo --down   # stop what the demo started (the control plane stays up)
+    python -m localcluster.demo          # run the demo (idempotent: a previous demo run is replaced)
+    python -m localcluster.demo --down   # stop what the demo started (the control plane stays up)
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any
 
 import yaml
 
-from tests.cluster.build import build_all, is_built
-from tests.cluster.controlplane import REPO_ROOT, S3_BUCKET, ClusterError, LocalCluster
-from tests.e2e.stack import DemoStack
+from localcluster.build import build_all, is_built
+from localcluster.controlplane import REPO_ROOT, S3_BUCKET, ClusterError, LocalCluster
+from localcluster.stack import DemoStack
 
 DEMO_RUN = REPO_ROOT / "examples" / "demo-run.yaml"
 TERMINAL = {"Succeeded", "Failed"}
@@ -263,7 +263,7 @@ def run_demo(timeout: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.e2e.demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m localcluster.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--down", action="store_true", help="stop what the demo started")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the run to finish")

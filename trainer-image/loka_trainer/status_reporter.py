@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from loka_trainer.checkpoints import CheckpointRecord
-from loka_trainer.metrics import StepMetrics
+from loka_trainer.step_metrics import StepMetrics
 
 log = logging.getLogger(__name__)
 

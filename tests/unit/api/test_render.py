@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from loka_operator.api import TrainingRunSpec
-from loka_trainer.render import (
+
+from loka_api import TrainingRunSpec
+from loka_api.render import (
     StagedPaths,
     VerlConfigError,
     compose_verl_config,
@@ -161,7 +162,7 @@ def test_api_and_renderer_load_without_kopf_kubernetes_or_hydra() -> None:
     import subprocess
 
     code = (
-        "import sys, loka_operator.api, loka_trainer.render;"
+        "import sys, loka_api, loka_api.render;"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'kopf', 'kubernetes', 'aiohttp', 'hydra', 'torch'}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -11,9 +11,9 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from tests.cluster.controlplane import LocalCluster, wait_until
+from localcluster.controlplane import LocalCluster, wait_until
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:

@@ -11,10 +11,9 @@ from typing import Any
 
 from kubernetes import client, config
 from kubernetes.config.config_exception import ConfigException
-from loka_operator.api import GROUP, PLURAL, VERSION, TrainingRun
 
-RUN_NAME_ENV = "LOKA_RUN_NAME"
-RUN_NAMESPACE_ENV = "LOKA_RUN_NAMESPACE"
+from loka_api import GROUP, PLURAL, VERSION, TrainingRun
+from loka_api.contract import ENV_RUN_NAME, ENV_RUN_NAMESPACE
 
 
 class IdentityError(RuntimeError):
@@ -29,11 +28,11 @@ class RunIdentity:
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> RunIdentity:
         env = os.environ if environ is None else environ
-        missing = [var for var in (RUN_NAME_ENV, RUN_NAMESPACE_ENV) if not env.get(var)]
+        missing = [var for var in (ENV_RUN_NAME, ENV_RUN_NAMESPACE) if not env.get(var)]
         if missing:
             msg = f"{' and '.join(missing)} must be set to the TrainingRun this trainer serves (the operator sets them)"
             raise IdentityError(msg)
-        return cls(name=env[RUN_NAME_ENV], namespace=env[RUN_NAMESPACE_ENV])
+        return cls(name=env[ENV_RUN_NAME], namespace=env[ENV_RUN_NAMESPACE])
 
 
 def api_client(kubeconfig: str | None = None) -> client.ApiClient:

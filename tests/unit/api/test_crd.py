@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from loka_operator.api import MUTABLE_FIELDS, RUN_SHAPING_FIELDS, TrainingRunSpec
-from loka_operator.api.crd import CRD_PATH, build_crd, render_crd_yaml
+
+from loka_api import MUTABLE_FIELDS, RUN_SHAPING_FIELDS, TrainingRunSpec
+from loka_api.crd import CRD_PATH, build_crd, render_crd_yaml
 
 REPO = Path(__file__).resolve().parents[3]
 

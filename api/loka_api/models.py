@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
+from loka_api.contract import CHECKPOINT_LAYOUT, STEP_FOLDER_PREFIX
+
 GROUP = "loka.dev"
 VERSION = "v1alpha1"
 KIND = "TrainingRun"
@@ -210,7 +212,7 @@ class QueueSpec(LokaModel):
 class CheckpointSpec(LokaModel):
     uri: str = Field(
         max_length=1024,
-        description="s3:// prefix; checkpoints go to <uri>/<namespace>/<run>/global_step_N.",
+        description=f"s3:// prefix; checkpoints go to {CHECKPOINT_LAYOUT}.",
         json_schema_extra=validations(cel(_S3_URI_RULE, "must be an s3://<bucket>/<prefix> URI")),
     )
     every: int = Field(default=50, ge=1, le=1_000_000, description="Save every N steps (and always at the end).")
@@ -218,11 +220,11 @@ class CheckpointSpec(LokaModel):
     resume: str = Field(
         default="auto",
         max_length=1024,
-        description="auto (latest verified checkpoint), never, or s3://.../global_step_N.",
+        description=f"auto (latest verified checkpoint), never, or s3://.../{STEP_FOLDER_PREFIX}N.",
         json_schema_extra=validations(
             cel(
-                "self == 'auto' || self == 'never' || self.matches('^s3://[^/]+/.*global_step_[0-9]+/?$')",
-                "must be auto, never, or an s3://<bucket>/<prefix>/global_step_<N> URI",
+                f"self == 'auto' || self == 'never' || self.matches('^s3://[^/]+/.*{STEP_FOLDER_PREFIX}[0-9]+/?$')",
+                f"must be auto, never, or an s3://<bucket>/<prefix>/{STEP_FOLDER_PREFIX}<N> URI",
             )
         ),
     )

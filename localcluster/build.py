@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.cluster.versions import Component, cache_root, load_versions
+from localcluster.versions import Component, cache_root, load_versions
 
 STAMP = ".complete"
 

@@ -1,16 +1,16 @@
-"""`python -m tests.cluster build|up|down|status` — what the Makefile's cluster targets run."""
+"""`python -m localcluster build|up|down|status` — what the Makefile's cluster targets run."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from tests.cluster import build
-from tests.cluster.controlplane import ClusterError, LocalCluster
+from localcluster import build
+from localcluster.controlplane import ClusterError, LocalCluster
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.cluster", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m localcluster", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build missing components into the cache")
     b.add_argument("components", nargs="*", help="only these (default: all)")

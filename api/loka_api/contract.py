@@ -1,0 +1,96 @@
+"""What the operator and the trainer must agree on, written once.
+
+- the environment the operator gives the trainer's pods, and the trainer gives verl's actors;
+- where a run's checkpoints live in S3 and what marks one complete;
+- which `status` fields the trainer writes, and which only the operator writes.
+
+Both sides import these names; neither spells them out again.
+"""
+
+from __future__ import annotations
+
+import re
+
+# ------------------------------------------------------------------------------------- identity
+
+# KubeRay names the Ray cluster `<rayjob>-<5 chars>` and its services `<cluster>-head-svc`; the RayJob is
+# named after the run, so a run's name is bounded by what those derived names may hold.
+MAX_RUN_NAME_LENGTH = 47
+
+# What the RayJob runs on the Ray head: the trainer image's console script.
+TRAINER_ENTRYPOINT = "loka-trainer run"
+
+# ---------------------------------------------------------------------------------- environment
+
+# Set by the operator on the trainer's pods: which TrainingRun this trainer serves.
+ENV_RUN_NAME = "LOKA_RUN_NAME"
+ENV_RUN_NAMESPACE = "LOKA_RUN_NAMESPACE"
+
+# S3 (the standard AWS variables boto3 reads). The endpoint is plain; the keys come by secretKeyRef.
+ENV_AWS_ENDPOINT = "AWS_ENDPOINT_URL"
+ENV_AWS_KEY_ID = "AWS_ACCESS_KEY_ID"
+ENV_AWS_SECRET = "AWS_SECRET_ACCESS_KEY"
+ENV_AWS_SESSION_TOKEN = "AWS_SESSION_TOKEN"
+# The keys the storage credentials Secret (spec.storage.credentialsSecret) must hold.
+STORAGE_SECRET_KEYS = (ENV_AWS_KEY_ID, ENV_AWS_SECRET)
+
+# Tracking and model hub credentials, by secretKeyRef from the Secrets the spec names.
+ENV_WANDB_KEY = "WANDB_API_KEY"
+ENV_HF_TOKEN = "HF_TOKEN"
+
+# Every variable whose value is a secret: never on a command line, in Ray's runtime_env, a log or status.
+SECRET_ENV = frozenset({ENV_AWS_SECRET, ENV_AWS_SESSION_TOKEN, ENV_WANDB_KEY, ENV_HF_TOKEN})
+
+# Set by the trainer for verl's actors (through Ray's runtime_env): where the checkpoint callback uploads.
+ENV_CHECKPOINT_PREFIX = "LOKA_CHECKPOINT_PREFIX"
+ENV_CHECKPOINT_KEEP = "LOKA_CHECKPOINT_KEEP"
+ENV_WANDB_MODE = "WANDB_MODE"
+# The trainer's local staging root (the image sets it; default $HOME/loka-work).
+ENV_WORK_DIR = "LOKA_WORK_DIR"
+
+# ------------------------------------------------------------------------------ checkpoints in S3
+#
+#   <checkpoints.uri>/<namespace>/<run>/global_step_<N>/...                the files the engine wrote
+#   <checkpoints.uri>/<namespace>/<run>/global_step_<N>/loka-manifest.json every file's path, size, sha256
+#   <checkpoints.uri>/<namespace>/<run>/latest                             {"step": N, "uri": ..., "time": ...}
+#
+# A checkpoint is complete exactly when its manifest exists; the marker moves only after the manifest.
+
+STEP_FOLDER_PREFIX = "global_step_"
+STEP_FOLDER = re.compile(rf"^{STEP_FOLDER_PREFIX}(\d+)$")
+MANIFEST_NAME = "loka-manifest.json"
+MARKER_NAME = "latest"
+CHECKPOINT_LAYOUT = f"<uri>/<namespace>/<run>/{STEP_FOLDER_PREFIX}N"
+
+
+def step_folder(step: int) -> str:
+    """The folder of checkpoint step ``step`` (verl's own naming)."""
+    return f"{STEP_FOLDER_PREFIX}{step}"
+
+
+def run_checkpoint_prefix(checkpoints_uri: str, namespace: str, run: str) -> str:
+    """``s3://bucket/prefix/<namespace>/<run>``: where one run's checkpoints and marker live."""
+    return "/".join([checkpoints_uri.rstrip("/"), namespace, run])
+
+
+# ---------------------------------------------------------------------------------------- status
+
+# Written by the trainer (merge patches of its own run's status, under the per-run Role). `message` is shared:
+# the operator explains waits, the trainer says why an attempt stopped or failed.
+TRAINER_STATUS_FIELDS = ("progress", "metrics", "checkpoint", "wandbURL", "message")
+# Written by the operator only; it computes them from the RayJob and Kueue's Workload, never from the trainer.
+OPERATOR_STATUS_FIELDS = (
+    "phase",
+    "conditions",
+    "observedGeneration",
+    "attempt",
+    "restarts",
+    "rayJob",
+    "rayCluster",
+    "dashboardURL",
+    "startTime",
+    "completionTime",
+    "queuedSince",
+    "message",
+)
+SHARED_STATUS_FIELDS = tuple(f for f in TRAINER_STATUS_FIELDS if f in OPERATOR_STATUS_FIELDS)
