@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -60,8 +61,18 @@ class Ports:
     # demo or an e2e test starts its dashboard router, which forwards to a real local Ray.
     dashboard_router: int = 38265
 
+    @classmethod
+    def from_env(cls) -> Ports:
+        """The block, shifted by ``LOKA_CLUSTER_PORT_OFFSET`` (a multiple of 100 below 1000): a second checkout
+        can run its own control plane beside the first (give it its own LOKA_CLUSTER_DIR too)."""
+        raw = os.environ.get("LOKA_CLUSTER_PORT_OFFSET", "0") or "0"
+        offset = int(raw)
+        if offset % 100 or not 0 <= offset < 1000:
+            raise ValueError(f"LOKA_CLUSTER_PORT_OFFSET={raw!r}: expected 0, 100, 200, ... 900")
+        return cls(**{name: port + offset for name, port in dataclasses.asdict(cls()).items()})
 
-PORTS = Ports()
+
+PORTS = Ports.from_env()
 S3_BUCKET = "loka"
 S3_ACCESS_KEY = "loka-local"
 KUEUE_NAMESPACE = "kueue-system"
