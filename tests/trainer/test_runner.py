@@ -11,7 +11,7 @@ from typing import Any
 
 from loka_api import TrainingRun, TrainingRunSpec
 from loka_trainer.checkpoints import CheckpointStore
-from loka_trainer.dataset import build_dataset
+from loka_api.dataset import build_dataset
 from loka_trainer.engines import EngineJob
 from loka_trainer.runner import EXIT_OK, EXIT_TERMINATED, Runner, StopSignal
 from loka_trainer.storage import ObjectStore, S3Uri
