@@ -283,11 +283,12 @@ class SlackNotification(LokaModel):
         pattern=r"^[#@]?[a-z0-9][a-z0-9._-]*$",
         description="Channel to post to, where the webhook allows overriding its own (legacy webhooks).",
     )
-    on: list[NotificationEvent] = Field(
+    # Not `on`: YAML 1.1 (kubectl's YAML, PyYAML) reads an unquoted `on:` key as `true:`.
+    events: list[NotificationEvent] = Field(
         default_factory=lambda: list(NotificationEvent),
         min_length=1,
         max_length=4,
-        description="The phase transitions to post (default: all of them).",
+        description="The phase transitions to post: Started, Succeeded, Failed, Suspended (default: all).",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
 

@@ -66,7 +66,8 @@ def _size(count: int) -> str:
 
 
 def show(cluster: Cluster, name: str, env: Mapping[str, str], *, endpoint: str | None, output: str | None,
-         out: TextIO = sys.stdout) -> int:  # fmt: skip
+         out: TextIO | None = None) -> int:  # fmt: skip
+    out = out or sys.stdout
     found = list_checkpoints(cluster, name, env, endpoint=endpoint)
     if output:
         print(dump(found, output), file=out)
@@ -87,9 +88,10 @@ def show(cluster: Cluster, name: str, env: Mapping[str, str], *, endpoint: str |
 
 
 def download(cluster: Cluster, name: str, step: int, target: Path, env: Mapping[str, str], *, endpoint: str | None,
-             out: TextIO = sys.stdout) -> int:  # fmt: skip
+             out: TextIO | None = None) -> int:  # fmt: skip
     """Download step ``step`` into ``target/global_step_N``, verifying every file against the manifest; the folder
     appears only once every file matched (a failed or interrupted download leaves nothing that looks complete)."""
+    out = out or sys.stdout
     found = {entry["step"]: entry for entry in list_checkpoints(cluster, name, env, endpoint=endpoint)}
     if step not in found:
         steps = ", ".join(str(s) for s in sorted(found)) or "none"

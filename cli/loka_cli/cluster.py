@@ -187,7 +187,8 @@ class Cluster:
         """Server-side apply, as `kubectl apply --server-side` (field manager `loka`)."""
         meta = manifest["metadata"]
         extra: JSON = {"dry_run": "All"} if dry_run else {}
-        applied: JSON = self.call(
+        # Read the answer ourselves: the generated client maps only 200, and an apply that creates answers 201.
+        response = self.call(
             f"applying TrainingRun {meta['namespace']}/{meta['name']}",
             self.custom.patch_namespaced_custom_object,
             GROUP,
@@ -199,8 +200,10 @@ class Cluster:
             field_manager=FIELD_MANAGER,
             force=force,
             _content_type="application/apply-patch+yaml",
+            _preload_content=False,
             **extra,
         )
+        applied: JSON = json.loads(response.data)
         return applied
 
     def patch_run(self, name: str, patch: JSON) -> JSON:

@@ -22,8 +22,9 @@ def dataset(
     ability: str,
     upload: str | None,
     env: Mapping[str, str],
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> int:
+    out = out or sys.stdout
     if not tasks.is_file():
         raise usage(f"{tasks}: no such file", "give the path of a .jsonl or .json task file")
     destination = S3Path.parse(upload, "--upload") if upload else None

@@ -158,7 +158,7 @@ def render(options: InitOptions, env: Mapping[str, str]) -> str:
         lines += [
             "  notifications:           # posted once per transition; the webhook URL stays in the Secret",
             f"    slack: {{webhook: {{secret: {RUN_SECRET}, key: {SLACK_KEY}}},"
-            " on: [Started, Succeeded, Failed, Suspended]}",
+            " events: [Started, Succeeded, Failed, Suspended]}",
         ]
     else:
         lines.append(f"  # notifications: {{slack: {{webhook: {{secret: {RUN_SECRET}, key: {SLACK_KEY}}}}}}}")
@@ -184,8 +184,9 @@ def validate(text: str) -> None:
 
 
 def write_init(
-    options: InitOptions, env: Mapping[str, str], *, output: Path | None, force: bool, out: TextIO = sys.stdout
+    options: InitOptions, env: Mapping[str, str], *, output: Path | None, force: bool, out: TextIO | None = None
 ) -> int:
+    out = out or sys.stdout
     import re
 
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", options.name) or len(options.name) > MAX_RUN_NAME_LENGTH:

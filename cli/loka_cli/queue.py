@@ -3,6 +3,7 @@ estimated from the Workloads of the run's namespace (Kueue's own order: priority
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from loka_cli.cluster import KUEUE_GROUP, KUEUE_VERSION, Cluster
@@ -30,10 +31,15 @@ def _visibility_position(cluster: Cluster, local_queue: str, workload: str) -> i
             f"/localqueues/{local_queue}/pendingworkloads"
         )
         try:
-            answer = cluster.api.call_api(
-                path, "GET", auth_settings=["BearerToken"], response_type="object", _return_http_data_only=True
+            method, url, headers, body, post = cluster.api.param_serialize(
+                "GET", path, header_params={"Accept": "application/json"}, auth_settings=["BearerToken"]
             )
-        except (ApiException, OSError):
+            response = cluster.api.call_api(method, url, headers, body, post, _request_timeout=10)
+            response.read()
+            if response.status != 200:
+                continue  # not served here (no visibility API, or not allowed): estimate instead
+            answer = json.loads(response.data)
+        except (ApiException, OSError, ValueError):
             continue
         for item in (answer or {}).get("items", []):
             if item.get("metadata", {}).get("name") == workload:

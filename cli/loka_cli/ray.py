@@ -125,7 +125,8 @@ def _attempt_job(run: JSON, rayjob: JSON | None, attempt: int | None) -> tuple[i
     )
 
 
-def logs(cluster: Cluster, name: str, *, follow: bool, attempt: int | None, out: TextIO = sys.stdout) -> int:
+def logs(cluster: Cluster, name: str, *, follow: bool, attempt: int | None, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     run = cluster.get_run(name)
     status = run.get("status") or {}
     rayjob = cluster.get_rayjob(status.get("rayJob") or name)
@@ -231,7 +232,8 @@ def _port_free(address: str, port: int) -> bool:
     return True
 
 
-def dashboard(cluster: Cluster, name: str, *, port: int, address: str, out: TextIO = sys.stdout) -> int:
+def dashboard(cluster: Cluster, name: str, *, port: int, address: str, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     run = cluster.get_run(name)
     status = run.get("status") or {}
     rayjob = cluster.get_rayjob(status.get("rayJob") or name)

@@ -64,8 +64,9 @@ def submit(
     timeout: float,
     force_conflicts: bool,
     dry_run: bool,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> int:
+    out = out or sys.stdout
     manifest = read_manifest(path, cluster.namespace_flag, lambda: cluster.namespace)
     cluster.namespace_flag = manifest["metadata"]["namespace"]
     cluster._namespace = manifest["metadata"]["namespace"]
@@ -85,10 +86,11 @@ def follow(
     name: str,
     *,
     timeout: float,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
     on_status: Callable[[JSON], None] | None = None,
 ) -> JSON:
     """Print one line each time the run's phase, step, reward or checkpoint changes; return the final status."""
+    out = out or sys.stdout
     started = time.monotonic()
     last = ""
     status: JSON = {}
@@ -119,8 +121,9 @@ def status(
     all_namespaces: bool,
     output: str | None,
     timeout: float,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> int:
+    out = out or sys.stdout
     if name is None:
         if watch:
             raise usage("-w needs a run name", "loka status NAME -w")
@@ -168,7 +171,8 @@ def _watch(cluster: Cluster, name: str, *, timeout: float, output: str | None, o
     return EXIT_OK
 
 
-def set_suspend(cluster: Cluster, name: str, suspend: bool, out: TextIO = sys.stdout) -> int:
+def set_suspend(cluster: Cluster, name: str, suspend: bool, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     run = cluster.get_run(name)
     phase = (run.get("status") or {}).get("phase")
     if phase in TERMINAL:
@@ -182,7 +186,8 @@ def set_suspend(cluster: Cluster, name: str, suspend: bool, out: TextIO = sys.st
     return EXIT_OK
 
 
-def delete(cluster: Cluster, name: str, *, wait: bool, timeout: float, out: TextIO = sys.stdout) -> int:
+def delete(cluster: Cluster, name: str, *, wait: bool, timeout: float, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     cluster.get_run(name)
     cluster.delete_run(name)
     if wait:

@@ -42,7 +42,10 @@ def _encoded(value: str) -> str:
     return base64.b64encode(value.encode()).decode()
 
 
-def sync(cluster: Cluster, env: Mapping[str, str], *, run_secret: str, s3_secret: str, out: TextIO = sys.stdout) -> int:
+def sync(
+    cluster: Cluster, env: Mapping[str, str], *, run_secret: str, s3_secret: str, out: TextIO | None = None
+) -> int:
+    out = out or sys.stdout
     from kubernetes.client.exceptions import ApiException
 
     plans = plan(env, run_secret=run_secret, s3_secret=s3_secret)

@@ -64,7 +64,7 @@ def due(run: TrainingRun) -> tuple[NotificationEvent, int] | None:
     """The (event, attempt) the run's current phase asks to post, if the run subscribed to it."""
     slack = run.spec.notifications.slack if run.spec.notifications else None
     event = EVENT_OF_PHASE.get(run.status.phase) if run.status.phase else None
-    if slack is None or event is None or event not in slack.on:
+    if slack is None or event is None or event not in slack.events:
         return None
     return event, run.status.attempt or 0
 

@@ -117,7 +117,7 @@ def test_suspension_and_failure_are_posted_with_the_reason(
 ) -> None:
     webhook_secret(kube, ns, slack.url)
     run = notified_run(ns)
-    run["spec"]["notifications"]["slack"]["on"] = ["Suspended", "Failed"]
+    run["spec"]["notifications"]["slack"]["events"] = ["Suspended", "Failed"]
     kube.create_run(run)
     wait_phase(kube, ns, RUN, "Running")
     kube.patch_run(ns, RUN, {"suspend": True})
