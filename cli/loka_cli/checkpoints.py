@@ -51,7 +51,7 @@ def list_checkpoints(cluster: Cluster, name: str, env: Mapping[str, str], *, end
     marker = json.loads(marker_raw).get("step") if marker_raw else None
     in_status = ((run.get("status") or {}).get("checkpoint") or {}).get("step")
     for entry in found:
-        entry["latest"] = entry["step"] == marker
+        entry["isLatest"] = entry["step"] == marker
         entry["inStatus"] = entry["step"] == in_status
     return found
 
@@ -77,7 +77,7 @@ def show(cluster: Cluster, name: str, env: Mapping[str, str], *, endpoint: str |
         return EXIT_OK
     rows = [["STEP", "FILES", "SIZE", "CREATED", "", "URI"]]
     for entry in found:
-        mark = "latest" if entry["latest"] else ""
+        mark = MARKER_NAME if entry["isLatest"] else ""
         rows.append(
             [str(entry["step"]), str(entry["files"]), _size(entry["bytes"]), entry["created"], mark, entry["uri"]]
         )

@@ -275,7 +275,10 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  (one place list
     )
     run_name(ckpt)
     ckpt.add_argument(
-        "--download", nargs=2, metavar=("STEP", "DIR"), help="download step STEP into DIR/global_step_STEP"
+        "--download",
+        nargs=2,
+        metavar=("STEP", "DIR"),
+        help="download step STEP into a folder of DIR named after the step",
     )
     ckpt.add_argument("--endpoint", help="S3 endpoint (default: AWS_ENDPOINT_URL, else the run's storage.endpoint)")
 

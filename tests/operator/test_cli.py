@@ -138,7 +138,7 @@ def test_submit_wait_follows_the_run_to_success_and_status_shows_it(
         target=lambda: (
             wait_phase(kube, ns, "follow-me", "Running"),
             drive_rayjob(kube, ns, "follow-me", "Complete", "SUCCEEDED"),
-        ),  # fmt: skip
+        ),
         daemon=True,
     )
     driver.start()
@@ -166,7 +166,7 @@ def test_a_failed_run_exits_1_and_says_where_to_look(
         target=lambda: (
             wait_phase(kube, ns, "doomed", "Running"),
             drive_rayjob(kube, ns, "doomed", "Complete", "FAILED"),
-        ),  # fmt: skip
+        ),
         daemon=True,
     )
     driver.start()
@@ -185,7 +185,7 @@ def test_queued_run_shows_its_position_and_kueues_reason(
     kube.create_run(run_manifest("second", ns, **queue))
     wait_phase(kube, ns, "second", "Queued")
     eventually(lambda: "position 1 of 1" in loka("status", "second")[1], timeout=30, what="the queue position")
-    code, out, _ = loka("status", "second")
+    out = loka("status", "second")[1]
     assert "in LocalQueue team-a (estimated from this namespace): " in out
     assert "insufficient unused quota for nvidia.com/gpu" in out
 
@@ -207,7 +207,7 @@ def test_suspend_resume_and_delete(operator: OperatorProcess, kube: Kube, ns: st
     assert f"no TrainingRun 'pause-me' in namespace '{ns}'" in err and f"loka status -n {ns}" in err
 
 
-def test_checkpoints_lists_complete_ones_and_downloads_verified(
+def test_checkpoints_lists_complete_ones_and_downloads_verified(  # noqa: PLR0917
     operator: OperatorProcess, cluster: LocalCluster, kube: Kube, ns: str, tmp_path: Path, loka: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip

@@ -69,9 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
 
     dataset = commands.add_parser("dataset", help="turn a task file into verl's RL parquet files")
-    dataset.add_argument(
-        "tasks", type=Path, help="JSON Lines, or JSON (a task or a list of them)"
-    )
+    dataset.add_argument("tasks", type=Path, help="JSON Lines, or JSON (a task or a list of them)")
     dataset.add_argument("-o", "--output", type=Path, required=True, help="folder for train/validation.parquet")
     dataset.add_argument("--validation-fraction", type=float, default=0.1, help="share of tasks held out (0.1)")
     dataset.add_argument("--seed", default="loka", help="split seed; the same seed gives the same split")
