@@ -47,7 +47,7 @@ def test_logs_and_dashboard_of_a_running_run(cluster: LocalCluster, e2e_namespac
                                   "--kubeconfig", str(cluster.kubeconfig)],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        assert dashboard.stdout is not None
+        assert dashboard.stdout is not None and dashboard.stderr is not None
         line = dashboard.stdout.readline()
         assert f"Ray dashboard of watched: http://localhost:{port}" in line, line + dashboard.stderr.read()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=30) as answer:

@@ -40,6 +40,12 @@ def loka(cluster: LocalCluster, ns: str, capsys: pytest.CaptureFixture[str]) -> 
     return run
 
 
+def finish_when_running(kube: Kube, ns: str, name: str, job_status: str) -> None:
+    """The Ray job's end, as the operator tests drive it, once the run runs."""
+    wait_phase(kube, ns, name, "Running")
+    drive_rayjob(kube, ns, name, "Complete", job_status)
+
+
 def write_run(tmp_path: Path, manifest: dict[str, Any]) -> Path:
     path = tmp_path / f"{manifest['metadata']['name']}.yaml"
     path.write_text(yaml.safe_dump(manifest))
@@ -134,13 +140,7 @@ def test_submit_wait_follows_the_run_to_success_and_status_shows_it(
 ) -> None:
     path = write_run(tmp_path, run_manifest("follow-me", ns))
     # The Ray job's end, as the operator tests drive it, once the run runs.
-    driver = threading.Thread(
-        target=lambda: (
-            wait_phase(kube, ns, "follow-me", "Running"),
-            drive_rayjob(kube, ns, "follow-me", "Complete", "SUCCEEDED"),
-        ),
-        daemon=True,
-    )
+    driver = threading.Thread(target=finish_when_running, args=(kube, ns, "follow-me", "SUCCEEDED"), daemon=True)
     driver.start()
     code, out, err = loka("submit", "-f", str(path), "--wait", "--timeout", "180")
     assert code == 0, out + err
@@ -162,13 +162,7 @@ def test_a_failed_run_exits_1_and_says_where_to_look(
     operator: OperatorProcess, kube: Kube, ns: str, tmp_path: Path, cluster: LocalCluster
 ) -> None:
     path = write_run(tmp_path, run_manifest("doomed", ns))
-    driver = threading.Thread(
-        target=lambda: (
-            wait_phase(kube, ns, "doomed", "Running"),
-            drive_rayjob(kube, ns, "doomed", "Complete", "FAILED"),
-        ),
-        daemon=True,
-    )
+    driver = threading.Thread(target=finish_when_running, args=(kube, ns, "doomed", "FAILED"), daemon=True)
     driver.start()
     done = subprocess.run([LOKA, "submit", "-f", str(path), "--wait", "--kubeconfig", str(cluster.kubeconfig)],
                           capture_output=True, text=True, timeout=240, check=False)  # fmt: skip
