@@ -43,7 +43,7 @@ class StatusWriter:
             if error.status == 404:
                 return None
             raise
-        self.cache.remember_run(written)
+        self.cache.wrote(written)
         if update.event is not None:
             await self.events.post(body, update.event)
         if update.status.phase != previous.phase:
