@@ -38,6 +38,8 @@ class OperatorConfig:
     # Server-side selector for Kueue Workloads (e.g. `loka.dev/run` when Kueue's labelKeysToCopy copies it).
     workload_selector: str = ""
     leader_election: LeaderElection | None = None
+    # Slack post retries: the delays between tries (about five minutes in all).
+    notification_backoff: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 120.0)
 
     @classmethod
     def from_env(cls, namespaces: tuple[str, ...] = (), **overrides: object) -> OperatorConfig:

@@ -135,6 +135,7 @@ async def stop(memo: Any, **_: Any) -> None:
     if state.resync is not None:
         state.resync.cancel()
     await state.queue.drain()
+    await state.reconciler.notifier.close()
     if state.owns_client:
         await state.client.close()
 

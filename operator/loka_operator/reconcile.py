@@ -6,6 +6,7 @@
 4. ensure the per-run ServiceAccount, Role and RoleBinding (only ever the run's own: never adopted)
 5. ensure the RayJob (and apply suspend, maxRestarts, the TTL after the RayJob finished)
 6. calculate the status from what was observed and write the operator's fields only if they changed
+7. claim the notification the new phase asks for; a background task posts it (`notifications.py`)
 
 Reads come from watch-backed caches (`cache.py`); the API server is asked only to write, or when a create finds
 the name taken. A step that cannot proceed stops the chain; the status says why.
@@ -50,6 +51,7 @@ from loka_operator.kube import (
 )
 from loka_operator.messages import NO_SECRETS, Redactor, brief
 from loka_operator.metrics import OperatorMetrics
+from loka_operator.notifications import Notifier, webhook_refs
 from loka_operator.ownership import Claim, claim
 from loka_operator.status import Observed, Problem, StatusUpdate, finished
 from loka_operator.status_writer import StatusWriter
@@ -89,6 +91,7 @@ class Reconciler:
     cache: RunCache = field(init=False)
     children: Children = field(init=False)
     status: StatusWriter = field(init=False)
+    notifier: Notifier = field(init=False)
     # Digests of each run's referenced Secret values (messages are redacted with them), by run: (uid, redactor).
     _redactors: dict[str, tuple[str, Redactor]] = field(default_factory=dict)
     # When this process first saw a run's RayJob finished, for a RayJob that carries no endTime.
@@ -100,10 +103,12 @@ class Reconciler:
         self.cache = RunCache(self.ledger)
         self.children = Children(self.ledger)
         self.status = StatusWriter(self.client, self.cache, EventRecorder(self.client), self.metrics)
+        self.notifier = Notifier(self.client, backoff=self.config.notification_backoff)
 
     def forget(self, key: str) -> None:
         """The run is gone: drop everything known about it."""
         self.cache.forget(key)
+        self.notifier.forget(key)
         self.validations.forget(key)
         self._redactors.pop(key, None)
         self._seen_finished.pop(key, None)
@@ -141,6 +146,7 @@ class Reconciler:
             invalid = await self.validations.check(key, uid, generation, spec)
             if invalid is not None:
                 await self._write_status(body, previous, replace(base, now=now(), invalid=invalid))
+                await self._notify(key)
                 return Outcome(phase="Failed")
 
         requeue: float | None = None
@@ -183,6 +189,9 @@ class Reconciler:
             workload=workload,
         )
         update = await self._write_status(body, previous, observed)
+        # 7. notifications
+        if update is not None:
+            await self._notify(key)
         phase = update.status.phase if update is not None else previous.phase
         return Outcome(requeue_after=requeue, phase=phase.value if phase else None)
 
@@ -193,6 +202,8 @@ class Reconciler:
         wanted: dict[str, list[str]] = {}
         for _env, secret, key in builders.referenced_secrets(run.spec):
             wanted.setdefault(secret, []).append(key)
+        for ref in webhook_refs(run.spec):
+            wanted.setdefault(ref.secret, []).append(ref.key)
         missing: list[str] = []
         values: list[str] = []
         for secret, keys in wanted.items():
@@ -379,6 +390,12 @@ class Reconciler:
         if problem.reason == "WaitingForPreviousRun":
             return self.config.previous_run_retry_seconds
         return self.config.refused_retry_seconds
+
+    async def _notify(self, key: str) -> None:
+        """The body as our own status write left it: its phase, and the resourceVersion the claim is conditional on."""
+        body = self.cache.run(key)
+        if body is not None:
+            await self.notifier.step(body)
 
     # ----------------------------------------------------------------------------- status
 
