@@ -75,10 +75,10 @@ def test_operator_pod_is_admitted_under_restricted_pod_security(cluster: Any, na
         found: list[Any] = get_json(cluster, "pods", "-n", namespaced.namespace, "-l", selector)["items"]
         return found
 
-    wait_until(lambda: len(pods()) == 1, timeout=60, what="the operator pod (admitted under PSA restricted)")
-    (pod,) = pods()
-    assert pod["spec"]["serviceAccountName"] == namespaced.service_account
-    assert restricted_violations(pod["spec"], "operator pod") == []
+    wait_until(lambda: len(pods()) == 2, timeout=60, what="both operator pods (admitted under PSA restricted)")
+    for pod in pods():
+        assert pod["spec"]["serviceAccountName"] == namespaced.service_account
+        assert restricted_violations(pod["spec"], "operator pod") == []
 
 
 def test_operator_identity_can_do_each_step_of_a_run(cluster: Any, namespaced: Install, team: str) -> None:
