@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import kopf
+from prometheus_client import start_http_server
 
 from loka_api import GROUP, PLURAL, VERSION
 from loka_operator import naming
@@ -85,8 +86,11 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **kwargs: Any) -> No
     if config.workload_selector:
         settings.watching.label_selectors[WORKLOADS] = config.workload_selector
     shared = getattr(memo, "shared", None)
-    if not isinstance(shared, Shared):
+    if not isinstance(shared, Shared):  # `kopf run` without main(): no standby, no leader election
         metrics = OperatorMetrics()
+        metrics.leader.set(1)
+        if config.metrics_port:
+            start_http_server(config.metrics_port, registry=metrics.registry)
         shared = Shared(KubeClient(login(), relogin=login, on_request=_counter(metrics)), metrics)
     metrics, client = shared.metrics, shared.client
     reconciler = Reconciler(client=client, config=config, metrics=metrics)
