@@ -162,10 +162,38 @@ class Children:
         return self.ledger.is_echo(ref_of(kind, body), body)
 
 
-def trimmed(body: Any) -> JSON:
-    """A child body as the index keeps it: no managedFields (the bulk of most objects, never read)."""
-    out: JSON = dict(body)
-    meta = dict(out.get("metadata") or {})
-    meta.pop("managedFields", None)
-    out["metadata"] = meta
+# What the index keeps of each child: what reconcile reads, nothing more (a RayJob's pod templates are most of
+# its bytes, and kopf compares the kept value on every watch event).
+KEPT_METADATA = (
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "labels",
+    "annotations",
+    "ownerReferences",
+)
+KEPT_FIELDS: dict[str, dict[str, tuple[str, ...] | None]] = {
+    RAYJOB: {"spec": ("backoffLimit", "suspend"), "status": None},
+    WORKLOAD: {"spec": ("active",), "status": ("conditions",)},
+    SERVICE_ACCOUNT: {},
+    ROLE: {"rules": None},
+    ROLE_BINDING: {"roleRef": None, "subjects": None},
+}
+
+
+def trimmed(kind: str, body: Any) -> JSON:
+    """A child's body as its index keeps it: the fields reconcile reads (None: the whole field)."""
+    meta = body.get("metadata") or {}
+    out: JSON = {"metadata": {k: meta[k] for k in KEPT_METADATA if k in meta}}
+    for name, keys in KEPT_FIELDS[kind].items():
+        value = body.get(name)
+        if value is None:
+            continue
+        out[name] = dict(value) if keys is None and isinstance(value, dict) else value
+        if keys is not None and isinstance(value, dict):
+            out[name] = {k: value[k] for k in keys if k in value}
     return out

@@ -139,6 +139,7 @@ async def stop(memo: Any, **_: Any) -> None:
     if state.resync is not None:
         state.resync.cancel()
     await state.queue.drain()
+    await state.reconciler.status.events.close()
     await state.reconciler.notifier.close()
     if state.owns_client:
         await state.client.close()
@@ -195,34 +196,34 @@ def _owner_rayjob(body: kopf.Body) -> str | None:
     return None
 
 
-def _keyed(key: str | None, body: kopf.Body) -> dict[str, JSON] | None:
-    return {key: trimmed(body)} if key else None
+def _keyed(kind: str, key: str | None, body: kopf.Body) -> dict[str, JSON] | None:
+    return {key: trimmed(kind, body)} if key else None
 
 
 @kopf.index(*RAYJOBS, labels={naming.LABEL_MANAGED_BY: naming.OPERATOR_NAME})
 def rayjobs_by_run(namespace: str | None, labels: Any, body: kopf.Body, **_: Any) -> dict[str, JSON] | None:
-    return _keyed(_run_of(namespace, labels), body)
+    return _keyed(RAYJOB, _run_of(namespace, labels), body)
 
 
 @kopf.index(*WORKLOADS)
 def workloads_by_run(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str, JSON] | None:
     rayjob = _owner_rayjob(body)  # a run's RayJob carries the run's name
-    return _keyed(naming.run_key(namespace or "", rayjob) if rayjob else None, body)
+    return _keyed(WORKLOAD, naming.run_key(namespace or "", rayjob) if rayjob else None, body)
 
 
 @kopf.index(*SERVICE_ACCOUNTS, labels=IDENTITY)
 def service_accounts_by_run(namespace: str | None, labels: Any, body: kopf.Body, **_: Any) -> dict[str, JSON] | None:
-    return _keyed(_run_of(namespace, labels), body)
+    return _keyed(SERVICE_ACCOUNT, _run_of(namespace, labels), body)
 
 
 @kopf.index(*ROLES, labels=IDENTITY)
 def roles_by_run(namespace: str | None, labels: Any, body: kopf.Body, **_: Any) -> dict[str, JSON] | None:
-    return _keyed(_run_of(namespace, labels), body)
+    return _keyed(ROLE, _run_of(namespace, labels), body)
 
 
 @kopf.index(*ROLE_BINDINGS, labels=IDENTITY)
 def role_bindings_by_run(namespace: str | None, labels: Any, body: kopf.Body, **_: Any) -> dict[str, JSON] | None:
-    return _keyed(_run_of(namespace, labels), body)
+    return _keyed(ROLE_BINDING, _run_of(namespace, labels), body)
 
 
 def _child_changed(kind: str, key: str | None, type: str | None, body: kopf.Body, memo: Any) -> None:

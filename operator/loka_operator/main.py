@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"loka-operator: {error}", file=sys.stderr)
         return 2
     kopf.configure(verbose=args.verbose)
+    if not args.verbose:
+        # One "Handler ... succeeded" line per watch event is noise at any scale; failures are still logged.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     with contextlib.suppress(asyncio.CancelledError):
         return asyncio.run(serve(config, args))
     return 0

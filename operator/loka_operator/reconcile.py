@@ -14,6 +14,7 @@ the name taken. A step that cannot proceed stops the chain; the status says why.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -249,11 +250,13 @@ class Reconciler:
         account = builders.build_service_account(name, namespace, uid)
         role = builders.build_role(name, namespace, uid)
         binding = builders.build_role_binding(name, namespace, uid)
-        return (
-            await self._ensure(SERVICE_ACCOUNTS, run, account, ())
-            or await self._ensure(ROLES, run, role, ("rules",))
-            or await self._ensure(ROLE_BINDINGS, run, binding, ("subjects",))
+        # The ServiceAccount and the Role side by side; the binding after its Role (without `bind`, RBAC checks the
+        # Role's rules when a binding is created, so the Role must exist by then).
+        problems = await asyncio.gather(
+            self._ensure(SERVICE_ACCOUNTS, run, account, ()), self._ensure(ROLES, run, role, ("rules",))
         )
+        first = next((problem for problem in problems if problem is not None), None)
+        return first or await self._ensure(ROLE_BINDINGS, run, binding, ("subjects",))
 
     async def _ensure(
         self, resource: Resource, run: TrainingRun, manifest: JSON, owned: tuple[str, ...]

@@ -45,7 +45,7 @@ class StatusWriter:
             raise
         self.cache.wrote(written)
         if update.event is not None:
-            await self.events.post(body, update.event)
+            self.events.post_soon(body, update.event)
         if update.status.phase != previous.phase:
             reason = update.event.reason if update.event else ""
             log.info("run %s: %s -> %s (%s)", key, previous.phase, update.status.phase, reason)
