@@ -1,8 +1,9 @@
 """What a reconcile reads instead of the API server: watch-backed views of runs and their children.
 
 - Runs: the latest body each watch event delivered (`RunCache`).
-- Children (RayJobs, Kueue Workloads, the trainer's ServiceAccount, Role and RoleBinding): kopf indexes, which kopf
-  fills from its watches and completes before any handler runs (`Children`).
+- Children (RayJobs, Kueue Workloads, the trainer's ServiceAccount, Role and RoleBinding): kept per run from kopf's
+  watch events, primed at startup by one LIST per kind, so that a run's first reconcile already sees every child
+  that exists (`Children`).
 - Our own writes (`WriteLedger`): the body a create or patch returned is newer than what the watch showed when
   the write was made. A resourceVersion is opaque (only equality means anything), so the ledger keeps the
   written body until the watch shows anything other than what it showed then (the echo of the write, or a
@@ -18,13 +19,12 @@ from typing import Any
 
 from loka_api.contract import TRAINER_STATUS_FIELDS
 from loka_operator import naming
-from loka_operator.kube import JSON
+from loka_operator.kube import JSON, RAYJOBS, ROLE_BINDINGS, ROLES, SERVICE_ACCOUNTS, WORKLOADS, KubeClient
 
 # How long our own write outranks what the watch shows, when the watch never echoes it exactly.
 ECHO_WAIT_SECONDS = 5.0
 
 ObjectRef = tuple[str, str, str]  # kind, namespace, name
-ChildIndex = Mapping[str, Collection[JSON]]  # run key -> bodies (a kopf.Index)
 
 RAYJOB = "RayJob"
 WORKLOAD = "Workload"
@@ -130,14 +130,29 @@ class RunCache:
 
 @dataclass
 class Children:
-    """A run's children as kopf's indexes hold them (keyed by run), with our own recent writes on top."""
+    """A run's children as the watches delivered them (keyed by run, then uid), our own recent writes on top."""
 
     ledger: WriteLedger
-    indexes: dict[str, ChildIndex] = field(default_factory=dict)
+    _observed_by_kind: dict[str, dict[str, dict[str, JSON]]] = field(default_factory=dict)
+
+    def observe(self, kind: str, key: str, body: Mapping[str, Any]) -> None:
+        """A child as a watch event or the startup LIST delivered it (kept trimmed to what reconcile reads)."""
+        kept = trimmed(kind, body)
+        self._observed_by_kind.setdefault(kind, {}).setdefault(key, {})[kept["metadata"].get("uid", "")] = kept
+
+    def gone(self, kind: str, key: str, body: Mapping[str, Any]) -> None:
+        by_uid = self._observed_by_kind.get(kind, {}).get(key)
+        if by_uid is not None:
+            by_uid.pop((body.get("metadata") or {}).get("uid", ""), None)
+            if not by_uid:
+                del self._observed_by_kind[kind][key]
+
+    def forget(self, key: str) -> None:
+        for by_key in self._observed_by_kind.values():
+            by_key.pop(key, None)
 
     def _observed(self, kind: str, key: str) -> list[JSON]:
-        index = self.indexes.get(kind)
-        return list(index.get(key, ())) if index is not None else []
+        return list(self._observed_by_kind.get(kind, {}).get(key, {}).values())
 
     def bodies(self, kind: str, key: str) -> list[JSON]:
         """Every child of this kind the run has, our own recent writes on top."""
@@ -162,8 +177,8 @@ class Children:
         return self.ledger.is_echo(ref_of(kind, body), body)
 
 
-# What the index keeps of each child: what reconcile reads, nothing more (a RayJob's pod templates are most of
-# its bytes, and kopf compares the kept value on every watch event).
+# What the cache keeps of each child: what reconcile reads, nothing more (a RayJob's pod templates are most of
+# its bytes).
 KEPT_METADATA = (
     "name",
     "namespace",
@@ -185,8 +200,8 @@ KEPT_FIELDS: dict[str, dict[str, tuple[str, ...] | None]] = {
 }
 
 
-def trimmed(kind: str, body: Any) -> JSON:
-    """A child's body as its index keeps it: the fields reconcile reads (None: the whole field)."""
+def trimmed(kind: str, body: Mapping[str, Any]) -> JSON:
+    """A child's body as the cache keeps it: the fields reconcile reads (None: the whole field)."""
     meta = body.get("metadata") or {}
     out: JSON = {"metadata": {k: meta[k] for k in KEPT_METADATA if k in meta}}
     for name, keys in KEPT_FIELDS[kind].items():
@@ -197,3 +212,42 @@ def trimmed(kind: str, body: Any) -> JSON:
         if keys is not None and isinstance(value, dict):
             out[name] = {k: value[k] for k in keys if k in value}
     return out
+
+
+RESOURCE_OF = {
+    RAYJOB: RAYJOBS,
+    WORKLOAD: WORKLOADS,
+    SERVICE_ACCOUNT: SERVICE_ACCOUNTS,
+    ROLE: ROLES,
+    ROLE_BINDING: ROLE_BINDINGS,
+}
+
+
+def child_key(kind: str, body: Mapping[str, Any]) -> str | None:
+    """The run a child belongs to: its `loka.dev/run` label, or for a Workload the RayJob that owns it (a run's
+    RayJob carries the run's name); None for anything else."""
+    meta = body.get("metadata") or {}
+    namespace = meta.get("namespace") or ""
+    if kind == WORKLOAD:
+        for ref in meta.get("ownerReferences") or []:
+            if ref.get("kind") == "RayJob" and str(ref.get("apiVersion", "")).startswith(f"{naming.RAY_GROUP}/"):
+                return naming.run_key(namespace, ref.get("name", ""))
+        return None
+    run = (meta.get("labels") or {}).get(naming.LABEL_RUN)
+    return naming.run_key(namespace, run) if run else None
+
+
+async def prime(
+    children: Children, client: KubeClient, namespaces: Collection[str | None], selectors: Mapping[str, str]
+) -> int:
+    """Fill the children from one LIST per kind and namespace (None: every namespace), before any run is reconciled:
+    the watches only tell what changes after they start."""
+    found = 0
+    for kind, resource in RESOURCE_OF.items():
+        for namespace in namespaces:
+            for body in await client.list(resource, namespace, label_selector=selectors.get(kind, "")):
+                key = child_key(kind, body)
+                if key is not None:
+                    children.observe(kind, key, body)
+                    found += 1
+    return found

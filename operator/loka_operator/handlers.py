@@ -1,9 +1,9 @@
 """Thin kopf wiring: watch events on a run or one of its children ask for one level-based reconcile.
 
-kopf's indexes hold every child (RayJobs, Kueue Workloads, the trainer's ServiceAccount, Role and RoleBinding)
-keyed by run; kopf fills them from its watches before any other handler runs, so a reconcile reads them instead
-of the API server. Events the operator caused itself (the echo of its own write) and run updates that touch
-only what the trainer writes (progress, metrics, ...) do not cause a reconcile.
+Every child (RayJobs, Kueue Workloads, the trainer's ServiceAccount, Role and RoleBinding) is kept per run from
+the watch events (primed by one LIST per kind at startup), so a reconcile reads them instead of the API server.
+Events the operator caused itself (the echo of its own write) and run updates that touch only what the trainer
+writes (progress, metrics, ...) do not cause a reconcile.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from prometheus_client import start_http_server
 
 from loka_api import GROUP, PLURAL, VERSION
 from loka_operator import naming
-from loka_operator.cache import RAYJOB, ROLE, ROLE_BINDING, SERVICE_ACCOUNT, WORKLOAD, trimmed
+from loka_operator.cache import RAYJOB, ROLE, ROLE_BINDING, SERVICE_ACCOUNT, WORKLOAD, child_key, prime
 from loka_operator.config import OperatorConfig
 from loka_operator.credentials import login
-from loka_operator.kube import JSON, KubeClient
+from loka_operator.kube import KubeClient
 from loka_operator.metrics import OperatorMetrics
 from loka_operator.reconcile import Reconciler
 from loka_operator.workqueue import RunQueue
@@ -74,7 +74,7 @@ def authenticate(**_: Any) -> kopf.ConnectionInfo:
 
 
 @kopf.on.startup()
-async def start(settings: kopf.OperatorSettings, memo: Any, **kwargs: Any) -> None:
+async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     config = _config(memo)
     # Namespace patterns (`team-*`) need kopf to watch namespaces; exact names and cluster-wide need no scanning.
     settings.scanning.disabled = not any(_is_pattern(ns) for ns in config.namespaces)
@@ -94,13 +94,13 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **kwargs: Any) -> No
         shared = Shared(KubeClient(login(), relogin=login, on_request=_counter(metrics)), metrics)
     metrics, client = shared.metrics, shared.client
     reconciler = Reconciler(client=client, config=config, metrics=metrics)
-    reconciler.children.indexes = {
-        RAYJOB: kwargs["rayjobs_by_run"],
-        WORKLOAD: kwargs["workloads_by_run"],
-        SERVICE_ACCOUNT: kwargs["service_accounts_by_run"],
-        ROLE: kwargs["roles_by_run"],
-        ROLE_BINDING: kwargs["role_bindings_by_run"],
-    }
+    # Before the watches start: a run's first reconcile must already see every child that exists.
+    scopes: list[str | None] = (
+        [None] if not config.namespaces or any(map(_is_pattern, config.namespaces)) else [*config.namespaces]
+    )
+    selectors = dict.fromkeys((RAYJOB, SERVICE_ACCOUNT, ROLE, ROLE_BINDING), OURS)
+    selectors[WORKLOAD] = config.workload_selector
+    primed = await prime(reconciler.children, client, scopes, selectors)
 
     async def reconcile_one(key: str, drift: bool) -> float | None:
         namespace, name = naming.split_key(key)
@@ -122,10 +122,11 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **kwargs: Any) -> No
     memo.loka = state
     state.resync = asyncio.get_running_loop().create_task(_resync_forever(state, config), name="loka resync")
     log.info(
-        "loka-operator started (namespaces: %s, submission mode %s, resync every %ss)",
+        "loka-operator started (namespaces: %s, submission mode %s, resync every %ss, %d children known)",
         ", ".join(config.namespaces) or "all",
         config.rayjob.submission_mode,
         config.resync_seconds,
+        primed,
     )
 
 
@@ -183,80 +184,43 @@ async def run_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) ->
 # ------------------------------------------------------------------------------------------ children
 
 
-def _run_of(namespace: str | None, labels: Any) -> str | None:
-    run = labels.get(naming.LABEL_RUN)
-    return naming.run_key(namespace or "", run) if run else None
-
-
-def _owner_rayjob(body: kopf.Body) -> str | None:
-    for ref in body.metadata.get("ownerReferences", []) or []:
-        if ref.get("kind") == "RayJob" and str(ref.get("apiVersion", "")).startswith(f"{naming.RAY_GROUP}/"):
-            name: str = ref.get("name", "")
-            return name
-    return None
-
-
-def _keyed(kind: str, key: str | None, body: kopf.Body) -> dict[str, JSON] | None:
-    return {key: trimmed(kind, body)} if key else None
-
-
-@kopf.index(*RAYJOBS, labels={naming.LABEL_MANAGED_BY: naming.OPERATOR_NAME})
-def rayjobs_by_run(namespace: str | None, labels: Any, body: kopf.Body, **_: Any) -> dict[str, JSON] | None:
-    return _keyed(RAYJOB, _run_of(namespace, labels), body)
-
-
-@kopf.index(*WORKLOADS)
-def workloads_by_run(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str, JSON] | None:
-    rayjob = _owner_rayjob(body)  # a run's RayJob carries the run's name
-    return _keyed(WORKLOAD, naming.run_key(namespace or "", rayjob) if rayjob else None, body)
-
-
-@kopf.index(*SERVICE_ACCOUNTS, labels=IDENTITY)
-def service_accounts_by_run(namespace: str | None, labels: Any, body: kopf.Body, **_: Any) -> dict[str, JSON] | None:
-    return _keyed(SERVICE_ACCOUNT, _run_of(namespace, labels), body)
-
-
-@kopf.index(*ROLES, labels=IDENTITY)
-def roles_by_run(namespace: str | None, labels: Any, body: kopf.Body, **_: Any) -> dict[str, JSON] | None:
-    return _keyed(ROLE, _run_of(namespace, labels), body)
-
-
-@kopf.index(*ROLE_BINDINGS, labels=IDENTITY)
-def role_bindings_by_run(namespace: str | None, labels: Any, body: kopf.Body, **_: Any) -> dict[str, JSON] | None:
-    return _keyed(ROLE_BINDING, _run_of(namespace, labels), body)
-
-
-def _child_changed(kind: str, key: str | None, type: str | None, body: kopf.Body, memo: Any) -> None:
+def _child_changed(kind: str, type: str | None, body: kopf.Body, memo: Any) -> None:
+    """Keep the child in the cache; reconcile its run unless this is the echo of our own write."""
     state = _state(memo)
-    if key is None or not state.reconciler.cache.known(key):
+    key = child_key(kind, body)
+    if key is None:
         return
-    if type != "DELETED" and state.reconciler.children.is_echo(kind, dict(body)):
-        return  # the echo of our own write
-    state.queue.request(key)
+    children = state.reconciler.children
+    if type == "DELETED":
+        children.gone(kind, key, body)
+    else:
+        children.observe(kind, key, body)
+        if children.is_echo(kind, dict(body)):
+            return
+    if state.reconciler.cache.known(key):
+        state.queue.request(key)
 
 
 @kopf.on.event(*RAYJOBS, labels={naming.LABEL_MANAGED_BY: naming.OPERATOR_NAME})
-async def rayjob_changed(type: str | None, body: kopf.Body, labels: Any, memo: Any, **_: Any) -> None:
-    _child_changed(RAYJOB, _run_of(body.metadata.namespace, labels), type, body, memo)
+async def rayjob_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    _child_changed(RAYJOB, type, body, memo)
 
 
 @kopf.on.event(*WORKLOADS)
 async def workload_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
-    rayjob = _owner_rayjob(body)
-    key = naming.run_key(body.metadata.namespace or "", rayjob) if rayjob else None
-    _child_changed(WORKLOAD, key, type, body, memo)
+    _child_changed(WORKLOAD, type, body, memo)
 
 
 @kopf.on.event(*SERVICE_ACCOUNTS, labels=IDENTITY)
-async def service_account_changed(type: str | None, body: kopf.Body, labels: Any, memo: Any, **_: Any) -> None:
-    _child_changed(SERVICE_ACCOUNT, _run_of(body.metadata.namespace, labels), type, body, memo)
+async def service_account_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    _child_changed(SERVICE_ACCOUNT, type, body, memo)
 
 
 @kopf.on.event(*ROLES, labels=IDENTITY)
-async def role_changed(type: str | None, body: kopf.Body, labels: Any, memo: Any, **_: Any) -> None:
-    _child_changed(ROLE, _run_of(body.metadata.namespace, labels), type, body, memo)
+async def role_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    _child_changed(ROLE, type, body, memo)
 
 
 @kopf.on.event(*ROLE_BINDINGS, labels=IDENTITY)
-async def role_binding_changed(type: str | None, body: kopf.Body, labels: Any, memo: Any, **_: Any) -> None:
-    _child_changed(ROLE_BINDING, _run_of(body.metadata.namespace, labels), type, body, memo)
+async def role_binding_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    _child_changed(ROLE_BINDING, type, body, memo)

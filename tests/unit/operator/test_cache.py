@@ -52,13 +52,34 @@ def test_the_echo_of_our_own_write_and_trainer_progress_need_no_reconcile() -> N
     assert cache.observe(run("6", phase="Succeeded", step=5, generation=2, labels={"a": "b"})) is True
 
 
+def rayjob(rv: str, uid: str = "u1", **spec: Any) -> dict[str, Any]:
+    meta = {"name": "qwen", "namespace": "team", "resourceVersion": rv, "uid": uid, "labels": {"loka.dev/run": "qwen"}}
+    template = {"spec": {"containers": [{"name": "ray-head", "image": "x" * 1000}]}}
+    return {"metadata": meta, "spec": {"backoffLimit": 3, "rayClusterSpec": {"headGroupSpec": template}, **spec}}
+
+
 def test_a_deleted_child_stays_gone_until_the_watch_moves_on() -> None:
-    index: dict[str, list[dict[str, Any]]] = {
-        "team/qwen": [{"metadata": {"name": "qwen", "namespace": "team", "resourceVersion": "5"}}]
-    }
-    children = Children(WriteLedger(), {"RayJob": index})
+    children = Children(WriteLedger())
+    children.observe("RayJob", "team/qwen", rayjob("5"))
     assert children.get("RayJob", "team/qwen", "qwen") is not None
     children.deleted("RayJob", "team/qwen", "qwen")
     assert children.get("RayJob", "team/qwen", "qwen") is None
-    index["team/qwen"] = []
+    children.gone("RayJob", "team/qwen", rayjob("5"))
     assert children.get("RayJob", "team/qwen", "qwen") is None
+
+
+def test_children_keep_only_what_reconcile_reads() -> None:
+    children = Children(WriteLedger())
+    children.observe("RayJob", "team/qwen", rayjob("5", suspend=True))
+    (kept,) = children.bodies("RayJob", "team/qwen")
+    assert kept["spec"] == {"backoffLimit": 3, "suspend": True}  # no pod templates
+    assert kept["metadata"]["labels"] == {"loka.dev/run": "qwen"}
+
+
+def test_an_earlier_runs_child_and_the_new_one_are_told_apart_by_uid() -> None:
+    children = Children(WriteLedger())
+    children.observe("RayJob", "team/qwen", rayjob("5", uid="old"))
+    children.observe("RayJob", "team/qwen", rayjob("9", uid="new"))
+    assert {b["metadata"]["uid"] for b in children.bodies("RayJob", "team/qwen")} == {"old", "new"}
+    children.gone("RayJob", "team/qwen", rayjob("5", uid="old"))
+    assert [b["metadata"]["uid"] for b in children.bodies("RayJob", "team/qwen")] == ["new"]
