@@ -116,5 +116,5 @@ crds: venv ## Regenerate crds/ from the pydantic models (loka_api), and the char
 operator: venv ## Run loka-operator against the current kubeconfig (LOKA_RAYJOB_SUBMISSION_MODE=HTTPMode for a real Ray)
 	$(VENV)/bin/loka-operator
 
-bench-reconcile: cluster-up ## Time TrainingRun -> RayJob -> Running for N=1,100,500 next to KubeRay alone
+bench-reconcile: cluster-up ## TrainingRuns vs plain RayJobs through Kueue (apply -> Running) and idle API load, N=1,100,500
 	$(PY) bench/reconcile.py

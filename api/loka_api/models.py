@@ -406,6 +406,7 @@ class RunPhase(enum.StrEnum):
 class ConditionType(enum.StrEnum):
     VALID = "Valid"
     SECRETS_READY = "SecretsReady"
+    LAUNCHED = "Launched"  # the RayJob and the trainer's identity exist, or why one could not be created
     ADMITTED = "Admitted"
     CLUSTER_READY = "ClusterReady"
     TRAINING = "Training"

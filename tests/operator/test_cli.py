@@ -21,9 +21,8 @@ import yaml
 from localcluster.controlplane import S3_BUCKET, LocalCluster
 from localcluster.operator_process import OperatorProcess
 from loka_cli.main import main
-from tests.operator.conftest import eventually, run_manifest
+from tests.operator.conftest import drive_rayjob, eventually, run_manifest, wait_phase
 from tests.operator.kube import Kube
-from tests.operator.test_reconcile import drive_rayjob, wait_phase
 
 LOKA = str(Path(sys.executable).with_name("loka"))
 
