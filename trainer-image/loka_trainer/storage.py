@@ -6,6 +6,7 @@ Credentials and endpoint come from the standard AWS variables (``AWS_ENDPOINT_UR
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -17,18 +18,38 @@ import boto3
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from s3transfer.subscribers import BaseSubscriber
 
 from loka_api.contract import ENV_AWS_ENDPOINT
 
 MiB = 1024 * 1024
 
-# Checkpoint shards are many mid-sized files: parallelism across files matters more than within one.
+# Checkpoint shards are many mid-sized files: parallelism across files matters more than within one. Parts of a
+# hashed upload are held in memory until sent, so the part size times the concurrency bounds that memory (512 MiB).
 DEFAULT_CONCURRENCY = 32
-DEFAULT_CHUNK_BYTES = 64 * MiB
+DEFAULT_CHUNK_BYTES = 16 * MiB
+# How long a small request (a marker, a manifest, a listing) may hang before it is retried.
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 60.0
+_MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
+# 412: the precondition failed; 409: a concurrent conditional write won (S3); 404: If-Match on a deleted object.
+_CONDITION_FAILED = frozenset({"412", "PreconditionFailed", "409", "ConditionalRequestConflict", *_MISSING})
 
 
 class TransferCancelledError(RuntimeError):
     """A transfer was abandoned on request (SIGTERM); whatever it wrote is incomplete."""
+
+
+class ObjectMissingError(FileNotFoundError):
+    """An object that was expected (listed in a manifest, named by the user) is not in the bucket."""
+
+
+class PreconditionFailedError(RuntimeError):
+    """A conditional write was refused: the object changed (or appeared, or went) since it was read."""
+
+
+def _error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
 
 
 @dataclass(frozen=True)
@@ -71,6 +92,89 @@ class StoredObject:
     size: int
 
 
+@dataclass(frozen=True)
+class TransferredFile:
+    """A file sent or received in one pass: its size and the sha256 of exactly the bytes that went over the wire."""
+
+    path: Path
+    uri: S3Uri
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class VersionedBytes:
+    """A small object's content and its ETag, the version a conditional write names."""
+
+    data: bytes
+    etag: str
+
+
+class _HashingReader:
+    """A file read once, front to back, hashing what is read. It says it cannot seek, so s3transfer reads it in
+    order in one thread (and sends the parts in parallel from memory) instead of reading each part on its own.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self._handle: Any = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def read(self, amount: int = -1) -> bytes:
+        if self._handle is None:
+            self._handle = self.path.open("rb")  # opened on first read: thousands of files never hold thousands of fds
+        data: bytes = self._handle.read(amount)
+        if data:
+            self.digest.update(data)
+            self.size += len(data)
+        else:
+            self.close()
+        return data
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+class _HashingWriter:
+    """A local file written in order (s3transfer reorders the parts it receives in parallel), hashing each byte as
+    it is written, so a restore verifies without reading the file again.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self._handle: Any = None
+
+    def write(self, data: bytes) -> int:
+        if self._handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = self.path.open("wb")
+        self.digest.update(data)
+        self.size += len(data)
+        written: int = self._handle.write(data)
+        return written
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def _open_for_writing(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+
+
 class ObjectStore:
     """S3 operations used by staging, checkpoints and the benchmark, over one boto3 client."""
 
@@ -91,54 +195,97 @@ class ObjectStore:
             config=Config(
                 max_pool_connections=concurrency + 4,
                 retries={"max_attempts": 5, "mode": "standard"},
-                s3={"addressing_style": "path"},
-                # The manifest's sha256 already covers every byte; a second CRC per part only costs CPU.
+                connect_timeout=CONNECT_TIMEOUT_S,
+                read_timeout=READ_TIMEOUT_S,
+                # The manifest's sha256 covers every byte end to end: a SigV4 payload hash (botocore computes one
+                # per request over plain http) and a CRC per part would only read every byte again.
+                s3={"addressing_style": "path", "payload_signing_enabled": False},
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
             ),
         )
 
     def transfer_config(self) -> TransferConfig:
-        return TransferConfig(
+        config = TransferConfig(
             max_concurrency=self.concurrency,
             multipart_threshold=self.chunk_bytes,
             multipart_chunksize=self.chunk_bytes,
             use_threads=True,
         )
+        # Hashed transfers hold parts in memory: allow as many as there are connections (s3transfer's default is 10).
+        config.max_in_memory_upload_chunks = self.concurrency
+        config.max_in_memory_download_chunks = self.concurrency * 4
+        return config
 
-    def _run_transfers(self, submit: Iterable[Any], cancel: threading.Event | None) -> None:
-        """Wait for transfer futures; on ``cancel`` abandon the rest and raise TransferCancelledError."""
+    def _run_transfers(self, submit: Iterable[tuple[S3Uri, Any]], cancel: threading.Event | None) -> None:
+        """Wait for transfer futures; on ``cancel`` abandon the rest and raise TransferCancelledError.
+        A missing object raises ObjectMissingError naming it.
+        """
         # Leaving the `with` block by an exception cancels in-flight transfers (shutdown(cancel=True) is broken
         # in s3transfer 0.19: it passes its arguments in the wrong order).
         with create_transfer_manager(self.client, self.transfer_config()) as manager:
-            futures: list[Any] = []
-            for make in submit:
+            futures: list[tuple[S3Uri, Any]] = []
+            for uri, make in submit:
                 if cancel is not None and cancel.is_set():
                     raise TransferCancelledError("transfer cancelled before all files were submitted")
-                futures.append(make(manager))
+                futures.append((uri, make(manager)))
             # s3transfer futures have no result(timeout): poll done() so a cancel is noticed within 0.1 s.
-            while cancel is not None and not all(f.done() for f in futures):
+            while cancel is not None and not all(f.done() for _, f in futures):
                 if cancel.wait(0.1):
                     raise TransferCancelledError("transfer cancelled while files were in flight")
-            for future in futures:
-                future.result()
+            for uri, future in futures:
+                try:
+                    future.result()
+                except ClientError as error:
+                    if _error_code(error) in _MISSING:
+                        raise ObjectMissingError(f"{uri} does not exist") from error
+                    raise
 
-    def upload_files(self, files: Iterable[tuple[Path, S3Uri]], *, cancel: threading.Event | None = None) -> None:
-        """Upload every (local file, destination) pair in parallel; raise on the first failure."""
+    def upload_files(
+        self, files: Iterable[tuple[Path, S3Uri]], *, cancel: threading.Event | None = None
+    ) -> list[TransferredFile]:
+        """Upload every (local file, destination) pair in parallel; raise on the first failure.
 
-        def submitter(path: Path, dest: S3Uri) -> Any:
-            return lambda manager: manager.upload(str(path), dest.bucket, dest.key)
+        Each file is read once: its sha256 is computed from the very bytes that are sent (for a checkpoint's
+        manifest), with no second pass over the file.
+        """
+        readers: list[tuple[_HashingReader, S3Uri]] = []
 
-        self._run_transfers((submitter(p, d) for p, d in files), cancel)
+        def submitter(path: Path, dest: S3Uri) -> tuple[S3Uri, Any]:
+            reader = _HashingReader(path)
+            readers.append((reader, dest))
+            size = path.stat().st_size
+            return dest, lambda manager: manager.upload(reader, dest.bucket, dest.key, subscribers=[_KnownSize(size)])
 
-    def download_files(self, files: Iterable[tuple[S3Uri, Path]], *, cancel: threading.Event | None = None) -> None:
-        """Download every (source, local file) pair in parallel, creating parent folders."""
+        try:
+            self._run_transfers((submitter(p, d) for p, d in files), cancel)
+        finally:
+            for reader, _ in readers:
+                reader.close()
+        return [TransferredFile(r.path, dest, r.size, r.digest.hexdigest()) for r, dest in readers]
 
-        def submitter(src: S3Uri, path: Path) -> Any:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return lambda manager: manager.download(src.bucket, src.key, str(path))
+    def download_files(
+        self, files: Iterable[tuple[S3Uri, Path]], *, cancel: threading.Event | None = None
+    ) -> list[TransferredFile]:
+        """Download every (source, local file) pair in parallel, creating parent folders; each file's sha256 is
+        computed as it is written. Raises ObjectMissingError for a source that does not exist.
+        """
+        writers: list[tuple[_HashingWriter, S3Uri]] = []
 
-        self._run_transfers((submitter(s, p) for s, p in files), cancel)
+        def submitter(src: S3Uri, path: Path) -> tuple[S3Uri, Any]:
+            writer = _HashingWriter(path)
+            writers.append((writer, src))
+            return src, lambda manager: manager.download(src.bucket, src.key, writer)
+
+        try:
+            self._run_transfers((submitter(s, p) for s, p in files), cancel)
+        finally:
+            for writer, _ in writers:
+                writer.close()
+        for writer, _ in writers:
+            if writer.size == 0:
+                _open_for_writing(writer.path)  # an empty object is never written to, but it is a file
+        return [TransferredFile(w.path, src, w.size, w.digest.hexdigest()) for w, src in writers]
 
     def download_prefix(self, prefix: S3Uri, dest: Path, *, cancel: threading.Event | None = None) -> list[Path]:
         """Mirror every object under ``prefix`` into ``dest``; returns the local files."""
@@ -169,24 +316,54 @@ class ObjectStore:
         try:
             self.client.head_object(Bucket=uri.bucket, Key=uri.key)
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+            if _error_code(error) in _MISSING:
                 return False
             raise
         return True
 
     def get_bytes(self, uri: S3Uri) -> bytes | None:
         """The object's content, or None when it does not exist."""
+        versioned = self.get_versioned(uri)
+        return None if versioned is None else versioned.data
+
+    def get_versioned(self, uri: S3Uri) -> VersionedBytes | None:
+        """The object's content with its ETag (for a conditional write), or None when it does not exist."""
         try:
             response = self.client.get_object(Bucket=uri.bucket, Key=uri.key)
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+            if _error_code(error) in _MISSING:
                 return None
             raise
         body: bytes = response["Body"].read()
-        return body
+        return VersionedBytes(body, str(response["ETag"]))
 
-    def put_bytes(self, uri: S3Uri, data: bytes, *, content_type: str = "application/octet-stream") -> None:
-        self.client.put_object(Bucket=uri.bucket, Key=uri.key, Body=data, ContentType=content_type)
+    def put_bytes(
+        self,
+        uri: S3Uri,
+        data: bytes,
+        *,
+        content_type: str = "application/octet-stream",
+        if_match: str | None = None,
+        if_absent: bool = False,
+    ) -> str:
+        """Store ``data``; returns the new ETag. ``if_match``: only over that version of the object; ``if_absent``:
+        only when there is none. A refused condition raises PreconditionFailedError (S3 and MinIO check it
+        atomically, so of two writers racing on the same version exactly one wins).
+        """
+        conditions: dict[str, str] = {}
+        if if_match is not None:
+            conditions["IfMatch"] = if_match
+        if if_absent:
+            conditions["IfNoneMatch"] = "*"
+        try:
+            response = self.client.put_object(
+                Bucket=uri.bucket, Key=uri.key, Body=data, ContentType=content_type, **conditions
+            )
+        except ClientError as error:
+            if conditions and _error_code(error) in _CONDITION_FAILED:
+                raise PreconditionFailedError(f"{uri} changed since it was read ({_error_code(error)})") from error
+            raise
+        return str(response.get("ETag", ""))
 
     def delete(self, uri: S3Uri) -> None:
         self.client.delete_object(Bucket=uri.bucket, Key=uri.key)
@@ -198,3 +375,13 @@ class ObjectStore:
             batch = [{"Key": k} for k in keys[start : start + 1000]]
             self.client.delete_objects(Bucket=prefix.bucket, Delete={"Objects": batch, "Quiet": True})
         return len(keys)
+
+
+class _KnownSize(BaseSubscriber):  # type: ignore[misc]
+    """Gives s3transfer the size of an upload read from a stream, so it picks a part size within S3's 10 000 parts."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def on_queued(self, future: Any, **kwargs: Any) -> None:
+        future.meta.provide_transfer_size(self.size)
