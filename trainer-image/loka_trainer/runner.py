@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import shutil
 import signal
 import threading
 import time
@@ -238,6 +239,8 @@ class Runner:
 
     def execute(self) -> int:
         """Stage, restore, train, report. Returns the process exit code."""
+        # S3 is the truth: a local checkpoint (and verl's tracker) left in a reused work dir must not be resumed.
+        shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
         for folder in (self.work_dir, self.checkpoint_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self.metrics_file.unlink(missing_ok=True)

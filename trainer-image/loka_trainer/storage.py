@@ -10,6 +10,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -17,7 +18,13 @@ from typing import Any
 import boto3
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    IncompleteReadError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
 from s3transfer.subscribers import BaseSubscriber
 
 from loka_api.contract import ENV_AWS_ENDPOINT
@@ -50,6 +57,17 @@ class PreconditionFailedError(RuntimeError):
 
 def _error_code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _raise_if_cancelled(cancel: threading.Event | None, when: str) -> None:
+    if cancel is not None and cancel.is_set():
+        raise TransferCancelledError(f"transfer cancelled {when}")
+
+
+def _raise_first_failure(futures: Iterable[Future[None]]) -> None:
+    for future in futures:
+        if future.done() and future.exception() is not None:
+            future.result()
 
 
 @dataclass(frozen=True)
@@ -144,35 +162,54 @@ class _HashingReader:
             self._handle = None
 
 
-class _HashingWriter:
-    """A local file written in order (s3transfer reorders the parts it receives in parallel), hashing each byte as
-    it is written, so a restore verifies without reading the file again.
+class _RangedDownload:
+    """One object fetched as parallel ranged GETs into its local file (each part written at its offset), hashed
+    in order as the parts arrive: whichever worker completes the next part in line hashes it and any parts
+    already waiting behind it. Files hash in parallel with each other; nothing is read back from disk.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, source: S3Uri, path: Path, size: int, part_bytes: int, window: threading.Semaphore) -> None:
+        self.source = source
         self.path = path
-        self.digest = hashlib.sha256()
-        self.size = 0
-        self._handle: Any = None
+        self.size = size
+        self.part_bytes = part_bytes
+        self.parts = -(-size // part_bytes)
+        self._window = window  # one permit per part held in memory until it is hashed
+        self._digest = hashlib.sha256()
+        self._next = 0
+        self._waiting: dict[int, bytes] = {}
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as handle:
+            handle.truncate(size)
+        self._fd = os.open(path, os.O_WRONLY)
 
-    def write(self, data: bytes) -> int:
-        if self._handle is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = self.path.open("wb")
-        self.digest.update(data)
-        self.size += len(data)
-        written: int = self._handle.write(data)
-        return written
+    def byte_range(self, index: int) -> str:
+        start = index * self.part_bytes
+        return f"bytes={start}-{min(self.size, start + self.part_bytes) - 1}"
+
+    def expected(self, index: int) -> int:
+        return min(self.size, (index + 1) * self.part_bytes) - index * self.part_bytes
+
+    def received(self, index: int, data: bytes) -> None:
+        os.pwrite(self._fd, data, index * self.part_bytes)
+        with self._lock:
+            self._waiting[index] = data
+            while self._next in self._waiting:
+                self._digest.update(self._waiting.pop(self._next))
+                self._next += 1
+                self._window.release()
 
     def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        os.close(self._fd)
+
+    def result(self) -> TransferredFile:
+        return TransferredFile(self.path, self.source, self.size, self._digest.hexdigest())
 
 
-def _open_for_writing(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch()
+# Reading a part's body can fail after botocore's own retries are over (a reset connection, a short read).
+_PART_TRIES = 3
+_BODY_ERRORS = (IncompleteReadError, ReadTimeoutError, ResponseStreamingError, ConnectionClosedError)
 
 
 class ObjectStore:
@@ -267,25 +304,71 @@ class ObjectStore:
     def download_files(
         self, files: Iterable[tuple[S3Uri, Path]], *, cancel: threading.Event | None = None
     ) -> list[TransferredFile]:
-        """Download every (source, local file) pair in parallel, creating parent folders; each file's sha256 is
-        computed as it is written. Raises ObjectMissingError for a source that does not exist.
+        """Download every (source, local file) pair, creating parent folders: all files and all parts of each
+        in parallel (ranged GETs), each file's sha256 computed from the bytes as they arrive, with no second read.
+        Raises ObjectMissingError for a source that does not exist (or changes while it is read).
         """
-        writers: list[tuple[_HashingWriter, S3Uri]] = []
+        pairs = list(files)
+        # Parts held in memory while an earlier part of their file is still on its way: bounded.
+        window = threading.Semaphore(self.concurrency + 8)
+        downloads: list[_RangedDownload] = []
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="s3-get") as pool:
+            try:
+                sizes = list(pool.map(self._size_of, [source for source, _ in pairs]))
+                futures: list[Future[None]] = []
+                for (source, path), size in zip(pairs, sizes, strict=True):
+                    download = _RangedDownload(source, path, size, self.chunk_bytes, window)
+                    downloads.append(download)
+                    for index in range(download.parts):
+                        while not window.acquire(timeout=0.1):
+                            _raise_if_cancelled(cancel, "before all parts were requested")
+                            _raise_first_failure(futures)  # a failed part never frees the parts behind it
+                        futures.append(pool.submit(self._get_part, download, index))
+                pending = set(futures)
+                while pending:
+                    _raise_if_cancelled(cancel, "while parts were in flight")
+                    done, pending = wait(pending, timeout=0.1, return_when=FIRST_EXCEPTION)
+                    for future in done:
+                        future.result()
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            finally:
+                for download in downloads:
+                    download.close()
+        return [download.result() for download in downloads]
 
-        def submitter(src: S3Uri, path: Path) -> tuple[S3Uri, Any]:
-            writer = _HashingWriter(path)
-            writers.append((writer, src))
-            return src, lambda manager: manager.download(src.bucket, src.key, writer)
-
+    def _size_of(self, uri: S3Uri) -> int:
         try:
-            self._run_transfers((submitter(s, p) for s, p in files), cancel)
-        finally:
-            for writer, _ in writers:
-                writer.close()
-        for writer, _ in writers:
-            if writer.size == 0:
-                _open_for_writing(writer.path)  # an empty object is never written to, but it is a file
-        return [TransferredFile(w.path, src, w.size, w.digest.hexdigest()) for w, src in writers]
+            response = self.client.head_object(Bucket=uri.bucket, Key=uri.key)
+        except ClientError as error:
+            if _error_code(error) in _MISSING:
+                raise ObjectMissingError(f"{uri} does not exist") from error
+            raise
+        return int(response["ContentLength"])
+
+    def _get_part(self, download: _RangedDownload, index: int) -> None:
+        source = download.source
+        for attempt in range(1, _PART_TRIES + 1):
+            try:
+                response = self.client.get_object(
+                    Bucket=source.bucket, Key=source.key, Range=download.byte_range(index)
+                )
+                data: bytes = response["Body"].read()
+            except ClientError as error:
+                code = _error_code(error)
+                if code in _MISSING or code in {"416", "InvalidRange"}:
+                    raise ObjectMissingError(f"{source} does not exist (or changed while it was read)") from error
+                raise
+            except _BODY_ERRORS:
+                if attempt == _PART_TRIES:
+                    raise
+                continue
+            if len(data) == download.expected(index):
+                download.received(index, data)
+                return
+            if attempt == _PART_TRIES:
+                raise ObjectMissingError(f"{source} changed while it was read (part {index} came short)")
 
     def download_prefix(self, prefix: S3Uri, dest: Path, *, cancel: threading.Event | None = None) -> list[Path]:
         """Mirror every object under ``prefix`` into ``dest``; returns the local files."""
