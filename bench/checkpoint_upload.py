@@ -32,6 +32,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import boto3
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
@@ -39,7 +40,8 @@ from boto3.s3.transfer import TransferConfig, create_transfer_manager
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # for localcluster, the local control plane
 
-from loka_trainer.checkpoints import CheckpointStore, Writer  # noqa: E402
+from loka_api.manifest import Writer  # noqa: E402
+from loka_trainer.checkpoints import CheckpointStore  # noqa: E402
 from loka_trainer.storage import ObjectStore, S3Uri  # noqa: E402
 
 MB = 1_000_000
@@ -84,7 +86,7 @@ def measure(
     *,
     repeat: int,
     target: Callable[[int, int], tuple[S3Uri, Path]],
-    cleanup: Callable[[S3Uri, Path], None],
+    cleanup: Callable[[S3Uri, Path], object],
 ) -> dict[str, list[float]]:
     """MB/s of every run of every method. Rounds interleave the methods; every run gets a fresh destination
     (MinIO overwrites slower than it creates), emptied untimed afterwards.
@@ -114,6 +116,80 @@ def report(title: str, rates: dict[str, list[float]], nbytes: int) -> dict[str, 
     return medians
 
 
+class Methods:
+    """The four ways to move one checkpoint folder, each way."""
+
+    def __init__(self, store: ObjectStore, folder: Path, endpoint: str) -> None:
+        self.store = store
+        self.folder = folder
+        self.names = [p.relative_to(folder).as_posix() for p in files_of(folder)]
+        self.plain = boto3.client("s3", endpoint_url=endpoint)  # boto3's defaults, as a user would
+        self.ceiling = store.transfer_config()  # Loka's parts and concurrency, over Loka's (unsigned) client
+
+    def _many(self, client: Any, config: TransferConfig, submit: Callable[[Any, str], Any]) -> None:
+        manager = create_transfer_manager(client, config)
+        futures = [submit(manager, name) for name in self.names]
+        for future in futures:
+            future.result()
+        manager.shutdown()
+
+    def _folders(self, local: Path) -> None:
+        for name in self.names:
+            (local / name).parent.mkdir(parents=True, exist_ok=True)
+
+    def uploads(self) -> dict[str, Transfer]:
+        folder, names = self.folder, self.names
+
+        def plain(remote: S3Uri, _local: Path) -> None:
+            for name in names:
+                self.plain.upload_file(str(folder / name), BUCKET, remote.join(name).key)
+
+        def default(remote: S3Uri, _local: Path) -> None:
+            self._many(self.plain, TransferConfig(), lambda m, n: m.upload(str(folder / n), BUCKET, remote.join(n).key))
+
+        def loka(remote: S3Uri, _local: Path) -> None:
+            checkpoints = CheckpointStore(self.store, remote, keep=3, writer=WRITER)
+            checkpoints.claim()
+            checkpoints.upload(STEP, folder)
+
+        def ceiling(remote: S3Uri, _local: Path) -> None:
+            self._many(
+                self.store.client, self.ceiling, lambda m, n: m.upload(str(folder / n), BUCKET, remote.join(n).key)
+            )
+
+        return {"plain loop": plain, "boto3 default": default, "loka": loka, "raw ceiling": ceiling}
+
+    def restores(self, source: CheckpointStore) -> dict[str, Transfer]:
+        stored, names = source.step_uri(STEP), self.names
+
+        def plain(_remote: S3Uri, local: Path) -> None:
+            self._folders(local)
+            for name in names:
+                self.plain.download_file(BUCKET, stored.join(name).key, str(local / name))
+
+        def default(_remote: S3Uri, local: Path) -> None:
+            self._folders(local)
+            self._many(
+                self.plain, TransferConfig(), lambda m, n: m.download(BUCKET, stored.join(n).key, str(local / n))
+            )
+
+        def loka(_remote: S3Uri, local: Path) -> None:
+            source.restore(STEP, local)
+
+        def ceiling(_remote: S3Uri, local: Path) -> None:
+            self._folders(local)
+            self._many(
+                self.store.client, self.ceiling, lambda m, n: m.download(BUCKET, stored.join(n).key, str(local / n))
+            )
+
+        return {"plain loop": plain, "boto3 default": default, "loka": loka, "raw ceiling": ceiling}
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-gb", type=float, default=2.0, help="synthetic checkpoint size (2)")
@@ -134,97 +210,34 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="loka-bench-"))
     try:
         folder = write_checkpoint(workdir, int(args.size_gb * 1e9), world_size=args.shards)
-        files = files_of(folder)
-        names = [p.relative_to(folder).as_posix() for p in files]
-        nbytes = sum(p.stat().st_size for p in files)
-        load = os.getloadavg()
-        print(f"checkpoint: {len(files)} files, {nbytes / MB:.0f} MB; MinIO at {cluster.s3_endpoint}")
-        print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs")
-        plain_client = boto3.client("s3", endpoint_url=cluster.s3_endpoint)
-        ceiling_config = store.transfer_config()  # Loka's parts and concurrency, over Loka's (unsigned) client
+        methods = Methods(store, folder, cluster.s3_endpoint)
+        nbytes = sum(p.stat().st_size for p in files_of(folder))
+        print(f"checkpoint: {len(methods.names)} files, {nbytes / MB:.0f} MB; MinIO at {cluster.s3_endpoint}")
+        print(f"load average at start: {load()}")
 
-        def many(client: object, config: TransferConfig, submit: Callable[[object, str], object]) -> None:
-            manager = create_transfer_manager(client, config)
-            futures = [submit(manager, name) for name in names]
-            for future in futures:
-                future.result()  # type: ignore[attr-defined]
-            manager.shutdown()
-
-        # ---- upload
-        def up_plain(remote: S3Uri, _local: Path) -> None:
-            for name in names:
-                plain_client.upload_file(str(folder / name), BUCKET, remote.join(name).key)
-
-        def up_default(remote: S3Uri, _local: Path) -> None:
-            many(plain_client, TransferConfig(), lambda m, n: m.upload(str(folder / n), BUCKET, remote.join(n).key))  # type: ignore[attr-defined]
-
-        def up_loka(remote: S3Uri, _local: Path) -> None:
-            checkpoints = CheckpointStore(store, remote, keep=3, writer=WRITER)
-            checkpoints.claim()
-            checkpoints.upload(STEP, folder)
-
-        def up_ceiling(remote: S3Uri, _local: Path) -> None:
-            many(store.client, ceiling_config, lambda m, n: m.upload(str(folder / n), BUCKET, remote.join(n).key))  # type: ignore[attr-defined]
-
-        uploads: dict[str, Transfer] = {
-            "plain loop": up_plain,
-            "boto3 default": up_default,
-            "loka": up_loka,
-            "raw ceiling": up_ceiling,
-        }
-        upload_rates = measure(
-            uploads,
+        rates = measure(
+            methods.uploads(),
             nbytes,
             repeat=args.repeat,
             target=lambda r, i: (base.join(f"up-{r}-{i}"), workdir),
             cleanup=lambda remote, _local: store.delete_prefix(remote),
         )
         print()
-        report(f"upload (median of {args.repeat}):", upload_rates, nbytes)
+        report(f"upload (median of {args.repeat}):", rates, nbytes)
 
-        # ---- restore
         source = CheckpointStore(store, base.join("source"), keep=3, writer=WRITER)
         source.claim()
         source.upload(STEP, folder)
-        stored = source.step_uri(STEP)
-
-        def down_plain(_remote: S3Uri, local: Path) -> None:
-            for name in names:
-                (local / name).parent.mkdir(parents=True, exist_ok=True)
-                plain_client.download_file(BUCKET, stored.join(name).key, str(local / name))
-
-        def prepared(local: Path) -> None:
-            for name in names:
-                (local / name).parent.mkdir(parents=True, exist_ok=True)
-
-        def down_default(_remote: S3Uri, local: Path) -> None:
-            prepared(local)
-            many(plain_client, TransferConfig(), lambda m, n: m.download(BUCKET, stored.join(n).key, str(local / n)))  # type: ignore[attr-defined]
-
-        def down_loka(_remote: S3Uri, local: Path) -> None:
-            source.restore(STEP, local)
-
-        def down_ceiling(_remote: S3Uri, local: Path) -> None:
-            prepared(local)
-            many(store.client, ceiling_config, lambda m, n: m.download(BUCKET, stored.join(n).key, str(local / n)))  # type: ignore[attr-defined]
-
-        restores: dict[str, Transfer] = {
-            "plain loop": down_plain,
-            "boto3 default": down_default,
-            "loka": down_loka,
-            "raw ceiling": down_ceiling,
-        }
-        restore_rates = measure(
-            restores,
+        rates = measure(
+            methods.restores(source),
             nbytes,
             repeat=args.repeat,
-            target=lambda r, i: (stored, workdir / f"down-{r}-{i}"),
+            target=lambda r, i: (source.prefix, workdir / f"down-{r}-{i}"),
             cleanup=lambda _remote, local: shutil.rmtree(local, ignore_errors=True),
         )
         print()
-        report(f"restore (median of {args.repeat}):", restore_rates, nbytes)
-        load = os.getloadavg()
-        print(f"\nload average at end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs")
+        report(f"restore (median of {args.repeat}):", rates, nbytes)
+        print(f"\nload average at end: {load()}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         store.delete_prefix(base)

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from localcluster.build import build_all, is_built
-from localcluster.controlplane import REPO_ROOT, S3_BUCKET, ClusterError, LocalCluster
+from localcluster.controlplane import PORTS, REPO_ROOT, S3_BUCKET, ClusterError, LocalCluster
 from localcluster.stack import DemoStack
 
 DEMO_RUN = REPO_ROOT / "examples" / "demo-run.yaml"
@@ -44,6 +44,8 @@ class Timeline:
 
 def demo_manifest() -> dict[str, Any]:
     manifest: dict[str, Any] = yaml.safe_load(DEMO_RUN.read_text())
+    # The example names the default MinIO; a control plane started with LOKA_CLUSTER_PORT_OFFSET has its own.
+    manifest["spec"]["storage"]["endpoint"] = f"http://127.0.0.1:{PORTS.minio}"
     return manifest
 
 
@@ -103,7 +105,7 @@ def prepare_namespace(cluster: LocalCluster, namespace: str, *, cluster_queue: s
 
 def upload_tiny_assets(cluster: LocalCluster, work: Path, prefix: str = "demo") -> None:
     """A tiny random model with a tokenizer trained here, and a toy arithmetic dataset, into MinIO."""
-    from loka_trainer.dataset import build_dataset
+    from loka_api.dataset import build_dataset
     from loka_trainer.tiny import build_tiny_model, write_tasks
 
     assets = work / "assets"

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from loka_api.contract import MANIFEST_NAME
-from loka_trainer.checkpoints import VERL_TRACKER_NAME, CheckpointError, CheckpointStore, Writer, WriterFencedError
+from loka_api.manifest import Writer
+from loka_trainer.checkpoints import VERL_TRACKER_NAME, CheckpointError, CheckpointStore, WriterFencedError
 from loka_trainer.storage import ObjectStore, PreconditionFailedError, S3Uri, TransferCancelledError
 from tests.trainer.conftest import write_verl_checkpoint
 
@@ -129,7 +130,8 @@ def test_upload_killed_midway_is_never_picked_for_resume(
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from loka_trainer.checkpoints import CheckpointStore, Writer\n"
+        "from loka_api.manifest import Writer\n"
+        "from loka_trainer.checkpoints import CheckpointStore\n"
         "from loka_trainer.storage import ObjectStore, S3Uri\n"
         "writer = Writer.from_env(sys.argv[3])\n"
         "store = CheckpointStore(ObjectStore(concurrency=2), S3Uri.parse(sys.argv[1]), keep=3, writer=writer)\n"

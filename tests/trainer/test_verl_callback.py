@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from loka_api.contract import MANIFEST_NAME
-from loka_trainer.checkpoints import CheckpointStore, Writer
+from loka_api.manifest import Writer
+from loka_trainer.checkpoints import CheckpointStore
 from loka_trainer.nodes import on_nodes, ray_node_ids, stage_on_node
 from loka_trainer.storage import ObjectStore, S3Uri
 from tests.trainer.conftest import write_verl_checkpoint

@@ -26,7 +26,6 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from loka_api.contract import (
     MANIFEST_NAME,
@@ -36,13 +35,13 @@ from loka_api.contract import (
     run_checkpoint_prefix,
     step_folder,
 )
+from loka_api.manifest import CheckpointManifest, ManifestFile, Writer
 from loka_trainer.storage import ObjectMissingError, ObjectStore, PreconditionFailedError, S3Uri, TransferCancelledError
 
 log = logging.getLogger(__name__)
 
 # verl's resume_mode=auto reads this file under trainer.default_local_dir.
 VERL_TRACKER_NAME = "latest_checkpointed_iteration.txt"
-MANIFEST_VERSION = 2
 # verl's FSDP checkpoint manager names each rank's shards <kind>_world_size_<W>_rank_<R>.pt; only rank R loads them.
 RANK_SHARD = re.compile(r"_world_size_(\d+)_rank_(\d+)\.pt$")
 # A conditional marker write that loses a race is read and tried again; a writer that keeps losing is not alone.
@@ -59,91 +58,6 @@ class WriterFencedError(RuntimeError):
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-@dataclass(frozen=True)
-class Writer:
-    """One attempt of a run, the only one that may move the run's marker or prune while its claim stands.
-
-    ``attempt`` is the operator's ``status.attempt`` for it (0 when unknown): a claim by an older attempt than
-    the marker's is refused, so an attempt that was already replaced can never take the checkpoints back.
-    ``holder`` says what runs the attempt and tells two of the same number apart: KubeRay's RayCluster for it
-    (``$RAY_CLUSTER_NAME``, new for every attempt), else ``host:pid``.
-    """
-
-    attempt: int
-    holder: str
-
-    def __str__(self) -> str:
-        return f"attempt {self.attempt} ({self.holder})"
-
-    def to_env(self) -> str:
-        """One string for an environment variable (verl's actors get it through Ray's runtime_env)."""
-        return f"{self.attempt}/{self.holder}"
-
-    @classmethod
-    def from_env(cls, value: str) -> Writer:
-        attempt, _, holder = value.partition("/")
-        if not attempt.isdigit() or not holder:
-            msg = f"a checkpoint writer is written <attempt>/<holder> (e.g. 2/qwen-gsm8k-x7k2p), got {value!r}"
-            raise ValueError(msg)
-        return cls(int(attempt), holder)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"attempt": self.attempt, "holder": self.holder}
-
-    @classmethod
-    def from_json(cls, body: Any) -> Writer | None:
-        if not isinstance(body, dict):
-            return None
-        try:
-            return cls(int(body["attempt"]), str(body["holder"]))
-        except (KeyError, TypeError, ValueError):
-            return None
-
-
-@dataclass(frozen=True)
-class ManifestFile:
-    path: str
-    size: int
-    sha256: str
-
-
-@dataclass(frozen=True)
-class CheckpointManifest:
-    step: int
-    files: tuple[ManifestFile, ...]
-    created: str
-    writer: Writer | None = None
-    run_uid: str | None = None
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(f.size for f in self.files)
-
-    def to_json(self) -> bytes:
-        body = {
-            "version": MANIFEST_VERSION,
-            "step": self.step,
-            "created": self.created,
-            "runUid": self.run_uid,
-            "writer": self.writer.to_json() if self.writer else None,
-            "totalBytes": self.total_bytes,
-            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files],
-        }
-        return json.dumps(body, indent=1).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> CheckpointManifest:
-        body: dict[str, Any] = json.loads(raw)
-        files = tuple(ManifestFile(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in body["files"])
-        return cls(
-            step=int(body["step"]),
-            files=files,
-            created=str(body["created"]),
-            writer=Writer.from_json(body.get("writer")),
-            run_uid=body.get("runUid"),
-        )
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from loka_trainer.checkpoints import CheckpointStore, ManifestFile, Writer, drop_older_local_checkpoints
+from loka_api.manifest import ManifestFile, Writer
+from loka_trainer.checkpoints import CheckpointStore, drop_older_local_checkpoints
 from loka_trainer.storage import ObjectStore, S3Uri
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,8 @@ from pydantic import ValidationError
 
 from loka_api import TrainingRun
 from loka_api.contract import ENV_WANDB_KEY, ENV_WORK_DIR, step_folder
-from loka_trainer.checkpoints import CheckpointError, CheckpointRecord, CheckpointStore, Writer, WriterFencedError
+from loka_api.manifest import Writer
+from loka_trainer.checkpoints import CheckpointError, CheckpointRecord, CheckpointStore, WriterFencedError
 from loka_trainer.engines import Engine, EngineJob, ResumePoint, engine_for
 from loka_trainer.nodes import FileOnAnyNode, connected_to_ray
 from loka_trainer.settings import redact, wandb_mode

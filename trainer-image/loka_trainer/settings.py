@@ -18,7 +18,7 @@ from loka_api.contract import (
     ENV_WANDB_KEY,
     SECRET_ENV,
 )
-from loka_trainer.checkpoints import Writer
+from loka_api.manifest import Writer
 
 
 @dataclass(frozen=True)

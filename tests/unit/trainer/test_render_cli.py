@@ -11,8 +11,9 @@ import pytest
 import yaml
 
 from loka_api import TrainingRunSpec
+from loka_api.manifest import Writer
 from loka_api.render import compose_verl_config
-from loka_trainer.checkpoints import CheckpointStore, Writer
+from loka_trainer.checkpoints import CheckpointStore
 from loka_trainer.cli import EXIT_BAD_INPUT, EXIT_OK, main
 from loka_trainer.engines import EngineJob, ResumePoint
 from loka_trainer.engines.verl import command

@@ -45,7 +45,8 @@ def test_keep_below_one_is_rejected() -> None:
 
 
 def test_node_manifests_merge_into_one_listing_every_shard_once() -> None:
-    from loka_trainer.checkpoints import ManifestFile, merge_node_files
+    from loka_api.manifest import ManifestFile
+    from loka_trainer.checkpoints import merge_node_files
 
     head = (ManifestFile("data.pt", 10, "a" * 64), ManifestFile("actor/fsdp_config.json", 5, "b" * 64))
     worker = (ManifestFile("actor/model_world_size_2_rank_1.pt", 99, "c" * 64), head[1])
@@ -54,14 +55,15 @@ def test_node_manifests_merge_into_one_listing_every_shard_once() -> None:
 
 
 def test_the_same_file_with_different_bytes_on_two_nodes_is_a_torn_checkpoint() -> None:
-    from loka_trainer.checkpoints import CheckpointError, ManifestFile, merge_node_files
+    from loka_api.manifest import ManifestFile
+    from loka_trainer.checkpoints import CheckpointError, merge_node_files
 
     with pytest.raises(CheckpointError, match=r"data\.pt differs between nodes"):
         merge_node_files([(ManifestFile("data.pt", 10, "a" * 64),), (ManifestFile("data.pt", 10, "f" * 64),)])
 
 
 def test_a_writer_travels_as_one_environment_string() -> None:
-    from loka_trainer.checkpoints import Writer
+    from loka_api.manifest import Writer
 
     writer = Writer(3, "qwen-gsm8k-x7k2p")
     assert Writer.from_env(writer.to_env()) == writer
@@ -71,7 +73,7 @@ def test_a_writer_travels_as_one_environment_string() -> None:
 
 
 def test_a_store_without_a_writer_reads_only() -> None:
-    from loka_trainer.checkpoints import ManifestFile
+    from loka_api.manifest import ManifestFile
 
     store = CheckpointStore(NOWHERE, S3Uri("b", "p"), keep=1)
     with pytest.raises(ValueError, match="has no writer: it reads only"):
@@ -79,7 +81,8 @@ def test_a_store_without_a_writer_reads_only() -> None:
 
 
 def test_a_node_needs_the_shared_files_and_only_its_own_ranks_shards() -> None:
-    from loka_trainer.checkpoints import ManifestFile, files_for_ranks
+    from loka_api.manifest import ManifestFile
+    from loka_trainer.checkpoints import files_for_ranks
 
     names = [
         "data.pt",
