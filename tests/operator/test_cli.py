@@ -214,7 +214,13 @@ def test_checkpoints_lists_complete_ones_and_downloads_verified(  # noqa: PLR091
     uri = f"s3://{S3_BUCKET}/cli-ckpt-{ns}/"
     created = kube.create_run(run_manifest("saved", ns, checkpoints={"uri": uri, "every": 1, "keep": 3}))
     store = CheckpointStore.for_run(
-        ObjectStore(), uri, namespace=ns, run_name="saved", uid=created["metadata"]["uid"], keep=3, writer=Writer(1, "t")
+        ObjectStore(),
+        uri,
+        namespace=ns,
+        run_name="saved",
+        uid=created["metadata"]["uid"],
+        keep=3,
+        writer=Writer(1, "t"),
     )
     store.claim()
     for step in (1, 2):  # written the way the trainer writes them

@@ -9,6 +9,7 @@ late patches atomically.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -21,7 +22,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from loka_api import GROUP, PLURAL, VERSION, TrainingRun
+from loka_api import GROUP, PLURAL, VERSION, TrainingRun, TrainingRunStatus
 from loka_api.contract import (
     ENV_RAY_CLUSTER_NAME,
     ENV_RUN_NAME,
@@ -38,6 +39,8 @@ API_TIMEOUT = (3.0, 5.0)
 # How long a new attempt waits for the operator to show its RayCluster in status before it reports anyway.
 ATTEMPT_WAIT_S = 60.0
 _UNPROCESSABLE = 422  # a failed JSON patch `test` (and any invalid patch)
+# Set by Ray's job supervisor for a job's driver process (ray._private.runtime_env.constants).
+RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 class IdentityError(RuntimeError):
@@ -48,8 +51,10 @@ class IdentityError(RuntimeError):
 class RunIdentity:
     name: str
     namespace: str
-    # KubeRay's RayCluster for this attempt (None outside KubeRay): what tells this attempt from the others.
+    # What tells this attempt from the run's others: KubeRay's RayCluster for it and the Ray job it runs as (both
+    # new for every attempt; None outside KubeRay and Ray). The operator records both in status.
     ray_cluster: str | None = None
+    ray_job: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RunIdentity:
@@ -59,13 +64,40 @@ class RunIdentity:
             msg = f"{' and '.join(missing)} must be set to the TrainingRun this trainer serves (the operator sets them)"
             raise IdentityError(msg)
         return cls(
-            name=env[ENV_RUN_NAME], namespace=env[ENV_RUN_NAMESPACE], ray_cluster=env.get(ENV_RAY_CLUSTER_NAME) or None
+            name=env[ENV_RUN_NAME],
+            namespace=env[ENV_RUN_NAMESPACE],
+            ray_cluster=env.get(ENV_RAY_CLUSTER_NAME) or None,
+            ray_job=_ray_submission_id(env),
         )
 
     @property
     def holder(self) -> str:
-        """What runs this attempt, for its checkpoint writer identity: the RayCluster, else this process."""
-        return self.ray_cluster or f"{socket.gethostname()}:{os.getpid()}"
+        """What runs this attempt, for its checkpoint writer: the RayCluster, else the Ray job, else this process."""
+        return self.ray_cluster or self.ray_job or f"{socket.gethostname()}:{os.getpid()}"
+
+    def attempt_in(self, status: TrainingRunStatus) -> int | None:
+        """The attempt number the operator's status gives this trainer; None while status does not show it yet."""
+        if self.ray_job is not None:
+            for record in status.attempts:
+                if record.ray_job_id == self.ray_job:
+                    return record.attempt
+        if self.ray_cluster is not None and status.ray_cluster == self.ray_cluster:
+            return status.attempt
+        return None
+
+
+def _ray_submission_id(env: Mapping[str, str]) -> str | None:
+    """The Ray job this process runs as: Ray's job supervisor hands the driver its job config (runtime env and
+    metadata, with the submission id KubeRay chose) in this variable.
+    """
+    raw = env.get(RAY_JOB_CONFIG_ENV)
+    if not raw:
+        return None
+    try:
+        submission = json.loads(raw).get("metadata", {}).get("job_submission_id")
+    except (ValueError, AttributeError):
+        return None
+    return str(submission) if submission else None
 
 
 def api_client(kubeconfig: str | None = None) -> client.ApiClient:
@@ -119,24 +151,25 @@ class RunClient:
     def serve_attempt(self, *, wait_s: float = ATTEMPT_WAIT_S, poll_s: float = 1.0) -> TrainingRun:
         """Read the run as the operator counts this attempt, and make later status patches conditional on it.
 
-        Inside KubeRay the operator may not have seen this attempt's RayCluster yet: wait (at most ``wait_s``)
-        until ``status.rayCluster`` names it, so that ``status.attempt`` is this attempt's number.
+        The operator may not have seen this attempt's RayCluster or Ray job yet: wait (at most ``wait_s``) until
+        status shows it, so that the number is this attempt's.
         """
         deadline = time.monotonic() + wait_s
         run = self.get()
-        wanted = self.identity.ray_cluster
-        while wanted and run.status.ray_cluster != wanted and time.monotonic() < deadline:
+        knowable = self.identity.ray_cluster is not None or self.identity.ray_job is not None
+        while knowable and self.identity.attempt_in(run.status) is None and time.monotonic() < deadline:
             time.sleep(poll_s)
             run = self.get()
-        if wanted and run.status.ray_cluster != wanted:
+        mine = self.identity.attempt_in(run.status)
+        if knowable and mine is None:
             log.warning(
-                "status still shows RayCluster %s, not this attempt's %s, after %.0f s: reporting as attempt %s",
-                run.status.ray_cluster,
-                wanted,
+                "status does not show this attempt (RayCluster %s, Ray job %s) after %.0f s: reporting as attempt %s",
+                self.identity.ray_cluster,
+                self.identity.ray_job,
                 wait_s,
                 run.status.attempt,
             )
-        self.attempt = run.status.attempt
+        self.attempt = mine if mine is not None else run.status.attempt
         shown = run.status.model_dump(mode="json", by_alias=True, exclude_none=True)
         self._shown = {key: shown[key] for key in TRAINER_STATUS_FIELDS if key in shown}
         return run
@@ -167,9 +200,9 @@ class RunClient:
             now = run.status.attempt
             if now == self.attempt:
                 raise  # the test held: the patch itself was invalid
-            if self.identity.ray_cluster and run.status.ray_cluster == self.identity.ray_cluster:
+            if now is not None and self.identity.attempt_in(run.status) == now:
                 # The operator counted this attempt only after we read it: the newer number is ours.
-                log.info("status.attempt is %s for this attempt's RayCluster now (read %s)", now, self.attempt)
+                log.info("status.attempt is %s for this attempt now (read %s)", now, self.attempt)
                 self.attempt = now
                 self._patch_conditionally(status)
                 return

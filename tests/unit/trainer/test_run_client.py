@@ -86,3 +86,24 @@ def test_reading_the_run_from_an_api_server_that_never_answers_gives_up(silent_a
     reader.join(timeout=25)
     assert not reader.is_alive(), "reading the run is still waiting on the API server"
     assert outcome, "the read returned a run from a server that never answered"
+
+
+def test_a_trainer_finds_its_attempt_by_its_ray_job_or_its_ray_cluster() -> None:
+    import json
+
+    from loka_api import TrainingRunStatus
+
+    job_config = json.dumps({"runtime_env": {}, "metadata": {"job_submission_id": "qwen-k2x9p"}})
+    env = {"LOKA_RUN_NAME": "qwen", "LOKA_RUN_NAMESPACE": "team-a", "RAY_JOB_CONFIG_JSON_ENV_VAR": job_config}
+    identity = RunIdentity.from_env(env)
+    assert (identity.ray_job, identity.ray_cluster, identity.holder) == ("qwen-k2x9p", None, "qwen-k2x9p")
+
+    status = TrainingRunStatus.model_validate(
+        {"attempt": 3, "rayCluster": "qwen-c3c3c", "attempts": [
+            {"attempt": 2, "rayJobID": "qwen-k2x9p", "rayCluster": "qwen-b2b2b"},
+            {"attempt": 3, "rayJobID": "qwen-m3m3m", "rayCluster": "qwen-c3c3c"},
+        ]}
+    )  # fmt: skip
+    assert identity.attempt_in(status) == 2  # its own attempt, though a newer one runs now
+    assert RunIdentity("qwen", "team-a", ray_cluster="qwen-c3c3c").attempt_in(status) == 3
+    assert RunIdentity("qwen", "team-a", ray_cluster="qwen-d4d4d").attempt_in(status) is None  # not counted yet
