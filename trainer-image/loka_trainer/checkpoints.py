@@ -36,7 +36,14 @@ from loka_api.contract import (
     step_folder,
 )
 from loka_api.manifest import CheckpointManifest, ManifestFile, Writer
-from loka_trainer.storage import ObjectMissingError, ObjectStore, PreconditionFailedError, S3Uri, TransferCancelledError
+from loka_trainer.storage import (
+    ObjectMissingError,
+    ObjectSizeError,
+    ObjectStore,
+    PreconditionFailedError,
+    S3Uri,
+    TransferCancelledError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -416,10 +423,13 @@ class CheckpointStore:
                 msg = f"manifest of {source} names a path outside the checkpoint: {path}"
                 raise CheckpointError(msg)
         try:
-            received = self.store.download_files(pairs, cancel=cancel)
+            received = self.store.download_files(pairs, sizes=[f.size for f in wanted], cancel=cancel)
         except ObjectMissingError as error:
             msg = f"checkpoint {source} lost a file since its manifest was written: {error}"
             raise CheckpointError(msg) from error
+        except ObjectSizeError as error:
+            name = error.uri.key.removeprefix(source.as_prefix())
+            raise CheckpointError(f"checkpoint {source}: {name} does not match its manifest ({error})") from error
         for expected, got in zip(wanted, received, strict=True):
             if got.size != expected.size or got.sha256 != expected.sha256:
                 msg = (

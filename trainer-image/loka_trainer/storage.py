@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -49,6 +49,15 @@ class TransferCancelledError(RuntimeError):
 
 class ObjectMissingError(FileNotFoundError):
     """An object that was expected (listed in a manifest, named by the user) is not in the bucket."""
+
+
+class ObjectSizeError(RuntimeError):
+    """An object is not the size it was expected to be (a manifest's, or its own a moment earlier)."""
+
+    def __init__(self, uri: S3Uri, expected: int, actual: int | None) -> None:
+        self.uri, self.expected, self.actual = uri, expected, actual
+        found = "another size" if actual is None else f"{actual} bytes"
+        super().__init__(f"{uri} holds {found}, not {expected}")
 
 
 class PreconditionFailedError(RuntimeError):
@@ -178,6 +187,7 @@ class _RangedDownload:
         self._digest = hashlib.sha256()
         self._next = 0
         self._waiting: dict[int, bytes] = {}
+        self._hashing = False
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("wb") as handle:
@@ -195,10 +205,18 @@ class _RangedDownload:
         os.pwrite(self._fd, data, index * self.part_bytes)
         with self._lock:
             self._waiting[index] = data
-            while self._next in self._waiting:
-                self._digest.update(self._waiting.pop(self._next))
+            if self._hashing:
+                return  # the worker hashing this file takes this part too, in its turn
+            self._hashing = True
+        while True:
+            with self._lock:
+                part = self._waiting.pop(self._next, None)
+                if part is None:
+                    self._hashing = False
+                    return
                 self._next += 1
-                self._window.release()
+            self._digest.update(part)  # outside the lock: other parts of the file keep arriving meanwhile
+            self._window.release()
 
     def close(self) -> None:
         os.close(self._fd)
@@ -302,11 +320,16 @@ class ObjectStore:
         return [TransferredFile(r.path, dest, r.size, r.digest.hexdigest()) for r, dest in readers]
 
     def download_files(
-        self, files: Iterable[tuple[S3Uri, Path]], *, cancel: threading.Event | None = None
+        self,
+        files: Iterable[tuple[S3Uri, Path]],
+        *,
+        sizes: Sequence[int] | None = None,
+        cancel: threading.Event | None = None,
     ) -> list[TransferredFile]:
         """Download every (source, local file) pair, creating parent folders: all files and all parts of each
         in parallel (ranged GETs), each file's sha256 computed from the bytes as they arrive, with no second read.
-        Raises ObjectMissingError for a source that does not exist (or changes while it is read).
+        ``sizes`` (in the same order) spares a HEAD per file when they are known (a manifest lists them). Raises
+        ObjectMissingError for a source that does not exist, ObjectSizeError for one of another size.
         """
         pairs = list(files)
         # Parts held in memory while an earlier part of their file is still on its way: bounded.
@@ -314,7 +337,8 @@ class ObjectStore:
         downloads: list[_RangedDownload] = []
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="s3-get") as pool:
             try:
-                sizes = list(pool.map(self._size_of, [source for source, _ in pairs]))
+                if sizes is None:
+                    sizes = list(pool.map(self._size_of, [source for source, _ in pairs]))
                 futures: list[Future[None]] = []
                 for (source, path), size in zip(pairs, sizes, strict=True):
                     download = _RangedDownload(source, path, size, self.chunk_bytes, window)
@@ -354,11 +378,16 @@ class ObjectStore:
                 response = self.client.get_object(
                     Bucket=source.bucket, Key=source.key, Range=download.byte_range(index)
                 )
+                total = str(response.get("ContentRange", "")).rpartition("/")[2]
+                if total.isdigit() and int(total) != download.size:
+                    raise ObjectSizeError(source, download.size, int(total))
                 data: bytes = response["Body"].read()
             except ClientError as error:
                 code = _error_code(error)
-                if code in _MISSING or code in {"416", "InvalidRange"}:
-                    raise ObjectMissingError(f"{source} does not exist (or changed while it was read)") from error
+                if code in _MISSING:
+                    raise ObjectMissingError(f"{source} does not exist") from error
+                if code in {"416", "InvalidRange"}:  # shorter than the range asked for
+                    raise ObjectSizeError(source, download.size, None) from error
                 raise
             except _BODY_ERRORS:
                 if attempt == _PART_TRIES:
@@ -367,8 +396,7 @@ class ObjectStore:
             if len(data) == download.expected(index):
                 download.received(index, data)
                 return
-            if attempt == _PART_TRIES:
-                raise ObjectMissingError(f"{source} changed while it was read (part {index} came short)")
+        raise ObjectSizeError(source, download.size, None)  # every try came short
 
     def download_prefix(self, prefix: S3Uri, dest: Path, *, cancel: threading.Event | None = None) -> list[Path]:
         """Mirror every object under ``prefix`` into ``dest``; returns the local files."""
