@@ -369,6 +369,7 @@ def run_from_environment(*, work_dir: Path | None = None, kubeconfig: str | None
         log.error("%s", error)
         return EXIT_FAILED
     from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
 
     runs = RunClient(api_client(kubeconfig), identity)
     try:
@@ -382,6 +383,9 @@ def run_from_environment(*, work_dir: Path | None = None, kubeconfig: str | None
             error.reason,
         )
         return EXIT_FAILED
+    except HTTPError as error:  # the API server did not answer within the bound
+        log.error("cannot read TrainingRun %s/%s: %s", identity.namespace, identity.name, error)
+        return EXIT_FAILED
     root = work_dir or default_work_root()
     runner = Runner(
         run,
@@ -390,6 +394,6 @@ def run_from_environment(*, work_dir: Path | None = None, kubeconfig: str | None
         patch_status=runs.patch_status,
         work_dir=root / identity.namespace / identity.name,
         stop=stop,
-        writer=Writer(run.status.attempt or 0, identity.holder),
+        writer=Writer(runs.attempt or 0, identity.holder),
     )
     return runner.execute()

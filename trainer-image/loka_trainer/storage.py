@@ -6,6 +6,7 @@ Credentials and endpoint come from the standard AWS variables (``AWS_ENDPOINT_UR
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -16,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import boto3
-from boto3.s3.transfer import TransferConfig, create_transfer_manager
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import (
     ClientError,
@@ -25,7 +26,6 @@ from botocore.exceptions import (
     ReadTimeoutError,
     ResponseStreamingError,
 )
-from s3transfer.subscribers import BaseSubscriber
 
 from loka_api.contract import ENV_AWS_ENDPOINT
 
@@ -35,6 +35,8 @@ MiB = 1024 * 1024
 # hashed upload are held in memory until sent, so the part size times the concurrency bounds that memory (512 MiB).
 DEFAULT_CONCURRENCY = 32
 DEFAULT_CHUNK_BYTES = 16 * MiB
+# S3 takes at most 10 000 parts per object: larger files get larger parts.
+_MAX_PARTS = 10_000
 # How long a small request (a marker, a manifest, a listing) may hang before it is retried.
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 60.0
@@ -73,7 +75,7 @@ def _raise_if_cancelled(cancel: threading.Event | None, when: str) -> None:
         raise TransferCancelledError(f"transfer cancelled {when}")
 
 
-def _raise_first_failure(futures: Iterable[Future[None]]) -> None:
+def _raise_first_failure(futures: Iterable[Future[Any]]) -> None:
     for future in futures:
         if future.done() and future.exception() is not None:
             future.result()
@@ -135,40 +137,6 @@ class VersionedBytes:
 
     data: bytes
     etag: str
-
-
-class _HashingReader:
-    """A file read once, front to back, hashing what is read. It says it cannot seek, so s3transfer reads it in
-    order in one thread (and sends the parts in parallel from memory) instead of reading each part on its own.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.digest = hashlib.sha256()
-        self.size = 0
-        self._handle: Any = None
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def read(self, amount: int = -1) -> bytes:
-        if self._handle is None:
-            self._handle = self.path.open("rb")  # opened on first read: thousands of files never hold thousands of fds
-        data: bytes = self._handle.read(amount)
-        if data:
-            self.digest.update(data)
-            self.size += len(data)
-        else:
-            self.close()
-        return data
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
 
 
 class _RangedDownload:
@@ -261,63 +229,105 @@ class ObjectStore:
         )
 
     def transfer_config(self) -> TransferConfig:
-        config = TransferConfig(
+        """These parts and this concurrency for s3transfer (the benchmark's ceiling moves the same bytes with it)."""
+        return TransferConfig(
             max_concurrency=self.concurrency,
             multipart_threshold=self.chunk_bytes,
             multipart_chunksize=self.chunk_bytes,
             use_threads=True,
         )
-        # Hashed transfers hold parts in memory: allow as many as there are connections (s3transfer's default is 10).
-        config.max_in_memory_upload_chunks = self.concurrency
-        config.max_in_memory_download_chunks = self.concurrency * 4
-        return config
-
-    def _run_transfers(self, submit: Iterable[tuple[S3Uri, Any]], cancel: threading.Event | None) -> None:
-        """Wait for transfer futures; on ``cancel`` abandon the rest and raise TransferCancelledError.
-        A missing object raises ObjectMissingError naming it.
-        """
-        # Leaving the `with` block by an exception cancels in-flight transfers (shutdown(cancel=True) is broken
-        # in s3transfer 0.19: it passes its arguments in the wrong order).
-        with create_transfer_manager(self.client, self.transfer_config()) as manager:
-            futures: list[tuple[S3Uri, Any]] = []
-            for uri, make in submit:
-                if cancel is not None and cancel.is_set():
-                    raise TransferCancelledError("transfer cancelled before all files were submitted")
-                futures.append((uri, make(manager)))
-            # s3transfer futures have no result(timeout): poll done() so a cancel is noticed within 0.1 s.
-            while cancel is not None and not all(f.done() for _, f in futures):
-                if cancel.wait(0.1):
-                    raise TransferCancelledError("transfer cancelled while files were in flight")
-            for uri, future in futures:
-                try:
-                    future.result()
-                except ClientError as error:
-                    if _error_code(error) in _MISSING:
-                        raise ObjectMissingError(f"{uri} does not exist") from error
-                    raise
 
     def upload_files(
         self, files: Iterable[tuple[Path, S3Uri]], *, cancel: threading.Event | None = None
     ) -> list[TransferredFile]:
-        """Upload every (local file, destination) pair in parallel; raise on the first failure.
+        """Upload every (local file, destination) pair, all files and the parts of each in parallel; raise on
+        the first failure (an unfinished multipart upload is aborted).
 
-        Each file is read once: its sha256 is computed from the very bytes that are sent (for a checkpoint's
-        manifest), with no second pass over the file.
+        Each file is read once, front to back: its sha256 (for a checkpoint's manifest) is computed from the very
+        bytes that are sent, which go out as parallel part uploads straight from that read.
         """
-        readers: list[tuple[_HashingReader, S3Uri]] = []
+        pairs = list(files)
+        # Parts read but not sent yet: bounded, so memory stays within concurrency x part size.
+        window = threading.Semaphore(self.concurrency)
+        halt = threading.Event()  # set when one file failed or the caller cancelled: the other readers stop too
+        with (
+            ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="s3-put") as senders,
+            # One reader per file in flight: it reads (and hashes) front to back and hands its parts to the senders;
+            # a small file it sends itself.
+            ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="s3-read") as readers,
+        ):
+            futures = [readers.submit(self._upload_one, path, dest, senders, window, halt) for path, dest in pairs]
+            pending = set(futures)
+            try:
+                while pending:
+                    _raise_if_cancelled(cancel, "while files were in flight")
+                    done, pending = wait(pending, timeout=0.1, return_when=FIRST_EXCEPTION)
+                    for future in done:
+                        future.result()
+            except BaseException:
+                halt.set()
+                readers.shutdown(wait=True, cancel_futures=True)
+                raise
+        return [future.result() for future in futures]
 
-        def submitter(path: Path, dest: S3Uri) -> tuple[S3Uri, Any]:
-            reader = _HashingReader(path)
-            readers.append((reader, dest))
-            size = path.stat().st_size
-            return dest, lambda manager: manager.upload(reader, dest.bucket, dest.key, subscribers=[_KnownSize(size)])
+    def _upload_one(
+        self,
+        path: Path,
+        dest: S3Uri,
+        senders: ThreadPoolExecutor,
+        window: threading.Semaphore,
+        halt: threading.Event,
+    ) -> TransferredFile:
+        digest = hashlib.sha256()
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            if size <= self.chunk_bytes:
+                data = handle.read()
+                digest.update(data)
+                self.client.put_object(Bucket=dest.bucket, Key=dest.key, Body=data)
+                return TransferredFile(path, dest, len(data), digest.hexdigest())
+            part_bytes = max(self.chunk_bytes, -(-size // _MAX_PARTS))
+            upload_id = self.client.create_multipart_upload(Bucket=dest.bucket, Key=dest.key)["UploadId"]
+            parts: list[Future[str]] = []
+            sent = 0
+            try:
+                while True:
+                    while not window.acquire(timeout=0.1):
+                        _raise_if_cancelled(halt, f"while {path.name} was read")
+                        _raise_first_failure(parts)
+                    if halt.is_set():
+                        window.release()
+                        _raise_if_cancelled(halt, f"while {path.name} was read")
+                    data = handle.read(part_bytes)
+                    if not data:
+                        window.release()
+                        break
+                    digest.update(data)
+                    sent += len(data)
+                    parts.append(senders.submit(self._send_part, dest, upload_id, len(parts) + 1, data, window))
+                etags = [part.result() for part in parts]
+                self.client.complete_multipart_upload(
+                    Bucket=dest.bucket,
+                    Key=dest.key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": [{"PartNumber": i, "ETag": e} for i, e in enumerate(etags, start=1)]},
+                )
+            except BaseException:
+                for part in parts:
+                    part.cancel()
+                with contextlib.suppress(ClientError):  # best effort: S3 lifecycle rules clean up what stays
+                    self.client.abort_multipart_upload(Bucket=dest.bucket, Key=dest.key, UploadId=upload_id)
+                raise
+        return TransferredFile(path, dest, sent, digest.hexdigest())
 
+    def _send_part(self, dest: S3Uri, upload_id: str, number: int, data: bytes, window: threading.Semaphore) -> str:
         try:
-            self._run_transfers((submitter(p, d) for p, d in files), cancel)
+            response = self.client.upload_part(
+                Bucket=dest.bucket, Key=dest.key, UploadId=upload_id, PartNumber=number, Body=data
+            )
         finally:
-            for reader, _ in readers:
-                reader.close()
-        return [TransferredFile(r.path, dest, r.size, r.digest.hexdigest()) for r, dest in readers]
+            window.release()
+        return str(response["ETag"])
 
     def download_files(
         self,
@@ -486,13 +496,3 @@ class ObjectStore:
             batch = [{"Key": k} for k in keys[start : start + 1000]]
             self.client.delete_objects(Bucket=prefix.bucket, Delete={"Objects": batch, "Quiet": True})
         return len(keys)
-
-
-class _KnownSize(BaseSubscriber):  # type: ignore[misc]
-    """Gives s3transfer the size of an upload read from a stream, so it picks a part size within S3's 10 000 parts."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-
-    def on_queued(self, future: Any, **kwargs: Any) -> None:
-        future.meta.provide_transfer_size(self.size)
