@@ -9,15 +9,17 @@ every method alike:
                  another (boto3's defaults)
   boto3 default  one TransferManager over all files   the same, downloading
                  (10 threads, 8 MB parts)
-  loka           CheckpointStore.upload: each file    CheckpointStore.restore: parallel download, each
-                 read once and hashed as it is sent,  file's sha256 computed as it is written and
-                 manifest, conditional marker         checked against the manifest
+  loka           CheckpointStore.upload: each file    CheckpointStore.restore: parallel ranged GETs,
+                 read once and hashed as it is sent   each file's sha256 computed as its parts arrive
+                 in parallel parts, then manifest     and checked against the manifest
+                 and conditional marker
   raw ceiling    the same bytes as parallel           parallel ranged GETs into the files, nothing
                  multipart PUTs from the files, no    hashed: what this machine and MinIO allow
                  hashing at all (Loka's client, parts
                  and concurrency)
 
-Loka's figures read as a ratio to the plain loop and as a share of the ceiling.
+Loka's figures read as a ratio to the plain loop and as a share of the ceiling. The CPU column (this process
+and the MinIO server, per GB moved) reads steadier than MB/s on a shared machine.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +83,25 @@ def files_of(folder: Path) -> list[Path]:
 Transfer = Callable[[S3Uri, Path], object]
 
 
+@dataclass
+class Runs:
+    """Every run of one method: its throughput, and the CPU it cost this process and MinIO per GB moved."""
+
+    rates: list[float] = field(default_factory=list)
+    cpu_per_gb: list[float] = field(default_factory=list)
+
+
+def process_cpu_seconds(pid: int | None) -> float:
+    """user + system CPU seconds of ``pid`` so far (0 when it cannot be read)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(
     methods: dict[str, Transfer],
     nbytes: int,
@@ -87,33 +109,39 @@ def measure(
     repeat: int,
     target: Callable[[int, int], tuple[S3Uri, Path]],
     cleanup: Callable[[S3Uri, Path], object],
-) -> dict[str, list[float]]:
-    """MB/s of every run of every method. Rounds interleave the methods; every run gets a fresh destination
-    (MinIO overwrites slower than it creates), emptied untimed afterwards.
+    minio_pid: int | None,
+) -> dict[str, Runs]:
+    """Every run of every method. Rounds interleave the methods; every run gets a fresh destination (MinIO
+    overwrites slower than it creates), emptied untimed afterwards. CPU is counted for this process (every
+    thread) and the MinIO server: on a shared machine it reads steadier than wall-clock throughput.
     """
-    rates: dict[str, list[float]] = {label: [] for label in methods}
+    runs: dict[str, Runs] = {label: Runs() for label in methods}
     for round_number in range(repeat):
         for index, (label, transfer) in enumerate(methods.items()):
             remote, local = target(round_number, index)
-            start = time.perf_counter()
+            cpu, server, start = time.process_time(), process_cpu_seconds(minio_pid), time.perf_counter()
             transfer(remote, local)
-            rates[label].append(nbytes / MB / (time.perf_counter() - start))
+            elapsed = time.perf_counter() - start
+            used = time.process_time() - cpu + process_cpu_seconds(minio_pid) - server
+            runs[label].rates.append(nbytes / MB / elapsed)
+            runs[label].cpu_per_gb.append(used / (nbytes / 1e9))
             cleanup(remote, local)
-    return rates
+    return runs
 
 
-def report(title: str, rates: dict[str, list[float]], nbytes: int) -> dict[str, float]:
-    medians = {label: statistics.median(values) for label, values in rates.items()}
+def report(title: str, runs: dict[str, Runs], nbytes: int) -> None:
+    medians = {label: statistics.median(r.rates) for label, r in runs.items()}
     print(title)
-    for label, values in rates.items():
-        runs = ", ".join(f"{r:.0f}" for r in values)
-        print(f"  {label:<16} {nbytes / MB / medians[label]:7.2f} s  {medians[label]:8.1f} MB/s  (runs: {runs})")
+    print(f"  {'method':<16} {'time':>7}  {'MB/s':>8}  {'CPU s/GB':>8}  runs (MB/s)")
+    for label, r in runs.items():
+        cpu = statistics.median(r.cpu_per_gb)
+        rates = ", ".join(f"{rate:.0f}" for rate in r.rates)
+        print(f"  {label:<16} {nbytes / MB / medians[label]:6.2f}s  {medians[label]:8.1f}  {cpu:8.2f}  {rates}")
     plain, loka, ceiling = medians["plain loop"], medians["loka"], medians["raw ceiling"]
     print(
         f"  loka / plain loop = {loka / plain:.2f}x   loka / boto3 default = {loka / medians['boto3 default']:.2f}x   "
         f"loka / raw ceiling = {loka / ceiling:.0%}"
     )
-    return medians
 
 
 class Methods:
@@ -215,28 +243,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"checkpoint: {len(methods.names)} files, {nbytes / MB:.0f} MB; MinIO at {cluster.s3_endpoint}")
         print(f"load average at start: {load()}")
 
-        rates = measure(
+        pidfile = cluster.layout.pids / "minio.pid"
+        minio_pid = int(pidfile.read_text()) if pidfile.exists() else None
+        runs = measure(
             methods.uploads(),
             nbytes,
             repeat=args.repeat,
             target=lambda r, i: (base.join(f"up-{r}-{i}"), workdir),
             cleanup=lambda remote, _local: store.delete_prefix(remote),
+            minio_pid=minio_pid,
         )
         print()
-        report(f"upload (median of {args.repeat}):", rates, nbytes)
+        report(f"upload (median of {args.repeat}; CPU: this process and MinIO):", runs, nbytes)
 
         source = CheckpointStore(store, base.join("source"), keep=3, writer=WRITER)
         source.claim()
         source.upload(STEP, folder)
-        rates = measure(
+        runs = measure(
             methods.restores(source),
             nbytes,
             repeat=args.repeat,
             target=lambda r, i: (source.prefix, workdir / f"down-{r}-{i}"),
             cleanup=lambda _remote, local: shutil.rmtree(local, ignore_errors=True),
+            minio_pid=minio_pid,
         )
         print()
-        report(f"restore (median of {args.repeat}):", rates, nbytes)
+        report(f"restore (median of {args.repeat}; CPU: this process and MinIO):", runs, nbytes)
         print(f"\nload average at end: {load()}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
