@@ -140,8 +140,8 @@ def test_a_preempted_run_with_an_explicit_resume_continues_from_its_own_latest_c
     assert saved and saved >= 2
 
     high.until(lambda s: s.get("phase") == "Succeeded", timeout=600, what="the high-priority run to finish")
-    resumed = low.until(lambda s: s.get("attempt") == 2 and s.get("phase") == "Running", timeout=300,
-                        what="the low-priority run to be admitted again")  # fmt: skip
+    low.until(lambda s: s.get("attempt") == 2 and s.get("phase") == "Running", timeout=300,
+              what="the low-priority run to be admitted again")  # fmt: skip
     final = low.until(lambda s: s.get("phase") == "Succeeded", timeout=900, what="the resumed run to finish")
 
     # The preempted trainer may still finish a checkpoint while it stops: resume picks the newest complete one.
@@ -150,18 +150,19 @@ def test_a_preempted_run_with_an_explicit_resume_continues_from_its_own_latest_c
     assert resumes, f"attempt 2 never said where it resumed from: {said}"
     resumed_from = resumes[0]
     assert resumed_from >= saved, f"resumed from {resumed_from}, older than checkpoint {saved} seen at preemption"
-    assert resumed_from == (resumed.get("checkpoint") or {}).get("step"), "from the checkpoint status names"
-    own = (resumed.get("checkpoint") or {}).get("uri", "")
+    first = next(
+        i for i, st in enumerate(low.seen)
+        if st.get("attempt") == 2 and (st.get("message") or "").startswith("resumed from")
+    )  # fmt: skip
+    named = low.seen[first].get("checkpoint") or {}
+    assert named.get("step") == resumed_from, f"status names checkpoint {named} while it resumes from {resumed_from}"
+    own = named.get("uri", "")
     assert own.startswith(f"s3://{S3_BUCKET}/checkpoints/{e2e_namespace}/low/"), "the run's own, not the seed"
 
     for st in low.seen:  # status never shows progress behind its own checkpoint
         step, checkpoint = (st.get("progress") or {}).get("step"), (st.get("checkpoint") or {}).get("step")
         if step is not None and checkpoint is not None:
             assert step >= checkpoint, st
-    first = next(
-        i for i, st in enumerate(low.seen)
-        if st.get("attempt") == 2 and (st.get("message") or "").startswith("resumed from")
-    )  # fmt: skip
     after = [st["progress"]["step"] for st in low.seen[first:] if (st.get("progress") or {}).get("step") is not None]
     assert min(after) >= resumed_from, f"the step went back past checkpoint {resumed_from}: {after}"
     assert final["progress"]["step"] == 60

@@ -202,6 +202,9 @@ def test_an_explicit_resume_point_seeds_the_first_attempt_and_later_attempts_con
     assert attempt(run, object_store, tmp_path, first_engine, first, stop=stop).execute() == EXIT_TERMINATED
     assert first_engine.seen_job is not None and first_engine.seen_job.resume is not None
     assert (first_engine.seen_job.resume.step, first_engine.seen_job.resume.explicit) == (2, True)
+    assert not [p for p in first if p.get("message", "").startswith("resumed") and "checkpoint" in p], (
+        "the seed is another run's checkpoint, not this run's status.checkpoint"
+    )
 
     second_engine, second = VerlLikeEngine(steps=12), list[dict[str, Any]]()
     run = make_run(s3_prefix, resume=resume, attempt=2)
@@ -234,5 +237,7 @@ def test_restore_falls_back_past_a_checkpoint_that_lost_a_file_and_says_so_in_st
     assert engine.seen_job.resume.step == 2
     (said,) = resumed_messages(patches)
     assert said.startswith("resumed from checkpoint step 2")
+    (resumed,) = [p for p in patches if p.get("message") == said]
+    assert resumed["checkpoint"]["step"] == 2, "status names the checkpoint it resumed from, in the same patch"
     assert "skipped step 4" in said
     assert "model_world_size_2_rank_0.pt does not exist" in said

@@ -95,6 +95,7 @@ class RestoreResult:
 
     step: int | None
     skipped: tuple[tuple[int, str], ...] = ()
+    record: CheckpointRecord | None = None  # the restored checkpoint, as status.checkpoint shows it
 
     def describe_skipped(self) -> str:
         return "; ".join(f"skipped step {step}: {why}" for step, why in self.skipped)
@@ -410,6 +411,16 @@ class CheckpointStore:
 
         Raises CheckpointError when the checkpoint is incomplete, a file is gone or does not match.
         """
+        return self._restore(step, local_root, ranks=ranks, cancel=cancel)[0]
+
+    def _restore(
+        self,
+        step: int,
+        local_root: Path,
+        *,
+        ranks: Collection[int] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> tuple[Path, CheckpointManifest]:
         manifest = self.manifest(step)
         source = self.step_uri(step)
         if manifest is None:
@@ -446,7 +457,7 @@ class CheckpointStore:
             len(manifest.files),
             sum(f.size for f in wanted),
         )
-        return target
+        return target, manifest
 
     def restore_latest(
         self,
@@ -465,11 +476,12 @@ class CheckpointStore:
         skipped: list[tuple[int, str]] = []
         for step in candidates:
             try:
-                self.restore(step, local_root, ranks=ranks, cancel=cancel)
+                _, manifest = self._restore(step, local_root, ranks=ranks, cancel=cancel)
             except CheckpointError as error:
                 log.warning("skipping checkpoint step %d: %s", step, error)
                 shutil.rmtree(local_root / step_folder(step), ignore_errors=True)
                 skipped.append((step, str(error)))
                 continue
-            return RestoreResult(step, tuple(skipped))
+            record = CheckpointRecord(step=step, uri=str(self.step_uri(step)), time=manifest.created)
+            return RestoreResult(step, tuple(skipped), record)
         return RestoreResult(None, tuple(skipped))

@@ -170,6 +170,7 @@ class Runner:
         self._reported_checkpoint: int | None = None
         self._checkpoint_lock = threading.Lock()
         self.skipped_checkpoints = ""  # why newer checkpoints were passed over at restore, for status
+        self.restored_checkpoint: CheckpointRecord | None = None  # the run's own, when it resumed from one
         # This attempt: the only writer of the run's checkpoints once it has claimed them.
         self.writer = writer or Writer(run.status.attempt or 0, f"{os.uname().nodename}:{os.getpid()}")
         self.checkpoints: CheckpointStore | None = None
@@ -204,6 +205,7 @@ class Runner:
             return None
         own = self.checkpoints.restore_latest(self.checkpoint_dir, ranks=ranks, cancel=self.stop.event)
         self.skipped_checkpoints = own.describe_skipped()
+        self.restored_checkpoint = own.record
         if own.step is not None:
             folder = self.checkpoint_dir / step_folder(own.step)
             return ResumePoint(own.step, folder, explicit=False, source=str(self.checkpoints.prefix))
@@ -304,7 +306,12 @@ class Runner:
     def _report_restore(self, resume: ResumePoint | None) -> None:
         if resume is not None:
             log.info("resuming from checkpoint step %d", resume.step)
-            self.reporter.report_resumed(resume.step, resume.source or str(resume.folder), self.skipped_checkpoints)
+            own = None if resume.explicit else self.restored_checkpoint
+            if own is not None:
+                with self._checkpoint_lock:
+                    self._reported_checkpoint = own.step
+            source = resume.source or str(resume.folder)
+            self.reporter.report_resumed(resume.step, source, self.skipped_checkpoints, checkpoint=own)
         elif self.skipped_checkpoints:
             self.reporter.report_message(
                 f"no checkpoint could be restored, starting from scratch: {self.skipped_checkpoints}"

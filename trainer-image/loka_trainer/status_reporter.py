@@ -147,15 +147,23 @@ class StatusReporter:
                 patch["progress"] = progress_patch(StepMetrics(step=record.step), self.total_steps)["progress"]
             self._send(patch)
 
-    def report_resumed(self, step: int, source: str, skipped: str = "") -> None:
+    def report_resumed(
+        self, step: int, source: str, skipped: str = "", checkpoint: CheckpointRecord | None = None
+    ) -> None:
         """A resumed attempt says at once which step it continues from (and which newer checkpoints it passed
-        over, and why), before its first new step.
+        over, and why), before its first new step; ``checkpoint``, the run's own it restored, goes in the same
+        patch (a replaced attempt may have saved one more that its fenced status never showed).
         """
         with self._lock:
             self._pending, self._last_sent_at = None, self._clock()
-            patch = progress_patch(StepMetrics(step=step), self.total_steps)
             message = f"resumed from checkpoint step {step} ({source})" + (f"; {skipped}" if skipped else "")
-            self._send({"progress": patch["progress"], "message": message[:MAX_MESSAGE_CHARS]})
+            patch: dict[str, Any] = {
+                "progress": progress_patch(StepMetrics(step=step), self.total_steps)["progress"],
+                "message": message[:MAX_MESSAGE_CHARS],
+            }
+            if checkpoint is not None:
+                patch["checkpoint"] = {"step": checkpoint.step, "uri": checkpoint.uri, "time": checkpoint.time}
+            self._send(patch)
 
     def report_message(self, message: str) -> None:
         """Send ``message`` now, with the newest pending progress in the same patch (the last one always lands)."""
