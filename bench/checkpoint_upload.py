@@ -9,10 +9,10 @@ every method alike:
                  another (boto3's defaults)
   boto3 default  one TransferManager over all files   the same, downloading
                  (10 threads, 8 MB parts)
-  loka           CheckpointStore.upload: each file    CheckpointStore.restore: parallel ranged GETs,
-                 read once and hashed as it is sent   each file's sha256 computed as its parts arrive
-                 in parallel parts, then manifest     and checked against the manifest
-                 and conditional marker
+  loka           CheckpointStore.upload: each file    CheckpointStore.restore: the parallel download,
+                 read once and hashed as it is sent   each file's sha256 computed as soon as it has
+                 in parallel parts, then manifest     landed (while the others arrive) and checked
+                 and conditional marker               against the manifest
   raw ceiling    the same bytes as parallel           parallel ranged GETs into the files, nothing
                  multipart PUTs from the files, no    hashed: what this machine and MinIO allow
                  hashing at all (Loka's client, parts

@@ -38,7 +38,6 @@ from loka_api.contract import (
 from loka_api.manifest import CheckpointManifest, ManifestFile, Writer
 from loka_trainer.storage import (
     ObjectMissingError,
-    ObjectSizeError,
     ObjectStore,
     PreconditionFailedError,
     S3Uri,
@@ -406,7 +405,7 @@ class CheckpointStore:
         cancel: threading.Event | None = None,
     ) -> Path:
         """Download step ``step`` into ``local_root/global_step_N`` (only the files ``ranks`` load, see
-        ``files_for_ranks``), verify each against the manifest as it arrives, and write verl's tracker file so
+        ``files_for_ranks``), verify each against the manifest as soon as it lands, and write verl's tracker file so
         ``trainer.resume_mode=auto`` picks it up. Returns the step folder.
 
         Raises CheckpointError when the checkpoint is incomplete, a file is gone or does not match.
@@ -434,13 +433,10 @@ class CheckpointStore:
                 msg = f"manifest of {source} names a path outside the checkpoint: {path}"
                 raise CheckpointError(msg)
         try:
-            received = self.store.download_files(pairs, sizes=[f.size for f in wanted], cancel=cancel)
+            received = self.store.download_files(pairs, cancel=cancel)
         except ObjectMissingError as error:
             msg = f"checkpoint {source} lost a file since its manifest was written: {error}"
             raise CheckpointError(msg) from error
-        except ObjectSizeError as error:
-            name = error.uri.key.removeprefix(source.as_prefix())
-            raise CheckpointError(f"checkpoint {source}: {name} does not match its manifest ({error})") from error
         for expected, got in zip(wanted, received, strict=True):
             if got.size != expected.size or got.sha256 != expected.sha256:
                 msg = (

@@ -11,24 +11,20 @@ import hashlib
 import os
 import queue
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import boto3
-from boto3.s3.transfer import TransferConfig
+from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.config import Config
-from botocore.exceptions import (
-    ClientError,
-    ConnectionClosedError,
-    IncompleteReadError,
-    ReadTimeoutError,
-    ResponseStreamingError,
-)
+from botocore.exceptions import ClientError
 
 from loka_api.contract import ENV_AWS_ENDPOINT
+from loka_api.manifest import sha256_file
 
 MiB = 1024 * 1024
 
@@ -36,6 +32,10 @@ MiB = 1024 * 1024
 # hashed upload are held in memory until sent, so the part size times the concurrency bounds that memory (512 MiB).
 DEFAULT_CONCURRENCY = 32
 DEFAULT_CHUNK_BYTES = 16 * MiB
+# How often a running download looks for files that have landed (to hash) and for a cancel.
+_POLL_S = 0.05
+# Files verified at once while a download goes on (sha256 releases the GIL: these run on other cores).
+_HASHERS = 4
 # S3 takes at most 10 000 parts per object: larger files get larger parts.
 _MAX_PARTS = 10_000
 # How long a small request (a marker, a manifest, a listing) may hang before it is retried.
@@ -52,15 +52,6 @@ class TransferCancelledError(RuntimeError):
 
 class ObjectMissingError(FileNotFoundError):
     """An object that was expected (listed in a manifest, named by the user) is not in the bucket."""
-
-
-class ObjectSizeError(RuntimeError):
-    """An object is not the size it was expected to be (a manifest's, or its own a moment earlier)."""
-
-    def __init__(self, uri: S3Uri, expected: int, actual: int | None) -> None:
-        self.uri, self.expected, self.actual = uri, expected, actual
-        found = "another size" if actual is None else f"{actual} bytes"
-        super().__init__(f"{uri} holds {found}, not {expected}")
 
 
 class PreconditionFailedError(RuntimeError):
@@ -187,65 +178,6 @@ class _PartBuffers:
 
     def give(self, buffer: bytearray) -> None:
         self._free.put(buffer)
-
-
-class _RangedDownload:
-    """One object fetched as parallel ranged GETs into its local file (each part written at its offset), hashed
-    in order as the parts arrive: whichever worker completes the next part in line hashes it and any parts
-    already waiting behind it. Files hash in parallel with each other; nothing is read back from disk.
-    """
-
-    def __init__(self, source: S3Uri, path: Path, size: int, part_bytes: int, window: threading.Semaphore) -> None:
-        self.source = source
-        self.path = path
-        self.size = size
-        self.part_bytes = part_bytes
-        self.parts = -(-size // part_bytes)
-        self._window = window  # one permit per part held in memory until it is hashed
-        self._digest = hashlib.sha256()
-        self._next = 0
-        self._waiting: dict[int, bytes] = {}
-        self._hashing = False
-        self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("wb") as handle:
-            handle.truncate(size)
-        self._fd = os.open(path, os.O_WRONLY)
-
-    def byte_range(self, index: int) -> str:
-        start = index * self.part_bytes
-        return f"bytes={start}-{min(self.size, start + self.part_bytes) - 1}"
-
-    def expected(self, index: int) -> int:
-        return min(self.size, (index + 1) * self.part_bytes) - index * self.part_bytes
-
-    def received(self, index: int, data: bytes) -> None:
-        os.pwrite(self._fd, data, index * self.part_bytes)
-        with self._lock:
-            self._waiting[index] = data
-            if self._hashing:
-                return  # the worker hashing this file takes this part too, in its turn
-            self._hashing = True
-        while True:
-            with self._lock:
-                part = self._waiting.pop(self._next, None)
-                if part is None:
-                    self._hashing = False
-                    return
-                self._next += 1
-            self._digest.update(part)  # outside the lock: other parts of the file keep arriving meanwhile
-            self._window.release()
-
-    def close(self) -> None:
-        os.close(self._fd)
-
-    def result(self) -> TransferredFile:
-        return TransferredFile(self.path, self.source, self.size, self._digest.hexdigest())
-
-
-# Reading a part's body can fail after botocore's own retries are over (a reset connection, a short read).
-_PART_TRIES = 3
-_BODY_ERRORS = (IncompleteReadError, ReadTimeoutError, ResponseStreamingError, ConnectionClosedError)
 
 
 class ObjectStore:
@@ -387,83 +319,45 @@ class ObjectStore:
         return str(response["ETag"])
 
     def download_files(
-        self,
-        files: Iterable[tuple[S3Uri, Path]],
-        *,
-        sizes: Sequence[int] | None = None,
-        cancel: threading.Event | None = None,
+        self, files: Iterable[tuple[S3Uri, Path]], *, cancel: threading.Event | None = None
     ) -> list[TransferredFile]:
-        """Download every (source, local file) pair, creating parent folders: all files and all parts of each
-        in parallel (ranged GETs), each file's sha256 computed from the bytes as they arrive, with no second read.
-        ``sizes`` (in the same order) spares a HEAD per file when they are known (a manifest lists them). Raises
-        ObjectMissingError for a source that does not exist, ObjectSizeError for one of another size.
+        """Download every (source, local file) pair, all files and the parts of each in parallel, creating parent
+        folders. Each file's sha256 is computed as soon as it has landed, while the others are still arriving (read
+        back from the page cache), so verifying a restore costs little time after the last byte. Raises
+        ObjectMissingError for a source that does not exist.
         """
         pairs = list(files)
-        # Parts held in memory while an earlier part of their file is still on its way: bounded.
-        window = threading.Semaphore(self.concurrency + 8)
-        downloads: list[_RangedDownload] = []
-        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="s3-get") as pool:
-            try:
-                if sizes is None:
-                    sizes = list(pool.map(self._size_of, [source for source, _ in pairs]))
-                futures: list[Future[None]] = []
-                for (source, path), size in zip(pairs, sizes, strict=True):
-                    download = _RangedDownload(source, path, size, self.chunk_bytes, window)
-                    downloads.append(download)
-                    for index in range(download.parts):
-                        while not window.acquire(timeout=0.1):
-                            _raise_if_cancelled(cancel, "before all parts were requested")
-                            _raise_first_failure(futures)  # a failed part never frees the parts behind it
-                        futures.append(pool.submit(self._get_part, download, index))
-                pending = set(futures)
-                while pending:
-                    _raise_if_cancelled(cancel, "while parts were in flight")
-                    done, pending = wait(pending, timeout=0.1, return_when=FIRST_EXCEPTION)
-                    for future in done:
-                        future.result()
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
-            finally:
-                for download in downloads:
-                    download.close()
-        return [download.result() for download in downloads]
-
-    def _size_of(self, uri: S3Uri) -> int:
-        try:
-            response = self.client.head_object(Bucket=uri.bucket, Key=uri.key)
-        except ClientError as error:
-            if _error_code(error) in _MISSING:
-                raise ObjectMissingError(f"{uri} does not exist") from error
-            raise
-        return int(response["ContentLength"])
-
-    def _get_part(self, download: _RangedDownload, index: int) -> None:
-        source = download.source
-        for attempt in range(1, _PART_TRIES + 1):
-            try:
-                response = self.client.get_object(
-                    Bucket=source.bucket, Key=source.key, Range=download.byte_range(index)
-                )
-                total = str(response.get("ContentRange", "")).rpartition("/")[2]
-                if total.isdigit() and int(total) != download.size:
-                    raise ObjectSizeError(source, download.size, int(total))
-                data: bytes = response["Body"].read()
-            except ClientError as error:
-                code = _error_code(error)
-                if code in _MISSING:
-                    raise ObjectMissingError(f"{source} does not exist") from error
-                if code in {"416", "InvalidRange"}:  # shorter than the range asked for
-                    raise ObjectSizeError(source, download.size, None) from error
-                raise
-            except _BODY_ERRORS:
-                if attempt == _PART_TRIES:
-                    raise
-                continue
-            if len(data) == download.expected(index):
-                download.received(index, data)
-                return
-        raise ObjectSizeError(source, download.size, None)  # every try came short
+        digests: dict[int, Future[str]] = {}
+        # Leaving the `with` blocks by an exception cancels in-flight transfers (shutdown(cancel=True) is broken
+        # in s3transfer 0.19: it passes its arguments in the wrong order).
+        with (
+            ThreadPoolExecutor(max_workers=_HASHERS, thread_name_prefix="sha256") as hashers,
+            create_transfer_manager(self.client, self.transfer_config()) as manager,
+        ):
+            pending: dict[int, Any] = {}
+            for index, (source, path) in enumerate(pairs):
+                _raise_if_cancelled(cancel, "before all files were requested")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                pending[index] = manager.download(source.bucket, source.key, str(path))
+            # s3transfer futures have no result(timeout): poll, so a cancel is noticed and each file is hashed soon
+            # after it lands.
+            while pending:
+                _raise_if_cancelled(cancel, "while files were in flight")
+                for index in [i for i, future in pending.items() if future.done()]:
+                    source, path = pairs[index]
+                    try:
+                        pending.pop(index).result()
+                    except ClientError as error:
+                        if _error_code(error) in _MISSING:
+                            raise ObjectMissingError(f"{source} does not exist") from error
+                        raise
+                    digests[index] = hashers.submit(sha256_file, path)
+                if pending:
+                    time.sleep(_POLL_S)
+            return [
+                TransferredFile(path, source, path.stat().st_size, digests[index].result())
+                for index, (source, path) in enumerate(pairs)
+            ]
 
     def download_prefix(self, prefix: S3Uri, dest: Path, *, cancel: threading.Event | None = None) -> list[Path]:
         """Mirror every object under ``prefix`` into ``dest``; returns the local files."""
