@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from localcluster.build import build_all, is_built
-from localcluster.controlplane import REPO_ROOT, S3_BUCKET, ClusterError, LocalCluster
+from localcluster.controlplane import PORTS, REPO_ROOT, S3_BUCKET, ClusterError, LocalCluster
 from localcluster.stack import DemoStack
 
 DEMO_RUN = REPO_ROOT / "examples" / "demo-run.yaml"
@@ -44,6 +44,8 @@ class Timeline:
 
 def demo_manifest() -> dict[str, Any]:
     manifest: dict[str, Any] = yaml.safe_load(DEMO_RUN.read_text())
+    # The example names the default MinIO; a control plane started with LOKA_CLUSTER_PORT_OFFSET has its own.
+    manifest["spec"]["storage"]["endpoint"] = f"http://127.0.0.1:{PORTS.minio}"
     return manifest
 
 

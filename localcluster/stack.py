@@ -34,6 +34,9 @@ log = logging.getLogger("loka.demo")
 
 RAY_DASHBOARD_PORT = 8265
 RAY_GCS_PORT = 36379
+# Ray's job API hands each job to the node's dashboard agent. Its default port (52365) is taken by any other Ray
+# started on this machine without options (a test's local cluster), and then no job can be submitted here.
+RAY_AGENT_PORT = 35365
 OPERATOR_HEALTH_PORT = 38090
 OPERATOR_METRICS_PORT = 38091
 # The namespaces the demo's operator watches: the demo's own and the end-to-end tests'.
@@ -86,7 +89,7 @@ class DemoStack:
         return [
             Component(
                 name="ray-head",
-                ports=(RAY_GCS_PORT, RAY_DASHBOARD_PORT),
+                ports=(RAY_GCS_PORT, RAY_DASHBOARD_PORT, RAY_AGENT_PORT),
                 binary=_venv_bin("ray"),
                 args=[
                     "start",
@@ -96,6 +99,7 @@ class DemoStack:
                     "--node-ip-address=127.0.0.1",
                     "--dashboard-host=127.0.0.1",
                     f"--dashboard-port={RAY_DASHBOARD_PORT}",
+                    f"--dashboard-agent-listen-port={RAY_AGENT_PORT}",
                     "--num-cpus=2",
                     "--disable-usage-stats",
                 ],

@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 
+from loka_api.models import QUANTITY_PATTERN
 from loka_operator.builders.rayjob import SUBMISSION_MODES, RayJobSettings
 
 ENV_SUBMISSION_MODE = "LOKA_RAYJOB_SUBMISSION_MODE"
+# Defaults of the Ray pods' work volumes for runs that do not size them (chart: operator.workDisk).
+ENV_HEAD_DISK = "LOKA_HEAD_DISK"
+ENV_WORKER_DISK = "LOKA_WORKER_DISK"
+ENV_DISK_STORAGE_CLASS = "LOKA_DISK_STORAGE_CLASS"
 
 
 class ConfigError(ValueError):
     pass
+
+
+def _quantity(variable: str, default: str) -> str:
+    value = os.environ.get(variable) or default
+    if not re.fullmatch(QUANTITY_PATTERN, value) or value.startswith("-"):
+        raise ConfigError(f"{variable}={value!r} is not a size; use a Kubernetes quantity such as 200Gi or 1Ti")
+    return value
 
 
 @dataclass(frozen=True)
@@ -48,4 +61,11 @@ class OperatorConfig:
             raise ConfigError(
                 f"{ENV_SUBMISSION_MODE}={mode!r} is not supported; use one of {', '.join(SUBMISSION_MODES)}"
             )
-        return cls(namespaces=namespaces, rayjob=RayJobSettings(submission_mode=mode), **overrides)  # type: ignore[arg-type]
+        defaults = RayJobSettings()
+        rayjob = RayJobSettings(
+            submission_mode=mode,
+            head_disk=_quantity(ENV_HEAD_DISK, defaults.head_disk),
+            worker_disk=_quantity(ENV_WORKER_DISK, defaults.worker_disk),
+            disk_storage_class=os.environ.get(ENV_DISK_STORAGE_CLASS) or None,
+        )
+        return cls(namespaces=namespaces, rayjob=rayjob, **overrides)  # type: ignore[arg-type]
