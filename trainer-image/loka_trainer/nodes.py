@@ -9,6 +9,9 @@ Without a Ray cluster (tests, the trl engine) the same functions run in this pro
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -91,6 +94,28 @@ class FileOnAnyNode:
 
 
 @contextmanager
+def keeping_sigterm_handler() -> Iterator[None]:
+    """Undo what ``ray.init`` does to SIGTERM: it installs ``sys.exit(15)`` over the caller's handler, which
+    made the trainer vanish on SIGTERM (exit 15, nothing reported) while verl trained on in its own session.
+    A SIGTERM that arrives during ``ray.init`` itself is handed to the caller's handler once it is back.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Ray only replaces the handler from the main thread
+        return
+    ours = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    except SystemExit as exit_:
+        if exit_.code != signal.SIGTERM:
+            raise
+        signal.signal(signal.SIGTERM, ours)
+        signal.raise_signal(signal.SIGTERM)
+        raise ConnectionError("SIGTERM while joining the Ray cluster") from None
+    finally:
+        signal.signal(signal.SIGTERM, ours)
+
+
+@contextmanager
 def connected_to_ray() -> Iterator[bool]:
     """Join the Ray cluster this process runs in (a RayJob's entrypoint has one), for as long as the block."""
     import ray
@@ -99,15 +124,44 @@ def connected_to_ray() -> Iterator[bool]:
         yield True
         return
     try:
-        ray.init(address="auto", log_to_driver=False, configure_logging=False)
+        with keeping_sigterm_handler():
+            ray.init(address="auto", log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as error:
         log.info("no Ray cluster to join (%s): staging on this machine only", type(error).__name__)
+        if ray.is_initialized():
+            ray.shutdown()
         yield False
         return
     try:
         yield True
     finally:
         ray.shutdown()
+
+
+def wait_for_driver_actors(driver_pid: int, *, timeout: float) -> list[str]:
+    """Wait until no actor is left (alive, pending or restarting) in the Ray job(s) whose driver was process ``driver_pid`` on this node
+    (Ray kills a job's actors once its driver is gone); returns the actors still alive at the deadline.
+    """
+    import ray
+    from ray._private import state  # the GCS tables, without needing the dashboard's state API
+
+    here = ray.util.get_node_ip_address()
+    jobs = [
+        ray.JobID.from_hex(job["JobID"])
+        for job in state.jobs()  # type: ignore[no-untyped-call]
+        if job["DriverPid"] == driver_pid and job["DriverIPAddress"] == here
+    ]
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [
+            f"{info['ActorClassName']} (pid {info['Pid']}, {info['State']})"
+            for job in jobs
+            for info in state.actors(job_id=job).values()  # type: ignore[no-untyped-call]
+            if info["State"] != "DEAD"
+        ]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.2)
 
 
 # ----------------------------------------------------------------------------------- node tasks
