@@ -101,7 +101,7 @@ def driver(argv: list[str]) -> int:
     child = subprocess.Popen([sys.executable, "-c", LINGERING_CHILD])
     record_pid(pids, "group-child", child.pid)
     ray.init(runtime_env={"env_vars": env}, log_to_driver=False)
-    runner = ray.remote(num_cpus=0, max_restarts=0)(TaskRunner).remote()
+    runner: Any = ray.remote(num_cpus=0, max_restarts=0)(TaskRunner).remote()
     steps = ray.get(runner.run.remote(config, pids))
     print(f"stand-in verl trained to step {steps}", flush=True)
     child.terminate()

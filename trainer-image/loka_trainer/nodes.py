@@ -139,13 +139,13 @@ def connected_to_ray() -> Iterator[bool]:
 
 
 def wait_for_driver_actors(driver_pid: int, *, timeout: float) -> list[str]:
-    """Wait until no actor is left (alive, pending or restarting) in the Ray job(s) whose driver was process ``driver_pid`` on this node
-    (Ray kills a job's actors once its driver is gone); returns the actors still alive at the deadline.
+    """Wait until no actor is left (alive, pending or restarting) in the Ray job(s) whose driver was process
+    ``driver_pid`` on this node (Ray kills a job's actors once its driver is gone); returns those still left.
     """
     import ray
     from ray._private import state  # the GCS tables, without needing the dashboard's state API
 
-    here = ray.util.get_node_ip_address()
+    here = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
     jobs = [
         ray.JobID.from_hex(job["JobID"])
         for job in state.jobs()  # type: ignore[no-untyped-call]
@@ -156,7 +156,7 @@ def wait_for_driver_actors(driver_pid: int, *, timeout: float) -> list[str]:
         alive = [
             f"{info['ActorClassName']} (pid {info['Pid']}, {info['State']})"
             for job in jobs
-            for info in state.actors(job_id=job).values()  # type: ignore[no-untyped-call]
+            for info in state.actors(job_id=job).values()
             if info["State"] != "DEAD"
         ]
         if not alive or time.monotonic() >= deadline:
@@ -189,3 +189,27 @@ def upload_from_node(prefix: str, keep: int, step: int, checkpoint_dir: str) -> 
     if not folder.is_dir() or not any(p.is_file() for p in folder.rglob("*")):
         return ()
     return CheckpointStore(ObjectStore(), S3Uri.parse(prefix), keep=keep).upload_folder(step, folder)
+
+
+def link_checkpoint_on_node(checkpoint_dir: str, snapshot_dir: str) -> int:
+    """Hard-link the files of ``checkpoint_dir`` this node holds into ``snapshot_dir`` (same relative paths):
+    verl may delete its local folder (max_actor_ckpt_to_keep) while the snapshot is still uploading.
+    """
+    import os
+    import shutil
+
+    source, snapshot = Path(checkpoint_dir), Path(snapshot_dir)
+    shutil.rmtree(snapshot, ignore_errors=True)  # left by an attempt that died mid-upload
+    linked = 0
+    for path in sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else []:
+        target = snapshot / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(path, target)
+        linked += 1
+    return linked
+
+
+def remove_on_node(folder: str) -> None:
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)

@@ -137,10 +137,8 @@ def wait_or_stop(process: subprocess.Popen[bytes], stop: threading.Event, *, gra
             log.info("stopping verl (pid %d): SIGTERM to its process group", process.pid)
             deadline = time.monotonic() + grace_s
             _signal_group(process.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                pass
             if not _group_gone(process.pid, deadline):
                 log.warning("verl's process group did not stop within %.0f s: SIGKILL", grace_s)
                 _signal_group(process.pid, signal.SIGKILL)
