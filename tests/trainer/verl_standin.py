@@ -23,7 +23,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-STEP_SECONDS = 0.5
+STEP_SECONDS = 1.0
 RUNTIME_ENV = "+ray_kwargs.ray_init.runtime_env.env_vars."
 # A process in the driver's group that finishes "in-flight work" for a moment after SIGTERM.
 LINGERING_CHILD = (
@@ -81,12 +81,16 @@ def task_runner(config: dict[str, str], pids: Path) -> int:
     )
     writer = MetricsWriter(Path(os.environ["VERL_FILE_LOGGER_PATH"]))
     for step in range(start + 1, total + 1):
+        began = time.monotonic()
         time.sleep(STEP_SECONDS)
-        writer.log(step, {"training/global_step": step, "critic/score/mean": step / total})
+        timing = {}
         if step % every == 0 or step == total:
             folder = write_checkpoint(local, step)
             trainer = SimpleNamespace(global_steps=step, total_training_steps=total)
             callback.on_save(trainer=trainer, global_step=step, checkpoint_dir=str(folder), async_save=False)
+            timing["timing_s/save_checkpoint"] = time.monotonic() - began - STEP_SECONDS
+        timing["timing_s/step"] = time.monotonic() - began
+        writer.log(step, {"training/global_step": step, "critic/score/mean": step / total, **timing})
     writer.close()
     return total
 
@@ -100,7 +104,7 @@ def driver(argv: list[str]) -> int:
     config, env = parse_overrides(argv)
     child = subprocess.Popen([sys.executable, "-c", LINGERING_CHILD])
     record_pid(pids, "group-child", child.pid)
-    ray.init(runtime_env={"env_vars": env}, log_to_driver=False)
+    ray.init(runtime_env={"env_vars": env})  # log_to_driver, as verl: the actors print into its output
     runner: Any = ray.remote(num_cpus=0, max_restarts=0)(TaskRunner).remote()
     steps = ray.get(runner.run.remote(config, pids))
     print(f"stand-in verl trained to step {steps}", flush=True)

@@ -138,29 +138,40 @@ def connected_to_ray() -> Iterator[bool]:
         ray.shutdown()
 
 
-def wait_for_driver_actors(driver_pid: int, *, timeout: float) -> list[str]:
-    """Wait until no actor is left (alive, pending or restarting) in the Ray job(s) whose driver was process
-    ``driver_pid`` on this node (Ray kills a job's actors once its driver is gone); returns those still left.
-    """
+def _driver_jobs(driver_pid: int) -> list[Any]:
+    """The Ray jobs whose driver was process ``driver_pid`` on this node."""
     import ray
     from ray._private import state  # the GCS tables, without needing the dashboard's state API
 
     here = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
-    jobs = [
+    return [
         ray.JobID.from_hex(job["JobID"])
         for job in state.jobs()  # type: ignore[no-untyped-call]
         if job["DriverPid"] == driver_pid and job["DriverIPAddress"] == here
     ]
+
+
+def _live_actors(jobs: list[Any]) -> dict[str, str]:
+    from ray._private import state
+
+    return {
+        actor_id: f"{info['ActorClassName']} (pid {info['Pid']}, {info['State']})"
+        for job in jobs
+        for actor_id, info in state.actors(job_id=job).items()
+        if info["State"] != "DEAD"
+    }
+
+
+def wait_for_driver_actors(driver_pid: int, *, timeout: float) -> list[str]:
+    """Wait until no actor is left (alive, pending or restarting) in the Ray job(s) whose driver was process
+    ``driver_pid`` on this node; returns those still left at the deadline.
+    """
+    jobs = _driver_jobs(driver_pid)
     deadline = time.monotonic() + timeout
     while True:
-        alive = [
-            f"{info['ActorClassName']} (pid {info['Pid']}, {info['State']})"
-            for job in jobs
-            for info in state.actors(job_id=job).values()
-            if info["State"] != "DEAD"
-        ]
-        if not alive or time.monotonic() >= deadline:
-            return alive
+        live = _live_actors(jobs)
+        if not live or time.monotonic() >= deadline:
+            return sorted(live.values())
         time.sleep(0.2)
 
 

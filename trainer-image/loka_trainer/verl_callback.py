@@ -98,7 +98,8 @@ class S3CheckpointCallback(CheckpointCallback):
             log.info("uploaded checkpoint step %d in %.1f s", global_step, time.monotonic() - started - waited)
             return
         snapshot = str(Path(checkpoint_dir).parent / SNAPSHOT_FOLDER / Path(checkpoint_dir).name)
-        on_nodes(link_checkpoint_on_node, checkpoint_dir, snapshot)
+        link_checkpoint_on_node(checkpoint_dir, snapshot)  # here without a Ray task: one node needs none
+        on_nodes(link_checkpoint_on_node, checkpoint_dir, snapshot, skip_current=True)
         self._upload = BackgroundUpload(self.checkpoints, global_step, snapshot)
         log.info("checkpoint step %d: training goes on after %.2f s", global_step, time.monotonic() - started)
 

@@ -105,7 +105,8 @@ class VerlEngine:
         process = subprocess.Popen(argv, env=process_environment(job), cwd=job.work_dir, start_new_session=True)
         code = wait_or_stop(process, job.stop)
         if job.stop.is_set() and ray.is_initialized():
-            # verl trains in Ray actors outside its process group; Ray ends them once their driver is gone.
+            # On the RayJob's cluster verl trains in actors outside its process group; Ray ends them once their
+            # driver is gone. Report only then: nothing of verl may move the marker after the trainer says where.
             from loka_trainer.nodes import wait_for_driver_actors
 
             left = wait_for_driver_actors(process.pid, timeout=ACTOR_STOP_WAIT_S)
