@@ -66,6 +66,8 @@ def environment() -> dict[str, str]:
 
 
 def s3_client() -> Any:
+    if str(BUNDLE / "site") not in sys.path:
+        sys.path.append(str(BUNDLE / "site"))  # boto3 comes with the bundle; the machine's own packages first
     import boto3
 
     return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{S3_PORT}", region_name="us-east-1",
