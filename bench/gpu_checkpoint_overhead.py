@@ -74,15 +74,19 @@ def main(results: Path) -> int:
     extra_steps = sum(after_on) - sum(after_off) * len(after_on) / max(len(after_off), 1)
     baseline = 10 * median_step + save_time[off_step]
     print(f"  verl's own save               {save_time[off_step]:8.2f} s (step {off_step}, callback off)")
-    print(f"  Loka inside the save          {in_save:8.2f} s (step {on_step} minus step {off_step})")
-    print(f"  9 steps after the on save     {sum(after_on):8.2f} s; after the off save {sum(after_off):.2f} s")
+    print(f"  Loka inside the save          {in_save:8.2f} s (step {on_step} minus step {off_step}; the callback's "
+          f"own timer: {on[0]['in_save_s']:.2f} s)")  # fmt: skip
+    print(f"  steps after the on save       {sum(after_on):8.2f} s ({len(after_on)} steps, mean "
+          f"{statistics.mean(after_on):.2f} s); after the off save {sum(after_off):.2f} s ({len(after_off)} steps, "
+          f"mean {statistics.mean(after_off):.2f} s)")  # fmt: skip
     overhead = in_save + extra_steps
     print(f"  overhead per 10 steps         {overhead:8.2f} s = {100 * overhead / baseline:.2f} % "
           f"(aim: under 2 %)")  # fmt: skip
-    if last_uploads:
-        step, seconds = max(last_uploads.items())
-        print(f"  the same upload in the save   {100 * seconds / baseline:8.2f} % (step {step}: what a synchronous "
-              "upload would cost)")  # fmt: skip
+    timed = last_uploads or uploads
+    if timed:
+        step, seconds = max(timed.items())
+        print(f"  the same upload in the save   {100 * seconds / baseline:8.2f} % (step {step}'s {seconds:.1f} s: what "
+              "a synchronous upload costs)")  # fmt: skip
     return 0
 
 

@@ -44,7 +44,7 @@ LOG_LIMIT = 6 * 1024 * 1024  # the trainer log's tail that comes back
 
 def environment() -> dict[str, str]:
     """The trainer's environment: the bundle and this checkout's packages, S3, and what the bundle lacks."""
-    paths = [BUNDLE / "site", REPO / "api", REPO / "trainer-image", REPO]
+    paths = [REPO / "api", REPO / "trainer-image", REPO, BUNDLE / "site"]  # a wheel ships a top-level tests
     return {
         **os.environ,
         "PYTHONPATH": ":".join(str(p) for p in paths),
