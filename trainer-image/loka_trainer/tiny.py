@@ -47,7 +47,14 @@ SHAPES = {
 }  # fmt: skip
 
 
-def arithmetic_tasks(count: int, *, seed: int = 0) -> list[dict[str, object]]:
+# How a task asks for its answer: in GSM8K-style tags (the gsm8k reward), or as a bare number (the demo's reward).
+ANSWER_INSTRUCTIONS = {
+    "tags": "Think in <think></think>, then answer in <answer></answer>.",
+    "number": "Answer with the number only.",
+}
+
+
+def arithmetic_tasks(count: int, *, seed: int = 0, answer: str = "tags") -> list[dict[str, object]]:
     """GSM8K-shaped toy tasks: id, prompt, ground_truth, metadata."""
     rng = random.Random(seed)
     tasks: list[dict[str, object]] = []
@@ -56,7 +63,7 @@ def arithmetic_tasks(count: int, *, seed: int = 0) -> list[dict[str, object]]:
         tasks.append(
             {
                 "id": f"add-{index}",
-                "prompt": f"What is {a} + {b}? Think in <think></think>, then answer in <answer></answer>.",
+                "prompt": f"What is {a} + {b}? {ANSWER_INSTRUCTIONS[answer]}",
                 "ground_truth": str(a + b),
                 "metadata": {"a": a, "b": b},
             }
@@ -68,8 +75,9 @@ def _corpus(seed: int) -> list[str]:
     """Chat-formatted arithmetic, so the prompts, roles and tags are few tokens each."""
     rng = random.Random(seed)
     lines = []
-    for task in arithmetic_tasks(1000, seed=seed + 1):
-        lines.append(f"{IM_START}user\n{task['prompt']}{IM_END}\n{IM_START}assistant\n")
+    for answer in ANSWER_INSTRUCTIONS:
+        for task in arithmetic_tasks(500, seed=seed + 1, answer=answer):
+            lines.append(f"{IM_START}user\n{task['prompt']}{IM_END}\n{IM_START}assistant\n")
     for _ in range(2000):
         a, b = rng.randint(0, 99), rng.randint(0, 99)
         lines.append(f"<think>{a} plus {b} is {a + b}</think><answer>{a + b}</answer>{IM_END}\n")
@@ -129,7 +137,8 @@ def build_tiny_model(output: Path, *, seed: int = 0, vocab_size: int = 512, size
     return output
 
 
-def write_tasks(path: Path, count: int, *, seed: int = 0) -> Path:
+def write_tasks(path: Path, count: int, *, seed: int = 0, answer: str = "tags") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(task) + "\n" for task in arithmetic_tasks(count, seed=seed)), encoding="utf-8")
+    tasks = arithmetic_tasks(count, seed=seed, answer=answer)
+    path.write_text("".join(json.dumps(task) + "\n" for task in tasks), encoding="utf-8")
     return path
