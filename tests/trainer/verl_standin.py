@@ -104,12 +104,14 @@ def driver(argv: list[str]) -> int:
     config, env = parse_overrides(argv)
     child = subprocess.Popen([sys.executable, "-c", LINGERING_CHILD])
     record_pid(pids, "group-child", child.pid)
-    ray.init(runtime_env={"env_vars": env})  # log_to_driver, as verl: the actors print into its output
-    runner: Any = ray.remote(num_cpus=0, max_restarts=0)(TaskRunner).remote()
-    steps = ray.get(runner.run.remote(config, pids))
-    print(f"stand-in verl trained to step {steps}", flush=True)
-    child.terminate()
-    child.wait()
+    try:
+        ray.init(runtime_env={"env_vars": env})  # log_to_driver, as verl: the actors print into its output
+        runner: Any = ray.remote(num_cpus=0, max_restarts=0)(TaskRunner).remote()
+        steps = ray.get(runner.run.remote(config, pids))
+        print(f"stand-in verl trained to step {steps}", flush=True)
+    finally:
+        child.kill()
+        child.wait()
     return 0
 
 
