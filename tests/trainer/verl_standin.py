@@ -109,9 +109,11 @@ def driver(argv: list[str]) -> int:
         runner: Any = ray.remote(num_cpus=0, max_restarts=0)(TaskRunner).remote()
         steps = ray.get(runner.run.remote(config, pids))
         print(f"stand-in verl trained to step {steps}", flush=True)
-    finally:
+    except Exception:  # a failed run leaves no child behind; a SIGTERM (SystemExit) leaves it to the group's stop
         child.kill()
-        child.wait()
+        raise
+    child.terminate()
+    child.wait()
     return 0
 
 
