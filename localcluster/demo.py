@@ -106,7 +106,7 @@ ASSETS_RECIPE = "tiny-qwen2 with ChatML tokens; 64 arithmetic tasks asking for a
 
 def build_demo_assets(assets: Path) -> Path:
     """The demo's tiny random model (a tokenizer trained here) and toy dataset, built into ``assets`` once."""
-    from loka_trainer.dataset import build_dataset
+    from loka_api.dataset import build_dataset
     from loka_trainer.tiny import build_tiny_model, write_tasks
 
     stamp = assets / "recipe.txt"

@@ -88,7 +88,7 @@ def test_async_saves_are_not_uploaded_as_complete(
 def test_saves_upload_in_the_background_from_a_snapshot_that_survives_verls_rotation(
     ray_cluster: list[str], object_store: ObjectStore, s3_prefix: S3Uri, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from loka_trainer.checkpoints import sha256_file
+    from loka_api.manifest import sha256_file
     from loka_trainer.verl_callback import SNAPSHOT_FOLDER, S3CheckpointCallback
 
     monkeypatch.setenv("LOKA_CHECKPOINT_PREFIX", str(s3_prefix))

@@ -59,7 +59,7 @@ def build_builtin_model(uri: str, dest: Path) -> str:
 
 def build_builtin_data(uri: str, field: str, folder: Path) -> Path:
     """Build the dataset's train and validation parquet files into ``folder``; return the one ``field`` names."""
-    from loka_trainer.dataset import TRAIN_FILE, VALIDATION_FILE, build_dataset
+    from loka_api.dataset import TRAIN_FILE, VALIDATION_FILE, build_dataset
     from loka_trainer.tiny import write_tasks
 
     _builtin_name(uri, field, BUILTIN_DATASETS)
