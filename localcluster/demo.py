@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from localcluster.build import build_all, is_built
-from localcluster.controlplane import REPO_ROOT, S3_BUCKET, ClusterError, LocalCluster
+from localcluster.controlplane import LOCALHOST, PORTS, REPO_ROOT, S3_BUCKET, ClusterError, LocalCluster
 from localcluster.stack import DemoStack
 
 DEMO_RUN = REPO_ROOT / "examples" / "demo-run.yaml"
@@ -42,7 +42,9 @@ class Timeline:
 
 
 def demo_manifest() -> dict[str, Any]:
+    """examples/demo-run.yaml with its S3 endpoint on this checkout's MinIO (LOKA_CLUSTER_PORT_OFFSET moves it)."""
     manifest: dict[str, Any] = yaml.safe_load(DEMO_RUN.read_text())
+    manifest["spec"]["storage"]["endpoint"] = f"http://{LOCALHOST}:{PORTS.minio}"
     return manifest
 
 
@@ -245,7 +247,7 @@ def run_demo(timeout: float) -> int:
 
     print(f"4/5 kubectl apply -f {DEMO_RUN.relative_to(REPO_ROOT)}")
     timeline = Timeline(applied=time.monotonic())
-    cluster.kubectl("apply", "-f", str(DEMO_RUN))
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
     final = follow(cluster, namespace, name, timeline=timeline, timeout=timeout)
 
     print("5/5 summary")
