@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from localcluster.build import build_all, is_built
-from localcluster.controlplane import PORTS, REPO_ROOT, S3_BUCKET, ClusterError, LocalCluster
+from localcluster.controlplane import LOCALHOST, PORTS, REPO_ROOT, S3_BUCKET, ClusterError, LocalCluster
 from localcluster.stack import DemoStack
 
 DEMO_RUN = REPO_ROOT / "examples" / "demo-run.yaml"
@@ -32,20 +32,19 @@ TERMINAL = {"Succeeded", "Failed"}
 
 @dataclass
 class Timeline:
-    """What the follower saw: when each phase first appeared, and the reward over steps."""
+    """What the follower saw: when each phase first appeared."""
 
     applied: float
     phases: dict[str, float] = field(default_factory=dict)
-    rewards: list[tuple[int, float]] = field(default_factory=list)
 
     def seconds_to(self, phase: str) -> float | None:
         return self.phases[phase] - self.applied if phase in self.phases else None
 
 
 def demo_manifest() -> dict[str, Any]:
+    """examples/demo-run.yaml with its S3 endpoint on this checkout's MinIO (LOKA_CLUSTER_PORT_OFFSET moves it)."""
     manifest: dict[str, Any] = yaml.safe_load(DEMO_RUN.read_text())
-    # The example names the default MinIO; a control plane started with LOKA_CLUSTER_PORT_OFFSET has its own.
-    manifest["spec"]["storage"]["endpoint"] = f"http://127.0.0.1:{PORTS.minio}"
+    manifest["spec"]["storage"]["endpoint"] = f"http://{LOCALHOST}:{PORTS.minio}"
     return manifest
 
 
@@ -103,16 +102,29 @@ def prepare_namespace(cluster: LocalCluster, namespace: str, *, cluster_queue: s
                     input=yaml.safe_dump_all([secret, flavor, queue]))  # fmt: skip
 
 
-def upload_tiny_assets(cluster: LocalCluster, work: Path, prefix: str = "demo") -> None:
-    """A tiny random model with a tokenizer trained here, and a toy arithmetic dataset, into MinIO."""
+# What build_demo_assets makes; a folder built to another recipe (an older checkout's) is rebuilt.
+ASSETS_RECIPE = "tiny-qwen2 with ChatML tokens; 64 arithmetic tasks asking for a bare number; split 1/8"
+
+
+def build_demo_assets(assets: Path) -> Path:
+    """The demo's tiny random model (a tokenizer trained here) and toy dataset, built into ``assets`` once."""
     from loka_api.dataset import build_dataset
     from loka_trainer.tiny import build_tiny_model, write_tasks
 
-    assets = work / "assets"
-    if not (assets / "model" / "config.json").exists():
-        build_tiny_model(assets / "model")
-    if not (assets / "data" / "train.parquet").exists():
-        build_dataset(write_tasks(assets / "tasks.jsonl", 64), assets / "data", validation_fraction=0.125)
+    stamp = assets / "recipe.txt"
+    if stamp.is_file() and stamp.read_text() == ASSETS_RECIPE:
+        return assets
+    shutil.rmtree(assets, ignore_errors=True)
+    build_tiny_model(assets / "model")
+    tasks = write_tasks(assets / "tasks.jsonl", 64, answer="number")
+    build_dataset(tasks, assets / "data", validation_fraction=0.125)
+    stamp.write_text(ASSETS_RECIPE)
+    return assets
+
+
+def upload_tiny_assets(cluster: LocalCluster, work: Path, prefix: str = "demo") -> None:
+    """A tiny random model with a tokenizer trained here, and a toy arithmetic dataset, into MinIO."""
+    assets = build_demo_assets(work / "assets")
     s3 = s3_client(cluster)
     for path in sorted((assets / "model").rglob("*")):
         if path.is_file():
@@ -144,13 +156,22 @@ def delete_previous_run(cluster: LocalCluster, stack: DemoStack, manifest: dict[
         s3.delete_objects(Bucket=S3_BUCKET, Delete={"Objects": [{"Key": k} for k in keys[start : start + 1000]]})
 
 
-def step_seconds(stack: DemoStack, namespace: str, name: str) -> list[float]:
-    """Seconds per GRPO step as the trainer measured them (verl's `perf/time_per_step` in its metrics file)."""
+def step_metric(stack: DemoStack, namespace: str, name: str, key: str) -> list[float]:
+    """One metric per GRPO step as the trainer logged it (verl's metric names, in the run's metrics file)."""
     metrics = stack.work_dir / namespace / name / "metrics.jsonl"
     if not metrics.exists():
         return []
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    return [r["data"]["perf/time_per_step"] for r in records if "perf/time_per_step" in r.get("data", {})]
+    return [float(r["data"][key]) for r in records if key in r.get("data", {})]
+
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], *, low: float = 0.0, high: float = 1.0) -> str:
+    """One block character per value on a fixed scale, so a flat curve looks flat."""
+    span = (high - low) or 1.0
+    return "".join(SPARK[round(min(max((v - low) / span, 0.0), 1.0) * (len(SPARK) - 1))] for v in values)
 
 
 def get_run(cluster: LocalCluster, namespace: str, name: str) -> dict[str, Any] | None:
@@ -193,9 +214,6 @@ def follow(cluster: LocalCluster, namespace: str, name: str, *, timeline: Timeli
         phase = status.get("phase") or "Pending"
         now = time.monotonic()
         timeline.phases.setdefault(phase, now)
-        step, reward = (status.get("progress") or {}).get("step"), (status.get("metrics") or {}).get("rewardMean")
-        if step is not None and reward is not None and (not timeline.rewards or timeline.rewards[-1][0] != step):
-            timeline.rewards.append((step, reward))
         line = describe(status)
         if line != last_line:
             print(f"  [{now - timeline.applied:6.1f}s] {line}", flush=True)
@@ -229,7 +247,7 @@ def run_demo(timeout: float) -> int:
 
     print(f"4/5 kubectl apply -f {DEMO_RUN.relative_to(REPO_ROOT)}")
     timeline = Timeline(applied=time.monotonic())
-    cluster.kubectl("apply", "-f", str(DEMO_RUN))
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
     final = follow(cluster, namespace, name, timeline=timeline, timeout=timeout)
 
     print("5/5 summary")
@@ -238,10 +256,11 @@ def run_demo(timeout: float) -> int:
     if final.get("phase") != "Succeeded":
         print(f"  message            {final.get('message')}")
     print(f"  steps              {progress.get('step')}/{progress.get('totalSteps')}")
-    if timeline.rewards:
-        (first_step, first), (last_step, last) = timeline.rewards[0], timeline.rewards[-1]
-        print(f"  reward mean        {first:.3f} at step {first_step} → {last:.3f} at step {last_step}")
-    seconds_per_step = step_seconds(stack, namespace, name)
+    rewards = step_metric(stack, namespace, name, "critic/score/mean")
+    if rewards:
+        print(f"  reward mean        {rewards[0]:.3f} at step 1 → {rewards[-1]:.3f} at step {len(rewards)}")
+        print(f"  reward per step    {sparkline(rewards)}  (0 ▁ … █ 1)")
+    seconds_per_step = step_metric(stack, namespace, name, "perf/time_per_step")
     if seconds_per_step:
         mean = sum(seconds_per_step) / len(seconds_per_step)
         rate = f"{60 / mean:.0f} steps/min on CPU"

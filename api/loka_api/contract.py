@@ -55,6 +55,17 @@ ENV_WANDB_MODE = "WANDB_MODE"
 # The trainer's local staging root: the operator mounts each Ray pod's work volume there (default $HOME/loka-work).
 ENV_WORK_DIR = "LOKA_WORK_DIR"
 
+# ------------------------------------------------------------------------------- built-in inputs
+#
+# Inputs the trainer builds itself, so a smoke run downloads nothing: model.uri builtin://<model>,
+# data.train / data.validation builtin://<dataset> (each field gets its own split of the dataset).
+
+BUILTIN_SCHEME = "builtin://"
+# A randomly initialised Qwen2 with a tokenizer trained on the spot: tiny (CPU-sized), and Qwen2.5-0.5B's shape.
+BUILTIN_MODELS = ("tiny-qwen2", "random-qwen2-0.5b")
+# GSM8K-shaped toy tasks in verl's RL parquet schema.
+BUILTIN_DATASETS = ("arithmetic",)
+
 # ------------------------------------------------------------------------------ checkpoints in S3
 #
 #   <checkpoints.uri>/<namespace>/<run>/<uid>/global_step_<N>/...                the files the engine wrote

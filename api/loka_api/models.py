@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
-from loka_api.contract import CHECKPOINT_LAYOUT, STEP_FOLDER_PREFIX
+from loka_api.contract import BUILTIN_DATASETS, BUILTIN_MODELS, BUILTIN_SCHEME, CHECKPOINT_LAYOUT, STEP_FOLDER_PREFIX
 
 GROUP = "loka.dev"
 VERSION = "v1alpha1"
@@ -100,33 +100,47 @@ class SecretKeyRef(LokaModel):
     key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key in the Secret.")
 
 
+def _builtin_alternatives(names: tuple[str, ...]) -> str:
+    return "|".join(f"{BUILTIN_SCHEME}{name}".replace(".", "\\\\.") for name in names)
+
+
+def _builtin_list(names: tuple[str, ...]) -> str:
+    return ", ".join(f"{BUILTIN_SCHEME}{name}" for name in names)
+
+
 class ModelSource(LokaModel):
     uri: str = Field(
         max_length=1024,
-        description="hf://<org>/<model> (a Hugging Face model id) or s3://<bucket>/<prefix> (a staged model).",
+        description=(
+            "hf://<org>/<model> (a Hugging Face model id), s3://<bucket>/<prefix> (a staged model), or a model the "
+            f"trainer builds itself, randomly initialised (no download): {_builtin_list(BUILTIN_MODELS)}."
+        ),
         json_schema_extra=validations(
             cel(
-                "self.matches('^(hf://[^/]+/[^/]+|s3://[^/]+/.+)$')",
-                "must be hf://<org>/<model> or s3://<bucket>/<prefix>",
+                f"self.matches('^(hf://[^/]+/[^/]+|s3://[^/]+/.+|{_builtin_alternatives(BUILTIN_MODELS)})$')",
+                f"must be hf://<org>/<model>, s3://<bucket>/<prefix>, or one of {_builtin_list(BUILTIN_MODELS)}",
             )
         ),
     )
 
 
 _S3_URI_RULE = "self.matches('^s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9](/.*)?$')"
+_DATA_URI_RULE = f"{_S3_URI_RULE} || self.matches('^({_builtin_alternatives(BUILTIN_DATASETS)})$')"
+_DATA_URI_MESSAGE = f"must be an s3://<bucket>/<key> URI or one of {_builtin_list(BUILTIN_DATASETS)}"
+_BUILTIN_DATA = f"or {_builtin_list(BUILTIN_DATASETS)} (toy tasks the trainer builds itself)"
 
 
 class DataSpec(LokaModel):
     train: str = Field(
         max_length=1024,
-        description="s3:// URI of the training parquet file.",
-        json_schema_extra=validations(cel(_S3_URI_RULE, "must be an s3://<bucket>/<key> URI")),
+        description=f"s3:// URI of the training parquet file, {_BUILTIN_DATA}.",
+        json_schema_extra=validations(cel(_DATA_URI_RULE, _DATA_URI_MESSAGE)),
     )
     validation: str | None = Field(
         default=None,
         max_length=1024,
-        description="s3:// URI of the validation parquet file.",
-        json_schema_extra=validations(cel(_S3_URI_RULE, "must be an s3://<bucket>/<key> URI")),
+        description=f"s3:// URI of the validation parquet file, {_BUILTIN_DATA}: its held-out split.",
+        json_schema_extra=validations(cel(_DATA_URI_RULE, _DATA_URI_MESSAGE)),
     )
     prompt_key: str = Field(default="prompt", min_length=1, max_length=128, description="Column holding the prompt.")
     max_prompt_length: int = Field(default=512, ge=1, le=131072, description="Prompt tokens kept (verl truncation).")

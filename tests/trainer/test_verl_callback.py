@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -91,6 +93,52 @@ def test_async_saves_are_not_uploaded_as_complete(
     folder = write_verl_checkpoint(tmp_path, step=5, shard_bytes=1024)
     callback.on_save(trainer=None, global_step=5, checkpoint_dir=str(folder), async_save=True)
     assert CheckpointStore(object_store, s3_prefix, keep=3).all_steps() == []
+
+
+def test_saves_upload_in_the_background_from_a_snapshot_that_survives_verls_rotation(
+    ray_cluster: list[str], object_store: ObjectStore, s3_prefix: S3Uri, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loka_api.manifest import sha256_file
+    from loka_trainer.nodes import UPLOAD_SNAPSHOT_FOLDER
+    from loka_trainer.verl_callback import S3CheckpointCallback
+
+    writer = Writer(1, "run-a1b2c")
+    CheckpointStore(object_store, s3_prefix, keep=3, writer=writer).claim()  # `loka-trainer run` claims first
+    monkeypatch.setenv("LOKA_CHECKPOINT_PREFIX", str(s3_prefix))
+    monkeypatch.setenv("LOKA_CHECKPOINT_WRITER", writer.to_env())
+    callback = S3CheckpointCallback(config=None)
+    trainer = SimpleNamespace(total_training_steps=30)  # what verl passes: the trainer, which knows the last step
+    local = tmp_path / "local"
+    first = write_verl_checkpoint(local, step=10, shard_bytes=512 * 1024)
+    written = {p.relative_to(first).as_posix(): sha256_file(p) for p in first.rglob("*") if p.is_file()}
+
+    callback.on_save(trainer=trainer, global_step=10, checkpoint_dir=str(first), async_save=False)
+    shutil.rmtree(first)  # verl's max_actor_ckpt_to_keep=1 at its next save, maybe while step 10 still uploads
+    last = write_verl_checkpoint(local, step=30, shard_bytes=1024)
+    callback.on_save(trainer=trainer, global_step=30, checkpoint_dir=str(last), async_save=False)
+
+    # The last save returned only once both were stored: verl's process ends right after it.
+    store = CheckpointStore(object_store, s3_prefix, keep=3)
+    assert store.complete_steps() == [10, 30]
+    assert store.marker_step() == 30
+    manifest = store.manifest(10)
+    assert manifest is not None
+    assert {f.path: f.sha256 for f in manifest.files} == written
+    assert not any((local / UPLOAD_SNAPSHOT_FOLDER).rglob("*"))
+
+
+def test_a_failed_background_upload_stops_training_at_the_next_save(
+    ray_cluster: list[str], s3_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loka_trainer.verl_callback import S3CheckpointCallback
+
+    monkeypatch.setenv("LOKA_CHECKPOINT_PREFIX", "s3://no-such-bucket-for-loka/ckpt")
+    monkeypatch.setenv("LOKA_CHECKPOINT_WRITER", "1/run-a1b2c")
+    callback = S3CheckpointCallback(config=None)
+    trainer = SimpleNamespace(total_training_steps=30)
+    callback.on_save(trainer=trainer, global_step=10, checkpoint_dir=str(write_verl_checkpoint(tmp_path, step=10)))
+    with pytest.raises(RuntimeError, match="the upload of checkpoint step 10 failed"):
+        callback.on_save(trainer=trainer, global_step=20, checkpoint_dir=str(write_verl_checkpoint(tmp_path, step=20)))
 
 
 def test_other_nodes_get_the_model_data_and_restored_checkpoint_at_the_same_paths(

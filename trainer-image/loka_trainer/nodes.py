@@ -10,6 +10,9 @@ Without a Ray cluster (tests, the trl engine) the same functions run in this pro
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +21,8 @@ from typing import Any, TypeVar
 from loka_api.manifest import ManifestFile, Writer
 from loka_trainer.checkpoints import CheckpointStore, drop_older_local_checkpoints
 from loka_trainer.storage import ObjectStore, S3Uri
+
+UPLOAD_SNAPSHOT_FOLDER = ".loka-upload"  # beside verl's global_step_N folders: what a background upload reads
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +135,28 @@ class FileOnAnyNode:
 
 
 @contextmanager
+def keeping_sigterm_handler() -> Iterator[None]:
+    """Undo what ``ray.init`` does to SIGTERM: it installs ``sys.exit(15)`` over the caller's handler, which
+    made the trainer vanish on SIGTERM (exit 15, nothing reported) while verl trained on in its own session.
+    A SIGTERM that arrives during ``ray.init`` itself is handed to the caller's handler once it is back.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Ray only replaces the handler from the main thread
+        return
+    ours = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    except SystemExit as exit_:
+        if exit_.code != signal.SIGTERM:
+            raise
+        signal.signal(signal.SIGTERM, ours)
+        signal.raise_signal(signal.SIGTERM)
+        raise ConnectionError("SIGTERM while joining the Ray cluster") from None
+    finally:
+        signal.signal(signal.SIGTERM, ours)
+
+
+@contextmanager
 def connected_to_ray() -> Iterator[bool]:
     """Join the Ray cluster this process runs in (a RayJob's entrypoint has one), for as long as the block."""
     import ray
@@ -138,15 +165,55 @@ def connected_to_ray() -> Iterator[bool]:
         yield True
         return
     try:
-        ray.init(address="auto", log_to_driver=False, configure_logging=False)
+        with keeping_sigterm_handler():
+            ray.init(address="auto", log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as error:
         log.info("no Ray cluster to join (%s): staging on this machine only", type(error).__name__)
+        if ray.is_initialized():
+            ray.shutdown()
         yield False
         return
     try:
         yield True
     finally:
         ray.shutdown()
+
+
+def _driver_jobs(driver_pid: int) -> list[Any]:
+    """The Ray jobs whose driver was process ``driver_pid`` on this node."""
+    import ray
+    from ray._private import state  # the GCS tables, without needing the dashboard's state API
+
+    here = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+    return [
+        ray.JobID.from_hex(job["JobID"])
+        for job in state.jobs()  # type: ignore[no-untyped-call]
+        if job["DriverPid"] == driver_pid and job["DriverIPAddress"] == here
+    ]
+
+
+def _live_actors(jobs: list[Any]) -> dict[str, str]:
+    from ray._private import state
+
+    return {
+        actor_id: f"{info['ActorClassName']} (pid {info['Pid']}, {info['State']})"
+        for job in jobs
+        for actor_id, info in state.actors(job_id=job).items()
+        if info["State"] != "DEAD"
+    }
+
+
+def wait_for_driver_actors(driver_pid: int, *, timeout: float) -> list[str]:
+    """Wait until no actor is left (alive, pending or restarting) in the Ray job(s) whose driver was process
+    ``driver_pid`` on this node; returns those still left at the deadline.
+    """
+    jobs = _driver_jobs(driver_pid)
+    deadline = time.monotonic() + timeout
+    while True:
+        live = _live_actors(jobs)
+        if not live or time.monotonic() >= deadline:
+            return sorted(live.values())
+        time.sleep(0.2)
 
 
 # ----------------------------------------------------------------------------------- node tasks
@@ -185,5 +252,31 @@ def upload_from_node(prefix: str, writer: str, step: int, checkpoint_dir: str) -
         return ()
     store = CheckpointStore(ObjectStore(), S3Uri.parse(prefix), keep=1, writer=Writer.from_env(writer))
     files = store.upload_folder(step, folder)
-    drop_older_local_checkpoints(folder.parent, step)
+    # A background upload reads a snapshot (<checkpoint dir>/.loka-upload/global_step_N); verl's own folders sit above.
+    checkpoint_root = folder.parent.parent if folder.parent.name == UPLOAD_SNAPSHOT_FOLDER else folder.parent
+    drop_older_local_checkpoints(checkpoint_root, step)
     return files
+
+
+def link_checkpoint_on_node(checkpoint_dir: str, snapshot_dir: str) -> int:
+    """Hard-link the files of ``checkpoint_dir`` this node holds into ``snapshot_dir`` (same relative paths):
+    verl may delete its local folder (max_actor_ckpt_to_keep) while the snapshot is still uploading.
+    """
+    import os
+    import shutil
+
+    source, snapshot = Path(checkpoint_dir), Path(snapshot_dir)
+    shutil.rmtree(snapshot, ignore_errors=True)  # left by an attempt that died mid-upload
+    linked = 0
+    for path in sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else []:
+        target = snapshot / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(path, target)
+        linked += 1
+    return linked
+
+
+def remove_on_node(folder: str) -> None:
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Mapping
 
 from loka_api import TrainingRunSpec
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 # Pods get 30 s between SIGTERM and SIGKILL, the image gives Ray's job supervisor 25 s (RAY_JOB_STOP_WAIT_TIME_S);
 # verl gets 15 s of that, the rest is for reporting.
 STOP_GRACE_S = 15.0
+# After verl's driver is gone: how long its Ray actors may take to die, and the group's last processes to be reaped.
+ACTOR_STOP_WAIT_S = 5.0
+GROUP_REAP_S = 2.0
 RUNTIME_ENV_PREFIX = "+ray_kwargs.ray_init.runtime_env.env_vars."
 
 
@@ -111,7 +115,16 @@ class VerlEngine:
         log.info("launching verl: %s", " ".join(argv[:3]) + f" … ({len(argv) - 3} overrides)")
         # Hydra writes its outputs/ folder into the working directory: keep it in the run's work dir.
         process = subprocess.Popen(argv, env=process_environment(job), cwd=job.work_dir, start_new_session=True)
-        return wait_or_stop(process, job.stop)
+        code = wait_or_stop(process, job.stop)
+        if job.stop.is_set() and ray.is_initialized():
+            # On the RayJob's cluster verl trains in actors outside its process group; Ray ends them once their
+            # driver is gone. Report only then: nothing of verl may move the marker after the trainer says where.
+            from loka_trainer.nodes import wait_for_driver_actors
+
+            left = wait_for_driver_actors(process.pid, timeout=ACTOR_STOP_WAIT_S)
+            if left:
+                log.warning("verl's Ray actors still alive %.0f s after its driver: %s", ACTOR_STOP_WAIT_S, left)
+        return code
 
 
 def stage_other_nodes(job: EngineJob) -> None:
@@ -136,21 +149,37 @@ def stage_other_nodes(job: EngineJob) -> None:
 
 
 def wait_or_stop(process: subprocess.Popen[bytes], stop: threading.Event, *, grace_s: float = STOP_GRACE_S) -> int:
-    """Wait for ``process``; when ``stop`` is set, SIGTERM its process group, then SIGKILL after ``grace_s``."""
+    """Wait for ``process``; when ``stop`` is set, SIGTERM its process group and wait until the whole group is
+    gone (a Ray that verl started itself lives in it: raylet, workers), SIGKILL what is left after ``grace_s``.
+    """
     while process.poll() is None:
         if stop.wait(0.5):
             log.info("stopping verl (pid %d): SIGTERM to its process group", process.pid)
-            _signal_group(process, signal.SIGTERM)
-            try:
+            deadline = time.monotonic() + grace_s
+            _signal_group(process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                log.warning("verl did not stop within %.0f s: SIGKILL", grace_s)
-                _signal_group(process, signal.SIGKILL)
+            if not _group_gone(process.pid, deadline):
+                log.warning("verl's process group did not stop within %.0f s: SIGKILL", grace_s)
+                _signal_group(process.pid, signal.SIGKILL)
                 process.wait()
+                _group_gone(process.pid, time.monotonic() + GROUP_REAP_S)
+            log.info("verl stopped (exit %s)", process.returncode)
             break
     return process.returncode
 
 
-def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+def _group_gone(group: int, deadline: float) -> bool:
+    while True:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def _signal_group(group: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, sig)
+        os.killpg(group, sig)
