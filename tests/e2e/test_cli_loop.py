@@ -8,6 +8,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -32,6 +33,15 @@ def free_port() -> int:
         return port
 
 
+def wait_for_kwok_port_forward(cluster: LocalCluster, namespace: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cluster.kubectl("-n", namespace, "get", "portforwards.kwok.x-k8s.io", "-o", "name").stdout.strip():
+            return
+        time.sleep(0.5)
+    pytest.fail(f"the pod shim never told KWOK to serve a head pod's port-forward in {namespace} in {timeout} s")
+
+
 @pytest.mark.timeout(900)
 def test_logs_and_dashboard_of_a_running_run(cluster: LocalCluster, e2e_namespace: str, tmp_path: Path) -> None:
     # Enough steps that the run is still training while the dashboard is checked beside the log follower.
@@ -41,6 +51,9 @@ def test_logs_and_dashboard_of_a_running_run(cluster: LocalCluster, e2e_namespac
     assert loka(cluster, e2e_namespace, "submit", "-f", str(path)).returncode == 0
     watch = RunWatch(cluster, e2e_namespace, "watched")
     watch.until(lambda s: s.get("phase") == "Running", timeout=300, what="Running")
+    # Here KWOK is the head pod's kubelet, and serves its port-forward once the pod shim has said where the local
+    # Ray head is (a real kubelet serves it as the pod starts): wait for that, or the port-forward races it.
+    wait_for_kwok_port_forward(cluster, e2e_namespace)
     # The dashboard, port-forwarded to a local port (8265 is the local Ray head itself here).
     port = free_port()
     dashboard = subprocess.Popen([LOKA, "dashboard", "watched", "--port", str(port), "-n", e2e_namespace,
