@@ -37,6 +37,7 @@ WORK = Path(os.environ.get("LOKA_GPU_WORK", "/tmp/lkwork"))
 RESULTS = Path(os.environ.get("LOKA_GPU_RESULTS", "/tmp/lkout"))
 S3_PORT = int(os.environ.get("LOKA_GPU_S3_PORT", "9000"))
 KUBE_PORT = int(os.environ.get("LOKA_GPU_KUBE_PORT", "39555"))
+RUN_UID = "00000000-0000-0000-0000-000000000001"  # one run across the runs of a session, as in a cluster
 BUCKET = "loka"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "loka", "AWS_SECRET_ACCESS_KEY": "loka-smoke-secret"}
 LOG_LIMIT = 6 * 1024 * 1024  # the trainer log's tail that comes back
@@ -180,7 +181,9 @@ def main() -> int:  # noqa: PLR0915 - one linear script
     (results / "run.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
     name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
     checkpoints = body["spec"]["checkpoints"]
-    prefix = "/".join([checkpoints["uri"].removeprefix(f"s3://{BUCKET}/").strip("/"), namespace, name])
+    uid = body["metadata"].setdefault("uid", RUN_UID)  # checkpoints are keyed by it; the stand-in API serves it
+    (results / "run.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
+    prefix = "/".join([checkpoints["uri"].removeprefix(f"s3://{BUCKET}/").strip("/"), namespace, name, uid])
     every = int(checkpoints["every"])
 
     minio = start_minio(results)
