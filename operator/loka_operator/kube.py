@@ -21,6 +21,8 @@ import kopf
 JSON = dict[str, Any]
 
 MERGE_PATCH = "application/merge-patch+json"
+# The API server answers with the object's metadata only: for a Secret, no `data` ever leaves the server.
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 
 class ApiError(Exception):
@@ -101,6 +103,7 @@ class KubeClient:
         body: JSON | None = None,
         params: dict[str, str] | None = None,
         content_type: str = "application/json",
+        accept: str | None = None,
     ) -> JSON:
         session = self._open()
         self.requests[method] += 1
@@ -108,10 +111,12 @@ class KubeClient:
             self._on_request(method)
         started = time.monotonic()
         data = json.dumps(body) if body is not None else None
-        headers = {"Content-Type": content_type} if data is not None else None
+        headers = {"Content-Type": content_type} if data is not None else {}
+        if accept is not None:
+            headers["Accept"] = accept
         try:
             async with session.request(
-                method, self._server + path, data=data, params=params, headers=headers
+                method, self._server + path, data=data, params=params, headers=headers or None
             ) as response:
                 payload = await response.read()
         except (TimeoutError, aiohttp.ClientError) as error:
@@ -129,6 +134,15 @@ class KubeClient:
     async def get(self, resource: Resource, namespace: str, name: str) -> JSON | None:
         try:
             return await self.request("GET", resource.path(namespace, name))
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def get_metadata(self, resource: Resource, namespace: str, name: str) -> JSON | None:
+        """The object's metadata only (PartialObjectMetadata), or None when it does not exist."""
+        try:
+            return await self.request("GET", resource.path(namespace, name), accept=METADATA_ONLY)
         except ApiError as error:
             if error.status == 404:
                 return None
@@ -170,3 +184,4 @@ SERVICE_ACCOUNTS = Resource("", "v1", "serviceaccounts")
 EVENTS = Resource("", "v1", "events")
 ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles")
 ROLE_BINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings")
+NETWORK_POLICIES = Resource("networking.k8s.io", "v1", "networkpolicies")

@@ -3,7 +3,7 @@
 1. validate the spec (schema is the API server's job; here the semantic checks and verl composition)
 2. check every referenced Secret and key
 3. ensure the Kueue LocalQueue (when the run names its ClusterQueue)
-4. ensure the per-run ServiceAccount, Role and RoleBinding
+4. ensure the per-run ServiceAccount, Role and RoleBinding, the NetworkPolicy and the Ray token Secret
 5. ensure the RayJob (and apply suspend, maxRestarts, the TTL after the run finished)
 6. calculate the status from what was observed and write the operator's fields only if they changed
 
@@ -27,6 +27,7 @@ from loka_operator.events import EventRecorder
 from loka_operator.kube import (
     JSON,
     LOCAL_QUEUES,
+    NETWORK_POLICIES,
     RAYJOBS,
     ROLE_BINDINGS,
     ROLES,
@@ -122,13 +123,11 @@ class Reconciler:
         launchable = missing is None and conflict is None and not finished(previous)
         if launchable:
             if not ensured:
-                # 3. Kueue LocalQueue, 4. the trainer's identity
-                if spec.queue is not None:
-                    await self._ensure_local_queue(spec.queue, namespace)
-                await self._ensure_rbac(name, namespace, uid, check_first=drift or key in self._ensured)
-                self._ensured[key] = (uid, generation)
+                # 3. Kueue LocalQueue, 4. the trainer's identity, the run's network and Ray isolation
+                conflict = await self._ensure_children(run, check_first=drift or key in self._ensured)
             # 5. the RayJob
-            rayjob = await self._ensure_rayjob(run, rayjob)
+            if conflict is None:
+                rayjob = await self._ensure_rayjob(run, rayjob)
 
         workload = None
         if rayjob is not None and spec.queue is not None:
@@ -165,18 +164,74 @@ class Reconciler:
             wanted.setdefault(secret, []).append(key)
         missing: list[str] = []
         for secret, keys in wanted.items():
-            body = await self.client.get(SECRETS, namespace, secret)
-            if body is None:
+            present = await self._secret_keys(namespace, secret, keys)
+            if present is None:
                 missing.append(f"Secret {secret!r} (keys {', '.join(keys)}) does not exist")
                 continue
-            present = set((body.get("data") or {}).keys()) | set((body.get("stringData") or {}).keys())
-            del body  # only key names leave this function
             lacking = [k for k in keys if k not in present]
             if lacking:
                 missing.append(f"Secret {secret!r} has no key {', '.join(repr(k) for k in lacking)}")
         if not missing:
             return None
         return Problem("SecretMissing", "waiting for " + "; ".join(missing) + f" in namespace {namespace!r}")
+
+    async def _ensure_children(self, run: TrainingRun, *, check_first: bool) -> Problem | None:
+        """Steps 3 and 4; remembered as done for this generation only when nothing stood in the way."""
+        meta = run.metadata
+        if run.spec.queue is not None:
+            await self._ensure_local_queue(run.spec.queue, meta.namespace)
+        await self._ensure_rbac(meta.name, meta.namespace, meta.uid, check_first=check_first)
+        conflict = await self._ensure_isolation(meta.name, meta.namespace, meta.uid, check_first=check_first)
+        if conflict is None:
+            self._ensured[naming.run_key(meta.namespace, meta.name)] = (meta.uid, meta.generation)
+        return conflict
+
+    async def _secret_keys(self, namespace: str, secret: str, wanted: list[str]) -> set[str] | None:
+        """The key names of a Secret, or None when it does not exist; never its values, when avoidable.
+
+        The Secret's metadata alone (no `data` leaves the API server) names its keys in `managedFields`,
+        for Secrets written by any client since Kubernetes 1.18. Only when that does not show a wanted key
+        (a key really missing, or managedFields stripped) is the Secret read whole, and only its key names kept.
+        """
+        meta = await self.client.get_metadata(SECRETS, namespace, secret)
+        if meta is None:
+            return None
+        listed = _managed_data_keys(meta)
+        if set(wanted) <= listed:
+            return listed
+        body = await self.client.get(SECRETS, namespace, secret)
+        if body is None:
+            return None
+        present = set((body.get("data") or {}).keys()) | set((body.get("stringData") or {}).keys())
+        del body  # only key names leave this function
+        return present
+
+    async def _ensure_isolation(self, run: str, namespace: str, uid: str, *, check_first: bool) -> Problem | None:
+        """The NetworkPolicy around the run's pods and the Secret with its Ray token; a conflict stops the launch."""
+        policy = builders.build_network_policy(run, namespace, uid, kuberay_namespace=self.config.kuberay_namespace)
+        await self._ensure(NETWORK_POLICIES, namespace, policy, ("spec",), check_first=check_first)
+        return await self._ensure_ray_token(run, namespace, uid, check_first=check_first)
+
+    async def _ensure_ray_token(self, run: str, namespace: str, uid: str, *, check_first: bool) -> Problem | None:
+        """Create the run's Ray token once. It is never read back: its metadata is enough to see whose it is."""
+        name = naming.ray_auth_secret_name(run)
+        existing = await self.client.get_metadata(SECRETS, namespace, name) if check_first else None
+        if existing is None:
+            token = builders.build_ray_auth_secret(run, namespace, uid, builders.new_ray_token())
+            try:
+                await self.client.create(SECRETS, namespace, token)
+                return None
+            except ApiError as error:
+                if error.status != 409:
+                    raise
+            existing = await self.client.get_metadata(SECRETS, namespace, name)
+        if existing is not None and not _owned_by(existing, uid):
+            # Someone else's token would let them into the run's Ray cluster: never adopt it.
+            return Problem(
+                "NameConflict",
+                f"a Secret named {name!r} already exists and is not owned by this run; delete it or rename the run",
+            )
+        return None
 
     async def _ensure_local_queue(self, queue: QueueSpec, namespace: str) -> None:
         manifest = builders.build_local_queue(queue, namespace)
@@ -309,6 +364,16 @@ class Reconciler:
         elif rejected(update.status):
             self._ensured.pop(key, None)  # a fixed spec must go through steps 2-4 again
         return update
+
+
+def _managed_data_keys(meta: JSON) -> set[str]:
+    """Key names of a Secret's `data` (and `stringData`, under server-side apply) from its managedFields."""
+    keys: set[str] = set()
+    for entry in meta.get("metadata", {}).get("managedFields") or []:
+        fields = entry.get("fieldsV1") or {}
+        for section in ("f:data", "f:stringData"):
+            keys |= {field.removeprefix("f:") for field in fields.get(section) or {} if field.startswith("f:")}
+    return keys
 
 
 def _owned_by(obj: JSON, uid: str) -> bool:

@@ -15,7 +15,14 @@ from loka_operator import kube
 from loka_operator.builders.rbac import build_role
 
 OPERATOR_SOURCES = REPO / "operator" / "loka_operator"
-CLIENT_VERBS = {"get": "get", "list": "list", "create": "create", "merge_patch": "patch", "delete": "delete"}
+CLIENT_VERBS = {
+    "get": "get",
+    "get_metadata": "get",
+    "list": "list",
+    "create": "create",
+    "merge_patch": "patch",
+    "delete": "delete",
+}
 # Reconciler helpers that wrap client calls: _create = create, then get on a 409; _ensure = get, then
 # create, or patch the owned fields (its last argument; an empty tuple never patches).
 HELPERS = {"_create", "_ensure"}

@@ -1,4 +1,5 @@
-"""The verl engine: run ``verl.trainer.main_ppo`` with the one renderer's arguments, stop it on SIGTERM."""
+"""The verl engine: run verl's ``main_ppo`` (through ``loka_trainer.verl_driver``, which keeps verl's TaskRunner on
+this node) with the one renderer's arguments, pass its output on redacted, stop it on SIGTERM."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Mapping
+from typing import IO
 
 from loka_api import TrainingRunSpec
 from loka_api.contract import (
@@ -21,6 +24,7 @@ from loka_api.contract import (
 )
 from loka_api.render import StagedPaths, verl_command
 from loka_trainer.engines import EngineJob
+from loka_trainer.settings import redact
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +32,8 @@ log = logging.getLogger(__name__)
 # verl gets 15 s of that, the rest is for reporting.
 STOP_GRACE_S = 15.0
 RUNTIME_ENV_PREFIX = "+ray_kwargs.ray_init.runtime_env.env_vars."
+# verl's main_ppo, with its TaskRunner (trainer loop, W&B tracker, checkpoint callback) pinned to this node.
+VERL_DRIVER = "loka_trainer.verl_driver"
 
 
 def staged_paths(job: EngineJob) -> StagedPaths:
@@ -77,7 +83,8 @@ def command(job: EngineJob, environ: Mapping[str, str] | None = None) -> list[st
     rendered = verl_command(job.spec, run_name=job.run_name, namespace=job.namespace, paths=staged_paths(job))
     split = len(rendered) - len(job.spec.verl_overrides)
     extra = [f"{RUNTIME_ENV_PREFIX}{k}={hydra_string(v)}" for k, v in sorted(actor_environment(job, environ).items())]
-    return [*rendered[:split], *extra, *rendered[split:]]
+    python, _, _verl_module, *overrides = rendered[:split]
+    return [python, "-m", VERL_DRIVER, *overrides, *extra, *rendered[split:]]
 
 
 class VerlEngine:
@@ -98,8 +105,27 @@ class VerlEngine:
         argv = command(job)
         log.info("launching verl: %s", " ".join(argv[:3]) + f" … ({len(argv) - 3} overrides)")
         # Hydra writes its outputs/ folder into the working directory: keep it in the run's work dir.
-        process = subprocess.Popen(argv, env=process_environment(job), cwd=job.work_dir, start_new_session=True)
-        return wait_or_stop(process, job.stop)
+        process = subprocess.Popen(
+            argv,
+            env=process_environment(job),
+            cwd=job.work_dir,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        assert process.stdout is not None
+        pump = threading.Thread(target=pass_on_redacted, args=(process.stdout,), name="verl-output", daemon=True)
+        pump.start()
+        code = wait_or_stop(process, job.stop)
+        pump.join(timeout=10)
+        return code
+
+
+def pass_on_redacted(output: IO[bytes], environ: Mapping[str, str] | None = None) -> None:
+    """verl's output (its actors' too: Ray forwards them to the driver), line by line, with secret values replaced."""
+    for line in iter(output.readline, b""):
+        sys.stdout.write(redact(line.decode(errors="replace"), environ))
+        sys.stdout.flush()
 
 
 def stage_other_nodes(job: EngineJob) -> None:
