@@ -189,9 +189,10 @@ class Reconciler:
     async def _secret_keys(self, namespace: str, secret: str, wanted: list[str]) -> set[str] | None:
         """The key names of a Secret, or None when it does not exist; never its values, when avoidable.
 
-        The Secret's metadata alone (no `data` leaves the API server) names its keys in `managedFields`,
-        for Secrets written by any client since Kubernetes 1.18. Only when that does not show a wanted key
-        (a key really missing, or managedFields stripped) is the Secret read whole, and only its key names kept.
+        The Secret's metadata alone (no `data` leaves the API server) names the keys of its `data` in
+        `managedFields`, which the API server keeps exact for every write. Only when that does not show a wanted
+        key is the Secret read whole, and only its key names kept: a key really missing, managedFields
+        stripped, or a Secret written by server-side apply with `stringData` (recorded as applied, not as stored).
         """
         meta = await self.client.get_metadata(SECRETS, namespace, secret)
         if meta is None:
@@ -367,12 +368,11 @@ class Reconciler:
 
 
 def _managed_data_keys(meta: JSON) -> set[str]:
-    """Key names of a Secret's `data` (and `stringData`, under server-side apply) from its managedFields."""
+    """Key names of a Secret's `data` from its managedFields (a removed key leaves every manager's set)."""
     keys: set[str] = set()
     for entry in meta.get("metadata", {}).get("managedFields") or []:
-        fields = entry.get("fieldsV1") or {}
-        for section in ("f:data", "f:stringData"):
-            keys |= {field.removeprefix("f:") for field in fields.get(section) or {} if field.startswith("f:")}
+        data = (entry.get("fieldsV1") or {}).get("f:data") or {}
+        keys |= {field.removeprefix("f:") for field in data if field.startswith("f:")}
     return keys
 
 
