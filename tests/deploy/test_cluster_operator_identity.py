@@ -1,5 +1,6 @@
 """The operator's own integration tests, passing with the operator running as the chart's
-ServiceAccount (cluster mode) instead of the cluster admin: the chart's RBAC is enough."""
+ServiceAccount (cluster scope: the tests make their namespaces as they go) instead of the cluster admin:
+the chart's RBAC is enough."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def test_operator_integration_tests_pass_as_the_charts_service_account(
     cluster: Any, namespace: str, tmp_path: Path
 ) -> None:
     starts = tmp_path / "starts"
-    with installed_chart(cluster, namespace) as install, _harness_scanning(install):
+    with installed_chart(cluster, namespace, {"scope": "cluster"}) as install, _harness_scanning(install):
         kubeconfig = service_account_kubeconfig(install, tmp_path / "kubeconfig")
         done = _operator_suite(SELECTED, kubeconfig, starts)
     assert set(starts.read_text().splitlines()) == {str(kubeconfig)}, "the operator did not run as the chart identity"
