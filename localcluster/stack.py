@@ -35,6 +35,11 @@ log = logging.getLogger("loka.demo")
 
 RAY_DASHBOARD_PORT = 8265
 RAY_GCS_PORT = 36379
+# Away from Ray's defaults (agent 52365, client 10001, workers 10002-19999), which any other Ray started on
+# this machine takes too: a clash leaves the head without a job agent, and every submission fails with 500.
+RAY_AGENT_PORT = 36365
+RAY_CLIENT_PORT = 36366
+RAY_WORKER_PORTS = (36400, 36499)
 OPERATOR_HEALTH_PORT = 38090
 OPERATOR_METRICS_PORT = 38091
 # The namespaces the demo's operator watches: the demo's own and the end-to-end tests'.
@@ -95,7 +100,7 @@ class DemoStack:
         return [
             Component(
                 name="ray-head",
-                ports=(RAY_GCS_PORT, RAY_DASHBOARD_PORT),
+                ports=(RAY_GCS_PORT, RAY_DASHBOARD_PORT, RAY_AGENT_PORT),
                 binary=_venv_bin("ray"),
                 args=[
                     "start",
@@ -105,6 +110,10 @@ class DemoStack:
                     "--node-ip-address=127.0.0.1",
                     "--dashboard-host=127.0.0.1",
                     f"--dashboard-port={RAY_DASHBOARD_PORT}",
+                    f"--dashboard-agent-listen-port={RAY_AGENT_PORT}",
+                    f"--ray-client-server-port={RAY_CLIENT_PORT}",
+                    f"--min-worker-port={RAY_WORKER_PORTS[0]}",
+                    f"--max-worker-port={RAY_WORKER_PORTS[1]}",
                     "--num-cpus=2",
                     "--disable-usage-stats",
                 ],
