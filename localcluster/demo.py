@@ -105,7 +105,7 @@ def prepare_namespace(cluster: LocalCluster, namespace: str, *, cluster_queue: s
 
 def upload_tiny_assets(cluster: LocalCluster, work: Path, prefix: str = "demo") -> None:
     """A tiny random model with a tokenizer trained here, and a toy arithmetic dataset, into MinIO."""
-    from loka_trainer.dataset import build_dataset
+    from loka_api.dataset import build_dataset
     from loka_trainer.tiny import build_tiny_model, write_tasks
 
     assets = work / "assets"

@@ -3,7 +3,8 @@
 - `loka_api.models`: the `TrainingRun` resource as pydantic models (the source of the CRD);
 - `loka_api.crd`: the CRD generator (`python -m loka_api.crd`);
 - `loka_api.render`: the one renderer of verl arguments, and the check that composes them against verl's config;
-- `loka_api.contract`: env names, the S3 layout of checkpoints, who writes which status field.
+- `loka_api.contract`: env names, the S3 layout of checkpoints, who writes which status field;
+- `loka_api.dataset`: the one builder of verl RL parquet from task files (pyarrow imported only when used).
 
 It imports neither `loka_operator` nor `loka_trainer` (`make lint` enforces it), and needs only pydantic
 (plus hydra-core for composition).
@@ -19,6 +20,7 @@ from loka_api.models import (
     SHORT_NAMES,
     VERSION,
     Algorithm,
+    AttemptRecord,
     CheckpointSpec,
     CheckpointStatus,
     Condition,
@@ -28,6 +30,10 @@ from loka_api.models import (
     HuggingFaceSpec,
     Metrics,
     ModelSource,
+    NotificationEvent,
+    NotificationRecord,
+    NotificationsSpec,
+    NotificationState,
     ObjectMeta,
     PodResources,
     Progress,
@@ -37,6 +43,7 @@ from loka_api.models import (
     RolloutEngine,
     RunPhase,
     SecretKeyRef,
+    SlackNotification,
     StorageSpec,
     Toleration,
     TrackingSpec,
@@ -57,6 +64,7 @@ __all__ = [
     "SHORT_NAMES",
     "VERSION",
     "Algorithm",
+    "AttemptRecord",
     "CheckpointSpec",
     "CheckpointStatus",
     "Condition",
@@ -66,6 +74,10 @@ __all__ = [
     "HuggingFaceSpec",
     "Metrics",
     "ModelSource",
+    "NotificationEvent",
+    "NotificationRecord",
+    "NotificationState",
+    "NotificationsSpec",
     "ObjectMeta",
     "PodResources",
     "Progress",
@@ -75,6 +87,7 @@ __all__ = [
     "RolloutEngine",
     "RunPhase",
     "SecretKeyRef",
+    "SlackNotification",
     "StorageSpec",
     "Toleration",
     "TrackingSpec",

@@ -113,5 +113,8 @@ OPERATOR_STATUS_FIELDS = (
     "completionTime",
     "queuedSince",
     "message",
+    "attempts",
+    # Recorded by the replica that claims a notification (a conditional write), before it posts it.
+    "notifications",
 )
 SHARED_STATUS_FIELDS = tuple(f for f in TRAINER_STATUS_FIELDS if f in OPERATOR_STATUS_FIELDS)

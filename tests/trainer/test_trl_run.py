@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from loka_api.dataset import build_dataset
 from loka_trainer.checkpoints import CheckpointStore
-from loka_trainer.dataset import build_dataset
 from loka_trainer.storage import ObjectStore, S3Uri
 from loka_trainer.tiny import build_tiny_model, write_tasks
 from tests.trainer.conftest import create_run, per_run_kubeconfig, read_run

@@ -13,7 +13,7 @@ EXIT_BAD_INPUT = 2
 
 
 def _dataset(args: argparse.Namespace) -> int:
-    from loka_trainer.dataset import DatasetError, build_dataset
+    from loka_api.dataset import DatasetError, build_dataset
 
     try:
         summary = build_dataset(
@@ -68,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--kubeconfig", default=None, help="kubeconfig outside a pod (default: in-cluster, $KUBECONFIG)")
     run.set_defaults(handler=_run)
 
-    dataset = commands.add_parser("dataset", help="turn a tasks JSONL file into verl's RL parquet files")
-    dataset.add_argument("tasks", type=Path, help="JSONL, one task per line: id, prompt, ground_truth, metadata")
+    dataset = commands.add_parser("dataset", help="turn a task file into verl's RL parquet files")
+    dataset.add_argument("tasks", type=Path, help="JSON Lines, or JSON (a task or a list of them)")
     dataset.add_argument("-o", "--output", type=Path, required=True, help="folder for train/validation.parquet")
     dataset.add_argument("--validation-fraction", type=float, default=0.1, help="share of tasks held out (0.1)")
     dataset.add_argument("--seed", default="loka", help="split seed; the same seed gives the same split")

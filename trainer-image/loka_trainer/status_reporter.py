@@ -41,6 +41,7 @@ def progress_patch(metrics: StepMetrics, total_steps: int | None) -> dict[str, A
                 "responseLengthMean": metrics.response_length_mean,
                 "tokensPerSecond": metrics.tokens_per_second,
                 "validationScore": metrics.validation_score,
+                "secondsPerStep": metrics.seconds_per_step,
                 "updatedAt": _now(),
             }
         ),

@@ -38,6 +38,7 @@ class StepMetrics:
     response_length_mean: float | None = None
     tokens_per_second: float | None = None
     validation_score: float | None = None
+    seconds_per_step: float | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -82,6 +83,7 @@ def parse_line(line: str | bytes) -> StepMetrics | None:
         response_length_mean=_number(data, RESPONSE_LENGTH_MEAN),
         tokens_per_second=tokens_per_second,
         validation_score=_validation_score(data),
+        seconds_per_step=seconds,
         raw=data,
     )
 

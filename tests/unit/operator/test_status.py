@@ -345,3 +345,18 @@ def test_dashboard_url_gets_a_scheme() -> None:
     assert status.dashboard_url == "http://qwen-abcde-head-svc.ns.svc.cluster.local:8265"
     assert status.ray_cluster == "qwen-abcde"
     assert status.ray_job == "qwen"
+
+
+def test_each_attempt_records_its_ray_job_for_loka_logs_attempt() -> None:
+    history = walk(
+        (rayjob("Running", "RUNNING", jobId="qwen-a1", rayClusterName="qwen-x1"), ADMITTED, False),
+        (rayjob("Running", "RUNNING", jobId="qwen-a1", rayClusterName="qwen-x1"), ADMITTED, False),
+        (rayjob("Suspending"), PREEMPTED, False),
+        (rayjob("Running", "RUNNING", jobId="qwen-b2", rayClusterName="qwen-x2"), ADMITTED, False),
+    )
+    assert [(a.attempt, a.ray_job_id, a.ray_cluster) for a in history[-1].attempts] == [
+        (1, "qwen-a1", "qwen-x1"),
+        (2, "qwen-b2", "qwen-x2"),
+    ]
+    wire = history[-1].model_dump(mode="json", by_alias=True)["attempts"][0]
+    assert wire["rayJobID"] == "qwen-a1"

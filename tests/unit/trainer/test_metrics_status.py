@@ -37,6 +37,7 @@ def test_verl_step_record_maps_to_status_fields() -> None:
         response_length_mean=311.5,
         tokens_per_second=5400.0,
         validation_score=0.4,
+        seconds_per_step=10.0,
     )
 
 
