@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from localcluster.build import build_all, is_built
-from localcluster.controlplane import REPO_ROOT, S3_BUCKET, ClusterError, LocalCluster
+from localcluster.controlplane import PORTS, REPO_ROOT, S3_BUCKET, ClusterError, LocalCluster
 from localcluster.stack import DemoStack
 
 DEMO_RUN = REPO_ROOT / "examples" / "demo-run.yaml"
@@ -44,7 +44,10 @@ class Timeline:
 
 
 def demo_manifest() -> dict[str, Any]:
+    """The example run, with this control plane's MinIO: the file names the default port block's, and a control
+    plane started with LOKA_CLUSTER_PORT_OFFSET has its own (another's would refuse this one's keys)."""
     manifest: dict[str, Any] = yaml.safe_load(DEMO_RUN.read_text())
+    manifest["spec"]["storage"]["endpoint"] = f"http://127.0.0.1:{PORTS.minio}"
     return manifest
 
 
@@ -229,7 +232,7 @@ def run_demo(timeout: float) -> int:
 
     print(f"4/5 kubectl apply -f {DEMO_RUN.relative_to(REPO_ROOT)}")
     timeline = Timeline(applied=time.monotonic())
-    cluster.kubectl("apply", "-f", str(DEMO_RUN))
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
     final = follow(cluster, namespace, name, timeline=timeline, timeout=timeout)
 
     print("5/5 summary")

@@ -78,6 +78,17 @@ def owner_reference(run: str, uid: str) -> dict[str, Any]:
     }
 
 
+def rayjob_owner_reference(rayjob: str, uid: str) -> dict[str, Any]:
+    """No blockOwnerDeletion: that would need `update` on rayjobs/finalizers, and nothing waits on it."""
+    return {
+        "apiVersion": f"{RAY_GROUP}/{RAY_VERSION}",
+        "kind": "RayJob",
+        "name": rayjob,
+        "uid": uid,
+        "controller": True,
+    }
+
+
 def run_key(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
 

@@ -3,8 +3,8 @@
 1. validate the spec (schema is the API server's job; here the semantic checks and verl composition)
 2. check every referenced Secret and key
 3. ensure the Kueue LocalQueue (when the run names its ClusterQueue)
-4. ensure the per-run ServiceAccount, Role and RoleBinding, the NetworkPolicy and the Ray token Secret
-5. ensure the RayJob (and apply suspend, maxRestarts, the TTL after the run finished)
+4. ensure the per-run ServiceAccount, Role and RoleBinding, and the NetworkPolicy
+5. ensure the RayJob and its Ray token Secret (and apply suspend, maxRestarts, the TTL after the run finished)
 6. calculate the status from what was observed and write the operator's fields only if they changed
 7. claim the notification the new phase asks for; a background task posts it (`notifications.py`)
 
@@ -47,6 +47,9 @@ from loka_operator.validation import validate_spec
 
 log = logging.getLogger(__name__)
 
+# A deleted RayJob's token Secret is still there: the next RayJob waits for garbage collection to remove it.
+TOKEN_PENDING = "RayTokenPending"
+
 
 @dataclass
 class Outcome:
@@ -71,6 +74,8 @@ class Reconciler:
     notifier: Notifier = field(init=False)
     # (uid, generation) for which steps 2-4 already succeeded; the drift pass redoes them.
     _ensured: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # The uid of the RayJob whose Ray token Secret exists, per run.
+    _tokens: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.cache = RunCache(self.client)
@@ -82,6 +87,7 @@ class Reconciler:
         self.cache.forget(key)
         self.notifier.forget(key)
         self._ensured.pop(key, None)
+        self._tokens.pop(key, None)
         self.metrics.observe_phase(key, None)
 
     # --------------------------------------------------------------------------- the loop
@@ -130,10 +136,12 @@ class Reconciler:
         if launchable:
             if not ensured:
                 # 3. Kueue LocalQueue, 4. the trainer's identity, the run's network and Ray isolation
-                conflict = await self._ensure_children(run, check_first=drift or key in self._ensured)
-            # 5. the RayJob
+                await self._ensure_children(run, check_first=drift or key in self._ensured)
+            # 5. the RayJob and its Ray token
             if conflict is None:
-                rayjob = await self._ensure_rayjob(run, rayjob)
+                rayjob, conflict = await self._launch(run, rayjob, check_first=drift)
+                if conflict is not None and conflict.reason == TOKEN_PENDING:
+                    requeue = self.config.secret_retry_seconds
 
         workload = None
         if rayjob is not None and spec.queue is not None:
@@ -186,16 +194,14 @@ class Reconciler:
             return None
         return Problem("SecretMissing", "waiting for " + "; ".join(missing) + f" in namespace {namespace!r}")
 
-    async def _ensure_children(self, run: TrainingRun, *, check_first: bool) -> Problem | None:
-        """Steps 3 and 4; remembered as done for this generation only when nothing stood in the way."""
+    async def _ensure_children(self, run: TrainingRun, *, check_first: bool) -> None:
+        """Steps 3 and 4, remembered as done for this generation."""
         meta = run.metadata
         if run.spec.queue is not None:
             await self._ensure_local_queue(run.spec.queue, meta.namespace)
         await self._ensure_rbac(meta.name, meta.namespace, meta.uid, check_first=check_first)
-        conflict = await self._ensure_isolation(meta.name, meta.namespace, meta.uid, check_first=check_first)
-        if conflict is None:
-            self._ensured[naming.run_key(meta.namespace, meta.name)] = (meta.uid, meta.generation)
-        return conflict
+        await self._ensure_isolation(meta.name, meta.namespace, meta.uid, check_first=check_first)
+        self._ensured[naming.run_key(meta.namespace, meta.name)] = (meta.uid, meta.generation)
 
     async def _secret_keys(self, namespace: str, secret: str, wanted: list[str]) -> set[str] | None:
         """The key names of a Secret, or None when it does not exist; never its values, when avoidable.
@@ -218,31 +224,67 @@ class Reconciler:
         del body  # only key names leave this function
         return present
 
-    async def _ensure_isolation(self, run: str, namespace: str, uid: str, *, check_first: bool) -> Problem | None:
-        """The NetworkPolicy around the run's pods and the Secret with its Ray token; a conflict stops the launch."""
+    async def _ensure_isolation(self, run: str, namespace: str, uid: str, *, check_first: bool) -> None:
+        """The NetworkPolicy around the run's pods, before any of them exists."""
         policy = builders.build_network_policy(run, namespace, uid, kuberay_namespace=self.config.kuberay_namespace)
         await self._ensure(NETWORK_POLICIES, namespace, policy, ("spec",), check_first=check_first)
-        return await self._ensure_ray_token(run, namespace, uid, check_first=check_first)
 
-    async def _ensure_ray_token(self, run: str, namespace: str, uid: str, *, check_first: bool) -> Problem | None:
-        """Create the run's Ray token once. It is never read back: its metadata is enough to see whose it is."""
-        name = naming.ray_auth_secret_name(run)
+    async def _launch(
+        self, run: TrainingRun, rayjob: JSON | None, *, check_first: bool
+    ) -> tuple[JSON | None, Problem | None]:
+        """The RayJob, then its Ray token Secret. The token is owned by the RayJob, not the run: KubeRay's
+        RayJob finalizer reads it to stop the job, so it must outlive the RayJob when the run is deleted. The
+        pods wait for it (kubelets retry a missing `secretKeyRef`). A Secret planted under its name is never
+        used: before the RayJob exists, it stops the launch; after, the RayJob is taken down again."""
+        if rayjob is None:
+            taken = await self._ray_token_name_taken(run)
+            if taken is not None:
+                return None, taken
+        rayjob = await self._ensure_rayjob(run, rayjob)
+        if rayjob is None:
+            return None, None
+        conflict = await self._ensure_ray_token(run, rayjob, check_first=check_first)
+        if conflict is not None:
+            await self.client.delete(RAYJOBS, run.metadata.namespace, rayjob["metadata"]["name"])
+            self.cache.forget_rayjob(naming.run_key(run.metadata.namespace, run.metadata.name))
+            return None, conflict
+        return rayjob, None
+
+    async def _ray_token_name_taken(self, run: TrainingRun) -> Problem | None:
+        """Before a RayJob exists, a Secret under its token's name is someone else's (or a deleted RayJob's)."""
+        name = naming.ray_auth_secret_name(run.metadata.name)
+        existing = await self.client.get_metadata(SECRETS, run.metadata.namespace, name)
+        if existing is None:
+            return None
+        owners = existing.get("metadata", {}).get("ownerReferences") or []
+        if any(o.get("kind") == "RayJob" and o.get("name") == naming.rayjob_name(run.metadata.name) for o in owners):
+            return Problem(TOKEN_PENDING, f"waiting for the Secret {name!r} of a deleted RayJob to be removed")
+        return _token_conflict(name)
+
+    async def _ensure_ray_token(self, run: TrainingRun, rayjob: JSON, *, check_first: bool) -> Problem | None:
+        """Create the RayJob's Ray token once. It is never read back: its metadata shows whose it is."""
+        namespace, key = run.metadata.namespace, naming.run_key(run.metadata.namespace, run.metadata.name)
+        owner = rayjob["metadata"]["uid"]
+        if self._tokens.get(key) == owner and not check_first:
+            return None
+        name = naming.ray_auth_secret_name(run.metadata.name)
         existing = await self.client.get_metadata(SECRETS, namespace, name) if check_first else None
         if existing is None:
-            token = builders.build_ray_auth_secret(run, namespace, uid, builders.new_ray_token())
+            token = builders.build_ray_auth_secret(
+                run.metadata.name, namespace, rayjob["metadata"]["name"], owner, builders.new_ray_token()
+            )
             try:
                 await self.client.create(SECRETS, namespace, token)
+                self._tokens[key] = owner
                 return None
             except ApiError as error:
                 if error.status != 409:
                     raise
             existing = await self.client.get_metadata(SECRETS, namespace, name)
-        if existing is not None and not _owned_by(existing, uid):
+        if existing is not None and not _owned_by(existing, owner):
             # Someone else's token would let them into the run's Ray cluster: never adopt it.
-            return Problem(
-                "NameConflict",
-                f"a Secret named {name!r} already exists and is not owned by this run; delete it or rename the run",
-            )
+            return _token_conflict(name)
+        self._tokens[key] = owner
         return None
 
     async def _ensure_local_queue(self, queue: QueueSpec, namespace: str) -> None:
@@ -382,6 +424,13 @@ class Reconciler:
         elif rejected(update.status):
             self._ensured.pop(key, None)  # a fixed spec must go through steps 2-4 again
         return update
+
+
+def _token_conflict(name: str) -> Problem:
+    return Problem(
+        "NameConflict",
+        f"a Secret named {name!r} already exists and is not owned by this run's RayJob; delete it or rename the run",
+    )
 
 
 def _managed_data_keys(meta: JSON) -> set[str]:

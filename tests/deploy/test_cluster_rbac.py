@@ -107,7 +107,7 @@ def test_operator_identity_can_do_each_step_of_a_run(cluster: Any, namespaced: I
         build_role(name, team, uid),
         build_role_binding(name, team, uid),
         build_network_policy(name, team, uid, kuberay_namespace="default"),
-        build_ray_auth_secret(name, team, uid, new_ray_token()),
+        build_ray_auth_secret(name, team, name, uid, new_ray_token()),  # (owned by the RayJob in a real run)
     ):
         _must(op("create", "-f", "-", input=json.dumps(child)))
     assert spec.queue is not None

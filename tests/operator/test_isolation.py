@@ -146,6 +146,19 @@ def test_each_pod_holds_only_the_secrets_its_processes_use(pods: RunPods) -> Non
         assert {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}["RAY_AUTH_MODE"] == "token"
 
 
+def test_the_ray_token_is_the_rayjobs_own_and_kuberay_hands_it_to_every_ray_container(
+    kube: Kube, pods: RunPods
+) -> None:
+    secret = kube.core.read_namespaced_secret(TOKEN_SECRET, pods.namespace)
+    rayjob = kube.rayjob(pods.namespace, RUN) or {}
+    (owner,) = secret.metadata.owner_references
+    assert (owner.kind, owner.name, owner.uid) == ("RayJob", RUN, rayjob["metadata"]["uid"])
+    assert rayjob["metadata"]["ownerReferences"][0]["uid"] == (kube.run(pods.namespace, RUN) or {})["metadata"]["uid"]
+    assert secret.immutable is True
+    assert len(base64.b64decode(secret.data["auth_token"])) >= 40
+    assert rayjob["spec"]["rayClusterSpec"]["authOptions"] == {"mode": "token", "secretName": TOKEN_SECRET}
+
+
 def test_only_the_heads_trainer_container_holds_an_api_token_and_only_for_minutes(pods: RunPods) -> None:
     for pod in (pods.head, pods.worker, pods.submitter):
         spec = pod["spec"]
@@ -224,7 +237,7 @@ def test_a_secret_named_like_the_runs_ray_token_is_never_adopted(
 ) -> None:
     planted = base64.b64encode(b"a-token-someone-else-knows").decode()
     kube.core.create_namespaced_secret(k8s_ns, {"metadata": {"name": TOKEN_SECRET}, "data": {"auth_token": planted}})
-    kube.create_run(run_manifest(RUN, k8s_ns))
+    kube.create_run(run_manifest(RUN, k8s_ns))  # no Ray pod of the run may ever start with a known token
 
     eventually(lambda: "NameConflict" in str(kube.status(k8s_ns, RUN).get("conditions")), what="a NameConflict")
     assert TOKEN_SECRET in kube.status(k8s_ns, RUN)["message"]

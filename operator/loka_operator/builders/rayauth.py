@@ -25,8 +25,9 @@ def new_ray_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def build_ray_auth_secret(run: str, namespace: str, uid: str, token: str) -> Manifest:
-    """Immutable: the token of a run never changes under a running cluster."""
+def build_ray_auth_secret(run: str, namespace: str, rayjob: str, rayjob_uid: str, token: str) -> Manifest:
+    """Owned by the run's RayJob (which the run owns): KubeRay's RayJob finalizer reads the token to stop the job,
+    so it must go after the RayJob, not beside it. Immutable: a token never changes under a running cluster."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -34,7 +35,7 @@ def build_ray_auth_secret(run: str, namespace: str, uid: str, token: str) -> Man
             "name": naming.ray_auth_secret_name(run),
             "namespace": namespace,
             "labels": naming.run_labels(run, "ray-token"),
-            "ownerReferences": [naming.owner_reference(run, uid)],
+            "ownerReferences": [naming.rayjob_owner_reference(rayjob, rayjob_uid)],
         },
         "type": "Opaque",
         "immutable": True,

@@ -246,10 +246,13 @@ def test_rayjob_turns_on_rays_token_auth_with_the_runs_own_secret() -> None:
     assert tuple(int(p) for p in cluster["rayVersion"].split(".")) >= (2, 52, 0)  # KubeRay's minimum for token auth
 
 
-def test_ray_token_secret_is_the_runs_own_immutable_and_random() -> None:
-    first, second = (build_ray_auth_secret("qwen", "team-a", UID, new_ray_token()) for _ in range(2))
+def test_ray_token_secret_belongs_to_the_runs_rayjob_and_is_immutable_and_random() -> None:
+    first, second = (build_ray_auth_secret("qwen", "team-a", "qwen", "rayjob-uid", new_ray_token()) for _ in range(2))
     assert first["metadata"]["name"] == "loka-run-qwen-ray-token"
-    assert first["metadata"]["ownerReferences"][0]["uid"] == UID
+    # KubeRay's RayJob finalizer reads the token: it goes after the RayJob, by garbage collection.
+    assert first["metadata"]["ownerReferences"] == [
+        {"apiVersion": "ray.io/v1", "kind": "RayJob", "name": "qwen", "uid": "rayjob-uid", "controller": True}
+    ]
     assert first["immutable"] is True
     token = base64.b64decode(first["data"]["auth_token"])
     assert len(token) >= 40
