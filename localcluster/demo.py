@@ -47,6 +47,7 @@ def demo_manifest() -> dict[str, Any]:
     """The example run, with this control plane's MinIO: the file names the default port block's, and a control
     plane started with LOKA_CLUSTER_PORT_OFFSET has its own (another's would refuse this one's keys)."""
     manifest: dict[str, Any] = yaml.safe_load(DEMO_RUN.read_text())
+    # The example names the default MinIO; a control plane started with LOKA_CLUSTER_PORT_OFFSET has its own.
     manifest["spec"]["storage"]["endpoint"] = f"http://127.0.0.1:{PORTS.minio}"
     return manifest
 

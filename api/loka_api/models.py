@@ -166,6 +166,13 @@ class TrainingSpec(LokaModel):
 class PodResources(LokaModel):
     cpu: Quantity = Field(default="4", description="CPU request and limit of the pod's Ray container.")
     memory: Quantity = Field(default="16Gi", description="Memory request and limit of the pod's Ray container.")
+    disk: Quantity | None = Field(
+        default=None,
+        description=(
+            "Size of the pod's work volume (the staged model and data, this node's checkpoint shards). "
+            "Default: the operator's (chart value operator.workDisk)."
+        ),
+    )
 
 
 class Toleration(LokaModel):
@@ -187,6 +194,16 @@ class ResourcesSpec(LokaModel):
         default_factory=dict, max_length=32, description="Node labels every Ray pod must match."
     )
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    disk_storage_class: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description=(
+            "StorageClass of the pods' work volumes: each becomes a generic ephemeral volume (a PVC per pod) of "
+            "this class. Unset: the operator's default; an emptyDir limited to the disk size when that is unset too."
+        ),
+    )
 
 
 class QueueSpec(LokaModel):
@@ -406,6 +423,7 @@ class RunPhase(enum.StrEnum):
 class ConditionType(enum.StrEnum):
     VALID = "Valid"
     SECRETS_READY = "SecretsReady"
+    LAUNCHED = "Launched"  # the RayJob and the trainer's identity exist, or why one could not be created
     ADMITTED = "Admitted"
     CLUSTER_READY = "ClusterReady"
     TRAINING = "Training"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loka_api.contract import STEP_FOLDER_PREFIX, step_folder
+from loka_api.contract import step_folder
 from loka_api.models import TrainingRunSpec
 
 if TYPE_CHECKING:
@@ -40,7 +40,9 @@ class StagedPaths:
     train_files: Path
     checkpoint_dir: Path
     val_files: Path | None = None
-    resume_from: Path | None = None  # a local global_step_N folder, for `resume: s3://.../global_step_N`
+    # The local global_step_N folder of `resume: s3://.../global_step_N`, while it seeds the run (None once the run
+    # has a checkpoint of its own: verl's auto mode then finds that one).
+    resume_from: Path | None = None
     metrics_file: Path | None = None  # verl's `file` logger writes JSONL here (VERL_FILE_LOGGER_PATH)
     checkpoint_callback_class: str | None = DEFAULT_CHECKPOINT_CALLBACK
 
@@ -85,18 +87,16 @@ def _checkpoint_overrides(spec: TrainingRunSpec, paths: StagedPaths) -> list[str
     checkpoints = spec.checkpoints
     if checkpoints is None:
         return [*out, "trainer.save_freq=-1", "trainer.resume_mode=disable"]
-    out += [f"trainer.save_freq={checkpoints.every}", f"trainer.max_actor_ckpt_to_keep={checkpoints.keep}"]
+    # S3 keeps `keep` checkpoints; locally one copy is enough to upload from (and the trainer drops older ones
+    # on every node, where verl's own rotation reaches only rank 0's).
+    out += [f"trainer.save_freq={checkpoints.every}", "trainer.max_actor_ckpt_to_keep=1"]
     if checkpoints.resume == RESUME_NEVER:
         out.append("trainer.resume_mode=disable")
-    elif checkpoints.resume == RESUME_AUTO:
-        # The trainer restores the latest verified checkpoint into checkpoint_dir; verl's auto finds it there.
+    elif checkpoints.resume == RESUME_AUTO or paths.resume_from is None:
+        # The trainer restores the run's latest verified checkpoint into checkpoint_dir; verl's auto finds it there.
         out.append("trainer.resume_mode=auto")
     else:
-        if paths.resume_from is None:
-            raise ValueError(
-                f"checkpoints.resume is {checkpoints.resume!r} but no staged checkpoint was given "
-                f"(StagedPaths.resume_from must be the local {STEP_FOLDER_PREFIX}N folder)"
-            )
+        # `checkpoints.resume: s3://…` seeds a run only while it has no checkpoint of its own.
         out += ["trainer.resume_mode=resume_path", f"trainer.resume_from_path={_hydra_value(paths.resume_from)}"]
     if paths.checkpoint_callback_class:
         out.append(f"trainer.checkpoint_callback_class={paths.checkpoint_callback_class}")

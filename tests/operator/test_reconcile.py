@@ -3,41 +3,15 @@
 from __future__ import annotations
 
 import base64
-from typing import Any
 
 from kubernetes import client
 
 from localcluster.controlplane import LocalCluster
 from localcluster.operator_process import OperatorProcess
-from tests.operator.conftest import eventually, run_manifest
+from tests.operator.conftest import drive_rayjob, eventually, queued, run_manifest, wait_phase
 from tests.operator.kube import Kube
 
 RUN = "qwen"
-
-
-def queued(cluster_queue: str, name: str = "team-a") -> dict[str, Any]:
-    return {"queue": {"name": name, "clusterQueue": cluster_queue}}
-
-
-def wait_phase(kube: Kube, ns: str, name: str, phase: str, timeout: float = 90) -> dict[str, Any]:
-    status: dict[str, Any] = eventually(
-        lambda: (s := kube.status(ns, name)).get("phase") == phase and s,
-        timeout=timeout,
-        what=f"run {ns}/{name} to be {phase} (now {kube.phase(ns, name)})",
-    )
-    return status
-
-
-def drive_rayjob(kube: Kube, ns: str, name: str, deployment: str, job_status: str) -> None:
-    """Stand in for the Ray job's end, as Kueue's own RayJob integration tests do: write the RayJob status."""
-    kube.custom.patch_namespaced_custom_object_status(
-        "ray.io",
-        "v1",
-        ns,
-        "rayjobs",
-        name,
-        {"status": {"jobDeploymentStatus": deployment, "jobStatus": job_status, "message": f"driven to {job_status}"}},
-    )
 
 
 def test_run_is_admitted_and_running(operator: OperatorProcess, kube: Kube, ns: str, gpu_queue: str) -> None:

@@ -19,7 +19,8 @@ import yaml
 from localcluster.controlplane import LocalCluster
 from loka_api import TrainingRun
 from loka_operator.config import OperatorConfig
-from loka_operator.kube import JSON, KubeClient, login
+from loka_operator.credentials import login
+from loka_operator.kube import JSON, KubeClient
 from loka_operator.reconcile import Reconciler
 from loka_operator.status import Problem
 from tests.operator.conftest import run_manifest

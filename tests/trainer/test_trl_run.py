@@ -88,7 +88,18 @@ class TrainerCase:
     env_for: Callable[[str], dict[str, str]]
 
     def checkpoints(self, run: str) -> CheckpointStore:
-        return CheckpointStore(self.store, self.prefix.join("ckpt", self.namespace, run), keep=2)
+        uid = read_run(self.k8s, self.namespace, run)["metadata"]["uid"]
+        return CheckpointStore(self.store, self.prefix.join("ckpt", self.namespace, run, uid), keep=2)
+
+    def operator_counts_attempt(self, run: str, attempt: int) -> None:
+        """status.attempt as the operator writes it when an attempt starts (no operator runs in these tests)."""
+        from kubernetes import client
+
+        objects: Any = client.CustomObjectsApi(self.k8s)
+        objects.patch_namespaced_custom_object_status(
+            "loka.dev", "v1alpha1", self.namespace, "trainingruns", run, {"status": {"attempt": attempt}},
+            _content_type="application/merge-patch+json",
+        )  # fmt: skip
 
 
 @pytest.fixture
@@ -166,6 +177,7 @@ def test_sigterm_stops_the_run_reports_why_and_the_next_attempt_resumes_from_the
     env = case.env_for("preempted")
     store = case.checkpoints("preempted")
     log = case.work / "trainer.log"
+    case.operator_counts_attempt("preempted", 1)
 
     first = start_trainer(env, case.work / "attempt-1", log)
     try:
@@ -188,6 +200,7 @@ def test_sigterm_stops_the_run_reports_why_and_the_next_attempt_resumes_from_the
     assert "SIGTERM" in message
     assert f"checkpoint step {stopped_at}" in message
 
+    case.operator_counts_attempt("preempted", 2)
     second = start_trainer(env, case.work / "attempt-2", log)  # a fresh pod: empty local disk
     try:
         code = second.wait(timeout=RUN_TIMEOUT_S)

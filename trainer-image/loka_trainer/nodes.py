@@ -1,8 +1,9 @@
 """Every Ray node's local disk, reached with one task per node.
 
 In a RayJob the trainer starts on the head pod, verl's driver actor may land on any node, and each rank writes
-its checkpoint shards to its own node's ``trainer.default_local_dir``. With no shared volume, the model, data
-and a restored checkpoint must be put on every node at the same path, and each node uploads the shards it holds.
+its checkpoint shards to its own node's ``trainer.default_local_dir``. With no shared volume, the model and data
+must be put on every node at the same path, a restored checkpoint's shards on the node whose ranks load them (its
+shared files everywhere), and each node uploads the shards it holds.
 Without a Ray cluster (tests, the trl engine) the same functions run in this process.
 """
 
@@ -14,8 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from loka_api.manifest import ManifestFile
-from loka_trainer.checkpoints import CheckpointStore
+from loka_api.manifest import ManifestFile, Writer
+from loka_trainer.checkpoints import CheckpointStore, drop_older_local_checkpoints
 from loka_trainer.storage import ObjectStore, S3Uri
 
 log = logging.getLogger(__name__)
@@ -48,14 +49,51 @@ def _pinned(fn: Callable[..., T], node: str) -> Any:
 
 def on_nodes(fn: Callable[..., T], *args: Any, skip_current: bool = False) -> list[T]:
     """``fn(*args)`` once on every alive Ray node (pinned, not soft), or here when Ray is not connected."""
+    return on_each_node(fn, lambda _node: args, skip_current=skip_current)
+
+
+def on_each_node(
+    fn: Callable[..., T], args_for: Callable[[str | None], tuple[Any, ...]], *, skip_current: bool = False
+) -> list[T]:
+    """``fn(*args_for(node))`` once on every alive Ray node, or ``fn(*args_for(None))`` here without Ray."""
     nodes = ray_node_ids()
     if not nodes:
-        return [] if skip_current else [fn(*args)]
+        return [] if skip_current else [fn(*args_for(None))]
     import ray
 
     here = current_node_id() if skip_current else None
-    results: list[T] = ray.get([_pinned(fn, node).remote(*args) for node in nodes if node != here])
+    results: list[T] = ray.get([_pinned(fn, node).remote(*args_for(node)) for node in nodes if node != here])
     return results
+
+
+def gpu_rank_layout(
+    nodes: list[dict[str, Any]], *, nnodes: int, gpus_per_node: int
+) -> dict[str, frozenset[int]] | None:
+    """Which of verl's global ranks each Ray node runs, by node id (nodes without GPUs run none).
+
+    verl makes one placement group per node (``trainer.nnodes`` of ``trainer.n_gpus_per_node`` GPU bundles), sorts
+    them by node IP (``sort_placement_group_by_node_ip``, so that ranks keep their node across restarts) and numbers
+    ranks in that order: node i runs ranks i*g .. i*g+g-1. None when that cannot be told (GPU nodes other than
+    ``nnodes``, or two with one IP): every node then restores every shard.
+    """
+    alive = [n for n in nodes if n.get("Alive")]
+    gpu_nodes = [n for n in alive if gpus_per_node > 0 and float(n.get("Resources", {}).get("GPU", 0)) >= gpus_per_node]
+    addresses = [str(n["NodeManagerAddress"]) for n in gpu_nodes]
+    if len(gpu_nodes) != nnodes or len(set(addresses)) != len(addresses):
+        return None
+    layout = {str(n["NodeID"]): frozenset[int]() for n in alive}
+    for index, node in enumerate(sorted(gpu_nodes, key=lambda n: str(n["NodeManagerAddress"]))):
+        layout[str(node["NodeID"])] = frozenset(range(index * gpus_per_node, (index + 1) * gpus_per_node))
+    return layout
+
+
+def ray_rank_layout(*, nnodes: int, gpus_per_node: int) -> dict[str, frozenset[int]] | None:
+    """``gpu_rank_layout`` of the Ray cluster this process is connected to (None when it is not)."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    return gpu_rank_layout(ray.nodes(), nnodes=nnodes, gpus_per_node=gpus_per_node)  # type: ignore[no-untyped-call]
 
 
 class FileOnAnyNode:
@@ -114,8 +152,16 @@ def connected_to_ray() -> Iterator[bool]:
 # ----------------------------------------------------------------------------------- node tasks
 
 
-def stage_on_node(spec_json: str, work_dir: str, endpoint: str | None, resume: tuple[str, int] | None) -> str:
-    """Stage the model and data, and restore checkpoint ``resume`` = (run prefix, step), under ``work_dir``."""
+def stage_on_node(
+    spec_json: str,
+    work_dir: str,
+    endpoint: str | None,
+    resume: tuple[str, int] | None,
+    ranks: frozenset[int] | None = None,
+) -> str:
+    """Stage the model and data under ``work_dir``, and restore checkpoint ``resume`` = (prefix, step): its shared
+    files and the shards of ``ranks`` (the ranks this node runs; None: every shard).
+    """
     from loka_api import TrainingRunSpec
     from loka_trainer.staging import stage_inputs
 
@@ -124,15 +170,20 @@ def stage_on_node(spec_json: str, work_dir: str, endpoint: str | None, resume: t
     stage_inputs(TrainingRunSpec.model_validate_json(spec_json), root, store)
     if resume is not None:
         prefix, step = resume
-        CheckpointStore(store, S3Uri.parse(prefix), keep=1).restore(step, root / "checkpoints")
+        CheckpointStore(store, S3Uri.parse(prefix), keep=1).restore(step, root / "checkpoints", ranks=ranks)
     import socket
 
     return socket.gethostname()
 
 
-def upload_from_node(prefix: str, keep: int, step: int, checkpoint_dir: str) -> tuple[ManifestFile, ...]:
-    """Upload the files of ``checkpoint_dir`` this node holds (none is fine: another node has them)."""
+def upload_from_node(prefix: str, writer: str, step: int, checkpoint_dir: str) -> tuple[ManifestFile, ...]:
+    """Upload the files of ``checkpoint_dir`` this node holds (none is fine: another node has them), then drop
+    this node's older local checkpoints: they are in S3 already.
+    """
     folder = Path(checkpoint_dir)
     if not folder.is_dir() or not any(p.is_file() for p in folder.rglob("*")):
         return ()
-    return CheckpointStore(ObjectStore(), S3Uri.parse(prefix), keep=keep).upload_folder(step, folder)
+    store = CheckpointStore(ObjectStore(), S3Uri.parse(prefix), keep=1, writer=Writer.from_env(writer))
+    files = store.upload_folder(step, folder)
+    drop_older_local_checkpoints(folder.parent, step)
+    return files

@@ -1,8 +1,10 @@
 """verl's ``trainer.checkpoint_callback_class``: upload each ``global_step_N`` to S3, then move the marker.
 
 verl calls ``on_save`` on its driver (the TaskRunner actor) after writing the checkpoint and its tracker file;
-an exception here aborts training, which is what a checkpoint that could not be stored deserves. Ranks write
-shards to their own node's disk, so every Ray node uploads what it holds (loka_trainer.nodes).
+an exception here aborts training, which is what a checkpoint that could not be stored deserves, and what an
+attempt replaced by a newer one gets (WriterFencedError: it may no longer move the marker). Ranks write shards
+to their own node's disk, so every Ray node uploads what it holds and then drops its older local copies
+(loka_trainer.nodes).
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ log = logging.getLogger(__name__)
 
 def upload_from_every_node(checkpoints: CheckpointStore, step: int, checkpoint_dir: str) -> CheckpointRecord:
     """Each Ray node uploads the shards it holds; the manifest lists them all; only then does the marker move."""
+    if checkpoints.writer is None:
+        msg = "the checkpoint callback needs the attempt that writes (LOKA_CHECKPOINT_WRITER)"
+        raise ValueError(msg)
     checkpoints.begin(step)
-    per_node = on_nodes(upload_from_node, str(checkpoints.prefix), checkpoints.keep, step, checkpoint_dir)
+    per_node = on_nodes(upload_from_node, str(checkpoints.prefix), checkpoints.writer.to_env(), step, checkpoint_dir)
     return checkpoints.commit(step, merge_node_files(per_node))
 
 
@@ -35,7 +40,13 @@ class S3CheckpointCallback(CheckpointCallback):
         if settings is None:
             log.warning("LOKA_CHECKPOINT_PREFIX is not set: checkpoints stay on local disk only")
             return
-        self.checkpoints = CheckpointStore(ObjectStore(), S3Uri.parse(settings.prefix), keep=settings.keep)
+        self.checkpoints = CheckpointStore(
+            ObjectStore(),
+            S3Uri.parse(settings.prefix),
+            keep=settings.keep,
+            writer=settings.writer,
+            run_uid=settings.run_uid,
+        )
 
     def on_save(
         self, trainer: Any, global_step: int, checkpoint_dir: str, async_save: bool = False, **kwargs: Any

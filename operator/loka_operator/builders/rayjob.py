@@ -30,6 +30,9 @@ TRAINER_TOKEN_VOLUME = "trainer-api-token"
 # The shortest lifetime the API server accepts; the kubelet replaces the file at 80% of it. (3607 s, the
 # kubelet's own default, is what `--service-account-extend-token-expiration` stretches to a year.)
 TRAINER_TOKEN_SECONDS = 600
+# Where each Ray container's work volume is mounted; the trainer stages and checkpoints under it ($LOKA_WORK_DIR).
+WORK_VOLUME = "work"
+WORK_DIR = "/var/lib/loka"
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,12 @@ class RayJobSettings:
     submitter_cpu: str = "500m"
     submitter_memory: str = "512Mi"
     ray_version: str = DEFAULT_RAY_VERSION
+    # Work volume sizes when the spec gives none. The head stages the model (a 70B one is about 140 GB in bf16)
+    # and the data, but no checkpoint shard; a worker also holds its ranks' shards of the restored checkpoint and
+    # of the one being written (for 70B with Adam, about 840 GB over all ranks).
+    head_disk: str = "200Gi"
+    worker_disk: str = "1Ti"
+    disk_storage_class: str | None = None
 
 
 def referenced_secrets(spec: TrainingRunSpec) -> list[tuple[str, str, str]]:
@@ -69,6 +78,8 @@ def plain_env(spec: TrainingRunSpec, run: str, namespace: str) -> dict[str, str]
 def _container_env(spec: TrainingRunSpec, run: str, namespace: str, node: str) -> list[Manifest]:
     """The plain variables, and the secrets a process on this kind of Ray node uses (by reference)."""
     env: list[Manifest] = [{"name": k, "value": v} for k, v in plain_env(spec, run, namespace).items()]
+    # The pod's own volume, so not in runtimeEnvYAML: Ray's job env must not point a local Ray at it.
+    env.append({"name": contract.ENV_WORK_DIR, "value": WORK_DIR})
     env += [
         {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
         for name, secret, key in referenced_secrets(spec)
@@ -119,6 +130,20 @@ def _resources(pod: PodResources, gpus: int) -> Manifest:
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
+def work_volume(size: str, storage_class: str | None) -> Manifest:
+    """The pod's work volume: a generic ephemeral volume (a PVC made and deleted with the pod) of ``storage_class``,
+    else an emptyDir the kubelet holds to ``size`` (it evicts a pod that writes more, never fills the node).
+    """
+    if storage_class is None:
+        return {"name": WORK_VOLUME, "emptyDir": {"sizeLimit": size}}
+    claim = {
+        "accessModes": ["ReadWriteOnce"],
+        "storageClassName": storage_class,
+        "resources": {"requests": {"storage": size}},
+    }
+    return {"name": WORK_VOLUME, "ephemeral": {"volumeClaimTemplate": {"spec": claim}}}
+
+
 def _pod_template(
     spec: TrainingRunSpec,
     *,
@@ -129,10 +154,12 @@ def _pod_template(
     pod: PodResources,
     gpus: int,
     service_account: str | None,
+    disk: str,
+    storage_class: str | None,
 ) -> Manifest:
-    mounts: list[Manifest] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    mounts: list[Manifest] = [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": WORK_VOLUME, "mountPath": WORK_DIR}]
     # vLLM and NCCL need a large /dev/shm; the container default is 64 MiB.
-    volumes: list[Manifest] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    volumes: list[Manifest] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}, work_volume(disk, storage_class)]
     pod_spec: Manifest = {
         "securityContext": _restricted_pod_security(),
         # No pod-wide token: containers KubeRay adds (a SidecarMode submitter) and worker pods get none.
@@ -197,6 +224,7 @@ def build_rayjob(
         if spec.queue.priority_class is not None:
             labels[naming.KUEUE_PRIORITY_LABEL] = spec.queue.priority_class
     resources = spec.resources
+    storage_class = resources.disk_storage_class or settings.disk_storage_class
     head = _pod_template(
         spec,
         run=run,
@@ -206,6 +234,8 @@ def build_rayjob(
         pod=resources.head,
         gpus=0,
         service_account=naming.service_account_name(run),
+        disk=resources.head.disk or settings.head_disk,
+        storage_class=storage_class,
     )
     worker = _pod_template(
         spec,
@@ -216,6 +246,8 @@ def build_rayjob(
         pod=resources.worker,
         gpus=resources.gpus_per_worker,
         service_account=None,
+        disk=resources.worker.disk or settings.worker_disk,
+        storage_class=storage_class,
     )
     rayjob_spec: Manifest = {
         "entrypoint": contract.TRAINER_ENTRYPOINT,

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from loka_operator.config import ENV_KUBERAY_NAMESPACE, ENV_RAY_VERSION, ENV_SUBMISSION_MODE, OperatorConfig
+from loka_operator.config import (
+    ENV_DISK_STORAGE_CLASS,
+    ENV_HEAD_DISK,
+    ENV_KUBERAY_NAMESPACE,
+    ENV_RAY_VERSION,
+    ENV_SUBMISSION_MODE,
+    ENV_WORKER_DISK,
+    ConfigError,
+    OperatorConfig,
+)
 from loka_operator.main import main
 
 
@@ -47,3 +56,16 @@ def test_kuberay_namespace_and_ray_version_come_from_the_environment(monkeypatch
     monkeypatch.setenv(ENV_KUBERAY_NAMESPACE, "ray-system")
     config = OperatorConfig.from_env()
     assert (config.rayjob.ray_version, config.kuberay_namespace) == ("2.52.0", "ray-system")
+
+
+def test_work_disk_defaults_come_from_the_environment_and_a_bad_size_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(ENV_HEAD_DISK, "50Gi")
+    monkeypatch.setenv(ENV_WORKER_DISK, "2Ti")
+    monkeypatch.setenv(ENV_DISK_STORAGE_CLASS, "fast-nvme")
+    settings = OperatorConfig.from_env().rayjob
+    assert (settings.head_disk, settings.worker_disk, settings.disk_storage_class) == ("50Gi", "2Ti", "fast-nvme")
+    monkeypatch.setenv(ENV_WORKER_DISK, "a lot")
+    with pytest.raises(ConfigError, match=r"LOKA_WORKER_DISK='a lot' is not a size; use a Kubernetes quantity"):
+        OperatorConfig.from_env()

@@ -17,7 +17,7 @@ from typing import Any
 from loka_api import TrainingRunSpec
 from loka_api.contract import ENV_WANDB_MODE
 from loka_trainer import step_metrics as names
-from loka_trainer.checkpoints import VERL_TRACKER_NAME
+from loka_trainer.checkpoints import VERL_TRACKER_NAME, drop_older_local_checkpoints
 from loka_trainer.engines import EngineJob
 from loka_trainer.step_metrics import MetricsWriter
 from loka_trainer.storage import TransferCancelledError
@@ -89,6 +89,9 @@ class TrlEngine:
             return spec.training.max_steps
         return math.ceil(train_rows / spec.training.batch_size) * spec.training.epochs or None
 
+    def local_checkpoint_ranks(self, spec: TrainingRunSpec) -> frozenset[int] | None:
+        return None  # one process, the whole checkpoint
+
     def run(self, job: EngineJob) -> int:
         import datasets
         import torch
@@ -114,7 +117,6 @@ class TrlEngine:
         raw = datasets.Dataset.from_parquet(str(job.inputs.train_files))
         train = raw.map(to_trl, remove_columns=raw.column_names)
         reward = trl_reward(load_reward(spec.reward.function if spec.reward else DEFAULT_REWARD))
-        keep_local = job.checkpoints.keep if job.checkpoints else None
         every = spec.checkpoints.every if spec.checkpoints else None
         use_wandb = spec.tracking is not None and spec.tracking.wandb is not None and job.wandb_mode != "disabled"
         if use_wandb and spec.tracking and spec.tracking.wandb:
@@ -134,7 +136,7 @@ class TrlEngine:
             max_steps=training.max_steps or -1,
             save_strategy="steps" if every else "no",
             save_steps=every or 500,
-            save_total_limit=keep_local,
+            save_total_limit=1,  # S3 keeps `keep`; one local copy is enough to upload from
             logging_steps=1,
             report_to=["wandb"] if use_wandb else [],
             use_cpu=not torch.cuda.is_available(),
@@ -184,6 +186,7 @@ class TrlEngine:
                         control.should_training_stop = True
                         return control
                     loka_job.on_checkpoint(record)
+                    drop_older_local_checkpoints(loka_job.checkpoint_dir, state.global_step)  # the restored one
                 return control
 
         trainer = GRPOTrainer(

@@ -18,8 +18,10 @@ from loka_api import TrainingRunSpec
 from loka_api.contract import (
     ENV_CHECKPOINT_KEEP,
     ENV_CHECKPOINT_PREFIX,
+    ENV_CHECKPOINT_WRITER,
     ENV_RUN_NAME,
     ENV_RUN_NAMESPACE,
+    ENV_RUN_UID,
     ENV_WANDB_MODE,
 )
 from loka_api.render import StagedPaths, verl_command
@@ -53,6 +55,10 @@ def actor_environment(job: EngineJob, environ: Mapping[str, str] | None = None) 
     if job.checkpoints is not None:
         env[ENV_CHECKPOINT_PREFIX] = str(job.checkpoints.prefix)
         env[ENV_CHECKPOINT_KEEP] = str(job.checkpoints.keep)
+        if job.checkpoints.writer is not None:
+            env[ENV_CHECKPOINT_WRITER] = job.checkpoints.writer.to_env()
+        if job.checkpoints.run_uid:
+            env[ENV_RUN_UID] = job.checkpoints.run_uid
     # Outside a pod (the local demo) the actors reach the API server through the same kubeconfig file.
     kubeconfig = (os.environ if environ is None else environ).get("KUBECONFIG")
     if kubeconfig:
@@ -97,6 +103,12 @@ class VerlEngine:
         # verl's dataloader drops the last partial batch.
         return max(train_rows // spec.training.batch_size, 0) * spec.training.epochs or None
 
+    def local_checkpoint_ranks(self, spec: TrainingRunSpec) -> frozenset[int] | None:
+        from loka_trainer.nodes import current_node_id, ray_rank_layout
+
+        layout = ray_rank_layout(nnodes=spec.resources.workers, gpus_per_node=spec.resources.gpus_per_worker)
+        return None if layout is None else layout.get(current_node_id() or "", frozenset())
+
     def run(self, job: EngineJob) -> int:
         import ray
 
@@ -129,15 +141,22 @@ def pass_on_redacted(output: IO[bytes], environ: Mapping[str, str] | None = None
 
 
 def stage_other_nodes(job: EngineJob) -> None:
-    """Put the model, data and restored checkpoint on every other Ray node at the same paths as here:
-    verl's ranks read them from their own node's disk.
+    """Put the model and data on every other Ray node at the same paths as here, and the restored checkpoint's
+    shared files and the shards of the ranks each node runs: verl's ranks read them from their own node's disk.
     """
-    from loka_trainer.nodes import on_nodes, stage_on_node
+    from loka_trainer.nodes import on_each_node, ray_rank_layout, stage_on_node
 
     resume = (job.resume.source, job.resume.step) if job.resume is not None else None
     endpoint = job.spec.storage.endpoint if job.spec.storage else None
     spec_json = job.spec.model_dump_json(by_alias=True)
-    hosts = on_nodes(stage_on_node, spec_json, str(job.work_dir), endpoint, resume, skip_current=True)
+    resources = job.spec.resources
+    layout = ray_rank_layout(nnodes=resources.workers, gpus_per_node=resources.gpus_per_worker)
+
+    def args_for(node: str | None) -> tuple[object, ...]:
+        ranks = None if layout is None or node is None else layout.get(node, frozenset())
+        return (spec_json, str(job.work_dir), endpoint, resume, ranks)
+
+    hosts = on_each_node(stage_on_node, args_for, skip_current=True)
     if hosts:
         log.info("staged inputs on %d other Ray node(s): %s", len(hosts), ", ".join(sorted(hosts)))
 
