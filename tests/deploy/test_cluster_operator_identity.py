@@ -80,7 +80,8 @@ def test_the_same_tests_fail_for_an_identity_without_those_rights(cluster: Any, 
     kubeconfig = service_account_kubeconfig(nobody, tmp_path / "kubeconfig")
     done = _operator_suite("test_run_is_admitted_and_running", kubeconfig, tmp_path / "starts")
     assert done.returncode != 0
-    assert "1 failed" in done.stdout
+    # The operator stops at startup (its first LIST is refused), so the test errors in its fixture or fails.
+    assert re.search(r"\b1 (failed|error)\b", done.stdout), done.stdout[-2000:]
     assert RBAC_REFUSAL.search(_operator_log(tmp_path)), "the refusal check would not have noticed"
 
 
