@@ -12,17 +12,28 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import hashlib
 import http.client
 import http.server
 import logging
 import sys
 import threading
 import urllib.parse
+from collections.abc import Mapping
+from email.message import Message
 from typing import ClassVar
 
 log = logging.getLogger("dashboard-router")
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer",
               "transfer-encoding", "upgrade"}  # fmt: skip
+
+
+def token_fingerprint(headers: Mapping[str, str] | Message) -> str:
+    """Which Ray token a request carried (KubeRay sends the RayCluster's in x-ray-authorization), as a short
+    sha256 prefix that tests compare with the run's token Secret: never the token itself."""
+    presented = headers.get("x-ray-authorization") or headers.get("authorization") or ""
+    token = presented.removeprefix("Bearer ").strip()
+    return f"token sha256:{hashlib.sha256(token.encode()).hexdigest()[:12]}" if token else "no token"
 
 
 def namespace_of(host: str) -> str | None:
@@ -59,7 +70,8 @@ class _Forwarder(http.server.BaseHTTPRequestHandler):
             return
         finally:
             upstream.close()
-        log.info("%s %s (for %s) -> %s", self.command, path, target.netloc, response.status)
+        auth = token_fingerprint(self.headers)
+        log.info("%s %s (for %s, %s) -> %s", self.command, path, target.netloc, auth, response.status)
         self.send_response(response.status)
         for key, value in response.getheaders():
             if key.lower() not in HOP_BY_HOP and key.lower() != "content-length":

@@ -12,6 +12,7 @@ then prints a summary. Nothing is faked but the kubelet (KWOK, plus the pod shim
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import shutil
 import sys
@@ -65,12 +66,13 @@ def prepare_namespace(cluster: LocalCluster, namespace: str, *, cluster_queue: s
     """Namespace, the S3 credentials Secret, and a ClusterQueue (the operator makes the LocalQueue)."""
     env = cluster.env
     cluster.kubectl("create", "namespace", namespace, check=False)
+    # `data`, not `stringData`: the operator then sees the key names in the Secret's metadata, no values.
     secret = {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {"name": "loka-s3", "namespace": namespace},
-        "stringData": {"AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"],
-                       "AWS_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"]},
+        "data": {key: base64.b64encode(env[key].encode()).decode()
+                 for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},
     }  # fmt: skip
     flavor = {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": {"name": "default"}}
     queue = {

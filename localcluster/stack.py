@@ -5,8 +5,9 @@
 - the dashboard router (`localcluster.dashboard_router`) on the port KubeRay's HTTP_PROXY names;
 - `loka-operator`, watching the demo and e2e namespaces;
 - the kubelet stand-in (`PodShim`): what a kubelet would do for the head pod that the local Ray
-  head plays — project the pod's ServiceAccount token, and kill the trainer when KubeRay deletes
-  the pods (suspension, preemption, retry). KWOK simulates every other part of a pod.
+  head plays — project the trainer container's ServiceAccount token (with the lifetime the RayJob's
+  projected volume asks for, replaced at 80% of it, as the kubelet does), and kill the trainer when
+  KubeRay deletes the pods (suspension, preemption, retry). KWOK simulates every other part of a pod.
 
 Each process has a PID file and a log under `.demo/`; `down()` stops them by PID.
 """
@@ -34,14 +35,21 @@ log = logging.getLogger("loka.demo")
 
 RAY_DASHBOARD_PORT = 8265
 RAY_GCS_PORT = 36379
-# Ray's job API hands each job to the node's dashboard agent. Its default port (52365) is taken by any other Ray
-# started on this machine without options (a test's local cluster), and then no job can be submitted here.
-RAY_AGENT_PORT = 35365
+# Away from Ray's defaults (agent 52365, client 10001, workers 10002-19999), which any other Ray started on
+# this machine takes too: a clash leaves the head without a job agent, and every submission fails with 500.
+RAY_AGENT_PORT = 36365
+RAY_CLIENT_PORT = 36366
+RAY_WORKER_PORTS = (36400, 36499)
 OPERATOR_HEALTH_PORT = 38090
 OPERATOR_METRICS_PORT = 38091
 # The namespaces the demo's operator watches: the demo's own and the end-to-end tests'.
 WATCHED_NAMESPACES = ("loka-demo", "lokae2e-*")
 ACTIVE_DEPLOYMENT_STATES = {"Initializing", "Running", "Waiting"}
+# A kubelet asks for a fresh projected token once 80% of its lifetime has passed.
+TOKEN_REFRESH_AT = 0.8
+DEFAULT_TOKEN_SECONDS = 3607
+# What the e2e tests' trainer image adds to the trainer: reward functions made for tests (importable by name).
+E2E_IMAGE_PATH = REPO_ROOT / "tests" / "e2e" / "image"
 
 
 def _venv_bin(name: str) -> Path:
@@ -55,6 +63,8 @@ class DemoStack:
         self.cluster = cluster
         self.layout = Layout((root or REPO_ROOT / ".demo").resolve())
         self.trainer_kubeconfig = self.layout.root / "trainer.kubeconfig"
+        # The head's projected token volume, as the trainer container would see it mounted.
+        self.trainer_token = self.layout.root / "serviceaccount" / "token"
         self.work_dir = self.layout.root / "work"
 
     @property
@@ -68,8 +78,8 @@ class DemoStack:
     def components(self) -> list[Component]:
         cluster_env = self.cluster.env
         # The Ray head plays the head pod: it gets what the pod spec would give the trainer.
-        # S3 credentials stand in for the secretKeyRef of the run's storage Secret; KUBECONFIG for
-        # the projected ServiceAccount token (written by the pod shim, per run).
+        # S3 credentials stand in for the secretKeyRef of the run's storage Secret; KUBECONFIG (its user's
+        # tokenFile) for the projected ServiceAccount token (written and refreshed by the pod shim, per run).
         ray_env = {
             "AWS_ACCESS_KEY_ID": cluster_env["AWS_ACCESS_KEY_ID"],
             "AWS_SECRET_ACCESS_KEY": cluster_env["AWS_SECRET_ACCESS_KEY"],
@@ -77,6 +87,7 @@ class DemoStack:
             "KUBECONFIG": str(self.trainer_kubeconfig),
             "LOKA_WORK_DIR": str(self.work_dir),
             "PATH": f"{_venv_bin('')}:{os.environ.get('PATH', '')}",
+            "PYTHONPATH": str(E2E_IMAGE_PATH),
             "HF_HUB_OFFLINE": "1",
             "RAY_USAGE_STATS_ENABLED": "0",
             # Ray turns token auth on by itself once any local ray.init() has written ~/.ray/auth_token;
@@ -100,6 +111,9 @@ class DemoStack:
                     "--dashboard-host=127.0.0.1",
                     f"--dashboard-port={RAY_DASHBOARD_PORT}",
                     f"--dashboard-agent-listen-port={RAY_AGENT_PORT}",
+                    f"--ray-client-server-port={RAY_CLIENT_PORT}",
+                    f"--min-worker-port={RAY_WORKER_PORTS[0]}",
+                    f"--max-worker-port={RAY_WORKER_PORTS[1]}",
                     "--num-cpus=2",
                     "--disable-usage-stats",
                 ],
@@ -207,9 +221,10 @@ class DemoStack:
 class PodShim:
     """The kubelet's part for the head pod that the local Ray head stands in for.
 
-    - While a RayJob is active, the trainer needs its pod's ServiceAccount token: write a
-      kubeconfig holding a token for the RayJob head's ServiceAccount (TokenRequest, as the
-      kubelet's projected token does). The local Ray runs one trainer at a time in the demo.
+    - While a RayJob is active, the trainer needs its container's ServiceAccount token: write a
+      token for the RayJob head's ServiceAccount (TokenRequest, with the lifetime its projected
+      volume asks for, replaced at 80% of it, as the kubelet does) and a kubeconfig whose
+      `tokenFile` names it. The local Ray runs one trainer at a time in the demo.
     - When KubeRay deletes a RayJob's cluster (suspend, preemption, retry, deletion), the pods'
       processes would die: stop every Ray job whose RayJob is no longer active with that job id.
     - What a kubelet serves for the head pod, KWOK serves once told (its PortForward and Logs objects): the pod's
@@ -221,6 +236,7 @@ class PodShim:
         self.stack = stack
         self.interval = interval
         self._token_for: str | None = None
+        self._refresh_at = 0.0
         self._served: set[tuple[str, str]] = set()  # head pods KWOK already serves for the local Ray
         self._log_offset = 0
 
@@ -321,28 +337,49 @@ class PodShim:
         # One token per RayJob, as a kubelet projects one per pod: a run deleted and created again has a
         # new ServiceAccount under the same name, and the old token no longer authenticates.
         key = f"{namespace}/{account}"
-        if f"{key}@{rayjob['metadata']['uid']}" == self._token_for:
+        owner = f"{key}@{rayjob['metadata']['uid']}"
+        if owner == self._token_for and time.monotonic() < self._refresh_at:
             return
+        seconds = projected_token_seconds(head)
         token = core.create_namespaced_service_account_token(
-            account, namespace, {"spec": {"audiences": [], "expirationSeconds": 3600}}
+            account, namespace, {"spec": {"audiences": [], "expirationSeconds": seconds}}
         ).status.token
+        _replace(self.stack.trainer_token, token)
+        self._refresh_at = time.monotonic() + TOKEN_REFRESH_AT * seconds
+        if owner == self._token_for:
+            log.info("pod shim: refreshed the token of ServiceAccount %s", key)
+            return
         cluster = self.stack.cluster
         config = {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "local", "cluster": {"server": cluster.server,
                                                        "certificate-authority": str(cluster.layout.pki.ca_crt)}}],
-            "users": [{"name": key, "user": {"token": token}}],
+            "users": [{"name": key, "user": {"tokenFile": str(self.stack.trainer_token)}}],
             "contexts": [{"name": "pod", "context": {"cluster": "local", "user": key, "namespace": namespace}}],
             "current-context": "pod",
         }  # fmt: skip
-        path = self.stack.trainer_kubeconfig
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(yaml.safe_dump(config))
-        tmp.chmod(0o600)
-        tmp.replace(path)
-        self._token_for = f"{key}@{rayjob['metadata']['uid']}"
-        log.info("pod shim: projected the token of ServiceAccount %s", key)
+        _replace(self.stack.trainer_kubeconfig, yaml.safe_dump(config))
+        self._token_for = owner
+        log.info("pod shim: projected the token of ServiceAccount %s for %d s", key, seconds)
+
+
+def projected_token_seconds(pod_spec: dict[str, Any]) -> int:
+    """The lifetime the pod's projected ServiceAccount token volume asks for (the kubelet's default otherwise)."""
+    for volume in pod_spec.get("volumes") or []:
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            if "serviceAccountToken" in source:
+                return int(source["serviceAccountToken"].get("expirationSeconds", DEFAULT_TOKEN_SECONDS))
+    return DEFAULT_TOKEN_SECONDS
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` at once (the kubelet swaps a projected volume's files atomically too)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o600)
+    tmp.replace(path)
 
 
 def main(argv: list[str]) -> int:

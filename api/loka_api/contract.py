@@ -38,8 +38,29 @@ STORAGE_SECRET_KEYS = (ENV_AWS_KEY_ID, ENV_AWS_SECRET)
 ENV_WANDB_KEY = "WANDB_API_KEY"
 ENV_HF_TOKEN = "HF_TOKEN"
 
+# KubeRay gives every Ray container of a RayCluster with token auth this variable, from the run's token Secret.
+ENV_RAY_AUTH_TOKEN = "RAY_AUTH_TOKEN"
+
 # Every variable whose value is a secret: never on a command line, in Ray's runtime_env, a log or status.
-SECRET_ENV = frozenset({ENV_AWS_SECRET, ENV_AWS_SESSION_TOKEN, ENV_WANDB_KEY, ENV_HF_TOKEN})
+SECRET_ENV = frozenset({ENV_AWS_SECRET, ENV_AWS_SESSION_TOKEN, ENV_WANDB_KEY, ENV_HF_TOKEN, ENV_RAY_AUTH_TOKEN})
+
+# Which Ray pods hold each secret variable, because a process there uses it (docs/secrets.md has the table).
+# The submitter pod (K8sJobMode) holds none of them.
+RAY_HEAD = "head"
+RAY_WORKER = "worker"
+SECRET_ENV_PODS: dict[str, tuple[str, ...]] = {
+    # Staging, restore and the marker on the head; pinned staging and shard-upload tasks on every node.
+    ENV_AWS_KEY_ID: (RAY_HEAD, RAY_WORKER),
+    ENV_AWS_SECRET: (RAY_HEAD, RAY_WORKER),
+    # trl logs from the trainer process; verl's tracker runs in its TaskRunner, which the trainer pins to the head.
+    ENV_WANDB_KEY: (RAY_HEAD,),
+    # An hf:// model is loaded by id where it is used: the driver's tokenizer on the head, every rank on a worker.
+    ENV_HF_TOKEN: (RAY_HEAD, RAY_WORKER),
+}
+
+# Where the trainer container finds its ServiceAccount token (a projected volume; the file is replaced as the
+# kubelet refreshes it, so it is read again before each API call). Only the head's trainer container mounts it.
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 # Set by KubeRay on every Ray pod (from the pod's ray.io/cluster label). KubeRay makes a new RayCluster, with a
 # new name, for every attempt of a RayJob (each retry, each resume after a suspension or preemption).

@@ -1,7 +1,8 @@
 """What a reconcile reads instead of the API server: watch-backed views of runs and their children.
 
 - Runs: the latest body each watch event delivered (`RunCache`).
-- Children (RayJobs, Kueue Workloads, the trainer's ServiceAccount, Role and RoleBinding): kept per run from kopf's
+- Children (RayJobs, Kueue Workloads, the trainer's ServiceAccount, Role and RoleBinding, the run's NetworkPolicy):
+  kept per run from kopf's
   watch events, primed at startup by one LIST per kind, so that a run's first reconcile already sees every child
   that exists (`Children`).
 - Our own writes (`WriteLedger`): the body a create or patch returned is newer than what the watch showed when
@@ -19,7 +20,16 @@ from typing import Any
 
 from loka_api.contract import TRAINER_STATUS_FIELDS
 from loka_operator import naming
-from loka_operator.kube import JSON, RAYJOBS, ROLE_BINDINGS, ROLES, SERVICE_ACCOUNTS, WORKLOADS, KubeClient
+from loka_operator.kube import (
+    JSON,
+    NETWORK_POLICIES,
+    RAYJOBS,
+    ROLE_BINDINGS,
+    ROLES,
+    SERVICE_ACCOUNTS,
+    WORKLOADS,
+    KubeClient,
+)
 
 # How long our own write outranks what the watch shows, when the watch never echoes it exactly.
 ECHO_WAIT_SECONDS = 5.0
@@ -31,6 +41,7 @@ WORKLOAD = "Workload"
 SERVICE_ACCOUNT = "ServiceAccount"
 ROLE = "Role"
 ROLE_BINDING = "RoleBinding"
+NETWORK_POLICY = "NetworkPolicy"
 
 
 def resource_version(body: JSON | None) -> str:
@@ -197,6 +208,7 @@ KEPT_FIELDS: dict[str, dict[str, tuple[str, ...] | None]] = {
     SERVICE_ACCOUNT: {},
     ROLE: {"rules": None},
     ROLE_BINDING: {"roleRef": None, "subjects": None},
+    NETWORK_POLICY: {"spec": None},
 }
 
 
@@ -220,6 +232,7 @@ RESOURCE_OF = {
     SERVICE_ACCOUNT: SERVICE_ACCOUNTS,
     ROLE: ROLES,
     ROLE_BINDING: ROLE_BINDINGS,
+    NETWORK_POLICY: NETWORK_POLICIES,
 }
 
 

@@ -7,9 +7,14 @@ import re
 from dataclasses import dataclass, field
 
 from loka_api.models import QUANTITY_PATTERN
-from loka_operator.builders.rayjob import SUBMISSION_MODES, RayJobSettings
+from loka_operator.builders.networkpolicy import KUBERAY_DEFAULT_NAMESPACE
+from loka_operator.builders.rayauth import MIN_RAY_VERSION_FOR_TOKEN_AUTH
+from loka_operator.builders.rayjob import DEFAULT_RAY_VERSION, SUBMISSION_MODES, RayJobSettings
 
 ENV_SUBMISSION_MODE = "LOKA_RAYJOB_SUBMISSION_MODE"
+ENV_RAY_VERSION = "LOKA_RAY_VERSION"
+ENV_KUBERAY_NAMESPACE = "LOKA_KUBERAY_NAMESPACE"
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # Defaults of the Ray pods' work volumes for runs that do not size them (chart: operator.workDisk).
 ENV_HEAD_DISK = "LOKA_HEAD_DISK"
 ENV_WORKER_DISK = "LOKA_WORKER_DISK"
@@ -42,6 +47,8 @@ class LeaderElection:
 class OperatorConfig:
     namespaces: tuple[str, ...] = ()  # empty: every namespace
     rayjob: RayJobSettings = field(default_factory=RayJobSettings)
+    # Each run's NetworkPolicy lets the KubeRay operator in this namespace reach the Ray dashboard.
+    kuberay_namespace: str = KUBERAY_DEFAULT_NAMESPACE
     resync_seconds: float = 600.0  # the slow pass over every run, from the watch-backed caches
     secret_retry_seconds: float = 5.0  # how soon a run waiting for a Secret looks again
     refused_retry_seconds: float = 15.0  # ... one whose child the API server refused (a quota may free up)
@@ -61,11 +68,23 @@ class OperatorConfig:
             raise ConfigError(
                 f"{ENV_SUBMISSION_MODE}={mode!r} is not supported; use one of {', '.join(SUBMISSION_MODES)}"
             )
+        ray_version = os.environ.get(ENV_RAY_VERSION) or DEFAULT_RAY_VERSION
+        parsed = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)", ray_version)
+        if parsed is None or tuple(int(part) for part in parsed.groups()) < MIN_RAY_VERSION_FOR_TOKEN_AUTH:
+            oldest = ".".join(map(str, MIN_RAY_VERSION_FOR_TOKEN_AUTH))
+            raise ConfigError(
+                f"{ENV_RAY_VERSION}={ray_version!r}: expected the trainer image's Ray version as X.Y.Z, "
+                f"{oldest} or newer (KubeRay needs it for Ray's token authentication)"
+            )
+        kuberay_namespace = os.environ.get(ENV_KUBERAY_NAMESPACE) or KUBERAY_DEFAULT_NAMESPACE
+        if not DNS_LABEL.match(kuberay_namespace):
+            raise ConfigError(f"{ENV_KUBERAY_NAMESPACE}={kuberay_namespace!r} is not a namespace name")
         defaults = RayJobSettings()
         rayjob = RayJobSettings(
             submission_mode=mode,
+            ray_version=ray_version,
             head_disk=_quantity(ENV_HEAD_DISK, defaults.head_disk),
             worker_disk=_quantity(ENV_WORKER_DISK, defaults.worker_disk),
             disk_storage_class=os.environ.get(ENV_DISK_STORAGE_CLASS) or None,
         )
-        return cls(namespaces=namespaces, rayjob=rayjob, **overrides)  # type: ignore[arg-type]
+        return cls(namespaces=namespaces, rayjob=rayjob, kuberay_namespace=kuberay_namespace, **overrides)  # type: ignore[arg-type]

@@ -1,6 +1,7 @@
 """Thin kopf wiring: watch events on a run or one of its children ask for one level-based reconcile.
 
-Every child (RayJobs, Kueue Workloads, the trainer's ServiceAccount, Role and RoleBinding) is kept per run from
+Every child (RayJobs, Kueue Workloads, the trainer's ServiceAccount, Role and RoleBinding, the run's NetworkPolicy) is
+kept per run from
 the watch events (primed by one LIST per kind at startup), so a reconcile reads them instead of the API server.
 Events the operator caused itself (the echo of its own write) and run updates that touch only what the trainer
 writes (progress, metrics, ...) do not cause a reconcile.
@@ -19,7 +20,16 @@ from prometheus_client import start_http_server
 
 from loka_api import GROUP, PLURAL, VERSION
 from loka_operator import naming
-from loka_operator.cache import RAYJOB, ROLE, ROLE_BINDING, SERVICE_ACCOUNT, WORKLOAD, child_key, prime
+from loka_operator.cache import (
+    NETWORK_POLICY,
+    RAYJOB,
+    ROLE,
+    ROLE_BINDING,
+    SERVICE_ACCOUNT,
+    WORKLOAD,
+    child_key,
+    prime,
+)
 from loka_operator.config import OperatorConfig
 from loka_operator.credentials import login
 from loka_operator.kube import KubeClient
@@ -31,11 +41,13 @@ log = logging.getLogger(__name__)
 
 OURS = f"{naming.LABEL_MANAGED_BY}={naming.OPERATOR_NAME}"
 IDENTITY = {naming.LABEL_MANAGED_BY: naming.OPERATOR_NAME, naming.LABEL_COMPONENT: "trainer-identity"}
+ISOLATION = {naming.LABEL_MANAGED_BY: naming.OPERATOR_NAME, naming.LABEL_COMPONENT: "network-policy"}
 RAYJOBS = (naming.RAY_GROUP, naming.RAY_VERSION, "rayjobs")
 WORKLOADS = (naming.KUEUE_GROUP, naming.KUEUE_VERSION, "workloads")
 SERVICE_ACCOUNTS = ("", "v1", "serviceaccounts")
 ROLES = ("rbac.authorization.k8s.io", "v1", "roles")
 ROLE_BINDINGS = ("rbac.authorization.k8s.io", "v1", "rolebindings")
+NETWORK_POLICIES = ("networking.k8s.io", "v1", "networkpolicies")
 
 
 @dataclass
@@ -81,7 +93,7 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.posting.level = logging.WARNING
     # Server-side filters: the API server sends only the operator's own children.
-    for group, version, plural in (RAYJOBS, SERVICE_ACCOUNTS, ROLES, ROLE_BINDINGS):
+    for group, version, plural in (RAYJOBS, SERVICE_ACCOUNTS, ROLES, ROLE_BINDINGS, NETWORK_POLICIES):
         settings.watching.label_selectors[group, version, plural] = OURS
     if config.workload_selector:
         settings.watching.label_selectors[WORKLOADS] = config.workload_selector
@@ -98,7 +110,7 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     scopes: list[str | None] = (
         [None] if not config.namespaces or any(map(_is_pattern, config.namespaces)) else [*config.namespaces]
     )
-    selectors = dict.fromkeys((RAYJOB, SERVICE_ACCOUNT, ROLE, ROLE_BINDING), OURS)
+    selectors = dict.fromkeys((RAYJOB, SERVICE_ACCOUNT, ROLE, ROLE_BINDING, NETWORK_POLICY), OURS)
     selectors[WORKLOAD] = config.workload_selector
     primed = await prime(reconciler.children, client, scopes, selectors)
 
@@ -224,3 +236,8 @@ async def role_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) -
 @kopf.on.event(*ROLE_BINDINGS, labels=IDENTITY)
 async def role_binding_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
     _child_changed(ROLE_BINDING, type, body, memo)
+
+
+@kopf.on.event(*NETWORK_POLICIES, labels=ISOLATION)
+async def network_policy_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    _child_changed(NETWORK_POLICY, type, body, memo)

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 JSON = dict[str, Any]
 
 MERGE_PATCH = "application/merge-patch+json"
+# The API server answers with the object's metadata only: for a Secret, no `data` ever leaves the server.
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 
 class ApiError(Exception):
@@ -135,17 +137,29 @@ class KubeClient:
         body: JSON | None = None,
         params: dict[str, str] | None = None,
         content_type: str = "application/json",
+        accept: str | None = None,
     ) -> JSON:
         logins = self._logins
-        status, decoded = await self._send(method, path, body=body, params=params, content_type=content_type)
+        status, decoded = await self._send(
+            method, path, body=body, params=params, content_type=content_type, accept=accept
+        )
         if status == 401 and await self._login_again(logins):
-            status, decoded = await self._send(method, path, body=body, params=params, content_type=content_type)
+            status, decoded = await self._send(
+                method, path, body=body, params=params, content_type=content_type, accept=accept
+            )
         if status >= 400:
             raise ApiError(status, str(decoded.get("reason", "")), str(decoded.get("message", "")))
         return decoded
 
     async def _send(
-        self, method: str, path: str, *, body: JSON | None, params: dict[str, str] | None, content_type: str
+        self,
+        method: str,
+        path: str,
+        *,
+        body: JSON | None,
+        params: dict[str, str] | None,
+        content_type: str,
+        accept: str | None,
     ) -> tuple[int, JSON]:
         session = self._open()
         self.requests[method] += 1
@@ -154,11 +168,13 @@ class KubeClient:
         started = time.monotonic()
         data = json.dumps(body) if body is not None else None
         headers = {"Content-Type": content_type} if data is not None else {}
+        if accept is not None:
+            headers["Accept"] = accept
         if self._authorization is not None:
             headers["Authorization"] = self._authorization
         try:
             async with session.request(
-                method, self._server + path, data=data, params=params, headers=headers
+                method, self._server + path, data=data, params=params, headers=headers or None
             ) as response:
                 payload = await response.read()
         except (TimeoutError, aiohttp.ClientError) as error:
@@ -174,6 +190,15 @@ class KubeClient:
     async def get(self, resource: Resource, namespace: str, name: str) -> JSON | None:
         try:
             return await self.request("GET", resource.path(namespace, name))
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def get_metadata(self, resource: Resource, namespace: str, name: str) -> JSON | None:
+        """The object's metadata only (PartialObjectMetadata), or None when it does not exist."""
+        try:
+            return await self.request("GET", resource.path(namespace, name), accept=METADATA_ONLY)
         except ApiError as error:
             if error.status == 404:
                 return None
@@ -219,4 +244,5 @@ SERVICE_ACCOUNTS = Resource("", "v1", "serviceaccounts")
 EVENTS = Resource("", "v1", "events")
 ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles")
 ROLE_BINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings")
+NETWORK_POLICIES = Resource("networking.k8s.io", "v1", "networkpolicies")
 LEASES = Resource("coordination.k8s.io", "v1", "leases")

@@ -17,6 +17,9 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 
+# Set by the API server on every namespace (Kubernetes 1.21+): a NetworkPolicy selects a namespace by name with it.
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
 RAY_GROUP = "ray.io"
 RAY_VERSION = "v1"
 KUEUE_GROUP = "kueue.x-k8s.io"
@@ -41,6 +44,20 @@ def role_binding_name(run: str) -> str:
     return service_account_name(run)
 
 
+def network_policy_name(run: str) -> str:
+    return service_account_name(run)
+
+
+def ray_auth_secret_name(run: str) -> str:
+    """The Secret holding the run's Ray token (KubeRay reads its `auth_token` key)."""
+    return f"{service_account_name(run)}-ray-token"
+
+
+def run_pods_selector(run: str) -> dict[str, Any]:
+    """Every pod of the run: KubeRay copies the template labels onto head, worker and submitter pods."""
+    return {"matchLabels": {LABEL_RUN: run}}
+
+
 def run_labels(run: str, component: str) -> dict[str, str]:
     return {
         LABEL_RUN: run,
@@ -58,6 +75,17 @@ def owner_reference(run: str, uid: str) -> dict[str, Any]:
         "uid": uid,
         "controller": True,
         "blockOwnerDeletion": True,
+    }
+
+
+def rayjob_owner_reference(rayjob: str, uid: str) -> dict[str, Any]:
+    """No blockOwnerDeletion: that would need `update` on rayjobs/finalizers, and nothing waits on it."""
+    return {
+        "apiVersion": f"{RAY_GROUP}/{RAY_VERSION}",
+        "kind": "RayJob",
+        "name": rayjob,
+        "uid": uid,
+        "controller": True,
     }
 
 

@@ -1,10 +1,10 @@
 """One level-based, idempotent reconcile of a TrainingRun: ordered steps, each "read the cache, then create or patch".
 
 1. validate the spec, once per (uid, generation) and only before launch (the semantic checks and verl composition)
-2. check every referenced Secret and key (until the run launched)
+2. check every referenced Secret and key (until the run launched; key names from metadata, never values)
 3. ensure the Kueue LocalQueue (when the run names its ClusterQueue)
-4. ensure the per-run ServiceAccount, Role and RoleBinding (only ever the run's own: never adopted)
-5. ensure the RayJob (and apply suspend, maxRestarts, the TTL after the RayJob finished)
+4. ensure the per-run ServiceAccount, Role, RoleBinding and NetworkPolicy (only ever the run's own: never adopted)
+5. ensure the RayJob and its Ray token Secret (and apply suspend, maxRestarts, the TTL after the RayJob finished)
 6. calculate the status from what was observed and write the operator's fields only if they changed
 7. claim the notification the new phase asks for; a background task posts it (`notifications.py`)
 
@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from loka_api import QueueSpec, TrainingRun, TrainingRunStatus
 from loka_operator import builders, kueue, naming
 from loka_operator.cache import (
+    NETWORK_POLICY,
     RAYJOB,
     ROLE,
     ROLE_BINDING,
@@ -40,6 +41,7 @@ from loka_operator.events import EventRecorder
 from loka_operator.kube import (
     JSON,
     LOCAL_QUEUES,
+    NETWORK_POLICIES,
     RAYJOBS,
     ROLE_BINDINGS,
     ROLES,
@@ -62,7 +64,15 @@ log = logging.getLogger(__name__)
 
 # KubeRay's jobDeploymentStatus values after which the RayJob never runs again.
 RAYJOB_FINISHED = frozenset({"Complete", "Failed", "ValidationFailed"})
-KIND_OF = {SERVICE_ACCOUNTS: SERVICE_ACCOUNT, ROLES: ROLE, ROLE_BINDINGS: ROLE_BINDING, RAYJOBS: RAYJOB}
+KIND_OF = {
+    SERVICE_ACCOUNTS: SERVICE_ACCOUNT,
+    ROLES: ROLE,
+    ROLE_BINDINGS: ROLE_BINDING,
+    NETWORK_POLICIES: NETWORK_POLICY,
+    RAYJOBS: RAYJOB,
+}
+# A deleted RayJob's token Secret is still there: the next RayJob waits for garbage collection to remove it.
+TOKEN_PENDING = "RayTokenPending"
 
 
 @dataclass
@@ -99,6 +109,8 @@ class Reconciler:
     _seen_finished: dict[str, tuple[str, datetime]] = field(default_factory=dict)
     # LocalQueues known to exist in this resync period: shared by many runs, so checked once per period.
     _local_queues: set[tuple[str, str]] = field(default_factory=set)
+    # The uid of the RayJob whose Ray token Secret exists, per run (Secrets are never watched: no values cached).
+    _tokens: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.cache = RunCache(self.ledger)
@@ -113,6 +125,7 @@ class Reconciler:
         self.validations.forget(key)
         self._redactors.pop(key, None)
         self._seen_finished.pop(key, None)
+        self._tokens.pop(key, None)
         self.metrics.observe_phase(key, None)
 
     def new_resync_period(self) -> None:
@@ -151,18 +164,18 @@ class Reconciler:
                 return Outcome(phase="Failed")
 
         requeue: float | None = None
-        # 2. secrets, until the run launched (values are never kept: key names and digests only)
+        # 2. secrets, until the run launched (key names only: no value is read for the check)
         missing = None if launched or finished(previous) else await self._missing_secrets(run)
         if missing is not None:
             requeue = self.config.secret_retry_seconds
 
         if missing is None and blocked is None and not finished(previous):
-            # 3. Kueue LocalQueue, 4. the trainer's identity, 5. the RayJob
+            # 3. Kueue LocalQueue, 4. the trainer's identity and the run's NetworkPolicy, 5. the RayJob and its token
             if spec.queue is not None:
                 await self._ensure_local_queue(spec.queue, namespace)
             blocked = await self._ensure_identity(run)
             if blocked is None:
-                rayjob, blocked = await self._ensure_rayjob(run, rayjob)
+                rayjob, blocked = await self._launch(run, rayjob, check_first=drift)
         if blocked is not None:
             requeue = _sooner(requeue, self._retry_after(blocked))
 
@@ -200,30 +213,39 @@ class Reconciler:
 
     async def _missing_secrets(self, run: TrainingRun) -> Problem | None:
         namespace = run.metadata.namespace
-        wanted: dict[str, list[str]] = {}
-        for _env, secret, key in builders.referenced_secrets(run.spec):
-            wanted.setdefault(secret, []).append(key)
-        for ref in webhook_refs(run.spec):
-            wanted.setdefault(ref.secret, []).append(ref.key)
         missing: list[str] = []
-        values: list[str] = []
-        for secret, keys in wanted.items():
-            body = await self.client.get(SECRETS, namespace, secret)
-            if body is None:
+        for secret, keys in _wanted_secrets(run).items():
+            present = await self._secret_keys(namespace, secret, keys)
+            if present is None:
                 missing.append(f"Secret {secret!r} (keys {', '.join(keys)}) does not exist")
                 continue
-            data = body.get("data") or {}
-            present = set(data) | set(body.get("stringData") or {})
-            values += [_decoded(data[k]) for k in keys if k in data]
-            del body, data  # only key names and digests leave this function
             lacking = [k for k in keys if k not in present]
             if lacking:
                 missing.append(f"Secret {secret!r} has no key {', '.join(repr(k) for k in lacking)}")
-        self._redactors[naming.run_key(namespace, run.metadata.name)] = (run.metadata.uid, Redactor.of(values))
-        del values
         if not missing:
             return None
         return Problem("SecretMissing", "waiting for " + "; ".join(missing) + f" in namespace {namespace!r}")
+
+    async def _secret_keys(self, namespace: str, secret: str, wanted: list[str]) -> set[str] | None:
+        """The key names of a Secret, or None when it does not exist; never its values, when avoidable.
+
+        The Secret's metadata alone (no `data` leaves the API server) names the keys of its `data` in
+        `managedFields`, which the API server keeps exact for every write. Only when that does not show a wanted
+        key is the Secret read whole, and only its key names kept: a key really missing, managedFields
+        stripped, or a Secret written by server-side apply with `stringData` (recorded as applied, not as stored).
+        """
+        meta = await self.client.get_metadata(SECRETS, namespace, secret)
+        if meta is None:
+            return None
+        listed = _managed_data_keys(meta)
+        if set(wanted) <= listed:
+            return listed
+        body = await self.client.get(SECRETS, namespace, secret)
+        if body is None:
+            return None
+        present = set((body.get("data") or {}).keys()) | set((body.get("stringData") or {}).keys())
+        del body  # only key names leave this function
+        return present
 
     async def _ensure_local_queue(self, queue: QueueSpec, namespace: str) -> None:
         manifest = builders.build_local_queue(queue, namespace)
@@ -246,14 +268,18 @@ class Reconciler:
         self._local_queues.add((namespace, queue.name))
 
     async def _ensure_identity(self, run: TrainingRun) -> Problem | None:
+        """The trainer's identity and the NetworkPolicy around the run's pods, before any of them exists."""
         name, namespace, uid = run.metadata.name, run.metadata.namespace, run.metadata.uid
         account = builders.build_service_account(name, namespace, uid)
         role = builders.build_role(name, namespace, uid)
         binding = builders.build_role_binding(name, namespace, uid)
-        # The ServiceAccount and the Role side by side; the binding after its Role (without `bind`, RBAC checks the
-        # Role's rules when a binding is created, so the Role must exist by then).
+        policy = builders.build_network_policy(name, namespace, uid, kuberay_namespace=self.config.kuberay_namespace)
+        # The ServiceAccount, the Role and the NetworkPolicy side by side; the binding after its Role (without
+        # `bind`, RBAC checks the Role's rules when a binding is created, so the Role must exist by then).
         problems = await asyncio.gather(
-            self._ensure(SERVICE_ACCOUNTS, run, account, ()), self._ensure(ROLES, run, role, ("rules",))
+            self._ensure(SERVICE_ACCOUNTS, run, account, ()),
+            self._ensure(ROLES, run, role, ("rules",)),
+            self._ensure(NETWORK_POLICIES, run, policy, ("spec",)),
         )
         first = next((problem for problem in problems if problem is not None), None)
         return first or await self._ensure(ROLE_BINDINGS, run, binding, ("subjects",))
@@ -307,6 +333,65 @@ class Reconciler:
         """The child as the cache holds it, if it is this run's; otherwise why the run cannot use the name."""
         found = self.children.get(kind, key, name)
         return (None, None) if found is None else _claimed(kind, found, run)
+
+    async def _launch(
+        self, run: TrainingRun, rayjob: JSON | None, *, check_first: bool
+    ) -> tuple[JSON | None, Problem | None]:
+        """The RayJob, then its Ray token Secret. The token is owned by the RayJob, not the run: KubeRay's
+        RayJob finalizer reads it to stop the job, so it must outlive the RayJob when the run is deleted. The
+        pods wait for it (kubelets retry a missing `secretKeyRef`). A Secret planted under its name is never
+        used: before the RayJob exists, it stops the launch; after, the RayJob is taken down again."""
+        if rayjob is None and not run.spec.suspend:
+            taken = await self._ray_token_name_taken(run)
+            if taken is not None:
+                return None, taken
+        rayjob, problem = await self._ensure_rayjob(run, rayjob)
+        if rayjob is None or problem is not None:
+            return rayjob, problem
+        conflict = await self._ensure_ray_token(run, rayjob, check_first=check_first)
+        if conflict is not None:
+            namespace, name = run.metadata.namespace, rayjob["metadata"]["name"]
+            await self.client.delete(RAYJOBS, namespace, name)
+            self.children.deleted(RAYJOB, naming.run_key(namespace, run.metadata.name), name)
+            return None, conflict
+        return rayjob, None
+
+    async def _ray_token_name_taken(self, run: TrainingRun) -> Problem | None:
+        """Before a RayJob exists, a Secret under its token's name is someone else's (or a deleted RayJob's)."""
+        name = naming.ray_auth_secret_name(run.metadata.name)
+        existing = await self.client.get_metadata(SECRETS, run.metadata.namespace, name)
+        if existing is None:
+            return None
+        owners = existing.get("metadata", {}).get("ownerReferences") or []
+        if any(o.get("kind") == "RayJob" and o.get("name") == naming.rayjob_name(run.metadata.name) for o in owners):
+            return Problem(TOKEN_PENDING, f"waiting for the Secret {name!r} of a deleted RayJob to be removed")
+        return _token_conflict(name)
+
+    async def _ensure_ray_token(self, run: TrainingRun, rayjob: JSON, *, check_first: bool) -> Problem | None:
+        """Create the RayJob's Ray token once. It is never read back: its metadata shows whose it is."""
+        namespace, key = run.metadata.namespace, naming.run_key(run.metadata.namespace, run.metadata.name)
+        owner = rayjob["metadata"]["uid"]
+        if self._tokens.get(key) == owner and not check_first:
+            return None
+        name = naming.ray_auth_secret_name(run.metadata.name)
+        existing = await self.client.get_metadata(SECRETS, namespace, name) if check_first else None
+        if existing is None:
+            token = builders.build_ray_auth_secret(
+                run.metadata.name, namespace, rayjob["metadata"]["name"], owner, builders.new_ray_token()
+            )
+            try:
+                await self.client.create(SECRETS, namespace, token)
+                self._tokens[key] = owner
+                return None
+            except ApiError as error:
+                if error.status != 409:
+                    raise
+            existing = await self.client.get_metadata(SECRETS, namespace, name)
+        if existing is not None and not _owned_by(existing, owner):
+            # Someone else's token would let them into the run's Ray cluster: never adopt it.
+            return _token_conflict(name)
+        self._tokens[key] = owner
+        return None
 
     async def _ensure_rayjob(self, run: TrainingRun, rayjob: JSON | None) -> tuple[JSON | None, Problem | None]:
         spec, name, namespace = run.spec, run.metadata.name, run.metadata.namespace
@@ -383,14 +468,27 @@ class Reconciler:
         key = naming.run_key(run.metadata.namespace, run.metadata.name)
         known = self._redactors.get(key)
         if known is None or known[0] != run.metadata.uid:
-            if not builders.referenced_secrets(run.spec):
+            wanted = _wanted_secrets(run)
+            if not wanted:
                 return NO_SECRETS
-            await self._missing_secrets(run)  # learns the digests
-            known = self._redactors[key]
+            known = self._redactors[key] = (run.metadata.uid, await self._digests(run.metadata.namespace, wanted))
         return known[1]
 
+    async def _digests(self, namespace: str, wanted: dict[str, list[str]]) -> Redactor:
+        """The one place Secret values are read: only once KubeRay has a message to show (it may quote a driver log),
+        and only their digests leave this function."""
+        values: list[str] = []
+        for secret, keys in wanted.items():
+            body = await self.client.get(SECRETS, namespace, secret)
+            data = (body or {}).get("data") or {}
+            values += [_decoded(data[k]) for k in keys if k in data]
+            del body, data
+        redactor = Redactor.of(values)
+        del values
+        return redactor
+
     def _retry_after(self, problem: Problem) -> float:
-        if problem.reason == "WaitingForPreviousRun":
+        if problem.reason in ("WaitingForPreviousRun", TOKEN_PENDING):
             return self.config.previous_run_retry_seconds
         return self.config.refused_retry_seconds
 
@@ -428,6 +526,36 @@ def _claimed(kind: str, obj: JSON, run: TrainingRun) -> tuple[JSON | None, Probl
                 "NameConflict",
                 f"a {kind} named {name!r} already exists and is not owned by this run; delete it or rename the run",
             )
+
+
+def _token_conflict(name: str) -> Problem:
+    return Problem(
+        "NameConflict",
+        f"a Secret named {name!r} already exists and is not owned by this run's RayJob; delete it or rename the run",
+    )
+
+
+def _wanted_secrets(run: TrainingRun) -> dict[str, list[str]]:
+    """Every Secret the run references, with the keys it needs."""
+    wanted: dict[str, list[str]] = {}
+    for _env, secret, key in builders.referenced_secrets(run.spec):
+        wanted.setdefault(secret, []).append(key)
+    for ref in webhook_refs(run.spec):
+        wanted.setdefault(ref.secret, []).append(ref.key)
+    return wanted
+
+
+def _managed_data_keys(meta: JSON) -> set[str]:
+    """Key names of a Secret's `data` from its managedFields (a removed key leaves every manager's set)."""
+    keys: set[str] = set()
+    for entry in meta.get("metadata", {}).get("managedFields") or []:
+        data = (entry.get("fieldsV1") or {}).get("f:data") or {}
+        keys |= {field.removeprefix("f:") for field in data if field.startswith("f:")}
+    return keys
+
+
+def _owned_by(obj: JSON, uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences", []) or [])
 
 
 def _refused(verb: str, kind: str, name: str, error: ApiError) -> Problem:

@@ -23,6 +23,7 @@ from loka_operator.builders.rbac import build_role
 OPERATOR_SOURCES = REPO / "operator" / "loka_operator"
 CLIENT_VERBS = {
     "get": "get",
+    "get_metadata": "get",
     "list": "list",
     "create": "create",
     "merge_patch": "patch",

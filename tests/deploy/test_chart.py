@@ -101,8 +101,19 @@ def _leader_election(kind: str, rendered: Rendered) -> list[dict[str, Any]]:
     return [o for o in rendered.of_kind(kind) if o["metadata"]["name"].endswith("-leader-election")]
 
 
+def test_default_install_watches_its_own_namespace_with_a_role_there_and_nothing_cluster_scoped() -> None:
+    rendered = render(namespace="loka-system")
+    assert not rendered.kinds() & CLUSTER_SCOPED
+    election = _leader_election("Role", rendered) + _leader_election("RoleBinding", rendered)
+    (role,) = [r for r in rendered.of_kind("Role") if r not in election]
+    (binding,) = [b for b in rendered.of_kind("RoleBinding") if b not in election]
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "loka-system"
+    args = rendered.one("Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert [a for a in args if a.startswith("--namespace")] == ["--namespace=loka-system"]
+
+
 def test_cluster_mode_binds_one_cluster_role_and_watches_all_namespaces() -> None:
-    rendered = render()
+    rendered = render(values=VALUE_SETS / "cluster-values.yaml")
     # The only namespaced Role: the Lease in the release namespace.
     assert rendered.of_kind("Role") == _leader_election("Role", rendered)
     binding = rendered.one("ClusterRoleBinding")
@@ -138,7 +149,7 @@ def _verbs(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
     return table
 
 
-@pytest.mark.parametrize("values", [None, VALUE_SETS / "namespaced-values.yaml"], ids=_values_id)
+@pytest.mark.parametrize("values", [None, *VALUE_FILES], ids=_values_id)
 def test_rbac_grants_exactly_the_verbs_the_operator_code_uses(values: Path | None) -> None:
     rendered = render(values=values)
     roles = rendered.of_kind("ClusterRole") + rendered.of_kind("Role")
@@ -155,7 +166,8 @@ def test_rbac_grants_exactly_the_verbs_the_operator_code_uses(values: Path | Non
 
 def test_operator_needs_no_secret_listing_and_no_cluster_powers() -> None:
     needed = required_verbs()
-    assert needed[("", "secrets")] == {"get"}
+    # get: key names of a Secret a run names; create: the run's Ray token. Never list or watch.
+    assert needed[("", "secrets")] == {"get", "create"}
     assert ("", "namespaces") not in needed
     assert ("", "pods") not in needed
     assert not any(v & {"bind", "escalate", "impersonate", "*"} for v in needed.values())
@@ -169,7 +181,8 @@ def test_operator_accepts_the_arguments_and_environment_the_chart_gives_it(
     container = rendered.one("Deployment")["spec"]["template"]["spec"]["containers"][0]
     args = parse_args(container["args"])
     chart_values = yaml.safe_load(values.read_text()) if values is not None else {}
-    assert args.namespace == chart_values.get("watchNamespaces", [])
+    cluster_scope = chart_values.get("scope") == "cluster"
+    assert args.namespace == ([] if cluster_scope else chart_values.get("watchNamespaces") or ["loka-system"])
     downward = {"metadata.name": "loka-operator-7d9f-x2", "metadata.namespace": "loka-system"}
     for env in container["env"]:
         value = env["value"] if "value" in env else downward[env["valueFrom"]["fieldRef"]["fieldPath"]]
@@ -177,6 +190,8 @@ def test_operator_accepts_the_arguments_and_environment_the_chart_gives_it(
     config = config_from(args)
     expected_mode = chart_values.get("operator", {}).get("rayJobSubmissionMode", "K8sJobMode")
     assert config.rayjob.submission_mode == expected_mode
+    assert config.rayjob.ray_version == chart_values.get("operator", {}).get("rayVersion", "2.60.0")
+    assert config.kuberay_namespace == chart_values.get("kuberay", {}).get("namespace", "default")
     assert config.leader_election is not None
     assert config.leader_election.namespace == "loka-system"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -188,6 +203,10 @@ def test_operator_accepts_the_arguments_and_environment_the_chart_gives_it(
     ("sets", "field", "accepted"),
     [
         ({"watchNamespaces[0]": "Team_A"}, "watchNamespaces", "does not match pattern"),
+        ({"scope": "cluster", "watchNamespaces[0]": "team-a"}, "watchNamespaces", "maxItems"),
+        ({"scope": "global"}, "scope", "namespaced"),
+        ({"operator.rayVersion": "latest"}, "rayVersion", "does not match pattern"),
+        ({"kuberay.namespace": "Ray_System"}, "kuberay", "does not match pattern"),
         ({"operator.rayJobSubmissionMode": "Magic"}, "rayJobSubmissionMode", "K8sJobMode"),
         ({"metrics.port": "70000"}, "/metrics/port", "want 65,535"),
         ({"replicas": "0"}, "replicas", "minimum"),

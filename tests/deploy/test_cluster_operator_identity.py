@@ -1,6 +1,7 @@
 """The operator's own integration tests, passing with the operator running as the chart's
-ServiceAccount (cluster mode) instead of the cluster admin: the chart's RBAC is enough. And the
-operator keeps working as that identity when its token is rotated under it."""
+ServiceAccount (cluster scope: the tests make their namespaces as they go) instead of the cluster admin:
+the chart's RBAC is enough. And the operator keeps working as that identity when its token is rotated
+under it."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def test_operator_integration_tests_pass_as_the_charts_service_account(
     cluster: Any, namespace: str, tmp_path: Path
 ) -> None:
     starts = tmp_path / "starts"
-    with installed_chart(cluster, namespace) as install, _harness_scanning(install):
+    with installed_chart(cluster, namespace, {"scope": "cluster"}) as install, _harness_scanning(install):
         kubeconfig = service_account_kubeconfig(install, tmp_path / "kubeconfig")
         done = _operator_suite(SELECTED, kubeconfig, starts)
     assert set(starts.read_text().splitlines()) == {str(kubeconfig)}, "the operator did not run as the chart identity"
@@ -79,7 +80,7 @@ def test_the_same_tests_fail_for_an_identity_without_those_rights(cluster: Any, 
     kubeconfig = service_account_kubeconfig(nobody, tmp_path / "kubeconfig")
     done = _operator_suite("test_run_is_admitted_and_running", kubeconfig, tmp_path / "starts")
     assert done.returncode != 0
-    # Failed in the test, or already in its operator fixture: the operator primes its caches with a LIST at start.
+    # The operator stops at startup (its first LIST is refused), so the test errors in its fixture or fails.
     assert re.search(r"\b1 (failed|error)\b", done.stdout), done.stdout[-2000:]
     assert RBAC_REFUSAL.search(_operator_log(tmp_path)), "the refusal check would not have noticed"
 
@@ -127,7 +128,8 @@ EXEC_PLUGIN = (
 def test_operator_keeps_working_when_its_token_is_replaced_and_the_old_one_revoked(
     cluster: Any, namespace: str, tmp_path: Path, credentials: str
 ) -> None:
-    with installed_chart(cluster, namespace) as install, _harness_scanning(install):
+    # Cluster scope: the runs go into a namespace of their own, made after the install.
+    with installed_chart(cluster, namespace, {"scope": "cluster"}) as install, _harness_scanning(install):
         for holder in ("token-a", "token-b"):
             cluster.kubectl("create", "secret", "generic", holder, "-n", namespace)
         kubeconfig, token_file = tmp_path / "kubeconfig", tmp_path / "token"

@@ -19,6 +19,8 @@ from localcluster.controlplane import wait_until
 from localcluster.tools import REPO
 from loka_api import TrainingRunSpec
 from loka_operator.builders.localqueue import build_local_queue
+from loka_operator.builders.networkpolicy import build_network_policy
+from loka_operator.builders.rayauth import build_ray_auth_secret, new_ray_token
 from loka_operator.builders.rayjob import RayJobSettings, build_rayjob
 from loka_operator.builders.rbac import build_role, build_role_binding, build_service_account
 from tests.deploy.install import Install, apply, get_json, installed_chart
@@ -100,10 +102,13 @@ def test_operator_identity_can_do_each_step_of_a_run(cluster: Any, namespaced: I
     _must(op("get", "secret", "loka-s3", "-n", team))
     # The per-run identity: the Role grants what the operator holds, so no bind/escalate is needed. Every child
     # carries blockOwnerDeletion, which OwnerReferencesPermissionEnforcement (on here, as on OpenShift) checks.
+    # The run's isolation: its NetworkPolicy and its Ray token (created, never read back).
     for child in (
         build_service_account(name, team, uid),
         build_role(name, team, uid),
         build_role_binding(name, team, uid),
+        build_network_policy(name, team, uid, kuberay_namespace="default"),
+        build_ray_auth_secret(name, team, name, uid, new_ray_token()),  # (owned by the RayJob in a real run)
     ):
         _must(op("create", "-f", "-", input=json.dumps(child)))
     assert spec.queue is not None
@@ -153,6 +158,9 @@ def test_operator_identity_is_refused_everything_else(cluster: Any, namespaced: 
 
     _forbidden(op("get", "secret", "elsewhere", "-n", namespaced.namespace))  # a namespace it does not watch
     _forbidden(op("get", "secrets", "-n", "kube-system"))
+    _forbidden(op("create", "secret", "generic", "planted", "-n", namespaced.namespace, "--from-literal=k=v"))
+    _forbidden(op("delete", "secret", "elsewhere", "-n", namespaced.namespace))
+    _forbidden(op("delete", "networkpolicy", "anything", "-n", team))  # owned policies go with their run
     _forbidden(op("get", "secrets", "-n", team))  # list: it may only get a Secret it is told the name of
     _forbidden(op("delete", "namespace", team))
     _forbidden(op("delete", "trainingrun", run["metadata"]["name"], "-n", team))
@@ -166,8 +174,27 @@ def test_operator_identity_is_refused_everything_else(cluster: Any, namespaced: 
     _forbidden(op("get", "trainingruns", "-n", "default"))
 
 
-def test_cluster_mode_grants_cluster_wide_operator_verbs_only(cluster: Any, namespace: str) -> None:
+def test_default_install_reaches_secrets_only_in_the_namespaces_it_watches(cluster: Any, namespace: str) -> None:
     with installed_chart(cluster, namespace) as install:
+        assert install.can("get", "secrets", namespace)
+        assert install.can("create", "rayjobs.ray.io", namespace)
+        reach = [
+            (verb, resource, ns)
+            for verb, resource, ns in [
+                ("get", "secrets", "default"),
+                ("get", "secrets", "kube-system"),
+                ("create", "secrets", "default"),
+                ("list", "trainingruns.loka.dev", None),
+                ("create", "rayjobs.ray.io", "default"),
+                ("list", "clusterroles.rbac.authorization.k8s.io", None),
+            ]
+            if install.can(verb, resource, ns)
+        ]
+        assert reach == []
+
+
+def test_cluster_mode_grants_cluster_wide_operator_verbs_only(cluster: Any, namespace: str) -> None:
+    with installed_chart(cluster, namespace, {"scope": "cluster"}) as install:
         assert install.can("list", "trainingruns.loka.dev")
         assert install.can("patch", "trainingruns.loka.dev", "default", "--subresource=status")
         assert install.can("create", "rayjobs.ray.io", "default")

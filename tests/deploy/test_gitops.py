@@ -51,6 +51,14 @@ def test_operator_syncs_before_and_is_pruned_after_the_runs(env: str) -> None:
         assert "resources-finalizer.argocd.argoproj.io" in app["metadata"]["finalizers"]
 
 
+@pytest.mark.parametrize("env", ENVS)
+def test_operator_watches_the_namespace_the_runs_are_synced_into(env: str) -> None:
+    apps = _apps(env)
+    values = apps["loka-operator"]["spec"]["source"]["helm"]["valuesObject"]
+    assert values.get("scope", "namespaced") == "namespaced"
+    assert values["watchNamespaces"] == [apps["loka-training"]["spec"]["destination"]["namespace"]]
+
+
 def _scale(env: str) -> tuple[dict[str, Any], dict[str, int]]:
     built = kustomize(REPO / "gitops" / "overlays" / env)
     (run,) = [m for m in built if m["kind"] == "TrainingRun"]

@@ -54,7 +54,11 @@ def test_logs_and_dashboard_of_a_running_run(cluster: LocalCluster, e2e_namespac
     # Here KWOK is the head pod's kubelet, and serves its port-forward once the pod shim has said where the local
     # Ray head is (a real kubelet serves it as the pod starts): wait for that, or the port-forward races it.
     wait_for_kwok_port_forward(cluster, e2e_namespace)
-    # The dashboard, port-forwarded to a local port (8265 is the local Ray head itself here).
+    # Follow the trainer's output to the end of the run, started first so that the run cannot finish before it.
+    follower = subprocess.Popen([LOKA, "logs", "watched", "-f", "-n", e2e_namespace,
+                                 "--kubeconfig", str(cluster.kubeconfig)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    # Meanwhile the dashboard, port-forwarded to a local port (8265 is the local Ray head itself here).
     port = free_port()
     dashboard = subprocess.Popen([LOKA, "dashboard", "watched", "--port", str(port), "-n", e2e_namespace,
                                   "--kubeconfig", str(cluster.kubeconfig)],
@@ -65,15 +69,12 @@ def test_logs_and_dashboard_of_a_running_run(cluster: LocalCluster, e2e_namespac
         assert f"Ray dashboard of watched: http://localhost:{port}" in line, line + dashboard.stderr.read()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=30) as answer:
             assert "ray_version" in json.loads(answer.read())
+    except BaseException:
+        follower.kill()
+        raise
     finally:
         dashboard.terminate()
         dashboard.wait(timeout=10)
-
-    # Follow the trainer's output to the end of the run (the head's port-forward
-    # is known to answer now: the pod shim wires it to the local Ray a moment after the run starts running).
-    follower = subprocess.Popen([LOKA, "logs", "watched", "-f", "-n", e2e_namespace,
-                                 "--kubeconfig", str(cluster.kubeconfig)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
     out, err = follower.communicate(timeout=600)
     assert follower.returncode == 0, err

@@ -47,6 +47,27 @@ def operator(cluster: LocalCluster, crd: None, tmp_path_factory: pytest.TempPath
     process.stop()
 
 
+# Not matched by the session operator's `<prefix>*`: the K8sJobMode operator has these namespaces to itself.
+K8S_JOB_PREFIX = NAMESPACE_PREFIX.rstrip("-") + "k-"
+
+
+@pytest.fixture(scope="session")
+def k8s_job_operator(
+    cluster: LocalCluster, crd: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """An operator in KubeRay's default submission mode (a submitter Job), for namespaces from `k8s_ns`."""
+    log_path = tmp_path_factory.mktemp("operator-k8sjob") / "loka-operator.log"
+    process = OperatorProcess(cluster, log_path, submission_mode="K8sJobMode", namespace_prefix=K8S_JOB_PREFIX)
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def k8s_ns(kube: Kube) -> Iterator[str]:
+    yield from fresh_namespace(kube, K8S_JOB_PREFIX)
+
+
 @pytest.fixture
 def ns(kube: Kube) -> Iterator[str]:
     """A fresh namespace watched by this session's operator, deleted afterwards."""

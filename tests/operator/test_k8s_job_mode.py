@@ -2,33 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
-from localcluster.controlplane import LocalCluster
 from localcluster.operator_process import OperatorProcess
-from tests.operator.conftest import NAMESPACE_PREFIX, eventually, fresh_namespace, run_manifest
+from tests.operator.conftest import eventually, run_manifest
 from tests.operator.kube import Kube
-
-# Not matched by the session operator's `<prefix>*`: this module's operator has these namespaces to itself.
-PREFIX = NAMESPACE_PREFIX.rstrip("-") + "k-"
-
-
-@pytest.fixture(scope="module")
-def k8s_job_operator(
-    cluster: LocalCluster, crd: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    log_path = tmp_path_factory.mktemp("operator-k8sjob") / "loka-operator.log"
-    process = OperatorProcess(cluster, log_path, submission_mode="K8sJobMode", namespace_prefix=PREFIX)
-    process.start()
-    yield process
-    process.stop()
-
-
-@pytest.fixture
-def k8s_ns(kube: Kube) -> Iterator[str]:
-    yield from fresh_namespace(kube, PREFIX)
 
 
 def test_queued_run_with_a_submitter_job_is_admitted_and_runs(

@@ -6,6 +6,7 @@ import base64
 from pathlib import Path
 
 import yaml
+from kubernetes import client
 
 from localcluster.controlplane import LocalCluster
 from localcluster.operator_process import OperatorProcess
@@ -224,7 +225,10 @@ def test_deleting_a_run_removes_its_children(operator: OperatorProcess, kube: Ku
     eventually(lambda: kube.rayjob(ns, RUN), timeout=30, what="the RayJob")
     eventually(lambda: kube.exists("rbac.authorization.k8s.io", "v1", "roles", ns, f"loka-run-{RUN}"), what="Role")
 
+    eventually(lambda: secret_names(kube, ns) >= {f"loka-run-{RUN}-ray-token"}, what="the run's Ray token")
+
     kube.delete_run(ns, RUN)
+    # KubeRay's RayJob finalizer still finds the Ray token it needs to stop the job, so the RayJob goes.
     eventually(lambda: kube.rayjob(ns, RUN) is None, timeout=90, what="the RayJob to be garbage-collected")
     for group, plural in (("", "serviceaccounts"), ("rbac.authorization.k8s.io", "roles")):
         eventually(
@@ -232,6 +236,13 @@ def test_deleting_a_run_removes_its_children(operator: OperatorProcess, kube: Ku
             timeout=60,
             what=f"{plural} to be garbage-collected",
         )
+    policies = client.NetworkingV1Api(kube.api)
+    eventually(lambda: not policies.list_namespaced_network_policy(ns).items, timeout=60, what="the NetworkPolicy gone")
+    eventually(lambda: f"loka-run-{RUN}-ray-token" not in secret_names(kube, ns), timeout=60, what="the token gone")
+
+
+def secret_names(kube: Kube, ns: str) -> set[str]:
+    return {s.metadata.name for s in kube.core.list_namespaced_secret(ns).items}
 
 
 def test_operator_killed_mid_reconcile_converges_without_duplicates(

@@ -4,12 +4,16 @@ replaced attempt's late patches are refused by the API server itself (a JSON pat
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from localcluster.controlplane import wait_until
 from loka_trainer.checkpoints import CheckpointRecord
 from loka_trainer.run_client import RunClient, RunIdentity, api_client
 from loka_trainer.status_reporter import StatusReporter
@@ -113,6 +117,67 @@ def test_trainer_cannot_change_its_own_spec(
             "loka.dev", "v1alpha1", namespace, "trainingruns", "mine", {"spec": {"suspend": True}}
         )
     assert error.value.status == 403
+
+
+def bound_token(k8s: Any, namespace: str, account: str, anchor: str) -> str:
+    """A token for `account` that dies with the Secret `anchor` (as a projected token dies with its pod)."""
+    core: Any = client.CoreV1Api(k8s)
+    uid = core.create_namespaced_secret(namespace, {"metadata": {"name": anchor}}).metadata.uid
+    request = {"audiences": [], "expirationSeconds": 600,
+               "boundObjectRef": {"apiVersion": "v1", "kind": "Secret", "name": anchor, "uid": uid}}  # fmt: skip
+    token: str = core.create_namespaced_service_account_token(account, namespace, {"spec": request}).status.token
+    return token
+
+
+def token_works(cluster: Any, namespace: str, token: str) -> bool:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{cluster.server}/apis/loka.dev/v1alpha1/namespaces/{namespace}/trainingruns/mine"
+    )
+    request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, context=ssl.create_default_context(cafile=cluster.layout.pki.ca_crt)):
+            return True
+    except urllib.error.HTTPError as error:
+        return error.code != 401
+
+
+@pytest.mark.parametrize("where", ["pod", "kubeconfig tokenFile"])
+@pytest.mark.usefixtures("two_runs")
+def test_trainer_reads_its_token_file_again_after_the_kubelet_replaces_it(  # noqa: PLR0917
+    cluster: Any, k8s: Any, namespace: str, tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    per_run_kubeconfig(cluster, k8s, namespace, "mine", tmp_path)  # the ServiceAccount and its Role
+    account = "mine-trainer"
+    mounted = tmp_path / "serviceaccount"
+    mounted.mkdir()
+    (mounted / "ca.crt").write_bytes(cluster.layout.pki.ca_crt.read_bytes())
+    (mounted / "token").write_text(first := bound_token(k8s, namespace, account, "first-pod"))
+    if where == "pod":
+        host, port = cluster.server.removeprefix("https://").rsplit(":", 1)
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", host)
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", port)
+        api = api_client(service_account_dir=mounted)
+    else:
+        kubeconfig = yaml.safe_load(cluster.kubeconfig.read_text())
+        kubeconfig["users"] = [{"name": account, "user": {"tokenFile": "serviceaccount/token"}}]
+        kubeconfig["contexts"][0]["context"]["user"] = account
+        (tmp_path / "trainer.kubeconfig").write_text(yaml.safe_dump(kubeconfig))
+        api = api_client(str(tmp_path / "trainer.kubeconfig"))
+    runs = RunClient(api, RunIdentity("mine", namespace))
+    runs.patch_status({"message": "first token"})
+
+    # The kubelet writes a new token; the old one stops working (here: its bound object goes away).
+    replacement = mounted / "token.new"
+    replacement.write_text(bound_token(k8s, namespace, account, "second-pod"))
+    replacement.replace(mounted / "token")
+    client.CoreV1Api(k8s).delete_namespaced_secret("first-pod", namespace)
+    wait_until(lambda: not token_works(cluster, namespace, first), timeout=60, what="the first token to be refused")
+
+    runs.patch_status({"message": "second token"})
+    assert read_run(k8s, namespace, "mine")["status"]["message"] == "second token"
 
 
 def test_a_replaced_attempts_late_status_patch_is_refused_by_the_api_server(

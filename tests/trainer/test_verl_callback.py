@@ -256,3 +256,22 @@ def test_metrics_written_on_another_node_reach_the_follower(ray_cluster: list[st
     writer.log(3, {"training/global_step": 3})
     writer.close()
     assert [m.step for m in follower.poll()] == [3]  # read on the node found first
+
+
+def test_verls_task_runner_stays_on_the_drivers_node_where_the_wandb_key_is(ray_cluster: list[str]) -> None:
+    """verl creates its TaskRunner with a plain `.remote()`; the driver wrapper pins each one to its own node."""
+    import ray
+
+    from loka_trainer.verl_driver import OnThisNode
+
+    @ray.remote(num_cpus=0.5)
+    class TaskRunner:
+        def node(self) -> str:
+            return str(ray.get_runtime_context().get_node_id())
+
+    here = ray.get_runtime_context().get_node_id()
+    # Two of them fill this node's one CPU: left alone, Ray's hybrid policy spills the second to the other node.
+    runners = [OnThisNode(TaskRunner).remote(), OnThisNode(TaskRunner).options(name="second").remote()]
+    assert ray.get([runner.node.remote() for runner in runners], timeout=120) == [here, here]
+    for runner in runners:
+        ray.kill(runner)

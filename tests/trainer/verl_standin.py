@@ -1,4 +1,4 @@
-"""A stand-in for ``python -m verl.trainer.main_ppo`` that runs on CPU, with verl's process shape.
+"""A stand-in for verl's ``main_ppo`` (run by `loka_trainer.verl_driver`) on CPU, with verl's process shape.
 
 verl cannot train without GPUs, but how it lives next to the trainer can be reproduced: the driver joins the
 Ray cluster with the runtime_env the trainer rendered, trains in a TaskRunner actor (a Ray worker process,
@@ -131,7 +131,7 @@ def trainer(argv: list[str]) -> int:
 
     def standin_command(job: Any, environ: Any = None) -> list[str]:
         argv = rendered(job, environ)
-        return [sys.executable, str(Path(__file__).resolve()), *argv[argv.index("verl.trainer.main_ppo") + 1 :]]
+        return [sys.executable, str(Path(__file__).resolve()), *argv[argv.index(verl.VERL_DRIVER) + 1 :]]
 
     verl.command = standin_command
     return cli.main(argv)

@@ -80,8 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    if args.command == "run":
+        from loka_trainer.settings import redact_process_output
+
+        # Before logging binds to stderr: the run's log becomes Ray's job log and KubeRay's RayJob message.
+        redact_process_output()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     code: int = args.handler(args)
     return code
 

@@ -1,6 +1,8 @@
 """The trainer's view of its own TrainingRun: who it is (env), how it reaches the API, read the spec, patch status.
 
 The operator's per-run Role allows exactly ``get`` on this run and ``patch`` on its ``trainingruns/status``.
+Its token is short-lived (a projected volume, 10 minutes): the file is read again before every call, as the
+kubelet replaces it long before it expires. A kubeconfig's ``tokenFile`` (the local demo's) is read the same way.
 Every call is bounded (``API_TIMEOUT``): a hung API server must not hold the trainer past its stop budget.
 Status patches of an attempt are conditional on ``status.attempt`` still being that attempt (a JSON patch whose
 first operation is a ``test``): once the operator counts a newer attempt, the API server refuses the old one's
@@ -16,11 +18,12 @@ import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
 
 from loka_api import GROUP, PLURAL, VERSION, TrainingRun, TrainingRunStatus
 from loka_api.contract import (
@@ -28,12 +31,16 @@ from loka_api.contract import (
     ENV_RUN_NAME,
     ENV_RUN_NAMESPACE,
     FENCING_STATUS_FIELD,
+    SERVICE_ACCOUNT_DIR,
     TRAINER_STATUS_FIELDS,
 )
 from loka_trainer.status_reporter import StatusFencedError
 
 log = logging.getLogger(__name__)
 
+# Set by the kubelet in every container: where the API server is from inside the cluster.
+SERVICE_HOST_ENV = "KUBERNETES_SERVICE_HOST"
+SERVICE_PORT_ENV = "KUBERNETES_SERVICE_PORT"
 # (connect, read) seconds for every API call: a status patch must fit in the trainer's stop budget.
 API_TIMEOUT = (3.0, 5.0)
 # How long a new attempt waits for the operator to show its RayCluster in status before it reports anyway.
@@ -100,21 +107,45 @@ def _ray_submission_id(env: Mapping[str, str]) -> str | None:
     return str(submission) if submission else None
 
 
-def api_client(kubeconfig: str | None = None) -> client.ApiClient:
-    """In-cluster service account when running in a pod, else ``kubeconfig`` or ``$KUBECONFIG``."""
+def api_client(kubeconfig: str | None = None, *, service_account_dir: Path | None = None) -> client.ApiClient:
+    """The projected ServiceAccount token when running in a pod, else ``kubeconfig`` or ``$KUBECONFIG``."""
+    folder = Path(service_account_dir or SERVICE_ACCOUNT_DIR)
+    host, port = os.environ.get(SERVICE_HOST_ENV), os.environ.get(SERVICE_PORT_ENV)
     configuration = client.Configuration()
     # One retry of a timed-out read, not urllib3's three: every call stays within a few API_TIMEOUTs.
     configuration.retries = 1
-    if kubeconfig is None:
-        try:
-            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-            return client.ApiClient(configuration)
-        except ConfigException:
-            pass
-    config.load_kube_config(  # type: ignore[no-untyped-call]
-        config_file=kubeconfig or os.environ.get("KUBECONFIG"), client_configuration=configuration
-    )
+    if kubeconfig is None and host and port and (folder / "token").is_file():
+        configuration.host = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+        configuration.ssl_ca_cert = str(folder / "ca.crt")
+        read_token_before_each_call(configuration, folder / "token")
+        return client.ApiClient(configuration)
+    path = kubeconfig or os.environ.get("KUBECONFIG")
+    config.load_kube_config(config_file=path, client_configuration=configuration)  # type: ignore[no-untyped-call]
+    token_file = kubeconfig_token_file(Path(path).expanduser() if path else Path.home() / ".kube" / "config")
+    if token_file is not None:
+        read_token_before_each_call(configuration, token_file)
     return client.ApiClient(configuration)
+
+
+def read_token_before_each_call(configuration: client.Configuration, token_file: Path) -> None:
+    """Authenticate every request with the token file's current content (one small read per call)."""
+
+    def refresh(target: Any) -> None:
+        target.api_key["BearerToken"] = f"Bearer {token_file.read_text().strip()}"
+        target.api_key_prefix.pop("BearerToken", None)
+
+    refresh(configuration)
+    configuration.refresh_api_key_hook = refresh  # type: ignore[assignment]
+
+
+def kubeconfig_token_file(path: Path) -> Path | None:
+    """The current context's ``user.tokenFile`` (relative to the kubeconfig's folder), if it names one."""
+    loaded: dict[str, Any] = yaml.safe_load(path.read_text()) or {}
+    current = loaded.get("current-context")
+    context = next((c.get("context") or {} for c in loaded.get("contexts") or [] if c.get("name") == current), {})
+    user = next((u.get("user") or {} for u in loaded.get("users") or [] if u.get("name") == context.get("user")), {})
+    token_file = user.get("tokenFile")
+    return (path.parent / token_file) if token_file else None
 
 
 def _merged(shown: Any, change: Any) -> Any:

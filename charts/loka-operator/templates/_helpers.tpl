@@ -38,6 +38,13 @@ app.kubernetes.io/part-of: loka
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
+{{/* The namespaces the operator watches, comma-separated; empty in the cluster scope (every namespace). */}}
+{{- define "loka-operator.watchNamespaces" -}}
+{{- if ne .Values.scope "cluster" }}
+{{- join "," (default (list .Release.Namespace) .Values.watchNamespaces) }}
+{{- end }}
+{{- end }}
+
 {{/*
 What the operator does in watched namespaces, verb by verb, as read from its code
 (tests/deploy/operator_api.py derives the same table from operator/loka_operator and a test
@@ -66,10 +73,17 @@ compares them). The same rules serve the ClusterRole and the per-namespace Roles
 - apiGroups: [kueue.x-k8s.io]
   resources: [localqueues]
   verbs: [get, create]
-# Only get by name, to check that a referenced Secret and key exist; never list or watch.
+# get by name: that a referenced Secret and key exist (its metadata: key names, no values), and only once
+# KubeRay shows a message, the values' digests to redact it with; create: the run's Ray token, which the
+# operator never reads back. Never list or watch.
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get]
+  verbs: [get, create]
+# Each run's NetworkPolicy: its Ray pods admit only the run's own pods, and KubeRay on the dashboard port
+# (watched, filtered by label on the server, so drift is seen without polling).
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch, create, patch]
 # The per-run ServiceAccount, Role and RoleBinding the trainer uses to report status (watched, filtered
 # by label on the server, so drift is seen without polling).
 - apiGroups: [""]

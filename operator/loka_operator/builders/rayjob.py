@@ -1,7 +1,9 @@
 """The RayJob that runs a TrainingRun: one head, one GPU worker group, the trainer as entrypoint.
 
-Kueue-compatible (no clusterSelector, shutdownAfterJobFinishes), restricted pod security, and
-secrets only by `secretKeyRef`: no secret value ever appears in a manifest built here.
+Kueue-compatible (no clusterSelector, shutdownAfterJobFinishes), restricted pod security, Ray's token
+authentication on, and secrets only by `secretKeyRef`, each only in the pods whose processes use it
+(`loka_api.contract.SECRET_ENV_PODS`): no secret value ever appears in a manifest built here. Only the
+head's trainer container holds an API token: its run's ServiceAccount token, projected for 10 minutes.
 """
 
 from __future__ import annotations
@@ -13,11 +15,21 @@ import yaml
 
 from loka_api import PodResources, SecretKeyRef, TrainingRunSpec, contract
 from loka_operator import naming
+from loka_operator.builders.rayauth import auth_options
 
 Manifest = dict[str, Any]
 
 SUBMISSION_MODES = ("K8sJobMode", "HTTPMode", "SidecarMode")
 GPU_RESOURCE = "nvidia.com/gpu"
+# The Ray in the trainer image (KubeRay needs it for token auth, 2.52+, and picks its health probes by it).
+DEFAULT_RAY_VERSION = "2.60.0"
+
+HEAD_CONTAINER = "ray-head"
+WORKER_CONTAINER = "ray-worker"
+TRAINER_TOKEN_VOLUME = "trainer-api-token"
+# The shortest lifetime the API server accepts; the kubelet replaces the file at 80% of it. (3607 s, the
+# kubelet's own default, is what `--service-account-extend-token-expiration` stretches to a year.)
+TRAINER_TOKEN_SECONDS = 600
 # Where each Ray container's work volume is mounted; the trainer stages and checkpoints under it ($LOKA_WORK_DIR).
 WORK_VOLUME = "work"
 WORK_DIR = "/var/lib/loka"
@@ -30,6 +42,7 @@ class RayJobSettings:
     submission_mode: str = "K8sJobMode"
     submitter_cpu: str = "500m"
     submitter_memory: str = "512Mi"
+    ray_version: str = DEFAULT_RAY_VERSION
     # Work volume sizes when the spec gives none. The head stages the model (a 70B one is about 140 GB in bf16)
     # and the data, but no checkpoint shard; a worker also holds its ranks' shards of the restored checkpoint and
     # of the one being written (for 70B with Adam, about 840 GB over all ranks).
@@ -62,15 +75,38 @@ def plain_env(spec: TrainingRunSpec, run: str, namespace: str) -> dict[str, str]
     return env
 
 
-def _container_env(spec: TrainingRunSpec, run: str, namespace: str) -> list[Manifest]:
+def _container_env(spec: TrainingRunSpec, run: str, namespace: str, node: str) -> list[Manifest]:
+    """The plain variables, and the secrets a process on this kind of Ray node uses (by reference)."""
     env: list[Manifest] = [{"name": k, "value": v} for k, v in plain_env(spec, run, namespace).items()]
     # The pod's own volume, so not in runtimeEnvYAML: Ray's job env must not point a local Ray at it.
     env.append({"name": contract.ENV_WORK_DIR, "value": WORK_DIR})
     env += [
         {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
         for name, secret, key in referenced_secrets(spec)
+        if node in contract.SECRET_ENV_PODS[name]
     ]
     return env
+
+
+def _trainer_token_volume() -> Manifest:
+    """What the kubelet's own `kube-api-access` volume holds, with a shorter token, for one container only."""
+    return {
+        "name": TRAINER_TOKEN_VOLUME,
+        "projected": {
+            "defaultMode": 0o444,
+            "sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": TRAINER_TOKEN_SECONDS}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {
+                    "downwardAPI": {
+                        "items": [
+                            {"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}
+                        ]
+                    }
+                },
+            ],
+        },
+    }
 
 
 def _restricted_container_security() -> Manifest:
@@ -114,34 +150,37 @@ def _pod_template(
     run: str,
     namespace: str,
     container: str,
+    node: str,
     pod: PodResources,
     gpus: int,
     service_account: str | None,
     disk: str,
     storage_class: str | None,
 ) -> Manifest:
+    mounts: list[Manifest] = [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": WORK_VOLUME, "mountPath": WORK_DIR}]
+    # vLLM and NCCL need a large /dev/shm; the container default is 64 MiB.
+    volumes: list[Manifest] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}, work_volume(disk, storage_class)]
     pod_spec: Manifest = {
         "securityContext": _restricted_pod_security(),
+        # No pod-wide token: containers KubeRay adds (a SidecarMode submitter) and worker pods get none.
+        "automountServiceAccountToken": False,
         "containers": [
             {
                 "name": container,
                 "image": spec.image,
-                "env": _container_env(spec, run, namespace),
+                "env": _container_env(spec, run, namespace, node),
                 "resources": _resources(pod, gpus),
                 "securityContext": _restricted_container_security(),
-                "volumeMounts": [
-                    {"name": "dshm", "mountPath": "/dev/shm"},
-                    {"name": WORK_VOLUME, "mountPath": WORK_DIR},
-                ],
+                "volumeMounts": mounts,
             }
         ],
-        # vLLM and NCCL need a large /dev/shm; the container default is 64 MiB.
-        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}, work_volume(disk, storage_class)],
+        "volumes": volumes,
     }
     if service_account is not None:
+        # The trainer reports status from here: the run's token goes to this container, and only it.
         pod_spec["serviceAccountName"] = service_account
-    else:
-        pod_spec["automountServiceAccountToken"] = False
+        volumes.append(_trainer_token_volume())
+        mounts.append({"name": TRAINER_TOKEN_VOLUME, "mountPath": contract.SERVICE_ACCOUNT_DIR, "readOnly": True})
     if spec.resources.node_selector:
         pod_spec["nodeSelector"] = dict(spec.resources.node_selector)
     if spec.resources.tolerations:
@@ -190,7 +229,8 @@ def build_rayjob(
         spec,
         run=run,
         namespace=namespace,
-        container="ray-head",
+        container=HEAD_CONTAINER,
+        node=contract.RAY_HEAD,
         pod=resources.head,
         gpus=0,
         service_account=naming.service_account_name(run),
@@ -201,7 +241,8 @@ def build_rayjob(
         spec,
         run=run,
         namespace=namespace,
-        container="ray-worker",
+        container=WORKER_CONTAINER,
+        node=contract.RAY_WORKER,
         pod=resources.worker,
         gpus=resources.gpus_per_worker,
         service_account=None,
@@ -215,6 +256,9 @@ def build_rayjob(
         "shutdownAfterJobFinishes": True,
         "backoffLimit": spec.max_restarts,
         "rayClusterSpec": {
+            "rayVersion": settings.ray_version,
+            # Ray refuses dashboard, job and GCS calls without the run's token (KubeRay presents it itself).
+            "authOptions": auth_options(run),
             "headGroupSpec": {
                 # The head schedules no training work: keep its GPUs (none) and CPUs out of verl's pools.
                 "rayStartParams": {"dashboard-host": "0.0.0.0", "num-gpus": "0"},

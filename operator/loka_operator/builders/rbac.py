@@ -24,6 +24,8 @@ def build_service_account(run: str, namespace: str, uid: str) -> Manifest:
         "apiVersion": "v1",
         "kind": "ServiceAccount",
         "metadata": _metadata(naming.service_account_name(run), run, namespace, uid),
+        # Its token goes only where the RayJob projects it (the head's trainer container), never pod-wide.
+        "automountServiceAccountToken": False,
     }
 
 

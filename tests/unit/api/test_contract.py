@@ -26,6 +26,8 @@ CONTRACT_STRINGS = sorted(
         contract.ENV_AWS_SESSION_TOKEN,
         contract.ENV_WANDB_KEY,
         contract.ENV_HF_TOKEN,
+        contract.ENV_RAY_AUTH_TOKEN,
+        contract.SERVICE_ACCOUNT_DIR,
         contract.ENV_CHECKPOINT_PREFIX,
         contract.ENV_CHECKPOINT_KEEP,
         contract.ENV_CHECKPOINT_WRITER,
@@ -75,6 +77,14 @@ def test_every_status_field_has_an_owner() -> None:
     wire_names = {field.alias or name for name, field in TrainingRunStatus.model_fields.items()}
     owned = set(contract.TRAINER_STATUS_FIELDS) | set(contract.OPERATOR_STATUS_FIELDS)
     assert wire_names == owned, f"unowned: {wire_names - owned}; not in the status: {owned - wire_names}"
+
+
+def test_every_secret_variable_the_pods_get_has_its_pods_named() -> None:
+    """The operator injects exactly these into Ray pods; the trainer relies on where they are."""
+    injected = {contract.ENV_AWS_KEY_ID, contract.ENV_AWS_SECRET, contract.ENV_WANDB_KEY, contract.ENV_HF_TOKEN}
+    assert set(contract.SECRET_ENV_PODS) == injected
+    assert all(set(pods) <= {contract.RAY_HEAD, contract.RAY_WORKER} for pods in contract.SECRET_ENV_PODS.values())
+    assert contract.SECRET_ENV_PODS[contract.ENV_WANDB_KEY] == (contract.RAY_HEAD,)
 
 
 def test_only_message_is_written_by_both_sides() -> None:

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
 import pytest
 import yaml
 
-from loka_api import QueueSpec, TrainingRunSpec
+from loka_api import QueueSpec, TrainingRunSpec, contract
 from loka_operator import naming
 from loka_operator.builders import (
     RayJobSettings,
     build_local_queue,
+    build_network_policy,
+    build_ray_auth_secret,
     build_rayjob,
     build_role,
     build_role_binding,
     build_service_account,
+    new_ray_token,
     referenced_secrets,
 )
 
@@ -240,3 +244,78 @@ def test_local_queue_only_when_the_run_names_a_cluster_queue() -> None:
     assert queue["spec"] == {"clusterQueue": "gpu-cq"}
     assert "ownerReferences" not in queue["metadata"]  # shared by the namespace's runs
     assert build_local_queue(QueueSpec(name="team-a"), "ns") is None
+
+
+# ------------------------------------------------------------------------------- a run's reach
+
+
+def secret_refs(container: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {
+        e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+        for e in container.get("env", [])
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+
+
+def test_each_secret_goes_only_to_the_pods_whose_processes_use_it() -> None:
+    job = rayjob()
+    cluster = job["spec"]["rayClusterSpec"]
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    worker = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    submitter = job["spec"]["submitterPodTemplate"]["spec"]["containers"][0]
+    s3 = {"AWS_ACCESS_KEY_ID": ("loka-s3", "AWS_ACCESS_KEY_ID"),
+          "AWS_SECRET_ACCESS_KEY": ("loka-s3", "AWS_SECRET_ACCESS_KEY")}  # fmt: skip
+    hf = {"HF_TOKEN": ("loka-secrets", "hf-token")}
+    assert secret_refs(head) == {**s3, "WANDB_API_KEY": ("loka-secrets", "wandb-api-key"), **hf}
+    assert secret_refs(worker) == {**s3, **hf}  # verl's tracker (TaskRunner) is pinned to the head
+    assert secret_refs(submitter) == {}
+    assert "env" not in submitter
+
+
+def test_no_pod_gets_an_api_token_but_the_heads_trainer_container_for_ten_minutes() -> None:
+    job = rayjob()
+    cluster = job["spec"]["rayClusterSpec"]
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    pods = [head, cluster["workerGroupSpecs"][0]["template"]["spec"], job["spec"]["submitterPodTemplate"]["spec"]]
+    assert [pod.get("automountServiceAccountToken") for pod in pods] == [False, False, False]
+    (token_volume,) = [v for v in head["volumes"] if "projected" in v]
+    sources = token_volume["projected"]["sources"]
+    assert sources[0] == {"serviceAccountToken": {"path": "token", "expirationSeconds": 600}}
+    assert {"path": "ca.crt", "key": "ca.crt"} in sources[1]["configMap"]["items"]
+    (mount,) = [m for m in head["containers"][0]["volumeMounts"] if m["name"] == token_volume["name"]]
+    assert mount == {"name": token_volume["name"], "mountPath": contract.SERVICE_ACCOUNT_DIR, "readOnly": True}
+    for pod in pods[1:]:
+        assert not [v for v in pod.get("volumes", []) if "projected" in v]
+    account = build_service_account("qwen", "team-a", UID)
+    assert account["automountServiceAccountToken"] is False
+
+
+def test_rayjob_turns_on_rays_token_auth_with_the_runs_own_secret() -> None:
+    cluster = rayjob()["spec"]["rayClusterSpec"]
+    assert cluster["authOptions"] == {"mode": "token", "secretName": "loka-run-qwen-ray-token"}
+    assert tuple(int(p) for p in cluster["rayVersion"].split(".")) >= (2, 52, 0)  # KubeRay's minimum for token auth
+
+
+def test_ray_token_secret_belongs_to_the_runs_rayjob_and_is_immutable_and_random() -> None:
+    first, second = (build_ray_auth_secret("qwen", "team-a", "qwen", "rayjob-uid", new_ray_token()) for _ in range(2))
+    assert first["metadata"]["name"] == "loka-run-qwen-ray-token"
+    # KubeRay's RayJob finalizer reads the token: it goes after the RayJob, by garbage collection.
+    assert first["metadata"]["ownerReferences"] == [
+        {"apiVersion": "ray.io/v1", "kind": "RayJob", "name": "qwen", "uid": "rayjob-uid", "controller": True}
+    ]
+    assert first["immutable"] is True
+    token = base64.b64decode(first["data"]["auth_token"])
+    assert len(token) >= 40
+    assert first["data"] != second["data"]
+
+
+def test_network_policy_selects_every_pod_of_the_run_and_names_kuberays_namespace() -> None:
+    policy = build_network_policy("qwen", "team-a", UID, kuberay_namespace="ray-system")
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == UID
+    spec = policy["spec"]
+    assert spec["podSelector"] == {"matchLabels": {naming.LABEL_RUN: "qwen"}}
+    assert spec["policyTypes"] == ["Ingress"]
+    own, kuberay = spec["ingress"]
+    assert own == {"from": [{"podSelector": {"matchLabels": {naming.LABEL_RUN: "qwen"}}}]}
+    assert kuberay["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ray-system"}}}]
+    assert kuberay["ports"] == [{"protocol": "TCP", "port": 8265}]

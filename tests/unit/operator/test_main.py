@@ -7,6 +7,8 @@ import pytest
 from loka_operator.config import (
     ENV_DISK_STORAGE_CLASS,
     ENV_HEAD_DISK,
+    ENV_KUBERAY_NAMESPACE,
+    ENV_RAY_VERSION,
     ENV_SUBMISSION_MODE,
     ENV_WORKER_DISK,
     ConfigError,
@@ -32,6 +34,28 @@ def test_submission_mode_defaults_to_k8s_job_mode(monkeypatch: pytest.MonkeyPatc
     config = OperatorConfig.from_env(namespaces=("team-a",), metrics_port=0)
     assert config.rayjob.submission_mode == "HTTPMode"
     assert config.namespaces == ("team-a",)
+
+
+@pytest.mark.parametrize("version", ["2.51.9", "latest", "2.60"])
+def test_a_ray_version_without_token_auth_is_refused_naming_the_setting(
+    version: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(ENV_RAY_VERSION, version)
+    assert main(["--metrics-port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"LOKA_RAY_VERSION={version!r}" in err
+    assert "2.52.0 or newer" in err
+
+
+def test_kuberay_namespace_and_ray_version_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_RAY_VERSION, raising=False)
+    monkeypatch.delenv(ENV_KUBERAY_NAMESPACE, raising=False)
+    defaults = OperatorConfig.from_env()
+    assert (defaults.rayjob.ray_version, defaults.kuberay_namespace) == ("2.60.0", "default")
+    monkeypatch.setenv(ENV_RAY_VERSION, "2.52.0")
+    monkeypatch.setenv(ENV_KUBERAY_NAMESPACE, "ray-system")
+    config = OperatorConfig.from_env()
+    assert (config.rayjob.ray_version, config.kuberay_namespace) == ("2.52.0", "ray-system")
 
 
 def test_work_disk_defaults_come_from_the_environment_and_a_bad_size_is_refused_naming_it(

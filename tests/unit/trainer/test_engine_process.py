@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
 import time
 
-from loka_trainer.engines.verl import hydra_string, wait_or_stop
+import pytest
+
+from loka_trainer.engines.verl import hydra_string, pass_on_redacted, wait_or_stop
 from loka_trainer.settings import redact, wandb_mode
 
 
 def spawn(code: str) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-c", code]
-    return subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE)
+    env = {**os.environ, "HF_TOKEN": "lokaleak-hf-9a8b7c"}
+    return subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, env=env)
 
 
 def test_a_finished_process_returns_its_exit_code() -> None:
@@ -73,3 +77,39 @@ def test_actor_env_values_reach_ray_as_strings() -> None:
     env_vars = OmegaConf.to_container(config.ray_kwargs.ray_init.runtime_env.env_vars)
     assert env_vars == values
     RuntimeEnv(env_vars=dict(env_vars))  # type: ignore[arg-type]  # Ray rejects anything but str -> str
+
+
+SECRET_ENV_VALUES = {"AWS_SECRET_ACCESS_KEY": "lokaleak-s3-5f1e2d", "HF_TOKEN": "lokaleak-hf-9a8b7c",
+                     "RAY_AUTH_TOKEN": "lokaleak-ray-3c4d5e"}  # fmt: skip
+
+
+def test_everything_the_trainer_prints_is_redacted_tracebacks_included() -> None:
+    code = (
+        "import logging, os, sys\n"
+        "from loka_trainer.settings import redact_process_output\n"
+        "redact_process_output()\n"
+        "logging.basicConfig()\n"
+        "secret = os.environ['AWS_SECRET_ACCESS_KEY']\n"
+        "print('print:', secret)\n"
+        "sys.stdout.write('split:' + secret[:7]); sys.stdout.write(secret[7:] + '\\n')\n"
+        "try:\n"
+        "    raise ValueError('reward failed with ' + os.environ['HF_TOKEN'])\n"
+        "except ValueError:\n"
+        "    logging.exception('logged')\n"
+        "raise RuntimeError('uncaught ' + os.environ['RAY_AUTH_TOKEN'])\n"
+    )
+    env = {**os.environ, **SECRET_ENV_VALUES}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1
+    assert [value for value in SECRET_ENV_VALUES.values() if value in output] == []
+    assert "print: <AWS_SECRET_ACCESS_KEY>" in output and "split:<AWS_SECRET_ACCESS_KEY>" in output
+    assert "reward failed with <HF_TOKEN>" in output and "uncaught <RAY_AUTH_TOKEN>" in output
+
+
+def test_verls_output_is_passed_on_line_by_line_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    process = spawn("import os; print('verl: cannot log in with', os.environ['HF_TOKEN']); print('done')")
+    assert process.stdout is not None
+    pass_on_redacted(process.stdout, SECRET_ENV_VALUES)
+    process.wait()
+    assert capsys.readouterr().out == "verl: cannot log in with <HF_TOKEN>\ndone\n"

@@ -16,7 +16,7 @@ from loka_api.render import compose_verl_config
 from loka_trainer.checkpoints import CheckpointStore
 from loka_trainer.cli import EXIT_BAD_INPUT, EXIT_OK, main
 from loka_trainer.engines import EngineJob, ResumePoint
-from loka_trainer.engines.verl import command
+from loka_trainer.engines.verl import VERL_DRIVER, command
 from loka_trainer.staging import StagedInputs
 from loka_trainer.storage import ObjectStore, S3Uri
 
@@ -46,7 +46,8 @@ def write_manifest(tmp_path: Path, body: dict[str, Any]) -> Path:
 
 def rendered_overrides(capsys: pytest.CaptureFixture[str]) -> list[str]:
     argv = shlex.split(capsys.readouterr().out.strip())
-    assert argv[:3] == ["python", "-m", "verl.trainer.main_ppo"]
+    # verl's main_ppo, through the driver that keeps its TaskRunner (and the W&B key) on the head.
+    assert argv[:3] == ["python", "-m", VERL_DRIVER]
     return argv[3:]
 
 

@@ -1,4 +1,5 @@
-"""The verl engine: run ``verl.trainer.main_ppo`` with the one renderer's arguments, stop it on SIGTERM."""
+"""The verl engine: run verl's ``main_ppo`` (through ``loka_trainer.verl_driver``, which keeps verl's TaskRunner on
+this node) with the one renderer's arguments, pass its output on redacted, stop it on SIGTERM."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping
+from typing import IO
 
 from loka_api import TrainingRunSpec
 from loka_api.contract import (
@@ -24,6 +27,7 @@ from loka_api.contract import (
 )
 from loka_api.render import StagedPaths, verl_command
 from loka_trainer.engines import EngineJob
+from loka_trainer.settings import redact
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,8 @@ STOP_GRACE_S = 15.0
 ACTOR_STOP_WAIT_S = 5.0
 GROUP_REAP_S = 2.0
 RUNTIME_ENV_PREFIX = "+ray_kwargs.ray_init.runtime_env.env_vars."
+# verl's main_ppo, with its TaskRunner (trainer loop, W&B tracker, checkpoint callback) pinned to this node.
+VERL_DRIVER = "loka_trainer.verl_driver"
 
 
 def staged_paths(job: EngineJob) -> StagedPaths:
@@ -87,7 +93,8 @@ def command(job: EngineJob, environ: Mapping[str, str] | None = None) -> list[st
     rendered = verl_command(job.spec, run_name=job.run_name, namespace=job.namespace, paths=staged_paths(job))
     split = len(rendered) - len(job.spec.verl_overrides)
     extra = [f"{RUNTIME_ENV_PREFIX}{k}={hydra_string(v)}" for k, v in sorted(actor_environment(job, environ).items())]
-    return [*rendered[:split], *extra, *rendered[split:]]
+    python, _, _verl_module, *overrides = rendered[:split]
+    return [python, "-m", VERL_DRIVER, *overrides, *extra, *rendered[split:]]
 
 
 class VerlEngine:
@@ -114,7 +121,17 @@ class VerlEngine:
         argv = command(job)
         log.info("launching verl: %s", " ".join(argv[:3]) + f" … ({len(argv) - 3} overrides)")
         # Hydra writes its outputs/ folder into the working directory: keep it in the run's work dir.
-        process = subprocess.Popen(argv, env=process_environment(job), cwd=job.work_dir, start_new_session=True)
+        process = subprocess.Popen(
+            argv,
+            env=process_environment(job),
+            cwd=job.work_dir,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        assert process.stdout is not None
+        pump = threading.Thread(target=pass_on_redacted, args=(process.stdout,), name="verl-output", daemon=True)
+        pump.start()
         code = wait_or_stop(process, job.stop)
         if job.stop.is_set() and ray.is_initialized():
             # On the RayJob's cluster verl trains in actors outside its process group; Ray ends them once their
@@ -124,7 +141,15 @@ class VerlEngine:
             left = wait_for_driver_actors(process.pid, timeout=ACTOR_STOP_WAIT_S)
             if left:
                 log.warning("verl's Ray actors still alive %.0f s after its driver: %s", ACTOR_STOP_WAIT_S, left)
+        pump.join(timeout=10)
         return code
+
+
+def pass_on_redacted(output: IO[bytes], environ: Mapping[str, str] | None = None) -> None:
+    """verl's output (its actors' too: Ray forwards them to the driver), line by line, with secret values replaced."""
+    for line in iter(output.readline, b""):
+        sys.stdout.write(redact(line.decode(errors="replace"), environ))
+        sys.stdout.flush()
 
 
 def stage_other_nodes(job: EngineJob) -> None:
