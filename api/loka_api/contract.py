@@ -63,6 +63,12 @@ MARKER_NAME = "latest"
 CHECKPOINT_LAYOUT = f"<uri>/<namespace>/<run>/{STEP_FOLDER_PREFIX}N"
 
 
+# spec.model.fromRun.checkpoint: a step number, the checkpoint a succeeded run ended with, or the one its marker
+# names (the newest complete one).
+FROM_RUN_FINAL = "final"
+FROM_RUN_LATEST = MARKER_NAME
+
+
 def step_folder(step: int) -> str:
     """The folder of checkpoint step ``step`` (verl's own naming)."""
     return f"{STEP_FOLDER_PREFIX}{step}"
@@ -71,6 +77,11 @@ def step_folder(step: int) -> str:
 def run_checkpoint_prefix(checkpoints_uri: str, namespace: str, run: str) -> str:
     """``s3://bucket/prefix/<namespace>/<run>``: where one run's checkpoints and marker live."""
     return "/".join([checkpoints_uri.rstrip("/"), namespace, run])
+
+
+def checkpoint_uri(run_prefix: str, step: int) -> str:
+    """``<run prefix>/global_step_<step>``: one checkpoint of a run (what status and lineage record)."""
+    return f"{run_prefix.rstrip('/')}/{step_folder(step)}"
 
 
 # ---------------------------------------------------------------------------------------- status
@@ -91,6 +102,7 @@ OPERATOR_STATUS_FIELDS = (
     "startTime",
     "completionTime",
     "queuedSince",
+    "source",
     "message",
 )
 SHARED_STATUS_FIELDS = tuple(f for f in TRAINER_STATUS_FIELDS if f in OPERATOR_STATUS_FIELDS)
