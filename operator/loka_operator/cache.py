@@ -35,6 +35,10 @@ class RunCache:
     def known(self, key: str) -> bool:
         return key in self._runs
 
+    def cached_run(self, namespace: str, name: str) -> JSON | None:
+        """The run as the cache holds it, without asking the API server."""
+        return self._runs.get(naming.run_key(namespace, name))
+
     def forget(self, key: str) -> None:
         self._runs.pop(key, None)
         self._rayjobs.pop(key, None)

@@ -141,9 +141,11 @@ async def run_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) ->
     if type == "DELETED":
         state.reconciler.forget(key)
         state.queue.forget(key)
-        return
-    state.reconciler.cache.remember_run(dict(body))
-    state.queue.request(key)
+    else:
+        state.reconciler.cache.remember_run(dict(body))
+        state.queue.request(key)
+    for dependent in state.reconciler.dependents(key):  # runs waiting for this one's checkpoint (fromRun)
+        state.queue.request(dependent)
 
 
 @kopf.on.event(naming.RAY_GROUP, naming.RAY_VERSION, "rayjobs", labels={naming.LABEL_MANAGED_BY: naming.OPERATOR_NAME})

@@ -1,6 +1,8 @@
 """One level-based, idempotent reconcile of a TrainingRun: ordered steps, each "get, then create or patch".
 
 1. validate the spec (schema is the API server's job; here the semantic checks and verl composition)
+   - with spec.model.fromRun: find the source run's checkpoint (loka_operator.lineage); until it exists the
+     run waits, and nothing is launched before status.source records it
 2. check every referenced Secret and key
 3. ensure the Kueue LocalQueue (when the run names its ClusterQueue)
 4. ensure the per-run ServiceAccount, Role and RoleBinding
@@ -20,7 +22,7 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 
 from loka_api import QueueSpec, TrainingRun, TrainingRunStatus
-from loka_operator import builders, naming
+from loka_operator import builders, lineage, naming
 from loka_operator.cache import RunCache
 from loka_operator.config import OperatorConfig
 from loka_operator.events import EventRecorder
@@ -38,7 +40,7 @@ from loka_operator.kube import (
     Resource,
 )
 from loka_operator.metrics import OperatorMetrics
-from loka_operator.status import TERMINAL, Observed, Problem, StatusUpdate, finished, rejected
+from loka_operator.status import TERMINAL, Observed, Problem, SourceState, StatusUpdate, finished, rejected
 from loka_operator.status_writer import StatusWriter
 from loka_operator.validation import validate_spec
 
@@ -67,6 +69,8 @@ class Reconciler:
     status: StatusWriter = field(init=False)
     # (uid, generation) for which steps 2-4 already succeeded; the drift pass redoes them.
     _ensured: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # Runs waiting for a source run's checkpoint: the source's watch events reconcile them.
+    waiters: lineage.SourceWaiters = field(default_factory=lineage.SourceWaiters)
 
     def __post_init__(self) -> None:
         self.cache = RunCache(self.client)
@@ -76,7 +80,12 @@ class Reconciler:
         """The run is gone: drop everything known about it."""
         self.cache.forget(key)
         self._ensured.pop(key, None)
+        self.waiters.done(key)
         self.metrics.observe_phase(key, None)
+
+    def dependents(self, key: str) -> list[str]:
+        """The runs waiting for run ``key``'s checkpoint (spec.model.fromRun): reconcile them when it changes."""
+        return self.waiters.dependents(key)
 
     # --------------------------------------------------------------------------- the loop
 
@@ -112,6 +121,10 @@ class Reconciler:
             )
             rayjob = None
 
+        # 1b. the source run's checkpoint: nothing launches before status.source records it
+        source = await self._resolve_source(run, launched=rayjob is not None, drift=drift)
+        held_for_source = source is not None and (not source.ready or source.source != previous.source)
+
         requeue: float | None = None
         # 2. secrets (values are never read into anything but a key set)
         ensured = self._ensured.get(key) == (uid, generation) and not drift
@@ -119,7 +132,7 @@ class Reconciler:
         if missing is not None:
             requeue = self.config.secret_retry_seconds
 
-        launchable = missing is None and conflict is None and not finished(previous)
+        launchable = missing is None and conflict is None and not finished(previous) and not held_for_source
         if launchable:
             if not ensured:
                 # 3. Kueue LocalQueue, 4. the trainer's identity
@@ -145,6 +158,7 @@ class Reconciler:
         observed = replace(
             base,
             now=now(),
+            source=source,
             missing_secrets=missing,
             conflict=conflict,
             rayjob=rayjob,
@@ -157,6 +171,24 @@ class Reconciler:
         return Outcome(requeue_after=requeue, phase=phase.value if phase else None)
 
     # ------------------------------------------------------------------------------ steps
+
+    async def _resolve_source(self, run: TrainingRun, *, launched: bool, drift: bool) -> SourceState | None:
+        """Where the run stands with the run its spec.model.fromRun names (None: no source, or it launched already),
+        read from the watch cache (the API only when the source is not cached).
+        """
+        if run.spec.model.from_run is None or launched or finished(run.status):
+            return None
+        namespace, key = run.metadata.namespace, naming.run_key(run.metadata.namespace, run.metadata.name)
+        source_name = run.spec.model.from_run.name if run.spec.model.from_run else ""
+        body = await self.cache.load_run(namespace, source_name, fresh=drift)
+        if body is not None and body["metadata"].get("deletionTimestamp"):
+            body = None  # going away: it will not produce the checkpoint
+        state = lineage.resolve(run, body, lookup=lambda name: self.cache.cached_run(namespace, name))
+        if state.waiting is not None:
+            self.waiters.wait(key, naming.run_key(namespace, source_name))
+        else:
+            self.waiters.done(key)
+        return state
 
     async def _missing_secrets(self, run: TrainingRun) -> Problem | None:
         namespace = run.metadata.namespace
