@@ -12,6 +12,7 @@ import json
 import logging
 import shutil
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -256,14 +257,26 @@ class CheckpointStore:
         complete = self.complete_steps()
         return complete[-1] if complete else None
 
-    def restore(self, step: int, local_root: Path, *, cancel: threading.Event | None = None) -> Path:
+    def restore(
+        self,
+        step: int,
+        local_root: Path,
+        *,
+        cancel: threading.Event | None = None,
+        only: Callable[[str], bool] | None = None,
+    ) -> Path:
         """Download step ``step`` into ``local_root/global_step_N``, verify every file against the manifest,
         and write verl's tracker file so ``trainer.resume_mode=auto`` picks it up. Returns the step folder.
+        ``only`` picks the files by their path in the checkpoint (e.g. weights without optimizer state).
         """
         manifest = self.manifest(step)
         if manifest is None:
             msg = f"checkpoint {self.step_uri(step)} is incomplete: it has no {MANIFEST_NAME}"
             raise CheckpointError(msg)
+        if only is not None:
+            manifest = CheckpointManifest(
+                manifest.step, tuple(f for f in manifest.files if only(f.path)), manifest.created
+            )
         target = local_root / step_folder(step)
         source = self.step_uri(step)
         pairs = [(source.join(f.path), target / f.path) for f in manifest.files]

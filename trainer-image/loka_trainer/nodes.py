@@ -113,14 +113,22 @@ def connected_to_ray() -> Iterator[bool]:
 # ----------------------------------------------------------------------------------- node tasks
 
 
-def stage_on_node(spec_json: str, work_dir: str, endpoint: str | None, resume: tuple[str, int] | None) -> str:
-    """Stage the model and data, and restore checkpoint ``resume`` = (run prefix, step), under ``work_dir``."""
+def stage_on_node(
+    spec_json: str,
+    work_dir: str,
+    endpoint: str | None,
+    resume: tuple[str, int] | None,
+    source_uri: str | None = None,
+) -> str:
+    """Stage the model (``source_uri``: the checkpoint of spec.model.fromRun) and data, and restore checkpoint
+    ``resume`` = (run prefix, step), under ``work_dir``.
+    """
     from loka_api import TrainingRunSpec
     from loka_trainer.staging import stage_inputs
 
     store = ObjectStore(endpoint_url=endpoint)
     root = Path(work_dir)
-    stage_inputs(TrainingRunSpec.model_validate_json(spec_json), root, store)
+    stage_inputs(TrainingRunSpec.model_validate_json(spec_json), root, store, source_uri=source_uri)
     if resume is not None:
         prefix, step = resume
         CheckpointStore(store, S3Uri.parse(prefix), keep=1).restore(step, root / "checkpoints")

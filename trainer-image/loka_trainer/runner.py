@@ -25,7 +25,7 @@ from loka_trainer.checkpoints import CheckpointError, CheckpointRecord, Checkpoi
 from loka_trainer.engines import Engine, EngineJob, ResumePoint, engine_for
 from loka_trainer.nodes import FileOnAnyNode, connected_to_ray
 from loka_trainer.settings import redact, wandb_mode
-from loka_trainer.staging import StagedInputs, parquet_rows, stage_inputs
+from loka_trainer.staging import HF_SCHEME, StagedInputs, parquet_rows, stage_inputs
 from loka_trainer.status_reporter import StatusPatcher, StatusReporter
 from loka_trainer.step_metrics import MetricsFollower
 from loka_trainer.storage import ObjectStore, TransferCancelledError
@@ -89,12 +89,13 @@ def render_command_line(path: Path, *, namespace: str | None = None) -> str:
     wandb = spec.tracking.wandb if spec.tracking else None
     requested = wandb.mode if wandb is not None else "disabled"
     key_given = {ENV_WANDB_KEY: "set"} if wandb is not None and wandb.api_key is not None else {}
+    uri = spec.model.uri or ""  # fromRun: the trainer stages the source checkpoint into work/model
     job = EngineJob(
         spec=spec,
         run_name=name,
         namespace=ns,
         inputs=StagedInputs(
-            model=spec.model.uri.removeprefix("hf://") if spec.model.uri.startswith("hf://") else str(work / "model"),
+            model=uri.removeprefix(HF_SCHEME) if uri.startswith(HF_SCHEME) else str(work / "model"),
             train_files=work / "data" / "train.parquet",
             val_files=work / "data" / "validation.parquet" if spec.data.validation else None,
         ),
@@ -171,6 +172,12 @@ class Runner:
             )
 
     @property
+    def source_uri(self) -> str | None:
+        """The checkpoint spec.model.fromRun resolved to, as the operator recorded it before launching."""
+        source = self.run.status.source
+        return source.uri if source is not None else None
+
+    @property
     def checkpoint_dir(self) -> Path:
         return self.work_dir / "checkpoints"
 
@@ -223,7 +230,9 @@ class Runner:
         follower_stop = threading.Event()
         follower: threading.Thread | None = None
         try:
-            inputs: StagedInputs = stage_inputs(self.spec, self.work_dir, self.store, cancel=self.stop.event)
+            inputs: StagedInputs = stage_inputs(
+                self.spec, self.work_dir, self.store, source_uri=self.source_uri, cancel=self.stop.event
+            )
             self.reporter.total_steps = self.engine.total_steps(self.spec, parquet_rows(inputs.train_files))
             resume = self.restore()
             if resume is not None:
@@ -242,6 +251,7 @@ class Runner:
                 on_checkpoint=self._report_checkpoint,
                 stop=self.stop.event,
                 wandb_mode=wandb_mode(self._wandb_requested_mode()),
+                source_uri=self.source_uri,
             )
             with self._engine_session():
                 follower = threading.Thread(target=self._follow, args=(follower_stop,), name="metrics", daemon=True)

@@ -1,4 +1,6 @@
-"""The verl engine: run ``verl.trainer.main_ppo`` with the one renderer's arguments, stop it on SIGTERM."""
+"""The verl engine: run verl (``main_ppo`` for RL, ``loka_trainer.verl_sft`` for SFT) with the one renderer's
+arguments, stop it on SIGTERM.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import subprocess
 import threading
 from collections.abc import Mapping
 
-from loka_api import TrainingRunSpec
+from loka_api import Algorithm, TrainingRunSpec
 from loka_api.contract import (
     ENV_CHECKPOINT_KEEP,
     ENV_CHECKPOINT_PREFIX,
@@ -19,7 +21,7 @@ from loka_api.contract import (
     ENV_RUN_NAMESPACE,
     ENV_WANDB_MODE,
 )
-from loka_api.render import StagedPaths, verl_command
+from loka_api.render import VERL_FILE_LOGGER_ENV, StagedPaths, verl_command
 from loka_trainer.engines import EngineJob
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,8 @@ def process_environment(job: EngineJob, environ: Mapping[str, str] | None = None
     return {
         **(os.environ if environ is None else environ),
         **actor_environment(job, environ),
+        # The SFT driver (this subprocess) logs its metrics itself; main_ppo gets the path through Ray as well.
+        VERL_FILE_LOGGER_ENV: str(job.metrics_file),
         # The RayJob's runtimeEnvYAML already sets some of these keys; without this Ray refuses to merge the
         # job's runtime_env with verl's ray.init(runtime_env=...) ("same environment variable keys").
         "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1",
@@ -75,6 +79,9 @@ def hydra_string(value: str) -> str:
 def command(job: EngineJob, environ: Mapping[str, str] | None = None) -> list[str]:
     """The renderer's command, with the actor environment inserted before the user's verlOverrides."""
     rendered = verl_command(job.spec, run_name=job.run_name, namespace=job.namespace, paths=staged_paths(job))
+    if job.spec.algorithm is Algorithm.SFT:
+        # verl's SFT driver is this subprocess: the actor variables reach it through process_environment().
+        return rendered
     split = len(rendered) - len(job.spec.verl_overrides)
     extra = [f"{RUNTIME_ENV_PREFIX}{k}={hydra_string(v)}" for k, v in sorted(actor_environment(job, environ).items())]
     return [*rendered[:split], *extra, *rendered[split:]]
@@ -111,7 +118,7 @@ def stage_other_nodes(job: EngineJob) -> None:
     resume = (job.resume.source, job.resume.step) if job.resume is not None else None
     endpoint = job.spec.storage.endpoint if job.spec.storage else None
     spec_json = job.spec.model_dump_json(by_alias=True)
-    hosts = on_nodes(stage_on_node, spec_json, str(job.work_dir), endpoint, resume, skip_current=True)
+    hosts = on_nodes(stage_on_node, spec_json, str(job.work_dir), endpoint, resume, job.source_uri, skip_current=True)
     if hosts:
         log.info("staged inputs on %d other Ray node(s): %s", len(hosts), ", ".join(sorted(hosts)))
 
