@@ -155,7 +155,11 @@ def decide_phase(obs: Observed, previous: TrainingRunStatus) -> Verdict:
         return Verdict(RunPhase.FAILED, obs.invalid.reason, obs.invalid.message)
     if obs.rayjob is None:
         if finished(previous) and prev is not None:
-            # The run finished (or its source failed it) and its RayJob, if any, was removed after the TTL.
+            # The run ended (or its source failed it) and its RayJob, if any, was removed after the TTL: it keeps
+            # the reason it ended with.
+            ended = _ending_condition(previous)
+            if ended is not None:
+                return Verdict(prev, ended.reason, ended.message)
             return Verdict(prev, "Finished", previous.message or f"the run {prev.lower()}")
         source = obs.source
         if source is not None and source.failed is not None:
@@ -211,6 +215,12 @@ def decide_phase(obs: Observed, previous: TrainingRunStatus) -> Verdict:
             if restarting:
                 return Verdict(RunPhase.RESUMING, "StartingRayCluster", "starting a new Ray cluster for the run")
             return Verdict(RunPhase.STARTING, "StartingRayCluster", "starting the Ray cluster")
+
+
+def _ending_condition(status: TrainingRunStatus) -> Condition | None:
+    """The Succeeded or Failed condition that says why a finished run ended."""
+    kind = ConditionType.SUCCEEDED if status.phase == RunPhase.SUCCEEDED else ConditionType.FAILED
+    return next((c for c in status.conditions if c.type == kind.value and c.status == "True"), None)
 
 
 def _source_ready_message(source: SourceStatus) -> str:

@@ -345,3 +345,15 @@ def test_dashboard_url_gets_a_scheme() -> None:
     assert status.dashboard_url == "http://qwen-abcde-head-svc.ns.svc.cluster.local:8265"
     assert status.ray_cluster == "qwen-abcde"
     assert status.ray_job == "qwen"
+
+
+def test_a_finished_run_keeps_the_reason_it_ended_with_once_its_rayjob_is_gone() -> None:
+    # ttlSecondsAfterFinished deletes the RayJob; the run's Failed condition must still say why it failed.
+    running = calculate_status(observe(rayjob("Running")), TrainingRunStatus()).status
+    failed = calculate_status(
+        observe(rayjob("Failed", "FAILED", reason="AppFailed", message="driver exited with code 1")), running
+    ).status
+    after_ttl = calculate_status(observe(None), failed).status
+    condition = next(c for c in after_ttl.conditions if c.type == "Failed")
+    assert after_ttl.phase == RunPhase.FAILED
+    assert (condition.status, condition.reason, condition.message) == ("True", "AppFailed", "driver exited with code 1")
