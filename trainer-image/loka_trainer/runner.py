@@ -42,15 +42,22 @@ class RenderError(ValueError):
     """The manifest cannot be rendered; the message names the field and the bad value."""
 
 
-def load_manifest(path: Path) -> TrainingRun:
+def load_manifest(path: Path, *, name: str | None = None) -> TrainingRun:
+    """The TrainingRun in ``path``; ``name`` picks one of several (a pipeline file holds one run per stage)."""
     try:
         documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
     except (OSError, yaml.YAMLError) as error:
         raise RenderError(f"{path}: {error}") from error
     runs = [d for d in documents if isinstance(d, dict) and d.get("kind") == "TrainingRun"]
-    if len(runs) != 1:
-        found = "no" if not runs else f"{len(runs)}"
-        raise RenderError(f"{path}: expected a TrainingRun manifest (kind: TrainingRun), found {found} TrainingRun")
+    names = [str((run.get("metadata") or {}).get("name", "")) for run in runs]
+    if name is not None:
+        runs = [run for run, found in zip(runs, names, strict=True) if found == name]
+        if not runs:
+            raise RenderError(f"{path}: no TrainingRun named {name!r} (found: {', '.join(names) or 'none'})")
+    if len(runs) > 1:
+        raise RenderError(f"{path}: {len(runs)} TrainingRuns ({', '.join(names)}): pick one with --name")
+    if not runs:
+        raise RenderError(f"{path}: expected a TrainingRun manifest (kind: TrainingRun), found no TrainingRun")
     body = runs[0]
     try:
         return TrainingRun.model_validate(body)
@@ -65,13 +72,13 @@ def default_work_root() -> Path:
     return Path(os.environ.get(ENV_WORK_DIR) or Path.home() / "loka-work")
 
 
-def render_command_line(path: Path, *, namespace: str | None = None) -> str:
+def render_command_line(path: Path, *, namespace: str | None = None, name: str | None = None) -> str:
     """The exact verl command ``loka-trainer run`` would launch for this manifest, as one shell line
     (paths as the trainer stages them under $LOKA_WORK_DIR; no cluster, no S3 access).
     """
     from loka_trainer.engines.verl import command
 
-    run = load_manifest(path)
+    run = load_manifest(path, name=name)
     spec = run.spec
     name = run.metadata.name or path.stem
     ns = run.metadata.namespace or namespace or "default"
