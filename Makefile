@@ -5,8 +5,8 @@ SHELL := /bin/bash
 PYTHON    ?= python3
 VENV      := .venv
 PY        := $(VENV)/bin/python
-EXTRAS    ?= operator,trainer,dev
-PACKAGES  := api/loka_api operator/loka_operator trainer-image/loka_trainer
+EXTRAS    ?= operator,trainer,cli,dev
+PACKAGES  := api/loka_api operator/loka_operator trainer-image/loka_trainer cli/loka_cli
 # Reinstall when pyproject.toml changes (the stamp carries its hash).
 VENV_STAMP = $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)-$(subst $(comma),_,$(EXTRAS))
 comma := ,

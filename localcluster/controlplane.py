@@ -76,6 +76,8 @@ PORTS = Ports.from_env()
 S3_BUCKET = "loka"
 S3_ACCESS_KEY = "loka-local"
 KUEUE_NAMESPACE = "kueue-system"
+# KWOK's kubelet-server CRDs: which local file is a pod's log, and which local address a pod's port is.
+KWOK_KUBELET_CRDS = {"Logs": "logs", "PortForward": "portforwards"}
 KUEUE_FRAMEWORKS = ("batch/job", "ray.io/rayjob", "ray.io/raycluster")
 # Webhook paths Kueue serves for the frameworks above and for its own kinds; the others are
 # no-op handlers behind failurePolicy=Fail, so registering them only adds ways to break.
@@ -391,6 +393,8 @@ class LocalCluster:
                     "--allow-privileged=true",
                     # Endpoints reject loopback addresses, so the apiserver must not publish its own.
                     "--endpoint-reconciler-type=none",
+                    # KWOK's nodes have no resolvable hostname; their kubelet server is at the InternalIP.
+                    "--kubelet-preferred-address-types=InternalIP",
                     f"--cert-dir={data / 'apiserver'}",
                 ],
                 health=lambda: http_ok(f"{self.server}/readyz", context=verified, token=token, body=b"ok"),
@@ -444,13 +448,19 @@ class LocalCluster:
                     "--manage-all-nodes=false",
                     f"--manage-nodes-with-annotation-selector={nodes.KWOK_ANNOTATION}=fake",
                     "--cidr=10.244.0.0/16",
-                    "--node-ip=10.0.0.1",
+                    # KWOK is also each node's kubelet server: the API server reaches it for `kubectl logs`
+                    # and `kubectl port-forward` at the nodes' address and port, over TLS.
+                    f"--node-ip={LOCALHOST}",
+                    f"--node-port={PORTS.kwok}",
+                    f"--tls-cert-file={pki.serving_crt}",
+                    f"--tls-private-key-file={pki.serving_key}",
                     "--node-lease-duration-seconds=40",
                     f"--server-address={LOCALHOST}:{PORTS.kwok}",
                     f"--config={layout.config / 'kwok-stages.yaml'}",
+                    f"--enable-crds={','.join(KWOK_KUBELET_CRDS)}",
                 ],
-                health=lambda: http_ok(f"http://{LOCALHOST}:{PORTS.kwok}/healthz"),
-                before=self._write_kwok_stages,
+                health=lambda: http_ok(f"https://{LOCALHOST}:{PORTS.kwok}/healthz", context=verified),
+                before=self._prepare_kwok,
                 after=self._create_nodes,
                 layout=layout,
             ),
@@ -665,6 +675,15 @@ class LocalCluster:
         files = sorted((stages / "node" / "fast").glob("*.yaml")) + sorted((stages / "pod" / "fast").glob("*.yaml"))
         docs = [f.read_text() for f in files if f.name != "kustomization.yaml"]
         (self.layout.config / "kwok-stages.yaml").write_text("\n---\n".join(docs))
+
+    def _prepare_kwok(self) -> None:
+        """KWOK's stages, and the CRDs through which the demo stack tells KWOK's kubelet server what a pod's logs
+        and ports are (a pod the local Ray head plays)."""
+        self._write_kwok_stages()
+        crds = self._module_dir("kwok") / "kustomize" / "crd" / "bases"
+        files = [crds / f"kwok.x-k8s.io_{plural}.yaml" for plural in KWOK_KUBELET_CRDS.values()]
+        self.kubectl("apply", "--server-side", "--force-conflicts", *(f"-f={f}" for f in files))
+        self.wait_for_crds(*(f"{plural}.kwok.x-k8s.io" for plural in KWOK_KUBELET_CRDS.values()))
 
     def _create_nodes(self) -> None:
         self.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(nodes.manifests()))

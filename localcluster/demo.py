@@ -116,7 +116,7 @@ def upload_tiny_assets(cluster: LocalCluster, work: Path, prefix: str = "demo") 
     """A tiny random model with a tokenizer trained here, a toy arithmetic dataset (RL prompts under data/, SFT
     demonstrations under sft/), into MinIO.
     """
-    from loka_trainer.dataset import build_dataset
+    from loka_api.dataset import build_dataset
     from loka_trainer.tiny import build_tiny_model, write_sft_demonstrations, write_tasks
 
     assets = work / "assets"

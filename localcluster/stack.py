@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -207,18 +208,24 @@ class PodShim:
       kubelet's projected token does). The local Ray runs one trainer at a time in the demo.
     - When KubeRay deletes a RayJob's cluster (suspend, preemption, retry, deletion), the pods'
       processes would die: stop every Ray job whose RayJob is no longer active with that job id.
+    - What a kubelet serves for the head pod, KWOK serves once told (its PortForward and Logs objects): the pod's
+      dashboard port is the local Ray dashboard, its log the Ray head's, so `kubectl port-forward`, `kubectl logs`,
+      `loka dashboard` and `loka logs` reach them through the API server as in a cluster.
     """
 
     def __init__(self, stack: DemoStack, interval: float = 1.0) -> None:
         self.stack = stack
         self.interval = interval
         self._token_for: str | None = None
+        self._served: set[tuple[str, str]] = set()  # head pods KWOK already serves for the local Ray
+        self._log_offset = 0
 
     def run_forever(self, ready: Path) -> None:
         from kubernetes import client
 
         api = self.stack.cluster.api_client()
         custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
+        self.cri_log.unlink(missing_ok=True)  # rewritten from the Ray head's log, from its start
         ready.touch()
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -240,11 +247,68 @@ class PodShim:
         ]
         if active:
             self._project_token(core, active[-1])
+        self._serve_head_pods(custom, core, active)
         live_ids = {job["status"].get("jobId") for job in active}
         for ray_job in self.stack.ray_jobs():
             if ray_job.get("status") in ("PENDING", "RUNNING") and ray_job.get("submission_id") not in live_ids:
                 log.info("pod shim: RayJob for Ray job %s is gone or suspended; stopping it", ray_job["submission_id"])
                 self.stack.stop_ray_job(ray_job["submission_id"])
+
+    def _serve_head_pods(self, custom: Any, core: Any, active: list[dict[str, Any]]) -> None:
+        """KWOK is the kubelet of every pod; tell it that an active RayJob's head pod is the local Ray head: its
+        dashboard port is the local dashboard (`kubectl port-forward`) and its log is the Ray head's (`kubectl
+        logs`, in the container runtime's log format, which the shim writes from the Ray head's plain log)."""
+        self._write_cri_log()
+        for rayjob in active:
+            namespace = rayjob["metadata"]["namespace"]
+            ray_cluster = (rayjob.get("status") or {}).get("rayClusterName")
+            if not ray_cluster:
+                continue
+            pods = core.list_namespaced_pod(
+                namespace, label_selector=f"ray.io/cluster={ray_cluster},ray.io/node-type=head"
+            )
+            for pod in pods.items:
+                name = pod.metadata.name
+                if (namespace, name) in self._served:
+                    continue
+                forward = {
+                    "forwards": [
+                        {"ports": [RAY_DASHBOARD_PORT], "target": {"port": RAY_DASHBOARD_PORT, "address": "127.0.0.1"}}
+                    ]
+                }
+                logs = {"logs": [{"containers": ["ray-head"], "logsFile": str(self.cri_log), "follow": True}]}
+                for kind, plural, spec in (("PortForward", "portforwards", forward), ("Logs", "logs", logs)):
+                    body = {"apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": kind,
+                            "metadata": {"name": name, "namespace": namespace}, "spec": spec}  # fmt: skip
+                    try:
+                        custom.create_namespaced_custom_object("kwok.x-k8s.io", "v1alpha1", namespace, plural, body)
+                    except Exception as err:
+                        if getattr(err, "status", None) != 409:
+                            raise
+                self._served.add((namespace, name))
+                log.info("pod shim: head pod %s/%s serves the local Ray's dashboard and log", namespace, name)
+
+    @property
+    def cri_log(self) -> Path:
+        return self.stack.layout.logs / "ray-head.cri.log"
+
+    def _write_cri_log(self) -> None:
+        """Append the Ray head's new log lines to `cri_log` as `<time> stdout F <line>` (what KWOK serves)."""
+        source = self.stack.layout.logs / "ray-head.log"
+        try:
+            with source.open("rb") as handle:
+                handle.seek(self._log_offset)
+                chunk = handle.read()
+        except FileNotFoundError:
+            return
+        complete, _, _ = chunk.rpartition(b"\n")
+        if not complete:
+            return
+        self._log_offset += len(complete) + 1
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime())
+        lines = complete.decode(errors="replace").split("\n")
+        with self.cri_log.open("a") as out:
+            out.writelines(f"{stamp} stdout F {line}\n" for line in lines)
 
     def _project_token(self, core: Any, rayjob: dict[str, Any]) -> None:
         namespace = rayjob["metadata"]["namespace"]

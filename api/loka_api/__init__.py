@@ -3,7 +3,8 @@
 - `loka_api.models`: the `TrainingRun` resource as pydantic models (the source of the CRD);
 - `loka_api.crd`: the CRD generator (`python -m loka_api.crd`);
 - `loka_api.render`: the one renderer of verl arguments, and the check that composes them against verl's config;
-- `loka_api.contract`: env names, the S3 layout of checkpoints, who writes which status field.
+- `loka_api.contract`: env names, the S3 layout of checkpoints, who writes which status field;
+- `loka_api.dataset`: the one builder of verl RL parquet from task files (pyarrow imported only when used).
 
 It imports neither `loka_operator` nor `loka_trainer` (`make lint` enforces it), and needs only pydantic
 (plus hydra-core for composition).
@@ -19,6 +20,7 @@ from loka_api.models import (
     SHORT_NAMES,
     VERSION,
     Algorithm,
+    AttemptRecord,
     CheckpointSpec,
     CheckpointStatus,
     Condition,
@@ -29,6 +31,10 @@ from loka_api.models import (
     HuggingFaceSpec,
     Metrics,
     ModelSource,
+    NotificationEvent,
+    NotificationRecord,
+    NotificationsSpec,
+    NotificationState,
     ObjectMeta,
     PodResources,
     Progress,
@@ -38,6 +44,7 @@ from loka_api.models import (
     RolloutEngine,
     RunPhase,
     SecretKeyRef,
+    SlackNotification,
     SourceStatus,
     StorageSpec,
     Toleration,
@@ -59,6 +66,7 @@ __all__ = [
     "SHORT_NAMES",
     "VERSION",
     "Algorithm",
+    "AttemptRecord",
     "CheckpointSpec",
     "CheckpointStatus",
     "Condition",
@@ -69,6 +77,10 @@ __all__ = [
     "HuggingFaceSpec",
     "Metrics",
     "ModelSource",
+    "NotificationEvent",
+    "NotificationRecord",
+    "NotificationState",
+    "NotificationsSpec",
     "ObjectMeta",
     "PodResources",
     "Progress",
@@ -78,6 +90,7 @@ __all__ = [
     "RolloutEngine",
     "RunPhase",
     "SecretKeyRef",
+    "SlackNotification",
     "SourceStatus",
     "StorageSpec",
     "Toleration",

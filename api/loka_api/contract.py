@@ -104,5 +104,8 @@ OPERATOR_STATUS_FIELDS = (
     "queuedSince",
     "source",
     "message",
+    "attempts",
+    # Recorded by the replica that claims a notification (a conditional write), before it posts it.
+    "notifications",
 )
 SHARED_STATUS_FIELDS = tuple(f for f in TRAINER_STATUS_FIELDS if f in OPERATOR_STATUS_FIELDS)

@@ -336,7 +336,42 @@ class HuggingFaceSpec(LokaModel):
     token: SecretKeyRef | None = None
 
 
-# Spec fields that shape the run; the rest (suspend, maxRestarts, ttlSecondsAfterFinished) stay mutable.
+class NotificationEvent(enum.StrEnum):
+    """What a run can tell its team about; each is posted once per attempt (Succeeded and Failed once per run)."""
+
+    STARTED = "Started"  # an attempt reached Running
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"  # by spec.suspend, or by Kueue (preemption, eviction)
+
+
+class SlackNotification(LokaModel):
+    webhook: SecretKeyRef = Field(
+        description="The Secret key holding the Slack incoming-webhook URL (a secret: never logged or copied)."
+    )
+    channel: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=80,
+        pattern=r"^[#@]?[a-z0-9][a-z0-9._-]*$",
+        description="Channel to post to, where the webhook allows overriding its own (legacy webhooks).",
+    )
+    # Not `on`: YAML 1.1 (kubectl's YAML, PyYAML) reads an unquoted `on:` key as `true:`.
+    events: list[NotificationEvent] = Field(
+        default_factory=lambda: list(NotificationEvent),
+        min_length=1,
+        max_length=4,
+        description="The phase transitions to post: Started, Succeeded, Failed, Suspended (default: all).",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+
+class NotificationsSpec(LokaModel):
+    slack: SlackNotification | None = None
+
+
+# Spec fields that shape the run; the rest (suspend, maxRestarts, ttlSecondsAfterFinished, notifications) stay
+# mutable.
 RUN_SHAPING_FIELDS: tuple[str, ...] = (
     "algorithm",
     "engine",
@@ -353,7 +388,7 @@ RUN_SHAPING_FIELDS: tuple[str, ...] = (
     "tracking",
     "huggingface",
 )
-MUTABLE_FIELDS: tuple[str, ...] = ("suspend", "maxRestarts", "ttlSecondsAfterFinished")
+MUTABLE_FIELDS: tuple[str, ...] = ("suspend", "maxRestarts", "ttlSecondsAfterFinished", "notifications")
 
 _GPU_DIVISIBILITY_RULE = (
     "self.engine != 'verl' || self.resources.workers * self.resources.gpusPerWorker == 0 || "
@@ -449,6 +484,9 @@ class TrainingRunSpec(LokaModel):
         le=31_536_000,
         description="Delete the RayJob this long after the run finished; the TrainingRun keeps its status.",
     )
+    notifications: NotificationsSpec | None = Field(
+        default=None, description="Who is told when the run starts, succeeds, fails or is suspended."
+    )
 
 
 # ------------------------------------------------------------------------------------------- status
@@ -508,6 +546,7 @@ class Metrics(LokaModel):
     validation_step: int | None = Field(
         default=None, ge=0, description="The step the validation figures were measured at (0: before training)."
     )
+    seconds_per_step: float | None = Field(default=None, ge=0, description="Mean time of the recent steps.")
     updated_at: datetime | None = None
 
 
@@ -515,6 +554,33 @@ class CheckpointStatus(LokaModel):
     step: int | None = Field(default=None, ge=0)
     uri: str | None = None
     time: datetime | None = None
+
+
+class AttemptRecord(LokaModel):
+    """One attempt's Ray job, so that its logs can be found while its Ray cluster still holds them."""
+
+    attempt: int = Field(ge=1)
+    ray_job_id: str = Field(max_length=253, alias="rayJobID")
+    ray_cluster: str | None = Field(default=None, max_length=253)
+    start_time: datetime | None = None
+
+
+class NotificationState(enum.StrEnum):
+    SENDING = "Sending"  # claimed by one operator replica, which posts it
+    SENT = "Sent"
+    FAILED = "Failed"  # every retry failed; `message` says why
+
+
+class NotificationRecord(LokaModel):
+    """One notification, recorded before it is posted, so that it is posted once whatever restarts."""
+
+    event: NotificationEvent
+    attempt: int = Field(ge=0)
+    state: NotificationState
+    tries: int = Field(default=0, ge=0)
+    sender: str | None = Field(default=None, max_length=253, description="The operator instance that posts it.")
+    time: datetime | None = None
+    message: str | None = Field(default=None, max_length=1024)
 
 
 class SourceStatus(LokaModel):
@@ -552,6 +618,12 @@ class TrainingRunStatus(LokaModel):
     queued_since: datetime | None = Field(default=None, description="When the current attempt started waiting.")
     message: str | None = None
     wandb_url: str | None = Field(default=None, alias="wandbURL")
+    attempts: list[AttemptRecord] = Field(
+        default_factory=list, max_length=16, description="The Ray job of each recent attempt (newest last)."
+    )
+    notifications: list[NotificationRecord] = Field(
+        default_factory=list, max_length=32, description="What was posted, or is being posted, for this run."
+    )
 
 
 class ObjectMeta(LokaModel):

@@ -22,6 +22,8 @@ class OperatorConfig:
     secret_retry_seconds: float = 5.0  # how soon a run waiting for a Secret looks again
     max_concurrent_reconciles: int = 16
     metrics_port: int = 9090
+    # Slack post retries: the delays between tries (about five minutes in all).
+    notification_backoff: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 120.0)
 
     @classmethod
     def from_env(cls, namespaces: tuple[str, ...] = (), **overrides: object) -> OperatorConfig:

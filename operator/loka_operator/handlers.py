@@ -95,6 +95,7 @@ async def stop(memo: Any, **_: Any) -> None:
     if state.resync is not None:
         state.resync.cancel()
     await state.queue.drain()
+    await state.reconciler.notifier.close()
     await state.client.close()
 
 

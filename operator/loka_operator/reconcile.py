@@ -8,6 +8,7 @@
 4. ensure the per-run ServiceAccount, Role and RoleBinding
 5. ensure the RayJob (and apply suspend, maxRestarts, the TTL after the run finished)
 6. calculate the status from what was observed and write the operator's fields only if they changed
+7. claim the notification the new phase asks for; a background task posts it (`notifications.py`)
 
 A step that cannot proceed stops the chain; the status still says why.
 """
@@ -40,6 +41,7 @@ from loka_operator.kube import (
     Resource,
 )
 from loka_operator.metrics import OperatorMetrics
+from loka_operator.notifications import Notifier, webhook_refs
 from loka_operator.status import TERMINAL, Observed, Problem, SourceState, StatusUpdate, finished, rejected
 from loka_operator.status_writer import StatusWriter
 from loka_operator.validation import validate_spec
@@ -67,6 +69,7 @@ class Reconciler:
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     cache: RunCache = field(init=False)
     status: StatusWriter = field(init=False)
+    notifier: Notifier = field(init=False)
     # (uid, generation) for which steps 2-4 already succeeded; the drift pass redoes them.
     _ensured: dict[str, tuple[str, int]] = field(default_factory=dict)
     # Runs waiting for a source run's checkpoint: the source's watch events reconcile them.
@@ -75,10 +78,12 @@ class Reconciler:
     def __post_init__(self) -> None:
         self.cache = RunCache(self.client)
         self.status = StatusWriter(self.client, self.cache, EventRecorder(self.client), self.metrics)
+        self.notifier = Notifier(self.client, backoff=self.config.notification_backoff)
 
     def forget(self, key: str) -> None:
         """The run is gone: drop everything known about it."""
         self.cache.forget(key)
+        self.notifier.forget(key)
         self._ensured.pop(key, None)
         self.waiters.done(key)
         self.metrics.observe_phase(key, None)
@@ -109,6 +114,7 @@ class Reconciler:
         invalid = await asyncio.to_thread(validate_spec, spec)
         if invalid is not None:
             await self._write_status(body, previous, replace(base, now=now(), invalid=invalid))
+            await self._notify(namespace, name)
             return Outcome(phase="Failed")
 
         rayjob = await self.cache.load_rayjob(namespace, name, fresh=drift)
@@ -123,16 +129,14 @@ class Reconciler:
 
         # 1b. the source run's checkpoint: nothing launches before status.source records it
         source = await self._resolve_source(run, launched=rayjob is not None, drift=drift)
-        held_for_source = source is not None and (not source.ready or source.source != previous.source)
 
-        requeue: float | None = None
         # 2. secrets (values are never read into anything but a key set)
         ensured = self._ensured.get(key) == (uid, generation) and not drift
         missing = None if ensured and rayjob is not None else await self._missing_secrets(run)
-        if missing is not None:
-            requeue = self.config.secret_retry_seconds
+        requeue = self.config.secret_retry_seconds if missing is not None else None
 
-        launchable = missing is None and conflict is None and not finished(previous) and not held_for_source
+        launchable = missing is None and conflict is None and not finished(previous)
+        launchable = launchable and (source is None or source.launchable(previous.source))
         if launchable:
             if not ensured:
                 # 3. Kueue LocalQueue, 4. the trainer's identity
@@ -165,6 +169,9 @@ class Reconciler:
             workload=workload,
         )
         update = await self._write_status(body, previous, observed)
+        # 7. notifications
+        if update is not None:
+            await self._notify(namespace, name)
         phase = update.status.phase if update is not None else previous.phase
         if phase in TERMINAL and spec.ttl_seconds_after_finished is not None and rayjob is not None and requeue is None:
             requeue = float(spec.ttl_seconds_after_finished) + 1
@@ -195,6 +202,8 @@ class Reconciler:
         wanted: dict[str, list[str]] = {}
         for _env, secret, key in builders.referenced_secrets(run.spec):
             wanted.setdefault(secret, []).append(key)
+        for ref in webhook_refs(run.spec):
+            wanted.setdefault(ref.secret, []).append(ref.key)
         missing: list[str] = []
         for secret, keys in wanted.items():
             body = await self.client.get(SECRETS, namespace, secret)
@@ -330,6 +339,12 @@ class Reconciler:
         self.cache.forget_rayjob(naming.run_key(run.metadata.namespace, run.metadata.name))
         log.info("deleted RayJob %s/%s: ttlSecondsAfterFinished passed", run.metadata.namespace, run.metadata.name)
         return None
+
+    async def _notify(self, namespace: str, name: str) -> None:
+        """The body as our own status write left it: its phase, and the resourceVersion the claim is conditional on."""
+        body = await self.cache.load_run(namespace, name, fresh=False)
+        if body is not None:
+            await self.notifier.step(body)
 
     # ----------------------------------------------------------------------------- status
 

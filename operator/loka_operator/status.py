@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from loka_api import Condition, ConditionType, RunPhase, SourceStatus, TrainingRunStatus
+from loka_api import AttemptRecord, Condition, ConditionType, RunPhase, SourceStatus, TrainingRunStatus
 from loka_api.contract import OPERATOR_STATUS_FIELDS
 
 TERMINAL = frozenset({RunPhase.SUCCEEDED, RunPhase.FAILED})
@@ -56,6 +56,10 @@ class SourceState:
     @property
     def ready(self) -> bool:
         return self.waiting is None and self.failed is None and self.source.uri is not None
+
+    def launchable(self, recorded: SourceStatus | None) -> bool:
+        """The checkpoint exists and status.source already records it: the trainer will find it there."""
+        return self.ready and self.source == recorded
 
 
 @dataclass(frozen=True)
@@ -378,6 +382,20 @@ def _dashboard_url(status: dict[str, Any]) -> str | None:
     return url
 
 
+MAX_ATTEMPT_RECORDS = 16
+
+
+def record_attempt(
+    attempts: list[AttemptRecord], attempt: int, job_id: str, cluster: str | None, now: datetime
+) -> list[AttemptRecord]:
+    """The attempt history with this attempt's Ray job in it (newest last, the oldest dropped past the bound)."""
+    if attempts and attempts[-1].ray_job_id == job_id:
+        return attempts
+    record = AttemptRecord(attempt=attempt, ray_job_id=job_id, ray_cluster=cluster, start_time=now)
+    kept = [a for a in attempts if a.attempt != attempt]  # a resubmission within one attempt replaces it
+    return [*kept, record][-MAX_ATTEMPT_RECORDS:]
+
+
 def _message(previous: TrainingRunStatus, verdict: Verdict) -> str | None:
     """The operator explains waits; during and at the end of an active attempt the trainer's words win."""
     if verdict.phase in ACTIVE:
@@ -407,6 +425,9 @@ def calculate_status(obs: Observed, previous: TrainingRunStatus) -> StatusUpdate
         status.ray_job = obs.rayjob["metadata"]["name"]
         status.ray_cluster = rj_status.get("rayClusterName") or None
         status.dashboard_url = _dashboard_url(rj_status)
+        job_id = rj_status.get("jobId")
+        if job_id and status.attempt:
+            status.attempts = record_attempt(status.attempts, status.attempt, job_id, status.ray_cluster, obs.now)
     if phase in ACTIVE and status.start_time is None:
         status.start_time = obs.now
     if phase in TERMINAL and status.completion_time is None:

@@ -12,7 +12,7 @@ from typing import Any
 import boto3
 import pytest
 from boto3.s3.transfer import TransferConfig
-from kubernetes import client
+from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from localcluster.controlplane import S3_BUCKET, ClusterError, LocalCluster, wait_until
@@ -222,12 +222,22 @@ def test_kueue_admits_one_8_gpu_rayjob_and_queues_the_next_until_quota_frees(
         workload = workload_for(job)
         return workload if workload and (condition(workload, "Admitted") or {}).get("status") == "True" else None
 
+    def ray_clusters_of(job: str) -> list[str]:
+        """RayCluster objects KubeRay created for the job. Not `status.rayClusterName`: KubeRay writes that name
+        for every new RayJob, suspended or not, and clears it only once the suspend cycle reaches Suspended."""
+        items = custom.list_namespaced_custom_object(*RAY, namespace, "rayclusters")["items"]
+        return [
+            rc["metadata"]["name"]
+            for rc in items
+            if any(o["kind"] == "RayJob" and o["name"] == job for o in rc["metadata"].get("ownerReferences", []))
+        ]
+
     def running(job: str) -> bool:
         """Admitted, unsuspended by Kueue (KubeRay omits `suspend: false`), and given its RayCluster by KubeRay."""
         if not admitted(job):
             return False
         current = custom.get_namespaced_custom_object(*RAY, namespace, "rayjobs", job)
-        return current["spec"].get("suspend") is not True and bool(current.get("status", {}).get("rayClusterName"))
+        return current["spec"].get("suspend") is not True and bool(ray_clusters_of(job))
 
     eventually(lambda: running("first"), timeout=90, what="the first RayJob to be admitted and get its RayCluster")
 
@@ -242,12 +252,50 @@ def test_kueue_admits_one_8_gpu_rayjob_and_queues_the_next_until_quota_frees(
 
     reason = eventually(pending_on_quota, timeout=60, what="the second Workload to be pending on quota")
     assert "nvidia.com/gpu" in reason["message"], reason["message"]
-    second = custom.get_namespaced_custom_object(*RAY, namespace, "rayjobs", "second")
-    assert second["spec"]["suspend"] is True
-    assert not second.get("status", {}).get("rayClusterName")
+
+    # KubeRay settles a RayJob created suspended in Suspended; until then it may read Initializing or
+    # Suspending with a reserved cluster name. What is deterministic: Kueue keeps it suspended and no
+    # RayCluster is ever created for it.
+    def suspended(job: str) -> dict[str, Any] | None:
+        current: dict[str, Any] = custom.get_namespaced_custom_object(*RAY, namespace, "rayjobs", job)
+        return current if current.get("status", {}).get("jobDeploymentStatus") == "Suspended" else None
+
+    settled = eventually(lambda: suspended("second"), timeout=60, what="KubeRay to settle the held RayJob")
+    assert settled["spec"]["suspend"] is True
+    assert not admitted("second")
+    assert ray_clusters_of("second") == []
 
     custom.delete_namespaced_custom_object(*RAY, namespace, "rayjobs", "first")
     eventually(lambda: running("second"), timeout=120, what="the second RayJob to be admitted once quota frees")
+
+
+def test_a_rayjob_created_suspended_reserves_a_cluster_name_but_never_creates_the_cluster(
+    cluster: LocalCluster, k8s: Any, namespace: str
+) -> None:
+    """Pins the KubeRay behaviour the operator's status reads around: a held RayJob passes through
+    Initializing and Suspending carrying a generated rayClusterName, with no RayCluster behind it."""
+    custom: Any = client.CustomObjectsApi(k8s)
+    body = rayjob("held", "no-queue")
+    body["metadata"]["labels"] = {}
+    body["spec"]["suspend"] = True
+    # Watch from before the create, so every status KubeRay writes is seen in order.
+    since = custom.list_namespaced_custom_object(*RAY, namespace, "rayjobs")["metadata"]["resourceVersion"]
+    custom.create_namespaced_custom_object(*RAY, namespace, "rayjobs", body)
+    watcher: Any = watch.Watch()  # type: ignore[no-untyped-call]
+    seen: list[tuple[str, str]] = []
+    stream = watcher.stream(
+        custom.list_namespaced_custom_object, *RAY, namespace, "rayjobs", resource_version=since, timeout_seconds=60
+    )
+    for event in stream:
+        status = event["object"].get("status") or {}
+        seen.append((status.get("jobDeploymentStatus") or "", status.get("rayClusterName") or ""))
+        if status.get("jobDeploymentStatus") == "Suspended":
+            watcher.stop()
+    states = [state for state, _ in seen]
+    assert states[-1] == "Suspended", seen
+    assert seen[-1][1] == "", "KubeRay clears the reserved name once Suspended"
+    assert any(name for state, name in seen if state in ("Initializing", "Suspending")), seen
+    assert custom.list_namespaced_custom_object(*RAY, namespace, "rayclusters")["items"] == []
 
 
 def test_deleting_an_owner_garbage_collects_what_it_owns(cluster: LocalCluster, k8s: Any, namespace: str) -> None:

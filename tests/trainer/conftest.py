@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
+from loka_api.dataset import build_dataset
 from loka_trainer.checkpoints import CheckpointStore
-from loka_trainer.dataset import build_dataset
 from loka_trainer.storage import ObjectStore, S3Uri
 from loka_trainer.tiny import build_tiny_model, write_tasks
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from loka_api import TrainingRun, TrainingRunSpec
+from loka_api.dataset import build_dataset
 from loka_trainer.checkpoints import CheckpointStore
-from loka_trainer.dataset import build_dataset
 from loka_trainer.engines import EngineJob
 from loka_trainer.runner import EXIT_OK, EXIT_TERMINATED, Runner, StopSignal
 from loka_trainer.storage import ObjectStore, S3Uri

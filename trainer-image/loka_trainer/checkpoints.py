@@ -7,7 +7,6 @@ manifest). A checkpoint is complete exactly when its manifest exists, and resume
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -17,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from loka_api.contract import (
     MANIFEST_NAME,
@@ -27,60 +25,17 @@ from loka_api.contract import (
     run_checkpoint_prefix,
     step_folder,
 )
+from loka_api.manifest import CheckpointManifest, ManifestFile, sha256_file
 from loka_trainer.storage import ObjectStore, S3Uri, TransferCancelledError
 
 log = logging.getLogger(__name__)
 
 # verl's resume_mode=auto reads this file under trainer.default_local_dir.
 VERL_TRACKER_NAME = "latest_checkpointed_iteration.txt"
-MANIFEST_VERSION = 1
-_HASH_BLOCK = 8 * 1024 * 1024
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete or does not match its manifest."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class ManifestFile:
-    path: str
-    size: int
-    sha256: str
-
-
-@dataclass(frozen=True)
-class CheckpointManifest:
-    step: int
-    files: tuple[ManifestFile, ...]
-    created: str
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(f.size for f in self.files)
-
-    def to_json(self) -> bytes:
-        body = {
-            "version": MANIFEST_VERSION,
-            "step": self.step,
-            "created": self.created,
-            "totalBytes": self.total_bytes,
-            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files],
-        }
-        return json.dumps(body, indent=1).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> CheckpointManifest:
-        body: dict[str, Any] = json.loads(raw)
-        files = tuple(ManifestFile(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in body["files"])
-        return cls(step=int(body["step"]), files=files, created=str(body["created"]))
 
 
 @dataclass(frozen=True)

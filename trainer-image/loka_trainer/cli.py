@@ -16,7 +16,7 @@ TOY_VALIDATION_FRACTION = 0.125
 
 
 def _dataset(args: argparse.Namespace) -> int:
-    from loka_trainer.dataset import DatasetError, build_dataset
+    from loka_api.dataset import DatasetError, build_dataset
 
     try:
         summary = build_dataset(
@@ -41,7 +41,7 @@ def _dataset(args: argparse.Namespace) -> int:
 
 
 def _toy_data(args: argparse.Namespace) -> int:
-    from loka_trainer.dataset import build_dataset
+    from loka_api.dataset import build_dataset
     from loka_trainer.tiny import write_sft_demonstrations, write_tasks
 
     # The same split on both sides: no task SFT trains on is held out for GRPO's validation.
@@ -87,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--kubeconfig", default=None, help="kubeconfig outside a pod (default: in-cluster, $KUBECONFIG)")
     run.set_defaults(handler=_run)
 
-    dataset = commands.add_parser("dataset", help="turn a tasks JSONL file into verl's RL parquet files")
-    dataset.add_argument("tasks", type=Path, help="JSONL, one task per line: id, prompt, ground_truth, metadata")
+    dataset = commands.add_parser("dataset", help="turn a task file into verl's RL parquet files")
+    dataset.add_argument("tasks", type=Path, help="JSON Lines, or JSON (a task or a list of them)")
     dataset.add_argument("-o", "--output", type=Path, required=True, help="folder for train/validation.parquet")
     dataset.add_argument("--validation-fraction", type=float, default=0.1, help="share of tasks held out (0.1)")
     dataset.add_argument("--seed", default="loka", help="split seed; the same seed gives the same split")

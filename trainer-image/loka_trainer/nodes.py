@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from loka_trainer.checkpoints import CheckpointStore, ManifestFile
+from loka_api.manifest import ManifestFile
+from loka_trainer.checkpoints import CheckpointStore
 from loka_trainer.storage import ObjectStore, S3Uri
 
 log = logging.getLogger(__name__)

@@ -44,6 +44,7 @@ def progress_patch(metrics: StepMetrics, total_steps: int | None) -> dict[str, A
                 "validationRewardMean": metrics.validation_reward_mean,
                 "validationLoss": metrics.validation_loss,
                 "validationStep": metrics.validation_step,
+                "secondsPerStep": metrics.seconds_per_step,
                 "updatedAt": _now(),
             }
         ),

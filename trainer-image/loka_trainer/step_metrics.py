@@ -44,6 +44,7 @@ class StepMetrics:
     validation_reward_mean: float | None = None
     validation_loss: float | None = None
     validation_step: int | None = None  # the step the validation figures belong to
+    seconds_per_step: float | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -72,6 +73,7 @@ _FIGURES = (
     "kl_loss",
     "response_length_mean",
     "tokens_per_second",
+    "seconds_per_step",
     "loss",
     "validation_reward_mean",
     "validation_loss",
@@ -127,6 +129,7 @@ def parse_line(line: str | bytes) -> StepMetrics | None:
         validation_reward_mean=validation_reward,
         validation_loss=validation_loss,
         validation_step=int(step) if validation_reward is not None or validation_loss is not None else None,
+        seconds_per_step=seconds,
         raw=data,
     )
 

@@ -106,7 +106,7 @@ def write_sft_demonstrations(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from loka_trainer.dataset import in_validation
+    from loka_api.dataset import in_validation
 
     rows: dict[str, list[dict[str, object]]] = {"train": [], "validation": []}
     for task in arithmetic_tasks(count, seed=seed):

@@ -12,7 +12,7 @@ from loka_api import TrainingRunStatus, contract
 REPO = Path(__file__).resolve().parents[3]
 SOURCES = [
     path
-    for folder in ("api/loka_api", "operator/loka_operator", "trainer-image/loka_trainer")
+    for folder in ("api/loka_api", "operator/loka_operator", "trainer-image/loka_trainer", "cli/loka_cli")
     for path in sorted((REPO / folder).rglob("*.py"))
 ]
 CONTRACT = REPO / "api" / "loka_api" / "contract.py"

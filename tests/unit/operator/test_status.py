@@ -347,6 +347,21 @@ def test_dashboard_url_gets_a_scheme() -> None:
     assert status.ray_job == "qwen"
 
 
+def test_each_attempt_records_its_ray_job_for_loka_logs_attempt() -> None:
+    history = walk(
+        (rayjob("Running", "RUNNING", jobId="qwen-a1", rayClusterName="qwen-x1"), ADMITTED, False),
+        (rayjob("Running", "RUNNING", jobId="qwen-a1", rayClusterName="qwen-x1"), ADMITTED, False),
+        (rayjob("Suspending"), PREEMPTED, False),
+        (rayjob("Running", "RUNNING", jobId="qwen-b2", rayClusterName="qwen-x2"), ADMITTED, False),
+    )
+    assert [(a.attempt, a.ray_job_id, a.ray_cluster) for a in history[-1].attempts] == [
+        (1, "qwen-a1", "qwen-x1"),
+        (2, "qwen-b2", "qwen-x2"),
+    ]
+    wire = history[-1].model_dump(mode="json", by_alias=True)["attempts"][0]
+    assert wire["rayJobID"] == "qwen-a1"
+
+
 def test_a_finished_run_keeps_the_reason_it_ended_with_once_its_rayjob_is_gone() -> None:
     # ttlSecondsAfterFinished deletes the RayJob; the run's Failed condition must still say why it failed.
     running = calculate_status(observe(rayjob("Running")), TrainingRunStatus()).status

@@ -38,6 +38,7 @@ def test_verl_step_record_maps_to_status_fields() -> None:
         tokens_per_second=5400.0,
         validation_reward_mean=0.4,
         validation_step=7,
+        seconds_per_step=10.0,
     )
 
 

@@ -44,7 +44,8 @@ def test_keep_below_one_is_rejected() -> None:
 
 
 def test_node_manifests_merge_into_one_listing_every_shard_once() -> None:
-    from loka_trainer.checkpoints import ManifestFile, merge_node_files
+    from loka_api.manifest import ManifestFile
+    from loka_trainer.checkpoints import merge_node_files
 
     head = (ManifestFile("data.pt", 10, "a" * 64), ManifestFile("actor/fsdp_config.json", 5, "b" * 64))
     worker = (ManifestFile("actor/model_world_size_2_rank_1.pt", 99, "c" * 64), head[1])
@@ -53,7 +54,8 @@ def test_node_manifests_merge_into_one_listing_every_shard_once() -> None:
 
 
 def test_the_same_file_with_different_bytes_on_two_nodes_is_a_torn_checkpoint() -> None:
-    from loka_trainer.checkpoints import CheckpointError, ManifestFile, merge_node_files
+    from loka_api.manifest import ManifestFile
+    from loka_trainer.checkpoints import CheckpointError, merge_node_files
 
     with pytest.raises(CheckpointError, match=r"data\.pt differs between nodes"):
         merge_node_files([(ManifestFile("data.pt", 10, "a" * 64),), (ManifestFile("data.pt", 10, "f" * 64),)])

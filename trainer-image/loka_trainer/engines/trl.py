@@ -159,7 +159,7 @@ class TrlEngine:
             prompt = row[prompt_key]
             return {
                 "prompt": list(prompt) if has_template and not isinstance(prompt, str) else as_text(prompt),
-                "ground_truth": str((row.get("reward_model") or {}).get("ground_truth", "")),
+                "ground_truth": str((row.get("reward_model") or {}).get("ground_truth") or ""),
                 "data_source": str(row.get("data_source") or ""),
             }
 

@@ -1,7 +1,19 @@
-"""Task files (JSONL: id, prompt, ground_truth, metadata) to verl's RL parquet schema, split train/validation.
+"""Task files to verl's RL parquet, split into train and validation: the one dataset builder.
+
+Both sides use it: `loka dataset` on a researcher's machine, `loka-trainer dataset` in the image, and the demo.
+It lives in the core because the row format is what the trainer's engines read; pyarrow is imported only when a
+dataset is written, so the operator (which never builds one) does not carry it.
+
+A task file is JSON Lines (one task per line), or JSON holding one task or a list of tasks. A task has:
+
+- ``id`` (string or integer, unique) and ``prompt`` (a string, or a list of ``{role, content}`` messages);
+- optional ``ground_truth`` (string or number) and ``metadata`` (an object);
+- optional tool-use fields (``mcp_config``, ``setup_tool``, ``evaluate_tool``), kept in ``extra_info`` as JSON.
 
 Each output row: ``data_source``, ``prompt`` (chat list), ``ability``, ``reward_model {style, ground_truth}``,
-``extra_info {index, split, id, metadata}`` (verl/utils/dataset/rl_dataset.py, examples/data_preprocess/gsm8k.py).
+``extra_info {index, split, id, metadata, mcp_config, setup_tool, evaluate_tool}``
+(verl/utils/dataset/rl_dataset.py, examples/data_preprocess/gsm8k.py). Object-valued fields are JSON strings so
+that one parquet schema holds every task, however each one's metadata or tool configuration is shaped.
 """
 
 from __future__ import annotations
@@ -9,13 +21,14 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TASK_KEYS = frozenset({"id", "prompt", "ground_truth", "metadata"})
-REQUIRED_KEYS = ("id", "prompt", "ground_truth")
-CHAT_ROLES = frozenset({"system", "user", "assistant"})
+REQUIRED_KEYS = ("id", "prompt")
+TOOL_KEYS = ("mcp_config", "setup_tool", "evaluate_tool")
+TASK_KEYS = frozenset({*REQUIRED_KEYS, "ground_truth", "metadata", *TOOL_KEYS})
+CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
 TRAIN_FILE = "train.parquet"
 VALIDATION_FILE = "validation.parquet"
 
@@ -33,8 +46,9 @@ class Task:
     line: int
     id: str
     prompt: list[dict[str, str]]
-    ground_truth: str
-    metadata: dict[str, Any]
+    ground_truth: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    tools: dict[str, Any] = field(default_factory=dict)  # the TOOL_KEYS the task has, as given
 
 
 @dataclass(frozen=True)
@@ -66,11 +80,8 @@ def _prompt_messages(value: Any) -> list[dict[str, str]] | str:
     return messages
 
 
-def _parse_task(raw: str, line: int) -> Task | list[str]:
-    try:
-        row = json.loads(raw)
-    except json.JSONDecodeError as error:
-        return [f"not valid JSON ({error.msg} at column {error.colno})"]
+def parse_task(row: Any, line: int) -> Task | list[str]:
+    """One decoded task, or what is wrong with it (every problem, not just the first)."""
     if not isinstance(row, dict):
         return [f"expected a JSON object, got {type(row).__name__}"]
     problems = [f"{key}: missing (required: {', '.join(REQUIRED_KEYS)})" for key in REQUIRED_KEYS if key not in row]
@@ -89,25 +100,91 @@ def _parse_task(raw: str, line: int) -> Task | list[str]:
     metadata = row.get("metadata", {})
     if not isinstance(metadata, dict):
         problems.append(f"metadata: expected an object, got {type(metadata).__name__}")
+    tools = {key: row[key] for key in TOOL_KEYS if key in row}
+    problems += [f"{key}: must not be null" for key, value in tools.items() if value is None]
     if problems or isinstance(prompt, str):
         return problems
-    return Task(line=line, id=str(task_id), prompt=prompt, ground_truth=str(truth), metadata=metadata)
+    return Task(
+        line=line,
+        id=str(task_id),
+        prompt=prompt,
+        ground_truth=None if truth is None else str(truth),
+        metadata=metadata,
+        tools=tools,
+    )
+
+
+def _line_of(text: str, offset: int) -> int:
+    return text.count("\n", 0, offset) + 1
+
+
+Rows = list[tuple[int, Any]]  # (line a task starts on, its decoded value or json.JSONDecodeError)
+
+
+def _json_list(text: str, path: Path) -> tuple[Rows, str | None]:
+    """The elements of a JSON list with the line each starts on, or where the list stops being JSON."""
+    decoder = json.JSONDecoder()
+    items: Rows = []
+    index = text.index("[") + 1
+    while True:
+        while index < len(text) and text[index] in " \t\r\n":
+            index += 1
+        if index < len(text) and text[index] == "]" and not items:
+            return items, None
+        try:
+            value, end = decoder.raw_decode(text, index)
+        except json.JSONDecodeError as error:
+            return items, f"{path}:{error.lineno}: not valid JSON ({error.msg} at column {error.colno})"
+        items.append((_line_of(text, index), value))
+        index = end
+        while index < len(text) and text[index] in " \t\r\n":
+            index += 1
+        if index < len(text) and text[index] == ",":
+            index += 1
+            continue
+        if index < len(text) and text[index] == "]":
+            if text[index + 1 :].strip():
+                return items, f"{path}:{_line_of(text, index + 1)}: unexpected text after the list of tasks"
+            return items, None
+        return items, f"{path}:{_line_of(text, index)}: not valid JSON (expected ',' or ']' after a task)"
+
+
+def _decoded_rows(path: Path) -> tuple[Rows, str | None]:
+    """Each task with its line, and a problem that stops reading the file (bad encoding, a broken JSON list)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="strict")
+    except UnicodeDecodeError as error:
+        return [], f"{path}: not UTF-8 ({error.reason} at byte {error.start})"
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        return _json_list(text, path)
+    if stripped.startswith("{"):
+        try:
+            return [(_line_of(text, len(text) - len(stripped)), json.loads(text))], None
+        except json.JSONDecodeError:
+            pass  # not one object: JSON Lines
+    rows: Rows = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            rows.append((number, json.loads(raw)))
+        except json.JSONDecodeError as error:
+            rows.append((number, error))
+    return rows, None
 
 
 def read_tasks(path: Path) -> list[Task]:
-    """Every task in ``path``; raises DatasetError naming each malformed line (all of them, not just the first)."""
+    """Every task in ``path``; raises DatasetError naming each malformed row (all of them, not just the first)."""
+    decoded, fatal = _decoded_rows(path)
     tasks: list[Task] = []
     problems: list[str] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8", errors="strict") as handle:
-        try:
-            lines = list(enumerate(handle, start=1))
-        except UnicodeDecodeError as error:
-            raise DatasetError([f"{path}: not UTF-8 ({error.reason} at byte {error.start})"]) from error
-    for number, raw in lines:
-        if not raw.strip():
+    for number, value in decoded:
+        if isinstance(value, json.JSONDecodeError):
+            problems.append(f"{path}:{number}: not valid JSON ({value.msg} at column {value.colno})")
             continue
-        parsed = _parse_task(raw, number)
+        parsed = parse_task(value, number)
         if isinstance(parsed, list):
             problems += [f"{path}:{number}: {problem}" for problem in parsed]
             continue
@@ -116,10 +193,12 @@ def read_tasks(path: Path) -> list[Task]:
             continue
         seen[parsed.id] = number
         tasks.append(parsed)
+    if fatal is not None:
+        problems.append(fatal)
     if problems:
         raise DatasetError(problems)
     if not tasks:
-        raise DatasetError([f"{path}: no tasks (expected one JSON object per line with {', '.join(REQUIRED_KEYS)})"])
+        raise DatasetError([f"{path}: no tasks (expected JSON Lines, or a JSON object or list, with id and prompt)"])
     return tasks
 
 
@@ -132,30 +211,26 @@ def in_validation(task_id: str, fraction: float, seed: str) -> bool:
 def parquet_schema() -> Any:
     import pyarrow as pa
 
+    extra = [("index", pa.int64()), ("split", pa.string()), ("id", pa.string()), ("metadata", pa.string())]
     return pa.schema(
         [
             ("data_source", pa.string()),
             ("prompt", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
             ("ability", pa.string()),
             ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.string())])),
-            (
-                "extra_info",
-                pa.struct(
-                    [("index", pa.int64()), ("split", pa.string()), ("id", pa.string()), ("metadata", pa.string())]
-                ),
-            ),
+            ("extra_info", pa.struct(extra + [(key, pa.string()) for key in TOOL_KEYS])),
         ]
     )
 
 
 def verl_row(task: Task, *, index: int, split: str, data_source: str, ability: str) -> dict[str, Any]:
+    tools = {key: json.dumps(task.tools[key]) if key in task.tools else None for key in TOOL_KEYS}
     return {
         "data_source": data_source,
         "prompt": task.prompt,
         "ability": ability,
         "reward_model": {"style": "rule", "ground_truth": task.ground_truth},
-        # JSON keeps one parquet schema however each task's metadata is shaped.
-        "extra_info": {"index": index, "split": split, "id": task.id, "metadata": json.dumps(task.metadata)},
+        "extra_info": {"index": index, "split": split, "id": task.id, "metadata": json.dumps(task.metadata), **tools},
     }
 
 
@@ -169,13 +244,13 @@ def build_dataset(
     ability: str = "math",
 ) -> SplitSummary:
     """Write ``train.parquet`` and ``validation.parquet``; both appear together or neither does."""
+    if not 0.0 <= validation_fraction < 1.0:
+        msg = f"--validation-fraction: {validation_fraction} is not in [0, 1) (0.1 holds out about 10 %)"
+        raise ValueError(msg)
+    tasks = read_tasks(tasks_path)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if not 0.0 <= validation_fraction < 1.0:
-        msg = f"validation fraction must be in [0, 1), got {validation_fraction}"
-        raise ValueError(msg)
-    tasks = read_tasks(tasks_path)
     splits: dict[str, list[Task]] = {"train": [], "validation": []}
     for task in tasks:
         splits["validation" if in_validation(task.id, validation_fraction, seed) else "train"].append(task)

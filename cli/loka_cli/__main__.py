@@ -1,0 +1,3 @@
+from loka_cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,207 @@
+"""`loka init NAME`: a commented TrainingRun that validates, filled from flags, `.env` and the kube context."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import yaml
+
+from loka_api.contract import ENV_AWS_ENDPOINT, ENV_AWS_KEY_ID, ENV_HF_TOKEN, ENV_WANDB_KEY, MAX_RUN_NAME_LENGTH
+from loka_api.dataset import TRAIN_FILE, VALIDATION_FILE
+from loka_cli.envfile import first
+from loka_cli.errors import EXIT_OK, usage
+
+DEFAULT_IMAGE = "ghcr.io/loka-dev/loka:rl-train"
+DEFAULT_MODEL = "hf://Qwen/Qwen2.5-0.5B-Instruct"
+DEFAULT_REWARD = "loka_trainer.rewards.gsm8k:compute_score"
+# The Secrets `loka secrets sync` writes, and the keys in them.
+RUN_SECRET = "loka-secrets"
+S3_SECRET = "loka-s3"
+WANDB_KEY, HF_KEY, SLACK_KEY = "wandb-api-key", "hf-token", "slack-webhook"
+ENV_SLACK_WEBHOOK = "SLACK_WEBHOOK_URL"
+
+
+@dataclass(frozen=True)
+class InitOptions:
+    name: str
+    namespace: str
+    model: str | None = None
+    data: str | None = None
+    gpus: int = 8
+    workers: int | None = None
+    queue: str | None = None
+    cluster_queue: str | None = None
+    image: str | None = None
+    steps: int | None = None
+    checkpoints: str | None = None
+    reward: str | None = None
+
+
+def _q(value: object) -> str:
+    """A YAML scalar (JSON strings are YAML)."""
+    return json.dumps(value)
+
+
+def _data_files(data: str) -> tuple[str, str | None]:
+    """`s3://b/p/` (a `loka dataset --upload` prefix) → its train and validation files; a .parquet → itself."""
+    if data.endswith(".parquet"):
+        return data, None
+    prefix = data.rstrip("/")
+    return f"{prefix}/{TRAIN_FILE}", f"{prefix}/{VALIDATION_FILE}"
+
+
+def _bucket(uri: str) -> str | None:
+    return uri.removeprefix("s3://").split("/", 1)[0] if uri.startswith("s3://") else None
+
+
+def render(options: InitOptions, env: Mapping[str, str]) -> str:
+    """The run as commented YAML."""
+    name = options.name
+    cpu = options.gpus == 0
+    data = options.data or first(env, "LOKA_DATA") or f"s3://loka/datasets/{name}/"
+    train, validation = _data_files(data)
+    bucket = _bucket(train) or "loka"
+    checkpoints = options.checkpoints or first(env, "LOKA_CHECKPOINTS") or f"s3://{bucket}/checkpoints/"
+    queue = options.queue or first(env, "LOKA_QUEUE")
+    cluster_queue = options.cluster_queue or first(env, "LOKA_CLUSTER_QUEUE")
+    endpoint = first(env, "LOKA_S3_ENDPOINT", ENV_AWS_ENDPOINT)
+    steps = options.steps
+    workers = options.workers if options.workers is not None else 1
+    lines = [
+        f"# {name}: a Loka TrainingRun. Submit it with `loka submit -f {name}.yaml --wait`.",
+        "# Every field: `kubectl explain trainingrun.spec --recursive`.",
+        "apiVersion: loka.dev/v1alpha1",
+        "kind: TrainingRun",
+        "metadata:",
+        f"  name: {name}",
+        f"  namespace: {options.namespace}",
+        "spec:",
+        "  algorithm: grpo",
+        "  engine: trl             # trl: one process on CPU (try things out); verl: Ray on GPUs"
+        if cpu
+        else "  engine: verl            # verl on Ray and GPUs; trl runs on CPU for trying things out",
+        f"  image: {_q(options.image or first(env, 'LOKA_IMAGE') or DEFAULT_IMAGE)}",
+        f"  model: {{uri: {_q(options.model or first(env, 'LOKA_MODEL') or DEFAULT_MODEL)}}}"
+        "   # hf://org/model or s3://bucket/prefix",
+        "  data:                   # `loka dataset tasks.jsonl -o data --upload s3://…/` writes these two files",
+        f"    train: {_q(train)}",
+    ]
+    if validation:
+        lines.append(f"    validation: {_q(validation)}")
+    lines += [
+        "    promptKey: prompt",
+        f"    maxPromptLength: {64 if cpu else 512}",
+        f"    maxResponseLength: {16 if cpu else 1024}",
+        f"  reward: {{function: {_q(options.reward or first(env, 'LOKA_REWARD') or DEFAULT_REWARD)}}}"
+        "   # module:function in the image",
+        "  training:",
+    ]
+    if steps is not None:
+        lines.append(f"    maxSteps: {steps}")
+    lines += (
+        [
+            "    batchSize: 4",
+            "    samplesPerPrompt: 4       # responses per prompt: GRPO compares them",
+            "    learningRate: 1.0e-4",
+        ]
+        if cpu
+        else [
+            "    epochs: 1",
+            "    batchSize: 256            # prompts per step; x samplesPerPrompt must divide by workers x GPUs",
+            "    samplesPerPrompt: 8       # responses per prompt: GRPO compares them",
+            "    learningRate: 1.0e-6",
+            "    klLossCoef: 0.001",
+        ]
+    )
+    lines += [
+        '  # verlOverrides: ["actor_rollout_ref.rollout.gpu_memory_utilization=0.6"]   # any verl key, validated',
+        "  resources:",
+        f"    workers: {workers}",
+        f"    gpusPerWorker: {options.gpus}",
+        '    head: {cpu: "2", memory: 4Gi}' if cpu else '    head: {cpu: "8", memory: 32Gi}',
+        '    worker: {cpu: "2", memory: 4Gi}' if cpu else '    worker: {cpu: "32", memory: 256Gi}',
+    ]
+    if queue:
+        extra = f", clusterQueue: {cluster_queue}" if cluster_queue else ""
+        lines.append(f"  queue: {{name: {queue}{extra}}}   # Kueue LocalQueue; the run waits there for quota")
+    else:
+        lines.append("  # queue: {name: team-a}        # a Kueue LocalQueue; without one the run starts at once")
+    lines += [
+        f"  checkpoints: {{uri: {_q(checkpoints)}, every: {2 if cpu else 50}, keep: {2 if cpu else 3}, resume: auto}}",
+    ]
+    has_s3_keys = bool(first(env, ENV_AWS_KEY_ID))
+    if endpoint or has_s3_keys:
+        parts = []
+        if endpoint:
+            parts.append(f"endpoint: {_q(endpoint)}")
+        if has_s3_keys:
+            parts.append(f"credentialsSecret: {S3_SECRET}")
+        lines.append(f"  storage: {{{', '.join(parts)}}}   # as the cluster reaches S3; keys: `loka secrets sync`")
+    else:
+        lines.append(f"  # storage: {{endpoint: http://minio.minio:9000, credentialsSecret: {S3_SECRET}}}")
+    project = first(env, "LOKA_WANDB_PROJECT", "WANDB_PROJECT")
+    if first(env, ENV_WANDB_KEY) or project:
+        key = f", apiKey: {{secret: {RUN_SECRET}, key: {WANDB_KEY}}}" if first(env, ENV_WANDB_KEY) else ""
+        lines.append(f"  tracking: {{wandb: {{project: {_q(project or name)}{key}}}}}")
+    else:
+        lines.append(
+            f"  # tracking: {{wandb: {{project: my-project, apiKey: {{secret: {RUN_SECRET}, key: {WANDB_KEY}}}}}}}"
+        )
+    if first(env, ENV_HF_TOKEN, "HUGGING_FACE_HUB_TOKEN"):
+        lines.append(f"  huggingface: {{token: {{secret: {RUN_SECRET}, key: {HF_KEY}}}}}")
+    if first(env, ENV_SLACK_WEBHOOK):
+        lines += [
+            "  notifications:           # posted once per transition; the webhook URL stays in the Secret",
+            f"    slack: {{webhook: {{secret: {RUN_SECRET}, key: {SLACK_KEY}}},"
+            " events: [Started, Succeeded, Failed, Suspended]}",
+        ]
+    else:
+        lines.append(f"  # notifications: {{slack: {{webhook: {{secret: {RUN_SECRET}, key: {SLACK_KEY}}}}}}}")
+    lines += [
+        "  maxRestarts: 3             # whole-run retries; each resumes from the last checkpoint",
+        "  ttlSecondsAfterFinished: 86400",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def validate(text: str) -> None:
+    """The written YAML must be a run the API models accept (the API server adds its CEL checks)."""
+    from pydantic import ValidationError
+
+    from loka_api import TrainingRun
+
+    try:
+        TrainingRun.model_validate(yaml.safe_load(text))
+    except ValidationError as error:
+        first_error = error.errors()[0]
+        field = ".".join(str(p) for p in first_error["loc"])
+        raise usage(f"{field}: {first_error['msg']} (got {first_error.get('input')!r})") from error
+
+
+def write_init(
+    options: InitOptions, env: Mapping[str, str], *, output: Path | None, force: bool, out: TextIO | None = None
+) -> int:
+    out = out or sys.stdout
+    import re
+
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", options.name) or len(options.name) > MAX_RUN_NAME_LENGTH:
+        raise usage(
+            f"NAME: {options.name!r} is not a valid run name",
+            f"use lowercase letters, digits and '-', at most {MAX_RUN_NAME_LENGTH} characters",
+        )
+    if options.gpus < 0:
+        raise usage(f"--gpus: {options.gpus} is negative", "0 (CPU, engine trl) or the GPUs per worker")
+    target = output or Path(f"{options.name}.yaml")
+    if target.exists() and not force:
+        raise usage(f"{target} already exists", "pass --force to overwrite it")
+    text = render(options, env)
+    validate(text)
+    target.write_text(text)
+    print(f"wrote {target} (namespace {options.namespace})", file=out)
+    print(f"next: loka secrets sync && loka submit -f {target} --wait", file=out)
+    return EXIT_OK

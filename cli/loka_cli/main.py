@@ -1,0 +1,355 @@
+# PYTHON_ARGCOMPLETE_OK
+"""loka: train with Loka from your terminal. Every command talks to the cluster of your kubeconfig, like kubectl.
+
+A day with Loka:
+  loka init qwen-math --model hf://Qwen/Qwen2.5-1.5B-Instruct --data s3://data/math/ --gpus 8 --queue team-a
+  loka secrets sync                      # W&B key, HF token, S3 keys from .env into the run's Secrets
+  loka dataset tasks.jsonl -o data --upload s3://data/math/
+  loka submit -f qwen-math.yaml --wait
+  loka status qwen-math -w               # loka logs qwen-math -f, loka dashboard qwen-math
+  loka checkpoints qwen-math --download 300 ./weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from loka_cli.errors import EXIT_CODES, EXIT_INTERRUPTED, CliError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _cluster(args: argparse.Namespace) -> Any:
+    from loka_cli.cluster import Cluster
+
+    return Cluster(kubeconfig=args.kubeconfig, context=args.context, namespace_flag=args.namespace)
+
+
+def _env(args: argparse.Namespace) -> dict[str, str]:
+    from loka_cli.envfile import load_env
+
+    return load_env(getattr(args, "env_file", None))
+
+
+# ----------------------------------------------------------------------------------------- commands
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from loka_cli.init import InitOptions, write_init
+
+    env = _env(args)
+    namespace = args.namespace or _context_namespace(args) or "default"
+    options = InitOptions(
+        name=args.name, namespace=namespace, model=args.model, data=args.data, gpus=args.gpus, workers=args.workers,
+        queue=args.queue, cluster_queue=args.cluster_queue, image=args.image, steps=args.steps,
+        checkpoints=args.checkpoints, reward=args.reward,
+    )  # fmt: skip
+    return write_init(options, env, output=args.output, force=args.force)
+
+
+def _context_namespace(args: argparse.Namespace) -> str | None:
+    """The kube context's namespace, read from the kubeconfig only (init works without a cluster)."""
+    try:
+        from kubernetes import config
+
+        contexts, active = config.list_kube_config_contexts(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
+    except Exception:
+        return None
+    chosen = next((c for c in contexts if c["name"] == args.context), None) if args.context else active
+    namespace: str | None = ((chosen or {}).get("context") or {}).get("namespace")
+    return namespace
+
+
+def cmd_secrets_sync(args: argparse.Namespace) -> int:
+    from loka_cli.secret_sync import sync
+
+    return sync(_cluster(args), _env(args), run_secret=args.secret, s3_secret=args.s3_secret)
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    from loka_cli.datasets import dataset
+
+    return dataset(
+        args.tasks, args.output, validation_fraction=args.validation_fraction, seed=args.seed,
+        data_source=args.data_source, ability=args.ability, upload=args.upload,
+        env=_env(args) if args.upload else {},
+    )  # fmt: skip
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from loka_cli.runs import submit
+
+    return submit(_cluster(args), args.file, wait=args.wait, timeout=args.timeout,
+                  force_conflicts=args.force_conflicts, dry_run=args.dry_run)  # fmt: skip
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from loka_cli.runs import status
+
+    return status(_cluster(args), args.name, watch=args.watch, all_namespaces=args.all_namespaces,
+                  output=args.output, timeout=args.timeout)  # fmt: skip
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from loka_cli.ray import logs
+
+    return logs(_cluster(args), args.name, follow=args.follow, attempt=args.attempt)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from loka_cli.ray import dashboard
+
+    return dashboard(_cluster(args), args.name, port=args.port, address=args.address)
+
+
+def cmd_checkpoints(args: argparse.Namespace) -> int:
+    from loka_cli import checkpoints
+
+    if args.download:
+        step, folder = args.download
+        try:
+            number = int(step)
+        except ValueError as error:
+            raise CliError(f"--download: step {step!r} is not a number", code=2) from error
+        return checkpoints.download(_cluster(args), args.name, number, Path(folder), _env(args), endpoint=args.endpoint)
+    return checkpoints.show(_cluster(args), args.name, _env(args), endpoint=args.endpoint, output=args.output)
+
+
+def cmd_suspend(args: argparse.Namespace) -> int:
+    from loka_cli.runs import set_suspend
+
+    return set_suspend(_cluster(args), args.name, True)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from loka_cli.runs import set_suspend
+
+    return set_suspend(_cluster(args), args.name, False)
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from loka_cli.runs import delete
+
+    return delete(_cluster(args), args.name, wait=args.wait, timeout=args.timeout)
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from argcomplete.shell_integration import shellcode
+
+    print(shellcode(["loka", "kubectl-loka"], shell=args.shell))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- parser
+
+
+def _run_names(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+    """Shell completion of run names in the namespace the command line names."""
+    try:
+        runs = _cluster(parsed_args).list_runs()
+    except Exception:
+        return []
+    return [r["metadata"]["name"] for r in runs if r["metadata"]["name"].startswith(prefix)]
+
+
+def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  (one place lists every command)
+    cluster_flags = argparse.ArgumentParser(add_help=False)
+    group = cluster_flags.add_argument_group("cluster (as kubectl)")
+    group.add_argument(
+        "-n", "--namespace", default=argparse.SUPPRESS, help="namespace (default: the context's, else default)"
+    )
+    group.add_argument("--context", default=argparse.SUPPRESS, help="kubeconfig context (default: the current one)")
+    group.add_argument(
+        "--kubeconfig", default=argparse.SUPPRESS, help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)"
+    )
+    output_flag = argparse.ArgumentParser(add_help=False)
+    output_flag.add_argument("-o", "--output", choices=("json", "yaml"), help="print the objects as JSON or YAML")
+    env_flag = argparse.ArgumentParser(add_help=False)
+    env_flag.add_argument("--env-file", "--from", dest="env_file", type=Path, default=None,
+                          help="settings file (default: ./.env when it exists; the environment fills in)")  # fmt: skip
+
+    parser = argparse.ArgumentParser(
+        prog="loka", description=__doc__, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[cluster_flags],
+    )  # fmt: skip
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, handler: Handler, help_: str, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_, description=help_, parents=[cluster_flags, *parents])
+        sub.set_defaults(handler=handler)
+        return sub
+
+    def run_name(sub: argparse.ArgumentParser, *, optional: bool = False) -> None:
+        action = sub.add_argument("name", metavar="NAME", nargs="?" if optional else None, help="the TrainingRun")
+        action.completer = _run_names  # type: ignore[attr-defined]
+
+    init = command(
+        "init", cmd_init, "write a commented NAME.yaml for a new run (from flags, .env and the kube context)", env_flag
+    )
+    init.add_argument("name", metavar="NAME", help="the run's name (lowercase letters, digits, '-')")
+    init.add_argument("--model", help="hf://org/model or s3://bucket/prefix (default: $LOKA_MODEL, else Qwen2.5-0.5B)")
+    init.add_argument(
+        "--data", help="s3:// prefix holding train/validation.parquet, or a .parquet (default: $LOKA_DATA)"
+    )
+    init.add_argument(
+        "--gpus", type=int, default=8, help="GPUs per worker (default 8); 0 writes a CPU run (engine trl)"
+    )
+    init.add_argument("--workers", type=int, help="Ray worker pods (default 1)")
+    init.add_argument("--queue", help="Kueue LocalQueue (default: $LOKA_QUEUE)")
+    init.add_argument("--cluster-queue", help="the ClusterQueue, when Loka should create the LocalQueue")
+    init.add_argument("--image", help="trainer image (default: $LOKA_IMAGE, else ghcr.io/loka-dev/loka:rl-train)")
+    init.add_argument("--steps", type=int, help="stop after this many steps (training.maxSteps)")
+    init.add_argument(
+        "--checkpoints",
+        help="s3:// prefix for checkpoints (default: $LOKA_CHECKPOINTS, else s3://<data bucket>/checkpoints/)",
+    )
+    init.add_argument("--reward", help="reward function module:function (default: the GSM8K reward)")
+    init.add_argument("--output", "-f", dest="output", type=Path, help="file to write (default: NAME.yaml)")
+    init.add_argument("--force", action="store_true", help="overwrite the file if it exists")
+
+    secrets = commands.add_parser(
+        "secrets", help="manage the Secrets a run refers to", description="manage the Secrets a run refers to"
+    )
+    secrets_commands = secrets.add_subparsers(dest="secrets_command", metavar="COMMAND", required=True)
+    sync = secrets_commands.add_parser(
+        "sync", parents=[cluster_flags, env_flag],
+        help="create or update loka-secrets (W&B, HF, Slack) and loka-s3 (S3 keys) from .env; prints key names only",
+        description="create or update loka-secrets (wandb-api-key, hf-token, slack-webhook) and loka-s3 "
+        "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) from .env or the environment; prints key names only",
+    )  # fmt: skip
+    sync.add_argument("--secret", default="loka-secrets", help="the run's Secret (default loka-secrets)")
+    sync.add_argument("--s3-secret", default="loka-s3", help="the S3 credentials Secret (default loka-s3)")
+    sync.set_defaults(handler=cmd_secrets_sync)
+
+    data = command(
+        "dataset", cmd_dataset, "turn a task file into verl's train/validation parquet (and upload it)", env_flag
+    )
+    data.add_argument("tasks", type=Path, metavar="TASKS", help="JSON Lines, or JSON holding a task or a list of tasks")
+    data.add_argument(
+        "-o", "--output", type=Path, required=True, help="folder for train.parquet and validation.parquet"
+    )
+    data.add_argument("--validation-fraction", type=float, default=0.1, help="share held out for validation (0.1)")
+    data.add_argument("--upload", metavar="S3_PREFIX", help="upload both files there (all or nothing)")
+    data.add_argument("--seed", default="loka", help="split seed: the same seed keeps each task on its side")
+    data.add_argument("--data-source", default="loka", help="the data_source column (routes verl's reward)")
+    data.add_argument("--ability", default="math", help="the ability column")
+
+    submit = command("submit", cmd_submit, "apply a run (server-side); with --wait, follow it to the end")
+    submit.add_argument("-f", "--file", required=True, help="the run's YAML (- for stdin)")
+    submit.add_argument(
+        "--wait", action="store_true", help="follow the run until it succeeds (exit 0) or fails (exit 1)"
+    )
+    submit.add_argument("--timeout", type=float, default=24 * 3600, help="seconds --wait waits (default a day)")
+    submit.add_argument("--force-conflicts", action="store_true", help="take over fields another manager owns")
+    submit.add_argument("--dry-run", action="store_true", help="let the API server validate it, and change nothing")
+
+    status = command(
+        "status", cmd_status, "list runs, or show one run live (phase, progress, reward, queue, ETA)", output_flag
+    )
+    run_name(status, optional=True)
+    status.add_argument("-w", "--watch", action="store_true", help="keep the view of NAME live until the run ends")
+    status.add_argument("-A", "--all-namespaces", action="store_true", help="runs of every namespace")
+    status.add_argument("--timeout", type=float, default=24 * 3600, help="seconds -w watches (default a day)")
+
+    logs = command("logs", cmd_logs, "print the trainer's output (the Ray job's logs) of the current attempt")
+    run_name(logs)
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the run ends")
+    logs.add_argument("--attempt", type=int, help="an earlier attempt, while its Ray cluster still holds its logs")
+
+    dash = command("dashboard", cmd_dashboard, "port-forward the run's Ray dashboard to localhost:8265")
+    run_name(dash)
+    dash.add_argument("--port", type=int, default=8265, help="local port (default 8265)")
+    dash.add_argument("--address", default="127.0.0.1", help="local address to listen on (default 127.0.0.1)")
+
+    ckpt = command(
+        "checkpoints",
+        cmd_checkpoints,
+        "list a run's complete checkpoints, or download one verified",
+        output_flag,
+        env_flag,
+    )
+    run_name(ckpt)
+    ckpt.add_argument(
+        "--download",
+        nargs=2,
+        metavar=("STEP", "DIR"),
+        help="download step STEP into a folder of DIR named after the step",
+    )
+    ckpt.add_argument("--endpoint", help="S3 endpoint (default: AWS_ENDPOINT_URL, else the run's storage.endpoint)")
+
+    for name, handler, help_ in (
+        ("suspend", cmd_suspend, "suspend a run: its Ray cluster is released, its checkpoints stay"),
+        ("resume", cmd_resume, "resume a suspended run from its last checkpoint"),
+    ):
+        run_name(command(name, handler, help_))
+    delete = command("delete", cmd_delete, "delete a run and its Ray cluster (checkpoints stay in S3)")
+    run_name(delete)
+    delete.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True, help="wait until it is gone")
+    delete.add_argument("--timeout", type=float, default=120, help="seconds to wait (default 120)")
+
+    completion = command("completion", cmd_completion, "print the shell completion script (bash, zsh, fish)")
+    completion.add_argument("shell", choices=("bash", "zsh", "fish"))
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("loka")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    if "_ARGCOMPLETE" in __import__("os").environ:
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
+    args = parser.parse_args(argv)
+    for flag in ("namespace", "context", "kubeconfig"):
+        if not hasattr(args, flag):
+            setattr(args, flag, None)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except CliError as error:
+        print(f"loka: {error.message}", file=sys.stderr)
+        if error.hint:
+            print(f"  → {error.hint}", file=sys.stderr)
+        return error.code
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def kubectl_complete(argv: Sequence[str] | None = None) -> int:
+    """`kubectl_complete-loka`: completions for `kubectl loka …` in cobra's protocol (candidates, then `:4`)."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words and words[0] == "__complete":
+        words = words[1:]
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    prefix = words[-1] if words else ""
+    if len(words) <= 1:
+        candidates = [name for name in commands.choices if name.startswith(prefix)]
+    elif words[0] in {"status", "logs", "dashboard", "checkpoints", "suspend", "resume", "delete"}:
+        namespace = None
+        for flag in ("-n", "--namespace"):
+            if flag in words[:-1]:
+                namespace = words[words.index(flag) + 1]
+        candidates = _run_names(prefix, argparse.Namespace(namespace=namespace, context=None, kubeconfig=None))
+    else:
+        candidates = []
+    print("\n".join([*candidates, ":4"]))  # 4: ShellCompDirectiveNoFileComp
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

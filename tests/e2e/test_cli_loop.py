@@ -1,0 +1,69 @@
+"""`loka logs` and `loka dashboard` through a real Ray: the run's head pod is played by the local Ray head (KWOK
+serves its port-forward and log, told by the pod shim), and the CLI reaches it through the API server exactly
+as in a cluster: pods/portforward for Ray's job API, `kubectl port-forward` for the dashboard."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from localcluster.controlplane import LocalCluster
+from tests.e2e.test_training_runs import RunWatch, run_manifest
+
+LOKA = str(Path(sys.executable).with_name("loka"))
+
+
+def loka(cluster: LocalCluster, namespace: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([LOKA, *args, "-n", namespace, "--kubeconfig", str(cluster.kubeconfig)],
+                          capture_output=True, text=True, timeout=timeout, check=False)  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.mark.timeout(900)
+def test_logs_and_dashboard_of_a_running_run(cluster: LocalCluster, e2e_namespace: str, tmp_path: Path) -> None:
+    manifest = run_manifest(e2e_namespace, "watched", training={"maxSteps": 6})
+    path = tmp_path / "watched.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    assert loka(cluster, e2e_namespace, "submit", "-f", str(path)).returncode == 0
+    watch = RunWatch(cluster, e2e_namespace, "watched")
+    watch.until(lambda s: s.get("phase") == "Running", timeout=300, what="Running")
+
+    # The dashboard, port-forwarded to a local port (8265 is the local Ray head itself here).
+    port = free_port()
+    dashboard = subprocess.Popen([LOKA, "dashboard", "watched", "--port", str(port), "-n", e2e_namespace,
+                                  "--kubeconfig", str(cluster.kubeconfig)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert dashboard.stdout is not None and dashboard.stderr is not None
+        line = dashboard.stdout.readline()
+        assert f"Ray dashboard of watched: http://localhost:{port}" in line, line + dashboard.stderr.read()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=30) as answer:
+            assert "ray_version" in json.loads(answer.read())
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=10)
+
+    # The trainer's output, followed to the end of the run.
+    followed = loka(cluster, e2e_namespace, "logs", "watched", "-f", timeout=600)
+    assert followed.returncode == 0, followed.stderr
+    assert "loka_trainer" in followed.stdout or "step" in followed.stdout
+    status = watch.until(lambda s: s.get("phase") == "Succeeded", timeout=120, what="Succeeded")
+    assert status["attempts"][0]["attempt"] == 1 and status["attempts"][0]["rayJobID"]
+
+    # After the run its Ray cluster is released: logs say so, with what to do.
+    after = loka(cluster, e2e_namespace, "logs", "watched")
+    assert after.returncode == 3, after.stdout + after.stderr
+    assert "no running Ray cluster" in after.stderr or "gone" in after.stderr
