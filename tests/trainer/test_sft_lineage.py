@@ -5,6 +5,7 @@ own merger) and trains from those weights, not the base model's.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from tests.trainer.conftest import (
     run_spec,
     s3_env_values_absent,
     start_trainer,
+    wait_for,
 )
 
 
@@ -199,3 +201,36 @@ def test_a_checkpoint_without_weights_is_refused_with_what_it_holds(case: Traine
         SourceModelError, match=r"holds neither Hugging Face weights nor verl FSDP shards \(found notes.txt\)"
     ):
         stage_checkpoint_as_model(str(source.step_uri(3)), tmp_path / "model", ObjectStore())
+
+
+def test_an_interrupted_sft_run_resumes_from_its_last_checkpoint_on_a_fresh_disk(
+    case: TrainerCase, demonstrations: Path
+) -> None:
+    case.store.upload_files(
+        [(demonstrations / f, case.prefix.join("sft", f)) for f in ("train.parquet", "validation.parquet")]
+    )
+    create(case, "sft-resumed", sft_spec(case.prefix, max_steps=16, every=4))
+    env, store, log = case.env_for("sft-resumed"), case.checkpoints("sft-resumed"), case.work / "resumed.log"
+    first = start_trainer(env, case.work / "attempt-1", log)
+    try:
+        wait_for(lambda: (store.marker_step() or 0) >= 4 or first.poll() is not None, timeout=RUN_TIMEOUT_S,
+                 what="a first checkpoint")  # fmt: skip
+        assert first.poll() is None, log.read_text(errors="replace")[-4000:]
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=60) == 143
+    finally:
+        first.kill()
+    stopped_at = store.marker_step()
+    assert stopped_at is not None and stopped_at < 16
+
+    second = start_trainer(env, case.work / "attempt-2", log)
+    try:
+        code = second.wait(timeout=RUN_TIMEOUT_S)
+    finally:
+        second.kill()
+    output = log.read_text(errors="replace")
+    assert code == 0, output[-4000:]
+    assert f"resuming from checkpoint step {stopped_at}" in output
+    status = read_run(case.k8s, case.namespace, "sft-resumed")["status"]
+    assert status["progress"]["step"] == status["checkpoint"]["step"] == 16
+    assert store.complete_steps() == [12, 16]  # keep: 2
