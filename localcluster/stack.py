@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from localcluster.controlplane import PORTS, REPO_ROOT, ClusterError, Component, Layout, LocalCluster, http_ok
+from localcluster.operator_process import free_port
 
 log = logging.getLogger("loka.demo")
 
@@ -96,6 +97,8 @@ class DemoStack:
                     "--node-ip-address=127.0.0.1",
                     "--dashboard-host=127.0.0.1",
                     f"--dashboard-port={RAY_DASHBOARD_PORT}",
+                    # Not Ray's fixed 52365: another Ray on the machine holding it disables job submission here.
+                    f"--dashboard-agent-listen-port={free_port()}",
                     "--num-cpus=2",
                     "--disable-usage-stats",
                 ],
