@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from localcluster.build import build_all, is_built
-from localcluster.controlplane import REPO_ROOT, S3_BUCKET, ClusterError, LocalCluster
+from localcluster.controlplane import PORTS, REPO_ROOT, S3_BUCKET, ClusterError, LocalCluster
 from localcluster.stack import DemoStack
 
 DEMO_RUN = REPO_ROOT / "examples" / "demo-run.yaml"
@@ -48,14 +48,19 @@ class Timeline:
         return self.phases[phase] - self.applied if phase in self.phases else None
 
 
-def demo_manifest() -> dict[str, Any]:
-    manifest: dict[str, Any] = yaml.safe_load(DEMO_RUN.read_text())
+def _local_storage(manifest: dict[str, Any]) -> dict[str, Any]:
+    # The examples name the default MinIO; a control plane started with LOKA_CLUSTER_PORT_OFFSET has its own.
+    manifest["spec"]["storage"]["endpoint"] = f"http://127.0.0.1:{PORTS.minio}"
     return manifest
+
+
+def demo_manifest() -> dict[str, Any]:
+    return _local_storage(yaml.safe_load(DEMO_RUN.read_text()))
 
 
 def pipeline_manifests() -> list[dict[str, Any]]:
     """The pipeline's runs, in the order they train (SFT, then GRPO from it)."""
-    return [doc for doc in yaml.safe_load_all(PIPELINE.read_text()) if isinstance(doc, dict)]
+    return [_local_storage(doc) for doc in yaml.safe_load_all(PIPELINE.read_text()) if isinstance(doc, dict)]
 
 
 def s3_client(cluster: LocalCluster) -> Any:
@@ -267,7 +272,7 @@ def run_demo(timeout: float, *, pipeline: bool = False) -> int:
     print(f"4/5 kubectl apply -f {source.relative_to(REPO_ROOT)}")
     applied = time.monotonic()
     timelines = {name: Timeline(applied=applied) for name in names}
-    cluster.kubectl("apply", "-f", str(source))
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(manifests))
     finals = follow(cluster, namespace, names, timelines=timelines, timeout=timeout)
 
     print("5/5 summary")
