@@ -140,6 +140,12 @@ def logs(cluster: Cluster, name: str, *, follow: bool, attempt: int | None, out:
             if attempt is not None and attempt != status.get("attempt"):
                 raise CliError(f"attempt {attempt}'s Ray job {job_id} could not be read: {error}") from error
             print(f"loka logs: Ray's job API on {head} did not answer ({error}); showing pod logs", file=sys.stderr)
+        except _JobNotSubmittedError:
+            raise not_found(
+                f"attempt {number}'s Ray job {job_id} has not been submitted to Ray cluster {ray_cluster} yet "
+                "(KubeRay marks the RayJob Running a moment before it submits the job)",
+                hint=f"`loka logs {name} -f` waits for the job and follows it",
+            ) from None
         except _JobGoneError as gone:
             raise not_found(
                 f"attempt {number}'s Ray job {job_id} ran on Ray cluster {ray_cluster or '?'}, which is gone: "
@@ -158,12 +164,24 @@ class _JobGoneError(Exception):
     pass
 
 
+class _JobNotSubmittedError(Exception):
+    pass
+
+
 def _ray_job_logs(cluster: Cluster, name: str, head: str, job_id: str, *, follow: bool, out: TextIO) -> int:
     shown = ""
     while True:
         job = _ray_json(cluster, head, f"/api/jobs/{job_id}")
         if job is None:
-            raise _JobGoneError(job_id)
+            # KubeRay sets a RayJob Running before it submits (HTTPMode) or its submitter does (K8sJobMode):
+            # an unknown job on a live head of an active run is one about to be submitted, not one gone.
+            phase = (cluster.get_run(name).get("status") or {}).get("phase")
+            if shown or phase in TERMINAL:
+                raise _JobGoneError(job_id)
+            if not follow:
+                raise _JobNotSubmittedError(job_id)
+            time.sleep(POLL_SECONDS)
+            continue
         answer = _ray_json(cluster, head, f"/api/jobs/{job_id}/logs") or {}
         text = str(answer.get("logs", ""))
         new = text[len(shown) :] if text.startswith(shown) else text

@@ -34,13 +34,13 @@ def free_port() -> int:
 
 @pytest.mark.timeout(900)
 def test_logs_and_dashboard_of_a_running_run(cluster: LocalCluster, e2e_namespace: str, tmp_path: Path) -> None:
-    manifest = run_manifest(e2e_namespace, "watched", training={"maxSteps": 6})
+    # Enough steps that the run is still training while the dashboard is checked beside the log follower.
+    manifest = run_manifest(e2e_namespace, "watched", training={"maxSteps": 60})
     path = tmp_path / "watched.yaml"
     path.write_text(yaml.safe_dump(manifest))
     assert loka(cluster, e2e_namespace, "submit", "-f", str(path)).returncode == 0
     watch = RunWatch(cluster, e2e_namespace, "watched")
     watch.until(lambda s: s.get("phase") == "Running", timeout=300, what="Running")
-
     # The dashboard, port-forwarded to a local port (8265 is the local Ray head itself here).
     port = free_port()
     dashboard = subprocess.Popen([LOKA, "dashboard", "watched", "--port", str(port), "-n", e2e_namespace,
@@ -56,10 +56,15 @@ def test_logs_and_dashboard_of_a_running_run(cluster: LocalCluster, e2e_namespac
         dashboard.terminate()
         dashboard.wait(timeout=10)
 
-    # The trainer's output, followed to the end of the run.
-    followed = loka(cluster, e2e_namespace, "logs", "watched", "-f", timeout=600)
-    assert followed.returncode == 0, followed.stderr
-    assert "loka_trainer" in followed.stdout or "step" in followed.stdout
+    # Follow the trainer's output to the end of the run (the head's port-forward
+    # is known to answer now: the pod shim wires it to the local Ray a moment after the run starts running).
+    follower = subprocess.Popen([LOKA, "logs", "watched", "-f", "-n", e2e_namespace,
+                                 "--kubeconfig", str(cluster.kubeconfig)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+    out, err = follower.communicate(timeout=600)
+    assert follower.returncode == 0, err
+    assert "loka_trainer" in out or "step" in out
     status = watch.until(lambda s: s.get("phase") == "Succeeded", timeout=120, what="Succeeded")
     assert status["attempts"][0]["attempt"] == 1 and status["attempts"][0]["rayJobID"]
 
