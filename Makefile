@@ -110,7 +110,7 @@ lint-dockerfile: venv ## hadolint the operator and trainer images' Dockerfiles
 test-trainer: venv ## Trainer unit tests, then its MinIO/API-server tests and the CPU GRPO run (starts the control plane)
 	$(PY) -m pytest tests/unit/trainer tests/trainer
 
-bench-checkpoint: venv ## Upload a 2 GB synthetic checkpoint to the local MinIO three ways, then time its restore
+bench-checkpoint: venv ## Upload and restore a 2 GB synthetic checkpoint: plain loop, boto3, Loka and the raw ceiling
 	$(PY) bench/checkpoint_upload.py
 
 crds: venv ## Regenerate crds/ from the pydantic models (loka_api), and the chart's copy
@@ -120,5 +120,5 @@ crds: venv ## Regenerate crds/ from the pydantic models (loka_api), and the char
 operator: venv ## Run loka-operator against the current kubeconfig (LOKA_RAYJOB_SUBMISSION_MODE=HTTPMode for a real Ray)
 	$(VENV)/bin/loka-operator
 
-bench-reconcile: cluster-up ## Time TrainingRun -> RayJob -> Running for N=1,100,500 next to KubeRay alone
+bench-reconcile: cluster-up ## TrainingRuns vs plain RayJobs through Kueue (apply -> Running) and idle API load, N=1,100,500
 	$(PY) bench/reconcile.py

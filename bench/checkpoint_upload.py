@@ -1,13 +1,25 @@
 """Checkpoint upload and restore throughput against the local MinIO (`make bench-checkpoint`).
 
 Writes a synthetic verl-shaped checkpoint (FSDP shards per rank, HF config, dataloader state; 2 GB by default),
-then uploads it in the same run three ways:
+then moves it in the same run four ways each way, rounds interleaved so that load from other processes hits
+every method alike:
 
-  plain loop     boto3 ``client.upload_file`` for one file after another (each with boto3's default config)
-  boto3 default  one boto3 TransferManager over all files with the default TransferConfig (10 threads, 8 MB)
-  loka           Loka's CheckpointStore.upload: all files in parallel, 64 MB parts, sha256 manifest, marker
+  upload                                              restore
+  plain loop     boto3 upload_file, one file after    boto3 download_file, one file after another
+                 another (boto3's defaults)
+  boto3 default  one TransferManager over all files   the same, downloading
+                 (10 threads, 8 MB parts)
+  loka           CheckpointStore.upload: each file    CheckpointStore.restore: the parallel download,
+                 read once and hashed as it is sent   each file's sha256 computed as soon as it has
+                 in parallel parts, then manifest     landed (while the others arrive) and checked
+                 and conditional marker               against the manifest
+  raw ceiling    the same bytes as parallel           parallel ranged GETs into the files, nothing
+                 multipart PUTs from the files, no    hashed: what this machine and MinIO allow
+                 hashing at all (Loka's client, parts
+                 and concurrency)
 
-and finally times a resume: CheckpointStore.restore (parallel download plus sha256 verification of every file).
+Loka's figures read as a ratio to the plain loop and as a share of the ceiling. The CPU column (this process
+and the MinIO server, per GB moved) reads steadier than MB/s on a shared machine.
 """
 
 from __future__ import annotations
@@ -21,7 +33,9 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import boto3
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
@@ -29,16 +43,19 @@ from boto3.s3.transfer import TransferConfig, create_transfer_manager
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # for localcluster, the local control plane
 
+from loka_api.manifest import Writer  # noqa: E402
 from loka_trainer.checkpoints import CheckpointStore  # noqa: E402
 from loka_trainer.storage import ObjectStore, S3Uri  # noqa: E402
 
 MB = 1_000_000
 BUCKET = "loka"
+STEP = 100
+WRITER = Writer(1, "bench")
 
 
 def write_checkpoint(root: Path, total_bytes: int, world_size: int = 16) -> Path:
     """verl's global_step_N layout: model and optimizer shards per rank (2:1 like Adam's state), small extras."""
-    folder = root / "global_step_100"
+    folder = root / f"global_step_{STEP}"
     actor = folder / "actor"
     (actor / "huggingface").mkdir(parents=True)
     model_bytes = total_bytes // (3 * world_size)
@@ -63,28 +80,142 @@ def files_of(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file())
 
 
-Upload = Callable[[S3Uri], object]
+Transfer = Callable[[S3Uri, Path], object]
+
+
+@dataclass
+class Runs:
+    """Every run of one method: its throughput, and the CPU it cost this process and MinIO per GB moved."""
+
+    rates: list[float] = field(default_factory=list)
+    cpu_per_gb: list[float] = field(default_factory=list)
+
+
+def process_cpu_seconds(pid: int | None) -> float:
+    """user + system CPU seconds of ``pid`` so far (0 when it cannot be read)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(
-    methods: dict[str, Upload], nbytes: int, *, base: S3Uri, store: ObjectStore, repeat: int
-) -> dict[str, float]:
-    """Median MB/s per method. Rounds interleave the methods so load from other processes hits them alike, and
-    every run writes to a fresh prefix (emptied untimed afterwards): MinIO overwrites slower than it creates.
+    methods: dict[str, Transfer],
+    nbytes: int,
+    *,
+    repeat: int,
+    target: Callable[[int, int], tuple[S3Uri, Path]],
+    cleanup: Callable[[S3Uri, Path], object],
+    minio_pid: int | None,
+) -> dict[str, Runs]:
+    """Every run of every method. Rounds interleave the methods; every run gets a fresh destination (MinIO
+    overwrites slower than it creates), emptied untimed afterwards. CPU is counted for this process (every
+    thread) and the MinIO server: on a shared machine it reads steadier than wall-clock throughput.
     """
-    rates: dict[str, list[float]] = {label: [] for label in methods}
+    runs: dict[str, Runs] = {label: Runs() for label in methods}
     for round_number in range(repeat):
-        for index, (label, upload) in enumerate(methods.items()):
-            target = base.join(f"round{round_number}-method{index}")
-            start = time.perf_counter()
-            upload(target)
-            rates[label].append(nbytes / MB / (time.perf_counter() - start))
-            store.delete_prefix(target)
-    medians = {label: statistics.median(values) for label, values in rates.items()}
-    for label, values in rates.items():
-        runs = ", ".join(f"{r:.0f}" for r in values)
-        print(f"  {label:<34} {nbytes / MB / medians[label]:7.2f} s  {medians[label]:8.1f} MB/s  (runs: {runs})")
-    return medians
+        for index, (label, transfer) in enumerate(methods.items()):
+            remote, local = target(round_number, index)
+            cpu, server, start = time.process_time(), process_cpu_seconds(minio_pid), time.perf_counter()
+            transfer(remote, local)
+            elapsed = time.perf_counter() - start
+            used = time.process_time() - cpu + process_cpu_seconds(minio_pid) - server
+            runs[label].rates.append(nbytes / MB / elapsed)
+            runs[label].cpu_per_gb.append(used / (nbytes / 1e9))
+            cleanup(remote, local)
+    return runs
+
+
+def report(title: str, runs: dict[str, Runs], nbytes: int) -> None:
+    medians = {label: statistics.median(r.rates) for label, r in runs.items()}
+    print(title)
+    print(f"  {'method':<16} {'time':>7}  {'MB/s':>8}  {'CPU s/GB':>8}  runs (MB/s)")
+    for label, r in runs.items():
+        cpu = statistics.median(r.cpu_per_gb)
+        rates = ", ".join(f"{rate:.0f}" for rate in r.rates)
+        print(f"  {label:<16} {nbytes / MB / medians[label]:6.2f}s  {medians[label]:8.1f}  {cpu:8.2f}  {rates}")
+    plain, loka, ceiling = medians["plain loop"], medians["loka"], medians["raw ceiling"]
+    print(
+        f"  loka / plain loop = {loka / plain:.2f}x   loka / boto3 default = {loka / medians['boto3 default']:.2f}x   "
+        f"loka / raw ceiling = {loka / ceiling:.0%}"
+    )
+
+
+class Methods:
+    """The four ways to move one checkpoint folder, each way."""
+
+    def __init__(self, store: ObjectStore, folder: Path, endpoint: str) -> None:
+        self.store = store
+        self.folder = folder
+        self.names = [p.relative_to(folder).as_posix() for p in files_of(folder)]
+        self.plain = boto3.client("s3", endpoint_url=endpoint)  # boto3's defaults, as a user would
+        self.ceiling = store.transfer_config()  # Loka's parts and concurrency, over Loka's (unsigned) client
+
+    def _many(self, client: Any, config: TransferConfig, submit: Callable[[Any, str], Any]) -> None:
+        manager = create_transfer_manager(client, config)
+        futures = [submit(manager, name) for name in self.names]
+        for future in futures:
+            future.result()
+        manager.shutdown()
+
+    def _folders(self, local: Path) -> None:
+        for name in self.names:
+            (local / name).parent.mkdir(parents=True, exist_ok=True)
+
+    def uploads(self) -> dict[str, Transfer]:
+        folder, names = self.folder, self.names
+
+        def plain(remote: S3Uri, _local: Path) -> None:
+            for name in names:
+                self.plain.upload_file(str(folder / name), BUCKET, remote.join(name).key)
+
+        def default(remote: S3Uri, _local: Path) -> None:
+            self._many(self.plain, TransferConfig(), lambda m, n: m.upload(str(folder / n), BUCKET, remote.join(n).key))
+
+        def loka(remote: S3Uri, _local: Path) -> None:
+            checkpoints = CheckpointStore(self.store, remote, keep=3, writer=WRITER)
+            checkpoints.claim()
+            checkpoints.upload(STEP, folder)
+
+        def ceiling(remote: S3Uri, _local: Path) -> None:
+            self._many(
+                self.store.client, self.ceiling, lambda m, n: m.upload(str(folder / n), BUCKET, remote.join(n).key)
+            )
+
+        return {"plain loop": plain, "boto3 default": default, "loka": loka, "raw ceiling": ceiling}
+
+    def restores(self, source: CheckpointStore) -> dict[str, Transfer]:
+        stored, names = source.step_uri(STEP), self.names
+
+        def plain(_remote: S3Uri, local: Path) -> None:
+            self._folders(local)
+            for name in names:
+                self.plain.download_file(BUCKET, stored.join(name).key, str(local / name))
+
+        def default(_remote: S3Uri, local: Path) -> None:
+            self._folders(local)
+            self._many(
+                self.plain, TransferConfig(), lambda m, n: m.download(BUCKET, stored.join(n).key, str(local / n))
+            )
+
+        def loka(_remote: S3Uri, local: Path) -> None:
+            source.restore(STEP, local)
+
+        def ceiling(_remote: S3Uri, local: Path) -> None:
+            self._folders(local)
+            self._many(
+                self.store.client, self.ceiling, lambda m, n: m.download(BUCKET, stored.join(n).key, str(local / n))
+            )
+
+        return {"plain loop": plain, "boto3 default": default, "loka": loka, "raw ceiling": ceiling}
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,50 +233,43 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     os.environ.update(cluster.env)
 
-    run_id = uuid.uuid4().hex[:8]
-    base = S3Uri(BUCKET, f"bench/checkpoint-{run_id}")
+    base = S3Uri(BUCKET, f"bench/checkpoint-{uuid.uuid4().hex[:8]}")
     store = ObjectStore()
     workdir = Path(tempfile.mkdtemp(prefix="loka-bench-"))
     try:
         folder = write_checkpoint(workdir, int(args.size_gb * 1e9), world_size=args.shards)
-        files = files_of(folder)
-        nbytes = sum(p.stat().st_size for p in files)
-        print(f"checkpoint: {len(files)} files, {nbytes / MB:.0f} MB; MinIO at {cluster.s3_endpoint}")
-        plain_client = boto3.client("s3", endpoint_url=cluster.s3_endpoint)
+        methods = Methods(store, folder, cluster.s3_endpoint)
+        nbytes = sum(p.stat().st_size for p in files_of(folder))
+        print(f"checkpoint: {len(methods.names)} files, {nbytes / MB:.0f} MB; MinIO at {cluster.s3_endpoint}")
+        print(f"load average at start: {load()}")
 
-        def plain_loop(target: S3Uri) -> None:
-            for path in files:
-                plain_client.upload_file(str(path), BUCKET, target.join(path.relative_to(folder).as_posix()).key)
-
-        def boto3_default(target: S3Uri) -> None:
-            manager = create_transfer_manager(plain_client, TransferConfig())
-            futures = [manager.upload(str(p), BUCKET, target.join(p.relative_to(folder).as_posix()).key) for p in files]
-            for future in futures:
-                future.result()
-            manager.shutdown()
-
-        def loka(target: S3Uri) -> None:
-            CheckpointStore(store, target, keep=3).upload(100, folder)
-
-        print(f"upload (median of {args.repeat}):")
-        methods: dict[str, Upload] = {
-            "plain upload_file loop": plain_loop,
-            "boto3 TransferManager, defaults": boto3_default,
-            "loka (with sha256 manifest)": loka,
-        }
-        rates = measure(methods, nbytes, base=base, store=store, repeat=args.repeat)
-        plain_rate, default_rate, loka_rate = rates.values()
-        print(
-            f"  loka / plain loop = {loka_rate / plain_rate:.2f}x   "
-            f"loka / boto3 default = {loka_rate / default_rate:.2f}x"
+        pidfile = cluster.layout.pids / "minio.pid"
+        minio_pid = int(pidfile.read_text()) if pidfile.exists() else None
+        runs = measure(
+            methods.uploads(),
+            nbytes,
+            repeat=args.repeat,
+            target=lambda r, i: (base.join(f"up-{r}-{i}"), workdir),
+            cleanup=lambda remote, _local: store.delete_prefix(remote),
+            minio_pid=minio_pid,
         )
-        print("resume:")
-        checkpoints = CheckpointStore(store, base.join("resume"), keep=3)
-        checkpoints.upload(100, folder)
-        start = time.perf_counter()
-        checkpoints.restore(100, workdir / "restore")
-        seconds = time.perf_counter() - start
-        print(f"  {'loka restore (download + verify)':<34} {seconds:7.2f} s  {nbytes / MB / seconds:8.1f} MB/s")
+        print()
+        report(f"upload (median of {args.repeat}; CPU: this process and MinIO):", runs, nbytes)
+
+        source = CheckpointStore(store, base.join("source"), keep=3, writer=WRITER)
+        source.claim()
+        source.upload(STEP, folder)
+        runs = measure(
+            methods.restores(source),
+            nbytes,
+            repeat=args.repeat,
+            target=lambda r, i: (source.prefix, workdir / f"down-{r}-{i}"),
+            cleanup=lambda _remote, local: shutil.rmtree(local, ignore_errors=True),
+            minio_pid=minio_pid,
+        )
+        print()
+        report(f"restore (median of {args.repeat}; CPU: this process and MinIO):", runs, nbytes)
+        print(f"\nload average at end: {load()}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         store.delete_prefix(base)

@@ -1,16 +1,21 @@
-"""How fast the operator turns TrainingRuns into RayJobs and Running runs, next to KubeRay alone.
+"""What Loka costs on the whole pipeline: TrainingRuns through the operator, KubeRay and Kueue, next to the same
+RayJobs applied straight to Kueue, and the operator's API load while runs sit Running.
 
-    .venv/bin/python bench/reconcile.py [--sizes 1,100,500]
+    .venv/bin/python bench/reconcile.py [--sizes 1,100,500] [--idle-seconds 120] [--trainer-interval 60]
 
-Needs the local control plane up (`make cluster-up`). For each N it:
+Needs the local control plane up (`make cluster-up`). Both halves share one Kueue ClusterQueue with room for every
+run. For each N it:
 
-1. starts `loka-operator` (HTTPMode, scoped to `lokabench-*` namespaces) in a fresh process,
-2. creates N TrainingRuns in a fresh namespace and records, per run, the time from its create
+1. starts `loka-operator` with its default settings (HTTPMode, scoped to `lokabench-*` namespaces),
+2. applies N TrainingRuns (queue label, the shared ClusterQueue) and records, per run, the time from its create
    call returning to (a) its RayJob appearing and (b) the run reporting phase Running,
-3. reads the operator's peak RSS (VmHWM) and its API request counter (requests per run),
-4. deletes the namespace, then creates N plain RayJobs of the same shape (what the operator
-   would build) and times KubeRay taking each to its RayCluster,
-5. prints p50/p95 latencies, totals, and the ratio Loka total (create -> RayJob) / KubeRay total.
+3. with every run Running, plays the trainers: each run's status.progress is patched once per
+   `--trainer-interval` seconds (spread evenly), and counts the operator's API requests over `--idle-seconds`:
+   requests per run per minute while runs sit Running,
+4. reads the operator's peak RSS (VmHWM), stops it and deletes the namespace,
+5. applies N plain RayJobs of the same shape (what the operator builds, queue label, same ClusterQueue) and
+   times each to jobDeploymentStatus Running: the same pipeline without Loka,
+6. prints p50/p95 latencies, totals, and the ratios Loka / plain (apply -> Running, p50 and total).
 
 Runs are head-only `engine: trl` runs (no GPUs, 50m CPU) so that 500 of them fit on the KWOK nodes.
 """
@@ -18,14 +23,16 @@ Runs are head-only `engine: trl` runs (no GPUs, 50m CPU) so that 500 of them fit
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +45,12 @@ from localcluster.controlplane import LocalCluster, wait_until
 from localcluster.operator_process import OperatorProcess
 from loka_api import TrainingRunSpec
 from loka_api.crd import CRD_PATH
-from loka_operator.builders import RayJobSettings, build_rayjob
+from loka_operator.builders import RayJobSettings, build_local_queue, build_rayjob, build_service_account
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "lokabench-"
+QUEUE = "lokabench"
+KUEUE = ("kueue.x-k8s.io", "v1beta2")
 
 SPEC: dict[str, Any] = {
     "engine": "trl",
@@ -101,7 +110,7 @@ def create_namespace(core: Any, tag: str) -> str:
     return name
 
 
-def delete_namespace(core: Any, name: str, timeout: float = 600) -> None:
+def delete_namespace(core: Any, name: str, timeout: float = 900) -> None:
     core.delete_namespace(name)
 
     def gone() -> bool:
@@ -127,9 +136,69 @@ def create_all(count: int, create: Callable[[int], None]) -> dict[int, float]:
     return created
 
 
-def bench_loka(cluster: LocalCluster, api: Any, n: int, log: Path, timeout: float) -> dict[str, float]:
+@contextmanager
+def cluster_queue(custom: Any, n: int) -> Iterator[str]:
+    """One ResourceFlavor and ClusterQueue with room for every run of both halves at once."""
+    name = f"{PREFIX}cq-{uuid.uuid4().hex[:5]}"
+    custom.create_cluster_custom_object(
+        *KUEUE, "resourceflavors", {"apiVersion": "/".join(KUEUE), "kind": "ResourceFlavor", "metadata": {"name": name}}
+    )
+    quota = [
+        {"name": "cpu", "nominalQuota": str(max(10, n))},
+        {"name": "memory", "nominalQuota": f"{max(10, n)}Gi"},
+    ]
+    body = {
+        "apiVersion": "/".join(KUEUE),
+        "kind": "ClusterQueue",
+        "metadata": {"name": name},
+        "spec": {
+            "namespaceSelector": {},
+            "resourceGroups": [
+                {"coveredResources": ["cpu", "memory"], "flavors": [{"name": name, "resources": quota}]}
+            ],
+        },
+    }
+    custom.create_cluster_custom_object(*KUEUE, "clusterqueues", body)
+    try:
+        yield name
+    finally:
+        custom.delete_cluster_custom_object(*KUEUE, "clusterqueues", name)
+        custom.delete_cluster_custom_object(*KUEUE, "resourceflavors", name)
+
+
+class Trainers:
+    """Plays the trainers of N Running runs: each patches its run's progress once per `interval`, spread evenly."""
+
+    def __init__(self, custom: Any, ns: str, names: list[str], interval: float) -> None:
+        self.patches = 0
+        self._custom, self._ns, self._names, self._interval = custom, ns, names, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        step = 0
+        gap = self._interval / max(1, len(self._names))
+        while not self._stop.is_set():
+            step += 1
+            for name in self._names:
+                started = time.monotonic()
+                patch = {"status": {"progress": {"step": step, "totalSteps": 1000}}}
+                self._custom.patch_namespaced_custom_object_status(
+                    "loka.dev", "v1alpha1", self._ns, "trainingruns", name, patch
+                )
+                self.patches += 1
+                if self._stop.wait(max(0.0, gap - (time.monotonic() - started))):
+                    return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def bench_loka(cluster: LocalCluster, api: Any, n: int, queue: str, args: argparse.Namespace) -> dict[str, float]:
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
-    operator = OperatorProcess(cluster, log, namespace_prefix=PREFIX, resync_seconds=600)
+    operator = OperatorProcess(cluster, args.log, namespace_prefix=PREFIX, resync_seconds=None)
     operator.start()
     ns = create_namespace(core, f"loka{n}")
     rayjobs = Watcher(
@@ -140,27 +209,28 @@ def bench_loka(cluster: LocalCluster, api: Any, n: int, log: Path, timeout: floa
         lambda **kw: custom.list_namespaced_custom_object("loka.dev", "v1alpha1", ns, "trainingruns", **kw),
         lambda obj: obj["metadata"]["name"] if (obj.get("status") or {}).get("phase") == "Running" else None,
     )
-    requests_before = api_requests(operator)
     started = time.monotonic()
+    spec = {**SPEC, "queue": {"name": QUEUE, "clusterQueue": queue}}
 
     def create(index: int) -> None:
-        body = {
-            "apiVersion": "loka.dev/v1alpha1",
-            "kind": "TrainingRun",
-            "metadata": {"name": f"run-{index}"},
-            "spec": SPEC,
-        }
-        custom.create_namespaced_custom_object("loka.dev", "v1alpha1", ns, "trainingruns", body)
+        body = {"apiVersion": "loka.dev/v1alpha1", "kind": "TrainingRun", "metadata": {"name": f"run-{index}"}}
+        custom.create_namespaced_custom_object("loka.dev", "v1alpha1", ns, "trainingruns", {**body, "spec": spec})
 
     created = create_all(n, create)
     names = {f"run-{i}": t for i, t in created.items()}
-    wait_until(lambda: len(rayjobs.seen) >= n, timeout=timeout, what=f"{n} RayJobs", interval=0.2)
-    wait_until(lambda: len(running.seen) >= n, timeout=timeout, what=f"{n} runs Running", interval=0.5)
+    wait_until(lambda: len(rayjobs.seen) >= n, timeout=args.timeout, what=f"{n} RayJobs", interval=0.2)
+    wait_until(lambda: len(running.seen) >= n, timeout=args.timeout, what=f"{n} runs Running", interval=0.5)
     rayjobs.stop()
     running.stop()
     to_rayjob = [rayjobs.seen[name] - t for name, t in names.items()]
     to_running = [running.seen[name] - t for name, t in names.items()]
-    requests = api_requests(operator) - requests_before
+
+    # Idle: every run Running, its trainer reporting progress now and then.
+    trainers = Trainers(custom, ns, sorted(names), args.trainer_interval)
+    before, idle_started = api_requests(operator), time.monotonic()
+    time.sleep(args.idle_seconds)
+    idle_requests, idle_minutes = api_requests(operator) - before, (time.monotonic() - idle_started) / 60
+    trainers.stop()
     rss = operator.peak_rss_mb()
     operator.stop()
     delete_namespace(core, ns)
@@ -169,48 +239,64 @@ def bench_loka(cluster: LocalCluster, api: Any, n: int, log: Path, timeout: floa
         "rayjob_p95": percentile(to_rayjob, 0.95),
         "running_p50": statistics.median(to_running),
         "running_p95": percentile(to_running, 0.95),
-        "total_rayjob": max(rayjobs.seen.values()) - started,
         "total_running": max(running.seen.values()) - started,
+        "idle_rate": idle_requests / n / idle_minutes,
+        "trainer_patches": trainers.patches,
         "rss_mb": rss,
-        "requests_per_run": requests / n,
     }
 
 
-def bench_kuberay(api: Any, n: int, timeout: float) -> dict[str, float]:
-    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
-    ns = create_namespace(core, f"kuberay{n}")
-    spec = TrainingRunSpec.model_validate(SPEC)
-    clusters = Watcher(
-        lambda **kw: custom.list_namespaced_custom_object("ray.io", "v1", ns, "rayclusters", **kw),
-        lambda obj: next(
-            (ref["name"] for ref in obj["metadata"].get("ownerReferences", []) if ref.get("kind") == "RayJob"), None
+def bench_plain(api: Any, n: int, queue: str, args: argparse.Namespace) -> dict[str, float]:
+    """The same RayJobs applied straight to Kueue: apply -> jobDeploymentStatus Running."""
+    core: Any = client.CoreV1Api(api)
+    custom: Any = client.CustomObjectsApi(api)
+    ns = create_namespace(core, f"plain{n}")
+    spec = TrainingRunSpec.model_validate({**SPEC, "queue": {"name": QUEUE, "clusterQueue": queue}})
+    assert spec.queue is not None
+    local_queue = build_local_queue(spec.queue, ns)
+    assert local_queue is not None
+    custom.create_namespaced_custom_object(*KUEUE, ns, "localqueues", local_queue)
+
+    def identity(index: int) -> None:
+        # The head pod runs as the run's ServiceAccount; a user applying plain RayJobs has it beforehand.
+        account = build_service_account(f"run-{index}", ns, "none")
+        del account["metadata"]["ownerReferences"]
+        core.create_namespaced_service_account(ns, account)
+
+    create_all(n, identity)
+    running = Watcher(
+        lambda **kw: custom.list_namespaced_custom_object("ray.io", "v1", ns, "rayjobs", **kw),
+        lambda obj: (
+            obj["metadata"]["name"] if (obj.get("status") or {}).get("jobDeploymentStatus") == "Running" else None
         ),
     )
     started = time.monotonic()
 
     def create(index: int) -> None:
         body = build_rayjob(
-            spec, run=f"job-{index}", namespace=ns, uid="none", settings=RayJobSettings(submission_mode="HTTPMode")
+            spec, run=f"run-{index}", namespace=ns, uid="none", settings=RayJobSettings(submission_mode="HTTPMode")
         )
         del body["metadata"]["ownerReferences"]  # plain RayJobs: nothing owns them
         custom.create_namespaced_custom_object("ray.io", "v1", ns, "rayjobs", body)
 
     created = create_all(n, create)
-    wait_until(lambda: len(clusters.seen) >= n, timeout=timeout, what=f"{n} RayClusters", interval=0.2)
-    clusters.stop()
-    latencies = [clusters.seen[f"job-{i}"] - t for i, t in created.items()]
+    wait_until(lambda: len(running.seen) >= n, timeout=args.timeout, what=f"{n} plain RayJobs Running", interval=0.5)
+    running.stop()
+    latencies = [running.seen[f"run-{i}"] - t for i, t in created.items()]
     delete_namespace(core, ns)
     return {
-        "cluster_p50": statistics.median(latencies),
-        "cluster_p95": percentile(latencies, 0.95),
-        "total_cluster": max(clusters.seen.values()) - started,
+        "running_p50": statistics.median(latencies),
+        "running_p95": percentile(latencies, 0.95),
+        "total_running": max(running.seen.values()) - started,
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1,100,500", help="comma-separated N values")
-    parser.add_argument("--timeout", type=float, default=900, help="seconds to wait per phase")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait per phase")
+    parser.add_argument("--idle-seconds", type=float, default=120, help="window for the idle API-load figure")
+    parser.add_argument("--trainer-interval", type=float, default=60, help="seconds between a run's progress patches")
     parser.add_argument("--log", type=Path, default=Path("/tmp/loka-bench-operator.log"), help="operator log file")
     args = parser.parse_args()
 
@@ -221,24 +307,30 @@ def main() -> int:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / CRD_PATH))
     api = cluster.api_client()
     sizes = [int(s) for s in args.sizes.split(",") if s]
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"load average at start: {load} ({os.cpu_count()} CPUs)")
     header = (
-        f"{'N':>5} | {'RayJob p50':>10} {'p95':>7} | {'Running p50':>11} {'p95':>7} | {'total RJ':>8} "
-        f"{'total Run':>9} | {'RSS MB':>6} | {'req/run':>7} || "
-        f"{'KubeRay p50':>11} {'p95':>7} {'total':>7} | {'ratio':>5}"
+        f"{'N':>5} | {'RayJob p50':>10} {'p95':>7} | {'Running p50':>11} {'p95':>7} {'total':>7} | "
+        f"{'idle req/run/min':>16} | {'RSS MB':>6} || {'plain p50':>9} {'p95':>7} {'total':>7} || "
+        f"{'ratio p50':>9} {'total':>6}"
     )
     print(header)
     print("-" * len(header))
     for n in sizes:
-        loka = bench_loka(cluster, api, n, args.log, args.timeout)
-        ray = bench_kuberay(api, n, args.timeout)
-        ratio = loka["total_rayjob"] / ray["total_cluster"] if ray["total_cluster"] > 0 else float("nan")
+        with cluster_queue(client.CustomObjectsApi(api), n) as queue:
+            loka = bench_loka(cluster, api, n, queue, args)
+            plain = bench_plain(api, n, queue, args)
+        ratio_p50 = loka["running_p50"] / plain["running_p50"] if plain["running_p50"] > 0 else float("nan")
+        ratio_total = loka["total_running"] / plain["total_running"] if plain["total_running"] > 0 else float("nan")
         print(
             f"{n:>5} | {loka['rayjob_p50']:>9.3f}s {loka['rayjob_p95']:>6.2f}s | {loka['running_p50']:>10.2f}s "
-            f"{loka['running_p95']:>6.2f}s | {loka['total_rayjob']:>7.1f}s {loka['total_running']:>8.1f}s | "
-            f"{loka['rss_mb']:>6.0f} | {loka['requests_per_run']:>7.1f} || {ray['cluster_p50']:>10.3f}s "
-            f"{ray['cluster_p95']:>6.2f}s {ray['total_cluster']:>6.1f}s | {ratio:>5.2f}",
+            f"{loka['running_p95']:>6.2f}s {loka['total_running']:>6.1f}s | {loka['idle_rate']:>16.3f} | "
+            f"{loka['rss_mb']:>6.0f} || {plain['running_p50']:>8.2f}s {plain['running_p95']:>6.2f}s "
+            f"{plain['total_running']:>6.1f}s || {ratio_p50:>8.2f}x {ratio_total:>5.2f}x",
             flush=True,
         )
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"load average at end: {load}")
     api.close()
     return 0
 

@@ -75,6 +75,16 @@ class Ports:
 PORTS = Ports.from_env()
 S3_BUCKET = "loka"
 S3_ACCESS_KEY = "loka-local"
+# Admission plugins production clusters run on top of kube-apiserver's defaults (see README, "The local control
+# plane"): OpenShift's kube-apiserver turns on the first four; EKS runs NodeRestriction and
+# ExtendedResourceToleration (GPU node pools); GKE and AKS run NodeRestriction.
+EXTRA_ADMISSION_PLUGINS = (
+    "OwnerReferencesPermissionEnforcement",
+    "NodeRestriction",
+    "PodNodeSelector",
+    "PodTolerationRestriction",
+    "ExtendedResourceToleration",
+)
 KUEUE_NAMESPACE = "kueue-system"
 # KWOK's kubelet-server CRDs: which local file is a pod's log, and which local address a pod's port is.
 KWOK_KUBELET_CRDS = {"Logs": "logs", "PortForward": "portforwards"}
@@ -390,6 +400,7 @@ class LocalCluster:
                     f"--service-account-signing-key-file={pki.sa_key}",
                     "--service-cluster-ip-range=10.96.0.0/16",
                     "--authorization-mode=Node,RBAC",
+                    f"--enable-admission-plugins={','.join(EXTRA_ADMISSION_PLUGINS)}",
                     "--allow-privileged=true",
                     # Endpoints reject loopback addresses, so the apiserver must not publish its own.
                     "--endpoint-reconciler-type=none",

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from localcluster.build import build_all, is_built
-from localcluster.controlplane import PORTS, REPO_ROOT, S3_BUCKET, ClusterError, LocalCluster
+from localcluster.controlplane import LOCALHOST, PORTS, REPO_ROOT, S3_BUCKET, ClusterError, LocalCluster
 from localcluster.stack import DemoStack
 
 DEMO_RUN = REPO_ROOT / "examples" / "demo-run.yaml"
@@ -38,7 +38,7 @@ VALIDATION_FRACTION = 0.125
 
 @dataclass
 class Timeline:
-    """What the follower saw: when each phase first appeared, and the reward over steps."""
+    """What the follower saw: when each phase first appeared, and the headline figure (reward or loss) over steps."""
 
     applied: float
     phases: dict[str, float] = field(default_factory=dict)
@@ -50,7 +50,7 @@ class Timeline:
 
 def _local_storage(manifest: dict[str, Any]) -> dict[str, Any]:
     # The examples name the default MinIO; a control plane started with LOKA_CLUSTER_PORT_OFFSET has its own.
-    manifest["spec"]["storage"]["endpoint"] = f"http://127.0.0.1:{PORTS.minio}"
+    manifest["spec"]["storage"]["endpoint"] = f"http://{LOCALHOST}:{PORTS.minio}"
     return manifest
 
 
@@ -117,21 +117,36 @@ def prepare_namespace(cluster: LocalCluster, namespace: str, *, cluster_queue: s
                     input=yaml.safe_dump_all([secret, flavor, queue]))  # fmt: skip
 
 
-def upload_tiny_assets(cluster: LocalCluster, work: Path, prefix: str = "demo") -> None:
-    """A tiny random model with a tokenizer trained here, a toy arithmetic dataset (RL prompts under data/, SFT
-    demonstrations under sft/), into MinIO.
+# What build_demo_assets makes; a folder built to another recipe (an older checkout's) is rebuilt.
+ASSETS_RECIPE = (
+    "tiny-qwen2 with ChatML tokens; 64 arithmetic tasks asking for a bare number; 64 SFT demonstrations; split 1/8"
+)
+
+
+def build_demo_assets(assets: Path) -> Path:
+    """The demo's tiny random model (a tokenizer trained here) and toy dataset (RL prompts under data/, SFT
+    demonstrations under sft/), built into ``assets`` once.
     """
     from loka_api.dataset import build_dataset
     from loka_trainer.tiny import build_tiny_model, write_sft_demonstrations, write_tasks
 
-    assets = work / "assets"
-    if not (assets / "model" / "config.json").exists():
-        build_tiny_model(assets / "model")
-    if not (assets / "data" / "train.parquet").exists():
-        tasks = write_tasks(assets / "tasks.jsonl", 64)
-        build_dataset(tasks, assets / "data", validation_fraction=VALIDATION_FRACTION)
-    if not (assets / "sft" / "train.parquet").exists():
-        write_sft_demonstrations(assets / "sft", 64, validation_fraction=VALIDATION_FRACTION)
+    stamp = assets / "recipe.txt"
+    if stamp.is_file() and stamp.read_text() == ASSETS_RECIPE:
+        return assets
+    shutil.rmtree(assets, ignore_errors=True)
+    build_tiny_model(assets / "model")
+    tasks = write_tasks(assets / "tasks.jsonl", 64, answer="number")
+    build_dataset(tasks, assets / "data", validation_fraction=VALIDATION_FRACTION)
+    write_sft_demonstrations(assets / "sft", 64, validation_fraction=VALIDATION_FRACTION)
+    stamp.write_text(ASSETS_RECIPE)
+    return assets
+
+
+def upload_tiny_assets(cluster: LocalCluster, work: Path, prefix: str = "demo") -> None:
+    """A tiny random model with a tokenizer trained here, a toy arithmetic dataset (RL prompts under data/, SFT
+    demonstrations under sft/), into MinIO.
+    """
+    assets = build_demo_assets(work / "assets")
     s3 = s3_client(cluster)
     for path in sorted((assets / "model").rglob("*")):
         if path.is_file():
@@ -164,13 +179,22 @@ def delete_previous_run(cluster: LocalCluster, stack: DemoStack, manifest: dict[
         s3.delete_objects(Bucket=S3_BUCKET, Delete={"Objects": [{"Key": k} for k in keys[start : start + 1000]]})
 
 
-def step_seconds(stack: DemoStack, namespace: str, name: str) -> list[float]:
-    """Seconds per GRPO step as the trainer measured them (verl's `perf/time_per_step` in its metrics file)."""
+def step_metric(stack: DemoStack, namespace: str, name: str, key: str) -> list[float]:
+    """One metric per GRPO step as the trainer logged it (verl's metric names, in the run's metrics file)."""
     metrics = stack.work_dir / namespace / name / "metrics.jsonl"
     if not metrics.exists():
         return []
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    return [r["data"]["perf/time_per_step"] for r in records if "perf/time_per_step" in r.get("data", {})]
+    return [float(r["data"][key]) for r in records if key in r.get("data", {})]
+
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], *, low: float = 0.0, high: float = 1.0) -> str:
+    """One block character per value on a fixed scale, so a flat curve looks flat."""
+    span = (high - low) or 1.0
+    return "".join(SPARK[round(min(max((v - low) / span, 0.0), 1.0) * (len(SPARK) - 1))] for v in values)
 
 
 def get_run(cluster: LocalCluster, namespace: str, name: str) -> dict[str, Any] | None:
@@ -305,14 +329,17 @@ def summarize(
             f"  started from       run {source.get('run')} checkpoint step {source.get('step')} ({source.get('uri')})"
         )
     print(f"  steps              {progress.get('step')}/{progress.get('totalSteps')}")
-    if timeline.rewards:
+    rewards = step_metric(stack, namespace, name, "critic/score/mean")
+    if rewards:
+        print(f"  reward mean        {rewards[0]:.3f} at step 1 → {rewards[-1]:.3f} at step {len(rewards)}")
+        print(f"  reward per step    {sparkline(rewards)}  (0 ▁ … █ 1)")
+    elif timeline.rewards:  # an SFT run: the training loss as status showed it
         (first_step, first), (last_step, last) = timeline.rewards[0], timeline.rewards[-1]
-        label = "reward mean" if metrics.get("loss") is None else "training loss"
-        print(f"  {label:<18} {first:.3f} at step {first_step} → {last:.3f} at step {last_step}")
+        print(f"  training loss      {first:.3f} at step {first_step} → {last:.3f} at step {last_step}")
     for key, label in (("validationRewardMean", "validation reward"), ("validationLoss", "validation loss")):
         if metrics.get(key) is not None:
             print(f"  {label:<18} {metrics[key]:.3f} at step {metrics.get('validationStep')}")
-    seconds_per_step = step_seconds(stack, namespace, name)
+    seconds_per_step = step_metric(stack, namespace, name, "perf/time_per_step")
     if seconds_per_step:
         mean = sum(seconds_per_step) / len(seconds_per_step)
         rate = f"{60 / mean:.0f} steps/min on CPU"

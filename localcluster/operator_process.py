@@ -33,10 +33,14 @@ class OperatorProcess:
         *,
         submission_mode: str = "HTTPMode",
         namespace_prefix: str,
-        resync_seconds: float = 15,
+        resync_seconds: float | None = 15,
+        extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.namespace_prefix = namespace_prefix
-        self.resync_seconds = resync_seconds
+        self.resync_seconds = resync_seconds  # None: the operator's own default
+        self.extra_args = extra_args
+        self.extra_env = env or {}
         self.cluster = cluster
         self.log_path = log_path
         self.submission_mode = submission_mode
@@ -46,19 +50,21 @@ class OperatorProcess:
 
     def start(self) -> None:
         env = {**os.environ, **self.cluster.env, "LOKA_RAYJOB_SUBMISSION_MODE": self.submission_mode}
+        env.update(self.extra_env)
+        args = [
+            str(Path(sys.executable).with_name("loka-operator")),
+            "--namespace",
+            f"{self.namespace_prefix}*",
+            "--metrics-port",
+            str(self.metrics_port),
+            "--liveness",
+            f"http://127.0.0.1:{self.health_port}/healthz",
+        ]
+        if self.resync_seconds is not None:
+            args += ["--resync-seconds", str(self.resync_seconds)]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("loka-operator")),
-                "--namespace",
-                f"{self.namespace_prefix}*",
-                "--metrics-port",
-                str(self.metrics_port),
-                "--liveness",
-                f"http://127.0.0.1:{self.health_port}/healthz",
-                "--resync-seconds",
-                str(self.resync_seconds),
-            ],
+            [*args, *self.extra_args],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -29,12 +29,14 @@ from typing import Any
 import yaml
 
 from localcluster.controlplane import PORTS, REPO_ROOT, ClusterError, Component, Layout, LocalCluster, http_ok
-from localcluster.operator_process import free_port
 
 log = logging.getLogger("loka.demo")
 
 RAY_DASHBOARD_PORT = 8265
 RAY_GCS_PORT = 36379
+# Ray's job API hands each job to the node's dashboard agent. Its default port (52365) is taken by any other Ray
+# started on this machine without options (a test's local cluster), and then no job can be submitted here.
+RAY_AGENT_PORT = 35365
 OPERATOR_HEALTH_PORT = 38090
 OPERATOR_METRICS_PORT = 38091
 # The namespaces the demo's operator watches: the demo's own and the end-to-end tests'.
@@ -87,7 +89,7 @@ class DemoStack:
         return [
             Component(
                 name="ray-head",
-                ports=(RAY_GCS_PORT, RAY_DASHBOARD_PORT),
+                ports=(RAY_GCS_PORT, RAY_DASHBOARD_PORT, RAY_AGENT_PORT),
                 binary=_venv_bin("ray"),
                 args=[
                     "start",
@@ -97,8 +99,7 @@ class DemoStack:
                     "--node-ip-address=127.0.0.1",
                     "--dashboard-host=127.0.0.1",
                     f"--dashboard-port={RAY_DASHBOARD_PORT}",
-                    # Not Ray's fixed 52365: another Ray on the machine holding it disables job submission here.
-                    f"--dashboard-agent-listen-port={free_port()}",
+                    f"--dashboard-agent-listen-port={RAY_AGENT_PORT}",
                     "--num-cpus=2",
                     "--disable-usage-stats",
                 ],

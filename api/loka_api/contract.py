@@ -41,26 +41,48 @@ ENV_HF_TOKEN = "HF_TOKEN"
 # Every variable whose value is a secret: never on a command line, in Ray's runtime_env, a log or status.
 SECRET_ENV = frozenset({ENV_AWS_SECRET, ENV_AWS_SESSION_TOKEN, ENV_WANDB_KEY, ENV_HF_TOKEN})
 
-# Set by the trainer for verl's actors (through Ray's runtime_env): where the checkpoint callback uploads.
+# Set by KubeRay on every Ray pod (from the pod's ray.io/cluster label). KubeRay makes a new RayCluster, with a
+# new name, for every attempt of a RayJob (each retry, each resume after a suspension or preemption).
+ENV_RAY_CLUSTER_NAME = "RAY_CLUSTER_NAME"
+
+# Set by the trainer for verl's actors (through Ray's runtime_env): where the checkpoint callback uploads, the
+# run's uid, and the attempt that writes (the writer identity the marker is fenced by, see below).
 ENV_CHECKPOINT_PREFIX = "LOKA_CHECKPOINT_PREFIX"
 ENV_CHECKPOINT_KEEP = "LOKA_CHECKPOINT_KEEP"
+ENV_CHECKPOINT_WRITER = "LOKA_CHECKPOINT_WRITER"
+ENV_RUN_UID = "LOKA_RUN_UID"
 ENV_WANDB_MODE = "WANDB_MODE"
-# The trainer's local staging root (the image sets it; default $HOME/loka-work).
+# The trainer's local staging root: the operator mounts each Ray pod's work volume there (default $HOME/loka-work).
 ENV_WORK_DIR = "LOKA_WORK_DIR"
+
+# ------------------------------------------------------------------------------- built-in inputs
+#
+# Inputs the trainer builds itself, so a smoke run downloads nothing: model.uri builtin://<model>,
+# data.train / data.validation builtin://<dataset> (each field gets its own split of the dataset).
+
+BUILTIN_SCHEME = "builtin://"
+# A randomly initialised Qwen2 with a tokenizer trained on the spot: tiny (CPU-sized), and Qwen2.5-0.5B's shape.
+BUILTIN_MODELS = ("tiny-qwen2", "random-qwen2-0.5b")
+# GSM8K-shaped toy tasks in verl's RL parquet schema.
+BUILTIN_DATASETS = ("arithmetic",)
 
 # ------------------------------------------------------------------------------ checkpoints in S3
 #
-#   <checkpoints.uri>/<namespace>/<run>/global_step_<N>/...                the files the engine wrote
-#   <checkpoints.uri>/<namespace>/<run>/global_step_<N>/loka-manifest.json every file's path, size, sha256
-#   <checkpoints.uri>/<namespace>/<run>/latest                             {"step": N, "uri": ..., "time": ...}
+#   <checkpoints.uri>/<namespace>/<run>/<uid>/global_step_<N>/...                the files the engine wrote
+#   <checkpoints.uri>/<namespace>/<run>/<uid>/global_step_<N>/loka-manifest.json every file's path, size, sha256
+#   <checkpoints.uri>/<namespace>/<run>/<uid>/latest                             the marker: step, uri, writer
 #
+# Keyed by the run's uid: a run deleted and created again under the same name starts from scratch and never
+# prunes its predecessor's checkpoints (name one in `checkpoints.resume` to start from it).
 # A checkpoint is complete exactly when its manifest exists; the marker moves only after the manifest.
+# One attempt writes at a time: each attempt claims the marker (a conditional write) before it restores
+# anything, and every later write of the marker is conditional on the claim still being its own.
 
 STEP_FOLDER_PREFIX = "global_step_"
 STEP_FOLDER = re.compile(rf"^{STEP_FOLDER_PREFIX}(\d+)$")
 MANIFEST_NAME = "loka-manifest.json"
 MARKER_NAME = "latest"
-CHECKPOINT_LAYOUT = f"<uri>/<namespace>/<run>/{STEP_FOLDER_PREFIX}N"
+CHECKPOINT_LAYOUT = f"<uri>/<namespace>/<run>/<uid>/{STEP_FOLDER_PREFIX}N"
 
 
 # spec.model.fromRun.checkpoint: a step number, the checkpoint a succeeded run ended with, or the one its marker
@@ -74,9 +96,12 @@ def step_folder(step: int) -> str:
     return f"{STEP_FOLDER_PREFIX}{step}"
 
 
-def run_checkpoint_prefix(checkpoints_uri: str, namespace: str, run: str) -> str:
-    """``s3://bucket/prefix/<namespace>/<run>``: where one run's checkpoints and marker live."""
-    return "/".join([checkpoints_uri.rstrip("/"), namespace, run])
+def run_checkpoint_prefix(checkpoints_uri: str, namespace: str, run: str, uid: str) -> str:
+    """``s3://bucket/prefix/<namespace>/<run>/<uid>``: where one run's checkpoints and marker live."""
+    if not uid:
+        msg = f"run {namespace}/{run} has no uid: its checkpoints are keyed by it"
+        raise ValueError(msg)
+    return "/".join([checkpoints_uri.rstrip("/"), namespace, run, uid])
 
 
 def checkpoint_uri(run_prefix: str, step: int) -> str:
@@ -109,3 +134,6 @@ OPERATOR_STATUS_FIELDS = (
     "notifications",
 )
 SHARED_STATUS_FIELDS = tuple(f for f in TRAINER_STATUS_FIELDS if f in OPERATOR_STATUS_FIELDS)
+# Every trainer status patch is a JSON patch that first tests this operator-written field against the attempt the
+# trainer serves: once the operator counts a newer attempt, a late patch of an older one is refused atomically.
+FENCING_STATUS_FIELD = "attempt"

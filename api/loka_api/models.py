@@ -15,6 +15,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 from pydantic.alias_generators import to_camel
 
 from loka_api.contract import (
+    BUILTIN_DATASETS,
+    BUILTIN_MODELS,
+    BUILTIN_SCHEME,
     CHECKPOINT_LAYOUT,
     FROM_RUN_FINAL,
     FROM_RUN_LATEST,
@@ -114,6 +117,14 @@ class SecretKeyRef(LokaModel):
     key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key in the Secret.")
 
 
+def _builtin_alternatives(names: tuple[str, ...]) -> str:
+    return "|".join(f"{BUILTIN_SCHEME}{name}".replace(".", "\\\\.") for name in names)
+
+
+def _builtin_list(names: tuple[str, ...]) -> str:
+    return ", ".join(f"{BUILTIN_SCHEME}{name}" for name in names)
+
+
 FROM_RUN_CHECKPOINT_PATTERN = rf"^({FROM_RUN_FINAL}|{FROM_RUN_LATEST}|[1-9][0-9]{{0,8}})$"
 
 
@@ -150,11 +161,14 @@ class ModelSource(LokaModel):
     uri: str | None = Field(
         default=None,
         max_length=1024,
-        description="hf://<org>/<model> (a Hugging Face model id) or s3://<bucket>/<prefix> (a staged model).",
+        description=(
+            "hf://<org>/<model> (a Hugging Face model id), s3://<bucket>/<prefix> (a staged model), or a model the "
+            f"trainer builds itself, randomly initialised (no download): {_builtin_list(BUILTIN_MODELS)}."
+        ),
         json_schema_extra=validations(
             cel(
-                "self.matches('^(hf://[^/]+/[^/]+|s3://[^/]+/.+)$')",
-                "must be hf://<org>/<model> or s3://<bucket>/<prefix>",
+                f"self.matches('^(hf://[^/]+/[^/]+|s3://[^/]+/.+|{_builtin_alternatives(BUILTIN_MODELS)})$')",
+                f"must be hf://<org>/<model>, s3://<bucket>/<prefix>, or one of {_builtin_list(BUILTIN_MODELS)}",
             )
         ),
     )
@@ -165,19 +179,22 @@ class ModelSource(LokaModel):
 
 
 _S3_URI_RULE = "self.matches('^s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9](/.*)?$')"
+_DATA_URI_RULE = f"{_S3_URI_RULE} || self.matches('^({_builtin_alternatives(BUILTIN_DATASETS)})$')"
+_DATA_URI_MESSAGE = f"must be an s3://<bucket>/<key> URI or one of {_builtin_list(BUILTIN_DATASETS)}"
+_BUILTIN_DATA = f"or {_builtin_list(BUILTIN_DATASETS)} (toy tasks the trainer builds itself)"
 
 
 class DataSpec(LokaModel):
     train: str = Field(
         max_length=1024,
-        description="s3:// URI of the training parquet file.",
-        json_schema_extra=validations(cel(_S3_URI_RULE, "must be an s3://<bucket>/<key> URI")),
+        description=f"s3:// URI of the training parquet file, {_BUILTIN_DATA}.",
+        json_schema_extra=validations(cel(_DATA_URI_RULE, _DATA_URI_MESSAGE)),
     )
     validation: str | None = Field(
         default=None,
         max_length=1024,
-        description="s3:// URI of the validation parquet file.",
-        json_schema_extra=validations(cel(_S3_URI_RULE, "must be an s3://<bucket>/<key> URI")),
+        description=f"s3:// URI of the validation parquet file, {_BUILTIN_DATA}: its held-out split.",
+        json_schema_extra=validations(cel(_DATA_URI_RULE, _DATA_URI_MESSAGE)),
     )
     prompt_key: str = Field(default="prompt", min_length=1, max_length=128, description="Column holding the prompt.")
     response_key: str | None = Field(
@@ -239,6 +256,13 @@ class TrainingSpec(LokaModel):
 class PodResources(LokaModel):
     cpu: Quantity = Field(default="4", description="CPU request and limit of the pod's Ray container.")
     memory: Quantity = Field(default="16Gi", description="Memory request and limit of the pod's Ray container.")
+    disk: Quantity | None = Field(
+        default=None,
+        description=(
+            "Size of the pod's work volume (the staged model and data, this node's checkpoint shards). "
+            "Default: the operator's (chart value operator.workDisk)."
+        ),
+    )
 
 
 class Toleration(LokaModel):
@@ -260,6 +284,16 @@ class ResourcesSpec(LokaModel):
         default_factory=dict, max_length=32, description="Node labels every Ray pod must match."
     )
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    disk_storage_class: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description=(
+            "StorageClass of the pods' work volumes: each becomes a generic ephemeral volume (a PVC per pod) of "
+            "this class. Unset: the operator's default; an emptyDir limited to the disk size when that is unset too."
+        ),
+    )
 
 
 class QueueSpec(LokaModel):
@@ -507,6 +541,7 @@ class ConditionType(enum.StrEnum):
     VALID = "Valid"
     SECRETS_READY = "SecretsReady"
     SOURCE_READY = "SourceReady"  # only on runs with spec.model.fromRun
+    LAUNCHED = "Launched"  # the RayJob and the trainer's identity exist, or why one could not be created
     ADMITTED = "Admitted"
     CLUSTER_READY = "ClusterReady"
     TRAINING = "Training"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loka_api.contract import STEP_FOLDER_PREFIX, step_folder
+from loka_api.contract import step_folder
 from loka_api.models import Algorithm, TrainingRunSpec
 
 if TYPE_CHECKING:
@@ -51,7 +51,9 @@ class StagedPaths:
     train_files: Path
     checkpoint_dir: Path
     val_files: Path | None = None
-    resume_from: Path | None = None  # a local global_step_N folder, for `resume: s3://.../global_step_N`
+    # The local global_step_N folder of `resume: s3://.../global_step_N`, while it seeds the run (None once the run
+    # has a checkpoint of its own: verl's auto mode then finds that one).
+    resume_from: Path | None = None
     metrics_file: Path | None = None  # verl's `file` logger writes JSONL here (VERL_FILE_LOGGER_PATH)
     checkpoint_callback_class: str | None = DEFAULT_CHECKPOINT_CALLBACK
 
@@ -96,7 +98,9 @@ def _checkpoint_overrides(spec: TrainingRunSpec, paths: StagedPaths) -> list[str
     checkpoints = spec.checkpoints
     if checkpoints is None:
         return [*out, "trainer.save_freq=-1", "trainer.resume_mode=disable"]
-    out += [f"trainer.save_freq={checkpoints.every}", f"trainer.max_actor_ckpt_to_keep={checkpoints.keep}"]
+    # S3 keeps `keep` checkpoints; locally one copy is enough to upload from (and the trainer drops older ones
+    # on every node, where verl's own rotation reaches only rank 0's).
+    out += [f"trainer.save_freq={checkpoints.every}", "trainer.max_actor_ckpt_to_keep=1"]
     out += _resume_overrides(checkpoints.resume, paths)
     if paths.checkpoint_callback_class:
         out.append(f"trainer.checkpoint_callback_class={paths.checkpoint_callback_class}")
@@ -173,7 +177,8 @@ def _render_sft(spec: TrainingRunSpec, *, run_name: str, namespace: str, paths: 
     if checkpoints is None:
         overrides += ["trainer.save_freq=-1", "trainer.resume_mode=disable"]
     else:
-        overrides += [f"trainer.save_freq={checkpoints.every}", f"trainer.max_ckpt_to_keep={checkpoints.keep}"]
+        # As for RL: S3 keeps `keep` checkpoints, one local copy is enough to upload from.
+        overrides += [f"trainer.save_freq={checkpoints.every}", "trainer.max_ckpt_to_keep=1"]
         overrides += _resume_overrides(checkpoints.resume, paths)
     # The SFT driver that logs is the trainer's own subprocess: it reads VERL_FILE_LOGGER_ENV from its environment.
     overrides += _tracking_overrides(spec, run_name=run_name, namespace=namespace, paths=paths, through_ray=False)
@@ -185,14 +190,10 @@ def _render_sft(spec: TrainingRunSpec, *, run_name: str, namespace: str, paths: 
 def _resume_overrides(resume: str, paths: StagedPaths) -> list[str]:
     if resume == RESUME_NEVER:
         return ["trainer.resume_mode=disable"]
-    if resume == RESUME_AUTO:
-        # The trainer restores the latest verified checkpoint into checkpoint_dir; verl's auto finds it there.
+    if resume == RESUME_AUTO or paths.resume_from is None:
+        # The trainer restores the run's latest verified checkpoint into checkpoint_dir; verl's auto finds it there.
         return ["trainer.resume_mode=auto"]
-    if paths.resume_from is None:
-        raise ValueError(
-            f"checkpoints.resume is {resume!r} but no staged checkpoint was given "
-            f"(StagedPaths.resume_from must be the local {STEP_FOLDER_PREFIX}N folder)"
-        )
+    # `checkpoints.resume: s3://…` seeds a run only while it has no checkpoint of its own.
     return ["trainer.resume_mode=resume_path", f"trainer.resume_from_path={_hydra_value(paths.resume_from)}"]
 
 

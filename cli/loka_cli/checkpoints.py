@@ -24,7 +24,10 @@ def _store(cluster: Cluster, name: str, env: Mapping[str, str], endpoint: str | 
     spec = run.get("spec") or {}
     if not spec.get("checkpoints"):
         raise not_found(f"{name} saves no checkpoints (spec.checkpoints is not set)")
-    prefix = S3Path.parse(run_checkpoint_prefix(spec["checkpoints"]["uri"], cluster.namespace, name), "checkpoints.uri")
+    uid = (run.get("metadata") or {}).get("uid", "")
+    prefix = S3Path.parse(
+        run_checkpoint_prefix(spec["checkpoints"]["uri"], cluster.namespace, name, uid), "checkpoints.uri"
+    )
     # This machine's endpoint (.env) first: the spec's is how the cluster reaches S3, which may differ.
     return run, S3(env, endpoint), prefix
 

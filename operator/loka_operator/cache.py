@@ -1,79 +1,253 @@
-"""The latest body of every run and of each run's RayJob, as the watches delivered them or our own writes
-returned them: a reconcile reads from here and goes to the API server only when it must (drift repair).
+"""What a reconcile reads instead of the API server: watch-backed views of runs and their children.
+
+- Runs: the latest body each watch event delivered (`RunCache`).
+- Children (RayJobs, Kueue Workloads, the trainer's ServiceAccount, Role and RoleBinding): kept per run from kopf's
+  watch events, primed at startup by one LIST per kind, so that a run's first reconcile already sees every child
+  that exists (`Children`).
+- Our own writes (`WriteLedger`): the body a create or patch returned is newer than what the watch showed when
+  the write was made. A resourceVersion is opaque (only equality means anything), so the ledger keeps the
+  written body until the watch shows anything other than what it showed then (the echo of the write, or a
+  later change: kopf may skip an intermediate version when a newer one follows at once), or a few seconds pass.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+from loka_api.contract import TRAINER_STATUS_FIELDS
 from loka_operator import naming
-from loka_operator.kube import JSON, RAYJOBS, TRAINING_RUNS, KubeClient
+from loka_operator.kube import JSON, RAYJOBS, ROLE_BINDINGS, ROLES, SERVICE_ACCOUNTS, WORKLOADS, KubeClient
+
+# How long our own write outranks what the watch shows, when the watch never echoes it exactly.
+ECHO_WAIT_SECONDS = 5.0
+
+ObjectRef = tuple[str, str, str]  # kind, namespace, name
+
+RAYJOB = "RayJob"
+WORKLOAD = "Workload"
+SERVICE_ACCOUNT = "ServiceAccount"
+ROLE = "Role"
+ROLE_BINDING = "RoleBinding"
 
 
-def _rv(obj: JSON | None) -> int:
-    try:
-        return int((obj or {}).get("metadata", {}).get("resourceVersion", "0"))
-    except ValueError:
-        return 0
+def resource_version(body: JSON | None) -> str:
+    return str(((body or {}).get("metadata") or {}).get("resourceVersion", ""))
+
+
+def ref_of(kind: str, body: JSON) -> ObjectRef:
+    meta = body["metadata"]
+    return kind, meta.get("namespace", ""), meta["name"]
+
+
+@dataclass
+class _Written:
+    body: JSON | None  # None: we deleted it
+    version: str
+    seen_before: str  # the resourceVersion the watch showed when we wrote ("" when it showed nothing)
+    until: float
+
+
+@dataclass
+class WriteLedger:
+    _written: dict[ObjectRef, _Written] = field(default_factory=dict)
+
+    def wrote(self, ref: ObjectRef, body: JSON | None, *, seen_before: JSON | None) -> None:
+        """Remember what a write returned (None for a delete) and what the watch showed at the time."""
+        until = time.monotonic() + ECHO_WAIT_SECONDS
+        self._written[ref] = _Written(body, resource_version(body), resource_version(seen_before), until)
+
+    def is_echo(self, ref: ObjectRef, observed: JSON) -> bool:
+        written = self._written.get(ref)
+        return written is not None and written.body is not None and written.version == resource_version(observed)
+
+    def newest(self, ref: ObjectRef, observed: JSON | None) -> JSON | None:
+        """What we wrote, until the watch shows something new since; otherwise what the watch shows."""
+        written = self._written.get(ref)
+        if written is None:
+            return observed
+        moved = resource_version(observed) != written.seen_before
+        if moved or time.monotonic() > written.until:
+            del self._written[ref]
+            return observed
+        return written.body
+
+    def forget(self, namespace: str, names: Collection[str]) -> None:
+        for ref in [r for r in self._written if r[1] == namespace and r[2] in names]:
+            del self._written[ref]
+
+
+def _without_trainer_status(body: JSON) -> JSON:
+    status = {k: v for k, v in (body.get("status") or {}).items() if k not in TRAINER_STATUS_FIELDS}
+    meta = {k: v for k, v in body.get("metadata", {}).items() if k not in ("resourceVersion", "managedFields")}
+    return {"metadata": meta, "spec": body.get("spec"), "status": status}
+
+
+def only_trainer_fields_changed(old: JSON | None, new: JSON) -> bool:
+    """True when nothing but the trainer's own status fields (progress, metrics, ...) differ: no reconcile needed."""
+    return old is not None and _without_trainer_status(old) == _without_trainer_status(new)
 
 
 @dataclass
 class RunCache:
-    """Keyed by run (`namespace/name`); the newest resourceVersion wins, so a late watch event never rewinds."""
+    """The latest body of every run in scope, as the watch delivered it or our own status write returned it."""
 
-    client: KubeClient
+    ledger: WriteLedger = field(default_factory=WriteLedger)
     _runs: dict[str, JSON] = field(default_factory=dict)
-    _rayjobs: dict[str, JSON] = field(default_factory=dict)
 
-    # ------------------------------------------------------------------------------------ runs
-
-    def remember_run(self, body: JSON) -> None:
+    def observe(self, body: JSON) -> bool:
+        """Record a watch event; True when it may change what the operator does (worth a reconcile)."""
         key = naming.run_key(body["metadata"]["namespace"], body["metadata"]["name"])
-        if _rv(body) >= _rv(self._runs.get(key)):
-            self._runs[key] = body
+        old = self._runs.get(key)
+        self._runs[key] = body
+        ref = ref_of("TrainingRun", body)
+        if self.ledger.is_echo(ref, body):
+            return False  # the echo of our own status write: the reconcile that wrote it saw everything
+        return not only_trainer_fields_changed(old, body)
+
+    def wrote(self, body: JSON) -> None:
+        key = naming.run_key(body["metadata"]["namespace"], body["metadata"]["name"])
+        self.ledger.wrote(ref_of("TrainingRun", body), body, seen_before=self._runs.get(key))
+        self._runs.setdefault(key, body)
+
+    def run(self, key: str) -> JSON | None:
+        namespace, name = naming.split_key(key)
+        return self.ledger.newest(("TrainingRun", namespace, name), self._runs.get(key))
 
     def known(self, key: str) -> bool:
         return key in self._runs
 
-    def cached_run(self, namespace: str, name: str) -> JSON | None:
-        """The run as the cache holds it, without asking the API server."""
-        return self._runs.get(naming.run_key(namespace, name))
+    def keys(self) -> list[str]:
+        return list(self._runs)
 
     def forget(self, key: str) -> None:
         self._runs.pop(key, None)
-        self._rayjobs.pop(key, None)
+        namespace, name = naming.split_key(key)
+        self.ledger.forget(namespace, {name})
 
-    async def load_run(self, namespace: str, name: str, *, fresh: bool) -> JSON | None:
-        """The run from the cache, or (``fresh`` or not cached) from the API server; None when it is gone."""
-        key = naming.run_key(namespace, name)
-        cached = self._runs.get(key)
-        if cached is not None and not fresh:
-            return cached
-        body = await self.client.get(TRAINING_RUNS, namespace, name)
-        if body is None:
-            self.forget(key)
-            return None
-        self.remember_run(body)
-        return self._runs[key]
 
-    # --------------------------------------------------------------------------------- RayJobs
+@dataclass
+class Children:
+    """A run's children as the watches delivered them (keyed by run, then uid), our own recent writes on top."""
 
-    def remember_rayjob(self, key: str, body: JSON) -> None:
-        if _rv(body) >= _rv(self._rayjobs.get(key)):
-            self._rayjobs[key] = body
+    ledger: WriteLedger
+    _observed_by_kind: dict[str, dict[str, dict[str, JSON]]] = field(default_factory=dict)
 
-    def forget_rayjob(self, key: str) -> None:
-        self._rayjobs.pop(key, None)
+    def observe(self, kind: str, key: str, body: Mapping[str, Any]) -> None:
+        """A child as a watch event or the startup LIST delivered it (kept trimmed to what reconcile reads)."""
+        kept = trimmed(kind, body)
+        self._observed_by_kind.setdefault(kind, {}).setdefault(key, {})[kept["metadata"].get("uid", "")] = kept
 
-    async def load_rayjob(self, namespace: str, name: str, *, fresh: bool) -> JSON | None:
-        """The run's RayJob from the cache, or from the API server; None when there is none."""
-        key = naming.run_key(namespace, name)
-        cached = self._rayjobs.get(key)
-        if cached is not None and not fresh:
-            return cached
-        body = await self.client.get(RAYJOBS, namespace, naming.rayjob_name(name))
-        if body is None:
-            self.forget_rayjob(key)
-            return None
-        self.remember_rayjob(key, body)
-        return self._rayjobs[key]
+    def gone(self, kind: str, key: str, body: Mapping[str, Any]) -> None:
+        by_uid = self._observed_by_kind.get(kind, {}).get(key)
+        if by_uid is not None:
+            by_uid.pop((body.get("metadata") or {}).get("uid", ""), None)
+            if not by_uid:
+                del self._observed_by_kind[kind][key]
+
+    def forget(self, key: str) -> None:
+        for by_key in self._observed_by_kind.values():
+            by_key.pop(key, None)
+
+    def _observed(self, kind: str, key: str) -> list[JSON]:
+        return list(self._observed_by_kind.get(kind, {}).get(key, {}).values())
+
+    def bodies(self, kind: str, key: str) -> list[JSON]:
+        """Every child of this kind the run has, our own recent writes on top."""
+        found = [self.ledger.newest(ref_of(kind, b), b) for b in self._observed(kind, key)]
+        return [b for b in found if b is not None]
+
+    def get(self, kind: str, key: str, name: str) -> JSON | None:
+        namespace, _ = naming.split_key(key)
+        observed = next((b for b in self._observed(kind, key) if b["metadata"]["name"] == name), None)
+        return self.ledger.newest((kind, namespace, name), observed)
+
+    def wrote(self, kind: str, key: str, body: JSON) -> None:
+        before = next((b for b in self._observed(kind, key) if b["metadata"]["name"] == body["metadata"]["name"]), None)
+        self.ledger.wrote(ref_of(kind, body), body, seen_before=before)
+
+    def deleted(self, kind: str, key: str, name: str) -> None:
+        namespace, _ = naming.split_key(key)
+        before = next((b for b in self._observed(kind, key) if b["metadata"]["name"] == name), None)
+        self.ledger.wrote((kind, namespace, name), None, seen_before=before)
+
+    def is_echo(self, kind: str, body: JSON) -> bool:
+        return self.ledger.is_echo(ref_of(kind, body), body)
+
+
+# What the cache keeps of each child: what reconcile reads, nothing more (a RayJob's pod templates are most of
+# its bytes).
+KEPT_METADATA = (
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "labels",
+    "annotations",
+    "ownerReferences",
+)
+KEPT_FIELDS: dict[str, dict[str, tuple[str, ...] | None]] = {
+    RAYJOB: {"spec": ("backoffLimit", "suspend"), "status": None},
+    WORKLOAD: {"spec": ("active",), "status": ("conditions",)},
+    SERVICE_ACCOUNT: {},
+    ROLE: {"rules": None},
+    ROLE_BINDING: {"roleRef": None, "subjects": None},
+}
+
+
+def trimmed(kind: str, body: Mapping[str, Any]) -> JSON:
+    """A child's body as the cache keeps it: the fields reconcile reads (None: the whole field)."""
+    meta = body.get("metadata") or {}
+    out: JSON = {"metadata": {k: meta[k] for k in KEPT_METADATA if k in meta}}
+    for name, keys in KEPT_FIELDS[kind].items():
+        value = body.get(name)
+        if value is None:
+            continue
+        out[name] = dict(value) if keys is None and isinstance(value, dict) else value
+        if keys is not None and isinstance(value, dict):
+            out[name] = {k: value[k] for k in keys if k in value}
+    return out
+
+
+RESOURCE_OF = {
+    RAYJOB: RAYJOBS,
+    WORKLOAD: WORKLOADS,
+    SERVICE_ACCOUNT: SERVICE_ACCOUNTS,
+    ROLE: ROLES,
+    ROLE_BINDING: ROLE_BINDINGS,
+}
+
+
+def child_key(kind: str, body: Mapping[str, Any]) -> str | None:
+    """The run a child belongs to: its `loka.dev/run` label, or for a Workload the RayJob that owns it (a run's
+    RayJob carries the run's name); None for anything else."""
+    meta = body.get("metadata") or {}
+    namespace = meta.get("namespace") or ""
+    if kind == WORKLOAD:
+        for ref in meta.get("ownerReferences") or []:
+            if ref.get("kind") == "RayJob" and str(ref.get("apiVersion", "")).startswith(f"{naming.RAY_GROUP}/"):
+                return naming.run_key(namespace, ref.get("name", ""))
+        return None
+    run = (meta.get("labels") or {}).get(naming.LABEL_RUN)
+    return naming.run_key(namespace, run) if run else None
+
+
+async def prime(
+    children: Children, client: KubeClient, namespaces: Collection[str | None], selectors: Mapping[str, str]
+) -> int:
+    """Fill the children from one LIST per kind and namespace (None: every namespace), before any run is reconciled:
+    the watches only tell what changes after they start."""
+    found = 0
+    for kind, resource in RESOURCE_OF.items():
+        for namespace in namespaces:
+            for body in await client.list(resource, namespace, label_selector=selectors.get(kind, "")):
+                key = child_key(kind, body)
+                if key is not None:
+                    children.observe(kind, key, body)
+                    found += 1
+    return found

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import socket
 from dataclasses import dataclass, field
@@ -20,6 +22,18 @@ MAX_EVENT_MESSAGE = 1024
 class EventRecorder:
     client: KubeClient
     instance: str = field(default_factory=socket.gethostname)
+    _pending: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def post_soon(self, body: JSON, event: PhaseEvent) -> None:
+        """Post in the background: a reconcile never waits for its Event (the status already says it)."""
+        task = asyncio.get_running_loop().create_task(self.post(body, event), name=f"event {event.reason}")
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def close(self) -> None:
+        """Let the Events still on their way arrive (shutdown)."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.gather(*self._pending, return_exceptions=True), timeout=5)
 
     async def post(self, body: JSON, event: PhaseEvent) -> None:
         """Record ``event`` on the run; a failure is logged, never raised (the status already says it)."""

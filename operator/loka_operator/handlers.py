@@ -1,9 +1,14 @@
-"""Thin kopf wiring: every watch event on a run or one of its children asks for one level-based reconcile."""
+"""Thin kopf wiring: watch events on a run or one of its children ask for one level-based reconcile.
+
+Every child (RayJobs, Kueue Workloads, the trainer's ServiceAccount, Role and RoleBinding) is kept per run from
+the watch events (primed by one LIST per kind at startup), so a reconcile reads them instead of the API server.
+Events the operator caused itself (the echo of its own write) and run updates that touch only what the trainer
+writes (progress, metrics, ...) do not cause a reconcile.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import logging
 import time
 from dataclasses import dataclass
@@ -14,13 +19,31 @@ from prometheus_client import start_http_server
 
 from loka_api import GROUP, PLURAL, VERSION
 from loka_operator import naming
+from loka_operator.cache import RAYJOB, ROLE, ROLE_BINDING, SERVICE_ACCOUNT, WORKLOAD, child_key, prime
 from loka_operator.config import OperatorConfig
-from loka_operator.kube import TRAINING_RUNS, KubeClient, login
+from loka_operator.credentials import login
+from loka_operator.kube import KubeClient
 from loka_operator.metrics import OperatorMetrics
 from loka_operator.reconcile import Reconciler
 from loka_operator.workqueue import RunQueue
 
 log = logging.getLogger(__name__)
+
+OURS = f"{naming.LABEL_MANAGED_BY}={naming.OPERATOR_NAME}"
+IDENTITY = {naming.LABEL_MANAGED_BY: naming.OPERATOR_NAME, naming.LABEL_COMPONENT: "trainer-identity"}
+RAYJOBS = (naming.RAY_GROUP, naming.RAY_VERSION, "rayjobs")
+WORKLOADS = (naming.KUEUE_GROUP, naming.KUEUE_VERSION, "workloads")
+SERVICE_ACCOUNTS = ("", "v1", "serviceaccounts")
+ROLES = ("rbac.authorization.k8s.io", "v1", "roles")
+ROLE_BINDINGS = ("rbac.authorization.k8s.io", "v1", "rolebindings")
+
+
+@dataclass
+class Shared:
+    """What main() made before kopf started (it also serves the standby): the API client and the metrics."""
+
+    client: KubeClient
+    metrics: OperatorMetrics
 
 
 @dataclass
@@ -30,6 +53,7 @@ class OperatorState:
     queue: RunQueue
     metrics: OperatorMetrics
     resync: asyncio.Task[None] | None = None
+    owns_client: bool = False
 
 
 def _state(memo: Any) -> OperatorState:
@@ -45,7 +69,7 @@ def _config(memo: Any) -> OperatorConfig:
 
 @kopf.on.login()
 def authenticate(**_: Any) -> kopf.ConnectionInfo:
-    # The same credentials as the reconcile client: the kubeconfig, else the pod's service account.
+    # Read again on every call: kopf calls this whenever the API server refuses the current credentials.
     return login()
 
 
@@ -56,9 +80,27 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     settings.scanning.disabled = not any(_is_pattern(ns) for ns in config.namespaces)
     settings.watching.server_timeout = 300
     settings.posting.level = logging.WARNING
-    metrics = OperatorMetrics()
-    client = KubeClient(login(), on_request=lambda verb: metrics.api_requests.labels(verb=verb).inc())
+    # Server-side filters: the API server sends only the operator's own children.
+    for group, version, plural in (RAYJOBS, SERVICE_ACCOUNTS, ROLES, ROLE_BINDINGS):
+        settings.watching.label_selectors[group, version, plural] = OURS
+    if config.workload_selector:
+        settings.watching.label_selectors[WORKLOADS] = config.workload_selector
+    shared = getattr(memo, "shared", None)
+    if not isinstance(shared, Shared):  # `kopf run` without main(): no standby, no leader election
+        metrics = OperatorMetrics()
+        metrics.leader.set(1)
+        if config.metrics_port:
+            start_http_server(config.metrics_port, registry=metrics.registry)
+        shared = Shared(KubeClient(login(), relogin=login, on_request=_counter(metrics)), metrics)
+    metrics, client = shared.metrics, shared.client
     reconciler = Reconciler(client=client, config=config, metrics=metrics)
+    # Before the watches start: a run's first reconcile must already see every child that exists.
+    scopes: list[str | None] = (
+        [None] if not config.namespaces or any(map(_is_pattern, config.namespaces)) else [*config.namespaces]
+    )
+    selectors = dict.fromkeys((RAYJOB, SERVICE_ACCOUNT, ROLE, ROLE_BINDING), OURS)
+    selectors[WORKLOAD] = config.workload_selector
+    primed = await prime(reconciler.children, client, scopes, selectors)
 
     async def reconcile_one(key: str, drift: bool) -> float | None:
         namespace, name = naming.split_key(key)
@@ -76,17 +118,20 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         return outcome.requeue_after
 
     queue = RunQueue(reconcile_one, max_concurrent=config.max_concurrent_reconciles)
-    state = OperatorState(client=client, reconciler=reconciler, queue=queue, metrics=metrics)
+    state = OperatorState(client, reconciler, queue, metrics, owns_client=getattr(memo, "shared", None) is None)
     memo.loka = state
-    if config.metrics_port:
-        start_http_server(config.metrics_port, registry=metrics.registry)
-    state.resync = asyncio.get_running_loop().create_task(_resync_forever(state, config), name="loka drift repair")
+    state.resync = asyncio.get_running_loop().create_task(_resync_forever(state, config), name="loka resync")
     log.info(
-        "loka-operator started (namespaces: %s, submission mode %s, metrics on :%s)",
+        "loka-operator started (namespaces: %s, submission mode %s, resync every %ss, %d children known)",
         ", ".join(config.namespaces) or "all",
         config.rayjob.submission_mode,
-        config.metrics_port,
+        config.resync_seconds,
+        primed,
     )
+
+
+def _counter(metrics: OperatorMetrics) -> Any:
+    return lambda verb: metrics.api_requests.labels(verb=verb).inc()
 
 
 @kopf.on.cleanup()
@@ -95,8 +140,10 @@ async def stop(memo: Any, **_: Any) -> None:
     if state.resync is not None:
         state.resync.cancel()
     await state.queue.drain()
+    await state.reconciler.status.events.close()
     await state.reconciler.notifier.close()
-    await state.client.close()
+    if state.owns_client:
+        await state.client.close()
 
 
 @kopf.on.probe(id="reconcilesInFlight")
@@ -105,14 +152,11 @@ def reconciles_in_flight(memo: Any, **_: Any) -> int:
 
 
 async def _resync_forever(state: OperatorState, config: OperatorConfig) -> None:
-    """The slow drift-repair pass: every run is reconciled from fresh reads, spread over the interval."""
+    """The slow pass: every run reconciled again from the caches, spread over the interval (no API reads)."""
     while True:
         await asyncio.sleep(config.resync_seconds)
-        try:
-            keys = await _all_runs(state.client, config.namespaces)
-        except Exception:
-            log.exception("drift-repair listing failed; next pass in %ss", config.resync_seconds)
-            continue
+        state.reconciler.new_resync_period()
+        keys = state.reconciler.cache.keys()
         for index, key in enumerate(keys):
             # Spread the pass over the interval instead of a thundering herd.
             state.queue.request_after(key, config.resync_seconds * index / len(keys), drift=True)
@@ -122,17 +166,7 @@ def _is_pattern(namespace: str) -> bool:
     return any(ch in namespace for ch in "*?[")
 
 
-async def _all_runs(client: KubeClient, namespaces: tuple[str, ...]) -> list[str]:
-    """Keys of every run in scope; namespace patterns (kopf globs like `team-*`) need a cluster-wide list."""
-    patterns = [ns for ns in namespaces if _is_pattern(ns)]
-    scopes: list[str | None] = [None] if not namespaces or patterns else list(namespaces)
-    keys: list[str] = []
-    for scope in scopes:
-        for run in await client.list(TRAINING_RUNS, scope):
-            namespace = run["metadata"]["namespace"]
-            if not namespaces or any(fnmatch.fnmatchcase(namespace, pattern) for pattern in namespaces):
-                keys.append(naming.run_key(namespace, run["metadata"]["name"]))
-    return keys
+# --------------------------------------------------------------------------------------------- runs
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -140,43 +174,56 @@ async def run_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) ->
     state = _state(memo)
     key = naming.run_key(body.metadata.namespace or "", body.metadata.name or "")
     if type == "DELETED":
-        state.reconciler.forget(key)
         state.queue.forget(key)
-    else:
-        state.reconciler.cache.remember_run(dict(body))
+        state.reconciler.forget(key)
+    elif state.reconciler.cache.observe(dict(body)):
         state.queue.request(key)
-    for dependent in state.reconciler.dependents(key):  # runs waiting for this one's checkpoint (fromRun)
+    # Runs waiting for this one's checkpoint (fromRun): its phase and checkpoint are what they wait on, whether the
+    # trainer or this operator wrote them, and its deletion fails them.
+    for dependent in state.reconciler.dependents(key):
         state.queue.request(dependent)
 
 
-@kopf.on.event(naming.RAY_GROUP, naming.RAY_VERSION, "rayjobs", labels={naming.LABEL_MANAGED_BY: naming.OPERATOR_NAME})
-async def rayjob_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
-    run = body.metadata.labels.get(naming.LABEL_RUN)
-    if not run:
-        return
+# ------------------------------------------------------------------------------------------ children
+
+
+def _child_changed(kind: str, type: str | None, body: kopf.Body, memo: Any) -> None:
+    """Keep the child in the cache; reconcile its run unless this is the echo of our own write."""
     state = _state(memo)
-    key = naming.run_key(body.metadata.namespace or "", run)
+    key = child_key(kind, body)
+    if key is None:
+        return
+    children = state.reconciler.children
     if type == "DELETED":
-        state.reconciler.cache.forget_rayjob(key)
+        children.gone(kind, key, body)
     else:
-        state.reconciler.cache.remember_rayjob(key, dict(body))
-    state.queue.request(key)
-
-
-def _owner_rayjob(body: kopf.Body) -> str | None:
-    for ref in body.metadata.get("ownerReferences", []) or []:
-        if ref.get("kind") == "RayJob" and str(ref.get("apiVersion", "")).startswith(f"{naming.RAY_GROUP}/"):
-            name: str = ref.get("name", "")
-            return name
-    return None
-
-
-@kopf.on.event(naming.KUEUE_GROUP, naming.KUEUE_VERSION, "workloads")
-async def workload_changed(body: kopf.Body, memo: Any, **_: Any) -> None:
-    rayjob = _owner_rayjob(body)
-    if rayjob is None:
-        return
-    state = _state(memo)
-    key = naming.run_key(body.metadata.namespace or "", rayjob)  # a run's RayJob carries the run's name
+        children.observe(kind, key, body)
+        if children.is_echo(kind, dict(body)):
+            return
     if state.reconciler.cache.known(key):
         state.queue.request(key)
+
+
+@kopf.on.event(*RAYJOBS, labels={naming.LABEL_MANAGED_BY: naming.OPERATOR_NAME})
+async def rayjob_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    _child_changed(RAYJOB, type, body, memo)
+
+
+@kopf.on.event(*WORKLOADS)
+async def workload_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    _child_changed(WORKLOAD, type, body, memo)
+
+
+@kopf.on.event(*SERVICE_ACCOUNTS, labels=IDENTITY)
+async def service_account_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    _child_changed(SERVICE_ACCOUNT, type, body, memo)
+
+
+@kopf.on.event(*ROLES, labels=IDENTITY)
+async def role_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    _child_changed(ROLE, type, body, memo)
+
+
+@kopf.on.event(*ROLE_BINDINGS, labels=IDENTITY)
+async def role_binding_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    _child_changed(ROLE_BINDING, type, body, memo)

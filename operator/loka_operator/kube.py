@@ -3,12 +3,16 @@
 The operator's reconcile steps are plain get/create/patch/delete calls on a handful of
 resources; an async client keeps them off kopf's event loop without a thread per call, and
 answers plain dicts (no model classes). Every request is counted (for the metrics and the
-benchmark's "API requests per run").
+benchmark's "API requests per run"). When the API server answers 401 (a rotated or expired
+token), the client logs in again once and repeats the request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -17,6 +21,8 @@ from typing import Any
 
 import aiohttp
 import kopf
+
+log = logging.getLogger(__name__)
 
 JSON = dict[str, Any]
 
@@ -31,6 +37,15 @@ class ApiError(Exception):
         self.status = status
         self.reason = reason
         self.message = message
+
+    @property
+    def refused(self) -> bool:
+        """The API server (RBAC, an admission plugin or webhook, a quota, a LimitRange, validation) said no.
+
+        Asking again unchanged gets the same answer until someone changes the cluster; 5xx and connection
+        errors are not refusals.
+        """
+        return self.status in (400, 403, 422)
 
 
 @dataclass(frozen=True)
@@ -52,46 +67,65 @@ class Resource:
         return base
 
 
-def login() -> kopf.ConnectionInfo:
-    """The current kubeconfig, or the pod's service account when running in a cluster."""
-    settings = kopf.OperatorSettings()
-    info = kopf.login_with_kubeconfig(settings=settings) or kopf.login_with_service_account(settings=settings)
-    if info is None:
-        raise kopf.LoginError("no kubeconfig (KUBECONFIG or ~/.kube/config) and no in-cluster service account")
-    return info
-
-
 class KubeClient:
     def __init__(
         self,
         info: kopf.ConnectionInfo,
         *,
+        relogin: Callable[[], kopf.ConnectionInfo] | None = None,
         timeout: float = 30.0,
         max_connections: int = 32,
         on_request: Callable[[str], None] | None = None,
     ) -> None:
         self._on_request = on_request
+        self._relogin = relogin
         self._server = info.server.rstrip("/")
-        headers = {"Accept": "application/json", "User-Agent": "loka-operator"}
-        if info.token:
-            headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
-        self._headers = headers
-        self._ssl = info.as_ssl_context()
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._retired: list[aiohttp.ClientSession] = []
+        self._login_lock = asyncio.Lock()
+        self._logins = 0  # how many times the credentials were replaced
+        self._tls_identity: tuple[object, ...] | None = None
+        self._ssl: ssl.SSLContext | None = None
+        self._use(info)
         self.requests: Counter[str] = Counter()
         self.request_seconds = 0.0
 
+    def _use(self, info: kopf.ConnectionInfo) -> None:
+        self._authorization = f"{info.scheme or 'Bearer'} {info.token}" if info.token else None
+        identity = (info.ca_path, info.ca_data, info.certificate_path, info.certificate_data, info.private_key_data)
+        if self._tls_identity != identity:
+            # New CA or client certificate: new connections; requests in flight finish on the old ones.
+            self._tls_identity = identity
+            self._ssl = info.as_ssl_context()
+            if self._session is not None:
+                self._retired.append(self._session)
+                self._session = None
+
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=self._max_connections)
-            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout, connector=connector)
+            connector = aiohttp.TCPConnector(ssl=self._ssl or True, limit=self._max_connections)
+            headers = {"Accept": "application/json", "User-Agent": "loka-operator"}
+            self._session = aiohttp.ClientSession(headers=headers, timeout=self._timeout, connector=connector)
         return self._session
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in [*self._retired, self._session]:
+            if session is not None:
+                await session.close()
+
+    async def _login_again(self, failed_at: int) -> bool:
+        """Read the credentials again (once for every request that got 401 with the same ones)."""
+        if self._relogin is None:
+            return False
+        async with self._login_lock:
+            if self._logins == failed_at:
+                # An exec plugin may run a subprocess: keep it off the event loop.
+                self._use(await asyncio.to_thread(self._relogin))
+                self._logins += 1
+                log.info("the API server refused the operator's credentials (401): read them again")
+        return True
 
     async def request(
         self,
@@ -102,13 +136,26 @@ class KubeClient:
         params: dict[str, str] | None = None,
         content_type: str = "application/json",
     ) -> JSON:
+        logins = self._logins
+        status, decoded = await self._send(method, path, body=body, params=params, content_type=content_type)
+        if status == 401 and await self._login_again(logins):
+            status, decoded = await self._send(method, path, body=body, params=params, content_type=content_type)
+        if status >= 400:
+            raise ApiError(status, str(decoded.get("reason", "")), str(decoded.get("message", "")))
+        return decoded
+
+    async def _send(
+        self, method: str, path: str, *, body: JSON | None, params: dict[str, str] | None, content_type: str
+    ) -> tuple[int, JSON]:
         session = self._open()
         self.requests[method] += 1
         if self._on_request is not None:
             self._on_request(method)
         started = time.monotonic()
         data = json.dumps(body) if body is not None else None
-        headers = {"Content-Type": content_type} if data is not None else None
+        headers = {"Content-Type": content_type} if data is not None else {}
+        if self._authorization is not None:
+            headers["Authorization"] = self._authorization
         try:
             async with session.request(
                 method, self._server + path, data=data, params=params, headers=headers
@@ -122,9 +169,7 @@ class KubeClient:
             decoded: JSON = json.loads(payload) if payload else {}
         except ValueError:  # e.g. "404 page not found" for a resource the server does not serve
             decoded = {"message": payload[:200].decode(errors="replace")}
-        if response.status >= 400:
-            raise ApiError(response.status, str(decoded.get("reason", "")), str(decoded.get("message", "")))
-        return decoded
+        return response.status, decoded
 
     async def get(self, resource: Resource, namespace: str, name: str) -> JSON | None:
         try:
@@ -142,6 +187,10 @@ class KubeClient:
 
     async def create(self, resource: Resource, namespace: str, body: JSON) -> JSON:
         return await self.request("POST", resource.path(namespace), body=body)
+
+    async def replace(self, resource: Resource, namespace: str, name: str, body: JSON) -> JSON:
+        """PUT: the whole object, guarded by the resourceVersion it carries (409 when someone wrote meanwhile)."""
+        return await self.request("PUT", resource.path(namespace, name), body=body)
 
     async def merge_patch(
         self, resource: Resource, namespace: str, name: str, patch: JSON, *, subresource: str | None = None
@@ -170,3 +219,4 @@ SERVICE_ACCOUNTS = Resource("", "v1", "serviceaccounts")
 EVENTS = Resource("", "v1", "events")
 ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles")
 ROLE_BINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings")
+LEASES = Resource("coordination.k8s.io", "v1", "leases")

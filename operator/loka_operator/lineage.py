@@ -30,10 +30,13 @@ RunLookup = Callable[[str], JSON | None]  # a run of the same namespace by name,
 
 
 def checkpoint_prefix_of(source: TrainingRun) -> str | None:
-    """Where the source run keeps its checkpoints: the contract's layout, the one place that knows it."""
+    """Where the source run keeps its checkpoints: under its uid (the contract's layout, the one place that knows
+    it), so a later run of the same name never hands over its own checkpoints.
+    """
     if source.spec.checkpoints is None:
         return None
-    return run_checkpoint_prefix(source.spec.checkpoints.uri, source.metadata.namespace, source.metadata.name)
+    meta = source.metadata
+    return run_checkpoint_prefix(source.spec.checkpoints.uri, meta.namespace, meta.name, meta.uid)
 
 
 def _wanted(from_run: FromRun) -> str:

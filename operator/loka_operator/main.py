@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
 import sys
+from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlparse
 
 import kopf
+from aiohttp import web
+from prometheus_client import start_http_server
 
 import loka_operator.handlers  # noqa: F401  (registers the kopf handlers)
-from loka_operator.config import ConfigError, OperatorConfig
+from loka_operator.config import ConfigError, LeaderElection, OperatorConfig
+from loka_operator.credentials import login
+from loka_operator.handlers import Shared
+from loka_operator.kube import KubeClient
+from loka_operator.leader import LeaseElector
+from loka_operator.metrics import OperatorMetrics
+
+log = logging.getLogger(__name__)
+
+ENV_POD_NAMESPACE = "POD_NAMESPACE"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -16,33 +34,132 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-n", "--namespace", action="append", default=[], help="watch only this namespace (repeatable)")
     parser.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL")
     parser.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0: off)")
-    parser.add_argument("--resync-seconds", type=float, default=60.0, help="drift-repair interval")
+    parser.add_argument("--resync-seconds", type=float, default=600.0, help="interval of the pass over every run")
     parser.add_argument("--max-concurrent", type=int, default=16, help="reconciles running at once")
+    parser.add_argument(
+        "--workload-selector",
+        default="",
+        help="label selector for Kueue Workloads (e.g. loka.dev/run when Kueue's labelKeysToCopy copies it)",
+    )
+    parser.add_argument(
+        "--leader-elect", action="store_true", help="compete for a Lease; only its holder runs (for replicas > 1)"
+    )
+    parser.add_argument("--leader-elect-lease", default="loka-operator", help="name of the Lease")
+    parser.add_argument(
+        "--leader-elect-namespace",
+        default="",
+        help=f"namespace of the Lease (default: ${ENV_POD_NAMESPACE}, the operator's own namespace)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser.parse_args(argv)
+
+
+def config_from(args: argparse.Namespace) -> OperatorConfig:
+    election = None
+    if args.leader_elect:
+        namespace = args.leader_elect_namespace or os.environ.get(ENV_POD_NAMESPACE, "")
+        if not namespace:
+            raise ConfigError(
+                f"--leader-elect needs the Lease's namespace: --leader-elect-namespace or ${ENV_POD_NAMESPACE}"
+            )
+        election = LeaderElection(namespace=namespace, name=args.leader_elect_lease)
+    return OperatorConfig.from_env(
+        namespaces=tuple(args.namespace),
+        metrics_port=args.metrics_port,
+        resync_seconds=args.resync_seconds,
+        max_concurrent_reconciles=args.max_concurrent,
+        workload_selector=args.workload_selector,
+        leader_election=election,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        config = OperatorConfig.from_env(
-            namespaces=tuple(args.namespace),
-            metrics_port=args.metrics_port,
-            resync_seconds=args.resync_seconds,
-            max_concurrent_reconciles=args.max_concurrent,
-        )
+        config = config_from(args)
     except ConfigError as error:
         print(f"loka-operator: {error}", file=sys.stderr)
         return 2
     kopf.configure(verbose=args.verbose)
-    kopf.run(
-        memo=kopf.Memo(config=config),
-        standalone=True,
-        clusterwide=not args.namespace,
-        namespaces=args.namespace,
-        liveness_endpoint=args.liveness or None,
-    )
+    if not args.verbose:
+        # One "Handler ... succeeded" line per watch event is noise at any scale; failures are still logged.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    with contextlib.suppress(asyncio.CancelledError):
+        return asyncio.run(serve(config, args))
     return 0
+
+
+async def serve(config: OperatorConfig, args: argparse.Namespace) -> int:
+    """Stand by until elected (when leader election is on), then run kopf until stopped or the lead is lost."""
+    metrics = OperatorMetrics()
+    if config.metrics_port:
+        start_http_server(config.metrics_port, registry=metrics.registry)
+    client = KubeClient(login(), relogin=login, on_request=lambda verb: metrics.api_requests.labels(verb=verb).inc())
+    stop = asyncio.Event()
+    elector: LeaseElector | None = None
+    holding: asyncio.Task[None] | None = None
+    try:
+        if config.leader_election is not None:
+            elector = LeaseElector(client, config.leader_election)
+            with _stop_on_signals(stop):
+                async with _standby_liveness(args.liveness):
+                    if not await elector.acquire(stop):
+                        return 0
+            metrics.leader.set(1)
+            holding = asyncio.create_task(elector.hold(stop), name="loka lease renewal")
+        else:
+            metrics.leader.set(1)
+        await kopf.operator(
+            memo=kopf.Memo(config=config, shared=Shared(client=client, metrics=metrics)),
+            standalone=True,
+            clusterwide=not config.namespaces,
+            namespaces=config.namespaces,
+            liveness_endpoint=args.liveness or None,
+            stop_flag=stop,
+        )
+    finally:
+        metrics.leader.set(0)
+        if holding is not None:
+            holding.cancel()
+        if elector is not None and not elector.lost:
+            await elector.release()
+        await client.close()
+    return 1 if elector is not None and elector.lost else 0
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """While standing by, SIGTERM/SIGINT end the wait (kopf installs its own handlers once it runs)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+@contextlib.asynccontextmanager
+async def _standby_liveness(endpoint: str) -> AsyncIterator[None]:
+    """A standby is alive while it waits: answer the liveness probe until kopf serves it."""
+    if not endpoint:
+        yield
+        return
+    url = urlparse(endpoint)
+
+    async def alive(_: web.Request) -> web.Response:
+        return web.json_response({"standby": True})
+
+    app = web.Application()
+    app.router.add_get(url.path or "/", alive)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, url.hostname, url.port or 80, reuse_address=True).start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
 
 
 if __name__ == "__main__":

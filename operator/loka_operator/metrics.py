@@ -1,4 +1,4 @@
-"""Prometheus metrics: reconciles by result, reconcile duration, runs by phase, time queued, API requests."""
+"""Prometheus metrics: reconciles by result, reconcile duration, runs by phase, time queued, API requests, lead."""
 
 from __future__ import annotations
 
@@ -32,6 +32,9 @@ class OperatorMetrics:
             "Kubernetes API requests the operator made, by verb.",
             ["verb"],
             registry=self.registry,
+        )
+        self.leader = Gauge(
+            "loka_leader", "1 while this replica leads (runs the operator), 0 on standby.", registry=self.registry
         )
         self._phases: dict[str, str] = {}
 

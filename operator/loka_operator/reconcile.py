@@ -1,21 +1,24 @@
-"""One level-based, idempotent reconcile of a TrainingRun: ordered steps, each "get, then create or patch".
+"""One level-based, idempotent reconcile of a TrainingRun: ordered steps, each "read the cache, then create or patch".
 
-1. validate the spec (schema is the API server's job; here the semantic checks and verl composition)
+1. validate the spec, once per (uid, generation) and only before launch (the semantic checks and verl composition)
    - with spec.model.fromRun: find the source run's checkpoint (loka_operator.lineage); until it exists the
      run waits, and nothing is launched before status.source records it
-2. check every referenced Secret and key
+2. check every referenced Secret and key (until the run launched)
 3. ensure the Kueue LocalQueue (when the run names its ClusterQueue)
-4. ensure the per-run ServiceAccount, Role and RoleBinding
-5. ensure the RayJob (and apply suspend, maxRestarts, the TTL after the run finished)
+4. ensure the per-run ServiceAccount, Role and RoleBinding (only ever the run's own: never adopted)
+5. ensure the RayJob (and apply suspend, maxRestarts, the TTL after the RayJob finished)
 6. calculate the status from what was observed and write the operator's fields only if they changed
 7. claim the notification the new phase asks for; a background task posts it (`notifications.py`)
 
-A step that cannot proceed stops the chain; the status still says why.
+Reads come from watch-backed caches (`cache.py`); the API server is asked only to write, or when a create finds
+the name taken. A step that cannot proceed stops the chain; the status says why.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -23,8 +26,17 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 
 from loka_api import QueueSpec, TrainingRun, TrainingRunStatus
-from loka_operator import builders, lineage, naming
-from loka_operator.cache import RunCache
+from loka_operator import builders, kueue, lineage, naming
+from loka_operator.cache import (
+    RAYJOB,
+    ROLE,
+    ROLE_BINDING,
+    SERVICE_ACCOUNT,
+    WORKLOAD,
+    Children,
+    RunCache,
+    WriteLedger,
+)
 from loka_operator.config import OperatorConfig
 from loka_operator.events import EventRecorder
 from loka_operator.kube import (
@@ -35,18 +47,25 @@ from loka_operator.kube import (
     ROLES,
     SECRETS,
     SERVICE_ACCOUNTS,
+    TRAINING_RUNS,
     WORKLOADS,
     ApiError,
     KubeClient,
     Resource,
 )
+from loka_operator.messages import NO_SECRETS, Redactor, brief
 from loka_operator.metrics import OperatorMetrics
 from loka_operator.notifications import Notifier, webhook_refs
-from loka_operator.status import TERMINAL, Observed, Problem, SourceState, StatusUpdate, finished, rejected
+from loka_operator.ownership import Claim, claim
+from loka_operator.status import Observed, Problem, SourceState, StatusUpdate, finished
 from loka_operator.status_writer import StatusWriter
-from loka_operator.validation import validate_spec
+from loka_operator.validation import Validations
 
 log = logging.getLogger(__name__)
+
+# KubeRay's jobDeploymentStatus values after which the RayJob never runs again.
+RAYJOB_FINISHED = frozenset({"Complete", "Failed", "ValidationFailed"})
+KIND_OF = {SERVICE_ACCOUNTS: SERVICE_ACCOUNT, ROLES: ROLE, ROLE_BINDINGS: ROLE_BINDING, RAYJOBS: RAYJOB}
 
 
 @dataclass
@@ -62,21 +81,33 @@ def now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
+def _sooner(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
 @dataclass
 class Reconciler:
     client: KubeClient
     config: OperatorConfig
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    ledger: WriteLedger = field(default_factory=WriteLedger)
+    validations: Validations = field(default_factory=Validations)
     cache: RunCache = field(init=False)
+    children: Children = field(init=False)
     status: StatusWriter = field(init=False)
     notifier: Notifier = field(init=False)
-    # (uid, generation) for which steps 2-4 already succeeded; the drift pass redoes them.
-    _ensured: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # Digests of each run's referenced Secret values (messages are redacted with them), by run: (uid, redactor).
+    _redactors: dict[str, tuple[str, Redactor]] = field(default_factory=dict)
+    # When this process first saw a run's RayJob finished, for a RayJob that carries no endTime.
+    _seen_finished: dict[str, tuple[str, datetime]] = field(default_factory=dict)
+    # LocalQueues known to exist in this resync period: shared by many runs, so checked once per period.
+    _local_queues: set[tuple[str, str]] = field(default_factory=set)
     # Runs waiting for a source run's checkpoint: the source's watch events reconcile them.
     waiters: lineage.SourceWaiters = field(default_factory=lineage.SourceWaiters)
 
     def __post_init__(self) -> None:
-        self.cache = RunCache(self.client)
+        self.cache = RunCache(self.ledger)
+        self.children = Children(self.ledger)
         self.status = StatusWriter(self.client, self.cache, EventRecorder(self.client), self.metrics)
         self.notifier = Notifier(self.client, backoff=self.config.notification_backoff)
 
@@ -84,7 +115,9 @@ class Reconciler:
         """The run is gone: drop everything known about it."""
         self.cache.forget(key)
         self.notifier.forget(key)
-        self._ensured.pop(key, None)
+        self.validations.forget(key)
+        self._redactors.pop(key, None)
+        self._seen_finished.pop(key, None)
         self.waiters.done(key)
         self.metrics.observe_phase(key, None)
 
@@ -92,11 +125,15 @@ class Reconciler:
         """The runs waiting for run ``key``'s checkpoint (spec.model.fromRun): reconcile them when it changes."""
         return self.waiters.dependents(key)
 
+    def new_resync_period(self) -> None:
+        """The drift-repair pass starts: shared objects are checked again (someone may have deleted one)."""
+        self._local_queues.clear()
+
     # --------------------------------------------------------------------------- the loop
 
     async def reconcile(self, namespace: str, name: str, *, drift: bool = False) -> Outcome:
         key = naming.run_key(namespace, name)
-        body = await self.cache.load_run(namespace, name, fresh=drift)
+        body = self.cache.run(key)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return Outcome()
         try:
@@ -109,54 +146,46 @@ class Reconciler:
         meta, spec, previous = run.metadata, run.spec, run.status
         uid, generation = meta.uid, meta.generation
         base = Observed(generation=generation, suspend=spec.suspend, queued=spec.queue is not None, now=now())
+        if drift:
+            self._redactors.pop(key, None)  # Secret values may have been rotated
 
-        # 1. semantic validation (composition is CPU-bound and cached: keep it off the event loop)
-        invalid = await asyncio.to_thread(validate_spec, spec)
-        if invalid is not None:
-            await self._write_status(body, previous, replace(base, now=now(), invalid=invalid))
-            await self._notify(namespace, name)
-            return Outcome(phase="Failed")
+        rayjob, blocked = self._current(RAYJOB, key, naming.rayjob_name(name), run)
+        launched = rayjob is not None or previous.ray_job is not None
 
-        rayjob = await self.cache.load_rayjob(namespace, name, fresh=drift)
-        conflict: Problem | None = None
-        if rayjob is not None and not _owned_by(rayjob, uid):
-            conflict = Problem(
-                "NameConflict",
-                f"a RayJob named {naming.rayjob_name(name)!r} already exists and is not owned by this run; "
-                "delete it or rename the run",
-            )
-            rayjob = None
+        # 1. semantic validation, once per (uid, generation), never after launch
+        if not launched:
+            invalid = await self.validations.check(key, uid, generation, spec)
+            if invalid is not None:
+                await self._write_status(body, previous, replace(base, now=now(), invalid=invalid))
+                await self._notify(key)
+                return Outcome(phase="Failed")
 
         # 1b. the source run's checkpoint: nothing launches before status.source records it
-        source = await self._resolve_source(run, launched=rayjob is not None, drift=drift)
+        source = None if launched else await self._resolve_source(run)
+        waits_for_source = source is not None and not source.launchable(previous.source)
 
-        # 2. secrets (values are never read into anything but a key set)
-        ensured = self._ensured.get(key) == (uid, generation) and not drift
-        missing = None if ensured and rayjob is not None else await self._missing_secrets(run)
+        # 2. secrets, until the run launched (values are never kept: key names and digests only)
+        missing = None if launched or finished(previous) else await self._missing_secrets(run)
         requeue = self.config.secret_retry_seconds if missing is not None else None
 
-        launchable = missing is None and conflict is None and not finished(previous)
-        launchable = launchable and (source is None or source.launchable(previous.source))
-        if launchable:
-            if not ensured:
-                # 3. Kueue LocalQueue, 4. the trainer's identity
-                if spec.queue is not None:
-                    await self._ensure_local_queue(spec.queue, namespace)
-                await self._ensure_rbac(name, namespace, uid, check_first=drift or key in self._ensured)
-                self._ensured[key] = (uid, generation)
-            # 5. the RayJob
-            rayjob = await self._ensure_rayjob(run, rayjob)
+        if missing is None and blocked is None and not finished(previous) and not waits_for_source:
+            rayjob, blocked = await self._launch(run, rayjob)
+        if blocked is not None:
+            requeue = _sooner(requeue, self._retry_after(blocked))
 
         workload = None
         if rayjob is not None and spec.queue is not None:
-            workload = await self._find_workload(namespace, rayjob)
-            if rayjob is not None and not finished(previous):
-                await self._apply_kueue_suspend(workload, spec.suspend)
+            workload = kueue.workload_of(self.children.bodies(WORKLOAD, key), rayjob)
+            if workload is not None and not self._rayjob_finished(rayjob):
+                workload = await self._follow_suspend(key, workload, spec.suspend)
 
-        if rayjob is not None and finished(previous) and spec.ttl_seconds_after_finished is not None:
-            requeue = await self._expire(run, rayjob)
-            if requeue is None:
+        if rayjob is not None and spec.ttl_seconds_after_finished is not None:
+            left = self._ttl_left(key, rayjob, spec.ttl_seconds_after_finished)
+            if left is not None and left <= 0:
+                await self._delete_rayjob(run, rayjob)
                 rayjob = None
+            elif left is not None:
+                requeue = _sooner(requeue, left + 1)
 
         # 6. status
         observed = replace(
@@ -164,35 +193,48 @@ class Reconciler:
             now=now(),
             source=source,
             missing_secrets=missing,
-            conflict=conflict,
-            rayjob=rayjob,
+            blocked=blocked,
+            rayjob=await self._readable(run, rayjob),
             workload=workload,
         )
         update = await self._write_status(body, previous, observed)
+        if source is not None and source.ready and waits_for_source and update is not None:
+            requeue = 0.0  # status.source now records the checkpoint: launch (our own write's echo wakes nobody)
         # 7. notifications
         if update is not None:
-            await self._notify(namespace, name)
+            await self._notify(key)
         phase = update.status.phase if update is not None else previous.phase
-        if phase in TERMINAL and spec.ttl_seconds_after_finished is not None and rayjob is not None and requeue is None:
-            requeue = float(spec.ttl_seconds_after_finished) + 1
         return Outcome(requeue_after=requeue, phase=phase.value if phase else None)
 
     # ------------------------------------------------------------------------------ steps
 
-    async def _resolve_source(self, run: TrainingRun, *, launched: bool, drift: bool) -> SourceState | None:
-        """Where the run stands with the run its spec.model.fromRun names (None: no source, or it launched already),
-        read from the watch cache (the API only when the source is not cached).
+    async def _launch(self, run: TrainingRun, rayjob: JSON | None) -> tuple[JSON | None, Problem | None]:
+        """3. the Kueue LocalQueue, 4. the trainer's identity, 5. the RayJob."""
+        if run.spec.queue is not None:
+            await self._ensure_local_queue(run.spec.queue, run.metadata.namespace)
+        blocked = await self._ensure_identity(run)
+        if blocked is not None:
+            return rayjob, blocked
+        return await self._ensure_rayjob(run, rayjob)
+
+    async def _resolve_source(self, run: TrainingRun) -> SourceState | None:
+        """Where a run that has not launched stands with the run its spec.model.fromRun names (None: no source),
+        read from the run cache; the API only to confirm that a source seen before is really gone.
         """
-        if run.spec.model.from_run is None or launched or finished(run.status):
+        from_run = run.spec.model.from_run
+        if from_run is None or finished(run.status):
             return None
         namespace, key = run.metadata.namespace, naming.run_key(run.metadata.namespace, run.metadata.name)
-        source_name = run.spec.model.from_run.name if run.spec.model.from_run else ""
-        body = await self.cache.load_run(namespace, source_name, fresh=drift)
+        source_key = naming.run_key(namespace, from_run.name)
+        body = self.cache.run(source_key)
+        if body is None and run.status.source is not None and run.status.source.uid is not None:
+            # Seen before, not cached now: right after a restart the run watch may not have delivered it yet.
+            body = await self.client.get(TRAINING_RUNS, namespace, from_run.name)
         if body is not None and body["metadata"].get("deletionTimestamp"):
             body = None  # going away: it will not produce the checkpoint
-        state = lineage.resolve(run, body, lookup=lambda name: self.cache.cached_run(namespace, name))
+        state = lineage.resolve(run, body, lookup=lambda name: self.cache.run(naming.run_key(namespace, name)))
         if state.waiting is not None:
-            self.waiters.wait(key, naming.run_key(namespace, source_name))
+            self.waiters.wait(key, source_key)
         else:
             self.waiters.done(key)
         return state
@@ -205,96 +247,120 @@ class Reconciler:
         for ref in webhook_refs(run.spec):
             wanted.setdefault(ref.secret, []).append(ref.key)
         missing: list[str] = []
+        values: list[str] = []
         for secret, keys in wanted.items():
             body = await self.client.get(SECRETS, namespace, secret)
             if body is None:
                 missing.append(f"Secret {secret!r} (keys {', '.join(keys)}) does not exist")
                 continue
-            present = set((body.get("data") or {}).keys()) | set((body.get("stringData") or {}).keys())
-            del body  # only key names leave this function
+            data = body.get("data") or {}
+            present = set(data) | set(body.get("stringData") or {})
+            values += [_decoded(data[k]) for k in keys if k in data]
+            del body, data  # only key names and digests leave this function
             lacking = [k for k in keys if k not in present]
             if lacking:
                 missing.append(f"Secret {secret!r} has no key {', '.join(repr(k) for k in lacking)}")
+        self._redactors[naming.run_key(namespace, run.metadata.name)] = (run.metadata.uid, Redactor.of(values))
+        del values
         if not missing:
             return None
         return Problem("SecretMissing", "waiting for " + "; ".join(missing) + f" in namespace {namespace!r}")
 
     async def _ensure_local_queue(self, queue: QueueSpec, namespace: str) -> None:
         manifest = builders.build_local_queue(queue, namespace)
-        if manifest is None:
+        if manifest is None or (namespace, queue.name) in self._local_queues:
             return
-        existing = await self.client.get(LOCAL_QUEUES, namespace, queue.name)
-        if existing is None:
-            await self._create(LOCAL_QUEUES, namespace, manifest)
-        elif existing.get("spec", {}).get("clusterQueue") != queue.cluster_queue:
-            log.warning(
-                "LocalQueue %s/%s points at ClusterQueue %r, not %r as the run asks; leaving it",
-                namespace,
-                queue.name,
-                existing.get("spec", {}).get("clusterQueue"),
-                queue.cluster_queue,
-            )
-
-    async def _ensure_rbac(self, run: str, namespace: str, uid: str, *, check_first: bool) -> None:
-        account = builders.build_service_account(run, namespace, uid)
-        await self._ensure(SERVICE_ACCOUNTS, namespace, account, (), check_first=check_first)
-        role = builders.build_role(run, namespace, uid)
-        await self._ensure(ROLES, namespace, role, ("rules",), check_first=check_first)
-        binding = builders.build_role_binding(run, namespace, uid)
-        await self._ensure(ROLE_BINDINGS, namespace, binding, ("subjects",), check_first=check_first)
-
-    async def _ensure(
-        self, resource: Resource, namespace: str, manifest: JSON, owned: tuple[str, ...], *, check_first: bool
-    ) -> JSON:
-        """Get, then create or patch the fields this operator owns back to what they should be.
-
-        For a run this process has not handled yet the object most likely does not exist: create first
-        and read only on a conflict, which saves a GET per child when many runs arrive at once.
-        """
-        name = manifest["metadata"]["name"]
-        if check_first:
-            existing = await self.client.get(resource, namespace, name)
-            if existing is None:
-                return await self._create(resource, namespace, manifest)
-        else:
-            try:
-                return await self.client.create(resource, namespace, manifest)
-            except ApiError as error:
-                if error.status != 409:
-                    raise
-            existing = await self.client.get(resource, namespace, name)
-            if existing is None:
-                return await self._create(resource, namespace, manifest)
-        drifted = {k: manifest[k] for k in owned if existing.get(k) != manifest[k]}
-        if drifted:
-            log.info("repairing drift in %s %s/%s: %s", resource.plural, namespace, name, ", ".join(drifted))
-            return await self.client.merge_patch(resource, namespace, name, drifted)
-        return existing
-
-    async def _create(self, resource: Resource, namespace: str, manifest: JSON) -> JSON:
         try:
-            return await self.client.create(resource, namespace, manifest)
+            await self.client.create(LOCAL_QUEUES, namespace, manifest)
         except ApiError as error:
             if error.status != 409:
                 raise
-            # Created meanwhile (e.g. by the previous operator process before it was killed).
-            existing = await self.client.get(resource, namespace, manifest["metadata"]["name"])
-            if existing is None:
-                raise
-            return existing
+            existing = await self.client.get(LOCAL_QUEUES, namespace, queue.name) or {}
+            if existing.get("spec", {}).get("clusterQueue") != queue.cluster_queue:
+                log.warning(
+                    "LocalQueue %s/%s points at ClusterQueue %r, not %r as the run asks; leaving it",
+                    namespace,
+                    queue.name,
+                    existing.get("spec", {}).get("clusterQueue"),
+                    queue.cluster_queue,
+                )
+        self._local_queues.add((namespace, queue.name))
 
-    async def _ensure_rayjob(self, run: TrainingRun, rayjob: JSON | None) -> JSON | None:
+    async def _ensure_identity(self, run: TrainingRun) -> Problem | None:
+        name, namespace, uid = run.metadata.name, run.metadata.namespace, run.metadata.uid
+        account = builders.build_service_account(name, namespace, uid)
+        role = builders.build_role(name, namespace, uid)
+        binding = builders.build_role_binding(name, namespace, uid)
+        # The ServiceAccount and the Role side by side; the binding after its Role (without `bind`, RBAC checks the
+        # Role's rules when a binding is created, so the Role must exist by then).
+        problems = await asyncio.gather(
+            self._ensure(SERVICE_ACCOUNTS, run, account, ()), self._ensure(ROLES, run, role, ("rules",))
+        )
+        first = next((problem for problem in problems if problem is not None), None)
+        return first or await self._ensure(ROLE_BINDINGS, run, binding, ("subjects",))
+
+    async def _ensure(
+        self, resource: Resource, run: TrainingRun, manifest: JSON, owned: tuple[str, ...]
+    ) -> Problem | None:
+        """The run's own child: create it when absent, patch the fields this operator owns back when they drifted.
+
+        An object of that name the run does not own is never touched: the run waits and says why.
+        """
+        kind, name = KIND_OF[resource], manifest["metadata"]["name"]
+        namespace, key = run.metadata.namespace, naming.run_key(run.metadata.namespace, run.metadata.name)
+        existing, problem = self._current(kind, key, name, run)
+        if problem is not None:
+            return problem
+        if existing is None:
+            existing, problem = await self._create(resource, run, manifest)
+            if existing is None or problem is not None:
+                return problem
+        drifted = {k: manifest[k] for k in owned if existing.get(k) != manifest[k]}
+        if drifted:
+            log.info("repairing drift in %s %s/%s: %s", resource.plural, namespace, name, ", ".join(drifted))
+            try:
+                patched = await self.client.merge_patch(resource, namespace, name, drifted)
+            except ApiError as error:
+                if error.refused:
+                    return _refused("update", kind, name, error)
+                raise
+            self.children.wrote(kind, key, patched)
+        return None
+
+    async def _create(self, resource: Resource, run: TrainingRun, manifest: JSON) -> tuple[JSON | None, Problem | None]:
+        """Create a child; on a name already taken, read it and say whose it is."""
+        kind, name, namespace = KIND_OF[resource], manifest["metadata"]["name"], run.metadata.namespace
+        try:
+            created = await self.client.create(resource, namespace, manifest)
+        except ApiError as error:
+            if error.refused:
+                return None, _refused("create", kind, name, error)
+            if error.status != 409:
+                raise
+            existing = await self.client.get(resource, namespace, name)
+            if existing is None:
+                raise  # deleted meanwhile: the retry creates it
+            return _claimed(kind, existing, run)
+        self.children.wrote(kind, naming.run_key(namespace, run.metadata.name), created)
+        return created, None
+
+    def _current(self, kind: str, key: str, name: str, run: TrainingRun) -> tuple[JSON | None, Problem | None]:
+        """The child as the cache holds it, if it is this run's; otherwise why the run cannot use the name."""
+        found = self.children.get(kind, key, name)
+        return (None, None) if found is None else _claimed(kind, found, run)
+
+    async def _ensure_rayjob(self, run: TrainingRun, rayjob: JSON | None) -> tuple[JSON | None, Problem | None]:
         spec, name, namespace = run.spec, run.metadata.name, run.metadata.namespace
         if rayjob is None:
             if spec.suspend:
-                return None  # nothing to suspend yet: launch when resumed
+                return None, None  # nothing to suspend yet: launch when resumed
             manifest = builders.build_rayjob(
                 spec, run=name, namespace=namespace, uid=run.metadata.uid, settings=self.config.rayjob
             )
-            created = await self._create(RAYJOBS, namespace, manifest)
-            self.cache.remember_rayjob(naming.run_key(namespace, name), created)
-            log.info("created RayJob %s/%s", namespace, name)
-            return created
+            created, problem = await self._create(RAYJOBS, run, manifest)
+            if created is not None and problem is None:
+                log.info("created RayJob %s/%s", namespace, name)
+            return created, problem
         patch: JSON = {}
         if rayjob.get("spec", {}).get("backoffLimit") != spec.max_restarts:
             patch["backoffLimit"] = spec.max_restarts
@@ -302,47 +368,76 @@ class Reconciler:
         if spec.queue is None and bool(rayjob.get("spec", {}).get("suspend", False)) != spec.suspend:
             patch["suspend"] = spec.suspend
         if not patch:
-            return rayjob
-        patched = await self.client.merge_patch(RAYJOBS, namespace, name, {"spec": patch})
-        self.cache.remember_rayjob(naming.run_key(namespace, name), patched)
-        return patched
+            return rayjob, None
+        patched = await self.client.merge_patch(RAYJOBS, namespace, rayjob["metadata"]["name"], {"spec": patch})
+        self.children.wrote(RAYJOB, naming.run_key(namespace, name), patched)
+        return patched, None
 
-    async def _find_workload(self, namespace: str, rayjob: JSON) -> JSON | None:
-        selector = f"{naming.KUEUE_JOB_UID_LABEL}={rayjob['metadata']['uid']}"
-        workloads = await self.client.list(WORKLOADS, namespace, label_selector=selector)
-        return max(workloads, key=lambda w: w["metadata"].get("creationTimestamp", ""), default=None)
-
-    async def _apply_kueue_suspend(self, workload: JSON | None, suspend: bool) -> None:
+    async def _follow_suspend(self, key: str, workload: JSON, suspend: bool) -> JSON:
         """Kueue re-admits a suspended RayJob it holds quota for; deactivating its Workload is how to stop it."""
-        if workload is None:
-            return
-        active = workload.get("spec", {}).get("active", True)
-        if active == (not suspend):
-            return
+        patch = kueue.activation_patch(workload, suspend)
+        if patch is None:
+            return workload
         meta = workload["metadata"]
-        updated = await self.client.merge_patch(
-            WORKLOADS, meta["namespace"], meta["name"], {"spec": {"active": not suspend}}
-        )
-        workload.clear()
-        workload.update(updated)
+        updated = await self.client.merge_patch(WORKLOADS, meta["namespace"], meta["name"], patch)
+        self.children.wrote(WORKLOAD, key, updated)
+        return updated
 
-    async def _expire(self, run: TrainingRun, rayjob: JSON) -> float | None:
-        """Delete the finished run's RayJob once its TTL passed; otherwise the seconds left."""
-        ttl = run.spec.ttl_seconds_after_finished
-        done_at = run.status.completion_time
-        if ttl is None or done_at is None:
+    @staticmethod
+    def _rayjob_finished(rayjob: JSON) -> bool:
+        return (rayjob.get("status") or {}).get("jobDeploymentStatus") in RAYJOB_FINISHED
+
+    def _ttl_left(self, key: str, rayjob: JSON, ttl: int) -> float | None:
+        """Seconds until the finished RayJob is deleted; None while it runs.
+
+        Decided from the RayJob's own terminal state and end time (KubeRay writes those), never from the run's
+        status, which the trainer may patch.
+        """
+        if not self._rayjob_finished(rayjob):
+            self._seen_finished.pop(key, None)
             return None
-        left = (done_at - now()).total_seconds() + ttl
-        if left > 0:
-            return left + 1
-        await self.client.delete(RAYJOBS, run.metadata.namespace, rayjob["metadata"]["name"])
-        self.cache.forget_rayjob(naming.run_key(run.metadata.namespace, run.metadata.name))
-        log.info("deleted RayJob %s/%s: ttlSecondsAfterFinished passed", run.metadata.namespace, run.metadata.name)
-        return None
+        uid = rayjob["metadata"].get("uid", "")
+        ended = _parse_time((rayjob.get("status") or {}).get("endTime"))
+        if ended is None:
+            seen = self._seen_finished.get(key)
+            if seen is None or seen[0] != uid:
+                seen = self._seen_finished[key] = (uid, now())
+            ended = seen[1]
+        return (ended - now()).total_seconds() + ttl
 
-    async def _notify(self, namespace: str, name: str) -> None:
+    async def _delete_rayjob(self, run: TrainingRun, rayjob: JSON) -> None:
+        namespace, name = run.metadata.namespace, rayjob["metadata"]["name"]
+        await self.client.delete(RAYJOBS, namespace, name)
+        self.children.deleted(RAYJOB, naming.run_key(namespace, run.metadata.name), name)
+        log.info("deleted RayJob %s/%s: ttlSecondsAfterFinished passed", namespace, name)
+
+    async def _readable(self, run: TrainingRun, rayjob: JSON | None) -> JSON | None:
+        """The RayJob with KubeRay's message and reason cut to one line and the run's secret values redacted."""
+        status = (rayjob or {}).get("status") or {}
+        if rayjob is None or not (status.get("message") or status.get("reason")):
+            return rayjob
+        redactor = await self._redactor(run)
+        cleaned = {k: brief(status.get(k), redactor) for k in ("message", "reason") if status.get(k)}
+        return {**rayjob, "status": {**status, **cleaned}}
+
+    async def _redactor(self, run: TrainingRun) -> Redactor:
+        key = naming.run_key(run.metadata.namespace, run.metadata.name)
+        known = self._redactors.get(key)
+        if known is None or known[0] != run.metadata.uid:
+            if not builders.referenced_secrets(run.spec):
+                return NO_SECRETS
+            await self._missing_secrets(run)  # learns the digests
+            known = self._redactors[key]
+        return known[1]
+
+    def _retry_after(self, problem: Problem) -> float:
+        if problem.reason == "WaitingForPreviousRun":
+            return self.config.previous_run_retry_seconds
+        return self.config.refused_retry_seconds
+
+    async def _notify(self, key: str) -> None:
         """The body as our own status write left it: its phase, and the resourceVersion the claim is conditional on."""
-        body = await self.cache.load_run(namespace, name, fresh=False)
+        body = self.cache.run(key)
         if body is not None:
             await self.notifier.step(body)
 
@@ -353,10 +448,44 @@ class Reconciler:
         update = await self.status.write(body, previous, observed)
         if update is None:
             self.forget(key)
-        elif rejected(update.status):
-            self._ensured.pop(key, None)  # a fixed spec must go through steps 2-4 again
         return update
 
 
-def _owned_by(obj: JSON, uid: str) -> bool:
-    return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences", []) or [])
+def _claimed(kind: str, obj: JSON, run: TrainingRun) -> tuple[JSON | None, Problem | None]:
+    name = obj["metadata"]["name"]
+    match claim(obj, run.metadata.name, run.metadata.uid):
+        case Claim.OURS if obj["metadata"].get("deletionTimestamp"):
+            return None, Problem("WaitingForPreviousRun", f"the {kind} {name} is being deleted; waiting to recreate it")
+        case Claim.OURS:
+            return obj, None
+        case Claim.PREVIOUS_RUN:
+            return None, Problem(
+                "WaitingForPreviousRun",
+                f"the {kind} {name} still belongs to an earlier run named {run.metadata.name!r}; "
+                "waiting for garbage collection to remove it",
+            )
+        case _:
+            return None, Problem(
+                "NameConflict",
+                f"a {kind} named {name!r} already exists and is not owned by this run; delete it or rename the run",
+            )
+
+
+def _refused(verb: str, kind: str, name: str, error: ApiError) -> Problem:
+    return Problem("CreateRefused", f"the API server refused to {verb} the {kind} {name}: {error.message}")
+
+
+def _decoded(value: str) -> str:
+    try:
+        return base64.b64decode(value).decode(errors="replace")
+    except (binascii.Error, ValueError):
+        return ""
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None

@@ -15,6 +15,8 @@ from typing import Any
 
 from loka_api import AttemptRecord, Condition, ConditionType, RunPhase, SourceStatus, TrainingRunStatus
 from loka_api.contract import OPERATOR_STATUS_FIELDS
+from loka_operator.kueue import deactivated_by_us
+from loka_operator.messages import brief
 
 TERMINAL = frozenset({RunPhase.SUCCEEDED, RunPhase.FAILED})
 ACTIVE = frozenset({RunPhase.STARTING, RunPhase.RUNNING, RunPhase.RESUMING})
@@ -23,6 +25,8 @@ ACTIVE = frozenset({RunPhase.STARTING, RunPhase.RUNNING, RunPhase.RESUMING})
 ATTEMPT_ENDING = frozenset({RunPhase.QUEUED, RunPhase.SUSPENDED})
 # Kueue's Workload conditions that mean Kueue took an admitted run's quota away.
 KUEUE_PREEMPTION = ("Preempted", "Evicted")
+# Kueue's reason (and reason prefix, e.g. DeactivatedDueToRequeuingLimitExceeded) for an inactive Workload.
+DEACTIVATED = "Deactivated"
 
 # KubeRay jobDeploymentStatus values (ray-operator apis/ray/v1/rayjob_types.go).
 RJ_NEW = ""
@@ -73,7 +77,9 @@ class Observed:
     invalid: Problem | None = None
     source: SourceState | None = None  # only for runs with spec.model.fromRun that have not launched
     missing_secrets: Problem | None = None
-    conflict: Problem | None = None  # a child name is taken by an object this run does not own
+    # A child could not be created: its name is taken (NameConflict), an earlier run of the same name still
+    # owns it (WaitingForPreviousRun), or the API server refused it (CreateRefused).
+    blocked: Problem | None = None
     rayjob: dict[str, Any] | None = None
     workload: dict[str, Any] | None = None
 
@@ -114,20 +120,42 @@ def workload_admitted(workload: dict[str, Any] | None) -> bool:
     return _conditions(workload).get("Admitted", {}).get("status") == "True"
 
 
+def _deactivation(workload: dict[str, Any]) -> Problem:
+    """Kueue's or an admin's deactivation, in Kueue's words, with what brings the run back."""
+    meta = workload.get("metadata", {})
+    evicted = _conditions(workload).get("Evicted", {})
+    if evicted.get("status") == "True" and str(evicted.get("reason", "")).startswith(DEACTIVATED):
+        reason, said = evicted.get("reason", DEACTIVATED), evicted.get("message", "")
+    else:
+        reason, said = DEACTIVATED, _conditions(workload).get("QuotaReserved", {}).get("message", "")
+    name, namespace = meta.get("name", ""), meta.get("namespace", "")
+    return Problem(
+        reason,
+        f"the Workload {name} was deactivated outside Loka ({said or 'spec.active is false'}); Loka does not "
+        f"reactivate it: kubectl -n {namespace} patch workload {name} --type=merge "
+        f'-p \'{{"spec":{{"active":true}}}}\'',
+    )
+
+
 def kueue_wait_reason(workload: dict[str, Any] | None) -> Problem:
-    """Why Kueue holds the workload, in Kueue's own words (eviction/preemption first, then quota)."""
+    """Why Kueue holds the workload, in Kueue's own words (deactivation, eviction/preemption first, then quota)."""
     if workload is None:
         return Problem("WorkloadPending", "waiting for Kueue to create the Workload for the RayJob")
     conditions = _conditions(workload)
     if workload.get("spec", {}).get("active") is False:
-        return Problem("Deactivated", "the Workload is deactivated")
+        if deactivated_by_us(workload):
+            return Problem(DEACTIVATED, "the Workload is deactivated because the run is suspended")
+        return _deactivation(workload)
     for kind in KUEUE_PREEMPTION:
         cond = conditions.get(kind)
-        if cond and cond.get("status") == "True":
+        # An Evicted condition left from a deactivation that was undone since: the Workload waits for quota again.
+        if cond and cond.get("status") == "True" and not str(cond.get("reason", "")).startswith(DEACTIVATED):
             return Problem(f"{kind}{cond.get('reason', '')}", cond.get("message", ""))
     for kind in ("QuotaReserved", "Admitted"):
         cond = conditions.get(kind)
         if cond and cond.get("status") == "False":
+            if str(cond.get("reason", "")).startswith(DEACTIVATED):  # written before it was reactivated
+                return Problem("Reactivated", "the Workload was reactivated; waiting for Kueue to admit it")
             return Problem(cond.get("reason") or "Pending", cond.get("message", ""))
     if workload_admitted(workload):
         return Problem("AdmittedNotStarted", "admitted; waiting for Kueue to unsuspend the RayJob")
@@ -170,8 +198,8 @@ def decide_phase(obs: Observed, previous: TrainingRunStatus) -> Verdict:
             return Verdict(RunPhase.FAILED, source.failed.reason, source.failed.message)
         if obs.missing_secrets is not None:
             return Verdict(RunPhase.PENDING, obs.missing_secrets.reason, obs.missing_secrets.message)
-        if obs.conflict is not None:
-            return Verdict(RunPhase.PENDING, obs.conflict.reason, obs.conflict.message)
+        if obs.blocked is not None:
+            return Verdict(RunPhase.PENDING, obs.blocked.reason, obs.blocked.message)
         if obs.suspend:
             return Verdict(RunPhase.SUSPENDED, "Suspended", "suspended by spec.suspend before it started")
         if source is not None and source.waiting is not None:
@@ -232,7 +260,9 @@ def _source_ready_message(source: SourceStatus) -> str:
 
 
 def _waiting_for_kueue(wait: Problem) -> Verdict:
-    """Queued for quota; Suspended (in Kueue's words) when Kueue preempted or evicted the run."""
+    """Queued for quota; Suspended (in Kueue's words) when Kueue preempted, evicted or deactivated the run."""
+    if wait.reason.startswith(DEACTIVATED):
+        return Verdict(RunPhase.SUSPENDED, wait.reason, wait.message)
     if wait.reason.startswith(KUEUE_PREEMPTION):
         return Verdict(RunPhase.SUSPENDED, wait.reason, f"suspended by Kueue: {wait.message}")
     return Verdict(RunPhase.QUEUED, wait.reason, f"waiting for Kueue: {wait.message}")
@@ -308,7 +338,7 @@ def _admitted(obs: Observed) -> tuple[bool, str, str]:
         return True, "NoQueue", "the run names no Kueue queue; the RayJob is not held by Kueue"
     wait = kueue_wait_reason(obs.workload)
     # Kueue marks eviction before it drops Admitted: an evicted Workload is no longer admitted for the run.
-    taken_away = wait.reason.startswith((*KUEUE_PREEMPTION, "Deactivated"))
+    taken_away = wait.reason.startswith((*KUEUE_PREEMPTION, DEACTIVATED))
     if workload_admitted(obs.workload) and not taken_away:
         cond = _conditions(obs.workload)["Admitted"]
         return True, cond.get("reason") or "Admitted", cond.get("message", "")
@@ -321,7 +351,7 @@ def _conditions_for(obs: Observed, verdict: Verdict, previous: TrainingRunStatus
 
     def put(type_: ConditionType, status: bool, reason: str, message: str) -> None:
         nonlocal conditions
-        conditions = set_condition(conditions, type_, status, reason, message, **kw)
+        conditions = set_condition(conditions, type_, status, reason, brief(message), **kw)
 
     if obs.invalid is not None:
         put(ConditionType.VALID, False, obs.invalid.reason, obs.invalid.message)
@@ -333,6 +363,11 @@ def _conditions_for(obs: Observed, verdict: Verdict, previous: TrainingRunStatus
         put(ConditionType.SECRETS_READY, False, obs.missing_secrets.reason, obs.missing_secrets.message)
     elif obs.invalid is None:
         put(ConditionType.SECRETS_READY, True, "SecretsFound", "every referenced Secret and key exists")
+    if obs.invalid is None and obs.rayjob is not None:
+        name = obs.rayjob["metadata"]["name"]
+        put(ConditionType.LAUNCHED, True, "RayJobCreated", f"the RayJob {name} and the trainer's identity exist")
+    elif obs.invalid is None and obs.blocked is not None:
+        put(ConditionType.LAUNCHED, False, obs.blocked.reason, obs.blocked.message)
     if obs.invalid is None and (obs.rayjob is not None or verdict.phase not in TERMINAL):
         put(ConditionType.ADMITTED, *_admitted(obs))
         put(ConditionType.CLUSTER_READY, *_cluster_ready(obs.rayjob))
@@ -382,6 +417,11 @@ def _dashboard_url(status: dict[str, Any]) -> str | None:
     return url
 
 
+def _launched(status: TrainingRunStatus) -> Condition:
+    found = next((c for c in status.conditions if c.type == ConditionType.LAUNCHED.value), None)
+    return found or Condition(type=ConditionType.LAUNCHED.value, status="Unknown")
+
+
 MAX_ATTEMPT_RECORDS = 16
 
 
@@ -403,7 +443,7 @@ def _message(previous: TrainingRunStatus, verdict: Verdict) -> str | None:
     trainer_spoke = previous.phase in ACTIVE and bool(previous.message)
     if verdict.phase in TERMINAL and (verdict.phase == previous.phase or trainer_spoke):
         return previous.message
-    return verdict.message
+    return brief(verdict.message)
 
 
 def calculate_status(obs: Observed, previous: TrainingRunStatus) -> StatusUpdate:
@@ -443,8 +483,10 @@ def calculate_status(obs: Observed, previous: TrainingRunStatus) -> StatusUpdate
 
     event: PhaseEvent | None = None
     if phase != previous.phase:
-        kind = "Warning" if phase == RunPhase.FAILED else "Normal"
-        event = PhaseEvent(kind, phase.value, verdict.message)
+        kind = "Warning" if phase == RunPhase.FAILED or obs.blocked is not None else "Normal"
+        event = PhaseEvent(kind, phase.value, brief(verdict.message))
+    elif obs.blocked is not None and _launched(previous).reason != obs.blocked.reason:
+        event = PhaseEvent("Warning", obs.blocked.reason, brief(obs.blocked.message))
     update = StatusUpdate(status=status, previous_phase=previous.phase, event=event, left_queue_after=left_queue_after)
     update.changes = status_changes(previous, status)
     return update

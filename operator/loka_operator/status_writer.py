@@ -43,9 +43,9 @@ class StatusWriter:
             if error.status == 404:
                 return None
             raise
-        self.cache.remember_run(written)
+        self.cache.wrote(written)
         if update.event is not None:
-            await self.events.post(body, update.event)
+            self.events.post_soon(body, update.event)
         if update.status.phase != previous.phase:
             reason = update.event.reason if update.event else ""
             log.info("run %s: %s -> %s (%s)", key, previous.phase, update.status.phase, reason)

@@ -7,7 +7,9 @@ through the same renderer the trainer uses.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from dataclasses import dataclass, field
 
 from loka_api import Engine, TrainingRunSpec
 from loka_api.render import (
@@ -66,3 +68,26 @@ def _check_verl_overrides(spec: TrainingRunSpec) -> Problem | None:
 def validate_spec(spec: TrainingRunSpec) -> Problem | None:
     """The first problem found, or None. Blocking (composition takes ~1 s cold): call it in a thread."""
     return _check_batch_shape(spec) or _check_verl_overrides(spec)
+
+
+@dataclass
+class Validations:
+    """Each (uid, generation) of a run is validated once, before it launches, never again after.
+
+    A run that launched was valid by the rules of the operator that launched it; re-checking it after an upgrade
+    (stricter checks, a newer verl config) would fail a running run and lift its immutability rule. Composition
+    is CPU-bound (~1 s cold): it runs in a thread, and its answer is kept.
+    """
+
+    _results: dict[str, tuple[str, int, Problem | None]] = field(default_factory=dict)
+
+    async def check(self, key: str, uid: str, generation: int, spec: TrainingRunSpec) -> Problem | None:
+        known = self._results.get(key)
+        if known is not None and known[:2] == (uid, generation):
+            return known[2]
+        problem = await asyncio.to_thread(validate_spec, spec)
+        self._results[key] = (uid, generation, problem)
+        return problem
+
+    def forget(self, key: str) -> None:
+        self._results.pop(key, None)

@@ -1,11 +1,14 @@
 """A per-run work queue: at most one reconcile per run at a time, bursts of events coalesced into one more pass.
 
-Watch handlers only call `request()` and return, so kopf's event loop never waits on a reconcile.
+Watch handlers only call `request()` and return, so kopf's event loop never waits on a reconcile. A run whose
+reconcile fails backs off exponentially, and events that arrive meanwhile wait for the backoff instead of
+retrying at once. Forgetting a run (it was deleted) cancels its reconcile in flight and any timer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -24,6 +27,10 @@ class _Slot:
     timer: asyncio.TimerHandle | None = None
     timer_due: float = 0.0
     failures: int = 0
+    backoff_until: float = 0.0  # no reconcile before this (monotonic), whatever events arrive
+
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
 
 
 @dataclass
@@ -32,6 +39,7 @@ class RunQueue:
 
     reconcile: ReconcileFn
     max_concurrent: int = 16
+    base_backoff: float = 0.5
     max_backoff: float = 60.0
     _slots: dict[str, _Slot] = field(default_factory=dict)
     _limit: asyncio.Semaphore | None = None
@@ -39,8 +47,14 @@ class RunQueue:
     def request(self, key: str, *, drift: bool = False) -> None:
         slot = self._slots.setdefault(key, _Slot())
         slot.drift = slot.drift or drift
-        if slot.task is not None and not slot.task.done():
+        if slot.running():
             slot.dirty = True
+            return
+        wait = slot.backoff_until - time.monotonic()
+        if wait > 0:
+            # Still backing off from a failure: this event is served by the retry already scheduled.
+            slot.dirty = True
+            self._schedule(key, slot, wait)
             return
         slot.dirty = False
         slot.task = asyncio.get_running_loop().create_task(self._run(key, slot), name=f"reconcile {key}")
@@ -48,6 +62,9 @@ class RunQueue:
     def request_after(self, key: str, delay: float, *, drift: bool = False) -> None:
         slot = self._slots.setdefault(key, _Slot())
         slot.drift = slot.drift or drift
+        self._schedule(key, slot, delay)
+
+    def _schedule(self, key: str, slot: _Slot, delay: float) -> None:
         due = time.monotonic() + delay
         if slot.timer is not None and slot.timer_due <= due:
             return  # an earlier look is already scheduled
@@ -58,17 +75,27 @@ class RunQueue:
 
     def _fire(self, key: str) -> None:
         slot = self._slots.get(key)
-        if slot is not None:
-            slot.timer = None
+        if slot is None:
+            return
+        slot.timer = None
         self.request(key)
 
     def forget(self, key: str) -> None:
+        """The run is gone: stop its reconcile in flight, its timer and its backoff."""
         slot = self._slots.pop(key, None)
-        if slot is not None and slot.timer is not None:
+        if slot is None:
+            return
+        if slot.timer is not None:
             slot.timer.cancel()
+        if slot.running():
+            assert slot.task is not None
+            slot.task.cancel()
 
     def busy(self) -> int:
-        return sum(1 for slot in self._slots.values() if slot.task is not None and not slot.task.done())
+        return sum(1 for slot in self._slots.values() if slot.running())
+
+    def keys(self) -> list[str]:
+        return list(self._slots)
 
     async def _run(self, key: str, slot: _Slot) -> None:
         if self._limit is None:
@@ -79,24 +106,29 @@ class RunQueue:
             async with self._limit:
                 try:
                     delay = await self.reconcile(key, drift)
-                    slot.failures = 0
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     slot.failures += 1
-                    delay = min(self.max_backoff, 0.5 * 2**slot.failures)
+                    delay = min(self.max_backoff, self.base_backoff * 2**slot.failures)
+                    slot.backoff_until = time.monotonic() + delay
                     log.exception("reconcile of %s failed (attempt %d); retrying in %.1fs", key, slot.failures, delay)
+                    self._schedule(key, slot, delay)
+                    return  # events that arrived meanwhile wait for the retry
+                slot.failures = 0
+                slot.backoff_until = 0.0
             if delay is not None:
-                self.request_after(key, delay)
+                self._schedule(key, slot, delay)
             if not slot.dirty:
                 return
             slot.dirty = False
 
     async def drain(self) -> None:
-        tasks = [slot.task for slot in self._slots.values() if slot.task is not None and not slot.task.done()]
+        tasks = [slot.task for slot in self._slots.values() if slot.task is not None and slot.running()]
         for slot in self._slots.values():
             if slot.timer is not None:
                 slot.timer.cancel()
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*tasks, return_exceptions=True)

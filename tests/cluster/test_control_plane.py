@@ -71,6 +71,78 @@ def test_a_serviceaccount_without_a_role_is_forbidden(cluster: LocalCluster, k8s
         assert review.status.user_info.username == f"system:serviceaccount:{namespace}:nobody"
 
 
+def _as_service_account(cluster: LocalCluster, core: Any, namespace: str, name: str) -> client.ApiClient:
+    core.create_namespaced_service_account(namespace, client.V1ServiceAccount(metadata={"name": name}))
+    token = core.create_namespaced_service_account_token(
+        name, namespace, client.AuthenticationV1TokenRequest(spec={"audiences": [], "expirationSeconds": 600})
+    ).status.token
+    configuration = client.Configuration()
+    configuration.host = cluster.server
+    configuration.ssl_ca_cert = str(cluster.layout.pki.ca_crt)
+    configuration.api_key = {"authorization": f"Bearer {token}"}
+    return client.ApiClient(configuration)
+
+
+def test_setting_block_owner_deletion_needs_update_on_the_owners_finalizers(
+    cluster: LocalCluster, k8s: Any, namespace: str
+) -> None:
+    """OwnerReferencesPermissionEnforcement, as OpenShift runs it: RBAC on the child is not enough."""
+    core: Any = client.CoreV1Api(k8s)
+    rbac: Any = client.RbacAuthorizationV1Api(k8s)
+    owner = core.create_namespaced_config_map(namespace, {"metadata": {"name": "owner"}})
+    rules = [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create"]}]
+    rbac.create_namespaced_role(namespace, {"metadata": {"name": "maker"}, "rules": rules})
+    subject = {"kind": "ServiceAccount", "name": "maker", "namespace": namespace}
+    role_ref = {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "maker"}
+    binding = {"metadata": {"name": "maker"}, "roleRef": role_ref, "subjects": [subject]}
+    rbac.create_namespaced_role_binding(namespace, binding)
+    reference = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid}
+    child = {"metadata": {"name": "child", "ownerReferences": [{**reference, "blockOwnerDeletion": True}]}}
+
+    with _as_service_account(cluster, core, namespace, "maker") as maker:
+        as_maker: Any = client.CoreV1Api(maker)
+        with pytest.raises(ApiException) as refused:
+            as_maker.create_namespaced_config_map(namespace, child)
+        assert refused.value.status == 403
+        assert "cannot set blockOwnerDeletion" in str(refused.value.body)
+        # Without blockOwnerDeletion, or with update on the owner's finalizers, the create goes through.
+        loose = {"metadata": {"name": "loose", "ownerReferences": [reference]}}
+        as_maker.create_namespaced_config_map(namespace, loose)
+        rules.append({"apiGroups": [""], "resources": ["configmaps/finalizers"], "verbs": ["update"]})
+        rbac.replace_namespaced_role("maker", namespace, {"metadata": {"name": "maker"}, "rules": rules})
+        wait_until(lambda: _created(as_maker, namespace, child), timeout=30, what="the grant to take effect")
+
+
+def _created(core: Any, namespace: str, body: dict[str, Any]) -> bool:
+    try:
+        core.create_namespaced_config_map(namespace, body)
+    except ApiException as error:
+        if error.status == 403:
+            return False
+        raise
+    return True
+
+
+def test_pods_are_admitted_by_the_plugins_managed_clusters_add(k8s: Any, namespace: str) -> None:
+    """ExtendedResourceToleration (EKS), PodNodeSelector and PodTolerationRestriction (OpenShift) shape pods."""
+    core: Any = client.CoreV1Api(k8s)
+    annotations = {
+        "scheduler.alpha.kubernetes.io/node-selector": "loka.dev/pool=gpu",
+        "scheduler.alpha.kubernetes.io/defaultTolerations": '[{"key": "team", "operator": "Exists"}]',
+    }
+    core.patch_namespace(namespace, {"metadata": {"annotations": annotations}})
+    gpu = {"nvidia.com/gpu": "1"}
+    pod = {
+        "metadata": {"name": "gpu"},
+        "spec": {"containers": [{"name": "c", "image": "busybox", "resources": {"requests": gpu, "limits": gpu}}]},
+    }
+    admitted = core.create_namespaced_pod(namespace, pod, dry_run="All")
+    tolerations = {(t.key, t.operator, t.effect) for t in admitted.spec.tolerations}
+    assert ("nvidia.com/gpu", "Exists", "NoSchedule") in tolerations  # ExtendedResourceToleration
+    assert ("team", "Exists", None) in tolerations  # PodTolerationRestriction: the namespace's defaults
+    assert admitted.spec.node_selector == {"loka.dev/pool": "gpu"}  # PodNodeSelector: the namespace's selector
+
+
 def ray_cluster_spec(*, workers: int, gpus: int) -> dict[str, Any]:
     container_security = {
         "allowPrivilegeEscalation": False,

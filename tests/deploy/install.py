@@ -94,17 +94,35 @@ def service_account_kubeconfig(install: Install, path: Path) -> Path:
     token = install.cluster.kubectl(
         "create", "token", install.service_account, "-n", install.namespace, "--duration=2h"
     ).stdout.strip()
+    return write_kubeconfig(install, path, {"token": token})
+
+
+def bound_token(install: Install, secret: str) -> str:
+    """A token of the chart's ServiceAccount (TokenRequest) that stops working the moment `secret` is deleted."""
+    done = install.cluster.kubectl(
+        "create", "token", install.service_account, "-n", install.namespace, "--duration=1h",
+        "--bound-object-kind=Secret", f"--bound-object-name={secret}",
+    )  # fmt: skip
+    token: str = done.stdout.strip()
+    return token
+
+
+def write_kubeconfig(install: Install, path: Path, user: dict[str, Any]) -> Path:
+    """A kubeconfig for the local cluster whose user entry is `user` (token, tokenFile, exec, ...)."""
     admin = yaml.safe_load(install.cluster.kubeconfig.read_text())
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": admin["clusters"],
-        "users": [{"name": install.service_account, "user": {"token": token}}],
+        "users": [{"name": install.service_account, "user": user}],
         "contexts": [
             {"name": "chart", "context": {"cluster": admin["clusters"][0]["name"], "user": install.service_account}}
         ],
         "current-context": "chart",
     }
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
+    # Replaced in one step: a reader never sees half a file.
+    staged = path.with_suffix(".new")
+    staged.write_text(yaml.safe_dump(config))
+    staged.chmod(0o600)
+    staged.replace(path)
     return path

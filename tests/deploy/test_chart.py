@@ -9,8 +9,7 @@ import pytest
 import yaml
 
 from localcluster.tools import REPO
-from loka_operator.config import OperatorConfig
-from loka_operator.main import parse_args
+from loka_operator.main import config_from, parse_args
 from tests.deploy.chart import CHART, OPENSHIFT_APIS, VALUE_SETS, ChartError, Rendered, helm, render
 from tests.deploy.operator_api import required_verbs
 from tests.deploy.podsecurity import pod_specs, restricted_violations
@@ -40,10 +39,22 @@ def test_operator_pod_passes_restricted_v2(values: Path | None) -> None:
         assert restricted_violations(spec, where) == []
 
 
-def test_operator_runs_as_one_replica_replaced_not_rolled() -> None:
+def test_operator_runs_two_replicas_that_elect_a_leader_and_roll_over() -> None:
     deployment = render().one("Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert "--leader-elect" in container["args"]
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in container["env"]}
+    assert env["POD_NAME"] == "metadata.name"
+    assert env["POD_NAMESPACE"] == "metadata.namespace"
+
+
+def test_one_replica_without_leader_election_is_replaced_not_rolled() -> None:
+    deployment = render(sets={"replicas": "1", "leaderElection.enabled": "false"}).one("Deployment")
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert "--leader-elect" not in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
 def test_liveness_probe_hits_the_endpoint_the_operator_serves() -> None:
@@ -86,9 +97,14 @@ def test_service_monitor_is_rendered_only_when_the_cluster_serves_it() -> None:
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
 
 
+def _leader_election(kind: str, rendered: Rendered) -> list[dict[str, Any]]:
+    return [o for o in rendered.of_kind(kind) if o["metadata"]["name"].endswith("-leader-election")]
+
+
 def test_cluster_mode_binds_one_cluster_role_and_watches_all_namespaces() -> None:
     rendered = render()
-    assert "Role" not in rendered.kinds()
+    # The only namespaced Role: the Lease in the release namespace.
+    assert rendered.of_kind("Role") == _leader_election("Role", rendered)
     binding = rendered.one("ClusterRoleBinding")
     sa = rendered.one("ServiceAccount")
     assert binding["roleRef"]["name"] == rendered.one("ClusterRole")["metadata"]["name"]
@@ -102,8 +118,10 @@ def test_cluster_mode_binds_one_cluster_role_and_watches_all_namespaces() -> Non
 def test_namespaced_mode_renders_roles_only_in_each_watched_namespace() -> None:
     rendered = render(values=VALUE_SETS / "namespaced-values.yaml")
     assert not rendered.kinds() & CLUSTER_SCOPED
-    roles = {r["metadata"]["namespace"] for r in rendered.of_kind("Role")}
-    bindings = {b["metadata"]["namespace"]: b for b in rendered.of_kind("RoleBinding")}
+    election = _leader_election("Role", rendered) + _leader_election("RoleBinding", rendered)
+    assert {o["metadata"]["namespace"] for o in election} == {"loka-system"}
+    roles = {r["metadata"]["namespace"] for r in rendered.of_kind("Role") if r not in election}
+    bindings = {b["metadata"]["namespace"]: b for b in rendered.of_kind("RoleBinding") if b not in election}
     assert roles == set(bindings) == {"team-a", "team-b"}
     for binding in bindings.values():
         assert binding["subjects"][0]["namespace"] == "loka-system"
@@ -124,10 +142,15 @@ def _verbs(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
 def test_rbac_grants_exactly_the_verbs_the_operator_code_uses(values: Path | None) -> None:
     rendered = render(values=values)
     roles = rendered.of_kind("ClusterRole") + rendered.of_kind("Role")
-    assert roles
+    own = [r for r in roles if r["metadata"]["name"].endswith("-leader-election")]
+    watched = [r for r in roles if r not in own]
+    assert watched
     needed = required_verbs()
-    for role in roles:
+    for role in watched:
         assert _verbs(role["rules"]) == needed
+    # The Lease lives in the release namespace, whatever the operator watches.
+    assert [r["metadata"]["namespace"] for r in own] == ["loka-system"]
+    assert _verbs(own[0]["rules"]) == required_verbs(own_namespace=True)
 
 
 def test_operator_needs_no_secret_listing_and_no_cluster_powers() -> None:
@@ -147,11 +170,15 @@ def test_operator_accepts_the_arguments_and_environment_the_chart_gives_it(
     args = parse_args(container["args"])
     chart_values = yaml.safe_load(values.read_text()) if values is not None else {}
     assert args.namespace == chart_values.get("watchNamespaces", [])
+    downward = {"metadata.name": "loka-operator-7d9f-x2", "metadata.namespace": "loka-system"}
     for env in container["env"]:
-        monkeypatch.setenv(env["name"], env["value"])
-    config = OperatorConfig.from_env(namespaces=tuple(args.namespace), metrics_port=args.metrics_port)
+        value = env.get("value") or downward[env["valueFrom"]["fieldRef"]["fieldPath"]]
+        monkeypatch.setenv(env["name"], value)
+    config = config_from(args)
     expected_mode = chart_values.get("operator", {}).get("rayJobSubmissionMode", "K8sJobMode")
     assert config.rayjob.submission_mode == expected_mode
+    assert config.leader_election is not None
+    assert config.leader_election.namespace == "loka-system"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert args.metrics_port == ports.get("metrics", 0)
     assert args.liveness.endswith(f":{ports['health']}{container['livenessProbe']['httpGet']['path']}")
@@ -163,7 +190,8 @@ def test_operator_accepts_the_arguments_and_environment_the_chart_gives_it(
         ({"watchNamespaces[0]": "Team_A"}, "watchNamespaces", "does not match pattern"),
         ({"operator.rayJobSubmissionMode": "Magic"}, "rayJobSubmissionMode", "K8sJobMode"),
         ({"metrics.port": "70000"}, "/metrics/port", "want 65,535"),
-        ({"replicas": "2"}, "replicas", "additional properties"),
+        ({"replicas": "0"}, "replicas", "minimum"),
+        ({"replicas": "2", "leaderElection.enabled": "false"}, "replicas > 1", "leaderElection.enabled=true"),
         ({"liveness.path": "healthz"}, "liveness", "does not match pattern"),
     ],
 )

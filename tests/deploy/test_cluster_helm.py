@@ -18,8 +18,9 @@ def test_helm_installs_upgrades_and_uninstalls_the_chart(cluster: Any, namespace
     installed = helm("install", release, CHART, *common, *scope, "--wait", "--timeout", "120s")
     assert installed.returncode == 0, installed.stderr
     deployment = get_json(cluster, "deployment", f"{release}-loka-operator", "-n", namespace)
-    assert deployment["status"].get("availableReplicas") == 1
+    assert deployment["status"].get("availableReplicas") == 2  # one leads, one stands by
     assert get_json(cluster, "role", f"{release}-loka-operator", "-n", namespace)["rules"]
+    assert get_json(cluster, "role", f"{release}-loka-operator-leader-election", "-n", namespace)["rules"]
 
     upgraded = helm("upgrade", release, CHART, *common, *scope, "--set", "operator.logLevel=debug", "--wait")
     assert upgraded.returncode == 0, upgraded.stderr

@@ -1,5 +1,6 @@
 """The operator's own integration tests, passing with the operator running as the chart's
-ServiceAccount (cluster mode) instead of the cluster admin: the chart's RBAC is enough."""
+ServiceAccount (cluster mode) instead of the cluster admin: the chart's RBAC is enough. And the
+operator keeps working as that identity when its token is rotated under it."""
 
 from __future__ import annotations
 
@@ -7,14 +8,26 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from localcluster.controlplane import wait_until
+from localcluster.operator_process import OperatorProcess
 from localcluster.tools import REPO
-from tests.deploy.chart_identity import ENV, STARTS_ENV
-from tests.deploy.install import Install, apply, installed_chart, service_account_kubeconfig
+from tests.deploy.chart_identity import ENV, STARTS_ENV, _ClusterAs
+from tests.deploy.install import (
+    Install,
+    apply,
+    bound_token,
+    installed_chart,
+    service_account_kubeconfig,
+    write_kubeconfig,
+)
 
 # The tests that exercise every verb the operator uses: runs, RayJobs, the per-run identity, the
 # LocalQueue, Secrets, Kueue Workloads (suspend), events, deletion and the status subresource.
@@ -100,3 +113,74 @@ def _operator_log(tmp_path: Path) -> str:
     logs = sorted((tmp_path / "suite").glob("operator*/loka-operator.log"))
     assert logs, "the operator suite left no operator log"
     return "".join(log.read_text(errors="replace") for log in logs)
+
+
+# An exec credential plugin, as EKS, GKE and `oc` kubeconfigs have: it prints whatever token the file holds now.
+EXEC_PLUGIN = (
+    "import json, sys; print(json.dumps({'apiVersion': 'client.authentication.k8s.io/v1', 'kind': 'ExecCredential',"
+    " 'status': {'token': open(sys.argv[1]).read().strip()}}))"
+)
+
+
+@pytest.mark.parametrize("credentials", ["kubeconfig-token", "exec-plugin"])
+def test_operator_keeps_working_when_its_token_is_replaced_and_the_old_one_revoked(
+    cluster: Any, namespace: str, tmp_path: Path, credentials: str
+) -> None:
+    with installed_chart(cluster, namespace) as install, _harness_scanning(install):
+        for holder in ("token-a", "token-b"):
+            cluster.kubectl("create", "secret", "generic", holder, "-n", namespace)
+        kubeconfig, token_file = tmp_path / "kubeconfig", tmp_path / "token"
+
+        def use(token: str) -> None:
+            if credentials == "exec-plugin":
+                token_file.write_text(token)
+                plugin: dict[str, Any] = {"apiVersion": "client.authentication.k8s.io/v1", "command": sys.executable}
+                plugin["args"] = ["-c", EXEC_PLUGIN, str(token_file)]
+                write_kubeconfig(install, kubeconfig, {"exec": plugin})
+            else:
+                write_kubeconfig(install, kubeconfig, {"token": token})
+
+        first = bound_token(install, "token-a")
+        use(first)
+        prefix = f"lokatok-{uuid.uuid4().hex[:4]}-"
+        as_chart: Any = _ClusterAs(cluster, str(kubeconfig))
+        operator = OperatorProcess(as_chart, tmp_path / "operator.log", namespace_prefix=prefix)
+        runs = f"{prefix}runs"
+        cluster.kubectl("create", "namespace", runs)
+        operator.start()
+        try:
+            apply(cluster, [_run("early", runs)])
+            wait_until(lambda: _has_rayjob(cluster, runs, "early"), timeout=90, what="the first run's RayJob")
+
+            # The token is rotated: a new one in place, the old one revoked (its bound Secret deleted).
+            use(bound_token(install, "token-b"))
+            cluster.kubectl("delete", "secret", "token-a", "-n", namespace)
+            wait_until(lambda: _refused(cluster, first), timeout=30, what="the old token to be refused")
+
+            apply(cluster, [_run("late", runs)])
+            wait_until(lambda: _has_rayjob(cluster, runs, "late"), timeout=90, what="a RayJob made after the rotation")
+            assert "read them again" in operator.log_tail(400)
+        finally:
+            operator.stop()
+            cluster.kubectl("delete", "namespace", runs, "--wait=false", check=False)
+
+
+def _run(name: str, namespace: str) -> dict[str, Any]:
+    spec = {
+        "image": "ghcr.io/acme/loka:rl-train",
+        "engine": "trl",
+        "model": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct"},
+        "data": {"train": "s3://loka/data/gsm8k/train.parquet"},
+        "resources": {"workers": 0, "gpusPerWorker": 0, "head": {"cpu": "50m", "memory": "64Mi"}},
+    }
+    metadata = {"name": name, "namespace": namespace}
+    return {"apiVersion": "loka.dev/v1alpha1", "kind": "TrainingRun", "metadata": metadata, "spec": spec}
+
+
+def _has_rayjob(cluster: Any, namespace: str, name: str) -> bool:
+    return bool(cluster.kubectl("get", "rayjob", name, "-n", namespace, check=False).returncode == 0)
+
+
+def _refused(cluster: Any, token: str) -> bool:
+    done = cluster.kubectl(f"--token={token}", "get", "--raw", "/api", check=False)
+    return bool(done.returncode != 0 and "Unauthorized" in done.stderr)

@@ -75,10 +75,10 @@ def test_operator_pod_is_admitted_under_restricted_pod_security(cluster: Any, na
         found: list[Any] = get_json(cluster, "pods", "-n", namespaced.namespace, "-l", selector)["items"]
         return found
 
-    wait_until(lambda: len(pods()) == 1, timeout=60, what="the operator pod (admitted under PSA restricted)")
-    (pod,) = pods()
-    assert pod["spec"]["serviceAccountName"] == namespaced.service_account
-    assert restricted_violations(pod["spec"], "operator pod") == []
+    wait_until(lambda: len(pods()) == 2, timeout=60, what="both operator pods (admitted under PSA restricted)")
+    for pod in pods():
+        assert pod["spec"]["serviceAccountName"] == namespaced.service_account
+        assert restricted_violations(pod["spec"], "operator pod") == []
 
 
 def test_operator_identity_can_do_each_step_of_a_run(cluster: Any, namespaced: Install, team: str) -> None:
@@ -98,7 +98,8 @@ def test_operator_identity_can_do_each_step_of_a_run(cluster: Any, namespaced: I
     assert patched["status"]["phase"] == "Pending"
     # Secrets are read by name only.
     _must(op("get", "secret", "loka-s3", "-n", team))
-    # The per-run identity: the Role grants what the operator holds, so no bind/escalate is needed.
+    # The per-run identity: the Role grants what the operator holds, so no bind/escalate is needed. Every child
+    # carries blockOwnerDeletion, which OwnerReferencesPermissionEnforcement (on here, as on OpenShift) checks.
     for child in (
         build_service_account(name, team, uid),
         build_role(name, team, uid),
@@ -133,6 +134,16 @@ def test_operator_identity_can_do_each_step_of_a_run(cluster: Any, namespaced: I
         "type": "Normal",
     }
     _must(op("create", "-f", "-", input=json.dumps(event)))
+    # Leader election: a Lease in the operator's own namespace, and only there.
+    lease = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": namespaced.release, "namespace": namespaced.namespace},
+        "spec": {"holderIdentity": "replica-a", "leaseDurationSeconds": 15},
+    }
+    _must(op("create", "-f", "-", input=json.dumps(lease)))
+    _must(op("replace", "-f", "-", input=json.dumps({**lease, "spec": {"holderIdentity": "replica-b"}})))
+    _forbidden(op("create", "-f", "-", input=json.dumps({**lease, "metadata": {"name": "x", "namespace": team}})))
 
 
 def test_operator_identity_is_refused_everything_else(cluster: Any, namespaced: Install, team: str) -> None:
@@ -161,6 +172,8 @@ def test_cluster_mode_grants_cluster_wide_operator_verbs_only(cluster: Any, name
         assert install.can("patch", "trainingruns.loka.dev", "default", "--subresource=status")
         assert install.can("create", "rayjobs.ray.io", "default")
         assert install.can("get", "secrets", "default")
+        assert install.can("update", "trainingruns.loka.dev", "default", "--subresource=finalizers")
+        assert install.can("update", "leases.coordination.k8s.io", namespace)
         refused = [
             ("list", "secrets", "default"),
             ("watch", "secrets", None),
@@ -174,6 +187,7 @@ def test_cluster_mode_grants_cluster_wide_operator_verbs_only(cluster: Any, name
             ("escalate", "roles.rbac.authorization.k8s.io", "default"),
             ("impersonate", "serviceaccounts", "default"),
             ("patch", "nodes", None),
+            ("update", "leases.coordination.k8s.io", "default"),
         ]
         allowed = [(verb, resource, ns) for verb, resource, ns in refused if install.can(verb, resource, ns)]
         assert allowed == []

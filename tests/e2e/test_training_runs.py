@@ -86,7 +86,8 @@ def test_a_run_trains_to_success_with_live_progress_and_a_complete_checkpoint_in
     assert final["progress"]["step"] == final["progress"]["totalSteps"] == 4
     assert final["metrics"]["rewardMean"] is not None
     assert final["checkpoint"]["step"] == 4
-    assert final["checkpoint"]["uri"].endswith(f"/{e2e_namespace}/grpo/global_step_4")
+    uid = json.loads(cluster.kubectl("-n", e2e_namespace, "get", "trainingrun", "grpo", "-o", "json").stdout)
+    assert final["checkpoint"]["uri"].endswith(f"/{e2e_namespace}/grpo/{uid['metadata']['uid']}/global_step_4")
     assert condition(final, "Succeeded").get("status") == "True"
     assert final.get("completionTime")
 
@@ -112,14 +113,20 @@ def priority_classes(cluster: LocalCluster) -> None:
     cluster.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(docs))
 
 
-def test_a_preempted_run_is_suspended_with_kueues_reason_and_resumes_from_its_checkpoint(
+def test_a_preempted_run_with_an_explicit_resume_continues_from_its_own_latest_checkpoint(
     cluster: LocalCluster, stack: DemoStack, e2e_namespace: str, priority_classes: None
 ) -> None:
+    seed = apply(cluster, run_manifest(e2e_namespace, "seed", training={"maxSteps": 2}, checkpoints={"every": 2}))
+    seeded = seed.until(lambda s: s.get("phase") == "Succeeded", timeout=600, what="the seed run to finish")
+    seed_uri = seeded["checkpoint"]["uri"]
+
     low = apply(cluster, run_manifest(
-        e2e_namespace, "low", training={"maxSteps": 60}, checkpoints={"every": 4},
+        e2e_namespace, "low", training={"maxSteps": 60}, checkpoints={"every": 4, "resume": seed_uri},
         queue={"name": "e2e", "clusterQueue": e2e_namespace, "priorityClass": "loka-e2e-low"},
     ))  # fmt: skip
     low.until(lambda s: (s.get("checkpoint") or {}).get("step", 0) >= 4, timeout=300, what="a first checkpoint")
+    said = [st.get("message") or "" for st in low.seen]
+    assert any(m.startswith(f"resumed from checkpoint step 2 ({seed_uri.rsplit('/', 1)[0]})") for m in said), said
 
     high = apply(cluster, run_manifest(
         e2e_namespace, "high", training={"maxSteps": 2}, checkpoints={"every": 2},
@@ -133,8 +140,8 @@ def test_a_preempted_run_is_suspended_with_kueues_reason_and_resumes_from_its_ch
     assert saved and saved >= 2
 
     high.until(lambda s: s.get("phase") == "Succeeded", timeout=600, what="the high-priority run to finish")
-    resumed = low.until(lambda s: s.get("attempt") == 2 and s.get("phase") == "Running", timeout=300,
-                        what="the low-priority run to be admitted again")  # fmt: skip
+    low.until(lambda s: s.get("attempt") == 2 and s.get("phase") == "Running", timeout=300,
+              what="the low-priority run to be admitted again")  # fmt: skip
     final = low.until(lambda s: s.get("phase") == "Succeeded", timeout=900, what="the resumed run to finish")
 
     # The preempted trainer may still finish a checkpoint while it stops: resume picks the newest complete one.
@@ -143,13 +150,19 @@ def test_a_preempted_run_is_suspended_with_kueues_reason_and_resumes_from_its_ch
     assert resumes, f"attempt 2 never said where it resumed from: {said}"
     resumed_from = resumes[0]
     assert resumed_from >= saved, f"resumed from {resumed_from}, older than checkpoint {saved} seen at preemption"
-    assert resumed_from == (resumed.get("checkpoint") or {}).get("step"), "from the checkpoint status names"
+    first = next(
+        i for i, st in enumerate(low.seen)
+        if st.get("attempt") == 2 and (st.get("message") or "").startswith("resumed from")
+    )  # fmt: skip
+    named = low.seen[first].get("checkpoint") or {}
+    assert named.get("step") == resumed_from, f"status names checkpoint {named} while it resumes from {resumed_from}"
+    own = named.get("uri", "")
+    assert own.startswith(f"s3://{S3_BUCKET}/checkpoints/{e2e_namespace}/low/"), "the run's own, not the seed"
 
     for st in low.seen:  # status never shows progress behind its own checkpoint
         step, checkpoint = (st.get("progress") or {}).get("step"), (st.get("checkpoint") or {}).get("step")
         if step is not None and checkpoint is not None:
             assert step >= checkpoint, st
-    first = next(i for i, st in enumerate(low.seen) if (st.get("message") or "").startswith("resumed from"))
     after = [st["progress"]["step"] for st in low.seen[first:] if (st.get("progress") or {}).get("step") is not None]
     assert min(after) >= resumed_from, f"the step went back past checkpoint {resumed_from}: {after}"
     assert final["progress"]["step"] == 60
@@ -167,3 +180,33 @@ def test_a_bad_reward_function_fails_the_run_with_the_trainers_error_after_max_r
     assert "loka_trainer.rewards.nowhere" in final.get("message", ""), final.get("message")
     assert final.get("attempt") == 2, "maxRestarts: 1 allows one retry before the run fails"
     assert condition(final, "Failed").get("status") == "True"
+
+
+def test_a_run_deleted_and_created_again_starts_from_scratch(
+    cluster: LocalCluster, stack: DemoStack, e2e_namespace: str
+) -> None:
+    manifest = run_manifest(e2e_namespace, "again", training={"maxSteps": 2}, checkpoints={"every": 2})
+    first = apply(cluster, manifest)
+    before = first.until(lambda s: s.get("phase") == "Succeeded", timeout=600, what="the first run to finish")
+    cluster.kubectl("-n", e2e_namespace, "delete", "trainingrun", "again", "--wait=true")
+
+    def old_children_gone() -> bool:  # garbage collection of the deleted run's RayJob
+        out = cluster.kubectl("-n", e2e_namespace, "get", "rayjobs", "-o", "name").stdout
+        return not out.strip()
+
+    deadline = time.monotonic() + 120
+    while not old_children_gone():
+        assert time.monotonic() < deadline, "the deleted run's RayJob is still there"
+        time.sleep(0.5)
+
+    second = apply(cluster, manifest)  # the same name, a new uid
+    after = second.until(lambda s: s.get("phase") == "Succeeded", timeout=600, what="the new run to finish")
+
+    said = [st.get("message") or "" for st in second.seen]
+    assert not [m for m in said if m.startswith("resumed from")], f"the new run resumed the old one's weights: {said}"
+    assert after["checkpoint"]["step"] == 2
+    assert after["checkpoint"]["uri"] != before["checkpoint"]["uri"]
+    keys = checkpoint_keys(cluster, manifest)
+    for uri in (before["checkpoint"]["uri"], after["checkpoint"]["uri"]):
+        key = uri.removeprefix(f"s3://{S3_BUCKET}/") + "/loka-manifest.json"
+        assert key in keys, f"{uri} is not complete in MinIO: the new run pruned its predecessor's checkpoint"

@@ -6,6 +6,7 @@ same cluster never see or touch its runs (and it never touches theirs).
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -52,9 +53,9 @@ def ns(kube: Kube) -> Iterator[str]:
     yield from fresh_namespace(kube, NAMESPACE_PREFIX)
 
 
-def fresh_namespace(kube: Kube, prefix: str) -> Iterator[str]:
+def fresh_namespace(kube: Kube, prefix: str, labels: dict[str, str] | None = None) -> Iterator[str]:
     name = f"{prefix}{uuid.uuid4().hex[:8]}"
-    kube.core.create_namespace({"metadata": {"name": name, "labels": {"loka.dev/test": "operator"}}})
+    kube.core.create_namespace({"metadata": {"name": name, "labels": {"loka.dev/test": "operator", **(labels or {})}}})
     wait_until(lambda: kube.exists("", "v1", "serviceaccounts", name, "default"), timeout=30, what="default SA")
     yield name
     kube.core.delete_namespace(name)
@@ -146,6 +147,45 @@ def run_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
         "metadata": {"name": name, "namespace": namespace},
         "spec": body,
     }
+
+
+def queued(cluster_queue: str, name: str = "team-a") -> dict[str, Any]:
+    return {"queue": {"name": name, "clusterQueue": cluster_queue}}
+
+
+def wait_phase(kube: Kube, ns: str, name: str, phase: str, timeout: float = 90) -> dict[str, Any]:
+    status: dict[str, Any] = eventually(
+        lambda: (s := kube.status(ns, name)).get("phase") == phase and s,
+        timeout=timeout,
+        what=f"run {ns}/{name} to be {phase} (now {kube.phase(ns, name)})",
+    )
+    return status
+
+
+def wait_condition(kube: Kube, ns: str, name: str, type_: str, status: str, *, reason: str = "") -> dict[str, Any]:
+    """The run's condition once it has `status` (and a reason starting with `reason`)."""
+    found: dict[str, Any] = eventually(
+        lambda: (
+            (c := kube.condition(ns, name, type_)).get("status") == status
+            and str(c.get("reason", "")).startswith(reason)
+            and c
+        ),
+        what=f"{type_}={status} {reason} on {ns}/{name} (now {kube.condition(ns, name, type_)})",
+    )
+    return found
+
+
+def drive_rayjob(kube: Kube, ns: str, name: str, deployment: str, job_status: str, *, message: str = "") -> None:
+    """Stand in for the Ray job's end, as Kueue's own RayJob integration tests do: write the RayJob status."""
+    said = message or f"driven to {job_status}"
+    status = {"jobDeploymentStatus": deployment, "jobStatus": job_status, "message": said}
+    kube.custom.patch_namespaced_custom_object_status("ray.io", "v1", ns, "rayjobs", name, {"status": status})
+
+
+def metric(operator: OperatorProcess, name: str) -> float:
+    """The sum of a metric's samples on the operator's /metrics page (0 when it has none yet)."""
+    samples = re.findall(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)$", operator.metrics(), re.M)
+    return sum(float(v) for v in samples)
 
 
 def eventually(predicate: Any, *, timeout: float = 60, what: str, interval: float = 0.3) -> Any:

@@ -16,6 +16,12 @@ class Kube:
         self.rbac: Any = client.RbacAuthorizationV1Api(api)
         self.batch: Any = client.BatchV1Api(api)
 
+    def as_user(self, user: str) -> Kube:
+        """The same cluster, every call made as `user` (the admin impersonates it: RBAC applies as to that user)."""
+        api = client.ApiClient(self.api.configuration)
+        api.set_default_header("Impersonate-User", user)  # type: ignore[no-untyped-call]
+        return Kube(api)
+
     # ------------------------------------------------------------------------ runs
 
     def create_run(self, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -47,6 +53,12 @@ class Kube:
 
     def patch_run(self, ns: str, name: str, spec: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object("loka.dev", "v1alpha1", ns, "trainingruns", name, {"spec": spec})
+
+    def patch_run_status(self, ns: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        patched: dict[str, Any] = self.custom.patch_namespaced_custom_object_status(
+            "loka.dev", "v1alpha1", ns, "trainingruns", name, {"status": status}
+        )
+        return patched
 
     def delete_run(self, ns: str, name: str) -> None:
         self.custom.delete_namespaced_custom_object("loka.dev", "v1alpha1", ns, "trainingruns", name)

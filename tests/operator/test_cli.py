@@ -21,9 +21,8 @@ import yaml
 from localcluster.controlplane import S3_BUCKET, LocalCluster
 from localcluster.operator_process import OperatorProcess
 from loka_cli.main import main
-from tests.operator.conftest import eventually, run_manifest
+from tests.operator.conftest import drive_rayjob, eventually, run_manifest, wait_phase
 from tests.operator.kube import Kube
-from tests.operator.test_reconcile import drive_rayjob, wait_phase
 
 LOKA = str(Path(sys.executable).with_name("loka"))
 
@@ -205,14 +204,24 @@ def test_checkpoints_lists_complete_ones_and_downloads_verified(  # noqa: PLR091
     operator: OperatorProcess, cluster: LocalCluster, kube: Kube, ns: str, tmp_path: Path, loka: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
+    from loka_api.manifest import Writer
     from loka_trainer.checkpoints import CheckpointStore
     from loka_trainer.storage import ObjectStore
 
     for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(key, cluster.env[key])
     uri = f"s3://{S3_BUCKET}/cli-ckpt-{ns}/"
-    kube.create_run(run_manifest("saved", ns, checkpoints={"uri": uri, "every": 1, "keep": 3}))
-    store = CheckpointStore.for_run(ObjectStore(), uri, namespace=ns, run_name="saved", keep=3)
+    created = kube.create_run(run_manifest("saved", ns, checkpoints={"uri": uri, "every": 1, "keep": 3}))
+    store = CheckpointStore.for_run(
+        ObjectStore(),
+        uri,
+        namespace=ns,
+        run_name="saved",
+        uid=created["metadata"]["uid"],
+        keep=3,
+        writer=Writer(1, "t"),
+    )
+    store.claim()
     for step in (1, 2):  # written the way the trainer writes them
         folder = tmp_path / f"step{step}"
         (folder / "actor").mkdir(parents=True)

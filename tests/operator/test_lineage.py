@@ -12,9 +12,8 @@ import time
 from typing import Any
 
 from localcluster.operator_process import OperatorProcess
-from tests.operator.conftest import eventually, run_manifest
+from tests.operator.conftest import drive_rayjob, eventually, run_manifest, wait_phase
 from tests.operator.kube import Kube
-from tests.operator.test_reconcile import drive_rayjob, wait_phase
 
 SFT, GRPO = "sft", "grpo"
 

@@ -14,9 +14,8 @@ from typing import Any
 import pytest
 
 from localcluster.operator_process import OperatorProcess
-from tests.operator.conftest import eventually, run_manifest
+from tests.operator.conftest import drive_rayjob, eventually, run_manifest, wait_phase
 from tests.operator.kube import Kube
-from tests.operator.test_reconcile import drive_rayjob, wait_phase
 
 RUN = "notified"
 WEBHOOK_TOKEN = "XyzSecretWebhookToken0123"  # the secret part of a webhook URL: must never be logged

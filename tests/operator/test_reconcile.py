@@ -3,39 +3,16 @@
 from __future__ import annotations
 
 import base64
-from typing import Any
+from pathlib import Path
+
+import yaml
 
 from localcluster.controlplane import LocalCluster
 from localcluster.operator_process import OperatorProcess
-from tests.operator.conftest import eventually, run_manifest
+from tests.operator.conftest import drive_rayjob, eventually, queued, run_manifest, wait_phase
 from tests.operator.kube import Kube
 
 RUN = "qwen"
-
-
-def queued(cluster_queue: str, name: str = "team-a") -> dict[str, Any]:
-    return {"queue": {"name": name, "clusterQueue": cluster_queue}}
-
-
-def wait_phase(kube: Kube, ns: str, name: str, phase: str, timeout: float = 90) -> dict[str, Any]:
-    status: dict[str, Any] = eventually(
-        lambda: (s := kube.status(ns, name)).get("phase") == phase and s,
-        timeout=timeout,
-        what=f"run {ns}/{name} to be {phase} (now {kube.phase(ns, name)})",
-    )
-    return status
-
-
-def drive_rayjob(kube: Kube, ns: str, name: str, deployment: str, job_status: str) -> None:
-    """Stand in for the Ray job's end, as Kueue's own RayJob integration tests do: write the RayJob status."""
-    kube.custom.patch_namespaced_custom_object_status(
-        "ray.io",
-        "v1",
-        ns,
-        "rayjobs",
-        name,
-        {"status": {"jobDeploymentStatus": deployment, "jobStatus": job_status, "message": f"driven to {job_status}"}},
-    )
 
 
 def test_run_is_admitted_and_running(operator: OperatorProcess, kube: Kube, ns: str, gpu_queue: str) -> None:
@@ -297,3 +274,23 @@ def test_metrics_count_reconciles_and_phases(operator: OperatorProcess, kube: Ku
     assert "loka_reconcile_duration_seconds_bucket" in text
     assert 'loka_runs{phase="Running"}' in text
     assert 'loka_api_requests_total{verb="POST"}' in text
+
+
+def test_gpu_smoke_example_is_admitted_on_one_gpu_with_inputs_the_trainer_builds(
+    operator: OperatorProcess, kube: Kube, ns: str, gpu_queue: str
+) -> None:
+    manifest = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "gpu-smoke-run.yaml").read_text())
+    manifest["metadata"]["namespace"] = ns
+    manifest["spec"].update(queued(gpu_queue))
+    # Only the checkpoints need S3: its Secret is the one thing an admin creates besides the run.
+    secret = {"metadata": {"name": "loka-s3"}, "stringData": {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}}
+    kube.core.create_namespaced_secret(ns, secret)
+    kube.create_run(manifest)
+
+    name = manifest["metadata"]["name"]
+    status = wait_phase(kube, ns, name, "Running")
+    assert status["attempt"] == 1
+    rayjob = kube.rayjob(ns, name) or {}
+    worker = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert worker["replicas"] == 1
+    assert worker["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"

@@ -230,7 +230,18 @@ class TrainerCase:
     env_for: Callable[[str], dict[str, str]]
 
     def checkpoints(self, run: str) -> CheckpointStore:
-        return CheckpointStore(self.store, self.prefix.join("ckpt", self.namespace, run), keep=2)
+        uid = read_run(self.k8s, self.namespace, run)["metadata"]["uid"]
+        return CheckpointStore(self.store, self.prefix.join("ckpt", self.namespace, run, uid), keep=2)
+
+    def operator_counts_attempt(self, run: str, attempt: int) -> None:
+        """status.attempt as the operator writes it when an attempt starts (no operator runs in these tests)."""
+        from kubernetes import client
+
+        objects: Any = client.CustomObjectsApi(self.k8s)
+        objects.patch_namespaced_custom_object_status(
+            "loka.dev", "v1alpha1", self.namespace, "trainingruns", run, {"status": {"attempt": attempt}},
+            _content_type="application/merge-patch+json",
+        )  # fmt: skip
 
 
 @pytest.fixture

@@ -1,4 +1,6 @@
-"""The trainer reports into its own run's status with the operator's per-run Role, and into nothing else."""
+"""The trainer reports into its own run's status with the operator's per-run Role, and into nothing else; a
+replaced attempt's late patches are refused by the API server itself (a JSON patch `test` on status.attempt).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from loka_trainer.checkpoints import CheckpointRecord
 from loka_trainer.run_client import RunClient, RunIdentity, api_client
 from loka_trainer.status_reporter import StatusReporter
 from loka_trainer.step_metrics import StepMetrics
-from tests.trainer.conftest import create_run, per_run_kubeconfig, read_run
+from tests.trainer.conftest import RUN_GROUP, RUN_PLURAL, RUN_VERSION, create_run, per_run_kubeconfig, read_run
 
 SPEC: dict[str, Any] = {
     "engine": "trl",
@@ -31,12 +33,31 @@ def two_runs(k8s: Any, namespace: str, trainingrun_crd: None) -> tuple[str, str]
     return "mine", "theirs"
 
 
+def operator_writes(k8s: Any, namespace: str, name: str, status: dict[str, Any]) -> None:
+    """What the operator writes into a run's status (as an admin: its own ClusterRole)."""
+    from kubernetes import client
+
+    objects: Any = client.CustomObjectsApi(k8s)
+    objects.patch_namespaced_custom_object_status(
+        RUN_GROUP, RUN_VERSION, namespace, RUN_PLURAL, name, {"status": status},
+        _content_type="application/merge-patch+json",
+    )  # fmt: skip
+
+
+def trainer_of(kubeconfig: Path, namespace: str, ray_cluster: str) -> RunClient:
+    runs = RunClient(api_client(str(kubeconfig)), RunIdentity("mine", namespace, ray_cluster=ray_cluster))
+    runs.serve_attempt(wait_s=0)
+    return runs
+
+
 def test_trainer_reads_its_run_and_patches_its_status_with_the_per_run_role(
     cluster: Any, k8s: Any, namespace: str, two_runs: tuple[str, str], tmp_path: Path
 ) -> None:
+    operator_writes(k8s, namespace, "mine", {"attempt": 1, "rayCluster": "mine-a1b2c"})
     kubeconfig = per_run_kubeconfig(cluster, k8s, namespace, "mine", tmp_path)
-    runs = RunClient(api_client(str(kubeconfig)), RunIdentity("mine", namespace))
+    runs = trainer_of(kubeconfig, namespace, "mine-a1b2c")
     assert runs.get().spec.engine.value == "trl"
+    assert runs.attempt == 1
 
     reporter = StatusReporter(runs.patch_status, total_steps=20, min_interval=0.0)
     reporter.report_metrics(
@@ -56,6 +77,11 @@ def test_trainer_reads_its_run_and_patches_its_status_with_the_per_run_role(
     assert status["metrics"]["updatedAt"]
     assert status["checkpoint"]["step"] == 2
     assert status["checkpoint"]["uri"] == "s3://loka/ckpt/x/mine/global_step_2"
+
+    # A step whose metrics file lacks some metrics leaves the last values shown, as a merge patch would.
+    reporter.report_metrics(StepMetrics(step=4, reward_mean=0.5))
+    metrics = read_run(k8s, namespace, "mine")["status"]["metrics"]
+    assert (metrics["rewardMean"], metrics["klLoss"]) == (0.5, 0.01)
 
 
 def test_trainer_cannot_read_or_patch_another_run(
@@ -87,3 +113,47 @@ def test_trainer_cannot_change_its_own_spec(
             "loka.dev", "v1alpha1", namespace, "trainingruns", "mine", {"spec": {"suspend": True}}
         )
     assert error.value.status == 403
+
+
+def test_a_replaced_attempts_late_status_patch_is_refused_by_the_api_server(
+    cluster: Any, k8s: Any, namespace: str, two_runs: tuple[str, str], tmp_path: Path
+) -> None:
+    operator_writes(k8s, namespace, "mine", {"attempt": 1, "rayCluster": "mine-old11"})
+    kubeconfig = per_run_kubeconfig(cluster, k8s, namespace, "mine", tmp_path)
+    old = StatusReporter(trainer_of(kubeconfig, namespace, "mine-old11").patch_status, total_steps=20, min_interval=0)
+    old.report_metrics(StepMetrics(step=5, reward_mean=0.25))
+
+    # Preempted: the operator counts attempt 2 on a new RayCluster, whose trainer resumes from step 4 ...
+    operator_writes(k8s, namespace, "mine", {"attempt": 2, "rayCluster": "mine-new22"})
+    new = StatusReporter(trainer_of(kubeconfig, namespace, "mine-new22").patch_status, total_steps=20, min_interval=0)
+    new.report_resumed(4, "s3://loka/ckpt/team-a/mine/uid")
+    # ... while attempt 1, in its grace period, still finishes a step and says why it stopped.
+    old.report_metrics(StepMetrics(step=6, reward_mean=0.3))
+    old.report_message("trainer stopped by SIGTERM; resumes from checkpoint step 4")
+
+    status = read_run(k8s, namespace, "mine")["status"]
+    assert status["message"] == "resumed from checkpoint step 4 (s3://loka/ckpt/team-a/mine/uid)"
+    assert status["progress"]["step"] == 4
+    assert status["metrics"]["rewardMean"] == 0.25
+    assert old.fenced
+    assert old.patches_sent == 1
+    new.report_metrics(StepMetrics(step=5, reward_mean=0.4))
+    assert read_run(k8s, namespace, "mine")["status"]["progress"]["step"] == 5
+
+
+def test_an_attempt_the_operator_counts_after_it_started_keeps_reporting(
+    cluster: Any, k8s: Any, namespace: str, two_runs: tuple[str, str], tmp_path: Path
+) -> None:
+    operator_writes(k8s, namespace, "mine", {"attempt": 1, "rayCluster": "mine-old11"})
+    kubeconfig = per_run_kubeconfig(cluster, k8s, namespace, "mine", tmp_path)
+    runs = trainer_of(kubeconfig, namespace, "mine-new22")  # read before the operator saw its RayCluster
+    assert runs.attempt == 1
+
+    operator_writes(k8s, namespace, "mine", {"attempt": 2, "rayCluster": "mine-new22"})
+    reporter = StatusReporter(runs.patch_status, total_steps=20, min_interval=0)
+    reporter.report_metrics(StepMetrics(step=3, reward_mean=0.5))
+
+    assert reporter.patches_sent == 1
+    assert not reporter.fenced
+    assert runs.attempt == 2
+    assert read_run(k8s, namespace, "mine")["status"]["progress"]["step"] == 3

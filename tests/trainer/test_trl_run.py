@@ -57,6 +57,7 @@ def test_sigterm_stops_the_run_reports_why_and_the_next_attempt_resumes_from_the
     env = case.env_for("preempted")
     store = case.checkpoints("preempted")
     log = case.work / "trainer.log"
+    case.operator_counts_attempt("preempted", 1)
 
     first = start_trainer(env, case.work / "attempt-1", log)
     try:
@@ -79,6 +80,7 @@ def test_sigterm_stops_the_run_reports_why_and_the_next_attempt_resumes_from_the
     assert "SIGTERM" in message
     assert f"checkpoint step {stopped_at}" in message
 
+    case.operator_counts_attempt("preempted", 2)
     second = start_trainer(env, case.work / "attempt-2", log)  # a fresh pod: empty local disk
     try:
         code = second.wait(timeout=RUN_TIMEOUT_S)

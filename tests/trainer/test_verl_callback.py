@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from loka_api.contract import MANIFEST_NAME
+from loka_api.manifest import Writer
 from loka_trainer.checkpoints import CheckpointStore
 from loka_trainer.nodes import on_nodes, ray_node_ids, stage_on_node
 from loka_trainer.storage import ObjectStore, S3Uri
@@ -50,9 +53,13 @@ def test_verl_builds_the_callback_and_every_node_uploads_before_the_marker_moves
     from loka_api.render import DEFAULT_CHECKPOINT_CALLBACK
 
     assert len(ray_cluster) == 2
-    run_prefix = s3_prefix.join("ns", "verl-run")
+    run_prefix = s3_prefix.join("ns", "verl-run", "uid-1")
+    writer = Writer(3, "verl-run-x7k2p")
+    CheckpointStore(object_store, run_prefix, keep=2, writer=writer).claim()  # `loka-trainer run` claims first
     monkeypatch.setenv("LOKA_CHECKPOINT_PREFIX", str(run_prefix))
     monkeypatch.setenv("LOKA_CHECKPOINT_KEEP", "2")
+    monkeypatch.setenv("LOKA_CHECKPOINT_WRITER", writer.to_env())
+    monkeypatch.setenv("LOKA_RUN_UID", "uid-1")
     config = OmegaConf.create({"trainer": {"checkpoint_callback_class": DEFAULT_CHECKPOINT_CALLBACK}})
     callback = build_checkpoint_callback(config)
 
@@ -60,11 +67,15 @@ def test_verl_builds_the_callback_and_every_node_uploads_before_the_marker_moves
         folder = write_verl_checkpoint(tmp_path / "local", step=step, shard_bytes=64 * 1024)
         callback.on_save(trainer=None, global_step=step, checkpoint_dir=str(folder), async_save=False)
 
+    # One local copy per node: the older steps are in S3, and verl itself rotates only rank 0's node.
+    assert sorted(p.name for p in (tmp_path / "local").iterdir()) == ["global_step_30"]
     store = CheckpointStore(object_store, run_prefix, keep=2)
     assert store.complete_steps() == [20, 30]
-    assert store.marker_step() == 30
+    assert store.marker_state().step == 30
+    assert store.marker_state().writer == writer
     manifest = store.manifest(30)
     assert manifest is not None
+    assert (manifest.writer, manifest.run_uid) == (writer, "uid-1")
     assert {f.path for f in manifest.files} == {
         p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME
     }
@@ -76,11 +87,58 @@ def test_async_saves_are_not_uploaded_as_complete(
     from loka_trainer.verl_callback import S3CheckpointCallback
 
     monkeypatch.setenv("LOKA_CHECKPOINT_PREFIX", str(s3_prefix))
+    monkeypatch.setenv("LOKA_CHECKPOINT_WRITER", "1/run-a1b2c")
     monkeypatch.delenv("LOKA_RUN_NAME", raising=False)
     callback = S3CheckpointCallback(config=None)
     folder = write_verl_checkpoint(tmp_path, step=5, shard_bytes=1024)
     callback.on_save(trainer=None, global_step=5, checkpoint_dir=str(folder), async_save=True)
     assert CheckpointStore(object_store, s3_prefix, keep=3).all_steps() == []
+
+
+def test_saves_upload_in_the_background_from_a_snapshot_that_survives_verls_rotation(
+    ray_cluster: list[str], object_store: ObjectStore, s3_prefix: S3Uri, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loka_api.manifest import sha256_file
+    from loka_trainer.nodes import UPLOAD_SNAPSHOT_FOLDER
+    from loka_trainer.verl_callback import S3CheckpointCallback
+
+    writer = Writer(1, "run-a1b2c")
+    CheckpointStore(object_store, s3_prefix, keep=3, writer=writer).claim()  # `loka-trainer run` claims first
+    monkeypatch.setenv("LOKA_CHECKPOINT_PREFIX", str(s3_prefix))
+    monkeypatch.setenv("LOKA_CHECKPOINT_WRITER", writer.to_env())
+    callback = S3CheckpointCallback(config=None)
+    trainer = SimpleNamespace(total_training_steps=30)  # what verl passes: the trainer, which knows the last step
+    local = tmp_path / "local"
+    first = write_verl_checkpoint(local, step=10, shard_bytes=512 * 1024)
+    written = {p.relative_to(first).as_posix(): sha256_file(p) for p in first.rglob("*") if p.is_file()}
+
+    callback.on_save(trainer=trainer, global_step=10, checkpoint_dir=str(first), async_save=False)
+    shutil.rmtree(first)  # verl's max_actor_ckpt_to_keep=1 at its next save, maybe while step 10 still uploads
+    last = write_verl_checkpoint(local, step=30, shard_bytes=1024)
+    callback.on_save(trainer=trainer, global_step=30, checkpoint_dir=str(last), async_save=False)
+
+    # The last save returned only once both were stored: verl's process ends right after it.
+    store = CheckpointStore(object_store, s3_prefix, keep=3)
+    assert store.complete_steps() == [10, 30]
+    assert store.marker_step() == 30
+    manifest = store.manifest(10)
+    assert manifest is not None
+    assert {f.path: f.sha256 for f in manifest.files} == written
+    assert not any((local / UPLOAD_SNAPSHOT_FOLDER).rglob("*"))
+
+
+def test_a_failed_background_upload_stops_training_at_the_next_save(
+    ray_cluster: list[str], s3_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loka_trainer.verl_callback import S3CheckpointCallback
+
+    monkeypatch.setenv("LOKA_CHECKPOINT_PREFIX", "s3://no-such-bucket-for-loka/ckpt")
+    monkeypatch.setenv("LOKA_CHECKPOINT_WRITER", "1/run-a1b2c")
+    callback = S3CheckpointCallback(config=None)
+    trainer = SimpleNamespace(total_training_steps=30)
+    callback.on_save(trainer=trainer, global_step=10, checkpoint_dir=str(write_verl_checkpoint(tmp_path, step=10)))
+    with pytest.raises(RuntimeError, match="the upload of checkpoint step 10 failed"):
+        callback.on_save(trainer=trainer, global_step=20, checkpoint_dir=str(write_verl_checkpoint(tmp_path, step=20)))
 
 
 def test_other_nodes_get_the_model_data_and_restored_checkpoint_at_the_same_paths(
@@ -91,18 +149,27 @@ def test_other_nodes_get_the_model_data_and_restored_checkpoint_at_the_same_path
         object_store.put_bytes(s3_prefix.join("model", name), body)
     train = s3_prefix.join("data", "train.parquet")
     object_store.put_bytes(train, b"PAR1 train")
-    run_prefix = s3_prefix.join("ckpt", "ns", "run")
-    CheckpointStore(object_store, run_prefix, keep=2).upload(7, write_verl_checkpoint(tmp_path / "src", step=7))
+    run_prefix = s3_prefix.join("ckpt", "ns", "run", "uid-1")
+    store = CheckpointStore(object_store, run_prefix, keep=2, writer=Writer(1, "run-a1b2c"))
+    store.claim()
+    store.upload(7, write_verl_checkpoint(tmp_path / "src", step=7, world_size=4))
     spec = {"image": "x", "model": {"uri": str(s3_prefix.join("model"))}, "data": {"train": str(train)}}
     work = tmp_path / "work"
 
-    hosts = on_nodes(stage_on_node, json.dumps(spec), str(work), None, (str(run_prefix), 7), skip_current=True)
+    resume = (str(run_prefix), 7)
+    hosts = on_nodes(stage_on_node, json.dumps(spec), str(work), None, resume, frozenset({1}), skip_current=True)
 
     assert len(hosts) == 1  # the one node that is not this one
     assert (work / "model" / "model.safetensors").read_bytes() == model["model.safetensors"]
     assert (work / "data" / "train.parquet").read_bytes() == b"PAR1 train"
     assert (work / "checkpoints" / "latest_checkpointed_iteration.txt").read_text() == "7"
-    assert (work / "checkpoints" / "global_step_7" / "actor" / "model_world_size_2_rank_1.pt").is_file()
+    actor = work / "checkpoints" / "global_step_7" / "actor"
+    # The node that runs rank 1 gets rank 1's shards and the shared files, not the other ranks' shards.
+    assert sorted(p.name for p in actor.glob("*_rank_*")) == [
+        f"{kind}_world_size_4_rank_1.pt" for kind in ("extra_state", "model", "optim")
+    ]
+    assert (actor / "huggingface" / "config.json").is_file()
+    assert (work / "checkpoints" / "global_step_7" / "data.pt").is_file()
 
 
 DRIVER = """
@@ -112,7 +179,8 @@ import ray
 ray.init(address=sys.argv[1], runtime_env={"env_vars": json.loads(sys.argv[2])}, log_to_driver=False)
 @ray.remote(num_cpus=0)
 def actor_sees():
-    return {k: os.environ.get(k) for k in ("LOKA_RUN_NAME", "LOKA_CHECKPOINT_PREFIX", "AWS_ENDPOINT_URL")}
+    return {k: os.environ.get(k) for k in ("LOKA_RUN_NAME", "LOKA_CHECKPOINT_PREFIX", "LOKA_CHECKPOINT_WRITER",
+                                           "AWS_ENDPOINT_URL")}
 print(json.dumps(ray.get(actor_sees.remote())))
 """
 
@@ -131,7 +199,9 @@ def test_verl_driver_joins_a_rayjob_whose_runtime_env_sets_the_same_variables(
     spec = TrainingRunSpec.model_validate(
         {"image": "x", "model": {"uri": "hf://a/b"}, "data": {"train": "s3://loka/t"}}
     )
-    store = CheckpointStore(ObjectStore(endpoint_url="http://127.0.0.1:9"), S3Uri("loka", "ck/ns/run"), keep=2)
+    store = CheckpointStore(
+        ObjectStore(endpoint_url="http://127.0.0.1:9"), S3Uri("loka", "ck/ns/run/uid"), keep=2, writer=Writer(2, "c")
+    )
     job = EngineJob(
         spec=spec,
         run_name="run",
@@ -164,7 +234,8 @@ def test_verl_driver_joins_a_rayjob_whose_runtime_env_sets_the_same_variables(
     seen = json.loads(joined.stdout.strip().splitlines()[-1])
     assert seen == {
         "LOKA_RUN_NAME": "run",
-        "LOKA_CHECKPOINT_PREFIX": "s3://loka/ck/ns/run",
+        "LOKA_CHECKPOINT_PREFIX": "s3://loka/ck/ns/run/uid",
+        "LOKA_CHECKPOINT_WRITER": "2/c",
         "AWS_ENDPOINT_URL": "http://minio:9000",
     }
 

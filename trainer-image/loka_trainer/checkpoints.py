@@ -1,18 +1,28 @@
-"""Checkpoints in S3: upload with a manifest, move the "latest" marker last, prune, find and restore for resume.
+"""Checkpoints in S3: one run's, written by one attempt at a time, restored with fallback.
 
-The layout under the run's prefix is the core's contract (``loka_api.contract``): a step folder per checkpoint,
+The layout is the core's contract (``loka_api.contract``): under the run's prefix (namespace, name and uid, so a
+run created again under the same name never sees its predecessor's checkpoints) a step folder per checkpoint,
 its manifest (every file's path, size and sha256, written after all files) and the marker (written after the
-manifest). A checkpoint is complete exactly when its manifest exists, and resume only ever restores complete ones.
+manifest). A checkpoint is complete exactly when its manifest exists; resume only ever restores complete ones.
+
+Who may write. Each attempt of a run (a retry, a resume after a preemption) is a ``Writer``. Before it restores
+anything an attempt *claims* the run's checkpoints: a conditional write of the marker (S3 ``If-Match`` on the
+version it read, ``If-None-Match`` when there is none) that records the writer. From then on every write of the
+marker is conditional on the marker still naming this writer, and pruning checks it again before each step it
+deletes. An older attempt still uploading through its grace period can therefore neither move the marker nor
+prune what the newer one restores: its next write fails with ``WriterFencedError``.
+
+A ``CheckpointStore`` without a writer reads only (an explicit ``checkpoints.resume`` from another run, status).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,17 +35,35 @@ from loka_api.contract import (
     run_checkpoint_prefix,
     step_folder,
 )
-from loka_api.manifest import CheckpointManifest, ManifestFile, sha256_file
-from loka_trainer.storage import ObjectStore, S3Uri, TransferCancelledError
+from loka_api.manifest import CheckpointManifest, ManifestFile, Writer
+from loka_trainer.storage import (
+    ObjectMissingError,
+    ObjectStore,
+    PreconditionFailedError,
+    S3Uri,
+    TransferCancelledError,
+)
 
 log = logging.getLogger(__name__)
 
 # verl's resume_mode=auto reads this file under trainer.default_local_dir.
 VERL_TRACKER_NAME = "latest_checkpointed_iteration.txt"
+# verl's FSDP checkpoint manager names each rank's shards <kind>_world_size_<W>_rank_<R>.pt; only rank R loads them.
+RANK_SHARD = re.compile(r"_world_size_(\d+)_rank_(\d+)\.pt$")
+# A conditional marker write that loses a race is read and tried again; a writer that keeps losing is not alone.
+_MARKER_TRIES = 5
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete or does not match its manifest."""
+
+
+class WriterFencedError(RuntimeError):
+    """A newer attempt holds the run's checkpoints: this attempt must not write or prune them any more."""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -45,6 +73,31 @@ class CheckpointRecord:
     step: int
     uri: str
     time: str
+
+
+@dataclass(frozen=True)
+class MarkerState:
+    """The marker as read: the checkpoint it names (None before the first), who holds it, and its version."""
+
+    record: CheckpointRecord | None
+    writer: Writer | None
+    etag: str | None  # None: there is no marker
+
+    @property
+    def step(self) -> int | None:
+        return None if self.record is None else self.record.step
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """The step restored (None: nothing usable) and every newer checkpoint passed over, with why."""
+
+    step: int | None
+    skipped: tuple[tuple[int, str], ...] = ()
+    record: CheckpointRecord | None = None  # the restored checkpoint, as status.checkpoint shows it
+
+    def describe_skipped(self) -> str:
+        return "; ".join(f"skipped step {step}: {why}" for step, why in self.skipped)
 
 
 def merge_node_files(per_node: list[tuple[ManifestFile, ...]]) -> tuple[ManifestFile, ...]:
@@ -61,6 +114,36 @@ def merge_node_files(per_node: list[tuple[ManifestFile, ...]]) -> tuple[Manifest
     return tuple(merged[path] for path in sorted(merged))
 
 
+def shard_rank(path: str) -> int | None:
+    """The rank whose shard ``path`` is (verl's FSDP naming), or None for a file every rank may read."""
+    match = RANK_SHARD.search(path)
+    return None if match is None else int(match.group(2))
+
+
+def files_for_ranks(files: Iterable[ManifestFile], ranks: Collection[int] | None) -> list[ManifestFile]:
+    """The files a node needs when its processes are ``ranks``: every shared file and those ranks' shards
+    (None: every file, for engines that load the whole checkpoint in one process).
+    """
+    if ranks is None:
+        return list(files)
+    return [f for f in files if (rank := shard_rank(f.path)) is None or rank in ranks]
+
+
+def drop_older_local_checkpoints(checkpoint_root: Path, step: int) -> list[int]:
+    """Delete every local ``global_step_M`` with M < ``step`` under ``checkpoint_root``: they are in S3, and one
+    local copy is all a node needs (verl rotates only rank 0's node's copies).
+    """
+    removed: list[int] = []
+    if not checkpoint_root.is_dir():
+        return removed
+    for folder in checkpoint_root.iterdir():
+        match = STEP_FOLDER.match(folder.name)
+        if match and folder.is_dir() and int(match.group(1)) < step:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(int(match.group(1)))
+    return sorted(removed)
+
+
 def _local_files(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
     if not files:
@@ -70,25 +153,48 @@ def _local_files(folder: Path) -> list[Path]:
 
 
 class CheckpointStore:
-    """The checkpoints of one run under its S3 prefix."""
+    """The checkpoints of one run (one uid) under its S3 prefix.
 
-    def __init__(self, store: ObjectStore, prefix: S3Uri, *, keep: int) -> None:
+    Writing (``claim``, ``upload``/``begin``/``upload_folder``/``commit``, ``prune``) needs a ``writer``; reading
+    (``marker``, ``manifest``, ``complete_steps``, ``restore``, ``restore_latest``) does not.
+    """
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        prefix: S3Uri,
+        *,
+        keep: int,
+        writer: Writer | None = None,
+        run_uid: str | None = None,
+    ) -> None:
         if keep < 1:
             msg = f"checkpoints.keep must be at least 1, got {keep}"
             raise ValueError(msg)
         self.store = store
         self.prefix = prefix
         self.keep = keep
+        self.writer = writer
+        self.run_uid = run_uid
 
     @classmethod
     def for_run(
-        cls, store: ObjectStore, checkpoints_uri: str, *, namespace: str, run_name: str, keep: int
+        cls,
+        store: ObjectStore,
+        checkpoints_uri: str,
+        *,
+        namespace: str,
+        run_name: str,
+        uid: str,
+        keep: int,
+        writer: Writer | None = None,
     ) -> CheckpointStore:
-        return cls(store, S3Uri.parse(run_checkpoint_prefix(checkpoints_uri, namespace, run_name)), keep=keep)
+        prefix = S3Uri.parse(run_checkpoint_prefix(checkpoints_uri, namespace, run_name, uid))
+        return cls(store, prefix, keep=keep, writer=writer, run_uid=uid)
 
     @classmethod
     def for_checkpoint_uri(cls, store: ObjectStore, uri: str) -> tuple[CheckpointStore, int]:
-        """The store holding an explicit ``s3://…/global_step_N`` (``checkpoints.resume``) and its step."""
+        """The (read-only) store holding an explicit ``s3://…/global_step_N`` (``checkpoints.resume``), its step."""
         parsed = S3Uri.parse(uri.rstrip("/"))
         match = STEP_FOLDER.match(parsed.name)
         if match is None:
@@ -104,12 +210,66 @@ class CheckpointStore:
     def marker_uri(self) -> S3Uri:
         return self.prefix.join(MARKER_NAME)
 
+    # -- who writes ----------------------------------------------------------------------------
+
+    def _own_writer(self) -> Writer:
+        if self.writer is None:
+            msg = f"the checkpoint store of {self.prefix} has no writer: it reads only"
+            raise ValueError(msg)
+        return self.writer
+
+    def _put_marker(self, state: MarkerState, record: CheckpointRecord | None, writer: Writer) -> None:
+        body = {
+            "step": None if record is None else record.step,
+            "uri": None if record is None else record.uri,
+            "time": None if record is None else record.time,
+            "writer": writer.to_json(),
+        }
+        self.store.put_bytes(
+            self.marker_uri,
+            json.dumps(body).encode(),
+            content_type="application/json",
+            if_match=state.etag,
+            if_absent=state.etag is None,
+        )
+
+    def _check_holder(self, state: MarkerState) -> None:
+        """Raise WriterFencedError unless the marker names this store's writer."""
+        writer = self._own_writer()
+        if state.writer != writer:
+            holder = "nobody (the marker is gone)" if state.etag is None else str(state.writer)
+            msg = f"the checkpoints under {self.prefix} are held by {holder}, not {writer}: a newer attempt runs"
+            raise WriterFencedError(msg)
+
+    def claim(self) -> CheckpointRecord | None:
+        """Become the run's only checkpoint writer; returns the checkpoint the marker names (None: none yet).
+
+        Call it before restoring anything: an older attempt's commit or prune after this fails. Raises
+        WriterFencedError when the marker is held by a newer attempt than this one.
+        """
+        writer = self._own_writer()
+        for _ in range(_MARKER_TRIES):
+            state = self.marker_state()
+            if state.writer is not None and state.writer.attempt > writer.attempt:
+                msg = f"the checkpoints under {self.prefix} are held by newer {state.writer}; {writer} is stale"
+                raise WriterFencedError(msg)
+            try:
+                self._put_marker(state, state.record, writer)
+            except PreconditionFailedError:
+                continue  # another writer moved it between our read and write: read it again
+            if state.writer != writer:
+                log.info("%s claimed the checkpoints under %s (held by %s before)", writer, self.prefix, state.writer)
+            return state.record
+        msg = f"could not claim the checkpoints under {self.prefix}: the marker kept changing"
+        raise CheckpointError(msg)
+
     # -- writing -------------------------------------------------------------------------------
 
     def upload(self, step: int, folder: Path, *, cancel: threading.Event | None = None) -> CheckpointRecord:
         """Upload ``folder`` as step ``step``; the marker moves only once every file and the manifest are stored.
 
-        Raises TransferCancelledError when ``cancel`` is set midway; the marker then still names the previous step.
+        Raises TransferCancelledError when ``cancel`` is set midway (the marker still names the previous step),
+        WriterFencedError when a newer attempt claimed the checkpoints.
         """
         self.begin(step)
         files = self.upload_folder(step, folder, cancel=cancel)
@@ -118,40 +278,46 @@ class CheckpointStore:
         return self.commit(step, files)
 
     def begin(self, step: int) -> None:
-        """Withdraw the step's manifest: one left from an earlier attempt would vouch for a half-overwritten folder."""
+        """Check the claim, then withdraw the step's manifest: one left by an earlier try would vouch for a
+        half-overwritten folder.
+        """
+        self._check_holder(self.marker_state())
         self.store.delete(self.step_uri(step).join(MANIFEST_NAME))
 
     def upload_folder(
         self, step: int, folder: Path, *, cancel: threading.Event | None = None
     ) -> tuple[ManifestFile, ...]:
-        """Upload every file of ``folder`` under step ``step`` in parallel; returns their manifest entries.
-        Writes no manifest: call ``commit`` once every node's files are stored.
+        """Upload every file of ``folder`` under step ``step`` in parallel, each read once (hashed as it is sent);
+        returns their manifest entries. Writes no manifest: call ``commit`` once every node's files are stored.
         """
         destination = self.step_uri(step)
-        files = _local_files(folder)
-        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="sha256") as hashers:
-            # Hashing runs alongside the upload; both read the same page-cached files.
-            digests = [hashers.submit(sha256_file, path) for path in files]
-            self.store.upload_files(
-                ((path, destination.join(path.relative_to(folder).as_posix())) for path in files), cancel=cancel
-            )
-            return tuple(
-                ManifestFile(path.relative_to(folder).as_posix(), path.stat().st_size, digest.result())
-                for path, digest in zip(files, digests, strict=True)
-            )
+        pairs = [(path, destination.join(path.relative_to(folder).as_posix())) for path in _local_files(folder)]
+        sent = self.store.upload_files(pairs, cancel=cancel)
+        return tuple(ManifestFile(f.path.relative_to(folder).as_posix(), f.size, f.sha256) for f in sent)
 
     def commit(self, step: int, files: tuple[ManifestFile, ...]) -> CheckpointRecord:
-        """Write the manifest, then move the marker, then prune: the step becomes the one resume picks."""
+        """Write the manifest, then move the marker (conditionally on the claim), then prune."""
+        writer = self._own_writer()
         if not files:
             msg = f"checkpoint step {step} has no files: nothing to commit"
             raise CheckpointError(msg)
         destination = self.step_uri(step)
-        now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-        manifest = CheckpointManifest(step=step, files=files, created=now)
+        now = _now()
+        manifest = CheckpointManifest(step=step, files=files, created=now, writer=writer, run_uid=self.run_uid)
+        self._check_holder(self.marker_state())
         self.store.put_bytes(destination.join(MANIFEST_NAME), manifest.to_json(), content_type="application/json")
         record = CheckpointRecord(step=step, uri=str(destination), time=now)
-        marker = {"step": step, "uri": record.uri, "time": now}
-        self.store.put_bytes(self.marker_uri, json.dumps(marker).encode(), content_type="application/json")
+        for _ in range(_MARKER_TRIES):
+            state = self.marker_state()
+            self._check_holder(state)
+            try:
+                self._put_marker(state, record, writer)
+            except PreconditionFailedError:
+                continue  # read it again: a newer claim fences us, anything else is retried
+            break
+        else:
+            msg = f"could not move the marker under {self.prefix} to step {step}: it kept changing"
+            raise CheckpointError(msg)
         log.info(
             "checkpoint step %d stored at %s (%d files, %d bytes)", step, destination, len(files), manifest.total_bytes
         )
@@ -159,14 +325,26 @@ class CheckpointStore:
         return record
 
     def prune(self) -> list[int]:
-        """Keep the newest ``keep`` complete checkpoints (always the marker's); delete the rest and any incomplete."""
+        """Keep the newest ``keep`` complete checkpoints and the marker's; delete older complete ones and any
+        incomplete one older than the marker's (newer incomplete ones may still be arriving).
+
+        Only the writer holding the marker prunes, and it checks the claim again before each step it deletes:
+        a newer attempt claims before it restores, so nothing it restores is deleted under it.
+        """
+        state = self.marker_state()
+        self._check_holder(state)
         complete = self.complete_steps()
-        marker = self.marker_step()
+        marker = state.step
         kept = set(complete[-self.keep :])
-        if marker is not None and marker in complete:
+        if marker is not None:
             kept.add(marker)
-        removed = [step for step in self.all_steps() if step not in kept]
+        removed = [
+            step
+            for step in self.all_steps()
+            if step not in kept and (step in complete or (marker is not None and step < marker))
+        ]
         for step in removed:
+            self._check_holder(self.marker_state())
             # Manifest first: a folder must never look complete while its files are going away.
             self.store.delete(self.step_uri(step).join(MANIFEST_NAME))
             self.store.delete_prefix(self.step_uri(step))
@@ -188,21 +366,27 @@ class CheckpointStore:
     def complete_steps(self) -> list[int]:
         return [step for step in self.all_steps() if self.store.exists(self.step_uri(step).join(MANIFEST_NAME))]
 
-    def marker(self) -> CheckpointRecord | None:
-        """The checkpoint the "latest" marker names, or None when there is no (readable) marker."""
-        raw = self.store.get_bytes(self.marker_uri)
-        if raw is None:
-            return None
+    def marker_state(self) -> MarkerState:
+        """The marker with its version; an unreadable one counts as held by nobody and naming no checkpoint."""
+        versioned = self.store.get_versioned(self.marker_uri)
+        if versioned is None:
+            return MarkerState(None, None, None)
         try:
-            body = json.loads(raw)
-            return CheckpointRecord(step=int(body["step"]), uri=str(body["uri"]), time=str(body["time"]))
-        except (ValueError, KeyError, TypeError):
+            body = json.loads(versioned.data)
+            record = None
+            if body.get("step") is not None:
+                record = CheckpointRecord(step=int(body["step"]), uri=str(body["uri"]), time=str(body["time"]))
+            return MarkerState(record, Writer.from_json(body.get("writer")), versioned.etag)
+        except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("ignoring unreadable marker %s", self.marker_uri)
-            return None
+            return MarkerState(None, None, versioned.etag)
+
+    def marker(self) -> CheckpointRecord | None:
+        """The checkpoint the marker names, or None when there is no (readable) marker or no checkpoint yet."""
+        return self.marker_state().record
 
     def marker_step(self) -> int | None:
-        record = self.marker()
-        return None if record is None else record.step
+        return self.marker_state().step
 
     def latest_complete(self) -> int | None:
         """The marker's step when it is complete, else the newest complete step, else None."""
@@ -217,54 +401,86 @@ class CheckpointStore:
         step: int,
         local_root: Path,
         *,
+        ranks: Collection[int] | None = None,
         cancel: threading.Event | None = None,
         only: Callable[[str], bool] | None = None,
     ) -> Path:
-        """Download step ``step`` into ``local_root/global_step_N``, verify every file against the manifest,
-        and write verl's tracker file so ``trainer.resume_mode=auto`` picks it up. Returns the step folder.
-        ``only`` picks the files by their path in the checkpoint (e.g. weights without optimizer state).
+        """Download step ``step`` into ``local_root/global_step_N`` (only the files ``ranks`` load, see
+        ``files_for_ranks``, and of those only the paths ``only`` picks, e.g. weights without optimizer state),
+        verify each against the manifest as soon as it lands, and write verl's tracker file so
+        ``trainer.resume_mode=auto`` picks it up. Returns the step folder.
+
+        Raises CheckpointError when the checkpoint is incomplete, a file is gone or does not match.
         """
+        return self._restore(step, local_root, ranks=ranks, cancel=cancel, only=only)[0]
+
+    def _restore(
+        self,
+        step: int,
+        local_root: Path,
+        *,
+        ranks: Collection[int] | None = None,
+        cancel: threading.Event | None = None,
+        only: Callable[[str], bool] | None = None,
+    ) -> tuple[Path, CheckpointManifest]:
         manifest = self.manifest(step)
-        if manifest is None:
-            msg = f"checkpoint {self.step_uri(step)} is incomplete: it has no {MANIFEST_NAME}"
-            raise CheckpointError(msg)
-        if only is not None:
-            manifest = CheckpointManifest(
-                manifest.step, tuple(f for f in manifest.files if only(f.path)), manifest.created
-            )
-        target = local_root / step_folder(step)
         source = self.step_uri(step)
-        pairs = [(source.join(f.path), target / f.path) for f in manifest.files]
+        if manifest is None:
+            msg = f"checkpoint {source} is incomplete: it has no {MANIFEST_NAME}"
+            raise CheckpointError(msg)
+        target = local_root / step_folder(step)
+        wanted = [f for f in files_for_ranks(manifest.files, ranks) if only is None or only(f.path)]
+        pairs = [(source.join(f.path), target / f.path) for f in wanted]
         for _, path in pairs:
             if not path.resolve().is_relative_to(target.resolve()):
                 msg = f"manifest of {source} names a path outside the checkpoint: {path}"
                 raise CheckpointError(msg)
-        self.store.download_files(pairs, cancel=cancel)
-        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="verify") as pool:
-            actual = list(pool.map(lambda f: (f, sha256_file(target / f.path)), manifest.files))
-        for expected, digest in actual:
-            size = (target / expected.path).stat().st_size
-            if size != expected.size or digest != expected.sha256:
+        try:
+            received = self.store.download_files(pairs, cancel=cancel)
+        except ObjectMissingError as error:
+            msg = f"checkpoint {source} lost a file since its manifest was written: {error}"
+            raise CheckpointError(msg) from error
+        for expected, got in zip(wanted, received, strict=True):
+            if got.size != expected.size or got.sha256 != expected.sha256:
                 msg = (
                     f"checkpoint {source}: {expected.path} does not match its manifest "
-                    f"(size {size} vs {expected.size}, sha256 {digest[:12]}… vs {expected.sha256[:12]}…)"
+                    f"(size {got.size} vs {expected.size}, sha256 {got.sha256[:12]}… vs {expected.sha256[:12]}…)"
                 )
                 raise CheckpointError(msg)
         (local_root / VERL_TRACKER_NAME).write_text(str(step))
-        log.info("restored checkpoint step %d from %s (%d bytes)", step, source, manifest.total_bytes)
-        return target
+        log.info(
+            "restored checkpoint step %d from %s (%d of %d files, %d bytes)",
+            step,
+            source,
+            len(wanted),
+            len(manifest.files),
+            sum(f.size for f in wanted),
+        )
+        return target, manifest
 
-    def restore_latest(self, local_root: Path, *, cancel: threading.Event | None = None) -> int | None:
-        """Restore the newest complete checkpoint that verifies; fall back to older ones. None when there is none."""
-        candidates = self.complete_steps()
-        latest = self.latest_complete()
-        ordered = ([latest] if latest is not None else []) + [s for s in reversed(candidates) if s != latest]
-        for step in ordered:
+    def restore_latest(
+        self,
+        local_root: Path,
+        *,
+        ranks: Collection[int] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> RestoreResult:
+        """Restore the marker's checkpoint, else the newest complete one that restores: a checkpoint that is
+        incomplete, lost a file or fails its sha256 is passed over (and named in the result) for the next older.
+        """
+        marker = self.marker_step()
+        candidates = ([marker] if marker is not None else []) + [
+            step for step in reversed(self.complete_steps()) if step != marker
+        ]
+        skipped: list[tuple[int, str]] = []
+        for step in candidates:
             try:
-                self.restore(step, local_root, cancel=cancel)
+                _, manifest = self._restore(step, local_root, ranks=ranks, cancel=cancel)
             except CheckpointError as error:
                 log.warning("skipping checkpoint step %d: %s", step, error)
                 shutil.rmtree(local_root / step_folder(step), ignore_errors=True)
+                skipped.append((step, str(error)))
                 continue
-            return step
-        return None
+            record = CheckpointRecord(step=step, uri=str(self.step_uri(step)), time=manifest.created)
+            return RestoreResult(step, tuple(skipped), record)
+        return RestoreResult(None, tuple(skipped))

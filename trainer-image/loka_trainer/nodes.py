@@ -1,22 +1,28 @@
 """Every Ray node's local disk, reached with one task per node.
 
 In a RayJob the trainer starts on the head pod, verl's driver actor may land on any node, and each rank writes
-its checkpoint shards to its own node's ``trainer.default_local_dir``. With no shared volume, the model, data
-and a restored checkpoint must be put on every node at the same path, and each node uploads the shards it holds.
+its checkpoint shards to its own node's ``trainer.default_local_dir``. With no shared volume, the model and data
+must be put on every node at the same path, a restored checkpoint's shards on the node whose ranks load them (its
+shared files everywhere), and each node uploads the shards it holds.
 Without a Ray cluster (tests, the trl engine) the same functions run in this process.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from loka_api.manifest import ManifestFile
-from loka_trainer.checkpoints import CheckpointStore
+from loka_api.manifest import ManifestFile, Writer
+from loka_trainer.checkpoints import CheckpointStore, drop_older_local_checkpoints
 from loka_trainer.storage import ObjectStore, S3Uri
+
+UPLOAD_SNAPSHOT_FOLDER = ".loka-upload"  # beside verl's global_step_N folders: what a background upload reads
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +54,51 @@ def _pinned(fn: Callable[..., T], node: str) -> Any:
 
 def on_nodes(fn: Callable[..., T], *args: Any, skip_current: bool = False) -> list[T]:
     """``fn(*args)`` once on every alive Ray node (pinned, not soft), or here when Ray is not connected."""
+    return on_each_node(fn, lambda _node: args, skip_current=skip_current)
+
+
+def on_each_node(
+    fn: Callable[..., T], args_for: Callable[[str | None], tuple[Any, ...]], *, skip_current: bool = False
+) -> list[T]:
+    """``fn(*args_for(node))`` once on every alive Ray node, or ``fn(*args_for(None))`` here without Ray."""
     nodes = ray_node_ids()
     if not nodes:
-        return [] if skip_current else [fn(*args)]
+        return [] if skip_current else [fn(*args_for(None))]
     import ray
 
     here = current_node_id() if skip_current else None
-    results: list[T] = ray.get([_pinned(fn, node).remote(*args) for node in nodes if node != here])
+    results: list[T] = ray.get([_pinned(fn, node).remote(*args_for(node)) for node in nodes if node != here])
     return results
+
+
+def gpu_rank_layout(
+    nodes: list[dict[str, Any]], *, nnodes: int, gpus_per_node: int
+) -> dict[str, frozenset[int]] | None:
+    """Which of verl's global ranks each Ray node runs, by node id (nodes without GPUs run none).
+
+    verl makes one placement group per node (``trainer.nnodes`` of ``trainer.n_gpus_per_node`` GPU bundles), sorts
+    them by node IP (``sort_placement_group_by_node_ip``, so that ranks keep their node across restarts) and numbers
+    ranks in that order: node i runs ranks i*g .. i*g+g-1. None when that cannot be told (GPU nodes other than
+    ``nnodes``, or two with one IP): every node then restores every shard.
+    """
+    alive = [n for n in nodes if n.get("Alive")]
+    gpu_nodes = [n for n in alive if gpus_per_node > 0 and float(n.get("Resources", {}).get("GPU", 0)) >= gpus_per_node]
+    addresses = [str(n["NodeManagerAddress"]) for n in gpu_nodes]
+    if len(gpu_nodes) != nnodes or len(set(addresses)) != len(addresses):
+        return None
+    layout = {str(n["NodeID"]): frozenset[int]() for n in alive}
+    for index, node in enumerate(sorted(gpu_nodes, key=lambda n: str(n["NodeManagerAddress"]))):
+        layout[str(node["NodeID"])] = frozenset(range(index * gpus_per_node, (index + 1) * gpus_per_node))
+    return layout
+
+
+def ray_rank_layout(*, nnodes: int, gpus_per_node: int) -> dict[str, frozenset[int]] | None:
+    """``gpu_rank_layout`` of the Ray cluster this process is connected to (None when it is not)."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    return gpu_rank_layout(ray.nodes(), nnodes=nnodes, gpus_per_node=gpus_per_node)  # type: ignore[no-untyped-call]
 
 
 class FileOnAnyNode:
@@ -92,6 +135,28 @@ class FileOnAnyNode:
 
 
 @contextmanager
+def keeping_sigterm_handler() -> Iterator[None]:
+    """Undo what ``ray.init`` does to SIGTERM: it installs ``sys.exit(15)`` over the caller's handler, which
+    made the trainer vanish on SIGTERM (exit 15, nothing reported) while verl trained on in its own session.
+    A SIGTERM that arrives during ``ray.init`` itself is handed to the caller's handler once it is back.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Ray only replaces the handler from the main thread
+        return
+    ours = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    except SystemExit as exit_:
+        if exit_.code != signal.SIGTERM:
+            raise
+        signal.signal(signal.SIGTERM, ours)
+        signal.raise_signal(signal.SIGTERM)
+        raise ConnectionError("SIGTERM while joining the Ray cluster") from None
+    finally:
+        signal.signal(signal.SIGTERM, ours)
+
+
+@contextmanager
 def connected_to_ray() -> Iterator[bool]:
     """Join the Ray cluster this process runs in (a RayJob's entrypoint has one), for as long as the block."""
     import ray
@@ -100,9 +165,12 @@ def connected_to_ray() -> Iterator[bool]:
         yield True
         return
     try:
-        ray.init(address="auto", log_to_driver=False, configure_logging=False)
+        with keeping_sigterm_handler():
+            ray.init(address="auto", log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as error:
         log.info("no Ray cluster to join (%s): staging on this machine only", type(error).__name__)
+        if ray.is_initialized():
+            ray.shutdown()
         yield False
         return
     try:
@@ -111,18 +179,57 @@ def connected_to_ray() -> Iterator[bool]:
         ray.shutdown()
 
 
+def _driver_jobs(driver_pid: int) -> list[Any]:
+    """The Ray jobs whose driver was process ``driver_pid`` on this node."""
+    import ray
+    from ray._private import state  # the GCS tables, without needing the dashboard's state API
+
+    here = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+    return [
+        ray.JobID.from_hex(job["JobID"])
+        for job in state.jobs()  # type: ignore[no-untyped-call]
+        if job["DriverPid"] == driver_pid and job["DriverIPAddress"] == here
+    ]
+
+
+def _live_actors(jobs: list[Any]) -> dict[str, str]:
+    from ray._private import state
+
+    return {
+        actor_id: f"{info['ActorClassName']} (pid {info['Pid']}, {info['State']})"
+        for job in jobs
+        for actor_id, info in state.actors(job_id=job).items()
+        if info["State"] != "DEAD"
+    }
+
+
+def wait_for_driver_actors(driver_pid: int, *, timeout: float) -> list[str]:
+    """Wait until no actor is left (alive, pending or restarting) in the Ray job(s) whose driver was process
+    ``driver_pid`` on this node; returns those still left at the deadline.
+    """
+    jobs = _driver_jobs(driver_pid)
+    deadline = time.monotonic() + timeout
+    while True:
+        live = _live_actors(jobs)
+        if not live or time.monotonic() >= deadline:
+            return sorted(live.values())
+        time.sleep(0.2)
+
+
 # ----------------------------------------------------------------------------------- node tasks
 
 
-def stage_on_node(
+def stage_on_node(  # noqa: PLR0917 - a Ray task's arguments travel positionally
     spec_json: str,
     work_dir: str,
     endpoint: str | None,
     resume: tuple[str, int] | None,
+    ranks: frozenset[int] | None = None,
     source_uri: str | None = None,
 ) -> str:
-    """Stage the model (``source_uri``: the checkpoint of spec.model.fromRun) and data, and restore checkpoint
-    ``resume`` = (run prefix, step), under ``work_dir``.
+    """Stage the model (``source_uri``: the checkpoint of spec.model.fromRun, its weights whole on every node) and
+    data under ``work_dir``, and restore checkpoint ``resume`` = (prefix, step): its shared files and the shards of
+    ``ranks`` (the ranks this node runs; None: every shard).
     """
     from loka_api import TrainingRunSpec
     from loka_trainer.staging import stage_inputs
@@ -132,15 +239,46 @@ def stage_on_node(
     stage_inputs(TrainingRunSpec.model_validate_json(spec_json), root, store, source_uri=source_uri)
     if resume is not None:
         prefix, step = resume
-        CheckpointStore(store, S3Uri.parse(prefix), keep=1).restore(step, root / "checkpoints")
+        CheckpointStore(store, S3Uri.parse(prefix), keep=1).restore(step, root / "checkpoints", ranks=ranks)
     import socket
 
     return socket.gethostname()
 
 
-def upload_from_node(prefix: str, keep: int, step: int, checkpoint_dir: str) -> tuple[ManifestFile, ...]:
-    """Upload the files of ``checkpoint_dir`` this node holds (none is fine: another node has them)."""
+def upload_from_node(prefix: str, writer: str, step: int, checkpoint_dir: str) -> tuple[ManifestFile, ...]:
+    """Upload the files of ``checkpoint_dir`` this node holds (none is fine: another node has them), then drop
+    this node's older local checkpoints: they are in S3 already.
+    """
     folder = Path(checkpoint_dir)
     if not folder.is_dir() or not any(p.is_file() for p in folder.rglob("*")):
         return ()
-    return CheckpointStore(ObjectStore(), S3Uri.parse(prefix), keep=keep).upload_folder(step, folder)
+    store = CheckpointStore(ObjectStore(), S3Uri.parse(prefix), keep=1, writer=Writer.from_env(writer))
+    files = store.upload_folder(step, folder)
+    # A background upload reads a snapshot (<checkpoint dir>/.loka-upload/global_step_N); verl's own folders sit above.
+    checkpoint_root = folder.parent.parent if folder.parent.name == UPLOAD_SNAPSHOT_FOLDER else folder.parent
+    drop_older_local_checkpoints(checkpoint_root, step)
+    return files
+
+
+def link_checkpoint_on_node(checkpoint_dir: str, snapshot_dir: str) -> int:
+    """Hard-link the files of ``checkpoint_dir`` this node holds into ``snapshot_dir`` (same relative paths):
+    verl may delete its local folder (max_actor_ckpt_to_keep) while the snapshot is still uploading.
+    """
+    import os
+    import shutil
+
+    source, snapshot = Path(checkpoint_dir), Path(snapshot_dir)
+    shutil.rmtree(snapshot, ignore_errors=True)  # left by an attempt that died mid-upload
+    linked = 0
+    for path in sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else []:
+        target = snapshot / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(path, target)
+        linked += 1
+    return linked
+
+
+def remove_on_node(folder: str) -> None:
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)

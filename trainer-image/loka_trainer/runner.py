@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import shutil
 import signal
 import threading
 import time
@@ -21,7 +22,8 @@ from pydantic import ValidationError
 
 from loka_api import TrainingRun
 from loka_api.contract import ENV_WANDB_KEY, ENV_WORK_DIR, step_folder
-from loka_trainer.checkpoints import CheckpointError, CheckpointRecord, CheckpointStore
+from loka_api.manifest import Writer
+from loka_trainer.checkpoints import CheckpointError, CheckpointRecord, CheckpointStore, WriterFencedError
 from loka_trainer.engines import Engine, EngineJob, ResumePoint, engine_for
 from loka_trainer.nodes import FileOnAnyNode, connected_to_ray
 from loka_trainer.settings import redact, wandb_mode
@@ -87,7 +89,13 @@ def render_command_line(path: Path, *, namespace: str | None = None, name: str |
     if spec.checkpoints is not None:
         store = ObjectStore(endpoint_url=spec.storage.endpoint if spec.storage else None)
         checkpoints = CheckpointStore.for_run(
-            store, spec.checkpoints.uri, namespace=ns, run_name=name, keep=spec.checkpoints.keep
+            store,
+            spec.checkpoints.uri,
+            namespace=ns,
+            run_name=name,
+            uid=run.metadata.uid or "<uid>",  # known once the API server has created the run
+            keep=spec.checkpoints.keep,
+            writer=Writer(run.status.attempt or 1, "<ray-cluster>"),
         )
     resume = None
     if spec.checkpoints is not None and spec.checkpoints.resume not in {"auto", "never"}:
@@ -151,6 +159,7 @@ class Runner:
         store: ObjectStore | None = None,
         engine: Engine | None = None,
         stop: StopSignal | None = None,
+        writer: Writer | None = None,
         status_interval_s: float = 10.0,
         poll_interval_s: float = 1.0,
     ) -> None:
@@ -168,6 +177,10 @@ class Runner:
         self.marker_interval_s = max(status_interval_s, poll_interval_s)
         self._reported_checkpoint: int | None = None
         self._checkpoint_lock = threading.Lock()
+        self.skipped_checkpoints = ""  # why newer checkpoints were passed over at restore, for status
+        self.restored_checkpoint: CheckpointRecord | None = None  # the run's own, when it resumed from one
+        # This attempt: the only writer of the run's checkpoints once it has claimed them.
+        self.writer = writer or Writer(run.status.attempt or 0, f"{os.uname().nodename}:{os.getpid()}")
         self.checkpoints: CheckpointStore | None = None
         if self.spec.checkpoints is not None:
             self.checkpoints = CheckpointStore.for_run(
@@ -175,7 +188,9 @@ class Runner:
                 self.spec.checkpoints.uri,
                 namespace=namespace,
                 run_name=run_name,
+                uid=run.metadata.uid,
                 keep=self.spec.checkpoints.keep,
+                writer=self.writer,
             )
 
     @property
@@ -192,20 +207,30 @@ class Runner:
     def metrics_file(self) -> Path:
         return self.work_dir / "metrics.jsonl"
 
-    def restore(self) -> ResumePoint | None:
-        """Put the checkpoint to resume from on local disk: latest verified (auto), the named one, or none."""
+    def restore(self, ranks: frozenset[int] | None = None) -> ResumePoint | None:
+        """Put the checkpoint to resume from on local disk (only the files of ``ranks``; None: all of them).
+
+        The run's own latest checkpoint that restores, falling back past broken ones (``resume: auto``, and every
+        attempt of an explicit resume once the run has a checkpoint of its own); else the checkpoint
+        ``checkpoints.resume`` names, which seeds the run only until then; else none.
+        """
         checkpoints = self.spec.checkpoints
         if checkpoints is None or checkpoints.resume == "never" or self.checkpoints is None:
             return None
+        own = self.checkpoints.restore_latest(self.checkpoint_dir, ranks=ranks, cancel=self.stop.event)
+        self.skipped_checkpoints = own.describe_skipped()
+        self.restored_checkpoint = own.record
+        if own.step is not None:
+            folder = self.checkpoint_dir / step_folder(own.step)
+            return ResumePoint(own.step, folder, explicit=False, source=str(self.checkpoints.prefix))
         if checkpoints.resume == "auto":
-            step = self.checkpoints.restore_latest(self.checkpoint_dir, cancel=self.stop.event)
-            if step is None:
-                log.info("no complete checkpoint under %s: starting from scratch", self.checkpoints.prefix)
-                return None
-            folder = self.checkpoint_dir / step_folder(step)
-            return ResumePoint(step, folder, explicit=False, source=str(self.checkpoints.prefix))
+            log.info("no complete checkpoint under %s: starting from scratch", self.checkpoints.prefix)
+            return None
         source, step = CheckpointStore.for_checkpoint_uri(self.store, checkpoints.resume)
-        folder = source.restore(step, self.checkpoint_dir, cancel=self.stop.event)
+        try:
+            folder = source.restore(step, self.checkpoint_dir, ranks=ranks, cancel=self.stop.event)
+        except CheckpointError as error:
+            raise CheckpointError(f"checkpoints.resume {checkpoints.resume}: {error}") from error
         return ResumePoint(step, folder, explicit=True, source=str(source.prefix))
 
     def _report_checkpoint(self, record: CheckpointRecord) -> None:
@@ -231,58 +256,83 @@ class Runner:
 
     def execute(self) -> int:
         """Stage, restore, train, report. Returns the process exit code."""
+        # S3 is the truth: a local checkpoint (and verl's tracker) left in a reused work dir must not be resumed.
+        shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
         for folder in (self.work_dir, self.checkpoint_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self.metrics_file.unlink(missing_ok=True)
         follower_stop = threading.Event()
         follower: threading.Thread | None = None
         try:
+            if self.checkpoints is not None:
+                # Before anything is restored: from here on an older attempt can neither move the marker nor prune.
+                self.checkpoints.claim()
             inputs: StagedInputs = stage_inputs(
                 self.spec, self.work_dir, self.store, source_uri=self.source_uri, cancel=self.stop.event
             )
             self.reporter.total_steps = self.engine.total_steps(self.spec, parquet_rows(inputs.train_files))
-            resume = self.restore()
-            if resume is not None:
-                log.info("resuming from checkpoint step %d", resume.step)
-                self.reporter.report_resumed(resume.step, resume.source or str(resume.folder))
-            job = EngineJob(
-                spec=self.spec,
-                run_name=self.run_name,
-                namespace=self.namespace,
-                inputs=inputs,
-                work_dir=self.work_dir,
-                checkpoint_dir=self.checkpoint_dir,
-                metrics_file=self.metrics_file,
-                checkpoints=self.checkpoints,
-                resume=resume,
-                on_checkpoint=self._report_checkpoint,
-                stop=self.stop.event,
-                wandb_mode=wandb_mode(self._wandb_requested_mode()),
-                source_uri=self.source_uri,
-            )
             with self._engine_session():
+                resume = self.restore(self.engine.local_checkpoint_ranks(self.spec))
+                self._report_restore(resume)
+                job = EngineJob(
+                    spec=self.spec,
+                    run_name=self.run_name,
+                    namespace=self.namespace,
+                    inputs=inputs,
+                    work_dir=self.work_dir,
+                    checkpoint_dir=self.checkpoint_dir,
+                    metrics_file=self.metrics_file,
+                    checkpoints=self.checkpoints,
+                    resume=resume,
+                    on_checkpoint=self._report_checkpoint,
+                    stop=self.stop.event,
+                    wandb_mode=wandb_mode(self._wandb_requested_mode()),
+                    source_uri=self.source_uri,
+                )
                 follower = threading.Thread(target=self._follow, args=(follower_stop,), name="metrics", daemon=True)
                 follower.start()
                 code = 0 if self.stop.event.is_set() else self.engine.run(job)
-                # Drained inside the session: the metrics file may sit on another Ray node.
-                self._stop_follower(follower, follower_stop)
+                # Drained inside the session: the metrics file may sit on another Ray node. Not flushed yet: the
+                # last metrics ride in the same patch as a closing message (one bounded API call when time is short).
+                self._stop_follower(follower, follower_stop, flush=False)
         except TransferCancelledError:
             code = EXIT_TERMINATED
+        except WriterFencedError as error:
+            # A newer attempt holds the checkpoints (and the status): stop without a word in either.
+            log.warning("%s", error)
+            self._stop_follower(follower, follower_stop)
+            return EXIT_TERMINATED if self.stop.event.is_set() else EXIT_FAILED
         except (CheckpointError, FileNotFoundError, ValueError, OSError) as error:
             return self._fail(f"trainer failed: {error}", follower, follower_stop)
         except Exception as error:
             log.exception("trainer failed")
             return self._fail(f"trainer failed: {type(error).__name__}: {error}", follower, follower_stop)
-        self._stop_follower(follower, follower_stop)
+        self._stop_follower(follower, follower_stop, flush=False)
         if self.stop.event.is_set():
-            last = self.checkpoints.marker_step() if self.checkpoints else None  # one GET: time is short now
+            # The follower read the marker once more as it stopped; no S3 call here: time is short now.
+            last = self._reported_checkpoint
             where = f"; resumes from checkpoint step {last}" if last is not None else ""
             self.reporter.report_message(f"trainer stopped by {self.stop.reason or 'a stop request'}{where}")
             return EXIT_TERMINATED
         if code != 0:
             self.reporter.report_message(f"trainer failed: {self.engine.name} exited with code {code}")
             return EXIT_FAILED
+        self.reporter.flush()
         return EXIT_OK
+
+    def _report_restore(self, resume: ResumePoint | None) -> None:
+        if resume is not None:
+            log.info("resuming from checkpoint step %d", resume.step)
+            own = None if resume.explicit else self.restored_checkpoint
+            if own is not None:
+                with self._checkpoint_lock:
+                    self._reported_checkpoint = own.step
+            source = resume.source or str(resume.folder)
+            self.reporter.report_resumed(resume.step, source, self.skipped_checkpoints, checkpoint=own)
+        elif self.skipped_checkpoints:
+            self.reporter.report_message(
+                f"no checkpoint could be restored, starting from scratch: {self.skipped_checkpoints}"
+            )
 
     def _engine_session(self) -> AbstractContextManager[bool]:
         """For Ray engines, this process joins the Ray cluster for the run (staging other nodes, metrics)."""
@@ -316,14 +366,15 @@ class Runner:
             log.warning("could not read the last metrics: %s", type(error).__name__)
         self._poll_marker()
 
-    def _stop_follower(self, follower: threading.Thread | None, stop: threading.Event) -> None:
+    def _stop_follower(self, follower: threading.Thread | None, stop: threading.Event, *, flush: bool = True) -> None:
         stop.set()
         if follower is not None:
             follower.join(timeout=10)
-        self.reporter.flush()
+        if flush:
+            self.reporter.flush()
 
     def _fail(self, message: str, follower: threading.Thread | None, stop: threading.Event) -> int:
-        self._stop_follower(follower, stop)
+        self._stop_follower(follower, stop, flush=False)
         message = redact(message)
         log.error("%s", message)
         self.reporter.report_message(message)
@@ -342,10 +393,11 @@ def run_from_environment(*, work_dir: Path | None = None, kubeconfig: str | None
         log.error("%s", error)
         return EXIT_FAILED
     from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
 
     runs = RunClient(api_client(kubeconfig), identity)
     try:
-        run = runs.get()
+        run = runs.serve_attempt()
     except ApiException as error:
         log.error(
             "cannot read TrainingRun %s/%s: %s %s (the per-run Role must allow get on it)",
@@ -355,6 +407,9 @@ def run_from_environment(*, work_dir: Path | None = None, kubeconfig: str | None
             error.reason,
         )
         return EXIT_FAILED
+    except HTTPError as error:  # the API server did not answer within the bound
+        log.error("cannot read TrainingRun %s/%s: %s", identity.namespace, identity.name, error)
+        return EXIT_FAILED
     root = work_dir or default_work_root()
     runner = Runner(
         run,
@@ -363,5 +418,6 @@ def run_from_environment(*, work_dir: Path | None = None, kubeconfig: str | None
         patch_status=runs.patch_status,
         work_dir=root / identity.namespace / identity.name,
         stop=stop,
+        writer=Writer(runs.attempt or 0, identity.holder),
     )
     return runner.execute()

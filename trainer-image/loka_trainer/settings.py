@@ -10,15 +10,27 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from loka_api.contract import ENV_CHECKPOINT_KEEP, ENV_CHECKPOINT_PREFIX, ENV_WANDB_KEY, SECRET_ENV
+from loka_api.contract import (
+    ENV_CHECKPOINT_KEEP,
+    ENV_CHECKPOINT_PREFIX,
+    ENV_CHECKPOINT_WRITER,
+    ENV_RUN_UID,
+    ENV_WANDB_KEY,
+    SECRET_ENV,
+)
+from loka_api.manifest import Writer
 
 
 @dataclass(frozen=True)
 class CallbackSettings:
-    """Where the verl checkpoint callback uploads, read from the environment of the actor it runs in."""
+    """Where the verl checkpoint callback uploads and as which attempt, read from the environment of the actor it
+    runs in (``loka-trainer run`` puts it in verl's runtime_env).
+    """
 
     prefix: str
     keep: int
+    writer: Writer
+    run_uid: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> CallbackSettings | None:
@@ -26,7 +38,16 @@ class CallbackSettings:
         prefix = env.get(ENV_CHECKPOINT_PREFIX)
         if not prefix:
             return None
-        return cls(prefix=prefix, keep=int(env.get(ENV_CHECKPOINT_KEEP, "3")))
+        writer = env.get(ENV_CHECKPOINT_WRITER)
+        if not writer:
+            msg = f"{ENV_CHECKPOINT_PREFIX} is set but {ENV_CHECKPOINT_WRITER} is not: `loka-trainer run` sets both"
+            raise ValueError(msg)
+        return cls(
+            prefix=prefix,
+            keep=int(env.get(ENV_CHECKPOINT_KEEP, "3")),
+            writer=Writer.from_env(writer),
+            run_uid=env.get(ENV_RUN_UID) or None,
+        )
 
 
 def wandb_mode(requested: str | None, environ: Mapping[str, str] | None = None) -> str:

@@ -2,16 +2,20 @@
 
 The model is a Hugging Face id, an S3 prefix, or another run's checkpoint (``spec.model.fromRun``, resolved by the
 operator into ``status.source.uri``). SFT demonstrations (promptKey + responseKey) are staged as conversations.
+``builtin://`` inputs are built here instead of downloaded (loka_trainer.tiny): the same seed gives the same
+model and data on every node and every attempt.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from loka_api import Algorithm, TrainingRunSpec
+from loka_api.contract import BUILTIN_DATASETS, BUILTIN_MODELS, BUILTIN_SCHEME
 from loka_trainer.sft_data import check_conversations, demonstrations_to_conversations
 from loka_trainer.source_model import stage_checkpoint_as_model
 from loka_trainer.storage import ObjectStore, S3Uri
@@ -19,6 +23,11 @@ from loka_trainer.storage import ObjectStore, S3Uri
 log = logging.getLogger(__name__)
 
 HF_SCHEME = "hf://"
+# builtin://<model> -> the size loka_trainer.tiny builds.
+BUILTIN_MODEL_SIZES = dict(zip(BUILTIN_MODELS, ("tiny", "0.5b"), strict=True))
+BUILTIN_TASKS = 1024
+BUILTIN_VALIDATION_FRACTION = 1 / 16
+_BUILT_MARK = ".loka-builtin"  # names what a folder was built from, so a rerun reuses it
 
 
 @dataclass(frozen=True)
@@ -28,9 +37,54 @@ class StagedInputs:
     val_files: Path | None
 
 
+def _builtin_name(uri: str, field: str, accepted: tuple[str, ...]) -> str:
+    name = uri.removeprefix(BUILTIN_SCHEME)
+    if name not in accepted:
+        msg = f"{field}: {uri!r} is not a built-in input (accepted: {', '.join(BUILTIN_SCHEME + a for a in accepted)})"
+        raise ValueError(msg)
+    return name
+
+
+def _already_built(folder: Path, uri: str) -> bool:
+    mark = folder / _BUILT_MARK
+    return mark.is_file() and mark.read_text(encoding="utf-8") == uri
+
+
+def build_builtin_model(uri: str, dest: Path) -> str:
+    from loka_trainer.tiny import build_tiny_model
+
+    size = BUILTIN_MODEL_SIZES[_builtin_name(uri, "spec.model.uri", BUILTIN_MODELS)]
+    if not _already_built(dest, uri):
+        build_tiny_model(dest, size=size)
+        (dest / _BUILT_MARK).write_text(uri, encoding="utf-8")
+        log.info("built %s (randomly initialised, nothing downloaded) into %s", uri, dest)
+    return str(dest)
+
+
+def build_builtin_data(uri: str, field: str, folder: Path, *, sft: bool = False) -> Path:
+    """Build the dataset's train and validation parquet files into ``folder``; return the one ``field`` names.
+    For SFT the same tasks are demonstrations: a chat ``prompt`` and its worked ``response`` (responseKey).
+    """
+    from loka_api.dataset import TRAIN_FILE, VALIDATION_FILE, build_dataset
+    from loka_trainer.tiny import write_sft_demonstrations, write_tasks
+
+    _builtin_name(uri, field, BUILTIN_DATASETS)
+    built = folder / (uri.removeprefix(BUILTIN_SCHEME) + ("-sft" if sft else ""))
+    if not _already_built(built, uri):
+        if sft:
+            write_sft_demonstrations(built, BUILTIN_TASKS, validation_fraction=BUILTIN_VALIDATION_FRACTION)
+        else:
+            tasks = write_tasks(built / "tasks.jsonl", BUILTIN_TASKS)
+            build_dataset(tasks, built, validation_fraction=BUILTIN_VALIDATION_FRACTION, data_source="loka")
+        (built / _BUILT_MARK).write_text(uri, encoding="utf-8")
+    return built / (VALIDATION_FILE if field.endswith(".validation") else TRAIN_FILE)
+
+
 def stage_model(uri: str, dest: Path, store: ObjectStore, *, cancel: threading.Event | None = None) -> str:
     if uri.startswith(HF_SCHEME):
         return uri.removeprefix(HF_SCHEME)
+    if uri.startswith(BUILTIN_SCHEME):
+        return build_builtin_model(uri, dest)
     source = S3Uri.parse(uri)
     files = store.download_prefix(source, dest, cancel=cancel)
     log.info("staged model %s (%d files) into %s", source, len(files), dest)
@@ -46,18 +100,26 @@ def stage_file(uri: str, dest: Path, store: ObjectStore) -> Path:
     return dest
 
 
-def stage_data(spec: TrainingRunSpec, uri: str, dest: Path, store: ObjectStore) -> Path:
+def fetch_data(uri: str, field: str, dest: Path, store: ObjectStore, *, sft: bool = False) -> Path:
+    """The file at ``dest``, downloaded or (builtin://) built; the same path either way."""
+    if uri.startswith(BUILTIN_SCHEME):
+        shutil.copyfile(build_builtin_data(uri, field, dest.parent / "builtin", sft=sft), dest)
+        return dest
+    return stage_file(uri, dest, store)
+
+
+def stage_data(spec: TrainingRunSpec, uri: str, field: str, dest: Path, store: ObjectStore) -> Path:
     """One parquet file; for SFT, checked against the columns the spec names (demonstrations become conversations)."""
     data = spec.data
     if spec.algorithm is not Algorithm.SFT:
-        return stage_file(uri, dest, store)
+        return fetch_data(uri, field, dest, store)
     if data.messages_key is not None:
-        check_conversations(stage_file(uri, dest, store), messages_key=data.messages_key, label=uri)
+        check_conversations(fetch_data(uri, field, dest, store, sft=True), messages_key=data.messages_key, label=uri)
         return dest
     if data.response_key is None:  # the CRD requires one of them for sft
         msg = "spec.data: algorithm sft needs data.responseKey or data.messagesKey"
         raise ValueError(msg)
-    source = stage_file(uri, dest.with_name(f"{dest.stem}.demonstrations.parquet"), store)
+    source = fetch_data(uri, field, dest.with_name(f"{dest.stem}.demonstrations.parquet"), store, sft=True)
     return demonstrations_to_conversations(
         source, dest, prompt_key=data.prompt_key, response_key=data.response_key, label=uri
     )
@@ -91,10 +153,12 @@ def stage_inputs(
         model = str(stage_checkpoint_as_model(uri, work_dir / "model", store, cancel=cancel))
     else:
         model = stage_model(uri, work_dir / "model", store, cancel=cancel)
-    train = stage_data(spec, spec.data.train, work_dir / "data" / "train.parquet", store)
+    train = stage_data(spec, spec.data.train, "spec.data.train", work_dir / "data" / "train.parquet", store)
     validation = None
     if spec.data.validation:
-        validation = stage_data(spec, spec.data.validation, work_dir / "data" / "validation.parquet", store)
+        validation = stage_data(
+            spec, spec.data.validation, "spec.data.validation", work_dir / "data" / "validation.parquet", store
+        )
     return StagedInputs(model=model, train_files=train, val_files=validation)
 
 

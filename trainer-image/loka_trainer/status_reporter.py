@@ -1,4 +1,8 @@
-"""Reporting progress, metrics and checkpoints into the run's status, rate-limited, never failing the training."""
+"""Reporting progress, metrics and checkpoints into the run's status, rate-limited, never failing the training.
+
+Once the API server refuses a patch because a newer attempt reports the run now (``StatusFencedError``, see
+``run_client``), this attempt stops reporting: its words would only overwrite the newer attempt's.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,11 @@ from loka_trainer.step_metrics import StepMetrics
 log = logging.getLogger(__name__)
 
 StatusPatcher = Callable[[dict[str, Any]], None]
+
+
+class StatusFencedError(RuntimeError):
+    """The run's status belongs to a newer attempt: the API server refused this attempt's patch."""
+
 
 # The issue's budget: at most about one metrics patch per 10 s; the last update is always sent (flush).
 DEFAULT_MIN_INTERVAL_S = 10.0
@@ -74,8 +83,11 @@ class StatusReporter:
         self._warned: set[str] = set()
         self._progress_sent = 0  # the highest progress.step patched so far
         self.patches_sent = 0
+        self.fenced = False  # a newer attempt reports the run now: send nothing more
 
     def _send(self, patch: dict[str, Any]) -> bool:
+        if self.fenced:
+            return False
         step = (patch.get("progress") or {}).get("step")
         if step is not None and step < self._progress_sent:
             # The metrics file lags checkpoints: never move progress back behind what status already shows.
@@ -84,6 +96,10 @@ class StatusReporter:
             self._progress_sent = step
         try:
             self._patcher(patch)
+        except StatusFencedError as error:
+            self.fenced = True
+            log.warning("%s; this attempt stops reporting", error)
+            return False
         except Exception as error:
             reason = f"{type(error).__name__}: {getattr(error, 'status', '')} {getattr(error, 'reason', '')}".strip()
             if reason not in self._warned:
@@ -140,13 +156,29 @@ class StatusReporter:
                 patch["progress"] = progress_patch(StepMetrics(step=record.step), self.total_steps)["progress"]
             self._send(patch)
 
-    def report_resumed(self, step: int, source: str) -> None:
-        """A resumed attempt says at once which step it continues from, before its first new step."""
+    def report_resumed(
+        self, step: int, source: str, skipped: str = "", checkpoint: CheckpointRecord | None = None
+    ) -> None:
+        """A resumed attempt says at once which step it continues from (and which newer checkpoints it passed
+        over, and why), before its first new step; ``checkpoint``, the run's own it restored, goes in the same
+        patch (a replaced attempt may have saved one more that its fenced status never showed).
+        """
         with self._lock:
             self._pending, self._last_sent_at = None, self._clock()
-            patch = progress_patch(StepMetrics(step=step), self.total_steps)
-            self._send({"progress": patch["progress"], "message": f"resumed from checkpoint step {step} ({source})"})
+            message = f"resumed from checkpoint step {step} ({source})" + (f"; {skipped}" if skipped else "")
+            patch: dict[str, Any] = {
+                "progress": progress_patch(StepMetrics(step=step), self.total_steps)["progress"],
+                "message": message[:MAX_MESSAGE_CHARS],
+            }
+            if checkpoint is not None:
+                patch["checkpoint"] = {"step": checkpoint.step, "uri": checkpoint.uri, "time": checkpoint.time}
+            self._send(patch)
 
     def report_message(self, message: str) -> None:
+        """Send ``message`` now, with the newest pending progress in the same patch (the last one always lands)."""
         with self._lock:
-            self._send({"message": message[:MAX_MESSAGE_CHARS]})
+            patch: dict[str, Any] = {"message": message[:MAX_MESSAGE_CHARS]}
+            if self._pending is not None:
+                patch.update(progress_patch(self._pending, self.total_steps))
+                self._pending, self._last_sent_at = None, self._clock()
+            self._send(patch)

@@ -6,9 +6,14 @@ Credentials and endpoint come from the standard AWS variables (``AWS_ENDPOINT_UR
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import queue
 import threading
+import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -19,16 +24,64 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from loka_api.contract import ENV_AWS_ENDPOINT
+from loka_api.manifest import sha256_file
 
 MiB = 1024 * 1024
 
-# Checkpoint shards are many mid-sized files: parallelism across files matters more than within one.
+# Checkpoint shards are many mid-sized files: parallelism across files matters more than within one. Parts of a
+# hashed upload are held in memory until sent, so the part size times the concurrency bounds that memory (512 MiB).
 DEFAULT_CONCURRENCY = 32
-DEFAULT_CHUNK_BYTES = 64 * MiB
+DEFAULT_CHUNK_BYTES = 16 * MiB
+# How often a running download looks for files that have landed (to hash) and for a cancel.
+_POLL_S = 0.05
+# Files verified at once while a download goes on (sha256 releases the GIL: these run on other cores).
+_HASHERS = 4
+# S3 takes at most 10 000 parts per object: larger files get larger parts.
+_MAX_PARTS = 10_000
+# How long a small request (a marker, a manifest, a listing) may hang before it is retried.
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 60.0
+_MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
+# 412: the precondition failed; 409: a concurrent conditional write won (S3); 404: If-Match on a deleted object.
+_CONDITION_FAILED = frozenset({"412", "PreconditionFailed", "409", "ConditionalRequestConflict", *_MISSING})
 
 
 class TransferCancelledError(RuntimeError):
     """A transfer was abandoned on request (SIGTERM); whatever it wrote is incomplete."""
+
+
+class ObjectMissingError(FileNotFoundError):
+    """An object that was expected (listed in a manifest, named by the user) is not in the bucket."""
+
+
+class PreconditionFailedError(RuntimeError):
+    """A conditional write was refused: the object changed (or appeared, or went) since it was read."""
+
+
+def _error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _raise_if_cancelled(cancel: threading.Event | None, when: str) -> None:
+    if cancel is not None and cancel.is_set():
+        raise TransferCancelledError(f"transfer cancelled {when}")
+
+
+def _read_into(handle: Any, view: memoryview) -> int:
+    """Fill ``view`` from ``handle``; fewer bytes only at the end of the file."""
+    filled = 0
+    while filled < len(view):
+        count = handle.readinto(view[filled:])
+        if not count:
+            break
+        filled += count
+    return filled
+
+
+def _raise_first_failure(futures: Iterable[Future[Any]]) -> None:
+    for future in futures:
+        if future.done() and future.exception() is not None:
+            future.result()
 
 
 @dataclass(frozen=True)
@@ -71,6 +124,62 @@ class StoredObject:
     size: int
 
 
+@dataclass(frozen=True)
+class TransferredFile:
+    """A file sent or received in one pass: its size and the sha256 of exactly the bytes that went over the wire."""
+
+    path: Path
+    uri: S3Uri
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class VersionedBytes:
+    """A small object's content and its ETag, the version a conditional write names."""
+
+    data: bytes
+    etag: str
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One part of a multipart upload, and the pooled buffer it was read into (given back once it is sent)."""
+
+    dest: S3Uri
+    upload_id: str
+    number: int
+    body: bytes | bytearray
+    buffer: bytearray
+
+
+class _PartBuffers:
+    """At most ``count`` part buffers, reused: reading each part into a fresh 16 MiB object costs the kernel as
+    much (page faults, zeroed pages) as hashing it does.
+    """
+
+    def __init__(self, count: int, size: int) -> None:
+        self.count = count
+        self.size = size
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._made = 0
+        self._lock = threading.Lock()
+
+    def take(self, timeout: float) -> bytearray | None:
+        """A free buffer, a new one while fewer than ``count`` exist, else one given back within ``timeout``."""
+        with self._lock:
+            if self._free.empty() and self._made < self.count:
+                self._made += 1
+                return bytearray(self.size)
+        try:
+            return self._free.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def give(self, buffer: bytearray) -> None:
+        self._free.put(buffer)
+
+
 class ObjectStore:
     """S3 operations used by staging, checkpoints and the benchmark, over one boto3 client."""
 
@@ -91,14 +200,18 @@ class ObjectStore:
             config=Config(
                 max_pool_connections=concurrency + 4,
                 retries={"max_attempts": 5, "mode": "standard"},
-                s3={"addressing_style": "path"},
-                # The manifest's sha256 already covers every byte; a second CRC per part only costs CPU.
+                connect_timeout=CONNECT_TIMEOUT_S,
+                read_timeout=READ_TIMEOUT_S,
+                # The manifest's sha256 covers every byte end to end: a SigV4 payload hash (botocore computes one
+                # per request over plain http) and a CRC per part would only read every byte again.
+                s3={"addressing_style": "path", "payload_signing_enabled": False},
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
             ),
         )
 
     def transfer_config(self) -> TransferConfig:
+        """These parts and this concurrency for s3transfer (the benchmark's ceiling moves the same bytes with it)."""
         return TransferConfig(
             max_concurrency=self.concurrency,
             multipart_threshold=self.chunk_bytes,
@@ -106,39 +219,145 @@ class ObjectStore:
             use_threads=True,
         )
 
-    def _run_transfers(self, submit: Iterable[Any], cancel: threading.Event | None) -> None:
-        """Wait for transfer futures; on ``cancel`` abandon the rest and raise TransferCancelledError."""
-        # Leaving the `with` block by an exception cancels in-flight transfers (shutdown(cancel=True) is broken
+    def upload_files(
+        self, files: Iterable[tuple[Path, S3Uri]], *, cancel: threading.Event | None = None
+    ) -> list[TransferredFile]:
+        """Upload every (local file, destination) pair, all files and the parts of each in parallel; raise on
+        the first failure (an unfinished multipart upload is aborted).
+
+        Each file is read once, front to back: its sha256 (for a checkpoint's manifest) is computed from the very
+        bytes that are sent, which go out as parallel part uploads straight from that read.
+        """
+        pairs = list(files)
+        # Parts read but not sent yet: bounded, so memory stays within concurrency x part size.
+        buffers = _PartBuffers(self.concurrency, self.chunk_bytes)
+        halt = threading.Event()  # set when one file failed or the caller cancelled: the other readers stop too
+        with (
+            ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="s3-put") as senders,
+            # One reader per file in flight: it reads (and hashes) front to back and hands its parts to the senders;
+            # a small file it sends itself.
+            ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="s3-read") as readers,
+        ):
+            futures = [readers.submit(self._upload_one, path, dest, senders, buffers, halt) for path, dest in pairs]
+            pending = set(futures)
+            try:
+                while pending:
+                    _raise_if_cancelled(cancel, "while files were in flight")
+                    done, pending = wait(pending, timeout=0.1, return_when=FIRST_EXCEPTION)
+                    for future in done:
+                        future.result()
+            except BaseException:
+                halt.set()
+                readers.shutdown(wait=True, cancel_futures=True)
+                raise
+        return [future.result() for future in futures]
+
+    def _upload_one(
+        self,
+        path: Path,
+        dest: S3Uri,
+        senders: ThreadPoolExecutor,
+        buffers: _PartBuffers,
+        halt: threading.Event,
+    ) -> TransferredFile:
+        digest = hashlib.sha256()
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            if size <= self.chunk_bytes:
+                data = handle.read()
+                digest.update(data)
+                self.client.put_object(Bucket=dest.bucket, Key=dest.key, Body=data)
+                return TransferredFile(path, dest, len(data), digest.hexdigest())
+            part_bytes = max(self.chunk_bytes, -(-size // _MAX_PARTS))
+            upload_id = self.client.create_multipart_upload(Bucket=dest.bucket, Key=dest.key)["UploadId"]
+            parts: list[Future[str]] = []
+            sent = 0
+            try:
+                while True:
+                    buffer = None
+                    while buffer is None:
+                        _raise_if_cancelled(halt, f"while {path.name} was read")
+                        _raise_first_failure(parts)
+                        buffer = buffers.take(timeout=0.1)
+                    if len(buffer) < part_bytes:  # a file of more than 10 000 parts of the usual size
+                        buffer = bytearray(part_bytes)
+                    length = _read_into(handle, memoryview(buffer)[:part_bytes])
+                    if length == 0:
+                        buffers.give(buffer)
+                        break
+                    body = buffer if length == len(buffer) else bytes(buffer[:length])  # botocore takes no views
+                    digest.update(memoryview(buffer)[:length])
+                    sent += length
+                    piece = _Part(dest, upload_id, len(parts) + 1, body, buffer)
+                    parts.append(senders.submit(self._send_part, piece, buffers))
+                etags = [part.result() for part in parts]
+                self.client.complete_multipart_upload(
+                    Bucket=dest.bucket,
+                    Key=dest.key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": [{"PartNumber": i, "ETag": e} for i, e in enumerate(etags, start=1)]},
+                )
+            except BaseException:
+                for part in parts:
+                    part.cancel()
+                with contextlib.suppress(ClientError):  # best effort: S3 lifecycle rules clean up what stays
+                    self.client.abort_multipart_upload(Bucket=dest.bucket, Key=dest.key, UploadId=upload_id)
+                raise
+        return TransferredFile(path, dest, sent, digest.hexdigest())
+
+    def _send_part(self, part: _Part, buffers: _PartBuffers) -> str:
+        try:
+            response = self.client.upload_part(
+                Bucket=part.dest.bucket,
+                Key=part.dest.key,
+                UploadId=part.upload_id,
+                PartNumber=part.number,
+                Body=part.body,
+            )
+        finally:
+            buffers.give(part.buffer)
+        return str(response["ETag"])
+
+    def download_files(
+        self, files: Iterable[tuple[S3Uri, Path]], *, cancel: threading.Event | None = None
+    ) -> list[TransferredFile]:
+        """Download every (source, local file) pair, all files and the parts of each in parallel, creating parent
+        folders. Each file's sha256 is computed as soon as it has landed, while the others are still arriving (read
+        back from the page cache), so verifying a restore costs little time after the last byte. Raises
+        ObjectMissingError for a source that does not exist.
+        """
+        pairs = list(files)
+        digests: dict[int, Future[str]] = {}
+        # Leaving the `with` blocks by an exception cancels in-flight transfers (shutdown(cancel=True) is broken
         # in s3transfer 0.19: it passes its arguments in the wrong order).
-        with create_transfer_manager(self.client, self.transfer_config()) as manager:
-            futures: list[Any] = []
-            for make in submit:
-                if cancel is not None and cancel.is_set():
-                    raise TransferCancelledError("transfer cancelled before all files were submitted")
-                futures.append(make(manager))
-            # s3transfer futures have no result(timeout): poll done() so a cancel is noticed within 0.1 s.
-            while cancel is not None and not all(f.done() for f in futures):
-                if cancel.wait(0.1):
-                    raise TransferCancelledError("transfer cancelled while files were in flight")
-            for future in futures:
-                future.result()
-
-    def upload_files(self, files: Iterable[tuple[Path, S3Uri]], *, cancel: threading.Event | None = None) -> None:
-        """Upload every (local file, destination) pair in parallel; raise on the first failure."""
-
-        def submitter(path: Path, dest: S3Uri) -> Any:
-            return lambda manager: manager.upload(str(path), dest.bucket, dest.key)
-
-        self._run_transfers((submitter(p, d) for p, d in files), cancel)
-
-    def download_files(self, files: Iterable[tuple[S3Uri, Path]], *, cancel: threading.Event | None = None) -> None:
-        """Download every (source, local file) pair in parallel, creating parent folders."""
-
-        def submitter(src: S3Uri, path: Path) -> Any:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return lambda manager: manager.download(src.bucket, src.key, str(path))
-
-        self._run_transfers((submitter(s, p) for s, p in files), cancel)
+        with (
+            ThreadPoolExecutor(max_workers=_HASHERS, thread_name_prefix="sha256") as hashers,
+            create_transfer_manager(self.client, self.transfer_config()) as manager,
+        ):
+            pending: dict[int, Any] = {}
+            for index, (source, path) in enumerate(pairs):
+                _raise_if_cancelled(cancel, "before all files were requested")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                pending[index] = manager.download(source.bucket, source.key, str(path))
+            # s3transfer futures have no result(timeout): poll, so a cancel is noticed and each file is hashed soon
+            # after it lands.
+            while pending:
+                _raise_if_cancelled(cancel, "while files were in flight")
+                for index in [i for i, future in pending.items() if future.done()]:
+                    source, path = pairs[index]
+                    try:
+                        pending.pop(index).result()
+                    except ClientError as error:
+                        if _error_code(error) in _MISSING:
+                            raise ObjectMissingError(f"{source} does not exist") from error
+                        raise
+                    digests[index] = hashers.submit(sha256_file, path)
+                if pending:
+                    time.sleep(_POLL_S)
+            return [
+                TransferredFile(path, source, path.stat().st_size, digests[index].result())
+                for index, (source, path) in enumerate(pairs)
+            ]
 
     def download_prefix(self, prefix: S3Uri, dest: Path, *, cancel: threading.Event | None = None) -> list[Path]:
         """Mirror every object under ``prefix`` into ``dest``; returns the local files."""
@@ -169,24 +388,54 @@ class ObjectStore:
         try:
             self.client.head_object(Bucket=uri.bucket, Key=uri.key)
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+            if _error_code(error) in _MISSING:
                 return False
             raise
         return True
 
     def get_bytes(self, uri: S3Uri) -> bytes | None:
         """The object's content, or None when it does not exist."""
+        versioned = self.get_versioned(uri)
+        return None if versioned is None else versioned.data
+
+    def get_versioned(self, uri: S3Uri) -> VersionedBytes | None:
+        """The object's content with its ETag (for a conditional write), or None when it does not exist."""
         try:
             response = self.client.get_object(Bucket=uri.bucket, Key=uri.key)
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+            if _error_code(error) in _MISSING:
                 return None
             raise
         body: bytes = response["Body"].read()
-        return body
+        return VersionedBytes(body, str(response["ETag"]))
 
-    def put_bytes(self, uri: S3Uri, data: bytes, *, content_type: str = "application/octet-stream") -> None:
-        self.client.put_object(Bucket=uri.bucket, Key=uri.key, Body=data, ContentType=content_type)
+    def put_bytes(
+        self,
+        uri: S3Uri,
+        data: bytes,
+        *,
+        content_type: str = "application/octet-stream",
+        if_match: str | None = None,
+        if_absent: bool = False,
+    ) -> str:
+        """Store ``data``; returns the new ETag. ``if_match``: only over that version of the object; ``if_absent``:
+        only when there is none. A refused condition raises PreconditionFailedError (S3 and MinIO check it
+        atomically, so of two writers racing on the same version exactly one wins).
+        """
+        conditions: dict[str, str] = {}
+        if if_match is not None:
+            conditions["IfMatch"] = if_match
+        if if_absent:
+            conditions["IfNoneMatch"] = "*"
+        try:
+            response = self.client.put_object(
+                Bucket=uri.bucket, Key=uri.key, Body=data, ContentType=content_type, **conditions
+            )
+        except ClientError as error:
+            if conditions and _error_code(error) in _CONDITION_FAILED:
+                raise PreconditionFailedError(f"{uri} changed since it was read ({_error_code(error)})") from error
+            raise
+        return str(response.get("ETag", ""))
 
     def delete(self, uri: S3Uri) -> None:
         self.client.delete_object(Bucket=uri.bucket, Key=uri.key)

@@ -9,7 +9,9 @@ rendezvous we would have to build. Both trainers use the same TrainingWorker eng
 CI compares them), so verl's model merger reads what either writes.
 
 verl's SFT trainer has no ``trainer.checkpoint_callback_class``; its CheckpointHandler is the one place that knows
-a checkpoint was written, so this module wraps it and calls the same callback main_ppo calls.
+a checkpoint was written, so this module wraps it and calls the same callback main_ppo calls: the same attempt's
+writer (fenced marker writes), the same hard-linked snapshot uploaded in the background while training goes on,
+the last step's checkpoint uploaded before the save returns.
 """
 
 from __future__ import annotations
@@ -54,8 +56,14 @@ def build_trainer(config: Any) -> Any:
     class LokaSFTTrainer(SFTTrainer):
         def _build_ckpt_handler(self) -> None:
             super()._build_ckpt_handler()  # type: ignore[no-untyped-call]
-            handler = UploadingCheckpointHandler(self.ckpt_handler, S3CheckpointCallback(config), self)
-            self.ckpt_handler = cast("Any", handler)
+            self.loka_callback = S3CheckpointCallback(config)
+            self.ckpt_handler = cast("Any", UploadingCheckpointHandler(self.ckpt_handler, self.loka_callback, self))
+
+        def fit(self) -> None:
+            super().fit()  # type: ignore[no-untyped-call]
+            # The last save uploads before it returns; an upload still in flight here (verl ended without its last
+            # step's save) must land, or fail this process, before the driver exits.
+            self.loka_callback.wait_for_upload()
 
     return LokaSFTTrainer(config=config)  # type: ignore[no-untyped-call]
 

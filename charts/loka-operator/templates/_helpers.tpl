@@ -44,13 +44,18 @@ What the operator does in watched namespaces, verb by verb, as read from its cod
 compares them). The same rules serve the ClusterRole and the per-namespace Roles.
 */}}
 {{- define "loka-operator.namespacedRules" -}}
-# kopf watches runs; the reconciler reads them and writes only the status subresource.
+# kopf watches runs; the reconciler writes only the status subresource (get: the per-run Role grants it).
 - apiGroups: [loka.dev]
   resources: [trainingruns]
   verbs: [get, list, watch]
 - apiGroups: [loka.dev]
   resources: [trainingruns/status]
   verbs: [patch]
+# Children carry blockOwnerDeletion; OpenShift's OwnerReferencesPermissionEnforcement admission plugin
+# then requires update on the owner's finalizers, or every create is refused.
+- apiGroups: [loka.dev]
+  resources: [trainingruns/finalizers]
+  verbs: [update]
 - apiGroups: [ray.io]
   resources: [rayjobs]
   verbs: [get, list, watch, create, patch, delete]
@@ -65,14 +70,22 @@ compares them). The same rules serve the ClusterRole and the per-namespace Roles
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
-# The per-run ServiceAccount, Role and RoleBinding the trainer uses to report status.
+# The per-run ServiceAccount, Role and RoleBinding the trainer uses to report status (watched, filtered
+# by label on the server, so drift is seen without polling).
 - apiGroups: [""]
   resources: [serviceaccounts]
-  verbs: [get, create]
+  verbs: [get, list, watch, create]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [get, create, patch]
+  verbs: [get, list, watch, create, patch]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+{{- end }}
+
+{{/* What the operator does in its own namespace: compete for its leader-election Lease. */}}
+{{- define "loka-operator.leaderElectionRules" -}}
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, create, update]
 {{- end }}

@@ -18,6 +18,9 @@ Manifest = dict[str, Any]
 
 SUBMISSION_MODES = ("K8sJobMode", "HTTPMode", "SidecarMode")
 GPU_RESOURCE = "nvidia.com/gpu"
+# Where each Ray container's work volume is mounted; the trainer stages and checkpoints under it ($LOKA_WORK_DIR).
+WORK_VOLUME = "work"
+WORK_DIR = "/var/lib/loka"
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,12 @@ class RayJobSettings:
     submission_mode: str = "K8sJobMode"
     submitter_cpu: str = "500m"
     submitter_memory: str = "512Mi"
+    # Work volume sizes when the spec gives none. The head stages the model (a 70B one is about 140 GB in bf16)
+    # and the data, but no checkpoint shard; a worker also holds its ranks' shards of the restored checkpoint and
+    # of the one being written (for 70B with Adam, about 840 GB over all ranks).
+    head_disk: str = "200Gi"
+    worker_disk: str = "1Ti"
+    disk_storage_class: str | None = None
 
 
 def referenced_secrets(spec: TrainingRunSpec) -> list[tuple[str, str, str]]:
@@ -55,6 +64,8 @@ def plain_env(spec: TrainingRunSpec, run: str, namespace: str) -> dict[str, str]
 
 def _container_env(spec: TrainingRunSpec, run: str, namespace: str) -> list[Manifest]:
     env: list[Manifest] = [{"name": k, "value": v} for k, v in plain_env(spec, run, namespace).items()]
+    # The pod's own volume, so not in runtimeEnvYAML: Ray's job env must not point a local Ray at it.
+    env.append({"name": contract.ENV_WORK_DIR, "value": WORK_DIR})
     env += [
         {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
         for name, secret, key in referenced_secrets(spec)
@@ -83,6 +94,20 @@ def _resources(pod: PodResources, gpus: int) -> Manifest:
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
+def work_volume(size: str, storage_class: str | None) -> Manifest:
+    """The pod's work volume: a generic ephemeral volume (a PVC made and deleted with the pod) of ``storage_class``,
+    else an emptyDir the kubelet holds to ``size`` (it evicts a pod that writes more, never fills the node).
+    """
+    if storage_class is None:
+        return {"name": WORK_VOLUME, "emptyDir": {"sizeLimit": size}}
+    claim = {
+        "accessModes": ["ReadWriteOnce"],
+        "storageClassName": storage_class,
+        "resources": {"requests": {"storage": size}},
+    }
+    return {"name": WORK_VOLUME, "ephemeral": {"volumeClaimTemplate": {"spec": claim}}}
+
+
 def _pod_template(
     spec: TrainingRunSpec,
     *,
@@ -92,6 +117,8 @@ def _pod_template(
     pod: PodResources,
     gpus: int,
     service_account: str | None,
+    disk: str,
+    storage_class: str | None,
 ) -> Manifest:
     pod_spec: Manifest = {
         "securityContext": _restricted_pod_security(),
@@ -102,11 +129,14 @@ def _pod_template(
                 "env": _container_env(spec, run, namespace),
                 "resources": _resources(pod, gpus),
                 "securityContext": _restricted_container_security(),
-                "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+                "volumeMounts": [
+                    {"name": "dshm", "mountPath": "/dev/shm"},
+                    {"name": WORK_VOLUME, "mountPath": WORK_DIR},
+                ],
             }
         ],
         # vLLM and NCCL need a large /dev/shm; the container default is 64 MiB.
-        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}],
+        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}, work_volume(disk, storage_class)],
     }
     if service_account is not None:
         pod_spec["serviceAccountName"] = service_account
@@ -155,6 +185,7 @@ def build_rayjob(
         if spec.queue.priority_class is not None:
             labels[naming.KUEUE_PRIORITY_LABEL] = spec.queue.priority_class
     resources = spec.resources
+    storage_class = resources.disk_storage_class or settings.disk_storage_class
     head = _pod_template(
         spec,
         run=run,
@@ -163,6 +194,8 @@ def build_rayjob(
         pod=resources.head,
         gpus=0,
         service_account=naming.service_account_name(run),
+        disk=resources.head.disk or settings.head_disk,
+        storage_class=storage_class,
     )
     worker = _pod_template(
         spec,
@@ -172,6 +205,8 @@ def build_rayjob(
         pod=resources.worker,
         gpus=resources.gpus_per_worker,
         service_account=None,
+        disk=resources.worker.disk or settings.worker_disk,
+        storage_class=storage_class,
     )
     rayjob_spec: Manifest = {
         "entrypoint": contract.TRAINER_ENTRYPOINT,

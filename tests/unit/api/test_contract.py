@@ -28,6 +28,9 @@ CONTRACT_STRINGS = sorted(
         contract.ENV_HF_TOKEN,
         contract.ENV_CHECKPOINT_PREFIX,
         contract.ENV_CHECKPOINT_KEEP,
+        contract.ENV_CHECKPOINT_WRITER,
+        contract.ENV_RUN_UID,
+        contract.ENV_RAY_CLUSTER_NAME,
         contract.ENV_WANDB_MODE,
         contract.ENV_WORK_DIR,
         contract.MANIFEST_NAME,
@@ -78,7 +81,14 @@ def test_only_message_is_written_by_both_sides() -> None:
     assert contract.SHARED_STATUS_FIELDS == ("message",)
 
 
-def test_checkpoint_prefix_is_the_run_under_its_namespace() -> None:
-    assert contract.run_checkpoint_prefix("s3://ckpt/", "team-a", "qwen") == "s3://ckpt/team-a/qwen"
-    assert contract.run_checkpoint_prefix("s3://ckpt/runs", "team-a", "qwen") == "s3://ckpt/runs/team-a/qwen"
+def test_checkpoint_prefix_is_the_run_under_its_namespace_keyed_by_its_uid() -> None:
+    assert contract.run_checkpoint_prefix("s3://ckpt/", "team-a", "qwen", "7f1e") == "s3://ckpt/team-a/qwen/7f1e"
+    assert contract.run_checkpoint_prefix("s3://ckpt/runs", "team-a", "qwen", "7f1e") == (
+        "s3://ckpt/runs/team-a/qwen/7f1e"
+    )
     assert contract.STEP_FOLDER.match(contract.step_folder(120))
+
+
+def test_a_run_without_a_uid_has_no_checkpoint_prefix() -> None:
+    with pytest.raises(ValueError, match="team-a/qwen has no uid"):
+        contract.run_checkpoint_prefix("s3://ckpt/", "team-a", "qwen", "")

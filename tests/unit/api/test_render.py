@@ -153,10 +153,23 @@ def test_new_keys_can_be_added_with_plus() -> None:
     assert config.ray_kwargs.ray_init.runtime_env.env_vars.NCCL_DEBUG == "INFO"
 
 
-def test_resume_from_s3_path_needs_a_staged_folder() -> None:
+def test_an_explicit_resume_point_seeds_only_a_run_without_a_checkpoint_of_its_own() -> None:
     spec = make_spec(checkpoints={"uri": "s3://ckpt/", "resume": "s3://ckpt/n/r/global_step_5"})
-    with pytest.raises(ValueError, match="resume_from"):
-        render_verl_overrides(spec, run_name="r", namespace="n", paths=PATHS)
+    seeding = StagedPaths(
+        model="m", train_files=Path("/t.parquet"), checkpoint_dir=Path("/c"), resume_from=Path("/c/s")
+    )
+    continuing = StagedPaths(model="m", train_files=Path("/t.parquet"), checkpoint_dir=Path("/c"))
+    assert as_dict(render_verl_overrides(spec, run_name="r", namespace="n", paths=seeding))["trainer.resume_mode"] == (
+        "resume_path"
+    )
+    rendered = as_dict(render_verl_overrides(spec, run_name="r", namespace="n", paths=continuing))
+    assert rendered["trainer.resume_mode"] == "auto"  # the run's own latest, restored into checkpoint_dir
+
+
+def test_verl_keeps_one_local_checkpoint_whatever_s3_keeps() -> None:
+    spec = make_spec(checkpoints={"uri": "s3://ckpt/", "keep": 5})
+    rendered = as_dict(render_verl_overrides(spec, run_name="r", namespace="n", paths=PATHS))
+    assert rendered["trainer.max_actor_ckpt_to_keep"] == "1"
 
 
 def test_api_and_renderer_load_without_kopf_kubernetes_or_hydra() -> None:
@@ -208,7 +221,8 @@ def test_sft_renders_verls_sft_trainer_keys_and_composes_in_its_config() -> None
     assert config.model.path == "/stage/model"
     assert config.optim.lr == 1.0e-5
     assert (config.trainer.nnodes, config.trainer.n_gpus_per_node, config.trainer.total_epochs) == (2, 8, 3)
-    assert (config.trainer.save_freq, config.trainer.max_ckpt_to_keep, config.trainer.test_freq) == (20, 2, 20)
+    # S3 keeps checkpoints.keep; one local copy is enough to upload from (as for RL).
+    assert (config.trainer.save_freq, config.trainer.max_ckpt_to_keep, config.trainer.test_freq) == (20, 1, 20)
     assert (config.trainer.default_local_dir, config.trainer.resume_mode) == ("/stage/ckpt", "auto")
     assert list(config.trainer.logger) == ["console", "file", "wandb"]
     assert config.trainer.experiment_name == "qwen-sft"

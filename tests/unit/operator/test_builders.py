@@ -146,6 +146,56 @@ def test_runtime_env_carries_only_the_plain_variables() -> None:
     }
 
 
+def pod_specs(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    cluster = job["spec"]["rayClusterSpec"]
+    return {
+        "head": cluster["headGroupSpec"]["template"]["spec"],
+        "worker": cluster["workerGroupSpecs"][0]["template"]["spec"],
+    }
+
+
+def work_volume_of(pod: dict[str, Any]) -> tuple[dict[str, Any], str, str]:
+    """The volume mounted at the trainer's work dir, its mount path, and $LOKA_WORK_DIR."""
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == env["LOKA_WORK_DIR"]]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    return volume, mount["mountPath"], env["LOKA_WORK_DIR"]
+
+
+def test_every_ray_pod_works_on_a_volume_sized_from_the_spec_not_on_the_containers_writable_layer() -> None:
+    resources = make_spec().resources.model_dump(by_alias=True)
+    resources["head"]["disk"] = "300Gi"
+    defaults = RayJobSettings(head_disk="200Gi", worker_disk="1Ti")
+    job = build_rayjob(make_spec(resources=resources), run="qwen", namespace="team-a", uid=UID, settings=defaults)
+    pods = pod_specs(job)
+    head, path, work_dir = work_volume_of(pods["head"])
+    assert head == {"name": "work", "emptyDir": {"sizeLimit": "300Gi"}}  # the spec's size
+    assert path == work_dir == "/var/lib/loka"
+    worker, _, _ = work_volume_of(pods["worker"])
+    assert worker == {"name": "work", "emptyDir": {"sizeLimit": "1Ti"}}  # the operator's default
+    assert "LOKA_WORK_DIR" not in job["spec"]["runtimeEnvYAML"]  # a pod path, never a local Ray's
+
+
+def test_a_storage_class_gives_each_ray_pod_its_own_ephemeral_volume() -> None:
+    resources = make_spec().resources.model_dump(by_alias=True)
+    resources["diskStorageClass"] = "fast-nvme"
+    job = build_rayjob(
+        make_spec(resources=resources),
+        run="qwen",
+        namespace="team-a",
+        uid=UID,
+        settings=RayJobSettings(worker_disk="800Gi", disk_storage_class="standard"),
+    )
+    worker, _, _ = work_volume_of(pod_specs(job)["worker"])
+    claim = worker["ephemeral"]["volumeClaimTemplate"]["spec"]
+    assert claim == {
+        "accessModes": ["ReadWriteOnce"],
+        "storageClassName": "fast-nvme",  # the spec's class wins over the operator's
+        "resources": {"requests": {"storage": "800Gi"}},
+    }
+
+
 @pytest.mark.parametrize(("mode", "has_submitter"), [("K8sJobMode", True), ("HTTPMode", False)])
 def test_submission_mode_is_an_operator_setting(mode: str, has_submitter: bool) -> None:
     job = rayjob(mode=mode)

@@ -36,7 +36,7 @@ def source(
     if phase:
         body["status"]["phase"] = phase
     if step is not None:
-        body["status"]["checkpoint"] = {"step": step, "uri": f"{CKPT}/{NS}/sft/global_step_{step}"}
+        body["status"]["checkpoint"] = {"step": step, "uri": f"{CKPT}/{NS}/sft/uid-sft/global_step_{step}"}
     if message:
         body["status"]["message"] = message
     return body
@@ -73,7 +73,14 @@ def test_a_final_checkpoint_is_waited_for_until_the_source_succeeds() -> None:
 
     ready = resolve(waiting_run(), source("Succeeded", 30), lookup=no_runs)
     assert ready.ready
-    assert ready.source == SourceStatus(run="sft", uid="uid-sft", step=30, uri=f"{CKPT}/{NS}/sft/global_step_30")
+    assert ready.source == SourceStatus(run="sft", uid="uid-sft", step=30, uri=f"{CKPT}/{NS}/sft/uid-sft/global_step_30")
+
+
+def test_the_checkpoint_handed_over_is_the_one_under_the_source_runs_uid() -> None:
+    # Checkpoints are keyed by run uid: a later run of the same name never hands over its own.
+    state = resolve(waiting_run(), source("Succeeded", 30, uid="uid-second"), lookup=no_runs)
+    assert state.source.uid == "uid-second"
+    assert state.source.uri == f"{CKPT}/{NS}/sft/uid-second/global_step_30"
 
 
 def test_latest_takes_the_newest_checkpoint_as_soon_as_there_is_one() -> None:
@@ -136,7 +143,7 @@ def test_a_source_replaced_by_a_new_run_of_the_same_name_fails_the_run() -> None
 
 
 def test_a_recorded_lineage_never_changes_and_survives_the_sources_deletion() -> None:
-    recorded = SourceStatus(run="sft", uid="uid-sft", step=30, uri=f"{CKPT}/{NS}/sft/global_step_30")
+    recorded = SourceStatus(run="sft", uid="uid-sft", step=30, uri=f"{CKPT}/{NS}/sft/uid-sft/global_step_30")
     state = resolve(waiting_run(recorded=recorded), None, lookup=no_runs)
     assert state.ready and state.source == recorded
 
@@ -209,7 +216,7 @@ def test_a_resolved_source_is_recorded_before_anything_launches() -> None:
     first = calculate_status(observe(state), waiting_run().status).status
     assert (first.phase, condition(first, "SourceReady").status) == (RunPhase.PENDING, "True")
     assert "checkpoint step 30 of run 'sft'" in (first.message or "")
-    assert first.source is not None and first.source.uri == f"{CKPT}/{NS}/sft/global_step_30"
+    assert first.source is not None and first.source.uri == f"{CKPT}/{NS}/sft/uid-sft/global_step_30"
     # The next pass finds it recorded: the run goes on to create its RayJob.
     again = calculate_status(observe(state), first).status
     assert again.conditions[0].type == "Valid"

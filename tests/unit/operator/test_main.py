@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from loka_operator.config import ENV_SUBMISSION_MODE, OperatorConfig
+from loka_operator.config import (
+    ENV_DISK_STORAGE_CLASS,
+    ENV_HEAD_DISK,
+    ENV_SUBMISSION_MODE,
+    ENV_WORKER_DISK,
+    ConfigError,
+    OperatorConfig,
+)
 from loka_operator.main import main
 
 
@@ -25,3 +32,16 @@ def test_submission_mode_defaults_to_k8s_job_mode(monkeypatch: pytest.MonkeyPatc
     config = OperatorConfig.from_env(namespaces=("team-a",), metrics_port=0)
     assert config.rayjob.submission_mode == "HTTPMode"
     assert config.namespaces == ("team-a",)
+
+
+def test_work_disk_defaults_come_from_the_environment_and_a_bad_size_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(ENV_HEAD_DISK, "50Gi")
+    monkeypatch.setenv(ENV_WORKER_DISK, "2Ti")
+    monkeypatch.setenv(ENV_DISK_STORAGE_CLASS, "fast-nvme")
+    settings = OperatorConfig.from_env().rayjob
+    assert (settings.head_disk, settings.worker_disk, settings.disk_storage_class) == ("50Gi", "2Ti", "fast-nvme")
+    monkeypatch.setenv(ENV_WORKER_DISK, "a lot")
+    with pytest.raises(ConfigError, match=r"LOKA_WORKER_DISK='a lot' is not a size; use a Kubernetes quantity"):
+        OperatorConfig.from_env()

@@ -347,6 +347,73 @@ def test_dashboard_url_gets_a_scheme() -> None:
     assert status.ray_job == "qwen"
 
 
+DEACTIVATED_BY_KUEUE = {
+    "metadata": {"name": "rayjob-qwen-1", "namespace": "team-a"},
+    "spec": {"active": False},
+    "status": {
+        "conditions": [
+            {
+                "type": "QuotaReserved",
+                "status": "False",
+                "reason": "Deactivated",
+                "message": "The workload is deactivated",
+            },
+            {
+                "type": "Evicted",
+                "status": "True",
+                "reason": "DeactivatedDueToRequeuingLimitExceeded",
+                "message": "The workload is deactivated due to exceeding the maximum number of re-queuing retries",
+            },
+        ]
+    },
+}
+
+
+def test_a_workload_kueue_deactivated_suspends_the_run_in_kueues_words() -> None:
+    update = calculate_status(observe(rayjob("Suspended"), DEACTIVATED_BY_KUEUE), TrainingRunStatus())
+    assert update.status.phase == RunPhase.SUSPENDED
+    suspended = next(c for c in update.status.conditions if c.type == "Suspended")
+    assert suspended.reason == "DeactivatedDueToRequeuingLimitExceeded"
+    assert "maximum number of re-queuing retries" in suspended.message
+    assert "kubectl -n team-a patch workload rayjob-qwen-1" in suspended.message  # how to run it again
+    admitted = next(c for c in update.status.conditions if c.type == "Admitted")
+    assert admitted.status == "False"
+
+
+def test_a_reactivated_workload_waits_for_quota_again_not_suspended() -> None:
+    reactivated = {**DEACTIVATED_BY_KUEUE, "spec": {"active": True}}
+    verdict = decide_phase(observe(rayjob("Suspended"), reactivated), TrainingRunStatus())
+    assert verdict.phase == RunPhase.QUEUED
+
+
+def test_a_refused_create_is_the_launched_condition_with_a_warning() -> None:
+    refused = Problem(
+        "CreateRefused",
+        'the API server refused to create the RayJob qwen: rayjobs.ray.io "qwen" is forbidden: exceeded quota',
+    )
+    update = calculate_status(observe(None, blocked=refused), TrainingRunStatus())
+    launched = next(c for c in update.status.conditions if c.type == "Launched")
+    assert (launched.status, launched.reason) == ("False", "CreateRefused")
+    assert "exceeded quota" in launched.message
+    assert update.status.phase == RunPhase.PENDING
+    assert update.event is not None and update.event.type == "Warning"
+    # Still refused at the next look: no second Event; once created, Launched turns True.
+    again = calculate_status(observe(None, blocked=refused), update.status)
+    assert again.event is None
+    created = calculate_status(observe(rayjob("")), again.status).status
+    assert next(c for c in created.conditions if c.type == "Launched").status == "True"
+
+
+def test_kuberays_driver_log_reaches_status_as_one_short_line() -> None:
+    log = "job failed: " + "driver output " * 2000 + "\nTraceback (most recent call last):\n..."
+    failed = rayjob("Failed", "FAILED", reason="AppFailed", message=log)
+    update = calculate_status(observe(failed, ADMITTED), TrainingRunStatus())
+    condition = next(c for c in update.status.conditions if c.type == "Failed")
+    for text in (condition.message, update.status.message or "", update.event.message if update.event else ""):
+        assert text.startswith("job failed:")
+        assert "\n" not in text and len(text.encode()) <= 1024
+
+
 def test_each_attempt_records_its_ray_job_for_loka_logs_attempt() -> None:
     history = walk(
         (rayjob("Running", "RUNNING", jobId="qwen-a1", rayClusterName="qwen-x1"), ADMITTED, False),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 from loka_operator.workqueue import RunQueue
 
@@ -76,3 +77,49 @@ def test_concurrency_is_bounded() -> None:
 
     asyncio.run(scenario())
     assert peak == 3
+
+
+def test_events_arriving_while_a_run_backs_off_wait_for_the_retry() -> None:
+    attempts: list[float] = []
+
+    async def reconcile(key: str, drift: bool) -> float | None:
+        attempts.append(asyncio.get_running_loop().time())
+        raise RuntimeError("admission webhook unreachable")
+
+    async def scenario() -> None:
+        queue = RunQueue(reconcile)
+        queue.request("ns/failing")
+        for _ in range(70):  # a run whose spec or children keep changing
+            await asyncio.sleep(0.05)
+            queue.request("ns/failing")
+
+    asyncio.run(scenario())
+    # 3.5 s of events: attempts at 0, then after 1 and 2 s of backoff; never one per event.
+    assert 2 <= len(attempts) <= 4
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert all(later > earlier for earlier, later in itertools.pairwise(gaps))
+
+
+def test_forgetting_a_deleted_run_cancels_its_reconcile_in_flight() -> None:
+    finished: list[str] = []
+    started = asyncio.Event
+
+    async def scenario() -> None:
+        began = started()
+
+        async def reconcile(key: str, drift: bool) -> float | None:
+            began.set()
+            await asyncio.sleep(5)  # e.g. a create held by a slow admission webhook
+            finished.append(key)
+            return 1.0
+
+        queue = RunQueue(reconcile)
+        queue.request("ns/deleted")
+        await began.wait()
+        queue.forget("ns/deleted")
+        await asyncio.sleep(0.05)
+        assert queue.busy() == 0
+        assert queue.keys() == []
+
+    asyncio.run(scenario())
+    assert finished == []

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from loka_api import TrainingRunSpec
+from loka_api.manifest import Writer
 from loka_api.render import compose_verl_config
 from loka_trainer.checkpoints import CheckpointStore
 from loka_trainer.cli import EXIT_BAD_INPUT, EXIT_OK, main
@@ -92,7 +93,13 @@ def test_launched_command_hands_the_checkpoint_settings_to_verls_actors_without_
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-key")
     monkeypatch.setenv("WANDB_API_KEY", "wandb-secret-key")
     spec = TrainingRunSpec.model_validate(MANIFEST["spec"])
-    store = CheckpointStore(ObjectStore(endpoint_url="http://127.0.0.1:9"), S3Uri("ckpt", "loka/qwen-gsm8k"), keep=3)
+    store = CheckpointStore(
+        ObjectStore(endpoint_url="http://127.0.0.1:9"),
+        S3Uri("ckpt", "loka/qwen-gsm8k/7f1e"),
+        keep=3,
+        writer=Writer(2, "qwen-gsm8k-x7k2p"),
+        run_uid="7f1e",
+    )
     job = EngineJob(
         spec=spec,
         run_name="qwen-gsm8k",
@@ -112,8 +119,11 @@ def test_launched_command_hands_the_checkpoint_settings_to_verls_actors_without_
     assert argv[-1] == "actor_rollout_ref.rollout.gpu_memory_utilization=0.6"  # the user's overrides stay last
     config = compose_verl_config(argv[3:])
     env_vars = config.ray_kwargs.ray_init.runtime_env.env_vars
-    assert env_vars.LOKA_CHECKPOINT_PREFIX == "s3://ckpt/loka/qwen-gsm8k"
+    assert env_vars.LOKA_CHECKPOINT_PREFIX == "s3://ckpt/loka/qwen-gsm8k/7f1e"
     assert env_vars.LOKA_CHECKPOINT_KEEP == "3"
+    # verl's callback (maybe on a node without API access) learns the run and the attempt it writes for.
+    assert env_vars.LOKA_CHECKPOINT_WRITER == "2/qwen-gsm8k-x7k2p"
+    assert env_vars.LOKA_RUN_UID == "7f1e"
     assert env_vars.WANDB_MODE == "online"
     assert str(tmp_path / "metrics.jsonl") == env_vars.VERL_FILE_LOGGER_PATH
     assert config.trainer.default_local_dir == str(tmp_path / "checkpoints")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from loka_trainer.rewards import bare_number, gsm8k
 from loka_trainer.rewards import format as format_reward
-from loka_trainer.rewards import gsm8k
 from loka_trainer.rewards.answers import MAX_SOLUTION_CHARS, extract_final_answer
 
 
@@ -117,3 +117,11 @@ def test_think_then_answer_is_well_formed(solution: str) -> None:
 )
 def test_malformed_or_smuggling_output_has_bad_format(solution: str) -> None:
     assert format_reward.compute_score("x", solution) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("solution", "expected"),
+    [("42", 1.0), (" 42\n", 1.0), ("4x", 0.5), ("the sum", 0.0), ("", 0.0), ("   ", 0.0), ("7" * 300_000, 0.0)],
+)
+def test_bare_number_reward_is_the_share_of_digits(solution: str, expected: float) -> None:
+    assert bare_number.compute_score("loka", solution, "42") == expected

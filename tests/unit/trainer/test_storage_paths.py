@@ -11,10 +11,11 @@ from loka_trainer.storage import ObjectStore, S3Uri
 NOWHERE = ObjectStore(endpoint_url="http://127.0.0.1:9")
 
 
-def test_run_checkpoints_live_under_namespace_and_run_name() -> None:
-    store = CheckpointStore.for_run(NOWHERE, "s3://ckpt/", namespace="loka", run_name="qwen", keep=3)
-    assert str(store.step_uri(100)) == "s3://ckpt/loka/qwen/global_step_100"
-    assert str(store.marker_uri) == "s3://ckpt/loka/qwen/latest"
+def test_run_checkpoints_live_under_namespace_run_name_and_uid() -> None:
+    store = CheckpointStore.for_run(NOWHERE, "s3://ckpt/", namespace="loka", run_name="qwen", uid="7f1e", keep=3)
+    assert str(store.step_uri(100)) == "s3://ckpt/loka/qwen/7f1e/global_step_100"
+    assert str(store.marker_uri) == "s3://ckpt/loka/qwen/7f1e/latest"
+    assert store.run_uid == "7f1e"
 
 
 def test_listing_prefix_never_matches_a_longer_sibling() -> None:
@@ -59,3 +60,40 @@ def test_the_same_file_with_different_bytes_on_two_nodes_is_a_torn_checkpoint() 
 
     with pytest.raises(CheckpointError, match=r"data\.pt differs between nodes"):
         merge_node_files([(ManifestFile("data.pt", 10, "a" * 64),), (ManifestFile("data.pt", 10, "f" * 64),)])
+
+
+def test_a_writer_travels_as_one_environment_string() -> None:
+    from loka_api.manifest import Writer
+
+    writer = Writer(3, "qwen-gsm8k-x7k2p")
+    assert Writer.from_env(writer.to_env()) == writer
+    assert Writer.from_env("2/host:1234") == Writer(2, "host:1234")
+    with pytest.raises(ValueError, match=r"<attempt>/<holder>.*got 'x7k2p'"):
+        Writer.from_env("x7k2p")
+
+
+def test_a_store_without_a_writer_reads_only() -> None:
+    from loka_api.manifest import ManifestFile
+
+    store = CheckpointStore(NOWHERE, S3Uri("b", "p"), keep=1)
+    with pytest.raises(ValueError, match="has no writer: it reads only"):
+        store.commit(1, (ManifestFile("data.pt", 1, "a" * 64),))
+
+
+def test_a_node_needs_the_shared_files_and_only_its_own_ranks_shards() -> None:
+    from loka_api.manifest import ManifestFile
+    from loka_trainer.checkpoints import files_for_ranks
+
+    names = [
+        "data.pt",
+        "actor/fsdp_config.json",
+        "actor/huggingface/config.json",
+        *(f"actor/{kind}_world_size_16_rank_{rank}.pt" for rank in (0, 7, 8, 15) for kind in ("model", "optim")),
+    ]
+    files = [ManifestFile(name, 1, "a" * 64) for name in names]
+    second_node = {f.path for f in files_for_ranks(files, frozenset(range(8, 16)))}
+    assert second_node == set(names[:3]) | {
+        f"actor/{k}_world_size_16_rank_{r}.pt" for r in (8, 15) for k in ("model", "optim")
+    }
+    assert {f.path for f in files_for_ranks(files, frozenset())} == set(names[:3])  # the GPU-less head
+    assert len(files_for_ranks(files, None)) == len(files)  # one process loads everything (trl)

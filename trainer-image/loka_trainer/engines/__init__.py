@@ -55,6 +55,12 @@ class Engine(Protocol):
         """Steps the run will take, shown as status.progress.totalSteps."""
         ...
 
+    def local_checkpoint_ranks(self, spec: TrainingRunSpec) -> frozenset[int] | None:
+        """The ranks whose checkpoint shards this machine's processes load (restore fetches only those and the
+        shared files); None when one process here loads the whole checkpoint.
+        """
+        ...
+
     def run(self, job: EngineJob) -> int:
         """Train until done or until ``job.stop`` is set; the exit code (0: finished)."""
         ...

@@ -21,7 +21,7 @@ from loka_api import Algorithm, TrainingRunSpec
 from loka_api.contract import ENV_WANDB_MODE
 from loka_api.render import SFT_MESSAGES_COLUMN
 from loka_trainer import step_metrics as names
-from loka_trainer.checkpoints import VERL_TRACKER_NAME
+from loka_trainer.checkpoints import VERL_TRACKER_NAME, drop_older_local_checkpoints
 from loka_trainer.engines import EngineJob
 from loka_trainer.sft_data import read_conversations
 from loka_trainer.step_metrics import MetricsWriter
@@ -124,6 +124,9 @@ class TrlEngine:
         if spec.training.max_steps is not None:
             return spec.training.max_steps
         return math.ceil(train_rows / spec.training.batch_size) * spec.training.epochs or None
+
+    def local_checkpoint_ranks(self, spec: TrainingRunSpec) -> frozenset[int] | None:
+        return None  # one process, the whole checkpoint
 
     def run(self, job: EngineJob) -> int:
         from transformers import AutoTokenizer
@@ -228,7 +231,6 @@ def common_arguments(job: EngineJob, *, eval_batch: int) -> dict[str, Any]:
     import torch
 
     spec, training = job.spec, job.spec.training
-    keep_local = job.checkpoints.keep if job.checkpoints else None
     every = spec.checkpoints.every if spec.checkpoints else None
     validate = job.inputs.val_files is not None and every is not None
     use_wandb = spec.tracking is not None and spec.tracking.wandb is not None and job.wandb_mode != "disabled"
@@ -244,7 +246,7 @@ def common_arguments(job: EngineJob, *, eval_batch: int) -> dict[str, Any]:
         "max_steps": training.max_steps or -1,
         "save_strategy": "steps" if every else "no",
         "save_steps": every or 500,
-        "save_total_limit": keep_local,
+        "save_total_limit": 1,  # S3 keeps `keep`; one local copy is enough to upload from
         "eval_strategy": "steps" if validate else "no",
         "eval_steps": every if validate else None,
         "per_device_eval_batch_size": eval_batch,
@@ -313,6 +315,7 @@ def loka_callback(job: EngineJob, writer: MetricsWriter, *, to_verl: ToVerl, sam
                     control.should_training_stop = True
                     return control
                 job.on_checkpoint(record)
+                drop_older_local_checkpoints(job.checkpoint_dir, state.global_step)  # the restored one
             return control
 
     return LokaCallback()

@@ -11,14 +11,17 @@ import re
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Mapping
 
 from loka_api import Algorithm, TrainingRunSpec
 from loka_api.contract import (
     ENV_CHECKPOINT_KEEP,
     ENV_CHECKPOINT_PREFIX,
+    ENV_CHECKPOINT_WRITER,
     ENV_RUN_NAME,
     ENV_RUN_NAMESPACE,
+    ENV_RUN_UID,
     ENV_WANDB_MODE,
 )
 from loka_api.render import VERL_FILE_LOGGER_ENV, StagedPaths, verl_command
@@ -29,6 +32,9 @@ log = logging.getLogger(__name__)
 # Pods get 30 s between SIGTERM and SIGKILL, the image gives Ray's job supervisor 25 s (RAY_JOB_STOP_WAIT_TIME_S);
 # verl gets 15 s of that, the rest is for reporting.
 STOP_GRACE_S = 15.0
+# After verl's driver is gone: how long its Ray actors may take to die, and the group's last processes to be reaped.
+ACTOR_STOP_WAIT_S = 5.0
+GROUP_REAP_S = 2.0
 RUNTIME_ENV_PREFIX = "+ray_kwargs.ray_init.runtime_env.env_vars."
 
 
@@ -49,6 +55,10 @@ def actor_environment(job: EngineJob, environ: Mapping[str, str] | None = None) 
     if job.checkpoints is not None:
         env[ENV_CHECKPOINT_PREFIX] = str(job.checkpoints.prefix)
         env[ENV_CHECKPOINT_KEEP] = str(job.checkpoints.keep)
+        if job.checkpoints.writer is not None:
+            env[ENV_CHECKPOINT_WRITER] = job.checkpoints.writer.to_env()
+        if job.checkpoints.run_uid:
+            env[ENV_RUN_UID] = job.checkpoints.run_uid
     # Outside a pod (the local demo) the actors reach the API server through the same kubeconfig file.
     kubeconfig = (os.environ if environ is None else environ).get("KUBECONFIG")
     if kubeconfig:
@@ -97,6 +107,12 @@ class VerlEngine:
         # verl's dataloader drops the last partial batch.
         return max(train_rows // spec.training.batch_size, 0) * spec.training.epochs or None
 
+    def local_checkpoint_ranks(self, spec: TrainingRunSpec) -> frozenset[int] | None:
+        from loka_trainer.nodes import current_node_id, ray_rank_layout
+
+        layout = ray_rank_layout(nnodes=spec.resources.workers, gpus_per_node=spec.resources.gpus_per_worker)
+        return None if layout is None else layout.get(current_node_id() or "", frozenset())
+
     def run(self, job: EngineJob) -> int:
         import ray
 
@@ -106,39 +122,71 @@ class VerlEngine:
         log.info("launching verl: %s", " ".join(argv[:3]) + f" … ({len(argv) - 3} overrides)")
         # Hydra writes its outputs/ folder into the working directory: keep it in the run's work dir.
         process = subprocess.Popen(argv, env=process_environment(job), cwd=job.work_dir, start_new_session=True)
-        return wait_or_stop(process, job.stop)
+        code = wait_or_stop(process, job.stop)
+        if job.stop.is_set() and ray.is_initialized():
+            # On the RayJob's cluster verl trains in actors outside its process group; Ray ends them once their
+            # driver is gone. Report only then: nothing of verl may move the marker after the trainer says where.
+            from loka_trainer.nodes import wait_for_driver_actors
+
+            left = wait_for_driver_actors(process.pid, timeout=ACTOR_STOP_WAIT_S)
+            if left:
+                log.warning("verl's Ray actors still alive %.0f s after its driver: %s", ACTOR_STOP_WAIT_S, left)
+        return code
 
 
 def stage_other_nodes(job: EngineJob) -> None:
-    """Put the model, data and restored checkpoint on every other Ray node at the same paths as here:
-    verl's ranks read them from their own node's disk.
+    """Put the model and data on every other Ray node at the same paths as here, and the restored checkpoint's
+    shared files and the shards of the ranks each node runs: verl's ranks read them from their own node's disk.
     """
-    from loka_trainer.nodes import on_nodes, stage_on_node
+    from loka_trainer.nodes import on_each_node, ray_rank_layout, stage_on_node
 
     resume = (job.resume.source, job.resume.step) if job.resume is not None else None
     endpoint = job.spec.storage.endpoint if job.spec.storage else None
     spec_json = job.spec.model_dump_json(by_alias=True)
-    hosts = on_nodes(stage_on_node, spec_json, str(job.work_dir), endpoint, resume, job.source_uri, skip_current=True)
+    resources = job.spec.resources
+    layout = ray_rank_layout(nnodes=resources.workers, gpus_per_node=resources.gpus_per_worker)
+
+    def args_for(node: str | None) -> tuple[object, ...]:
+        ranks = None if layout is None or node is None else layout.get(node, frozenset())
+        return (spec_json, str(job.work_dir), endpoint, resume, ranks, job.source_uri)
+
+    hosts = on_each_node(stage_on_node, args_for, skip_current=True)
     if hosts:
         log.info("staged inputs on %d other Ray node(s): %s", len(hosts), ", ".join(sorted(hosts)))
 
 
 def wait_or_stop(process: subprocess.Popen[bytes], stop: threading.Event, *, grace_s: float = STOP_GRACE_S) -> int:
-    """Wait for ``process``; when ``stop`` is set, SIGTERM its process group, then SIGKILL after ``grace_s``."""
+    """Wait for ``process``; when ``stop`` is set, SIGTERM its process group and wait until the whole group is
+    gone (a Ray that verl started itself lives in it: raylet, workers), SIGKILL what is left after ``grace_s``.
+    """
     while process.poll() is None:
         if stop.wait(0.5):
             log.info("stopping verl (pid %d): SIGTERM to its process group", process.pid)
-            _signal_group(process, signal.SIGTERM)
-            try:
+            deadline = time.monotonic() + grace_s
+            _signal_group(process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                log.warning("verl did not stop within %.0f s: SIGKILL", grace_s)
-                _signal_group(process, signal.SIGKILL)
+            if not _group_gone(process.pid, deadline):
+                log.warning("verl's process group did not stop within %.0f s: SIGKILL", grace_s)
+                _signal_group(process.pid, signal.SIGKILL)
                 process.wait()
+                _group_gone(process.pid, time.monotonic() + GROUP_REAP_S)
+            log.info("verl stopped (exit %s)", process.returncode)
             break
     return process.returncode
 
 
-def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+def _group_gone(group: int, deadline: float) -> bool:
+    while True:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def _signal_group(group: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, sig)
+        os.killpg(group, sig)

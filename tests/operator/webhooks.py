@@ -1,0 +1,109 @@
+"""Broken admission webhooks on RayJobs, as a cluster can have them: one nobody listens for, one that never answers.
+
+Each is registered for one namespace label only, so nothing else on the shared control plane is affected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from kubernetes import client
+
+from localcluster.operator_process import free_port
+
+LABEL = "loka.dev/webhook-test"
+
+
+@contextlib.contextmanager
+def rayjob_webhook(api: Any, url: str, *, timeout_seconds: int) -> Iterator[dict[str, str]]:
+    """A failing-closed validating webhook on RayJob creates; yields the namespace labels it applies to."""
+    tag = uuid.uuid4().hex[:8]
+    name = f"loka-test-{tag}"
+    admission: Any = client.AdmissionregistrationV1Api(api)
+    admission.create_validating_webhook_configuration(
+        {
+            "metadata": {"name": name},
+            "webhooks": [
+                {
+                    "name": f"rayjobs.{tag}.loka.dev",
+                    "clientConfig": {"url": url},
+                    "rules": [
+                        {
+                            "apiGroups": ["ray.io"],
+                            "apiVersions": ["v1"],
+                            "operations": ["CREATE"],
+                            "resources": ["rayjobs"],
+                        }
+                    ],
+                    "namespaceSelector": {"matchLabels": {LABEL: tag}},
+                    "failurePolicy": "Fail",
+                    "sideEffects": "None",
+                    "admissionReviewVersions": ["v1"],
+                    "timeoutSeconds": timeout_seconds,
+                }
+            ],
+        }
+    )
+    try:
+        yield {LABEL: tag}
+    finally:
+        admission.delete_validating_webhook_configuration(name)
+
+
+def unreachable_url() -> str:
+    """A URL nothing listens on: the API server answers 500 (failed calling webhook) at once."""
+    return f"https://127.0.0.1:{free_port()}/validate"
+
+
+class SilentServer:
+    """Accepts the API server's connections and never answers, so each call hangs until the API server gives up
+    (its TLS handshake timeout, 10 s); `ended` is set when it has hung up."""
+
+    def __init__(self) -> None:
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self._socket.settimeout(0.2)
+        self._closed = threading.Event()
+        self.url = f"https://127.0.0.1:{self._socket.getsockname()[1]}/validate"
+        self.called = threading.Event()
+        self.ended = threading.Event()
+        self._connections: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                connection, _ = self._socket.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self._connections.append(connection)
+            self.called.set()
+            threading.Thread(target=self._until_closed, args=(connection,), daemon=True).start()
+
+    def _until_closed(self, connection: socket.socket) -> None:
+        try:
+            while connection.recv(4096):
+                pass
+        except OSError:
+            pass
+        self.ended.set()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(timeout=5)
+        self._socket.close()
+        for connection in self._connections:
+            connection.close()
+
+    def __enter__(self) -> SilentServer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

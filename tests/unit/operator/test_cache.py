@@ -1,0 +1,85 @@
+"""The watch-backed caches: newest body wins without ordering resourceVersions; what needs no reconcile."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loka_operator.cache import Children, RunCache, WriteLedger
+
+
+def run(rv: str, *, phase: str = "Running", step: int = 1, generation: int = 1, **meta: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "qwen", "namespace": "team", "resourceVersion": rv, "generation": generation, **meta},
+        "spec": {"suspend": False},
+        "status": {"phase": phase, "progress": {"step": step}},
+    }
+
+
+def test_a_later_watch_event_wins_whatever_its_resource_version_looks_like() -> None:
+    cache = RunCache()
+    cache.observe(run("10", phase="Running"))
+    cache.observe(run("9", phase="Succeeded"))  # opaque: "9" after "10" is newer, not older
+    assert (cache.run("team/qwen") or {})["status"]["phase"] == "Succeeded"
+
+
+def test_our_status_write_outranks_the_watch_until_the_watch_moves_on() -> None:
+    cache = RunCache()
+    cache.observe(run("a1", phase="Queued"))
+    cache.wrote(run("b7", phase="Running"))
+    assert (cache.run("team/qwen") or {})["status"]["phase"] == "Running"  # the watch still shows a1
+    cache.observe(run("b7", phase="Running"))
+    assert (cache.run("team/qwen") or {})["metadata"]["resourceVersion"] == "b7"
+    cache.observe(run("c3", phase="Failed"))  # someone else, after us
+    assert (cache.run("team/qwen") or {})["status"]["phase"] == "Failed"
+
+
+def test_a_skipped_echo_does_not_pin_our_write() -> None:
+    cache = RunCache()
+    cache.observe(run("a1", phase="Queued"))
+    cache.wrote(run("b7", phase="Running"))
+    cache.observe(run("c3", phase="Running", step=9))  # kopf coalesced our echo into the trainer's later patch
+    assert (cache.run("team/qwen") or {})["status"]["progress"]["step"] == 9
+
+
+def test_the_echo_of_our_own_write_and_trainer_progress_need_no_reconcile() -> None:
+    cache = RunCache()
+    assert cache.observe(run("1")) is True  # first sight
+    cache.wrote(run("2", phase="Starting"))
+    assert cache.observe(run("2", phase="Starting")) is False  # our own write coming back
+    assert cache.observe(run("3", phase="Starting", step=5)) is False  # the trainer's progress only
+    assert cache.observe(run("4", phase="Succeeded", step=5)) is True  # an operator field changed by someone else
+    assert cache.observe(run("5", phase="Succeeded", step=5, generation=2)) is True  # the spec changed
+    assert cache.observe(run("6", phase="Succeeded", step=5, generation=2, labels={"a": "b"})) is True
+
+
+def rayjob(rv: str, uid: str = "u1", **spec: Any) -> dict[str, Any]:
+    meta = {"name": "qwen", "namespace": "team", "resourceVersion": rv, "uid": uid, "labels": {"loka.dev/run": "qwen"}}
+    template = {"spec": {"containers": [{"name": "ray-head", "image": "x" * 1000}]}}
+    return {"metadata": meta, "spec": {"backoffLimit": 3, "rayClusterSpec": {"headGroupSpec": template}, **spec}}
+
+
+def test_a_deleted_child_stays_gone_until_the_watch_moves_on() -> None:
+    children = Children(WriteLedger())
+    children.observe("RayJob", "team/qwen", rayjob("5"))
+    assert children.get("RayJob", "team/qwen", "qwen") is not None
+    children.deleted("RayJob", "team/qwen", "qwen")
+    assert children.get("RayJob", "team/qwen", "qwen") is None
+    children.gone("RayJob", "team/qwen", rayjob("5"))
+    assert children.get("RayJob", "team/qwen", "qwen") is None
+
+
+def test_children_keep_only_what_reconcile_reads() -> None:
+    children = Children(WriteLedger())
+    children.observe("RayJob", "team/qwen", rayjob("5", suspend=True))
+    (kept,) = children.bodies("RayJob", "team/qwen")
+    assert kept["spec"] == {"backoffLimit": 3, "suspend": True}  # no pod templates
+    assert kept["metadata"]["labels"] == {"loka.dev/run": "qwen"}
+
+
+def test_an_earlier_runs_child_and_the_new_one_are_told_apart_by_uid() -> None:
+    children = Children(WriteLedger())
+    children.observe("RayJob", "team/qwen", rayjob("5", uid="old"))
+    children.observe("RayJob", "team/qwen", rayjob("9", uid="new"))
+    assert {b["metadata"]["uid"] for b in children.bodies("RayJob", "team/qwen")} == {"old", "new"}
+    children.gone("RayJob", "team/qwen", rayjob("5", uid="old"))
+    assert [b["metadata"]["uid"] for b in children.bodies("RayJob", "team/qwen")] == ["new"]

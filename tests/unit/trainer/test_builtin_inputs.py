@@ -1,0 +1,55 @@
+"""builtin:// inputs: the trainer builds the model and the dataset itself, and touches no object store for them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loka_api import TrainingRunSpec
+from loka_trainer.staging import parquet_rows, stage_inputs
+from loka_trainer.storage import ObjectStore
+
+# Nothing listens on port 9: any S3 call would fail, so staging that succeeds proves nothing was fetched.
+NO_S3 = ObjectStore(endpoint_url="http://127.0.0.1:9")
+
+
+def spec_with(model: str, train: str, validation: str | None = None) -> TrainingRunSpec:
+    data = {"train": train, **({"validation": validation} if validation else {})}
+    return TrainingRunSpec.model_validate({"image": "x", "model": {"uri": model}, "data": data})
+
+
+def test_builtin_model_and_data_are_built_at_the_paths_s3_inputs_would_use(tmp_path: Path) -> None:
+    spec = spec_with("builtin://tiny-qwen2", "builtin://arithmetic", "builtin://arithmetic")
+
+    staged = stage_inputs(spec, tmp_path, NO_S3)
+
+    assert staged.model == str(tmp_path / "model")
+    assert (tmp_path / "model" / "config.json").is_file()
+    assert (tmp_path / "model" / "tokenizer.json").is_file()
+    assert staged.train_files == tmp_path / "data" / "train.parquet"
+    assert staged.val_files == tmp_path / "data" / "validation.parquet"
+    train, validation = parquet_rows(staged.train_files), parquet_rows(staged.val_files)
+    assert train + validation == 1024
+    assert 0 < validation < train  # each field gets its own split
+    before = (tmp_path / "model" / "model.safetensors").stat().st_mtime_ns
+    stage_inputs(spec, tmp_path, NO_S3)  # a retry on the same node reuses what it built
+    assert (tmp_path / "model" / "model.safetensors").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize(
+    ("model", "train", "message"),
+    [
+        ("builtin://gpt-5", "builtin://arithmetic", "spec.model.uri: 'builtin://gpt-5' is not a built-in input "
+         "(accepted: builtin://tiny-qwen2, builtin://random-qwen2-0.5b)"),
+        ("hf://Qwen/Qwen2.5-0.5B", "builtin://gsm8k", "spec.data.train: 'builtin://gsm8k' is not a built-in input "
+         "(accepted: builtin://arithmetic)"),
+    ],
+)  # fmt: skip
+def test_an_unknown_builtin_input_is_refused_naming_the_field_and_the_accepted_ones(
+    tmp_path: Path, model: str, train: str, message: str
+) -> None:
+    with pytest.raises(ValueError) as refused:
+        stage_inputs(spec_with(model, train), tmp_path, NO_S3)
+    assert str(refused.value) == message
+    assert not (tmp_path / "model").exists()
