@@ -3,7 +3,8 @@
 Every child (RayJobs, Kueue Workloads, the trainer's ServiceAccount, Role and RoleBinding) is kept per run from
 the watch events (primed by one LIST per kind at startup), so a reconcile reads them instead of the API server.
 Events the operator caused itself (the echo of its own write) and run updates that touch only what the trainer
-writes (progress, metrics, ...) do not cause a reconcile.
+writes (progress, metrics, ...) do not cause a reconcile of that run; every event of a run does reconcile the runs
+waiting for its checkpoint (spec.model.fromRun).
 """
 
 from __future__ import annotations

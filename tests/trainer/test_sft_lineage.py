@@ -134,7 +134,9 @@ def test_a_grpo_run_from_an_sft_run_starts_from_the_sft_weights_not_the_base_mod
     grpo["training"]["learningRate"] = 1.0e-7  # a nudge: the first checkpoint still holds the starting weights
     create(case, "grpo", grpo)
     uri = str(sft_checkpoint.step_uri(30))
-    set_source(case, "grpo", {"run": "sft", "uid": "uid-of-sft", "step": 30, "uri": uri})
+    sft_uid = read_run(case.k8s, case.namespace, "sft")["metadata"]["uid"]
+    assert f"/sft/{sft_uid}/" in uri  # checkpoints are keyed by the run's uid
+    set_source(case, "grpo", {"run": "sft", "uid": sft_uid, "step": 30, "uri": uri})
     code, output = run_trainer(case, "grpo")
     assert code == 0, output[-4000:]
     status = read_run(case.k8s, case.namespace, "grpo")["status"]
@@ -149,6 +151,7 @@ def test_a_grpo_run_from_an_sft_run_starts_from_the_sft_weights_not_the_base_mod
     sft = response_logprob(sft_checkpoint.restore(30, restored), probe)
     staged = response_logprob(case.work / "work" / case.namespace / "grpo" / "model", probe)
     first = response_logprob(case.checkpoints("grpo").restore(1, restored), probe)
+    print(f"log-prob per token: base {base:.3f}, SFT {sft:.3f}, staged {staged:.3f}, GRPO step 1 {first:.3f}")
     assert sft - base > 1.0, f"SFT should have learnt the demonstrations: base {base:.3f}, sft {sft:.3f}"
     assert staged == pytest.approx(sft, abs=1e-5), "the GRPO run staged exactly the SFT weights"
     assert first == pytest.approx(sft, abs=0.05), f"GRPO step 1 ({first:.3f}) continues SFT ({sft:.3f}), not base"
@@ -159,7 +162,7 @@ def test_a_missing_source_checkpoint_fails_the_run_naming_it(case: TrainerCase) 
     spec = run_spec(case.prefix, max_steps=1, every=1)
     spec["model"] = {"fromRun": {"name": "gone", "checkpoint": "20"}}
     create(case, "orphan", spec)
-    uri = f"s3://{case.prefix.bucket}/{case.prefix.key}/ckpt/{case.namespace}/gone/global_step_20"
+    uri = f"s3://{case.prefix.bucket}/{case.prefix.key}/ckpt/{case.namespace}/gone/x/global_step_20"
     set_source(case, "orphan", {"run": "gone", "uid": "x", "step": 20, "uri": uri})
     code, output = run_trainer(case, "orphan")
     assert code == 1, output[-4000:]
@@ -211,6 +214,7 @@ def test_an_interrupted_sft_run_resumes_from_its_last_checkpoint_on_a_fresh_disk
     )
     create(case, "sft-resumed", sft_spec(case.prefix, max_steps=16, every=4))
     env, store, log = case.env_for("sft-resumed"), case.checkpoints("sft-resumed"), case.work / "resumed.log"
+    case.operator_counts_attempt("sft-resumed", 1)
     first = start_trainer(env, case.work / "attempt-1", log)
     try:
         wait_for(lambda: (store.marker_step() or 0) >= 4 or first.poll() is not None, timeout=RUN_TIMEOUT_S,
@@ -223,6 +227,7 @@ def test_an_interrupted_sft_run_resumes_from_its_last_checkpoint_on_a_fresh_disk
     stopped_at = store.marker_step()
     assert stopped_at is not None and stopped_at < 16
 
+    case.operator_counts_attempt("sft-resumed", 2)
     second = start_trainer(env, case.work / "attempt-2", log)
     try:
         code = second.wait(timeout=RUN_TIMEOUT_S)
@@ -231,6 +236,7 @@ def test_an_interrupted_sft_run_resumes_from_its_last_checkpoint_on_a_fresh_disk
     output = log.read_text(errors="replace")
     assert code == 0, output[-4000:]
     assert f"resuming from checkpoint step {stopped_at}" in output
+    assert store.marker_state().writer is not None and store.marker_state().writer.attempt == 2  # fenced by attempt
     status = read_run(case.k8s, case.namespace, "sft-resumed")["status"]
     assert status["progress"]["step"] == status["checkpoint"]["step"] == 16
     assert store.complete_steps() == [12, 16]  # keep: 2
