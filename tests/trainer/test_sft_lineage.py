@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from loka_api.manifest import Writer
 from loka_trainer.checkpoints import CheckpointStore
 from loka_trainer.sft_data import demonstrations_to_conversations, read_conversations
 from loka_trainer.source_model import SourceModelError, stage_checkpoint_as_model
@@ -85,6 +86,16 @@ def set_source(case: TrainerCase, name: str, source: dict[str, Any]) -> None:
     client.CustomObjectsApi(case.k8s).patch_namespaced_custom_object_status(
         "loka.dev", "v1alpha1", case.namespace, "trainingruns", name, {"status": {"source": source}}
     )
+
+
+def source_run_checkpoints(case: TrainerCase, run: str) -> CheckpointStore:
+    """A source run's checkpoints, keyed by its uid and claimed by its attempt, as its trainer writes them."""
+    uid = f"uid-of-{run}"
+    store = CheckpointStore(
+        case.store, case.prefix.join(run, uid), keep=1, writer=Writer(1, f"{run}-attempt"), run_uid=uid
+    )
+    store.claim()
+    return store
 
 
 def create(case: TrainerCase, name: str, spec: dict[str, Any]) -> None:
@@ -184,7 +195,7 @@ def test_verls_sharded_fsdp_checkpoint_is_merged_into_the_weights_it_holds_with_
     assert (folder / "model_world_size_2_rank_1.pt").is_file() and not (
         folder / "huggingface/model.safetensors"
     ).exists()
-    source = CheckpointStore(case.store, case.prefix.join("verl-run"), keep=1)
+    source = source_run_checkpoints(case, "verl-run")
     source.upload(1, folder)
 
     dest = stage_checkpoint_as_model(str(source.step_uri(1)), case.work / "model", case.store)
@@ -198,7 +209,7 @@ def test_a_checkpoint_without_weights_is_refused_with_what_it_holds(case: Traine
     folder = tmp_path / "global_step_3"
     folder.mkdir()
     (folder / "notes.txt").write_text("no weights here")
-    source = CheckpointStore(case.store, case.prefix.join("odd-run"), keep=1)
+    source = source_run_checkpoints(case, "odd-run")
     source.upload(3, folder)
     with pytest.raises(
         SourceModelError, match=r"holds neither Hugging Face weights nor verl FSDP shards \(found notes.txt\)"
