@@ -172,7 +172,8 @@ def test_operator_accepts_the_arguments_and_environment_the_chart_gives_it(
     assert args.namespace == chart_values.get("watchNamespaces", [])
     downward = {"metadata.name": "loka-operator-7d9f-x2", "metadata.namespace": "loka-system"}
     for env in container["env"]:
-        value = env.get("value") or downward[env["valueFrom"]["fieldRef"]["fieldPath"]]
+        # A plain value may be empty (workDisk.storageClass: "" = the cluster's default StorageClass).
+        value = env["value"] if "value" in env else downward[env["valueFrom"]["fieldRef"]["fieldPath"]]
         monkeypatch.setenv(env["name"], value)
     config = config_from(args)
     expected_mode = chart_values.get("operator", {}).get("rayJobSubmissionMode", "K8sJobMode")

@@ -73,7 +73,8 @@ def test_a_final_checkpoint_is_waited_for_until_the_source_succeeds() -> None:
 
     ready = resolve(waiting_run(), source("Succeeded", 30), lookup=no_runs)
     assert ready.ready
-    assert ready.source == SourceStatus(run="sft", uid="uid-sft", step=30, uri=f"{CKPT}/{NS}/sft/uid-sft/global_step_30")
+    uri = f"{CKPT}/{NS}/sft/uid-sft/global_step_30"
+    assert ready.source == SourceStatus(run="sft", uid="uid-sft", step=30, uri=uri)
 
 
 def test_the_checkpoint_handed_over_is_the_one_under_the_source_runs_uid() -> None:
