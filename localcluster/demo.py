@@ -4,9 +4,12 @@ Starts the local control plane (or reuses it), a real Ray head, the dashboard ro
 operator and the pod shim; builds a tiny model and dataset and puts them in MinIO; applies
 `examples/demo-run.yaml` and follows it live through Queued → Starting → Running → Succeeded;
 then prints a summary. Nothing is faked but the kubelet (KWOK, plus the pod shim).
+`--pipeline` (`make demo-pipeline`) applies `examples/pipeline/sft-then-grpo-demo.yaml` instead:
+an SFT run, and a GRPO run that waits for it and starts from its final checkpoint.
 
-    python -m localcluster.demo          # run the demo (idempotent: a previous demo run is replaced)
-    python -m localcluster.demo --down   # stop what the demo started (the control plane stays up)
+    python -m localcluster.demo             # run the demo (idempotent: a previous demo run is replaced)
+    python -m localcluster.demo --pipeline  # SFT, then GRPO from the SFT run's weights
+    python -m localcluster.demo --down      # stop what the demo started (the control plane stays up)
 """
 
 from __future__ import annotations
@@ -28,25 +31,37 @@ from localcluster.controlplane import LOCALHOST, PORTS, REPO_ROOT, S3_BUCKET, Cl
 from localcluster.stack import DemoStack
 
 DEMO_RUN = REPO_ROOT / "examples" / "demo-run.yaml"
+PIPELINE = REPO_ROOT / "examples" / "pipeline" / "sft-then-grpo-demo.yaml"
 TERMINAL = {"Succeeded", "Failed"}
+# The toy task's held-out share, the same for the RL prompts and the SFT demonstrations.
+VALIDATION_FRACTION = 0.125
 
 
 @dataclass
 class Timeline:
-    """What the follower saw: when each phase first appeared."""
+    """What the follower saw: when each phase first appeared, and the headline figure (reward or loss) over steps."""
 
     applied: float
     phases: dict[str, float] = field(default_factory=dict)
+    rewards: list[tuple[int, float]] = field(default_factory=list)
 
     def seconds_to(self, phase: str) -> float | None:
         return self.phases[phase] - self.applied if phase in self.phases else None
 
 
-def demo_manifest() -> dict[str, Any]:
-    """examples/demo-run.yaml with its S3 endpoint on this checkout's MinIO (LOKA_CLUSTER_PORT_OFFSET moves it)."""
-    manifest: dict[str, Any] = yaml.safe_load(DEMO_RUN.read_text())
+def _local_storage(manifest: dict[str, Any]) -> dict[str, Any]:
+    # The examples name the default MinIO; a control plane started with LOKA_CLUSTER_PORT_OFFSET has its own.
     manifest["spec"]["storage"]["endpoint"] = f"http://{LOCALHOST}:{PORTS.minio}"
     return manifest
+
+
+def demo_manifest() -> dict[str, Any]:
+    return _local_storage(yaml.safe_load(DEMO_RUN.read_text()))
+
+
+def pipeline_manifests() -> list[dict[str, Any]]:
+    """The pipeline's runs, in the order they train (SFT, then GRPO from it)."""
+    return [_local_storage(doc) for doc in yaml.safe_load_all(PIPELINE.read_text()) if isinstance(doc, dict)]
 
 
 def s3_client(cluster: LocalCluster) -> Any:
@@ -105,13 +120,17 @@ def prepare_namespace(cluster: LocalCluster, namespace: str, *, cluster_queue: s
 
 
 # What build_demo_assets makes; a folder built to another recipe (an older checkout's) is rebuilt.
-ASSETS_RECIPE = "tiny-qwen2 with ChatML tokens; 64 arithmetic tasks asking for a bare number; split 1/8"
+ASSETS_RECIPE = (
+    "tiny-qwen2 with ChatML tokens; 64 arithmetic tasks asking for a bare number; 64 SFT demonstrations; split 1/8"
+)
 
 
 def build_demo_assets(assets: Path) -> Path:
-    """The demo's tiny random model (a tokenizer trained here) and toy dataset, built into ``assets`` once."""
+    """The demo's tiny random model (a tokenizer trained here) and toy dataset (RL prompts under data/, SFT
+    demonstrations under sft/), built into ``assets`` once.
+    """
     from loka_api.dataset import build_dataset
-    from loka_trainer.tiny import build_tiny_model, write_tasks
+    from loka_trainer.tiny import build_tiny_model, write_sft_demonstrations, write_tasks
 
     stamp = assets / "recipe.txt"
     if stamp.is_file() and stamp.read_text() == ASSETS_RECIPE:
@@ -119,20 +138,24 @@ def build_demo_assets(assets: Path) -> Path:
     shutil.rmtree(assets, ignore_errors=True)
     build_tiny_model(assets / "model")
     tasks = write_tasks(assets / "tasks.jsonl", 64, answer="number")
-    build_dataset(tasks, assets / "data", validation_fraction=0.125)
+    build_dataset(tasks, assets / "data", validation_fraction=VALIDATION_FRACTION)
+    write_sft_demonstrations(assets / "sft", 64, validation_fraction=VALIDATION_FRACTION)
     stamp.write_text(ASSETS_RECIPE)
     return assets
 
 
 def upload_tiny_assets(cluster: LocalCluster, work: Path, prefix: str = "demo") -> None:
-    """A tiny random model with a tokenizer trained here, and a toy arithmetic dataset, into MinIO."""
+    """A tiny random model with a tokenizer trained here, a toy arithmetic dataset (RL prompts under data/, SFT
+    demonstrations under sft/), into MinIO.
+    """
     assets = build_demo_assets(work / "assets")
     s3 = s3_client(cluster)
     for path in sorted((assets / "model").rglob("*")):
         if path.is_file():
             s3.upload_file(str(path), S3_BUCKET, f"{prefix}/model/{path.relative_to(assets / 'model').as_posix()}")
-    for name in ("train.parquet", "validation.parquet"):
-        s3.upload_file(str(assets / "data" / name), S3_BUCKET, f"{prefix}/data/{name}")
+    for folder in ("data", "sft"):
+        for name in ("train.parquet", "validation.parquet"):
+            s3.upload_file(str(assets / folder / name), S3_BUCKET, f"{prefix}/{folder}/{name}")
 
 
 def checkpoint_keys(cluster: LocalCluster, manifest: dict[str, Any]) -> list[str]:
@@ -198,6 +221,11 @@ def describe(status: dict[str, Any]) -> str:
         parts.append(f"reward {metrics['rewardMean']:.3f}")
     if metrics.get("klLoss") is not None:
         parts.append(f"kl {metrics['klLoss']:.4f}")
+    if metrics.get("loss") is not None:
+        parts.append(f"loss {metrics['loss']:.3f}")
+    for key, label in (("validationRewardMean", "validation reward"), ("validationLoss", "validation loss")):
+        if metrics.get(key) is not None:
+            parts.append(f"{label} {metrics[key]:.3f} (step {metrics.get('validationStep')})")
     if checkpoint and checkpoint.get("step") is not None:
         parts.append(f"checkpoint step {checkpoint['step']}")
     if phase not in ("Running", "Succeeded") and status.get("message"):
@@ -205,28 +233,45 @@ def describe(status: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
-def follow(cluster: LocalCluster, namespace: str, name: str, *, timeline: Timeline, timeout: float) -> dict[str, Any]:
-    """Print one line each time the run's phase, step, reward or checkpoint changes; return the final status."""
-    last_line = ""
+def follow(
+    cluster: LocalCluster, namespace: str, names: list[str], *, timelines: dict[str, Timeline], timeout: float
+) -> dict[str, dict[str, Any]]:
+    """Print one line each time a run's phase, step, reward, loss or checkpoint changes, until every run ended;
+    return their final statuses.
+    """
+    last_lines: dict[str, str] = {}
+    statuses: dict[str, dict[str, Any]] = {name: {} for name in names}
     deadline = time.monotonic() + timeout
-    status: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        run = get_run(cluster, namespace, name)
-        status = (run or {}).get("status") or {}
-        phase = status.get("phase") or "Pending"
-        now = time.monotonic()
-        timeline.phases.setdefault(phase, now)
-        line = describe(status)
-        if line != last_line:
-            print(f"  [{now - timeline.applied:6.1f}s] {line}", flush=True)
-            last_line = line
-        if phase in TERMINAL:
-            return status
+        for name in names:
+            timeline = timelines[name]
+            status = statuses[name] = (get_run(cluster, namespace, name) or {}).get("status") or {}
+            phase = status.get("phase") or "Pending"
+            now = time.monotonic()
+            timeline.phases.setdefault(phase, now)
+            step, figure = (status.get("progress") or {}).get("step"), _headline(status)
+            if step is not None and figure is not None and (not timeline.rewards or timeline.rewards[-1][0] != step):
+                timeline.rewards.append((step, figure))
+            line = describe(status)
+            if line != last_lines.get(name):
+                who = f"{name:<10} " if len(names) > 1 else ""
+                print(f"  [{now - timeline.applied:6.1f}s] {who}{line}", flush=True)
+                last_lines[name] = line
+        if all((statuses[name].get("phase") or "") in TERMINAL for name in names):
+            return statuses
         time.sleep(0.5)
-    raise ClusterError(f"the demo run did not finish within {timeout:.0f}s; last status: {describe(status)}")
+    last = "; ".join(f"{name}: {describe(statuses[name])}" for name in names)
+    raise ClusterError(f"the demo did not finish within {timeout:.0f}s; last status: {last}")
 
 
-def run_demo(timeout: float) -> int:
+def _headline(status: dict[str, Any]) -> float | None:
+    """The figure a run's summary follows: the reward for RL, the loss for SFT."""
+    metrics = status.get("metrics") or {}
+    reward = metrics.get("rewardMean")
+    return reward if reward is not None else metrics.get("loss")
+
+
+def run_demo(timeout: float, *, pipeline: bool = False) -> int:
     began = time.monotonic()
     cluster = LocalCluster()
     versions = cluster.versions
@@ -240,33 +285,68 @@ def run_demo(timeout: float) -> int:
     stack = DemoStack(cluster)
     stack.up()
 
-    manifest = demo_manifest()
-    namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+    manifests = pipeline_manifests() if pipeline else [demo_manifest()]
+    source = PIPELINE if pipeline else DEMO_RUN
+    namespace = manifests[0]["metadata"]["namespace"]
+    names = [m["metadata"]["name"] for m in manifests]
     print(f"3/5 namespace {namespace}, S3 credentials Secret, ClusterQueue; tiny model and dataset into MinIO")
-    prepare_namespace(cluster, namespace, cluster_queue=manifest["spec"]["queue"]["clusterQueue"])
-    delete_previous_run(cluster, stack, manifest)
+    prepare_namespace(cluster, namespace, cluster_queue=manifests[0]["spec"]["queue"]["clusterQueue"])
+    for manifest in reversed(manifests):  # a run started from another goes first: it must not see its source vanish
+        delete_previous_run(cluster, stack, manifest)
     upload_tiny_assets(cluster, stack.layout.root)
 
-    print(f"4/5 kubectl apply -f {DEMO_RUN.relative_to(REPO_ROOT)}")
-    timeline = Timeline(applied=time.monotonic())
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
-    final = follow(cluster, namespace, name, timeline=timeline, timeout=timeout)
+    print(f"4/5 kubectl apply -f {source.relative_to(REPO_ROOT)}")
+    applied = time.monotonic()
+    timelines = {name: Timeline(applied=applied) for name in names}
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(manifests))
+    finals = follow(cluster, namespace, names, timelines=timelines, timeout=timeout)
 
     print("5/5 summary")
-    progress = final.get("progress") or {}
+    for manifest in manifests:
+        name = manifest["metadata"]["name"]
+        if len(manifests) > 1:
+            print(f"  {name} ({manifest['spec'].get('algorithm', 'grpo')})")
+        summarize(cluster, stack, manifest, finals[name], timelines[name])
+    print(f"  make demo wall time {time.monotonic() - began:6.1f} s")
+    print("\nLook further:")
+    print("  source .cluster/env")
+    print(f"  kubectl -n {namespace} get trainingruns -o wide")
+    print(f"  kubectl -n {namespace} describe trainingrun {names[-1]}")
+    print(f"  Ray dashboard: {stack.dashboard_url}   (operator log: {stack.layout.logs / 'loka-operator.log'})")
+    print("  make demo-down    # stops the Ray head, router, operator and shim;  make cluster-down  # the rest")
+    return 0 if all(finals[name].get("phase") == "Succeeded" for name in names) else 1
+
+
+def summarize(
+    cluster: LocalCluster, stack: DemoStack, manifest: dict[str, Any], final: dict[str, Any], timeline: Timeline
+) -> None:
+    namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+    progress, metrics = final.get("progress") or {}, final.get("metrics") or {}
     print(f"  phase              {final.get('phase')}  (attempt {final.get('attempt')})")
     if final.get("phase") != "Succeeded":
         print(f"  message            {final.get('message')}")
+    if final.get("source"):
+        source = final["source"]
+        print(
+            f"  started from       run {source.get('run')} checkpoint step {source.get('step')} ({source.get('uri')})"
+        )
     print(f"  steps              {progress.get('step')}/{progress.get('totalSteps')}")
     rewards = step_metric(stack, namespace, name, "critic/score/mean")
     if rewards:
         print(f"  reward mean        {rewards[0]:.3f} at step 1 → {rewards[-1]:.3f} at step {len(rewards)}")
         print(f"  reward per step    {sparkline(rewards)}  (0 ▁ … █ 1)")
+    elif timeline.rewards:  # an SFT run: the training loss as status showed it
+        (first_step, first), (last_step, last) = timeline.rewards[0], timeline.rewards[-1]
+        print(f"  training loss      {first:.3f} at step {first_step} → {last:.3f} at step {last_step}")
+    for key, label in (("validationRewardMean", "validation reward"), ("validationLoss", "validation loss")):
+        if metrics.get(key) is not None:
+            print(f"  {label:<18} {metrics[key]:.3f} at step {metrics.get('validationStep')}")
     seconds_per_step = step_metric(stack, namespace, name, "perf/time_per_step")
     if seconds_per_step:
         mean = sum(seconds_per_step) / len(seconds_per_step)
         rate = f"{60 / mean:.0f} steps/min on CPU"
-        print(f"  GRPO step time     {mean:.2f} s mean over {len(seconds_per_step)} steps ({rate})")
+        kind = "SFT" if metrics.get("loss") is not None else "GRPO"
+        print(f"  {kind} step time      {mean:.2f} s mean over {len(seconds_per_step)} steps ({rate})")
     for phase in ("Queued", "Starting", "Running", "Succeeded", "Failed"):
         seconds = timeline.seconds_to(phase)
         if seconds is not None:
@@ -275,27 +355,20 @@ def run_demo(timeout: float) -> int:
     for key in checkpoint_keys(cluster, manifest):
         if key.endswith(("loka-manifest.json", "/latest")):
             print(f"    s3://{S3_BUCKET}/{key}")
-    print(f"  make demo wall time {time.monotonic() - began:6.1f} s")
-    print("\nLook further:")
-    print("  source .cluster/env")
-    print(f"  kubectl -n {namespace} get trainingruns")
-    print(f"  kubectl -n {namespace} describe trainingrun {name}")
-    print(f"  Ray dashboard: {stack.dashboard_url}   (operator log: {stack.layout.logs / 'loka-operator.log'})")
-    print("  make demo-down    # stops the Ray head, router, operator and shim;  make cluster-down  # the rest")
-    return 0 if final.get("phase") == "Succeeded" else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localcluster.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--down", action="store_true", help="stop what the demo started")
+    parser.add_argument("--pipeline", action="store_true", help="SFT, then GRPO from the SFT run's final checkpoint")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the run to finish")
     args = parser.parse_args(argv)
     try:
         if args.down:
             DemoStack(LocalCluster()).down()
             return 0
-        return run_demo(args.timeout)
+        return run_demo(args.timeout, pipeline=args.pipeline)
     except ClusterError as err:
         print(f"demo failed: {err}", file=sys.stderr)
         return 1

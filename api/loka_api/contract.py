@@ -106,6 +106,12 @@ MARKER_NAME = "latest"
 CHECKPOINT_LAYOUT = f"<uri>/<namespace>/<run>/<uid>/{STEP_FOLDER_PREFIX}N"
 
 
+# spec.model.fromRun.checkpoint: a step number, the checkpoint a succeeded run ended with, or the one its marker
+# names (the newest complete one).
+FROM_RUN_FINAL = "final"
+FROM_RUN_LATEST = MARKER_NAME
+
+
 def step_folder(step: int) -> str:
     """The folder of checkpoint step ``step`` (verl's own naming)."""
     return f"{STEP_FOLDER_PREFIX}{step}"
@@ -117,6 +123,11 @@ def run_checkpoint_prefix(checkpoints_uri: str, namespace: str, run: str, uid: s
         msg = f"run {namespace}/{run} has no uid: its checkpoints are keyed by it"
         raise ValueError(msg)
     return "/".join([checkpoints_uri.rstrip("/"), namespace, run, uid])
+
+
+def checkpoint_uri(run_prefix: str, step: int) -> str:
+    """``<run prefix>/global_step_<step>``: one checkpoint of a run (what status and lineage record)."""
+    return f"{run_prefix.rstrip('/')}/{step_folder(step)}"
 
 
 # ---------------------------------------------------------------------------------------- status
@@ -137,6 +148,7 @@ OPERATOR_STATUS_FIELDS = (
     "startTime",
     "completionTime",
     "queuedSince",
+    "source",
     "message",
     "attempts",
     # Recorded by the replica that claims a notification (a conditional write), before it posts it.

@@ -137,6 +137,15 @@ def name_rule() -> dict[str, str]:
     )
 
 
+def lineage_rule() -> dict[str, str]:
+    return cel(
+        "!has(self.spec.model.fromRun) || self.spec.model.fromRun.name != self.metadata.name",
+        "spec.model.fromRun.name must name another run: a run cannot start from its own checkpoint",
+        field_path=".spec.model.fromRun.name",
+        reason="FieldValueInvalid",
+    )
+
+
 def immutability_rules() -> list[dict[str, str]]:
     mutable = ", ".join(MUTABLE_FIELDS)
     return [
@@ -159,7 +168,7 @@ def openapi_schema() -> JSONSchema:
     status.pop("required", None)
     return {
         "type": "object",
-        "description": "A reinforcement-learning post-training run (verl GRPO on KubeRay, admitted by Kueue).",
+        "description": "A post-training run (verl GRPO or SFT on KubeRay, admitted by Kueue).",
         "required": ["spec"],
         "properties": {
             "apiVersion": {"type": "string"},
@@ -168,7 +177,7 @@ def openapi_schema() -> JSONSchema:
             "spec": spec,
             "status": status,
         },
-        "x-kubernetes-validations": [name_rule(), *immutability_rules()],
+        "x-kubernetes-validations": [name_rule(), lineage_rule(), *immutability_rules()],
     }
 
 
@@ -179,6 +188,11 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Checkpoint", "type": "integer", "jsonPath": ".status.checkpoint.step"},
     {"name": "Queue", "type": "string", "jsonPath": ".spec.queue.name"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    # `kubectl get -o wide`: what the run trains, the sft loss, and the run it started from.
+    {"name": "Algorithm", "type": "string", "jsonPath": ".spec.algorithm", "priority": 1},
+    {"name": "Loss", "type": "number", "jsonPath": ".status.metrics.loss", "priority": 1},
+    {"name": "Validation", "type": "number", "jsonPath": ".status.metrics.validationRewardMean", "priority": 1},
+    {"name": "From", "type": "string", "jsonPath": ".spec.model.fromRun.name", "priority": 1},
 ]
 
 

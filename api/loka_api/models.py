@@ -14,7 +14,16 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
-from loka_api.contract import BUILTIN_DATASETS, BUILTIN_MODELS, BUILTIN_SCHEME, CHECKPOINT_LAYOUT, STEP_FOLDER_PREFIX
+from loka_api.contract import (
+    BUILTIN_DATASETS,
+    BUILTIN_MODELS,
+    BUILTIN_SCHEME,
+    CHECKPOINT_LAYOUT,
+    FROM_RUN_FINAL,
+    FROM_RUN_LATEST,
+    MAX_RUN_NAME_LENGTH,
+    STEP_FOLDER_PREFIX,
+)
 
 GROUP = "loka.dev"
 VERSION = "v1alpha1"
@@ -75,12 +84,20 @@ class LokaModel(BaseModel):
 
 
 class Algorithm(enum.StrEnum):
-    """verl advantage estimators that need no critic (GRPO family)."""
+    """What the run trains: reinforcement learning with a verl advantage estimator that needs no critic (the
+    GRPO family), or supervised fine-tuning on demonstrations (``sft``).
+    """
 
     GRPO = "grpo"
     RLOO = "rloo"
     REINFORCE_PLUS_PLUS = "reinforce_plus_plus"
     REMAX = "remax"
+    SFT = "sft"
+
+    @property
+    def is_rl(self) -> bool:
+        """Rollouts scored by a reward (everything but SFT)."""
+        return self is not Algorithm.SFT
 
 
 class Engine(enum.StrEnum):
@@ -108,8 +125,41 @@ def _builtin_list(names: tuple[str, ...]) -> str:
     return ", ".join(f"{BUILTIN_SCHEME}{name}" for name in names)
 
 
+FROM_RUN_CHECKPOINT_PATTERN = rf"^({FROM_RUN_FINAL}|{FROM_RUN_LATEST}|[1-9][0-9]{{0,8}})$"
+
+
+class FromRun(LokaModel):
+    """Another run's checkpoint as this run's starting weights (staged as Hugging Face weights)."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=MAX_RUN_NAME_LENGTH,
+        pattern=DNS_LABEL_PATTERN,
+        description="A TrainingRun in this run's namespace.",
+    )
+    checkpoint: str = Field(
+        default=FROM_RUN_FINAL,
+        max_length=16,
+        pattern=FROM_RUN_CHECKPOINT_PATTERN,
+        description=(
+            "final (wait until the run succeeded; its last checkpoint), latest (its newest checkpoint, once it has "
+            "one), or a step number (once it saved that step)."
+        ),
+    )
+
+
 class ModelSource(LokaModel):
-    uri: str = Field(
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "has(self.uri) != has(self.fromRun)",
+                "set exactly one of model.uri (a model) and model.fromRun (another run's checkpoint)",
+            )
+        )
+    )
+
+    uri: str | None = Field(
+        default=None,
         max_length=1024,
         description=(
             "hf://<org>/<model> (a Hugging Face model id), s3://<bucket>/<prefix> (a staged model), or a model the "
@@ -121,6 +171,10 @@ class ModelSource(LokaModel):
                 f"must be hf://<org>/<model>, s3://<bucket>/<prefix>, or one of {_builtin_list(BUILTIN_MODELS)}",
             )
         ),
+    )
+    from_run: FromRun | None = Field(
+        default=None,
+        description="Start from another run's checkpoint: the run waits (Pending) until that checkpoint exists.",
     )
 
 
@@ -143,8 +197,30 @@ class DataSpec(LokaModel):
         json_schema_extra=validations(cel(_DATA_URI_RULE, _DATA_URI_MESSAGE)),
     )
     prompt_key: str = Field(default="prompt", min_length=1, max_length=128, description="Column holding the prompt.")
+    response_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="sft: column holding the demonstrated response to promptKey's prompt.",
+    )
+    messages_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="sft: column holding whole conversations (lists of {role, content}), instead of responseKey.",
+    )
     max_prompt_length: int = Field(default=512, ge=1, le=131072, description="Prompt tokens kept (verl truncation).")
     max_response_length: int = Field(default=1024, ge=1, le=131072, description="Tokens generated per response.")
+    max_length: int | None = Field(
+        default=None,
+        ge=2,
+        le=262144,
+        description="sft: tokens per training sequence (default maxPromptLength + maxResponseLength).",
+    )
+
+    @property
+    def sft_max_length(self) -> int:
+        return self.max_length or self.max_prompt_length + self.max_response_length
 
 
 class RewardSpec(LokaModel):
@@ -163,12 +239,12 @@ class RewardSpec(LokaModel):
 class TrainingSpec(LokaModel):
     epochs: int = Field(default=1, ge=1, le=10000, description="Passes over the training data.")
     max_steps: int | None = Field(default=None, ge=1, le=10_000_000, description="Stop after this many steps.")
-    batch_size: int = Field(default=256, ge=1, le=65536, description="Prompts per training step.")
+    batch_size: int = Field(default=256, ge=1, le=65536, description="Prompts (sft: demonstrations) per training step.")
     mini_batch_size: int | None = Field(
-        default=None, ge=1, le=65536, description="Prompts per actor update (default: batchSize)."
+        default=None, ge=1, le=65536, description="RL: prompts per actor update (default: batchSize)."
     )
     micro_batch_size_per_gpu: int = Field(default=4, ge=1, le=4096, description="Sequences per GPU forward pass.")
-    learning_rate: float = Field(default=1.0e-6, gt=0, le=1, description="Actor learning rate.")
+    learning_rate: float = Field(default=1.0e-6, gt=0, le=1, description="Learning rate (of the actor, for RL).")
     samples_per_prompt: int = Field(default=5, ge=1, le=1024, description="Responses sampled per prompt (group size).")
     kl_loss_coef: float = Field(default=0.001, ge=0, le=100, description="KL loss coefficient (0 turns it off).")
     entropy_coef: float = Field(default=0.0, ge=0, le=100, description="Entropy bonus coefficient.")
@@ -350,9 +426,10 @@ MUTABLE_FIELDS: tuple[str, ...] = ("suspend", "maxRestarts", "ttlSecondsAfterFin
 
 _GPU_DIVISIBILITY_RULE = (
     "self.engine != 'verl' || self.resources.workers * self.resources.gpusPerWorker == 0 || "
-    "(self.training.batchSize * self.training.samplesPerPrompt) "
+    "(self.training.batchSize * (self.algorithm == 'sft' ? 1 : self.training.samplesPerPrompt)) "
     "% (self.resources.workers * self.resources.gpusPerWorker) == 0"
 )
+_SFT_ONLY_DATA = ("responseKey", "messagesKey", "maxLength")
 
 
 class TrainingRunSpec(LokaModel):
@@ -367,9 +444,32 @@ class TrainingRunSpec(LokaModel):
             ),
             cel(
                 _GPU_DIVISIBILITY_RULE,
-                "training.batchSize * training.samplesPerPrompt must be divisible by "
-                "resources.workers * resources.gpusPerWorker (verl splits trajectories evenly over GPUs)",
+                "training.batchSize (times training.samplesPerPrompt, except for sft) must be divisible by "
+                "resources.workers * resources.gpusPerWorker (verl splits each batch evenly over GPUs)",
                 field_path=".training.batchSize",
+            ),
+            cel(
+                "self.algorithm != 'sft' || has(self.data.responseKey) || has(self.data.messagesKey)",
+                "algorithm sft trains on demonstrations: set data.responseKey (the response to data.promptKey's "
+                "prompt) or data.messagesKey (whole conversations)",
+                field_path=".data",
+            ),
+            cel(
+                "!has(self.data.responseKey) || !has(self.data.messagesKey)",
+                "data.responseKey and data.messagesKey exclude each other: a conversation column already holds "
+                "the responses",
+                field_path=".data.messagesKey",
+            ),
+            cel(
+                "self.algorithm == 'sft' || " + " && ".join(f"!has(self.data.{key})" for key in _SFT_ONLY_DATA),
+                "data.responseKey, data.messagesKey and data.maxLength apply to algorithm sft only "
+                "(reinforcement learning generates its responses)",
+                field_path=".data",
+            ),
+            cel(
+                "self.algorithm != 'sft' || !has(self.reward)",
+                "algorithm sft uses no reward: remove spec.reward (validation reports the loss on data.validation)",
+                field_path=".reward",
             ),
             cel(
                 "self.engine != 'verl' || (self.resources.workers >= 1 && self.resources.gpusPerWorker >= 1)",
@@ -385,7 +485,10 @@ class TrainingRunSpec(LokaModel):
         )
     )
 
-    algorithm: Algorithm = Field(default=Algorithm.GRPO, description="verl advantage estimator.")
+    algorithm: Algorithm = Field(
+        default=Algorithm.GRPO,
+        description="grpo, rloo, reinforce_plus_plus, remax (verl advantage estimators), or sft (fine-tuning).",
+    )
     engine: Engine = Field(default=Engine.VERL, description="verl (Ray, GPUs) or trl (single process, CPU demo).")
     image: str = Field(min_length=1, max_length=512, description="Trainer image (runs `loka-trainer run`).")
     model: ModelSource
@@ -437,6 +540,7 @@ class RunPhase(enum.StrEnum):
 class ConditionType(enum.StrEnum):
     VALID = "Valid"
     SECRETS_READY = "SecretsReady"
+    SOURCE_READY = "SourceReady"  # only on runs with spec.model.fromRun
     LAUNCHED = "Launched"  # the RayJob and the trainer's identity exist, or why one could not be created
     ADMITTED = "Admitted"
     CLUSTER_READY = "ClusterReady"
@@ -467,9 +571,16 @@ class Progress(LokaModel):
 class Metrics(LokaModel):
     reward_mean: float | None = None
     kl_loss: float | None = None
+    loss: float | None = Field(default=None, description="sft: the training loss of the last step.")
     response_length_mean: float | None = None
     tokens_per_second: float | None = None
-    validation_score: float | None = None
+    validation_reward_mean: float | None = Field(
+        default=None, description="RL: mean reward on data.validation, at validationStep."
+    )
+    validation_loss: float | None = Field(default=None, description="sft: loss on data.validation, at validationStep.")
+    validation_step: int | None = Field(
+        default=None, ge=0, description="The step the validation figures were measured at (0: before training)."
+    )
     seconds_per_step: float | None = Field(default=None, ge=0, description="Mean time of the recent steps.")
     updated_at: datetime | None = None
 
@@ -507,6 +618,15 @@ class NotificationRecord(LokaModel):
     message: str | None = Field(default=None, max_length=1024)
 
 
+class SourceStatus(LokaModel):
+    """The checkpoint a run started from (spec.model.fromRun): kept after the source run is deleted."""
+
+    run: str | None = Field(default=None, description="The source run's name.")
+    uid: str | None = Field(default=None, description="The source run's uid, recorded when first seen.")
+    step: int | None = Field(default=None, ge=0, description="The checkpoint step this run starts from.")
+    uri: str | None = Field(default=None, description="Where that checkpoint is stored.")
+
+
 class TrainingRunStatus(LokaModel):
     """Operator-owned fields plus the trainer-owned progress, metrics, checkpoint (and message on failure)."""
 
@@ -527,6 +647,7 @@ class TrainingRunStatus(LokaModel):
     progress: Progress | None = None
     metrics: Metrics | None = None
     checkpoint: CheckpointStatus | None = None
+    source: SourceStatus | None = Field(default=None, description="spec.model.fromRun, resolved: the lineage.")
     start_time: datetime | None = None
     completion_time: datetime | None = None
     queued_since: datetime | None = Field(default=None, description="When the current attempt started waiting.")

@@ -1,4 +1,8 @@
-"""The one renderer of verl arguments: a TrainingRun spec -> Hydra overrides for `verl.trainer.main_ppo`.
+"""The one renderer of verl arguments: a TrainingRun spec -> Hydra overrides for verl's trainer.
+
+- RL algorithms (grpo, rloo, ...) run `verl.trainer.main_ppo` (config `ppo_trainer`);
+- `sft` runs verl's single-controller SFT trainer (`verl.trainer.sft_trainer_ray`, config
+  `sft_trainer_engine`) through the trainer image's wrapper, which adds the S3 upload of each checkpoint.
 
 The trainer runs what this renders; the operator composes the same overrides against verl's
 packaged Hydra config (without importing verl, which pulls in torch) to reject unknown keys
@@ -18,13 +22,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loka_api.contract import step_folder
-from loka_api.models import TrainingRunSpec
+from loka_api.models import Algorithm, TrainingRunSpec
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 VERL_ENTRYPOINT = "verl.trainer.main_ppo"
 VERL_CONFIG_NAME = "ppo_trainer"
+# verl's SFT on the run's Ray cluster (sft_trainer_ray), wrapped by the trainer image to upload checkpoints.
+VERL_SFT_ENTRYPOINT = "loka_trainer.verl_sft"
+VERL_SFT_CONFIG_NAME = "sft_trainer_engine"
+# The column of conversations in the SFT parquet the trainer stages from promptKey/responseKey.
+SFT_MESSAGES_COLUMN = "messages"
+# verl's `file` logger writes its JSONL where this variable says.
+VERL_FILE_LOGGER_ENV = "VERL_FILE_LOGGER_PATH"
 # The trainer image's verl checkpoint callback (uploads each checkpoint to S3, then moves the marker).
 DEFAULT_CHECKPOINT_CALLBACK = "loka_trainer.verl_callback.S3CheckpointCallback"
 # verl resume modes, by TrainingRun `checkpoints.resume` value.
@@ -90,20 +101,15 @@ def _checkpoint_overrides(spec: TrainingRunSpec, paths: StagedPaths) -> list[str
     # S3 keeps `keep` checkpoints; locally one copy is enough to upload from (and the trainer drops older ones
     # on every node, where verl's own rotation reaches only rank 0's).
     out += [f"trainer.save_freq={checkpoints.every}", "trainer.max_actor_ckpt_to_keep=1"]
-    if checkpoints.resume == RESUME_NEVER:
-        out.append("trainer.resume_mode=disable")
-    elif checkpoints.resume == RESUME_AUTO or paths.resume_from is None:
-        # The trainer restores the run's latest verified checkpoint into checkpoint_dir; verl's auto finds it there.
-        out.append("trainer.resume_mode=auto")
-    else:
-        # `checkpoints.resume: s3://…` seeds a run only while it has no checkpoint of its own.
-        out += ["trainer.resume_mode=resume_path", f"trainer.resume_from_path={_hydra_value(paths.resume_from)}"]
+    out += _resume_overrides(checkpoints.resume, paths)
     if paths.checkpoint_callback_class:
         out.append(f"trainer.checkpoint_callback_class={paths.checkpoint_callback_class}")
     return out
 
 
-def _tracking_overrides(spec: TrainingRunSpec, *, run_name: str, namespace: str, paths: StagedPaths) -> list[str]:
+def _tracking_overrides(
+    spec: TrainingRunSpec, *, run_name: str, namespace: str, paths: StagedPaths, through_ray: bool = True
+) -> list[str]:
     wandb = spec.tracking.wandb if spec.tracking else None
     loggers = ["console"]
     if paths.metrics_file is not None:
@@ -116,7 +122,7 @@ def _tracking_overrides(spec: TrainingRunSpec, *, run_name: str, namespace: str,
         f"trainer.experiment_name={_hydra_value(run_name)}",
         f"trainer.logger={_hydra_value(loggers)}",
     ]
-    if paths.metrics_file is not None:
+    if paths.metrics_file is not None and through_ray:
         # The TaskRunner actor that writes the file can land on any node; pass the path through Ray.
         out.append(
             f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={_hydra_value(paths.metrics_file)}"
@@ -124,8 +130,74 @@ def _tracking_overrides(spec: TrainingRunSpec, *, run_name: str, namespace: str,
     return out
 
 
+def verl_config_name(spec: TrainingRunSpec) -> str:
+    """The verl Hydra config the run's overrides compose against."""
+    return VERL_SFT_CONFIG_NAME if spec.algorithm is Algorithm.SFT else VERL_CONFIG_NAME
+
+
+def verl_entrypoint(spec: TrainingRunSpec) -> str:
+    """The Python module the trainer runs with the rendered overrides."""
+    return VERL_SFT_ENTRYPOINT if spec.algorithm is Algorithm.SFT else VERL_ENTRYPOINT
+
+
 def render_verl_overrides(spec: TrainingRunSpec, *, run_name: str, namespace: str, paths: StagedPaths) -> list[str]:
-    """Hydra `key=value` overrides for verl.trainer.main_ppo; the spec's verlOverrides come last and win."""
+    """Hydra `key=value` overrides for the run's verl trainer; the spec's verlOverrides come last and win."""
+    if spec.algorithm is Algorithm.SFT:
+        return _render_sft(spec, run_name=run_name, namespace=namespace, paths=paths)
+    return _render_rl(spec, run_name=run_name, namespace=namespace, paths=paths)
+
+
+def _validation_every(spec: TrainingRunSpec, paths: StagedPaths) -> int:
+    """Validate at every checkpoint when there is a validation set (-1: never)."""
+    return spec.checkpoints.every if paths.val_files is not None and spec.checkpoints else -1
+
+
+def _render_sft(spec: TrainingRunSpec, *, run_name: str, namespace: str, paths: StagedPaths) -> list[str]:
+    """verl's SFT trainer: data, model, optimiser, placement, checkpoints, logging (sft_trainer_engine.yaml)."""
+    training, data = spec.training, spec.data
+    checkpoints = spec.checkpoints
+    overrides = [
+        f"data.train_files={_hydra_value(paths.train_files)}",
+        f"data.val_files={_hydra_value(paths.val_files) if paths.val_files is not None else 'null'}",
+        f"data.messages_key={_hydra_value(data.messages_key or SFT_MESSAGES_COLUMN)}",
+        f"data.max_length={data.sft_max_length}",
+        "data.truncation=error",
+        f"data.train_batch_size={training.batch_size}",
+        f"data.micro_batch_size_per_gpu={training.micro_batch_size_per_gpu}",
+        # microBatchSizePerGpu means what it says: no token-budget batching unless verlOverrides turn it on.
+        "data.use_dynamic_bsz=false",
+        f"model.path={_hydra_value(paths.model)}",
+        f"optim.lr={training.learning_rate}",
+        f"trainer.nnodes={spec.resources.workers}",
+        f"trainer.n_gpus_per_node={spec.resources.gpus_per_worker}",
+        f"trainer.total_epochs={training.epochs}",
+        f"trainer.test_freq={_validation_every(spec, paths)}",
+        f"trainer.default_local_dir={_hydra_value(paths.checkpoint_dir)}",
+    ]
+    if checkpoints is None:
+        overrides += ["trainer.save_freq=-1", "trainer.resume_mode=disable"]
+    else:
+        # As for RL: S3 keeps `keep` checkpoints, one local copy is enough to upload from.
+        overrides += [f"trainer.save_freq={checkpoints.every}", "trainer.max_ckpt_to_keep=1"]
+        overrides += _resume_overrides(checkpoints.resume, paths)
+    # The SFT driver that logs is the trainer's own subprocess: it reads VERL_FILE_LOGGER_ENV from its environment.
+    overrides += _tracking_overrides(spec, run_name=run_name, namespace=namespace, paths=paths, through_ray=False)
+    if training.max_steps is not None:
+        overrides.append(f"trainer.total_training_steps={training.max_steps}")
+    return [*overrides, *spec.verl_overrides]
+
+
+def _resume_overrides(resume: str, paths: StagedPaths) -> list[str]:
+    if resume == RESUME_NEVER:
+        return ["trainer.resume_mode=disable"]
+    if resume == RESUME_AUTO or paths.resume_from is None:
+        # The trainer restores the run's latest verified checkpoint into checkpoint_dir; verl's auto finds it there.
+        return ["trainer.resume_mode=auto"]
+    # `checkpoints.resume: s3://…` seeds a run only while it has no checkpoint of its own.
+    return ["trainer.resume_mode=resume_path", f"trainer.resume_from_path={_hydra_value(paths.resume_from)}"]
+
+
+def _render_rl(spec: TrainingRunSpec, *, run_name: str, namespace: str, paths: StagedPaths) -> list[str]:
     training = spec.training
     resources = spec.resources
     data = spec.data
@@ -161,8 +233,9 @@ def render_verl_overrides(spec: TrainingRunSpec, *, run_name: str, namespace: st
         f"trainer.nnodes={resources.workers}",
         f"trainer.n_gpus_per_node={resources.gpus_per_worker}",
         f"trainer.total_epochs={training.epochs}",
+        # Validation reward of the starting weights, then at every checkpoint.
         f"trainer.val_before_train={_hydra_value(has_validation)}",
-        f"trainer.test_freq={spec.checkpoints.every if has_validation and spec.checkpoints else -1}",
+        f"trainer.test_freq={_validation_every(spec, paths)}",
         *_checkpoint_overrides(spec, paths),
         *_tracking_overrides(spec, run_name=run_name, namespace=namespace, paths=paths),
     ]
@@ -172,9 +245,9 @@ def render_verl_overrides(spec: TrainingRunSpec, *, run_name: str, namespace: st
 
 
 def verl_command(spec: TrainingRunSpec, *, run_name: str, namespace: str, paths: StagedPaths) -> list[str]:
-    """The process the trainer runs on the Ray head: verl's GRPO entry point with the rendered overrides."""
+    """The process the trainer runs on the Ray head: the run's verl entry point with the rendered overrides."""
     overrides = render_verl_overrides(spec, run_name=run_name, namespace=namespace, paths=paths)
-    return [sys.executable, "-m", VERL_ENTRYPOINT, *overrides]
+    return [sys.executable, "-m", verl_entrypoint(spec), *overrides]
 
 
 # ------------------------------------------------------------------------------------- composition
@@ -223,7 +296,7 @@ def _last_with_key(overrides: Sequence[str], key: str | None) -> str | None:
     return next((o for o in reversed(overrides) if _override_key(o) == key), None)
 
 
-def _explain(error: Exception, overrides: Sequence[str]) -> VerlConfigError:
+def _explain(error: Exception, overrides: Sequence[str], config_name: str) -> VerlConfigError:
     text = str(error).strip()
     first_line = text.splitlines()[0] if text else type(error).__name__
     quoted = re.search(r"'([^']+)'", text)
@@ -231,13 +304,13 @@ def _explain(error: Exception, overrides: Sequence[str]) -> VerlConfigError:
     override = _last_with_key(overrides, key) or key
     if "Could not override" in text or "not in struct" in text:
         message = (
-            f"unknown verl config key {key!r} (in {override!r}): it is not in verl's ppo_trainer config; "
+            f"unknown verl config key {key!r} (in {override!r}): it is not in verl's {config_name} config; "
             f"check the spelling, or add a new key with '+{key}=...'"
         )
     elif "Could not append" in text:
         message = f"verl config key {key!r} already exists (in {override!r}); drop the leading '+' to override it"
     elif "Could not delete" in text:
-        message = f"cannot delete verl config key {key!r} (in {override!r}): it is not in verl's ppo_trainer config"
+        message = f"cannot delete verl config key {key!r} (in {override!r}): it is not in verl's {config_name} config"
     else:
         message = f"invalid verl override {override!r}: {first_line}"
     return VerlConfigError(message, key=key, override=override)
@@ -262,7 +335,7 @@ def _parse_each(overrides: Sequence[str]) -> None:
 
 
 @functools.lru_cache(maxsize=256)
-def _compose_cached(overrides: tuple[str, ...]) -> DictConfig:
+def _compose_cached(config_name: str, overrides: tuple[str, ...]) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -271,9 +344,9 @@ def _compose_cached(overrides: tuple[str, ...]) -> DictConfig:
     config_dir = verl_config_dir()
     with _compose_lock, initialize_config_dir(config_dir=str(config_dir), version_base=None):
         try:
-            return compose(VERL_CONFIG_NAME, overrides=list(overrides))
+            return compose(config_name, overrides=list(overrides))
         except (HydraException, OmegaConfBaseException) as error:
-            raise _explain(error, overrides) from None
+            raise _explain(error, overrides, config_name) from None
 
 
 def _select(config: DictConfig, key: str) -> Any:
@@ -286,9 +359,9 @@ def _select(config: DictConfig, key: str) -> Any:
         return None
 
 
-def _check_types(config: DictConfig, overrides: Sequence[str]) -> None:
+def _check_types(config: DictConfig, overrides: Sequence[str], config_name: str) -> None:
     """Catch what composition lets through: a number or boolean key given a word (e.g. `rollout.n=abc`)."""
-    defaults = _compose_cached(())
+    defaults = _compose_cached(config_name, ())
     winners = {_override_key(o): o for o in overrides}
     for key, override in winners.items():
         match = _OVERRIDE_KEY.match(override)
@@ -309,8 +382,10 @@ def _check_types(config: DictConfig, overrides: Sequence[str]) -> None:
         )
 
 
-def compose_verl_config(overrides: Sequence[str]) -> DictConfig:
-    """Compose overrides against verl's packaged ppo_trainer config; raise VerlConfigError naming a bad key."""
-    config = _compose_cached(tuple(overrides))
-    _check_types(config, overrides)
+def compose_verl_config(overrides: Sequence[str], *, config_name: str = VERL_CONFIG_NAME) -> DictConfig:
+    """Compose overrides against one of verl's packaged configs (ppo_trainer by default, sft_trainer_engine for
+    SFT); raise VerlConfigError naming a bad key.
+    """
+    config = _compose_cached(config_name, tuple(overrides))
+    _check_types(config, overrides, config_name)
     return config

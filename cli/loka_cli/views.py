@@ -94,11 +94,26 @@ def describe_line(status: JSON) -> str:
         parts.append(f"reward {metrics['rewardMean']:.3f}")
     if metrics.get("klLoss") is not None:
         parts.append(f"kl {metrics['klLoss']:.4f}")
+    if metrics.get("loss") is not None:
+        parts.append(f"loss {metrics['loss']:.3f}")
+    if (validation := validation_text(metrics)) is not None:
+        parts.append(validation)
     if checkpoint and checkpoint.get("step") is not None:
         parts.append(f"checkpoint step {checkpoint['step']}")
     if phase not in ("Running", "Succeeded") and status.get("message"):
         parts.append(f"— {status['message'][:100]}")
     return "  ".join(parts)
+
+
+def validation_text(metrics: JSON) -> str | None:
+    """The held-out split's figure and the step it was measured at: reward for RL, loss for SFT."""
+    step = metrics.get("validationStep")
+    at = "before training" if step == 0 else f"at step {step}"
+    if metrics.get("validationRewardMean") is not None:
+        return f"validation reward {metrics['validationRewardMean']:.3f} {at}"
+    if metrics.get("validationLoss") is not None:
+        return f"validation loss {metrics['validationLoss']:.3f} {at}"
+    return None
 
 
 def eta_seconds(status: JSON, observed_rate: float | None = None) -> tuple[float, float] | None:
@@ -124,10 +139,19 @@ def live_view(run: JSON, *, queue: str | None = None, observed_rate: float | Non
         bar = f"{progress_bar(step, total)}  " if total else ""
         lines.append(f"  {bar}step {step}{f'/{total}' if total else ''}{share}")
     if metrics:
-        lines.append(
-            f"  reward {_float(metrics.get('rewardMean'), 3)}   kl {_float(metrics.get('klLoss'), 4)}"
-            + (f"   tokens/s {metrics['tokensPerSecond']:.0f}" if metrics.get("tokensPerSecond") else "")
+        headline = (
+            f"  loss {_float(metrics.get('loss'), 3)}"  # SFT has a loss where RL has a reward
+            if metrics.get("loss") is not None and metrics.get("rewardMean") is None
+            else f"  reward {_float(metrics.get('rewardMean'), 3)}   kl {_float(metrics.get('klLoss'), 4)}"
         )
+        lines.append(
+            headline + (f"   tokens/s {metrics['tokensPerSecond']:.0f}" if metrics.get("tokensPerSecond") else "")
+        )
+        if (validation := validation_text(metrics)) is not None:
+            lines.append(f"  {validation}")
+    source = status.get("source") or {}
+    if source.get("uri"):
+        lines.append(f"  started from run {source.get('run')}, checkpoint step {source.get('step')}  {source['uri']}")
     checkpoint = status.get("checkpoint") or {}
     if checkpoint.get("step") is not None:
         lines.append(

@@ -4,7 +4,8 @@ Every child (RayJobs, Kueue Workloads, the trainer's ServiceAccount, Role and Ro
 kept per run from
 the watch events (primed by one LIST per kind at startup), so a reconcile reads them instead of the API server.
 Events the operator caused itself (the echo of its own write) and run updates that touch only what the trainer
-writes (progress, metrics, ...) do not cause a reconcile.
+writes (progress, metrics, ...) do not cause a reconcile of that run; every event of a run does reconcile the runs
+waiting for its checkpoint (spec.model.fromRun).
 """
 
 from __future__ import annotations
@@ -188,9 +189,12 @@ async def run_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) ->
     if type == "DELETED":
         state.queue.forget(key)
         state.reconciler.forget(key)
-        return
-    if state.reconciler.cache.observe(dict(body)):
+    elif state.reconciler.cache.observe(dict(body)):
         state.queue.request(key)
+    # Runs waiting for this one's checkpoint (fromRun): its phase and checkpoint are what they wait on, whether the
+    # trainer or this operator wrote them, and its deletion fails them.
+    for dependent in state.reconciler.dependents(key):
+        state.queue.request(dependent)
 
 
 # ------------------------------------------------------------------------------------------ children

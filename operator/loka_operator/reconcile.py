@@ -1,6 +1,8 @@
 """One level-based, idempotent reconcile of a TrainingRun: ordered steps, each "read the cache, then create or patch".
 
 1. validate the spec, once per (uid, generation) and only before launch (the semantic checks and verl composition)
+   - with spec.model.fromRun: find the source run's checkpoint (loka_operator.lineage); until it exists the
+     run waits, and nothing is launched before status.source records it
 2. check every referenced Secret and key (until the run launched; key names from metadata, never values)
 3. ensure the Kueue LocalQueue (when the run names its ClusterQueue)
 4. ensure the per-run ServiceAccount, Role, RoleBinding and NetworkPolicy (only ever the run's own: never adopted)
@@ -24,7 +26,7 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 
 from loka_api import QueueSpec, TrainingRun, TrainingRunStatus
-from loka_operator import builders, kueue, naming
+from loka_operator import builders, kueue, lineage, naming
 from loka_operator.cache import (
     NETWORK_POLICY,
     RAYJOB,
@@ -47,6 +49,7 @@ from loka_operator.kube import (
     ROLES,
     SECRETS,
     SERVICE_ACCOUNTS,
+    TRAINING_RUNS,
     WORKLOADS,
     ApiError,
     KubeClient,
@@ -56,7 +59,7 @@ from loka_operator.messages import NO_SECRETS, Redactor, brief
 from loka_operator.metrics import OperatorMetrics
 from loka_operator.notifications import Notifier, webhook_refs
 from loka_operator.ownership import Claim, claim
-from loka_operator.status import Observed, Problem, StatusUpdate, finished
+from loka_operator.status import Observed, Problem, SourceState, StatusUpdate, finished
 from loka_operator.status_writer import StatusWriter
 from loka_operator.validation import Validations
 
@@ -111,6 +114,8 @@ class Reconciler:
     _local_queues: set[tuple[str, str]] = field(default_factory=set)
     # The uid of the RayJob whose Ray token Secret exists, per run (Secrets are never watched: no values cached).
     _tokens: dict[str, str] = field(default_factory=dict)
+    # Runs waiting for a source run's checkpoint: the source's watch events reconcile them.
+    waiters: lineage.SourceWaiters = field(default_factory=lineage.SourceWaiters)
 
     def __post_init__(self) -> None:
         self.cache = RunCache(self.ledger)
@@ -126,7 +131,12 @@ class Reconciler:
         self._redactors.pop(key, None)
         self._seen_finished.pop(key, None)
         self._tokens.pop(key, None)
+        self.waiters.done(key)
         self.metrics.observe_phase(key, None)
+
+    def dependents(self, key: str) -> list[str]:
+        """The runs waiting for run ``key``'s checkpoint (spec.model.fromRun): reconcile them when it changes."""
+        return self.waiters.dependents(key)
 
     def new_resync_period(self) -> None:
         """The drift-repair pass starts: shared objects are checked again (someone may have deleted one)."""
@@ -163,19 +173,16 @@ class Reconciler:
                 await self._notify(key)
                 return Outcome(phase="Failed")
 
-        requeue: float | None = None
+        # 1b. the source run's checkpoint: nothing launches before status.source records it
+        source = None if launched else await self._resolve_source(run)
+        waits_for_source = source is not None and not source.launchable(previous.source)
+
         # 2. secrets, until the run launched (key names only: no value is read for the check)
         missing = None if launched or finished(previous) else await self._missing_secrets(run)
-        if missing is not None:
-            requeue = self.config.secret_retry_seconds
+        requeue = self.config.secret_retry_seconds if missing is not None else None
 
-        if missing is None and blocked is None and not finished(previous):
-            # 3. Kueue LocalQueue, 4. the trainer's identity and the run's NetworkPolicy, 5. the RayJob and its token
-            if spec.queue is not None:
-                await self._ensure_local_queue(spec.queue, namespace)
-            blocked = await self._ensure_identity(run)
-            if blocked is None:
-                rayjob, blocked = await self._launch(run, rayjob, check_first=drift)
+        if missing is None and blocked is None and not finished(previous) and not waits_for_source:
+            rayjob, blocked = await self._create_children(run, rayjob, check_first=drift)
         if blocked is not None:
             requeue = _sooner(requeue, self._retry_after(blocked))
 
@@ -197,12 +204,15 @@ class Reconciler:
         observed = replace(
             base,
             now=now(),
+            source=source,
             missing_secrets=missing,
             blocked=blocked,
             rayjob=await self._readable(run, rayjob),
             workload=workload,
         )
         update = await self._write_status(body, previous, observed)
+        if source is not None and source.ready and waits_for_source and update is not None:
+            requeue = 0.0  # status.source now records the checkpoint: launch (our own write's echo wakes nobody)
         # 7. notifications
         if update is not None:
             await self._notify(key)
@@ -210,6 +220,40 @@ class Reconciler:
         return Outcome(requeue_after=requeue, phase=phase.value if phase else None)
 
     # ------------------------------------------------------------------------------ steps
+
+    async def _create_children(
+        self, run: TrainingRun, rayjob: JSON | None, *, check_first: bool
+    ) -> tuple[JSON | None, Problem | None]:
+        """3. the Kueue LocalQueue, 4. the trainer's identity and the run's NetworkPolicy, 5. the RayJob and its
+        Ray token."""
+        if run.spec.queue is not None:
+            await self._ensure_local_queue(run.spec.queue, run.metadata.namespace)
+        blocked = await self._ensure_identity(run)
+        if blocked is not None:
+            return rayjob, blocked
+        return await self._launch(run, rayjob, check_first=check_first)
+
+    async def _resolve_source(self, run: TrainingRun) -> SourceState | None:
+        """Where a run that has not launched stands with the run its spec.model.fromRun names (None: no source),
+        read from the run cache; the API only to confirm that a source seen before is really gone.
+        """
+        from_run = run.spec.model.from_run
+        if from_run is None or finished(run.status):
+            return None
+        namespace, key = run.metadata.namespace, naming.run_key(run.metadata.namespace, run.metadata.name)
+        source_key = naming.run_key(namespace, from_run.name)
+        body = self.cache.run(source_key)
+        if body is None and run.status.source is not None and run.status.source.uid is not None:
+            # Seen before, not cached now: right after a restart the run watch may not have delivered it yet.
+            body = await self.client.get(TRAINING_RUNS, namespace, from_run.name)
+        if body is not None and body["metadata"].get("deletionTimestamp"):
+            body = None  # going away: it will not produce the checkpoint
+        state = lineage.resolve(run, body, lookup=lambda name: self.cache.run(naming.run_key(namespace, name)))
+        if state.waiting is not None:
+            self.waiters.wait(key, source_key)
+        else:
+            self.waiters.done(key)
+        return state
 
     async def _missing_secrets(self, run: TrainingRun) -> Problem | None:
         namespace = run.metadata.namespace

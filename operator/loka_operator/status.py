@@ -1,10 +1,10 @@
 """The one place that maps observed child state to a run's phase and conditions.
 
-`calculate_status` is pure: given what reconcile observed (validation, secrets, the RayJob and
-Kueue's Workload) and the stored status, it returns the next status. `decide_phase` is an
-explicit state machine over the RayJob's `jobDeploymentStatus`, with Kueue's Workload saying
-why a run waits. Only operator-owned fields are computed; the trainer's progress, metrics,
-checkpoint and wandbURL are carried over untouched.
+`calculate_status` is pure: given what reconcile observed (validation, the source run of
+spec.model.fromRun, secrets, the RayJob and Kueue's Workload) and the stored status, it returns
+the next status. `decide_phase` is an explicit state machine over the RayJob's
+`jobDeploymentStatus`, with Kueue's Workload saying why a run waits. Only operator-owned fields
+are computed; the trainer's progress, metrics, checkpoint and wandbURL are carried over untouched.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from loka_api import AttemptRecord, Condition, ConditionType, RunPhase, TrainingRunStatus
+from loka_api import AttemptRecord, Condition, ConditionType, RunPhase, SourceStatus, TrainingRunStatus
 from loka_api.contract import OPERATOR_STATUS_FIELDS
 from loka_operator.kueue import deactivated_by_us
 from loka_operator.messages import brief
@@ -50,6 +50,23 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class SourceState:
+    """The run named by spec.model.fromRun, as reconcile found it (loka_operator.lineage)."""
+
+    source: SourceStatus  # what status.source records: the run and its uid, then the checkpoint once ready
+    waiting: Problem | None = None  # the checkpoint does not exist yet
+    failed: Problem | None = None  # it never will (the source failed, was deleted, keeps no checkpoints...)
+
+    @property
+    def ready(self) -> bool:
+        return self.waiting is None and self.failed is None and self.source.uri is not None
+
+    def launchable(self, recorded: SourceStatus | None) -> bool:
+        """The checkpoint exists and status.source already records it: the trainer will find it there."""
+        return self.ready and self.source == recorded
+
+
+@dataclass(frozen=True)
 class Observed:
     """What one reconcile saw."""
 
@@ -58,6 +75,7 @@ class Observed:
     queued: bool
     now: datetime
     invalid: Problem | None = None
+    source: SourceState | None = None  # only for runs with spec.model.fromRun that have not launched
     missing_secrets: Problem | None = None
     # A child could not be created: its name is taken (NameConflict), an earlier run of the same name still
     # owns it (WaitingForPreviousRun), or the API server refused it (CreateRefused).
@@ -169,14 +187,25 @@ def decide_phase(obs: Observed, previous: TrainingRunStatus) -> Verdict:
         return Verdict(RunPhase.FAILED, obs.invalid.reason, obs.invalid.message)
     if obs.rayjob is None:
         if finished(previous) and prev is not None:
-            # The run finished and its RayJob was removed after ttlSecondsAfterFinished.
+            # The run ended (or its source failed it) and its RayJob, if any, was removed after the TTL: it keeps
+            # the reason it ended with.
+            ended = _ending_condition(previous)
+            if ended is not None:
+                return Verdict(prev, ended.reason, ended.message)
             return Verdict(prev, "Finished", previous.message or f"the run {prev.lower()}")
+        source = obs.source
+        if source is not None and source.failed is not None:
+            return Verdict(RunPhase.FAILED, source.failed.reason, source.failed.message)
         if obs.missing_secrets is not None:
             return Verdict(RunPhase.PENDING, obs.missing_secrets.reason, obs.missing_secrets.message)
         if obs.blocked is not None:
             return Verdict(RunPhase.PENDING, obs.blocked.reason, obs.blocked.message)
         if obs.suspend:
             return Verdict(RunPhase.SUSPENDED, "Suspended", "suspended by spec.suspend before it started")
+        if source is not None and source.waiting is not None:
+            return Verdict(RunPhase.PENDING, source.waiting.reason, source.waiting.message)
+        if source is not None and source.ready and source.source != previous.source:
+            return Verdict(RunPhase.PENDING, "SourceReady", _source_ready_message(source.source))
         return Verdict(RunPhase.PENDING, "CreatingRayJob", "creating the RayJob")
 
     status = _rayjob_status(obs.rayjob)
@@ -218,6 +247,16 @@ def decide_phase(obs: Observed, previous: TrainingRunStatus) -> Verdict:
             if restarting:
                 return Verdict(RunPhase.RESUMING, "StartingRayCluster", "starting a new Ray cluster for the run")
             return Verdict(RunPhase.STARTING, "StartingRayCluster", "starting the Ray cluster")
+
+
+def _ending_condition(status: TrainingRunStatus) -> Condition | None:
+    """The Succeeded or Failed condition that says why a finished run ended."""
+    kind = ConditionType.SUCCEEDED if status.phase == RunPhase.SUCCEEDED else ConditionType.FAILED
+    return next((c for c in status.conditions if c.type == kind.value and c.status == "True"), None)
+
+
+def _source_ready_message(source: SourceStatus) -> str:
+    return f"starting from checkpoint step {source.step} of run {source.run!r} ({source.uri})"
 
 
 def _waiting_for_kueue(wait: Problem) -> Verdict:
@@ -287,6 +326,13 @@ def _cluster_ready(rayjob: dict[str, Any] | None) -> tuple[bool, str, str]:
     return False, f"RayJob{deployment}", f"RayJob is {deployment}; Ray cluster state {state or 'unknown'}"
 
 
+def _source_ready(state: SourceState) -> tuple[bool, str, str]:
+    problem = state.failed or state.waiting
+    if problem is not None:
+        return False, problem.reason, problem.message
+    return True, "SourceReady", _source_ready_message(state.source)
+
+
 def _admitted(obs: Observed) -> tuple[bool, str, str]:
     if not obs.queued:
         return True, "NoQueue", "the run names no Kueue queue; the RayJob is not held by Kueue"
@@ -311,6 +357,8 @@ def _conditions_for(obs: Observed, verdict: Verdict, previous: TrainingRunStatus
         put(ConditionType.VALID, False, obs.invalid.reason, obs.invalid.message)
     else:
         put(ConditionType.VALID, True, "Validated", "the spec is valid and its verl arguments compose")
+    if obs.source is not None:
+        put(ConditionType.SOURCE_READY, *_source_ready(obs.source))
     if obs.missing_secrets is not None:
         put(ConditionType.SECRETS_READY, False, obs.missing_secrets.reason, obs.missing_secrets.message)
     elif obs.invalid is None:
@@ -410,6 +458,8 @@ def calculate_status(obs: Observed, previous: TrainingRunStatus) -> StatusUpdate
         status.restarts = max(restarts, previous.restarts or 0)
     status.conditions = _conditions_for(obs, verdict, previous)
     status.message = _message(previous, verdict)
+    if obs.source is not None:
+        status.source = obs.source.source
     if obs.rayjob is not None:
         rj_status = _rayjob_status(obs.rayjob)
         status.ray_job = obs.rayjob["metadata"]["name"]

@@ -1,7 +1,8 @@
 """Semantic checks the CRD schema cannot express, run before anything is launched.
 
 The heaviest one composes the run's rendered verl arguments (with the spec's verlOverrides
-last) against verl's packaged Hydra config, through the same renderer the trainer uses.
+last) against verl's packaged Hydra config (ppo_trainer for RL, sft_trainer_engine for SFT),
+through the same renderer the trainer uses.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from loka_api.render import (
     VerlNotInstalledError,
     compose_verl_config,
     render_verl_overrides,
+    verl_config_name,
 )
 from loka_operator.status import Problem
 
@@ -31,7 +33,8 @@ def _check_batch_shape(spec: TrainingRunSpec) -> Problem | None:
     training, resources = spec.training, spec.resources
     gpus = resources.workers * resources.gpus_per_worker
     mini = training.mini_batch_size or training.batch_size
-    if spec.engine == Engine.VERL and gpus > 0 and (mini * training.samples_per_prompt) % gpus != 0:
+    rl = spec.algorithm.is_rl
+    if rl and spec.engine == Engine.VERL and gpus > 0 and (mini * training.samples_per_prompt) % gpus != 0:
         return Problem(
             "InvalidBatchShape",
             f"spec.training.miniBatchSize ({mini}) * samplesPerPrompt ({training.samples_per_prompt}) = "
@@ -53,7 +56,7 @@ def _check_verl_overrides(spec: TrainingRunSpec) -> Problem | None:
         spec, run_name=_PLACEHOLDER_RUN, namespace=_PLACEHOLDER_NAMESPACE, paths=StagedPaths.placeholder()
     )
     try:
-        compose_verl_config(overrides)
+        compose_verl_config(overrides, config_name=verl_config_name(spec))
     except VerlConfigError as error:
         return Problem("InvalidVerlOverrides", f"spec.verlOverrides: {error}")
     except VerlNotInstalledError as error:

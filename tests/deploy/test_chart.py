@@ -185,6 +185,7 @@ def test_operator_accepts_the_arguments_and_environment_the_chart_gives_it(
     assert args.namespace == ([] if cluster_scope else chart_values.get("watchNamespaces") or ["loka-system"])
     downward = {"metadata.name": "loka-operator-7d9f-x2", "metadata.namespace": "loka-system"}
     for env in container["env"]:
+        # A plain value may be empty (workDisk.storageClass: "" = the cluster's default StorageClass).
         value = env["value"] if "value" in env else downward[env["valueFrom"]["fieldRef"]["fieldPath"]]
         monkeypatch.setenv(env["name"], value)
     config = config_from(args)

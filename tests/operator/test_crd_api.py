@@ -124,3 +124,71 @@ def test_printer_columns(cluster: LocalCluster, ns: str) -> None:
     header = cluster.kubectl("get", "tr", "-n", ns).stdout.splitlines()[0].split()
     assert header == ["NAME", "PHASE", "STEP", "REWARD", "CHECKPOINT", "QUEUE", "AGE"]
     assert "columns" in cluster.kubectl("get", "loka", "-n", ns).stdout  # the category
+
+
+def sft(ns: str, **data: Any) -> dict[str, Any]:
+    return run_manifest("sft", ns, algorithm="sft", data={"train": "s3://loka/demos.parquet", **data})
+
+
+# (manifest change, words the API server's message must contain)
+INVALID_STAGES: list[tuple[str, Any, list[str]]] = [
+    ("sft without responses", sft, ["algorithm sft trains on demonstrations", "data.responseKey"]),
+    (
+        "sft with responses and conversations",
+        lambda ns: sft(ns, responseKey="answer", messagesKey="messages"),
+        ["data.responseKey and data.messagesKey exclude each other"],
+    ),
+    (
+        "sft with a reward",
+        lambda ns: with_spec(sft(ns, responseKey="a"), "reward", {"function": "m:f"}),
+        ["spec.reward", "algorithm sft uses no reward"],
+    ),
+    (
+        "grpo with a response column",
+        lambda ns: with_spec(run_manifest("rl", ns), "data.responseKey", "answer"),
+        ["apply to algorithm sft only"],
+    ),
+    (
+        "a model and a source run",
+        lambda ns: with_spec(run_manifest("both", ns), "model.fromRun", {"name": "sft"}),
+        ["spec.model", "set exactly one of model.uri", "model.fromRun"],
+    ),
+    (
+        "neither a model nor a source run",
+        lambda ns: with_spec(run_manifest("neither", ns), "model", {}),
+        ["set exactly one of model.uri"],
+    ),
+    (
+        "a run that starts from itself",
+        lambda ns: with_spec(run_manifest("loop", ns), "model", {"fromRun": {"name": "loop"}}),
+        ["spec.model.fromRun.name", "must name another run"],
+    ),
+    (
+        "a checkpoint that is not final, latest or a step",
+        lambda ns: with_spec(run_manifest("odd", ns), "model", {"fromRun": {"name": "sft", "checkpoint": "best"}}),
+        ["spec.model.fromRun.checkpoint", "should match"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("what", "build", "words"), INVALID_STAGES, ids=[case[0] for case in INVALID_STAGES])
+def test_invalid_stages_are_rejected_naming_the_field(
+    cluster: LocalCluster, ns: str, what: str, build: Any, words: list[str]
+) -> None:
+    code, output = apply(cluster, build(ns))
+    assert code != 0, f"the API server accepted {what}"
+    for word in words:
+        assert word in output, f"{word!r} missing from: {output}"
+
+
+def test_an_sft_run_and_a_run_from_it_are_accepted_with_their_defaults(
+    cluster: LocalCluster, kube: Kube, ns: str
+) -> None:
+    code, output = apply(cluster, sft(ns, responseKey="answer"))
+    assert code == 0, output
+    code, output = apply(cluster, with_spec(run_manifest("grpo", ns), "model", {"fromRun": {"name": "sft"}}))
+    assert code == 0, output
+    assert (kube.run(ns, "grpo") or {})["spec"]["model"]["fromRun"] == {"name": "sft", "checkpoint": "final"}
+    wide = cluster.kubectl("get", "tr", "-n", ns, "-o", "wide").stdout.splitlines()
+    assert wide[0].split()[-4:] == ["ALGORITHM", "LOSS", "VALIDATION", "FROM"]
+    assert next(line for line in wide if line.startswith("grpo")).split()[-1] == "sft"

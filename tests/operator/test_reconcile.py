@@ -127,7 +127,8 @@ def test_missing_secret_waits_and_recovers_when_created(operator: OperatorProces
 
     kube.core.patch_namespaced_secret("s3", ns, {"stringData": {"AWS_SECRET_ACCESS_KEY": "s3cr3t-value"}})
     eventually(lambda: kube.rayjob(ns, RUN), timeout=30, what="the RayJob once the Secret is complete")
-    assert kube.condition(ns, RUN, "SecretsReady")["status"] == "True"
+    # The status is written after the RayJob, in the same reconcile: wait for it rather than race it.
+    eventually(lambda: kube.condition(ns, RUN, "SecretsReady").get("status") == "True", what="SecretsReady=True")
     rayjob = kube.rayjob(ns, RUN) or {}
     # Secret values never leave the Secret: not in the RayJob, the run's status, or its Events.
     everything = str(rayjob) + str(kube.run(ns, RUN)) + str([e.message for e in kube.events(ns, RUN)])

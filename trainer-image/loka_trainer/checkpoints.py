@@ -22,7 +22,7 @@ import logging
 import re
 import shutil
 import threading
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -403,14 +403,16 @@ class CheckpointStore:
         *,
         ranks: Collection[int] | None = None,
         cancel: threading.Event | None = None,
+        only: Callable[[str], bool] | None = None,
     ) -> Path:
         """Download step ``step`` into ``local_root/global_step_N`` (only the files ``ranks`` load, see
-        ``files_for_ranks``), verify each against the manifest as soon as it lands, and write verl's tracker file so
+        ``files_for_ranks``, and of those only the paths ``only`` picks, e.g. weights without optimizer state),
+        verify each against the manifest as soon as it lands, and write verl's tracker file so
         ``trainer.resume_mode=auto`` picks it up. Returns the step folder.
 
         Raises CheckpointError when the checkpoint is incomplete, a file is gone or does not match.
         """
-        return self._restore(step, local_root, ranks=ranks, cancel=cancel)[0]
+        return self._restore(step, local_root, ranks=ranks, cancel=cancel, only=only)[0]
 
     def _restore(
         self,
@@ -419,6 +421,7 @@ class CheckpointStore:
         *,
         ranks: Collection[int] | None = None,
         cancel: threading.Event | None = None,
+        only: Callable[[str], bool] | None = None,
     ) -> tuple[Path, CheckpointManifest]:
         manifest = self.manifest(step)
         source = self.step_uri(step)
@@ -426,7 +429,7 @@ class CheckpointStore:
             msg = f"checkpoint {source} is incomplete: it has no {MANIFEST_NAME}"
             raise CheckpointError(msg)
         target = local_root / step_folder(step)
-        wanted = files_for_ranks(manifest.files, ranks)
+        wanted = [f for f in files_for_ranks(manifest.files, ranks) if only is None or only(f.path)]
         pairs = [(source.join(f.path), target / f.path) for f in wanted]
         for _, path in pairs:
             if not path.resolve().is_relative_to(target.resolve()):

@@ -1,4 +1,6 @@
-"""``loka-trainer``: render the verl command for a TrainingRun, run it, or build a dataset from task files."""
+"""``loka-trainer``: render the verl command for a TrainingRun, run it, build a dataset from task files, or write
+the toy arithmetic task's data (RL prompts and SFT demonstrations).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+TOY_VALIDATION_FRACTION = 0.125
 
 
 def _dataset(args: argparse.Namespace) -> int:
@@ -37,11 +40,26 @@ def _dataset(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _toy_data(args: argparse.Namespace) -> int:
+    from loka_api.dataset import build_dataset
+    from loka_trainer.tiny import write_sft_demonstrations, write_tasks
+
+    # The same split on both sides: no task SFT trains on is held out for GRPO's validation.
+    tasks = write_tasks(args.output / "tasks.jsonl", args.count)
+    rl = build_dataset(tasks, args.output / "rl", validation_fraction=TOY_VALIDATION_FRACTION)
+    sft_train, sft_validation = write_sft_demonstrations(
+        args.output / "sft", args.count, validation_fraction=TOY_VALIDATION_FRACTION
+    )
+    for path in (rl.train, rl.validation, sft_train, sft_validation):
+        print(path)
+    return EXIT_OK
+
+
 def _render(args: argparse.Namespace) -> int:
     from loka_trainer.runner import RenderError, render_command_line
 
     try:
-        print(render_command_line(args.file, namespace=args.namespace))
+        print(render_command_line(args.file, namespace=args.namespace, name=args.name))
     except RenderError as error:
         print(f"loka-trainer render: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -61,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     render = commands.add_parser("render", help="print the verl command for a TrainingRun manifest (no cluster)")
     render.add_argument("-f", "--file", type=Path, required=True, help="TrainingRun manifest (YAML)")
     render.add_argument("--namespace", help="namespace when the manifest has none (default: default)")
+    render.add_argument("--name", help="which TrainingRun, when the file holds several (a pipeline)")
     render.set_defaults(handler=_render)
 
     run = commands.add_parser("run", help="run this pod's TrainingRun (LOKA_RUN_NAME / LOKA_RUN_NAMESPACE)")
@@ -76,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     dataset.add_argument("--data-source", default="loka", help="data_source column (verl's reward routing key)")
     dataset.add_argument("--ability", default="math", help="ability column")
     dataset.set_defaults(handler=_dataset)
+
+    toy = commands.add_parser("toy-data", help="write the toy arithmetic task: RL parquet and SFT demonstrations")
+    toy.add_argument("-o", "--output", type=Path, required=True, help="folder for rl/ and sft/ (train, validation)")
+    toy.add_argument("--count", type=int, default=512, help="tasks to generate (512)")
+    toy.set_defaults(handler=_toy_data)
     return parser
 
 

@@ -219,22 +219,24 @@ def wait_for_driver_actors(driver_pid: int, *, timeout: float) -> list[str]:
 # ----------------------------------------------------------------------------------- node tasks
 
 
-def stage_on_node(
+def stage_on_node(  # noqa: PLR0917 - a Ray task's arguments travel positionally
     spec_json: str,
     work_dir: str,
     endpoint: str | None,
     resume: tuple[str, int] | None,
     ranks: frozenset[int] | None = None,
+    source_uri: str | None = None,
 ) -> str:
-    """Stage the model and data under ``work_dir``, and restore checkpoint ``resume`` = (prefix, step): its shared
-    files and the shards of ``ranks`` (the ranks this node runs; None: every shard).
+    """Stage the model (``source_uri``: the checkpoint of spec.model.fromRun, its weights whole on every node) and
+    data under ``work_dir``, and restore checkpoint ``resume`` = (prefix, step): its shared files and the shards of
+    ``ranks`` (the ranks this node runs; None: every shard).
     """
     from loka_api import TrainingRunSpec
     from loka_trainer.staging import stage_inputs
 
     store = ObjectStore(endpoint_url=endpoint)
     root = Path(work_dir)
-    stage_inputs(TrainingRunSpec.model_validate_json(spec_json), root, store)
+    stage_inputs(TrainingRunSpec.model_validate_json(spec_json), root, store, source_uri=source_uri)
     if resume is not None:
         prefix, step = resume
         CheckpointStore(store, S3Uri.parse(prefix), keep=1).restore(step, root / "checkpoints", ranks=ranks)

@@ -27,7 +27,7 @@ from loka_trainer.checkpoints import CheckpointError, CheckpointRecord, Checkpoi
 from loka_trainer.engines import Engine, EngineJob, ResumePoint, engine_for
 from loka_trainer.nodes import FileOnAnyNode, connected_to_ray
 from loka_trainer.settings import redact, wandb_mode
-from loka_trainer.staging import StagedInputs, parquet_rows, stage_inputs
+from loka_trainer.staging import HF_SCHEME, StagedInputs, parquet_rows, stage_inputs
 from loka_trainer.status_reporter import StatusPatcher, StatusReporter
 from loka_trainer.step_metrics import MetricsFollower
 from loka_trainer.storage import ObjectStore, TransferCancelledError
@@ -44,15 +44,22 @@ class RenderError(ValueError):
     """The manifest cannot be rendered; the message names the field and the bad value."""
 
 
-def load_manifest(path: Path) -> TrainingRun:
+def load_manifest(path: Path, *, name: str | None = None) -> TrainingRun:
+    """The TrainingRun in ``path``; ``name`` picks one of several (a pipeline file holds one run per stage)."""
     try:
         documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
     except (OSError, yaml.YAMLError) as error:
         raise RenderError(f"{path}: {error}") from error
     runs = [d for d in documents if isinstance(d, dict) and d.get("kind") == "TrainingRun"]
-    if len(runs) != 1:
-        found = "no" if not runs else f"{len(runs)}"
-        raise RenderError(f"{path}: expected a TrainingRun manifest (kind: TrainingRun), found {found} TrainingRun")
+    names = [str((run.get("metadata") or {}).get("name", "")) for run in runs]
+    if name is not None:
+        runs = [run for run, found in zip(runs, names, strict=True) if found == name]
+        if not runs:
+            raise RenderError(f"{path}: no TrainingRun named {name!r} (found: {', '.join(names) or 'none'})")
+    if len(runs) > 1:
+        raise RenderError(f"{path}: {len(runs)} TrainingRuns ({', '.join(names)}): pick one with --name")
+    if not runs:
+        raise RenderError(f"{path}: expected a TrainingRun manifest (kind: TrainingRun), found no TrainingRun")
     body = runs[0]
     try:
         return TrainingRun.model_validate(body)
@@ -67,13 +74,13 @@ def default_work_root() -> Path:
     return Path(os.environ.get(ENV_WORK_DIR) or Path.home() / "loka-work")
 
 
-def render_command_line(path: Path, *, namespace: str | None = None) -> str:
+def render_command_line(path: Path, *, namespace: str | None = None, name: str | None = None) -> str:
     """The exact verl command ``loka-trainer run`` would launch for this manifest, as one shell line
     (paths as the trainer stages them under $LOKA_WORK_DIR; no cluster, no S3 access).
     """
     from loka_trainer.engines.verl import command
 
-    run = load_manifest(path)
+    run = load_manifest(path, name=name)
     spec = run.spec
     name = run.metadata.name or path.stem
     ns = run.metadata.namespace or namespace or "default"
@@ -97,12 +104,13 @@ def render_command_line(path: Path, *, namespace: str | None = None) -> str:
     wandb = spec.tracking.wandb if spec.tracking else None
     requested = wandb.mode if wandb is not None else "disabled"
     key_given = {ENV_WANDB_KEY: "set"} if wandb is not None and wandb.api_key is not None else {}
+    uri = spec.model.uri or ""  # fromRun: the trainer stages the source checkpoint into work/model
     job = EngineJob(
         spec=spec,
         run_name=name,
         namespace=ns,
         inputs=StagedInputs(
-            model=spec.model.uri.removeprefix("hf://") if spec.model.uri.startswith("hf://") else str(work / "model"),
+            model=uri.removeprefix(HF_SCHEME) if uri.startswith(HF_SCHEME) else str(work / "model"),
             train_files=work / "data" / "train.parquet",
             val_files=work / "data" / "validation.parquet" if spec.data.validation else None,
         ),
@@ -186,6 +194,12 @@ class Runner:
             )
 
     @property
+    def source_uri(self) -> str | None:
+        """The checkpoint spec.model.fromRun resolved to, as the operator recorded it before launching."""
+        source = self.run.status.source
+        return source.uri if source is not None else None
+
+    @property
     def checkpoint_dir(self) -> Path:
         return self.work_dir / "checkpoints"
 
@@ -253,7 +267,9 @@ class Runner:
             if self.checkpoints is not None:
                 # Before anything is restored: from here on an older attempt can neither move the marker nor prune.
                 self.checkpoints.claim()
-            inputs: StagedInputs = stage_inputs(self.spec, self.work_dir, self.store, cancel=self.stop.event)
+            inputs: StagedInputs = stage_inputs(
+                self.spec, self.work_dir, self.store, source_uri=self.source_uri, cancel=self.stop.event
+            )
             self.reporter.total_steps = self.engine.total_steps(self.spec, parquet_rows(inputs.train_files))
             with self._engine_session():
                 resume = self.restore(self.engine.local_checkpoint_ranks(self.spec))
@@ -271,6 +287,7 @@ class Runner:
                     on_checkpoint=self._report_checkpoint,
                     stop=self.stop.event,
                     wandb_mode=wandb_mode(self._wandb_requested_mode()),
+                    source_uri=self.source_uri,
                 )
                 follower = threading.Thread(target=self._follow, args=(follower_stop,), name="metrics", daemon=True)
                 follower.start()

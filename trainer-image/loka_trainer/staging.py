@@ -1,5 +1,7 @@
 """Put the run's model and data on local disk (or pass a Hugging Face id through) before an engine starts.
 
+The model is a Hugging Face id, an S3 prefix, or another run's checkpoint (``spec.model.fromRun``, resolved by the
+operator into ``status.source.uri``). SFT demonstrations (promptKey + responseKey) are staged as conversations.
 ``builtin://`` inputs are built here instead of downloaded (loka_trainer.tiny): the same seed gives the same
 model and data on every node and every attempt.
 """
@@ -12,8 +14,10 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from loka_api import TrainingRunSpec
+from loka_api import Algorithm, TrainingRunSpec
 from loka_api.contract import BUILTIN_DATASETS, BUILTIN_MODELS, BUILTIN_SCHEME
+from loka_trainer.sft_data import check_conversations, demonstrations_to_conversations
+from loka_trainer.source_model import stage_checkpoint_as_model
 from loka_trainer.storage import ObjectStore, S3Uri
 
 log = logging.getLogger(__name__)
@@ -57,16 +61,21 @@ def build_builtin_model(uri: str, dest: Path) -> str:
     return str(dest)
 
 
-def build_builtin_data(uri: str, field: str, folder: Path) -> Path:
-    """Build the dataset's train and validation parquet files into ``folder``; return the one ``field`` names."""
+def build_builtin_data(uri: str, field: str, folder: Path, *, sft: bool = False) -> Path:
+    """Build the dataset's train and validation parquet files into ``folder``; return the one ``field`` names.
+    For SFT the same tasks are demonstrations: a chat ``prompt`` and its worked ``response`` (responseKey).
+    """
     from loka_api.dataset import TRAIN_FILE, VALIDATION_FILE, build_dataset
-    from loka_trainer.tiny import write_tasks
+    from loka_trainer.tiny import write_sft_demonstrations, write_tasks
 
     _builtin_name(uri, field, BUILTIN_DATASETS)
-    built = folder / uri.removeprefix(BUILTIN_SCHEME)
+    built = folder / (uri.removeprefix(BUILTIN_SCHEME) + ("-sft" if sft else ""))
     if not _already_built(built, uri):
-        tasks = write_tasks(built / "tasks.jsonl", BUILTIN_TASKS)
-        build_dataset(tasks, built, validation_fraction=BUILTIN_VALIDATION_FRACTION, data_source="loka")
+        if sft:
+            write_sft_demonstrations(built, BUILTIN_TASKS, validation_fraction=BUILTIN_VALIDATION_FRACTION)
+        else:
+            tasks = write_tasks(built / "tasks.jsonl", BUILTIN_TASKS)
+            build_dataset(tasks, built, validation_fraction=BUILTIN_VALIDATION_FRACTION, data_source="loka")
         (built / _BUILT_MARK).write_text(uri, encoding="utf-8")
     return built / (VALIDATION_FILE if field.endswith(".validation") else TRAIN_FILE)
 
@@ -91,23 +100,64 @@ def stage_file(uri: str, dest: Path, store: ObjectStore) -> Path:
     return dest
 
 
-def stage_data(uri: str, field: str, dest: Path, store: ObjectStore) -> Path:
+def fetch_data(uri: str, field: str, dest: Path, store: ObjectStore, *, sft: bool = False) -> Path:
     """The file at ``dest``, downloaded or (builtin://) built; the same path either way."""
     if uri.startswith(BUILTIN_SCHEME):
-        shutil.copyfile(build_builtin_data(uri, field, dest.parent / "builtin"), dest)
+        shutil.copyfile(build_builtin_data(uri, field, dest.parent / "builtin", sft=sft), dest)
         return dest
     return stage_file(uri, dest, store)
 
 
+def stage_data(spec: TrainingRunSpec, uri: str, field: str, dest: Path, store: ObjectStore) -> Path:
+    """One parquet file; for SFT, checked against the columns the spec names (demonstrations become conversations)."""
+    data = spec.data
+    if spec.algorithm is not Algorithm.SFT:
+        return fetch_data(uri, field, dest, store)
+    if data.messages_key is not None:
+        check_conversations(fetch_data(uri, field, dest, store, sft=True), messages_key=data.messages_key, label=uri)
+        return dest
+    if data.response_key is None:  # the CRD requires one of them for sft
+        msg = "spec.data: algorithm sft needs data.responseKey or data.messagesKey"
+        raise ValueError(msg)
+    source = fetch_data(uri, field, dest.with_name(f"{dest.stem}.demonstrations.parquet"), store, sft=True)
+    return demonstrations_to_conversations(
+        source, dest, prompt_key=data.prompt_key, response_key=data.response_key, label=uri
+    )
+
+
+def model_uri(spec: TrainingRunSpec, source_uri: str | None) -> str:
+    """What to stage as the model: spec.model.uri, or the source run's checkpoint the operator resolved."""
+    if spec.model.uri is not None:
+        return spec.model.uri
+    if not source_uri:
+        name = spec.model.from_run.name if spec.model.from_run else "?"
+        msg = (
+            f"spec.model.fromRun names run {name!r} but status.source has no checkpoint URI "
+            "(the operator records it before it launches the run)"
+        )
+        raise ValueError(msg)
+    return source_uri
+
+
 def stage_inputs(
-    spec: TrainingRunSpec, work_dir: Path, store: ObjectStore, *, cancel: threading.Event | None = None
+    spec: TrainingRunSpec,
+    work_dir: Path,
+    store: ObjectStore,
+    *,
+    source_uri: str | None = None,
+    cancel: threading.Event | None = None,
 ) -> StagedInputs:
-    model = stage_model(spec.model.uri, work_dir / "model", store, cancel=cancel)
-    train = stage_data(spec.data.train, "spec.data.train", work_dir / "data" / "train.parquet", store)
+    """The model, the training and the validation data under ``work_dir``; ``source_uri`` is status.source.uri."""
+    uri = model_uri(spec, source_uri)
+    if spec.model.from_run is not None:
+        model = str(stage_checkpoint_as_model(uri, work_dir / "model", store, cancel=cancel))
+    else:
+        model = stage_model(uri, work_dir / "model", store, cancel=cancel)
+    train = stage_data(spec, spec.data.train, "spec.data.train", work_dir / "data" / "train.parquet", store)
     validation = None
     if spec.data.validation:
         validation = stage_data(
-            spec.data.validation, "spec.data.validation", work_dir / "data" / "validation.parquet", store
+            spec, spec.data.validation, "spec.data.validation", work_dir / "data" / "validation.parquet", store
         )
     return StagedInputs(model=model, train_files=train, val_files=validation)
 

@@ -47,9 +47,12 @@ def progress_patch(metrics: StepMetrics, total_steps: int | None) -> dict[str, A
             {
                 "rewardMean": metrics.reward_mean,
                 "klLoss": metrics.kl_loss,
+                "loss": metrics.loss,
                 "responseLengthMean": metrics.response_length_mean,
                 "tokensPerSecond": metrics.tokens_per_second,
-                "validationScore": metrics.validation_score,
+                "validationRewardMean": metrics.validation_reward_mean,
+                "validationLoss": metrics.validation_loss,
+                "validationStep": metrics.validation_step,
                 "secondsPerStep": metrics.seconds_per_step,
                 "updatedAt": _now(),
             }
@@ -108,8 +111,14 @@ class StatusReporter:
 
     def report_metrics(self, metrics: StepMetrics) -> None:
         with self._lock:
-            if self._pending is None or metrics.step >= self._pending.step:
+            pending = self._pending
+            if pending is None or metrics.step > pending.step:
+                if pending is not None and pending.validated and not metrics.validated:
+                    # A validation result is rare (every checkpoint): a newer step must not drop it unsent.
+                    metrics = pending.validation_only().merged(metrics)
                 self._pending = metrics
+            elif metrics.step == pending.step:
+                self._pending = pending.merged(metrics)
             self._send_pending_if_due()
 
     def tick(self) -> None:

@@ -9,7 +9,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,9 @@ TOTAL_TOKENS = "perf/total_num_tokens"
 TIME_PER_STEP = "perf/time_per_step"
 THROUGHPUT_PER_GPU = "perf/throughput"
 VALIDATION_PREFIX = "val-core/"
+# verl's SFT trainer (sft_trainer_ray.py): the step's loss, and the loss on the validation set.
+SFT_LOSS = "train/loss"
+SFT_VALIDATION_LOSS = "val/loss"
 
 
 @dataclass(frozen=True)
@@ -37,9 +40,45 @@ class StepMetrics:
     kl_loss: float | None = None
     response_length_mean: float | None = None
     tokens_per_second: float | None = None
-    validation_score: float | None = None
+    loss: float | None = None
+    validation_reward_mean: float | None = None
+    validation_loss: float | None = None
+    validation_step: int | None = None  # the step the validation figures belong to
     seconds_per_step: float | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def validated(self) -> bool:
+        """This record carries a validation figure."""
+        return self.validation_step is not None
+
+    def merged(self, newer: StepMetrics) -> StepMetrics:
+        """Two records of one step (verl logs validation apart from training): every figure either holds."""
+        values = {name: getattr(newer, name) for name in _FIGURES if getattr(newer, name) is not None}
+        return replace(self, step=newer.step, **values, raw={**self.raw, **newer.raw})
+
+    def validation_only(self) -> StepMetrics:
+        """Only this record's validation figures (kept when a newer step overtakes it unsent)."""
+        return StepMetrics(
+            step=self.step,
+            validation_reward_mean=self.validation_reward_mean,
+            validation_loss=self.validation_loss,
+            validation_step=self.validation_step,
+        )
+
+
+_FIGURES = (
+    "epoch",
+    "reward_mean",
+    "kl_loss",
+    "response_length_mean",
+    "tokens_per_second",
+    "seconds_per_step",
+    "loss",
+    "validation_reward_mean",
+    "validation_loss",
+    "validation_step",
+)
 
 
 def _number(data: Mapping[str, Any], key: str) -> float | None:
@@ -49,10 +88,13 @@ def _number(data: Mapping[str, Any], key: str) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _validation_score(data: Mapping[str, Any]) -> float | None:
-    """The first ``val-core/<source>/(reward|acc)/mean@N`` value: the headline validation number verl logs."""
-    for key in sorted(data):
-        if key.startswith(VALIDATION_PREFIX) and "/mean@" in key and (score := _number(data, key)) is not None:
+def _validation_reward(data: Mapping[str, Any]) -> float | None:
+    """verl's headline validation number: ``val-core/<source>/reward/mean@N`` (else the first other
+    ``val-core/.../mean@N``, e.g. ``acc``).
+    """
+    keys = [k for k in sorted(data) if k.startswith(VALIDATION_PREFIX) and "/mean@" in k]
+    for key in sorted(keys, key=lambda k: "/reward/mean@" not in k):
+        if (score := _number(data, key)) is not None:
             return score
     return None
 
@@ -75,6 +117,7 @@ def parse_line(line: str | bytes) -> StepMetrics | None:
     # Whole-cluster tokens/s; verl's perf/throughput is per GPU, used only when the totals are missing.
     tokens_per_second = tokens / seconds if tokens is not None and seconds else _number(data, THROUGHPUT_PER_GPU)
     epoch = _number(data, EPOCH)
+    validation_reward, validation_loss = _validation_reward(data), _number(data, SFT_VALIDATION_LOSS)
     return StepMetrics(
         step=int(step),
         epoch=None if epoch is None else int(epoch),
@@ -82,7 +125,10 @@ def parse_line(line: str | bytes) -> StepMetrics | None:
         kl_loss=_number(data, KL_LOSS),
         response_length_mean=_number(data, RESPONSE_LENGTH_MEAN),
         tokens_per_second=tokens_per_second,
-        validation_score=_validation_score(data),
+        loss=_number(data, SFT_LOSS),
+        validation_reward_mean=validation_reward,
+        validation_loss=validation_loss,
+        validation_step=int(step) if validation_reward is not None or validation_loss is not None else None,
         seconds_per_step=seconds,
         raw=data,
     )

@@ -142,3 +142,34 @@ def write_tasks(path: Path, count: int, *, seed: int = 0, answer: str = "tags") 
     tasks = arithmetic_tasks(count, seed=seed, answer=answer)
     path.write_text("".join(json.dumps(task) + "\n" for task in tasks), encoding="utf-8")
     return path
+
+
+def arithmetic_demonstration(task: dict[str, object]) -> str:
+    """The worked answer to one arithmetic task, in the format the prompt asks for (what SFT teaches)."""
+    metadata = task["metadata"]
+    assert isinstance(metadata, dict)
+    a, b = metadata["a"], metadata["b"]
+    return f"<think>{a} plus {b} is {a + b}</think><answer>{a + b}</answer>"
+
+
+def write_sft_demonstrations(
+    output_dir: Path, count: int, *, seed: int = 0, validation_fraction: float = 0.125
+) -> tuple[Path, Path]:
+    """``train.parquet`` and ``validation.parquet`` of SFT demonstrations: a chat ``prompt`` and its ``response``,
+    split by task id like ``loka-trainer dataset`` splits the RL tasks.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from loka_api.dataset import in_validation
+
+    rows: dict[str, list[dict[str, object]]] = {"train": [], "validation": []}
+    for task in arithmetic_tasks(count, seed=seed):
+        split = "validation" if in_validation(str(task["id"]), validation_fraction, "loka") else "train"
+        prompt = [{"role": "user", "content": str(task["prompt"])}]
+        rows[split].append({"prompt": prompt, "response": arithmetic_demonstration(task)})
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = (output_dir / "train.parquet", output_dir / "validation.parquet")
+    for path, split in zip(paths, ("train", "validation"), strict=True):
+        pq.write_table(pa.Table.from_pylist(rows[split]), path)
+    return paths

@@ -10,11 +10,13 @@ import pytest
 
 from loka_api import TrainingRunSpec
 from loka_api.render import (
+    SFT_MESSAGES_COLUMN,
     StagedPaths,
     VerlConfigError,
     compose_verl_config,
     render_verl_overrides,
     verl_command,
+    verl_config_name,
 )
 
 PATHS = StagedPaths(
@@ -180,3 +182,78 @@ def test_api_and_renderer_load_without_kopf_kubernetes_or_hydra() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------------------------- SFT
+
+
+def make_sft_spec(**overrides: Any) -> TrainingRunSpec:
+    body: dict[str, Any] = {
+        "algorithm": "sft",
+        "image": "ghcr.io/acme/loka:rl-train",
+        "model": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct"},
+        "data": {
+            "train": "s3://data/demos/train.parquet",
+            "validation": "s3://data/demos/test.parquet",
+            "responseKey": "answer",
+            "maxPromptLength": 512,
+            "maxResponseLength": 1024,
+        },
+        "training": {"epochs": 3, "batchSize": 64, "learningRate": 1.0e-5, "microBatchSizePerGpu": 2},
+        "resources": {"workers": 2, "gpusPerWorker": 8},
+        "checkpoints": {"uri": "s3://ckpt/", "every": 20, "keep": 2, "resume": "auto"},
+        "tracking": {"wandb": {"project": "orbital_sft"}},
+    }
+    body.update(overrides)
+    return TrainingRunSpec.model_validate(body)
+
+
+def test_sft_renders_verls_sft_trainer_keys_and_composes_in_its_config() -> None:
+    spec = make_sft_spec()
+    overrides = render_verl_overrides(spec, run_name="qwen-sft", namespace="team-a", paths=PATHS)
+    config = compose_verl_config(overrides, config_name=verl_config_name(spec))
+    assert verl_config_name(spec) == "sft_trainer_engine"
+    assert (config.data.train_files, config.data.val_files) == ("/stage/train.parquet", "/stage/val.parquet")
+    assert config.data.messages_key == SFT_MESSAGES_COLUMN  # the trainer stages demonstrations as conversations
+    assert config.data.max_length == 512 + 1024  # maxLength defaults to prompt + response
+    assert (config.data.train_batch_size, config.data.micro_batch_size_per_gpu) == (64, 2)
+    assert config.data.use_dynamic_bsz is False
+    assert config.model.path == "/stage/model"
+    assert config.optim.lr == 1.0e-5
+    assert (config.trainer.nnodes, config.trainer.n_gpus_per_node, config.trainer.total_epochs) == (2, 8, 3)
+    # S3 keeps checkpoints.keep; one local copy is enough to upload from (as for RL).
+    assert (config.trainer.save_freq, config.trainer.max_ckpt_to_keep, config.trainer.test_freq) == (20, 1, 20)
+    assert (config.trainer.default_local_dir, config.trainer.resume_mode) == ("/stage/ckpt", "auto")
+    assert list(config.trainer.logger) == ["console", "file", "wandb"]
+    assert config.trainer.experiment_name == "qwen-sft"
+    assert not any(o.startswith(("+ray_kwargs", "algorithm.", "actor_rollout_ref.", "reward.")) for o in overrides)
+
+
+def test_sft_runs_the_trainer_images_wrapper_of_verls_ray_sft_trainer() -> None:
+    spec = make_sft_spec()
+    command = verl_command(spec, run_name="r", namespace="n", paths=PATHS)
+    assert command[:3] == [sys.executable, "-m", "loka_trainer.verl_sft"]
+
+
+def test_sft_with_a_messages_column_and_max_length_passes_them_through() -> None:
+    spec = make_sft_spec(data={"train": "s3://d/t.parquet", "messagesKey": "conversation", "maxLength": 4096})
+    paths = StagedPaths(model="m", train_files=Path("/t.parquet"), checkpoint_dir=Path("/c"))
+    config = compose_verl_config(
+        render_verl_overrides(spec, run_name="r", namespace="n", paths=paths), config_name="sft_trainer_engine"
+    )
+    assert (config.data.messages_key, config.data.max_length) == ("conversation", 4096)
+    # Without validation data verl's SFT trainer must never validate (it would iterate a missing dataloader).
+    assert (config.data.val_files, config.trainer.test_freq) == (None, -1)
+
+
+def test_sft_overrides_are_checked_against_the_sft_config_not_ppos() -> None:
+    spec = make_sft_spec(verlOverrides=["actor_rollout_ref.rollout.n=4"])
+    overrides = render_verl_overrides(spec, run_name="r", namespace="n", paths=PATHS)
+    with pytest.raises(VerlConfigError) as caught:
+        compose_verl_config(overrides, config_name=verl_config_name(spec))
+    assert "not in verl's sft_trainer_engine config" in str(caught.value)
+    fine = make_sft_spec(verlOverrides=["engine.ulysses_sequence_parallel_size=2", "optim.weight_decay=0.1"])
+    config = compose_verl_config(
+        render_verl_overrides(fine, run_name="r", namespace="n", paths=PATHS), config_name="sft_trainer_engine"
+    )
+    assert config.engine.ulysses_sequence_parallel_size == 2

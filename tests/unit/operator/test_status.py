@@ -427,3 +427,15 @@ def test_each_attempt_records_its_ray_job_for_loka_logs_attempt() -> None:
     ]
     wire = history[-1].model_dump(mode="json", by_alias=True)["attempts"][0]
     assert wire["rayJobID"] == "qwen-a1"
+
+
+def test_a_finished_run_keeps_the_reason_it_ended_with_once_its_rayjob_is_gone() -> None:
+    # ttlSecondsAfterFinished deletes the RayJob; the run's Failed condition must still say why it failed.
+    running = calculate_status(observe(rayjob("Running")), TrainingRunStatus()).status
+    failed = calculate_status(
+        observe(rayjob("Failed", "FAILED", reason="AppFailed", message="driver exited with code 1")), running
+    ).status
+    after_ttl = calculate_status(observe(None), failed).status
+    condition = next(c for c in after_ttl.conditions if c.type == "Failed")
+    assert after_ttl.phase == RunPhase.FAILED
+    assert (condition.status, condition.reason, condition.message) == ("True", "AppFailed", "driver exited with code 1")

@@ -53,3 +53,25 @@ def test_an_unknown_builtin_input_is_refused_naming_the_field_and_the_accepted_o
         stage_inputs(spec_with(model, train), tmp_path, NO_S3)
     assert str(refused.value) == message
     assert not (tmp_path / "model").exists()
+
+
+def test_an_sft_run_on_builtin_arithmetic_trains_on_worked_answers_of_the_same_tasks(tmp_path: Path) -> None:
+    from loka_trainer.sft_data import read_conversations
+
+    spec = TrainingRunSpec.model_validate(
+        {
+            "image": "x",
+            "algorithm": "sft",
+            "model": {"uri": "builtin://tiny-qwen2"},
+            "data": {"train": "builtin://arithmetic", "validation": "builtin://arithmetic", "responseKey": "response"},
+        }
+    )
+
+    staged = stage_inputs(spec, tmp_path, NO_S3)
+
+    assert staged.val_files is not None
+    conversations = read_conversations(staged.train_files, "messages")
+    held_out = read_conversations(staged.val_files, "messages")
+    assert len(conversations) + len(held_out) == 1024 and 0 < len(held_out) < len(conversations)
+    assert [m["role"] for m in conversations[0]] == ["user", "assistant"]
+    assert "<answer>" in conversations[0][-1]["content"]

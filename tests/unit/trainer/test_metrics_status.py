@@ -36,9 +36,46 @@ def test_verl_step_record_maps_to_status_fields() -> None:
         kl_loss=0.002,
         response_length_mean=311.5,
         tokens_per_second=5400.0,
-        validation_score=0.4,
+        validation_reward_mean=0.4,
+        validation_step=7,
         seconds_per_step=10.0,
     )
+
+
+def test_the_reward_figure_wins_over_other_validation_figures() -> None:
+    parsed = parse_line(line(3, **{"val-core/openai/gsm8k/reward/mean@4": 0.7}))
+    assert parsed is not None
+    assert (parsed.validation_reward_mean, parsed.validation_step) == (0.7, 3)
+
+
+def test_verl_sft_logs_its_loss_and_validation_loss_as_two_records_of_one_step() -> None:
+    sent: list[dict[str, Any]] = []
+    reporter = StatusReporter(sent.append, total_steps=10, min_interval=10.0, clock=FakeClock())
+    train = parse_line(json.dumps({"step": 5, "data": {"train/loss": 1.25, "train/lr": 1e-5}}))
+    validation = parse_line(json.dumps({"step": 5, "data": {"val/loss": 1.5}}))
+    assert train is not None and validation is not None
+    assert (train.loss, train.validated) == (1.25, False)
+    reporter.report_metrics(StepMetrics(step=4, loss=1.5))  # sent at once: the interval starts here
+    reporter.report_metrics(train)
+    reporter.report_metrics(validation)
+    reporter.flush()
+    assert sent[-1]["progress"]["step"] == 5
+    assert sent[-1]["metrics"]["loss"] == 1.25
+    assert sent[-1]["metrics"]["validationLoss"] == 1.5
+    assert sent[-1]["metrics"]["validationStep"] == 5
+
+
+def test_a_validation_result_is_not_dropped_when_newer_steps_overtake_it_within_the_interval() -> None:
+    sent: list[dict[str, Any]] = []
+    reporter = StatusReporter(sent.append, min_interval=10.0, clock=FakeClock())
+    reporter.report_metrics(StepMetrics(step=1, reward_mean=0.1))
+    reporter.report_metrics(StepMetrics(step=2, reward_mean=0.2, validation_reward_mean=0.5, validation_step=2))
+    reporter.report_metrics(StepMetrics(step=3, reward_mean=0.3))
+    reporter.flush()
+    last = sent[-1]
+    assert last["progress"]["step"] == 3
+    assert last["metrics"]["rewardMean"] == 0.3
+    assert (last["metrics"]["validationRewardMean"], last["metrics"]["validationStep"]) == (0.5, 2)
 
 
 def test_throughput_falls_back_to_verl_per_gpu_figure_without_totals() -> None:

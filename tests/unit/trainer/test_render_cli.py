@@ -140,27 +140,52 @@ def test_checkpoint_callback_class_is_a_verl_checkpoint_callback() -> None:
     assert issubclass(load_class_from_fqn(DEFAULT_CHECKPOINT_CALLBACK, "CheckpointCallback"), CheckpointCallback)
 
 
-def verl_example_manifests() -> list[Path]:
-    examples = Path(__file__).resolve().parents[3] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+
+
+def example_runs(engine: str | None = None, algorithm: str | None = None) -> list[tuple[Path, str]]:
+    """(file, run name) of every TrainingRun in examples/ (pipelines hold several), by engine and algorithm."""
     found = []
-    for path in sorted(examples.glob("*.yaml")):
+    for path in sorted(EXAMPLES.rglob("*.yaml")):
         for document in yaml.safe_load_all(path.read_text()):
-            is_run = isinstance(document, dict) and document.get("kind") == "TrainingRun"
-            if is_run and document.get("spec", {}).get("engine", "verl") == "verl":
-                found.append(path)
+            if not isinstance(document, dict) or document.get("kind") != "TrainingRun":
+                continue
+            spec = document.get("spec", {})
+            if engine not in (None, spec.get("engine", "verl")):
+                continue
+            is_sft = spec.get("algorithm") == "sft"
+            if algorithm is None or (algorithm == "sft") == is_sft:
+                found.append((path, document["metadata"]["name"]))
     return found
 
 
-@pytest.mark.parametrize("source", ["test-manifest", *verl_example_manifests()], ids=str)
+def example_id(example: object) -> str:
+    if isinstance(example, tuple):
+        return f"{example[0].relative_to(EXAMPLES)}:{example[1]}"
+    return str(example)
+
+
+@pytest.mark.parametrize("example", example_runs(), ids=example_id)
+def test_every_example_run_is_a_valid_training_run(example: tuple[Path, str]) -> None:
+    from loka_trainer.runner import load_manifest
+
+    path, name = example
+    assert load_manifest(path, name=name).metadata.name == name
+
+
+@pytest.mark.parametrize("source", ["test-manifest", *example_runs("verl", "rl")], ids=example_id)
 def test_rendered_verl_config_passes_verls_own_validation(
-    source: str | Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    source: str | tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """What verl.trainer.main_ppo checks before it starts Ray (batch divisibility, micro-batches, rollout)."""
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
-    path = write_manifest(tmp_path, MANIFEST) if source == "test-manifest" else Path(source)
-    assert main(["render", "-f", str(path)]) == EXIT_OK
+    if isinstance(source, str):
+        args = ["render", "-f", str(write_manifest(tmp_path, MANIFEST))]
+    else:
+        args = ["render", "-f", str(source[0]), "--name", source[1]]
+    assert main(args) == EXIT_OK
     config = compose_verl_config(rendered_overrides(capsys))
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     assert need_reference_policy(config)  # KL loss is on: verl builds the reference model
@@ -174,3 +199,28 @@ def test_render_picks_the_training_run_out_of_a_multi_document_file(
     path.write_text(yaml.safe_dump_all([{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}}, MANIFEST]))
     assert main(["render", "-f", str(path)]) == EXIT_OK
     assert compose_verl_config(rendered_overrides(capsys)).trainer.experiment_name == "qwen-gsm8k"
+
+
+@pytest.mark.parametrize("example", example_runs("verl", "sft"), ids=example_id)
+def test_rendered_verl_sft_config_composes_and_builds_verls_config_objects(
+    example: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """verl's SFT trainer: the config its Hydra main composes, then the dataclasses it builds first."""
+    from verl.utils.config import omega_conf_to_dataclass
+
+    path, name = example
+    assert main(["render", "-f", str(path), "--name", name]) == EXIT_OK
+    argv = shlex.split(capsys.readouterr().out.strip())
+    assert argv[:3] == ["python", "-m", "loka_trainer.verl_sft"]
+    config = compose_verl_config(argv[3:], config_name="sft_trainer_engine")
+    for section in (config.engine, config.optim, config.checkpoint):
+        omega_conf_to_dataclass(section)
+    assert config.trainer.experiment_name == name
+
+
+def test_render_asks_which_run_when_a_file_holds_a_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = EXAMPLES / "pipeline" / "sft-then-grpo-gpu.yaml"
+    assert main(["render", "-f", str(path)]) == EXIT_BAD_INPUT
+    assert "2 TrainingRuns (toy-sft, toy-grpo): pick one with --name" in capsys.readouterr().err
+    assert main(["render", "-f", str(path), "--name", "nope"]) == EXIT_BAD_INPUT
+    assert "no TrainingRun named 'nope' (found: toy-sft, toy-grpo)" in capsys.readouterr().err

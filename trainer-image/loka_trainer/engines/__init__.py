@@ -1,9 +1,10 @@
 """Training engines behind one interface: the runner stages inputs and restores a checkpoint, an engine runs
 the steps, writes per-step metrics in verl's file-logger format and hands each checkpoint to the store.
 
-- ``verl``: ``python -m verl.trainer.main_ppo`` on the Ray cluster (GPUs); checkpoints go up from verl's
-  ``trainer.checkpoint_callback_class``.
-- ``trl``: TRL's GRPOTrainer in this process (runs on CPU); checkpoints go up from a TrainerCallback.
+- ``verl``: ``python -m verl.trainer.main_ppo`` (RL) or ``loka_trainer.verl_sft`` (SFT) on the Ray cluster (GPUs);
+  checkpoints go up from verl's ``trainer.checkpoint_callback_class`` (SFT: the same callback, from its handler).
+- ``trl``: TRL's GRPOTrainer or SFTTrainer in this process (runs on CPU); checkpoints go up from a
+  TrainerCallback.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class EngineJob:
     on_checkpoint: Callable[[CheckpointRecord], None]
     stop: threading.Event
     wandb_mode: str
+    source_uri: str | None = None  # status.source.uri: the checkpoint spec.model.fromRun resolved to
 
 
 class Engine(Protocol):

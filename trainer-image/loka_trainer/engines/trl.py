@@ -1,7 +1,9 @@
-"""The trl engine: TRL's GRPOTrainer in this process, on CPU when there is no GPU (the local demo and CI).
+"""The trl engine: TRL's GRPOTrainer (RL) or SFTTrainer (sft) in this process, on CPU when there is no GPU (the
+local demo and CI).
 
-It reads the same RL parquet as verl, scores with the same ``compute_score`` reward, logs the same metric
-names into the same JSONL file, and stores checkpoints in the same S3 layout.
+It reads the same parquet as verl (RL prompts; SFT conversations as the trainer staged them), scores with the same
+``compute_score`` reward, logs the same metric names into the same JSONL file (validation included), and stores
+checkpoints in the same S3 layout.
 """
 
 from __future__ import annotations
@@ -10,15 +12,18 @@ import importlib
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loka_api import TrainingRunSpec
+from loka_api import Algorithm, TrainingRunSpec
 from loka_api.contract import ENV_WANDB_MODE
+from loka_api.render import SFT_MESSAGES_COLUMN
 from loka_trainer import step_metrics as names
 from loka_trainer.checkpoints import VERL_TRACKER_NAME, drop_older_local_checkpoints
 from loka_trainer.engines import EngineJob
+from loka_trainer.sft_data import read_conversations
 from loka_trainer.step_metrics import MetricsWriter
 from loka_trainer.storage import TransferCancelledError
 
@@ -26,6 +31,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_REWARD = "loka_trainer.rewards.gsm8k:compute_score"
 ComputeScore = Callable[..., Any]
+ToVerl = Callable[..., dict[str, float]]
 
 
 def load_reward(function: str) -> ComputeScore:
@@ -80,6 +86,36 @@ def verl_metrics(logs: dict[str, float], *, step: int) -> dict[str, float]:
     return data
 
 
+def verl_sft_metrics(logs: dict[str, float], *, step: int) -> dict[str, float]:
+    """SFTTrainer's log keys under the names verl's SFT trainer logs."""
+    data = {names.SFT_LOSS: float(logs["loss"]), names.STEP: step}
+    if "learning_rate" in logs:
+        data["train/lr"] = float(logs["learning_rate"])
+    if "epoch" in logs:
+        data[names.EPOCH] = math.floor(float(logs["epoch"]))
+    return data
+
+
+def verl_validation_metrics(logs: dict[str, float], *, samples: int) -> dict[str, float]:
+    """An evaluation's figures under verl's validation names (``val-core/<source>/reward/mean@N``, ``val/loss``)."""
+    data: dict[str, float] = {}
+    if "eval_reward" in logs:
+        data[f"{names.VALIDATION_PREFIX}all/reward/mean@{samples}"] = float(logs["eval_reward"])
+    if "eval_loss" in logs and "eval_reward" not in logs:
+        data[names.SFT_VALIDATION_LOSS] = float(logs["eval_loss"])
+    return data
+
+
+def sft_example(messages: list[dict[str, str]], *, chat: bool) -> dict[str, Any]:
+    """A conversation as TRL's prompt-completion example: the loss is on the final assistant turn only, as verl
+    trains on assistant turns. Without a chat template the turns are flattened to text.
+    """
+    prompt, completion = messages[:-1], messages[-1]
+    if chat:
+        return {"prompt": prompt, "completion": [completion]}
+    return {"prompt": as_text(prompt), "completion": " " + completion["content"]}
+
+
 class TrlEngine:
     name = "trl"
     uses_ray = False
@@ -93,16 +129,32 @@ class TrlEngine:
         return None  # one process, the whole checkpoint
 
     def run(self, job: EngineJob) -> int:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(job.inputs.model)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        writer = MetricsWriter(job.metrics_file)
+        try:
+            build = self._sft if job.spec.algorithm is Algorithm.SFT else self._grpo
+            trainer = build(job, tokenizer, writer)
+            resume_from = None
+            if job.resume is not None:
+                resume_from = str(job.resume.folder)
+                (job.checkpoint_dir / VERL_TRACKER_NAME).unlink(missing_ok=True)
+            elif trainer.eval_dataset is not None and job.spec.algorithm.is_rl:
+                trainer.evaluate()  # verl's val_before_train: the starting weights' validation reward, at step 0
+            trainer.train(resume_from_checkpoint=resume_from)
+        finally:
+            writer.close()
+        return 0
+
+    def _grpo(self, job: EngineJob, tokenizer: Any, writer: MetricsWriter) -> Any:
         import datasets
-        import torch
-        from transformers import AutoTokenizer, TrainerCallback
         from trl.trainer.grpo_config import GRPOConfig
         from trl.trainer.grpo_trainer import GRPOTrainer
 
         spec, training = job.spec, job.spec.training
-        tokenizer = AutoTokenizer.from_pretrained(job.inputs.model)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
         has_template = tokenizer.chat_template is not None
         prompt_key = spec.data.prompt_key
 
@@ -114,95 +166,156 @@ class TrlEngine:
                 "data_source": str(row.get("data_source") or ""),
             }
 
-        raw = datasets.Dataset.from_parquet(str(job.inputs.train_files))
-        train = raw.map(to_trl, remove_columns=raw.column_names)
+        def load(path: Path | None) -> Any:
+            if path is None:
+                return None
+            raw = datasets.Dataset.from_parquet(str(path))
+            return raw.map(to_trl, remove_columns=raw.column_names)
+
         reward = trl_reward(load_reward(spec.reward.function if spec.reward else DEFAULT_REWARD))
-        every = spec.checkpoints.every if spec.checkpoints else None
-        use_wandb = spec.tracking is not None and spec.tracking.wandb is not None and job.wandb_mode != "disabled"
-        if use_wandb and spec.tracking and spec.tracking.wandb:
-            os.environ.setdefault("WANDB_PROJECT", spec.tracking.wandb.project)
-            os.environ[ENV_WANDB_MODE] = job.wandb_mode
-            os.environ.setdefault("WANDB_DIR", str(job.work_dir))
+        batch = training.batch_size * training.samples_per_prompt
         config = GRPOConfig(
-            output_dir=str(job.checkpoint_dir),
-            run_name=job.run_name,
-            per_device_train_batch_size=training.batch_size * training.samples_per_prompt,
+            **common_arguments(job, eval_batch=batch),
+            per_device_train_batch_size=batch,
             gradient_accumulation_steps=1,
             num_generations=training.samples_per_prompt,
             max_completion_length=spec.data.max_response_length,
-            learning_rate=training.learning_rate,
             beta=training.kl_loss_coef,
-            num_train_epochs=training.epochs,
-            max_steps=training.max_steps or -1,
-            save_strategy="steps" if every else "no",
-            save_steps=every or 500,
-            save_total_limit=1,  # S3 keeps `keep`; one local copy is enough to upload from
-            logging_steps=1,
-            report_to=["wandb"] if use_wandb else [],
-            use_cpu=not torch.cuda.is_available(),
-            bf16=False,
-            fp16=False,
-            dataloader_num_workers=0,
-            disable_tqdm=True,
-            seed=0,
         )
-
-        writer = MetricsWriter(job.metrics_file)
-        loka_job = job
-
-        class LokaCallback(TrainerCallback):
-            def __init__(self) -> None:
-                self.tokens_seen = 0.0
-
-            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-                if loka_job.stop.is_set():
-                    control.should_training_stop = True
-                    control.should_save = False
-                elif every and state.max_steps and state.global_step >= state.max_steps:
-                    control.should_save = True  # like verl: always a checkpoint at the end
-                return control
-
-            def on_log(
-                self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any
-            ) -> Any:
-                if not logs or "reward" not in logs:
-                    return control
-                tokens = float(logs.get("num_tokens", self.tokens_seen))
-                new_tokens, self.tokens_seen = tokens - self.tokens_seen, tokens
-                data = verl_metrics(logs, step=state.global_step)
-                if float(logs.get("step_time", 0.0)) > 0:
-                    data[names.TOTAL_TOKENS] = new_tokens
-                    data[names.TIME_PER_STEP] = float(logs["step_time"])
-                writer.log(state.global_step, data)
-                return control
-
-            def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                if loka_job.checkpoints is not None and folder.is_dir():
-                    try:
-                        record = loka_job.checkpoints.upload(state.global_step, folder, cancel=loka_job.stop)
-                    except TransferCancelledError:
-                        log.warning("upload of step %d abandoned on stop; the marker was not moved", state.global_step)
-                        control.should_training_stop = True
-                        return control
-                    loka_job.on_checkpoint(record)
-                    drop_older_local_checkpoints(loka_job.checkpoint_dir, state.global_step)  # the restored one
-                return control
-
-        trainer = GRPOTrainer(
+        return GRPOTrainer(
             model=job.inputs.model,
             reward_funcs=[reward],
             args=config,
-            train_dataset=train,
+            train_dataset=load(job.inputs.train_files),
+            eval_dataset=load(job.inputs.val_files),
             processing_class=tokenizer,
-            callbacks=[LokaCallback()],
+            callbacks=[loka_callback(job, writer, to_verl=verl_metrics, samples=training.samples_per_prompt)],
         )
-        resume_from = None
-        if job.resume is not None:
-            resume_from = str(job.resume.folder)
-            (job.checkpoint_dir / VERL_TRACKER_NAME).unlink(missing_ok=True)
-        try:
-            trainer.train(resume_from_checkpoint=resume_from)
-        finally:
-            writer.close()
-        return 0
+
+    def _sft(self, job: EngineJob, tokenizer: Any, writer: MetricsWriter) -> Any:
+        import datasets
+        from trl.trainer.sft_config import SFTConfig
+        from trl.trainer.sft_trainer import SFTTrainer
+
+        spec, training = job.spec, job.spec.training
+        messages_key = spec.data.messages_key or SFT_MESSAGES_COLUMN
+        chat = tokenizer.chat_template is not None
+
+        def load(path: Path | None) -> Any:
+            if path is None:
+                return None
+            rows = [sft_example(messages, chat=chat) for messages in read_conversations(path, messages_key)]
+            return datasets.Dataset.from_list(rows)
+
+        config = SFTConfig(
+            **common_arguments(job, eval_batch=training.batch_size),
+            per_device_train_batch_size=training.batch_size,
+            gradient_accumulation_steps=1,
+            max_length=spec.data.sft_max_length,
+            completion_only_loss=True,
+            packing=False,
+            dataset_num_proc=None,
+        )
+        return SFTTrainer(
+            model=job.inputs.model,
+            args=config,
+            train_dataset=load(job.inputs.train_files),
+            eval_dataset=load(job.inputs.val_files),
+            processing_class=tokenizer,
+            callbacks=[loka_callback(job, writer, to_verl=verl_sft_metrics, samples=1)],
+        )
+
+
+def common_arguments(job: EngineJob, *, eval_batch: int) -> dict[str, Any]:
+    """TrainingArguments both trainers share: schedule, checkpoints, validation at every checkpoint, CPU."""
+    import torch
+
+    spec, training = job.spec, job.spec.training
+    every = spec.checkpoints.every if spec.checkpoints else None
+    validate = job.inputs.val_files is not None and every is not None
+    use_wandb = spec.tracking is not None and spec.tracking.wandb is not None and job.wandb_mode != "disabled"
+    if use_wandb and spec.tracking and spec.tracking.wandb:
+        os.environ.setdefault("WANDB_PROJECT", spec.tracking.wandb.project)
+        os.environ[ENV_WANDB_MODE] = job.wandb_mode
+        os.environ.setdefault("WANDB_DIR", str(job.work_dir))
+    return {
+        "output_dir": str(job.checkpoint_dir),
+        "run_name": job.run_name,
+        "learning_rate": training.learning_rate,
+        "num_train_epochs": training.epochs,
+        "max_steps": training.max_steps or -1,
+        "save_strategy": "steps" if every else "no",
+        "save_steps": every or 500,
+        "save_total_limit": 1,  # S3 keeps `keep`; one local copy is enough to upload from
+        "eval_strategy": "steps" if validate else "no",
+        "eval_steps": every if validate else None,
+        "per_device_eval_batch_size": eval_batch,
+        "logging_steps": 1,
+        "report_to": ["wandb"] if use_wandb else [],
+        "use_cpu": not torch.cuda.is_available(),
+        "bf16": False,
+        "fp16": False,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+        "seed": 0,
+    }
+
+
+def loka_callback(job: EngineJob, writer: MetricsWriter, *, to_verl: ToVerl, samples: int) -> Any:
+    """The TrainerCallback that stops on SIGTERM, writes each step's metrics (and each validation) in verl's
+    format, saves at the end like verl, and uploads each checkpoint (files, manifest, then marker).
+    """
+    from transformers import TrainerCallback
+
+    every = job.spec.checkpoints.every if job.spec.checkpoints else None
+
+    class LokaCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.tokens_seen = 0.0
+            self.step_started = 0.0
+            self.step_seconds = 0.0
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            self.step_started = time.monotonic()
+            return control
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            self.step_seconds = time.monotonic() - self.step_started
+            if job.stop.is_set():
+                control.should_training_stop = True
+                control.should_save = False
+            elif every and state.max_steps and state.global_step >= state.max_steps:
+                control.should_save = True  # like verl: always a checkpoint at the end
+            return control
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> Any:
+            if not logs:
+                return control
+            validation = verl_validation_metrics(logs, samples=samples)
+            if validation:
+                writer.log(state.global_step, validation)
+            elif "reward" in logs or "loss" in logs:
+                data = to_verl(logs, step=state.global_step)
+                tokens = float(logs.get("num_tokens", self.tokens_seen))
+                new_tokens, self.tokens_seen = tokens - self.tokens_seen, tokens
+                seconds = float(logs.get("step_time", 0.0)) or self.step_seconds
+                if seconds > 0 and new_tokens > 0:
+                    data[names.TOTAL_TOKENS] = new_tokens
+                    data[names.TIME_PER_STEP] = seconds
+                writer.log(state.global_step, data)
+            return control
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if job.checkpoints is not None and folder.is_dir():
+                try:
+                    record = job.checkpoints.upload(state.global_step, folder, cancel=job.stop)
+                except TransferCancelledError:
+                    log.warning("upload of step %d abandoned on stop; the marker was not moved", state.global_step)
+                    control.should_training_stop = True
+                    return control
+                job.on_checkpoint(record)
+                drop_older_local_checkpoints(job.checkpoint_dir, state.global_step)  # the restored one
+            return control
+
+    return LokaCallback()

@@ -1,5 +1,7 @@
-"""The verl engine: run verl's ``main_ppo`` (through ``loka_trainer.verl_driver``, which keeps verl's TaskRunner on
-this node) with the one renderer's arguments, pass its output on redacted, stop it on SIGTERM."""
+"""The verl engine: run verl (``main_ppo`` for RL, through ``loka_trainer.verl_driver``, which keeps verl's
+TaskRunner on this node; ``loka_trainer.verl_sft`` for SFT) with the one renderer's arguments, pass its output on
+redacted, stop it on SIGTERM.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import time
 from collections.abc import Mapping
 from typing import IO
 
-from loka_api import TrainingRunSpec
+from loka_api import Algorithm, TrainingRunSpec
 from loka_api.contract import (
     ENV_CHECKPOINT_KEEP,
     ENV_CHECKPOINT_PREFIX,
@@ -25,7 +27,7 @@ from loka_api.contract import (
     ENV_RUN_UID,
     ENV_WANDB_MODE,
 )
-from loka_api.render import StagedPaths, verl_command
+from loka_api.render import VERL_FILE_LOGGER_ENV, StagedPaths, verl_command
 from loka_trainer.engines import EngineJob
 from loka_trainer.settings import redact
 
@@ -75,6 +77,8 @@ def process_environment(job: EngineJob, environ: Mapping[str, str] | None = None
     return {
         **(os.environ if environ is None else environ),
         **actor_environment(job, environ),
+        # The SFT driver (this subprocess) logs its metrics itself; main_ppo gets the path through Ray as well.
+        VERL_FILE_LOGGER_ENV: str(job.metrics_file),
         # The RayJob's runtimeEnvYAML already sets some of these keys; without this Ray refuses to merge the
         # job's runtime_env with verl's ray.init(runtime_env=...) ("same environment variable keys").
         "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1",
@@ -91,6 +95,9 @@ def hydra_string(value: str) -> str:
 def command(job: EngineJob, environ: Mapping[str, str] | None = None) -> list[str]:
     """The renderer's command, with the actor environment inserted before the user's verlOverrides."""
     rendered = verl_command(job.spec, run_name=job.run_name, namespace=job.namespace, paths=staged_paths(job))
+    if job.spec.algorithm is Algorithm.SFT:
+        # verl's SFT driver is this subprocess: the actor variables reach it through process_environment().
+        return rendered
     split = len(rendered) - len(job.spec.verl_overrides)
     extra = [f"{RUNTIME_ENV_PREFIX}{k}={hydra_string(v)}" for k, v in sorted(actor_environment(job, environ).items())]
     python, _, _verl_module, *overrides = rendered[:split]
@@ -166,7 +173,7 @@ def stage_other_nodes(job: EngineJob) -> None:
 
     def args_for(node: str | None) -> tuple[object, ...]:
         ranks = None if layout is None or node is None else layout.get(node, frozenset())
-        return (spec_json, str(job.work_dir), endpoint, resume, ranks)
+        return (spec_json, str(job.work_dir), endpoint, resume, ranks, job.source_uri)
 
     hosts = on_each_node(stage_on_node, args_for, skip_current=True)
     if hosts:

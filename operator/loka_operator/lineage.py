@@ -1,0 +1,178 @@
+"""spec.model.fromRun: a run that starts from another run's checkpoint waits until that checkpoint exists.
+
+`resolve` is pure: given the waiting run, the source run as the watch cache holds it (None when it is gone) and
+what status.source already records, it says whether the run waits, fails, or may start, and from which checkpoint.
+The source's uid is recorded at first sight, so a source deleted (or replaced by a new run of the same name) while
+the run waits fails it rather than leaving it waiting forever. Once recorded with its checkpoint, the lineage never
+changes: it survives the source's deletion.
+
+`SourceWaiters` remembers which runs wait on which source, so that a watch event of the source (a new checkpoint,
+success, failure, deletion) reconciles exactly the runs waiting on it: no polling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from loka_api import FromRun, RunPhase, SourceStatus, TrainingRun
+from loka_api.contract import FROM_RUN_FINAL, FROM_RUN_LATEST, checkpoint_uri, run_checkpoint_prefix
+from loka_operator.kube import JSON
+from loka_operator.naming import run_key
+from loka_operator.status import Problem, SourceState
+
+# A chain of fromRun longer than this is refused (and any loop is found within it).
+MAX_CHAIN = 32
+
+RunLookup = Callable[[str], JSON | None]  # a run of the same namespace by name, from the cache
+
+
+def checkpoint_prefix_of(source: TrainingRun) -> str | None:
+    """Where the source run keeps its checkpoints: under its uid (the contract's layout, the one place that knows
+    it), so a later run of the same name never hands over its own checkpoints.
+    """
+    if source.spec.checkpoints is None:
+        return None
+    meta = source.metadata
+    return run_checkpoint_prefix(source.spec.checkpoints.uri, meta.namespace, meta.name, meta.uid)
+
+
+def _wanted(from_run: FromRun) -> str:
+    if from_run.checkpoint == FROM_RUN_FINAL:
+        return "its final checkpoint"
+    if from_run.checkpoint == FROM_RUN_LATEST:
+        return "a checkpoint"
+    return f"checkpoint step {from_run.checkpoint}"
+
+
+def _describe(source: TrainingRun) -> str:
+    phase = source.status.phase.value if source.status.phase else "Pending"
+    step = source.status.checkpoint.step if source.status.checkpoint else None
+    return f"it is {phase}" + (f", checkpoint step {step}" if step is not None else ", no checkpoint yet")
+
+
+def _loop(run: TrainingRun, lookup: RunLookup) -> list[str] | None:
+    """The chain of fromRun names that leads back to ``run``, if it does (then nobody ever starts)."""
+    chain = [run.metadata.name]
+    name = run.spec.model.from_run.name if run.spec.model.from_run else None
+    while name is not None and len(chain) <= MAX_CHAIN:
+        if name in chain:
+            return [*chain, name] if name == run.metadata.name else None
+        chain.append(name)
+        body = lookup(name)
+        following = ((body or {}).get("spec") or {}).get("model", {}).get("fromRun") or {}
+        name = following.get("name")
+    return None
+
+
+def resolve(run: TrainingRun, source_body: JSON | None, *, lookup: RunLookup) -> SourceState:
+    """Where ``run`` stands with the source its spec.model.fromRun names."""
+    from_run = run.spec.model.from_run
+    if from_run is None:
+        msg = f"run {run.metadata.name!r} names no spec.model.fromRun"
+        raise ValueError(msg)
+    recorded = run.status.source
+    name, namespace = from_run.name, run.metadata.namespace
+    if recorded is not None and recorded.uri is not None:
+        return SourceState(recorded)  # resolved before: the lineage is fixed
+    seen = SourceStatus(run=name, uid=recorded.uid if recorded else None)
+    wanted = _wanted(from_run)
+
+    def waiting(reason: str, message: str, source: SourceStatus = seen) -> SourceState:
+        return SourceState(source, waiting=Problem(reason, message))
+
+    def failed(reason: str, message: str, source: SourceStatus = seen) -> SourceState:
+        return SourceState(source, failed=Problem(reason, message))
+
+    if source_body is None:
+        if seen.uid is not None:
+            return failed("SourceDeleted", f"source run {name!r} was deleted before it had {wanted}")
+        return waiting("SourceNotFound", f"waiting for run {name!r} (spec.model.fromRun) to exist in {namespace!r}")
+    uid = str(source_body.get("metadata", {}).get("uid", ""))
+    if seen.uid is not None and uid != seen.uid:
+        return failed(
+            "SourceReplaced",
+            f"source run {name!r} was deleted and created again (uid {seen.uid}, now {uid}) before it had {wanted}",
+        )
+    seen = SourceStatus(run=name, uid=uid)
+    try:
+        source = TrainingRun.model_validate(source_body)
+    except ValidationError:
+        return failed("SourceInvalid", f"source run {name!r} does not match the TrainingRun schema", seen)
+    if (loop := _loop(run, lookup)) is not None:
+        return failed("SourceCycle", f"spec.model.fromRun goes round in a circle: {' -> '.join(loop)}", seen)
+    prefix = checkpoint_prefix_of(source)
+    if prefix is None:
+        return failed(
+            "SourceKeepsNoCheckpoints", f"source run {name!r} has no spec.checkpoints: nothing to start from", seen
+        )
+    endpoint = source.spec.storage.endpoint if source.spec.storage else None
+    ours = run.spec.storage.endpoint if run.spec.storage else None
+    if endpoint != ours:
+        return failed(
+            "SourceStorageMismatch",
+            f"source run {name!r} stores checkpoints at S3 endpoint {endpoint or 'AWS S3'}, "
+            f"this run reads from {ours or 'AWS S3'} (spec.storage.endpoint must match)",
+            seen,
+        )
+
+    phase = source.status.phase
+    saved = source.status.checkpoint.step if source.status.checkpoint else None
+    every = source.spec.checkpoints.every if source.spec.checkpoints else 1
+    step = _checkpoint_step(from_run.checkpoint, phase, saved, every)
+    if step is not None:
+        return SourceState(SourceStatus(run=name, uid=uid, step=step, uri=checkpoint_uri(prefix, step)))
+    if phase == RunPhase.FAILED:
+        why = source.status.message or "no reason given"
+        return failed("SourceFailed", f"source run {name!r} failed before it had {wanted}: {why}", seen)
+    if phase == RunPhase.SUCCEEDED:
+        return failed("SourceEnded", f"source run {name!r} succeeded without {wanted} ({_describe(source)})", seen)
+    if (
+        from_run.checkpoint not in (FROM_RUN_FINAL, FROM_RUN_LATEST)
+        and saved is not None
+        and saved > int(from_run.checkpoint)
+    ):
+        return failed(
+            "SourceSkippedStep",
+            f"source run {name!r} is past step {from_run.checkpoint} without saving it "
+            f"(it saves every {every} steps and at its end; {_describe(source)})",
+            seen,
+        )
+    return waiting("WaitingForSource", f"waiting for run {name!r} to have {wanted} ({_describe(source)})", seen)
+
+
+def _checkpoint_step(wanted: str, phase: RunPhase | None, saved: int | None, every: int) -> int | None:
+    """The source checkpoint to start from, or None while there is none to take."""
+    if saved is None:
+        return None
+    if wanted == FROM_RUN_FINAL:
+        return saved if phase == RunPhase.SUCCEEDED else None
+    if wanted == FROM_RUN_LATEST:
+        return saved
+    # A step the source passed is in S3 if it saved it (every N steps): the trainer checks its manifest, and says
+    # so when keep pruned it meanwhile.
+    step = int(wanted)
+    return step if saved == step or (saved > step and step % every == 0) else None
+
+
+@dataclass
+class SourceWaiters:
+    """Which runs (by key) wait on which source run (by key)."""
+
+    _waiting_on: dict[str, str] = field(default_factory=dict)
+
+    def wait(self, run: str, source: str) -> None:
+        self._waiting_on[run] = source
+
+    def done(self, run: str) -> None:
+        self._waiting_on.pop(run, None)
+
+    def dependents(self, source: str) -> list[str]:
+        return sorted(run for run, on in self._waiting_on.items() if on == source)
+
+
+def source_key(run: TrainingRun) -> str | None:
+    from_run = run.spec.model.from_run
+    return run_key(run.metadata.namespace, from_run.name) if from_run is not None else None
