@@ -70,7 +70,11 @@ class OperatorProcess:
             stderr=subprocess.STDOUT,
             cwd=REPO,
         )
-        wait_until(self.healthy, timeout=60, what=f"loka-operator liveness (log: {self.log_path})")
+        try:
+            wait_until(self.healthy, timeout=60, what=f"loka-operator liveness (log: {self.log_path})")
+        except BaseException:
+            self.stop()  # one that never became healthy must not outlive the caller that gives up on it
+            raise
 
     def healthy(self) -> bool:
         if self.proc is None or self.proc.poll() is not None:

@@ -83,6 +83,21 @@ def test_the_same_tests_fail_for_an_identity_without_those_rights(cluster: Any, 
     # The operator stops at startup (its first LIST is refused), so the test errors in its fixture or fails.
     assert re.search(r"\b1 (failed|error)\b", done.stdout), done.stdout[-2000:]
     assert RBAC_REFUSAL.search(_operator_log(tmp_path)), "the refusal check would not have noticed"
+    # The operator that never became ready was stopped with the fixture that gave up on it, not left running.
+    assert _processes_using(kubeconfig) == [], "an operator started by the inner suite outlived it"
+
+
+def _processes_using(kubeconfig: Path) -> list[int]:
+    """PIDs of live processes whose environment names ``kubeconfig`` (the inner suite's operator)."""
+    wanted = f"KUBECONFIG={kubeconfig}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and wanted in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+    return found
 
 
 @contextmanager
