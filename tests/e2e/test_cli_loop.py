@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from localcluster.controlplane import LocalCluster
+from localcluster.controlplane import LocalCluster, kubectl_binary
 from tests.e2e.test_training_runs import RunWatch, run_manifest
 
 LOKA = str(Path(sys.executable).with_name("loka"))
@@ -33,27 +33,49 @@ def free_port() -> int:
         return port
 
 
-def wait_for_kwok_port_forward(cluster: LocalCluster, namespace: str, timeout: float = 60) -> None:
+def wait_for_head_port_forward(cluster: LocalCluster, namespace: str, timeout: float = 90) -> None:
+    """Until Ray's dashboard answers through the head pod's port-forward. KWOK is the kubelet here and serves it
+    only once the pod shim has told it where the local Ray head is and KWOK has loaded that (a real kubelet serves
+    a started pod at once): without this wait the CLI races the simulation, not the cluster."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if cluster.kubectl("-n", namespace, "get", "portforwards.kwok.x-k8s.io", "-o", "name").stdout.strip():
+        pods = cluster.kubectl("-n", namespace, "get", "pods", "-l", "ray.io/node-type=head", "-o", "name").stdout
+        if pods.strip() and _dashboard_answers_through(cluster, namespace, pods.split()[0]):
             return
         time.sleep(0.5)
-    pytest.fail(f"the pod shim never told KWOK to serve a head pod's port-forward in {namespace} in {timeout} s")
+    pytest.fail(f"no head pod in {namespace} served Ray's dashboard through a port-forward in {timeout} s")
+
+
+def _dashboard_answers_through(cluster: LocalCluster, namespace: str, pod: str) -> bool:
+    forward = subprocess.Popen([kubectl_binary(), f"--kubeconfig={cluster.kubeconfig}", "-n", namespace,
+                                "port-forward", pod, ":8265"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               text=True)  # fmt: skip
+    try:
+        assert forward.stdout is not None
+        line = forward.stdout.readline()  # "Forwarding from 127.0.0.1:PORT -> 8265", or nothing when it failed
+        if "->" not in line:
+            return False
+        port = line.split("->")[0].rsplit(":", 1)[1].strip()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=10) as answer:
+            return "ray_version" in json.loads(answer.read())
+    except OSError:
+        return False
+    finally:
+        forward.terminate()
+        forward.wait(timeout=10)
 
 
 @pytest.mark.timeout(900)
 def test_logs_and_dashboard_of_a_running_run(cluster: LocalCluster, e2e_namespace: str, tmp_path: Path) -> None:
-    # Enough steps that the run is still training while the dashboard is checked beside the log follower.
-    manifest = run_manifest(e2e_namespace, "watched", training={"maxSteps": 60})
+    # Enough steps that the run is still training while the dashboard is checked beside the log follower: the
+    # tiny model takes well under 0.1 s a step on CPU, and KubeRay deletes the head pod the moment the run ends.
+    manifest = run_manifest(e2e_namespace, "watched", training={"maxSteps": 800}, checkpoints={"every": 400})
     path = tmp_path / "watched.yaml"
     path.write_text(yaml.safe_dump(manifest))
     assert loka(cluster, e2e_namespace, "submit", "-f", str(path)).returncode == 0
     watch = RunWatch(cluster, e2e_namespace, "watched")
     watch.until(lambda s: s.get("phase") == "Running", timeout=300, what="Running")
-    # Here KWOK is the head pod's kubelet, and serves its port-forward once the pod shim has said where the local
-    # Ray head is (a real kubelet serves it as the pod starts): wait for that, or the port-forward races it.
-    wait_for_kwok_port_forward(cluster, e2e_namespace)
+    wait_for_head_port_forward(cluster, e2e_namespace)
     # Follow the trainer's output to the end of the run, started first so that the run cannot finish before it.
     follower = subprocess.Popen([LOKA, "logs", "watched", "-f", "-n", e2e_namespace,
                                  "--kubeconfig", str(cluster.kubeconfig)],
