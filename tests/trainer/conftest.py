@@ -209,12 +209,12 @@ def start_trainer(env: dict[str, str], work_dir: Path, log: Path) -> subprocess.
         )
 
 
-def wait_for(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
+def wait_for(predicate: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.5) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(0.5)
+        time.sleep(interval)
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 

@@ -20,7 +20,7 @@ from loka_api.contract import MANIFEST_NAME
 from loka_api.manifest import Writer
 from loka_trainer.checkpoints import VERL_TRACKER_NAME, CheckpointError, CheckpointStore, WriterFencedError
 from loka_trainer.storage import ObjectStore, PreconditionFailedError, S3Uri, TransferCancelledError
-from tests.trainer.conftest import write_verl_checkpoint
+from tests.trainer.conftest import wait_for, write_verl_checkpoint
 
 FIRST = Writer(1, "run-a1b2c")
 
@@ -38,15 +38,6 @@ def tree_digest(folder: Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
-
-
-def wait_for(predicate: object, *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 def cancel_once_upload_started(object_store: ObjectStore, uri: S3Uri) -> threading.Event:
@@ -140,7 +131,12 @@ def test_upload_killed_midway_is_never_picked_for_resume(
     argv = [sys.executable, "-c", script, str(s3_prefix), str(big), FIRST.to_env()]
     child = subprocess.Popen(argv, env={**os.environ, **s3_env})
     try:
-        wait_for(lambda: any(True for _ in object_store.list_objects(store.step_uri(100))), timeout=60, what="upload")
+        wait_for(
+            lambda: any(True for _ in object_store.list_objects(store.step_uri(100))),
+            timeout=60,
+            what="upload",
+            interval=0.05,
+        )
         child.send_signal(signal.SIGKILL)
     finally:
         child.wait(timeout=30)

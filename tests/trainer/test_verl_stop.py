@@ -13,8 +13,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from loka_api.dataset import build_dataset
 from loka_trainer.checkpoints import CheckpointStore
 from loka_trainer.storage import ObjectStore, S3Uri
 from loka_trainer.tiny import write_tasks
-from tests.trainer.conftest import REPO_ROOT, create_run, per_run_kubeconfig, read_run
+from tests.trainer.conftest import REPO_ROOT, create_run, per_run_kubeconfig, read_run, wait_for
 
 RUN_TIMEOUT_S = 240
 MAX_STEPS = 12
@@ -58,15 +57,6 @@ def alive(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state != "Z"
-
-
-def wait_for(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 def verl_spec(prefix: S3Uri) -> dict[str, Any]:
@@ -132,6 +122,7 @@ def test_sigterm_stops_verl_and_its_actor_reports_why_and_the_marker_stays(  # n
             lambda: (store.marker_step() or 0) >= 2 or trainer.poll() is not None,
             timeout=RUN_TIMEOUT_S,
             what="checkpoint 2 to be marked",
+            interval=0.2,
         )
         assert trainer.poll() is None, log.read_text(errors="replace")[-4000:]
         marked = store.marker_step() or 0
