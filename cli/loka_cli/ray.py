@@ -20,6 +20,8 @@ JSON = dict[str, Any]
 DASHBOARD_PORT = 8265
 RAY_DONE = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 POLL_SECONDS = 2.0
+# How long `loka logs -f` keeps asking a head pod that does not answer its port-forward yet.
+HEAD_START_WAIT_SECONDS = 30.0
 
 
 class RayUnreachableError(Exception):
@@ -135,7 +137,7 @@ def logs(cluster: Cluster, name: str, *, follow: bool, attempt: int | None, out:
     head = _head_pod(cluster, current_cluster)
     if head is not None and job_id:
         try:
-            return _ray_job_logs(cluster, name, head, job_id, follow=follow, out=out)
+            return _ray_job_logs_of_a_starting_head(cluster, name, head, job_id, follow=follow, out=out)
         except RayUnreachableError as error:
             if attempt is not None and attempt != status.get("attempt"):
                 raise CliError(f"attempt {attempt}'s Ray job {job_id} could not be read: {error}") from error
@@ -158,6 +160,37 @@ def logs(cluster: Cluster, name: str, *, follow: bool, attempt: int | None, out:
             hint=f"the current attempt is {status.get('attempt')}: `loka logs {name}`",
         )
     return _pod_logs(cluster, name, run, rayjob, head, follow=follow, out=out)
+
+
+def _ray_job_logs_of_a_starting_head(
+    cluster: Cluster, name: str, head: str, job_id: str, *, follow: bool, out: TextIO
+) -> int:
+    """With -f, a head pod that does not serve its port-forward yet (a kubelet that has just started it) is asked
+    again for a while before the pod's own log is shown instead; without -f, once."""
+    deadline = time.monotonic() + (HEAD_START_WAIT_SECONDS if follow else 0)
+    printed = _Printed(out)
+    while True:
+        try:
+            return _ray_job_logs(cluster, name, head, job_id, follow=follow, out=printed)  # type: ignore[arg-type]
+        except RayUnreachableError:
+            phase = (cluster.get_run(name).get("status") or {}).get("phase")
+            if printed.anything or time.monotonic() >= deadline or phase in TERMINAL:
+                raise  # once something was shown, asking again would show it twice
+            time.sleep(POLL_SECONDS)
+
+
+class _Printed:
+    """``out``, remembering whether anything was written to it."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out, self.anything = out, False
+
+    def write(self, text: str) -> int:
+        self.anything = self.anything or bool(text)
+        return self.out.write(text)
+
+    def flush(self) -> None:
+        self.out.flush()
 
 
 class _JobGoneError(Exception):
