@@ -6,7 +6,7 @@ PYTHON    ?= python3
 VENV      := .venv
 PY        := $(VENV)/bin/python
 EXTRAS    ?= operator,trainer,cli,dev
-PACKAGES  := api/loka_api operator/loka_operator trainer-image/loka_trainer cli/loka_cli
+PACKAGES  := api/loka_api operator/loka_operator trainer-image/loka_trainer cli/loka_cli client/loka_client
 # Reinstall when pyproject.toml changes (the stamp carries its hash).
 VENV_STAMP = $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)-$(subst $(comma),_,$(EXTRAS))
 comma := ,

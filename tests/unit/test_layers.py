@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = {"loka_api": "api", "loka_operator": "operator", "loka_trainer": "trainer-image", "loka_cli": "cli"}
+PACKAGES = {
+    "loka_api": "api",
+    "loka_operator": "operator",
+    "loka_trainer": "trainer-image",
+    "loka_cli": "cli",
+    "loka_client": "client",
+}
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
@@ -43,7 +49,7 @@ def copy_tree(target: Path) -> Path:
 def test_the_repository_keeps_the_import_contracts() -> None:
     result = lint_imports(REPO)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 kept, 0 broken" in result.stdout
+    assert "5 kept, 0 broken" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -52,8 +58,10 @@ def test_the_repository_keeps_the_import_contracts() -> None:
         ("trainer-image/loka_trainer/runner.py", "import loka_operator.naming", "never import each other"),
         ("operator/loka_operator/validation.py", "import loka_trainer.storage", "never import each other"),
         ("api/loka_api/models.py", "import loka_operator.naming", "core imports neither"),
-        ("cli/loka_cli/runs.py", "import loka_operator.naming", "command line stands on the core only"),
+        ("cli/loka_cli/runs.py", "import loka_operator.naming", "command line stands on the client and the core only"),
+        ("client/loka_client/__init__.py", "import loka_trainer.storage", "client library stands on the core only"),
         ("operator/loka_operator/reconcile.py", "import loka_cli.views", "nothing in the images imports"),
+        ("trainer-image/loka_trainer/runner.py", "import loka_client", "nothing in the images imports"),
     ],
 )
 def test_a_wrong_import_breaks_the_contract_and_is_named(
