@@ -3,4 +3,40 @@
 It stands on the core (`loka_api`) only: typed runs are the core's models, the checkpoint layout is the core's
 reader, and kinds are named through `loka_api.kinds`. It never imports the operator, the trainer or the CLI
 (`make lint` enforces it); errors are exceptions, never exit codes or printed text.
+
+    from loka_client import Client
+    with Client(namespace="team-a") as client:
+        run = client.submit(Path("run.yaml"))
+        final = client.wait(run.name)          # RunFailedError if it failed
 """
+
+from loka_client.client import Client
+from loka_client.errors import (
+    CheckpointMismatchError,
+    CheckpointNotFoundError,
+    ClusterError,
+    InvalidRunError,
+    LokaError,
+    NotFoundError,
+    RunFailedError,
+    RunNotFoundError,
+    StorageError,
+    WaitTimeoutError,
+)
+from loka_client.runs import Run, RunChange
+
+__all__ = [
+    "CheckpointMismatchError",
+    "CheckpointNotFoundError",
+    "Client",
+    "ClusterError",
+    "InvalidRunError",
+    "LokaError",
+    "NotFoundError",
+    "Run",
+    "RunChange",
+    "RunFailedError",
+    "RunNotFoundError",
+    "StorageError",
+    "WaitTimeoutError",
+]

@@ -8,26 +8,16 @@ ever reactivates a marked one; a foreign deactivation is reported in the run's s
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from loka_api import GROUP
+from loka_api.kueue import workload_of
 from loka_operator import naming
+
+__all__ = ["DEACTIVATED_BY_ANNOTATION", "activation_patch", "active", "deactivated_by_us", "workload_of"]
 
 # Set on a Workload when the operator deactivated it for the run's spec.suspend; removed when it reactivates it.
 DEACTIVATED_BY_ANNOTATION = f"{GROUP}/deactivated-by"
-
-
-def workload_of(workloads: Iterable[dict[str, Any]], rayjob: dict[str, Any]) -> dict[str, Any] | None:
-    """The newest Workload Kueue made for this RayJob (matched by the RayJob's uid)."""
-    uid = rayjob["metadata"].get("uid")
-    mine = [
-        w
-        for w in workloads
-        if (w["metadata"].get("labels") or {}).get(naming.KUEUE_JOB_UID_LABEL) == uid
-        or any(ref.get("uid") == uid for ref in w["metadata"].get("ownerReferences") or [])
-    ]
-    return max(mine, key=lambda w: w["metadata"].get("creationTimestamp", ""), default=None)
 
 
 def active(workload: dict[str, Any]) -> bool:

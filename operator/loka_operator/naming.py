@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from loka_api import GROUP, KIND, VERSION
+from loka_api.kueue import JOB_UID_LABEL
 
 OPERATOR_NAME = "loka-operator"
 
@@ -15,7 +16,7 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
-KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
+KUEUE_JOB_UID_LABEL = JOB_UID_LABEL  # the core reads Workloads by it (loka_api.kueue)
 
 # Set by the API server on every namespace (Kubernetes 1.21+): a NetworkPolicy selects a namespace by name with it.
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"

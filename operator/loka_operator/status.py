@@ -14,17 +14,16 @@ from datetime import datetime
 from typing import Any
 
 from loka_api import AttemptRecord, Condition, ConditionType, RunPhase, SourceStatus, TrainingRunStatus
+from loka_api import kueue as workloads
 from loka_api.contract import OPERATOR_STATUS_FIELDS
+from loka_api.phases import ACTIVE, ATTEMPT_ENDING, TERMINAL
 from loka_operator.kueue import deactivated_by_us
 from loka_operator.messages import brief
 
-TERMINAL = frozenset({RunPhase.SUCCEEDED, RunPhase.FAILED})
-ACTIVE = frozenset({RunPhase.STARTING, RunPhase.RUNNING, RunPhase.RESUMING})
-# Entering one of these from an active phase ends the current attempt (a suspension or preemption).
-# Retries after a failure are counted from KubeRay's own counter instead: they can pass unobserved.
-ATTEMPT_ENDING = frozenset({RunPhase.QUEUED, RunPhase.SUSPENDED})
+# What each phase means (terminal, active, ending an attempt) is the core's (loka_api.phases). Retries after a
+# failure are counted from KubeRay's own counter instead of ATTEMPT_ENDING: they can pass unobserved.
 # Kueue's Workload conditions that mean Kueue took an admitted run's quota away.
-KUEUE_PREEMPTION = ("Preempted", "Evicted")
+KUEUE_PREEMPTION = (workloads.PREEMPTED, workloads.EVICTED)
 # Kueue's reason (and reason prefix, e.g. DeactivatedDueToRequeuingLimitExceeded) for an inactive Workload.
 DEACTIVATED = "Deactivated"
 
@@ -110,24 +109,14 @@ class StatusUpdate:
 # ------------------------------------------------------------------------------ Kueue's Workload
 
 
-def _conditions(obj: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    if not obj:
-        return {}
-    return {c.get("type", ""): c for c in obj.get("status", {}).get("conditions", []) or []}
-
-
-def workload_admitted(workload: dict[str, Any] | None) -> bool:
-    return _conditions(workload).get("Admitted", {}).get("status") == "True"
-
-
 def _deactivation(workload: dict[str, Any]) -> Problem:
     """Kueue's or an admin's deactivation, in Kueue's words, with what brings the run back."""
     meta = workload.get("metadata", {})
-    evicted = _conditions(workload).get("Evicted", {})
+    evicted = workloads.conditions(workload).get(workloads.EVICTED, {})
     if evicted.get("status") == "True" and str(evicted.get("reason", "")).startswith(DEACTIVATED):
         reason, said = evicted.get("reason", DEACTIVATED), evicted.get("message", "")
     else:
-        reason, said = DEACTIVATED, _conditions(workload).get("QuotaReserved", {}).get("message", "")
+        reason, said = DEACTIVATED, workloads.conditions(workload).get(workloads.QUOTA_RESERVED, {}).get("message", "")
     name, namespace = meta.get("name", ""), meta.get("namespace", "")
     return Problem(
         reason,
@@ -141,7 +130,7 @@ def kueue_wait_reason(workload: dict[str, Any] | None) -> Problem:
     """Why Kueue holds the workload, in Kueue's own words (deactivation, eviction/preemption first, then quota)."""
     if workload is None:
         return Problem("WorkloadPending", "waiting for Kueue to create the Workload for the RayJob")
-    conditions = _conditions(workload)
+    conditions = workloads.conditions(workload)
     if workload.get("spec", {}).get("active") is False:
         if deactivated_by_us(workload):
             return Problem(DEACTIVATED, "the Workload is deactivated because the run is suspended")
@@ -151,13 +140,13 @@ def kueue_wait_reason(workload: dict[str, Any] | None) -> Problem:
         # An Evicted condition left from a deactivation that was undone since: the Workload waits for quota again.
         if cond and cond.get("status") == "True" and not str(cond.get("reason", "")).startswith(DEACTIVATED):
             return Problem(f"{kind}{cond.get('reason', '')}", cond.get("message", ""))
-    for kind in ("QuotaReserved", "Admitted"):
+    for kind in (workloads.QUOTA_RESERVED, workloads.ADMITTED):
         cond = conditions.get(kind)
         if cond and cond.get("status") == "False":
             if str(cond.get("reason", "")).startswith(DEACTIVATED):  # written before it was reactivated
                 return Problem("Reactivated", "the Workload was reactivated; waiting for Kueue to admit it")
             return Problem(cond.get("reason") or "Pending", cond.get("message", ""))
-    if workload_admitted(workload):
+    if workloads.admitted(workload):
         return Problem("AdmittedNotStarted", "admitted; waiting for Kueue to unsuspend the RayJob")
     return Problem("Pending", "waiting for Kueue to admit the Workload")
 
@@ -242,7 +231,7 @@ def decide_phase(obs: Observed, previous: TrainingRunStatus) -> Verdict:
             if obs.suspend:
                 return Verdict(RunPhase.SUSPENDED, "Suspending", "suspending: the Ray cluster is being released")
             held = bool((obs.rayjob.get("spec") or {}).get("suspend", False))
-            if obs.queued and (held or not workload_admitted(obs.workload)):
+            if obs.queued and (held or not workloads.admitted(obs.workload)):
                 return _waiting_for_kueue(kueue_wait_reason(obs.workload))
             if restarting:
                 return Verdict(RunPhase.RESUMING, "StartingRayCluster", "starting a new Ray cluster for the run")
@@ -339,8 +328,8 @@ def _admitted(obs: Observed) -> tuple[bool, str, str]:
     wait = kueue_wait_reason(obs.workload)
     # Kueue marks eviction before it drops Admitted: an evicted Workload is no longer admitted for the run.
     taken_away = wait.reason.startswith((*KUEUE_PREEMPTION, DEACTIVATED))
-    if workload_admitted(obs.workload) and not taken_away:
-        cond = _conditions(obs.workload)["Admitted"]
+    if workloads.admitted(obs.workload) and not taken_away:
+        cond = workloads.conditions(obs.workload)[workloads.ADMITTED]
         return True, cond.get("reason") or "Admitted", cond.get("message", "")
     return False, wait.reason, wait.message
 

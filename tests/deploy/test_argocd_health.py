@@ -9,6 +9,8 @@ import pytest
 import yaml
 
 from localcluster.tools import REPO
+from loka_api import RunPhase
+from loka_api.phases import ARGOCD_HEALTH
 from tests.deploy.argocd_lua import LuaError, run_health
 from tests.deploy.gitops import APPLICATION_HEALTH
 from tests.deploy.health_scenarios import SCENARIOS, run_with
@@ -123,3 +125,11 @@ def test_health_of_the_status_the_operator_calculates_now(state: str) -> None:
 
 def test_every_state_is_covered() -> None:
     assert set(EXPECTED_HEALTH) == set(SCENARIOS)
+
+
+@pytest.mark.parametrize("phase", list(RunPhase), ids=str)
+def test_the_health_check_reads_each_phase_as_the_core_does(phase: RunPhase) -> None:
+    # The Lua script cannot import loka_api.phases: this holds its reading of each phase to the core's table.
+    obj = {"metadata": {"name": "r", "generation": 1}, "status": {"phase": phase.value, "observedGeneration": 1}}
+    assert run_health(SCRIPT, obj)["status"] == ARGOCD_HEALTH[phase].value
+    assert set(ARGOCD_HEALTH) == set(RunPhase)
