@@ -130,11 +130,36 @@ def checkpoint_uri(run_prefix: str, step: int) -> str:
     return f"{run_prefix.rstrip('/')}/{step_folder(step)}"
 
 
+# ------------------------------------------------------------------------------- rollouts in S3
+#
+#   <run prefix>/rollouts/step_<N>.jsonl     one line per kept trajectory of step N (spec.rollouts)
+#
+# Next to the checkpoints, under the run's uid: an Evaluation reads them by the run's status.rollouts.uri.
+
+ROLLOUTS_FOLDER = "rollouts"
+ROLLOUT_FILE = re.compile(r"^step_(\d+)\.jsonl$")
+
+
+# Which kept steps an Evaluation reads: the newest, every one, or a list of step numbers.
+ROLLOUT_STEPS_LATEST = MARKER_NAME
+ROLLOUT_STEPS_ALL = "all"
+
+
+def rollouts_prefix(run_prefix: str) -> str:
+    """``<run prefix>/rollouts``: where one run's kept rollouts live."""
+    return f"{run_prefix.rstrip('/')}/{ROLLOUTS_FOLDER}"
+
+
+def rollout_file(step: int) -> str:
+    """The file of step ``step``'s rollouts."""
+    return f"step_{step}.jsonl"
+
+
 # ---------------------------------------------------------------------------------------- status
 
 # Written by the trainer (merge patches of its own run's status, under the per-run Role). `message` is shared:
 # the operator explains waits, the trainer says why an attempt stopped or failed.
-TRAINER_STATUS_FIELDS = ("progress", "metrics", "checkpoint", "wandbURL", "message")
+TRAINER_STATUS_FIELDS = ("progress", "metrics", "checkpoint", "rollouts", "wandbURL", "message")
 # Written by the operator only; it computes them from the RayJob and Kueue's Workload, never from the trainer.
 OPERATOR_STATUS_FIELDS = (
     "phase",

@@ -337,6 +337,23 @@ class CheckpointSpec(LokaModel):
     )
 
 
+class RolloutsSpec(LokaModel):
+    """Which trajectories an RL run keeps (messages, reward components, score) as JSON Lines next to its checkpoints,
+    for an Evaluation to judge. Bounded, so that a long run cannot fill the bucket unnoticed.
+    """
+
+    every: int = Field(default=1, ge=1, le=1_000_000, description="Keep the rollouts of every Nth step.")
+    share: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="Share of a kept step's prompt groups written (whole groups, so preferences can pair them).",
+    )
+    max_per_step: int = Field(
+        default=512, ge=1, le=65536, description="At most this many trajectories written per kept step."
+    )
+
+
 class StorageSpec(LokaModel):
     endpoint: str | None = Field(
         default=None,
@@ -418,6 +435,7 @@ RUN_SHAPING_FIELDS: tuple[str, ...] = (
     "resources",
     "queue",
     "checkpoints",
+    "rollouts",
     "storage",
     "tracking",
     "huggingface",
@@ -478,6 +496,12 @@ class TrainingRunSpec(LokaModel):
                 field_path=".resources.gpusPerWorker",
             ),
             cel(
+                "!has(self.rollouts) || (self.algorithm != 'sft' && has(self.checkpoints))",
+                "spec.rollouts keeps an RL run's trajectories next to its checkpoints: it needs spec.checkpoints and "
+                "an RL algorithm (sft generates no rollouts)",
+                field_path=".rollouts",
+            ),
+            cel(
                 "!has(self.training.miniBatchSize) || self.training.miniBatchSize <= self.training.batchSize",
                 "training.miniBatchSize must not exceed training.batchSize",
                 field_path=".training.miniBatchSize",
@@ -507,6 +531,9 @@ class TrainingRunSpec(LokaModel):
     resources: ResourcesSpec = Field(default=ResourcesSpec())
     queue: QueueSpec | None = None
     checkpoints: CheckpointSpec | None = None
+    rollouts: RolloutsSpec | None = Field(
+        default=None, description="Keep trajectories (messages, reward components, score) for an Evaluation."
+    )
     storage: StorageSpec | None = None
     tracking: TrackingSpec | None = None
     huggingface: HuggingFaceSpec | None = None
@@ -627,6 +654,13 @@ class SourceStatus(LokaModel):
     uri: str | None = Field(default=None, description="Where that checkpoint is stored.")
 
 
+class RolloutsStatus(LokaModel):
+    """Where the run keeps its rollouts (spec.rollouts), and the newest step written."""
+
+    uri: str | None = Field(default=None, description="The s3:// folder of step_<N>.jsonl files.")
+    step: int | None = Field(default=None, ge=0, description="The newest step whose rollouts were written.")
+
+
 class TrainingRunStatus(LokaModel):
     """Operator-owned fields plus the trainer-owned progress, metrics, checkpoint (and message on failure)."""
 
@@ -647,6 +681,7 @@ class TrainingRunStatus(LokaModel):
     progress: Progress | None = None
     metrics: Metrics | None = None
     checkpoint: CheckpointStatus | None = None
+    rollouts: RolloutsStatus | None = None
     source: SourceStatus | None = Field(default=None, description="spec.model.fromRun, resolved: the lineage.")
     start_time: datetime | None = None
     completion_time: datetime | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 
+from loka_trainer.rollouts import read_rollouts
 from tests.trainer.conftest import (
     RUN_TIMEOUT_S,
     TrainerCase,
@@ -19,7 +20,9 @@ from tests.trainer.conftest import (
 
 
 def test_trl_engine_runs_grpo_steps_stores_checkpoints_and_reports_status(case: TrainerCase) -> None:
-    create_run(case.k8s, case.namespace, "tiny-grpo", run_spec(case.prefix, max_steps=4, every=2))
+    spec = run_spec(case.prefix, max_steps=4, every=2)
+    spec["rollouts"] = {"every": 2}
+    create_run(case.k8s, case.namespace, "tiny-grpo", spec)
     log = case.work / "trainer.log"
     trainer = start_trainer(case.env_for("tiny-grpo"), case.work / "work", log)
     try:
@@ -48,6 +51,17 @@ def test_trl_engine_runs_grpo_steps_stores_checkpoints_and_reports_status(case: 
     manifest = store.manifest(4)
     assert manifest is not None
     assert {"model.safetensors", "trainer_state.json", "optimizer.pt"} <= {f.path for f in manifest.files}
+
+    # Rollouts kept every 2 steps, next to the checkpoints under the run's uid, and status points at them.
+    assert status["rollouts"] == {"uri": f"{store.prefix}/rollouts", "step": 4}
+    files = sorted(o.uri.name for o in case.store.list_objects(store.prefix.join("rollouts")))
+    assert files == ["step_2.jsonl", "step_4.jsonl"]
+    body = case.store.get_bytes(store.prefix.join("rollouts", "step_4.jsonl"))
+    assert body is not None
+    lines = read_rollouts(body.decode())
+    assert len(lines) == 2 * 4  # batchSize prompts x samplesPerPrompt, every group kept
+    assert {line["group"] for line in lines} == {"4-0", "4-1"}
+    assert all(line["messages"][-1]["role"] == "assistant" and 0.0 <= line["score"] <= 1.0 for line in lines)
 
 
 def test_sigterm_stops_the_run_reports_why_and_the_next_attempt_resumes_from_the_last_checkpoint(

@@ -21,7 +21,7 @@ import yaml
 from pydantic import ValidationError
 
 from loka_api import TrainingRun
-from loka_api.contract import ENV_WANDB_KEY, ENV_WORK_DIR, step_folder
+from loka_api.contract import ENV_WANDB_KEY, ENV_WORK_DIR, rollouts_prefix, step_folder
 from loka_api.manifest import Writer
 from loka_trainer.checkpoints import CheckpointError, CheckpointRecord, CheckpointStore, WriterFencedError
 from loka_trainer.engines import Engine, EngineJob, ResumePoint, engine_for
@@ -267,6 +267,8 @@ class Runner:
             if self.checkpoints is not None:
                 # Before anything is restored: from here on an older attempt can neither move the marker nor prune.
                 self.checkpoints.claim()
+                if self.spec.rollouts is not None:
+                    self.reporter.report_rollouts(rollouts_prefix(str(self.checkpoints.prefix)))
             inputs: StagedInputs = stage_inputs(
                 self.spec, self.work_dir, self.store, source_uri=self.source_uri, cancel=self.stop.event
             )

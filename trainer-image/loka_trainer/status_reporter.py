@@ -41,7 +41,7 @@ def _without_none(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def progress_patch(metrics: StepMetrics, total_steps: int | None) -> dict[str, Any]:
-    return {
+    patch: dict[str, Any] = {
         "progress": _without_none({"step": metrics.step, "totalSteps": total_steps, "epoch": metrics.epoch}),
         "metrics": _without_none(
             {
@@ -58,6 +58,9 @@ def progress_patch(metrics: StepMetrics, total_steps: int | None) -> dict[str, A
             }
         ),
     }
+    if metrics.rollouts_step is not None:
+        patch["rollouts"] = {"step": metrics.rollouts_step}
+    return patch
 
 
 class StatusReporter:
@@ -173,6 +176,11 @@ class StatusReporter:
             if checkpoint is not None:
                 patch["checkpoint"] = {"step": checkpoint.step, "uri": checkpoint.uri, "time": checkpoint.time}
             self._send(patch)
+
+    def report_rollouts(self, uri: str) -> None:
+        """Where this run keeps its rollouts (status.rollouts.uri), said once at the start."""
+        with self._lock:
+            self._send({"rollouts": {"uri": uri}})
 
     def report_message(self, message: str) -> None:
         """Send ``message`` now, with the newest pending progress in the same patch (the last one always lands)."""

@@ -28,6 +28,10 @@ VALIDATION_PREFIX = "val-core/"
 # verl's SFT trainer (sft_trainer_ray.py): the step's loss, and the loss on the validation set.
 SFT_LOSS = "train/loss"
 SFT_VALIDATION_LOSS = "val/loss"
+# Loka's domain metrics, logged every step by both engines (loka_trainer.reward_metrics, loka_trainer.rollouts).
+DOMAIN_PREFIXES = ("reward/", "judge/", "rm/", "env/", "rollouts/", "perf/samples_per_min")
+SAMPLES_PER_MINUTE = "perf/samples_per_min"
+ROLLOUTS_STEP = "rollouts/step"
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class StepMetrics:
     validation_loss: float | None = None
     validation_step: int | None = None  # the step the validation figures belong to
     seconds_per_step: float | None = None
+    rollouts_step: int | None = None  # the newest step whose rollouts were written (spec.rollouts)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -78,6 +83,7 @@ _FIGURES = (
     "validation_reward_mean",
     "validation_loss",
     "validation_step",
+    "rollouts_step",
 )
 
 
@@ -118,6 +124,7 @@ def parse_line(line: str | bytes) -> StepMetrics | None:
     tokens_per_second = tokens / seconds if tokens is not None and seconds else _number(data, THROUGHPUT_PER_GPU)
     epoch = _number(data, EPOCH)
     validation_reward, validation_loss = _validation_reward(data), _number(data, SFT_VALIDATION_LOSS)
+    rollouts_step = _number(data, ROLLOUTS_STEP)
     return StepMetrics(
         step=int(step),
         epoch=None if epoch is None else int(epoch),
@@ -130,6 +137,7 @@ def parse_line(line: str | bytes) -> StepMetrics | None:
         validation_loss=validation_loss,
         validation_step=int(step) if validation_reward is not None or validation_loss is not None else None,
         seconds_per_step=seconds,
+        rollouts_step=None if rollouts_step is None else int(rollouts_step),
         raw=data,
     )
 

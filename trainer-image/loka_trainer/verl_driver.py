@@ -3,12 +3,15 @@
 verl starts its driver actor (TaskRunner: the training loop, the W&B tracker, the checkpoint callback) with a
 plain ``TaskRunner.remote()``, so Ray may place it on any node. The W&B key is only in the head pod
 (``loka_api.contract.SECRET_ENV_PODS``), where ``loka-trainer run`` starts this process: the TaskRunner is
-pinned here, hard. Everything else is verl's own entry point, unchanged.
+pinned here, hard. It also installs Loka's hook in verl's training loop (``loka_trainer.verl_hook``: every step's
+reward figures, the rollouts kept). Everything else is verl's own entry point, unchanged.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from loka_trainer.verl_hook import task_runner_with_hook
 
 
 class OnThisNode:
@@ -35,7 +38,7 @@ def main() -> None:
     run_ppo = main_ppo.run_ppo
 
     def run_ppo_on_this_node(config: Any, task_runner_class: Any) -> None:
-        run_ppo(config, task_runner_class=OnThisNode(task_runner_class))
+        run_ppo(config, task_runner_class=OnThisNode(task_runner_with_hook(task_runner_class)))
 
     main_ppo.run_ppo = run_ppo_on_this_node
     main_ppo.main()

@@ -8,7 +8,9 @@ checkpoints in the same S3 layout.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import inspect
 import logging
 import math
 import os
@@ -23,6 +25,8 @@ from loka_api.render import SFT_MESSAGES_COLUMN
 from loka_trainer import step_metrics as names
 from loka_trainer.checkpoints import VERL_TRACKER_NAME, drop_older_local_checkpoints
 from loka_trainer.engines import EngineJob
+from loka_trainer.reward_metrics import as_reward_row, reward_step_metrics
+from loka_trainer.rollouts import ROLLOUTS_STEP, RolloutRecorder, Trajectory, conversation, recorder_for
 from loka_trainer.sft_data import read_conversations
 from loka_trainer.step_metrics import MetricsWriter
 from loka_trainer.storage import TransferCancelledError
@@ -51,19 +55,74 @@ def as_text(prompt: Any) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in prompt) + "\nassistant:"
 
 
-def trl_reward(compute_score: ComputeScore) -> Callable[..., list[float | None]]:
-    """Adapt verl's per-sample ``compute_score`` to TRL's batched reward function."""
+class StepTap:
+    """What the reward saw during one training step (not during validation): its trajectories, for rollouts."""
 
-    def reward(
-        completions: list[Any], ground_truth: list[str], data_source: list[str], **kwargs: Any
+    def __init__(self, samples_per_prompt: int) -> None:
+        self.samples_per_prompt = samples_per_prompt
+        self.training = False
+        self.trajectories: list[Trajectory] = []
+
+    def begin(self) -> None:
+        self.training, self.trajectories = True, []
+
+    def end(self) -> list[Trajectory]:
+        self.training = False
+        taken, self.trajectories = self.trajectories, []
+        return taken
+
+
+def trl_reward(
+    compute_score: ComputeScore,
+    *,
+    samples_per_prompt: int = 1,
+    tap: StepTap | None = None,
+    reward_kwargs: dict[str, Any] | None = None,
+) -> Callable[..., Any]:
+    """Adapt verl's per-sample ``compute_score`` (sync or async) to TRL's batched (async) reward function. Each batch's
+    reward figures go to TRL's log (``log_metric``), its trajectories to ``tap`` while a training step runs.
+    """
+    is_async = inspect.iscoroutinefunction(compute_score)
+    settings = reward_kwargs or {}
+
+    async def reward(
+        prompts: list[Any],
+        completions: list[Any],
+        ground_truth: list[str],
+        data_source: list[str],
+        log_metric: Callable[[str, float], None] | None = None,
+        **kwargs: Any,
     ) -> list[float | None]:
-        extra = kwargs.get("extra_info") or [None] * len(completions)
-        scores: list[float | None] = []
-        for completion, truth, source, info in zip(completions, ground_truth, data_source, extra, strict=False):
-            text = completion if isinstance(completion, str) else completion[-1]["content"]
-            result = compute_score(source, text, truth, info)
-            scores.append(float(result["score"] if isinstance(result, dict) else result))
-        return scores
+        del kwargs
+
+        async def score(prompt: Any, text: str, truth: str, source: str) -> dict[str, float]:
+            result = compute_score(source, text, truth, {"prompt": prompt}, **settings)
+            return as_reward_row(await result if is_async else result)
+
+        texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+        rows = await asyncio.gather(
+            *(score(*sample) for sample in zip(prompts, texts, ground_truth, data_source, strict=False))
+        )
+        if log_metric is not None:
+            for name, value in reward_step_metrics(rows).items():
+                log_metric(name, value)
+        if tap is not None and tap.training:
+            base = len(tap.trajectories) // max(1, tap.samples_per_prompt)
+            for index, (prompt, text, row, truth, source) in enumerate(
+                zip(prompts, texts, rows, ground_truth, data_source, strict=False)
+            ):
+                components = {key: value for key, value in row.items() if key != "score"}
+                tap.trajectories.append(
+                    Trajectory(
+                        group=base + index // max(1, tap.samples_per_prompt),
+                        messages=conversation(prompt, text),
+                        score=row["score"],
+                        components=components,
+                        data_source=source,
+                        ground_truth=truth,
+                    )
+                )
+        return [row["score"] for row in rows]
 
     reward.__name__ = getattr(compute_score, "__module__", "reward").rsplit(".", 1)[-1]
     return reward
@@ -80,6 +139,7 @@ def verl_metrics(logs: dict[str, float], *, step: int) -> dict[str, float]:
         "learning_rate": "actor/lr",
     }
     data: dict[str, float] = {verl: float(logs[trl]) for trl, verl in mapping.items() if trl in logs}
+    data.update({key: float(value) for key, value in logs.items() if key.startswith(names.DOMAIN_PREFIXES)})
     data[names.STEP] = step
     if "epoch" in logs:
         data[names.EPOCH] = math.floor(float(logs["epoch"]))
@@ -172,7 +232,20 @@ class TrlEngine:
             raw = datasets.Dataset.from_parquet(str(path))
             return raw.map(to_trl, remove_columns=raw.column_names)
 
-        reward = trl_reward(load_reward(spec.reward.function if spec.reward else DEFAULT_REWARD))
+        tap = StepTap(training.samples_per_prompt)
+        reward = trl_reward(
+            load_reward(spec.reward.function if spec.reward else DEFAULT_REWARD),
+            samples_per_prompt=training.samples_per_prompt,
+            tap=tap,
+        )
+        recorder = None
+        if job.checkpoints is not None:
+            recorder = recorder_for(
+                spec.rollouts,
+                job.checkpoints.store,
+                str(job.checkpoints.prefix),
+                seed=job.checkpoints.run_uid or job.run_name,
+            )
         batch = training.batch_size * training.samples_per_prompt
         config = GRPOConfig(
             **common_arguments(job, eval_batch=batch),
@@ -189,7 +262,11 @@ class TrlEngine:
             train_dataset=load(job.inputs.train_files),
             eval_dataset=load(job.inputs.val_files),
             processing_class=tokenizer,
-            callbacks=[loka_callback(job, writer, to_verl=verl_metrics, samples=training.samples_per_prompt)],
+            callbacks=[
+                loka_callback(
+                    job, writer, to_verl=verl_metrics, samples=training.samples_per_prompt, tap=tap, recorder=recorder
+                )
+            ],
         )
 
     def _sft(self, job: EngineJob, tokenizer: Any, writer: MetricsWriter) -> Any:
@@ -261,9 +338,18 @@ def common_arguments(job: EngineJob, *, eval_batch: int) -> dict[str, Any]:
     }
 
 
-def loka_callback(job: EngineJob, writer: MetricsWriter, *, to_verl: ToVerl, samples: int) -> Any:
+def loka_callback(
+    job: EngineJob,
+    writer: MetricsWriter,
+    *,
+    to_verl: ToVerl,
+    samples: int,
+    tap: StepTap | None = None,
+    recorder: RolloutRecorder | None = None,
+) -> Any:
     """The TrainerCallback that stops on SIGTERM, writes each step's metrics (and each validation) in verl's
-    format, saves at the end like verl, and uploads each checkpoint (files, manifest, then marker).
+    format, keeps the step's rollouts, saves at the end like verl, and uploads each checkpoint (files, manifest, then
+    marker).
     """
     from transformers import TrainerCallback
 
@@ -274,13 +360,19 @@ def loka_callback(job: EngineJob, writer: MetricsWriter, *, to_verl: ToVerl, sam
             self.tokens_seen = 0.0
             self.step_started = 0.0
             self.step_seconds = 0.0
+            self.rollouts_step: int | None = None
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
             self.step_started = time.monotonic()
+            if tap is not None:
+                tap.begin()
             return control
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
             self.step_seconds = time.monotonic() - self.step_started
+            trajectories = tap.end() if tap is not None else []
+            if recorder is not None and recorder.record(state.global_step, trajectories) is not None:
+                self.rollouts_step = state.global_step
             if job.stop.is_set():
                 control.should_training_stop = True
                 control.should_save = False
@@ -302,6 +394,9 @@ def loka_callback(job: EngineJob, writer: MetricsWriter, *, to_verl: ToVerl, sam
                 if seconds > 0 and new_tokens > 0:
                     data[names.TOTAL_TOKENS] = new_tokens
                     data[names.TIME_PER_STEP] = seconds
+                    data[names.SAMPLES_PER_MINUTE] = samples * job.spec.training.batch_size * 60 / seconds
+                if self.rollouts_step is not None:
+                    data[ROLLOUTS_STEP] = self.rollouts_step
                 writer.log(state.global_step, data)
             return control
 

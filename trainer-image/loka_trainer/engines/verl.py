@@ -30,6 +30,7 @@ from loka_api.contract import (
 from loka_api.render import VERL_FILE_LOGGER_ENV, StagedPaths, verl_command
 from loka_trainer.engines import EngineJob
 from loka_trainer.settings import redact
+from loka_trainer.verl_hook import ENV_ROLLOUTS
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ def actor_environment(job: EngineJob, environ: Mapping[str, str] | None = None) 
             env[ENV_CHECKPOINT_WRITER] = job.checkpoints.writer.to_env()
         if job.checkpoints.run_uid:
             env[ENV_RUN_UID] = job.checkpoints.run_uid
+        if job.spec.rollouts is not None:
+            env[ENV_ROLLOUTS] = job.spec.rollouts.model_dump_json(by_alias=True)
     # Outside a pod (the local demo) the actors reach the API server through the same kubeconfig file.
     kubeconfig = (os.environ if environ is None else environ).get("KUBECONFIG")
     if kubeconfig:

@@ -296,7 +296,9 @@ def judge_step_metrics(verdicts: Iterable[Verdict], *, name: str = "judge") -> d
     }
 
 
-def components_step_metrics(rows: Iterable[Mapping[str, Any]], *, name: str = "judge") -> dict[str, float]:
+def components_step_metrics(
+    rows: Iterable[Mapping[str, Any]], *, name: str = "judge", prefix: str | None = None
+) -> dict[str, float]:
     """:func:`judge_step_metrics` from per-sample reward dicts (what verl keeps as ``reward_extra_info``)."""
     verdicts = [
         Verdict(
@@ -310,7 +312,7 @@ def components_step_metrics(rows: Iterable[Mapping[str, Any]], *, name: str = "j
         for row in rows
         if name in row
     ]
-    return judge_step_metrics(verdicts, name=name)
+    return judge_step_metrics(verdicts, name=prefix or name)
 
 
 # One client per judge configuration and process: its semaphore is the per-process concurrency cap.
