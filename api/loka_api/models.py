@@ -93,11 +93,12 @@ class Algorithm(enum.StrEnum):
     REINFORCE_PLUS_PLUS = "reinforce_plus_plus"
     REMAX = "remax"
     SFT = "sft"
+    RM = "rm"  # a reward model, trained on pairwise preferences (TRL's RewardTrainer)
 
     @property
     def is_rl(self) -> bool:
-        """Rollouts scored by a reward (everything but SFT)."""
-        return self is not Algorithm.SFT
+        """Rollouts scored by a reward (everything but SFT and reward models)."""
+        return self not in {Algorithm.SFT, Algorithm.RM}
 
 
 class Engine(enum.StrEnum):
@@ -187,7 +188,10 @@ _BUILTIN_DATA = f"or {_builtin_list(BUILTIN_DATASETS)} (toy tasks the trainer bu
 class DataSpec(LokaModel):
     train: str = Field(
         max_length=1024,
-        description=f"s3:// URI of the training parquet file, {_BUILTIN_DATA}.",
+        description=(
+            f"s3:// URI of the training parquet file, {_BUILTIN_DATA}. rm: preference pairs (an Evaluation's "
+            "preferences.jsonl, or parquet with prompt, chosen and rejected)."
+        ),
         json_schema_extra=validations(cel(_DATA_URI_RULE, _DATA_URI_MESSAGE)),
     )
     validation: str | None = Field(
@@ -496,10 +500,16 @@ class TrainingRunSpec(LokaModel):
                 field_path=".resources.gpusPerWorker",
             ),
             cel(
-                "!has(self.rollouts) || (self.algorithm != 'sft' && has(self.checkpoints))",
+                "!has(self.rollouts) || (self.algorithm != 'sft' && self.algorithm != 'rm' && has(self.checkpoints))",
                 "spec.rollouts keeps an RL run's trajectories next to its checkpoints: it needs spec.checkpoints and "
-                "an RL algorithm (sft generates no rollouts)",
+                "an RL algorithm (sft and rm generate no rollouts)",
                 field_path=".rollouts",
+            ),
+            cel(
+                "self.algorithm != 'rm' || (self.engine == 'trl' && !has(self.reward))",
+                "algorithm rm trains a reward model with TRL's RewardTrainer on pairwise preferences (data.train: an "
+                "Evaluation's preferences.jsonl): it needs engine trl and no spec.reward",
+                field_path=".algorithm",
             ),
             cel(
                 "!has(self.training.miniBatchSize) || self.training.miniBatchSize <= self.training.batchSize",
@@ -511,7 +521,10 @@ class TrainingRunSpec(LokaModel):
 
     algorithm: Algorithm = Field(
         default=Algorithm.GRPO,
-        description="grpo, rloo, reinforce_plus_plus, remax (verl advantage estimators), or sft (fine-tuning).",
+        description=(
+            "grpo, rloo, reinforce_plus_plus, remax (verl advantage estimators), sft (fine-tuning), or rm (a reward "
+            "model on pairwise preferences, engine trl)."
+        ),
     )
     engine: Engine = Field(default=Engine.VERL, description="verl (Ray, GPUs) or trl (single process, CPU demo).")
     image: str = Field(min_length=1, max_length=512, description="Trainer image (runs `loka-trainer run`).")
@@ -605,6 +618,10 @@ class Metrics(LokaModel):
         default=None, description="RL: mean reward on data.validation, at validationStep."
     )
     validation_loss: float | None = Field(default=None, description="sft: loss on data.validation, at validationStep.")
+    pairwise_accuracy: float | None = Field(
+        default=None,
+        description="rm: share of held-out preference pairs the model scores chosen above rejected, at validationStep.",
+    )
     validation_step: int | None = Field(
         default=None, ge=0, description="The step the validation figures were measured at (0: before training)."
     )

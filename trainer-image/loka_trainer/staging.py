@@ -16,6 +16,7 @@ from pathlib import Path
 
 from loka_api import Algorithm, TrainingRunSpec
 from loka_api.contract import BUILTIN_DATASETS, BUILTIN_MODELS, BUILTIN_SCHEME
+from loka_trainer.preferences import read_pairs, write_pairs_parquet
 from loka_trainer.sft_data import check_conversations, demonstrations_to_conversations
 from loka_trainer.source_model import stage_checkpoint_as_model
 from loka_trainer.storage import ObjectStore, S3Uri
@@ -111,6 +112,9 @@ def fetch_data(uri: str, field: str, dest: Path, store: ObjectStore, *, sft: boo
 def stage_data(spec: TrainingRunSpec, uri: str, field: str, dest: Path, store: ObjectStore) -> Path:
     """One parquet file; for SFT, checked against the columns the spec names (demonstrations become conversations)."""
     data = spec.data
+    if spec.algorithm is Algorithm.RM:
+        source = stage_file(uri, dest.with_name(f"{dest.stem}.preferences"), store)
+        return write_pairs_parquet(read_pairs(source, label=uri), dest)
     if spec.algorithm is not Algorithm.SFT:
         return fetch_data(uri, field, dest, store)
     if data.messages_key is not None:

@@ -52,6 +52,7 @@ def progress_patch(metrics: StepMetrics, total_steps: int | None) -> dict[str, A
                 "tokensPerSecond": metrics.tokens_per_second,
                 "validationRewardMean": metrics.validation_reward_mean,
                 "validationLoss": metrics.validation_loss,
+                "pairwiseAccuracy": metrics.pairwise_accuracy,
                 "validationStep": metrics.validation_step,
                 "secondsPerStep": metrics.seconds_per_step,
                 "updatedAt": _now(),

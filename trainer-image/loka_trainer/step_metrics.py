@@ -32,6 +32,8 @@ SFT_VALIDATION_LOSS = "val/loss"
 DOMAIN_PREFIXES = ("reward/", "judge/", "rm/", "env/", "rollouts/", "perf/samples_per_min")
 SAMPLES_PER_MINUTE = "perf/samples_per_min"
 ROLLOUTS_STEP = "rollouts/step"
+# rm: the share of held-out preference pairs scored chosen above rejected (TRL's eval accuracy).
+PAIRWISE_ACCURACY = "val/pairwise_accuracy"
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class StepMetrics:
     loss: float | None = None
     validation_reward_mean: float | None = None
     validation_loss: float | None = None
+    pairwise_accuracy: float | None = None
     validation_step: int | None = None  # the step the validation figures belong to
     seconds_per_step: float | None = None
     rollouts_step: int | None = None  # the newest step whose rollouts were written (spec.rollouts)
@@ -68,6 +71,7 @@ class StepMetrics:
             step=self.step,
             validation_reward_mean=self.validation_reward_mean,
             validation_loss=self.validation_loss,
+            pairwise_accuracy=self.pairwise_accuracy,
             validation_step=self.validation_step,
         )
 
@@ -82,6 +86,7 @@ _FIGURES = (
     "loss",
     "validation_reward_mean",
     "validation_loss",
+    "pairwise_accuracy",
     "validation_step",
     "rollouts_step",
 )
@@ -125,6 +130,7 @@ def parse_line(line: str | bytes) -> StepMetrics | None:
     epoch = _number(data, EPOCH)
     validation_reward, validation_loss = _validation_reward(data), _number(data, SFT_VALIDATION_LOSS)
     rollouts_step = _number(data, ROLLOUTS_STEP)
+    pairwise_accuracy = _number(data, PAIRWISE_ACCURACY)
     return StepMetrics(
         step=int(step),
         epoch=None if epoch is None else int(epoch),
@@ -135,7 +141,10 @@ def parse_line(line: str | bytes) -> StepMetrics | None:
         loss=_number(data, SFT_LOSS),
         validation_reward_mean=validation_reward,
         validation_loss=validation_loss,
-        validation_step=int(step) if validation_reward is not None or validation_loss is not None else None,
+        pairwise_accuracy=pairwise_accuracy,
+        validation_step=int(step)
+        if validation_reward is not None or validation_loss is not None or pairwise_accuracy is not None
+        else None,
         seconds_per_step=seconds,
         rollouts_step=None if rollouts_step is None else int(rollouts_step),
         raw=data,

@@ -14,6 +14,7 @@ import inspect
 import logging
 import math
 import os
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from loka_api.render import SFT_MESSAGES_COLUMN
 from loka_trainer import step_metrics as names
 from loka_trainer.checkpoints import VERL_TRACKER_NAME, drop_older_local_checkpoints
 from loka_trainer.engines import EngineJob
+from loka_trainer.preferences import load_pairs
 from loka_trainer.reward_metrics import as_reward_row, reward_step_metrics
 from loka_trainer.rollouts import ROLLOUTS_STEP, RolloutRecorder, Trajectory, conversation, recorder_for
 from loka_trainer.sft_data import read_conversations
@@ -156,6 +158,15 @@ def verl_sft_metrics(logs: dict[str, float], *, step: int) -> dict[str, float]:
     return data
 
 
+def verl_rm_metrics(logs: dict[str, float], *, step: int) -> dict[str, float]:
+    """RewardTrainer's step: its loss under SFT's name (what status shows as the loss), its accuracy and margin."""
+    data = verl_sft_metrics(logs, step=step)
+    for trl_name in ("accuracy", "margin"):
+        if trl_name in logs:
+            data[f"rm/train/{trl_name}"] = float(logs[trl_name])
+    return data
+
+
 def verl_validation_metrics(logs: dict[str, float], *, samples: int) -> dict[str, float]:
     """An evaluation's figures under verl's validation names (``val-core/<source>/reward/mean@N``, ``val/loss``)."""
     data: dict[str, float] = {}
@@ -163,6 +174,8 @@ def verl_validation_metrics(logs: dict[str, float], *, samples: int) -> dict[str
         data[f"{names.VALIDATION_PREFIX}all/reward/mean@{samples}"] = float(logs["eval_reward"])
     if "eval_loss" in logs and "eval_reward" not in logs:
         data[names.SFT_VALIDATION_LOSS] = float(logs["eval_loss"])
+    if "eval_accuracy" in logs:
+        data[names.PAIRWISE_ACCURACY] = float(logs["eval_accuracy"])
     return data
 
 
@@ -196,8 +209,8 @@ class TrlEngine:
             tokenizer.pad_token = tokenizer.eos_token
         writer = MetricsWriter(job.metrics_file)
         try:
-            build = self._sft if job.spec.algorithm is Algorithm.SFT else self._grpo
-            trainer = build(job, tokenizer, writer)
+            builders = {Algorithm.SFT: self._sft, Algorithm.RM: self._rm}
+            trainer = builders.get(job.spec.algorithm, self._grpo)(job, tokenizer, writer)
             resume_from = None
             if job.resume is not None:
                 resume_from = str(job.resume.folder)
@@ -205,6 +218,8 @@ class TrlEngine:
             elif trainer.eval_dataset is not None and job.spec.algorithm.is_rl:
                 trainer.evaluate()  # verl's val_before_train: the starting weights' validation reward, at step 0
             trainer.train(resume_from_checkpoint=resume_from)
+            if job.spec.algorithm is Algorithm.RM and trainer.eval_dataset is not None and not job.stop.is_set():
+                trainer.evaluate()  # the final pairwise accuracy on the held-out pairs, at the last step
         finally:
             writer.close()
         return 0
@@ -269,6 +284,44 @@ class TrlEngine:
             ],
         )
 
+    def _rm(self, job: EngineJob, tokenizer: Any, writer: MetricsWriter) -> Any:
+        """A reward model: TRL's RewardTrainer (Bradley-Terry on chosen/rejected) on the staged preference pairs; the
+        checkpoint is a ``*ForSequenceClassification`` model. Pairwise accuracy on held-out pairs is validated at
+        every checkpoint and at the end.
+        """
+        import datasets
+        from trl.trainer.reward_config import RewardConfig
+        from trl.trainer.reward_trainer import RewardTrainer
+
+        spec, training = job.spec, job.spec.training
+        chat = tokenizer.chat_template is not None
+        train_pairs = load_pairs(job.inputs.train_files)
+        if job.inputs.val_files is not None:
+            held_out = load_pairs(job.inputs.val_files)
+        else:
+            count = max(1, round(len(train_pairs) * RM_HELD_OUT_SHARE)) if len(train_pairs) > 1 else 0
+            shuffled = random.Random(0).sample(train_pairs, len(train_pairs))
+            held_out, train_pairs = shuffled[:count], shuffled[count:]
+        every = spec.checkpoints.every if spec.checkpoints else None
+        arguments = common_arguments(job, eval_batch=training.batch_size)
+        arguments.update(eval_strategy="steps" if held_out and every else "no", eval_steps=every if held_out else None)
+        config = RewardConfig(
+            **arguments,
+            per_device_train_batch_size=training.batch_size,
+            gradient_accumulation_steps=1,
+            max_length=spec.data.sft_max_length,
+            disable_dropout=True,
+            dataset_num_proc=None,
+        )
+        return RewardTrainer(
+            model=job.inputs.model,
+            args=config,
+            train_dataset=datasets.Dataset.from_list(rm_examples(train_pairs, chat=chat)),
+            eval_dataset=datasets.Dataset.from_list(rm_examples(held_out, chat=chat)) if held_out else None,
+            processing_class=tokenizer,
+            callbacks=[loka_callback(job, writer, to_verl=verl_rm_metrics, samples=1)],
+        )
+
     def _sft(self, job: EngineJob, tokenizer: Any, writer: MetricsWriter) -> Any:
         import datasets
         from trl.trainer.sft_config import SFTConfig
@@ -301,6 +354,24 @@ class TrlEngine:
             processing_class=tokenizer,
             callbacks=[loka_callback(job, writer, to_verl=verl_sft_metrics, samples=1)],
         )
+
+
+# rm: the share of pairs held out for pairwise accuracy when the run names no data.validation.
+RM_HELD_OUT_SHARE = 0.1
+
+
+def rm_examples(pairs: list[dict[str, Any]], *, chat: bool) -> list[dict[str, Any]]:
+    """Preference pairs as RewardTrainer's examples; without a chat template, as flattened text."""
+    if chat:
+        return [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
+
+    def text(value: Any) -> str:
+        return value if isinstance(value, str) else " ".join(m["content"] for m in value)
+
+    return [
+        {"prompt": as_text(p["prompt"]), "chosen": " " + text(p["chosen"]), "rejected": " " + text(p["rejected"])}
+        for p in pairs
+    ]
 
 
 def common_arguments(job: EngineJob, *, eval_batch: int) -> dict[str, Any]:

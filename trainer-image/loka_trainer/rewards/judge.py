@@ -19,23 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import random
 import re
 import time
-import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
-import aiohttp
+from loka_trainer.rewards.endpoint import Endpoint, EndpointClient
 
 # The judge is told to end with `Score: N`, N from 0 to SCORE_SCALE; scores are reported in [0, 1].
 SCORE_SCALE = 10
 SCORE_INSTRUCTION = f"End your reply with a line `Score: N`, where N is an integer from 0 to {SCORE_SCALE}."
 _SCORE_LINE = re.compile(r"score\s*[:=]\s*\**\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
-RETRYABLE_STATUS = frozenset({408, 429})  # plus every 5xx
-MAX_BACKOFF_S = 8.0
 MAX_RAW_CHARS = 2000
 # The per-sample keys of a judge component named `judge`: judge, judge_ok, judge_error, judge_latency_s, judge_tokens.
 COMPONENT_SUFFIXES = ("", "_ok", "_error", "_latency_s", "_tokens")
@@ -142,139 +137,59 @@ def judge_messages(
     return [{"role": "system", "content": rubric}, {"role": "user", "content": user}]
 
 
-@dataclass
-class _Attempt:
-    status: int | None = None
-    text: str = ""
-    tokens: int = 0
-    retry_after: float | None = None
-    error: str | None = None
-
-
-@dataclass
-class _LoopState:
-    session: aiohttp.ClientSession
-    semaphore: asyncio.Semaphore
-
-
-@dataclass
-class JudgeClient:
+class JudgeClient(EndpointClient):
     """Asks one judge; safe to share across the coroutines of one event loop (and across loops)."""
 
-    config: JudgeConfig
-    _states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = field(
-        default_factory=weakref.WeakKeyDictionary
-    )
-
-    def _state(self) -> _LoopState:
-        loop = asyncio.get_running_loop()
-        state = self._states.get(loop)
-        if state is None or state.session.closed:
-            connector = aiohttp.TCPConnector(limit=self.config.max_concurrency)
-            state = _LoopState(
-                aiohttp.ClientSession(connector=connector), asyncio.Semaphore(self.config.max_concurrency)
+    def __init__(self, config: JudgeConfig) -> None:
+        super().__init__(
+            Endpoint(
+                url=config.endpoint,
+                max_concurrency=config.max_concurrency,
+                retries=config.retries,
+                backoff_s=config.backoff_s,
+                api_key_env=config.api_key_env,
             )
-            self._states[loop] = state
-        return state
-
-    async def close(self) -> None:
-        """Close this loop's connection pool (the others close with their loops)."""
-        state = self._states.pop(asyncio.get_running_loop(), None)
-        if state is not None:
-            await state.session.close()
-
-    def _headers(self) -> dict[str, str]:
-        key = os.environ.get(self.config.api_key_env) if self.config.api_key_env else None
-        return {"Authorization": f"Bearer {key}"} if key else {}
+        )
+        self.config = config
 
     async def judge(self, prompt: str | Sequence[Mapping[str, Any]] | None, response: str) -> Verdict:
         """One verdict, within ``timeout_s``; never raises for the judge's failures."""
         started = time.monotonic()
         deadline = started + self.config.timeout_s
         messages = judge_messages(self.config.rubric, prompt, response)
-        results = await asyncio.gather(*(self._sample(messages, deadline) for _ in range(self.config.samples)))
-        latency = time.monotonic() - started
-        scores = [score for score, _, _, _ in results if score is not None]
-        answered = [attempt for _, attempt, _, _ in results if attempt.error is None]
-        tokens = sum(attempt.tokens for _, attempt, _, _ in results)
-        attempts = sum(count for _, _, count, _ in results)
-        raw = next((attempt.text for attempt in answered), "")[:MAX_RAW_CHARS]
-        if scores:
-            return Verdict(sum(scores) / len(scores), True, True, None, latency, tokens, attempts, raw)
-        errors = [error for _, _, _, error in results if error]
-        error = errors[0] if errors else "unparseable"
-        return Verdict(self.config.failure_score, False, bool(answered), error, latency, tokens, attempts, raw)
-
-    async def _sample(
-        self, messages: list[dict[str, str]], deadline: float
-    ) -> tuple[float | None, _Attempt, int, str | None]:
-        """One sample with retries: (score, last attempt, attempts made, error)."""
-        attempt, tries = _Attempt(), 0
-        for retry in range(self.config.retries + 1):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None, attempt, tries, "timeout"
-            tries += 1
-            attempt = await self._post(messages, remaining)
-            if attempt.error is None:
-                score = parse_score(attempt.text)
-                return score, attempt, tries, None if score is not None else "unparseable"
-            if not _retryable(attempt) or retry == self.config.retries:
-                break
-            backoff = min(MAX_BACKOFF_S, self.config.backoff_s * 2**retry) * random.uniform(0.5, 1.0)
-            wait = max(backoff, attempt.retry_after or 0.0)
-            if time.monotonic() + wait >= deadline:
-                return None, attempt, tries, "timeout" if attempt.error == "timeout" else attempt.error
-            await asyncio.sleep(wait)
-        return None, attempt, tries, attempt.error
-
-    async def _post(self, messages: list[dict[str, str]], remaining: float) -> _Attempt:
-        state = self._state()
         body = {
             "model": self.config.model,
             "messages": messages,
             "temperature": self.config.temperature,
             "max_tokens": self.config.max_tokens,
         }
-        url = self.config.endpoint.rstrip("/") + "/chat/completions"
-        try:
-            async with (
-                asyncio.timeout(remaining),
-                state.semaphore,
-                state.session.post(url, json=body, headers=self._headers()) as reply,
-            ):
-                if reply.status != 200:
-                    return _Attempt(
-                        status=reply.status,
-                        error=f"http {reply.status}",
-                        retry_after=_retry_after(reply.headers.get("Retry-After")),
-                    )
-                payload = await reply.json(content_type=None)
-        except TimeoutError:
-            return _Attempt(error="timeout")
-        except (aiohttp.ClientError, OSError):
-            return _Attempt(error="connection")
-        except ValueError:
-            return _Attempt(status=200, error="unparseable")
-        try:
-            text = str(payload["choices"][0]["message"]["content"] or "")
-        except (KeyError, IndexError, TypeError):
-            return _Attempt(status=200, error="unparseable")
-        usage = payload.get("usage") or {}
-        return _Attempt(status=200, text=text, tokens=int(usage.get("total_tokens") or 0))
+        replies = await asyncio.gather(
+            *(self.post("/chat/completions", body, deadline) for _ in range(self.config.samples))
+        )
+        latency = time.monotonic() - started
+        texts = [_answer_text(reply.payload) if reply.error is None else None for reply in replies]
+        answered = [text for text in texts if text is not None]
+        scores = [score for text in answered if (score := parse_score(text)) is not None]
+        tokens = sum(_tokens(reply.payload) for reply in replies if reply.error is None)
+        attempts = sum(reply.attempts for reply in replies)
+        raw = (answered[0] if answered else "")[:MAX_RAW_CHARS]
+        if scores:
+            return Verdict(sum(scores) / len(scores), True, True, None, latency, tokens, attempts, raw)
+        errors = [reply.error for reply in replies if reply.error]
+        error = "unparseable" if answered or not errors else errors[0]
+        return Verdict(self.config.failure_score, False, bool(answered), error, latency, tokens, attempts, raw)
 
 
-def _retryable(attempt: _Attempt) -> bool:
-    if attempt.error in {"connection", "timeout"}:
-        return attempt.error == "connection"  # a timed-out attempt already spent the budget
-    return attempt.status is not None and (attempt.status in RETRYABLE_STATUS or attempt.status >= 500)
-
-
-def _retry_after(value: str | None) -> float | None:
+def _answer_text(payload: Any) -> str | None:
     try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
+        return str(payload["choices"][0]["message"]["content"] or "")
+    except (KeyError, IndexError, TypeError):
         return None
+
+
+def _tokens(payload: Any) -> int:
+    usage = payload.get("usage") if isinstance(payload, dict) else None
+    return int((usage or {}).get("total_tokens") or 0)
 
 
 def judge_step_metrics(verdicts: Iterable[Verdict], *, name: str = "judge") -> dict[str, float]:
