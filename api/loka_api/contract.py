@@ -75,6 +75,33 @@ ENV_RUN_UID = "LOKA_RUN_UID"
 ENV_WANDB_MODE = "WANDB_MODE"
 # The trainer's local staging root: the operator mounts each Ray pod's work volume there (default $HOME/loka-work).
 ENV_WORK_DIR = "LOKA_WORK_DIR"
+# Set by the trainer for verl's actors: the folder on the head node through which it asks the checkpoint callback
+# for a save before it stops verl, and learns whether an upload is in flight (loka_trainer.stop_handshake).
+ENV_STOP_HANDSHAKE = "LOKA_STOP_HANDSHAKE"
+
+# -------------------------------------------------------------------------------------- stopping
+#
+# A preemption or suspension deletes the run's pods; each gets spec.preemption.gracePeriodSeconds between SIGTERM
+# and SIGKILL (its terminationGracePeriodSeconds). The operator and the trainer split that time the same way:
+# Ray's job supervisor gives the trainer all but RAY_STOP_RESERVE_S of it (RAY_JOB_STOP_WAIT_TIME_S); of that the
+# trainer keeps TRAINER_STOP_RESERVE_S to stop verl and write its closing status, and the rest is the window in
+# which the step in flight ends with a saved, uploaded and marked checkpoint.
+DEFAULT_GRACE_PERIOD_SECONDS = 60
+MIN_GRACE_PERIOD_SECONDS = 30
+RAY_STOP_RESERVE_S = 5
+TRAINER_STOP_RESERVE_S = 18
+ENV_RAY_JOB_STOP_WAIT = "RAY_JOB_STOP_WAIT_TIME_S"
+
+
+def ray_job_stop_wait_s(grace_period_seconds: int) -> int:
+    """What Ray's job supervisor waits between SIGTERM to `loka-trainer run` and SIGKILL."""
+    return grace_period_seconds - RAY_STOP_RESERVE_S
+
+
+def save_window_s(grace_period_seconds: int) -> int:
+    """How long the trainer may take to end the step in flight with a checkpoint after a stop."""
+    return max(ray_job_stop_wait_s(grace_period_seconds) - TRAINER_STOP_RESERVE_S, 0)
+
 
 # ------------------------------------------------------------------------------- built-in inputs
 #

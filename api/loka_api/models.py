@@ -19,9 +19,11 @@ from loka_api.contract import (
     BUILTIN_MODELS,
     BUILTIN_SCHEME,
     CHECKPOINT_LAYOUT,
+    DEFAULT_GRACE_PERIOD_SECONDS,
     FROM_RUN_FINAL,
     FROM_RUN_LATEST,
     MAX_RUN_NAME_LENGTH,
+    MIN_GRACE_PERIOD_SECONDS,
     STEP_FOLDER_PREFIX,
 )
 
@@ -358,6 +360,21 @@ class RolloutsSpec(LokaModel):
     )
 
 
+class PreemptionSpec(LokaModel):
+    """What a run does when Kueue evicts it (preemption, deactivation, quota change) or a user suspends it."""
+
+    grace_period_seconds: int = Field(
+        default=DEFAULT_GRACE_PERIOD_SECONDS,
+        ge=MIN_GRACE_PERIOD_SECONDS,
+        le=3600,
+        description=(
+            "Seconds between the stop and the end of the pods (their terminationGracePeriodSeconds): the trainer "
+            "finishes the step in flight, saves, uploads and marks it within this time, else the run resumes from "
+            "its last checkpoint."
+        ),
+    )
+
+
 class StorageSpec(LokaModel):
     endpoint: str | None = Field(
         default=None,
@@ -443,6 +460,7 @@ RUN_SHAPING_FIELDS: tuple[str, ...] = (
     "storage",
     "tracking",
     "huggingface",
+    "preemption",
 )
 MUTABLE_FIELDS: tuple[str, ...] = ("suspend", "maxRestarts", "ttlSecondsAfterFinished", "notifications")
 
@@ -561,6 +579,17 @@ class TrainingRunSpec(LokaModel):
     notifications: NotificationsSpec | None = Field(
         default=None, description="Who is told when the run starts, succeeds, fails or is suspended."
     )
+    preemption: PreemptionSpec | None = Field(
+        default=None,
+        description=(
+            f"Save on preemption or suspension: the grace period to save in (default {DEFAULT_GRACE_PERIOD_SECONDS} s)."
+        ),
+    )
+
+    @property
+    def grace_period_seconds(self) -> int:
+        """How long the run's pods live after a stop (spec.preemption.gracePeriodSeconds, or the default)."""
+        return self.preemption.grace_period_seconds if self.preemption else DEFAULT_GRACE_PERIOD_SECONDS
 
 
 # ------------------------------------------------------------------------------------------- status

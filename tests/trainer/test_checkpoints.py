@@ -19,7 +19,13 @@ import pytest
 from loka_api.contract import MANIFEST_NAME
 from loka_api.manifest import Writer
 from loka_trainer.checkpoints import VERL_TRACKER_NAME, CheckpointError, CheckpointStore, WriterFencedError
-from loka_trainer.storage import ObjectStore, PreconditionFailedError, S3Uri, TransferCancelledError
+from loka_trainer.storage import (
+    ConditionalWritesUnsupportedError,
+    ObjectStore,
+    PreconditionFailedError,
+    S3Uri,
+    TransferCancelledError,
+)
 from tests.trainer.conftest import wait_for, write_verl_checkpoint
 
 FIRST = Writer(1, "run-a1b2c")
@@ -225,6 +231,36 @@ def test_minio_refuses_conditional_writes_whose_condition_no_longer_holds(
     for racer in racers:
         racer.join(timeout=60)
     assert sorted(outcomes) == ["refused"] * 7 + ["won"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "lacking"),
+    [
+        ("ignore", "ignores If-None-Match on PutObject"),
+        ("refuse", "answers 501 Not Implemented to a PutObject with If-None-Match"),
+    ],
+)
+def test_a_store_without_conditional_writes_is_refused_naming_what_it_lacks(  # noqa: PLR0917
+    s3_env: dict[str, str], object_store: ObjectStore, s3_prefix: S3Uri, tmp_path: Path, mode: str, lacking: str
+) -> None:
+    from localcluster.s3_proxy import ConditionalWriteStandIn
+
+    keys = (s3_env["AWS_ACCESS_KEY_ID"], s3_env["AWS_SECRET_ACCESS_KEY"])
+    with ConditionalWriteStandIn(s3_env["AWS_ENDPOINT_URL"], *keys, mode=mode) as standin:  # type: ignore[arg-type]
+        through = ObjectStore(endpoint_url=standin.url)
+        through.put_bytes(s3_prefix.join("plain"), b"plain writes pass")  # the stand-in is a working store
+        store = CheckpointStore(through, s3_prefix.join("run"), keep=3, writer=FIRST)
+        with pytest.raises(ConditionalWritesUnsupportedError) as refused:
+            store.claim()
+        with pytest.raises(ConditionalWritesUnsupportedError):
+            store.claim()  # refused again: only a store that passed is remembered
+
+    message = str(refused.value)
+    assert f"the S3 store at {standin.url} {lacking}" in message
+    assert "AWS S3, MinIO" in message and "spec.storage.endpoint" in message
+    assert object_store.get_bytes(s3_prefix.join("plain")) == b"plain writes pass"
+    # Nothing half created: no marker, no probe object left behind.
+    assert [obj.uri.key for obj in object_store.list_objects(s3_prefix.join("run"))] == []
 
 
 def test_an_older_attempt_can_neither_move_the_marker_nor_prune_once_a_newer_one_claimed(

@@ -17,10 +17,11 @@ import pytest
 
 from loka_api.contract import MANIFEST_NAME
 from loka_api.manifest import Writer
-from loka_trainer.checkpoints import CheckpointStore
+from loka_trainer.checkpoints import CheckpointStore, WriterFencedError
 from loka_trainer.nodes import on_nodes, ray_node_ids, stage_on_node
-from loka_trainer.storage import ObjectStore, S3Uri
-from tests.trainer.conftest import write_verl_checkpoint
+from loka_trainer.stop_handshake import StopHandshake
+from loka_trainer.storage import MiB, ObjectStore, S3Uri
+from tests.trainer.conftest import wait_for, write_verl_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +140,113 @@ def test_a_failed_background_upload_stops_training_at_the_next_save(
     callback.on_save(trainer=trainer, global_step=10, checkpoint_dir=str(write_verl_checkpoint(tmp_path, step=10)))
     with pytest.raises(RuntimeError, match="the upload of checkpoint step 10 failed"):
         callback.on_save(trainer=trainer, global_step=20, checkpoint_dir=str(write_verl_checkpoint(tmp_path, step=20)))
+
+
+def test_an_exception_right_after_a_save_leaves_that_checkpoint_complete_in_s3(
+    ray_cluster: list[str], object_store: ObjectStore, s3_prefix: S3Uri, tmp_path: Path
+) -> None:
+    """verl raises (an NCCL timeout, an OOM, a lost node) while the checkpoint it just saved uploads in the
+    background; its driver exits and Ray kills the TaskRunner. The guarded TaskRunner waits for the upload first.
+    """
+    import ray
+
+    from loka_trainer.verl_driver import guarded_task_runner
+
+    writer = Writer(1, "run-a1b2c")
+    CheckpointStore(object_store, s3_prefix, keep=3, writer=writer).claim()  # `loka-trainer run` claims first
+    env = {"LOKA_CHECKPOINT_PREFIX": str(s3_prefix), "LOKA_CHECKPOINT_WRITER": writer.to_env()}
+    # Large enough that the upload is still running when the exception reaches the driver (~100 MB).
+    folder = write_verl_checkpoint(tmp_path, step=10, shard_bytes=24 * MiB)
+
+    class TaskRunner:
+        def run(self, env: dict[str, str], folder: str) -> None:
+            os.environ.update(env)
+            from loka_trainer.verl_callback import S3CheckpointCallback
+
+            callback = S3CheckpointCallback(config=None)
+            trainer = SimpleNamespace(total_training_steps=30)
+            callback.on_save(trainer=trainer, global_step=10, checkpoint_dir=folder, async_save=False)
+            raise RuntimeError("NCCL timeout after the save of step 10")
+
+    actor: Any = ray.remote(num_cpus=0, max_restarts=0)(guarded_task_runner(TaskRunner, hook_verl=False)).remote()
+    with pytest.raises(ray.exceptions.RayTaskError, match="NCCL timeout"):
+        ray.get(actor.run.remote(env, str(folder)), timeout=300)
+    ray.kill(actor)  # what follows when verl's driver exits: its actors die with it
+
+    store = CheckpointStore(object_store, s3_prefix, keep=3)
+    assert store.marker_step() == 10
+    assert store.complete_steps() == [10]
+    manifest = store.manifest(10)
+    assert manifest is not None
+    assert manifest.total_bytes == sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+class StepsLikeVerl:
+    """What the hooked verl trainer is to the callback: its step, its save, its step end."""
+
+    def __init__(self, callback: Any, folder: Path, total: int = 30) -> None:
+        self.checkpoint_callback = callback
+        self.folder = folder
+        self.total_training_steps = total
+        self.global_steps = 0
+
+    def _save_checkpoint(self) -> None:
+        saved = write_verl_checkpoint(self.folder, step=self.global_steps, shard_bytes=64 * 1024)
+        self.checkpoint_callback.on_save(trainer=self, global_step=self.global_steps, checkpoint_dir=str(saved))
+
+
+def test_a_fenced_writer_stops_at_the_next_step_end_not_at_the_next_save(
+    ray_cluster: list[str], object_store: ObjectStore, s3_prefix: S3Uri, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loka_trainer.verl_callback import S3CheckpointCallback, on_step_end
+
+    old = Writer(1, "run-a1b2c")
+    CheckpointStore(object_store, s3_prefix, keep=3, writer=old).claim()
+    handshake = StopHandshake(tmp_path / "stop")
+    monkeypatch.setenv("LOKA_CHECKPOINT_PREFIX", str(s3_prefix))
+    monkeypatch.setenv("LOKA_CHECKPOINT_WRITER", old.to_env())
+    monkeypatch.setenv("LOKA_STOP_HANDSHAKE", str(handshake.folder))
+    trainer = StepsLikeVerl(S3CheckpointCallback(config=None), tmp_path / "local")
+    CheckpointStore(object_store, s3_prefix, keep=3, writer=Writer(2, "run-d3e4f")).claim()  # a newer attempt
+
+    trainer.global_steps = 10
+    trainer._save_checkpoint()  # every=10: the next save would be 10 steps later
+    wait_for(lambda: handshake.uploading_step() is None, timeout=60, what="the background upload to end")
+    with pytest.raises(RuntimeError, match="the upload of checkpoint step 10 failed") as failed:
+        on_step_end(trainer)  # the end of step 10 itself
+    assert isinstance(failed.value.__cause__, WriterFencedError)
+    assert CheckpointStore(object_store, s3_prefix, keep=3).complete_steps() == []
+
+
+def test_a_requested_save_ends_the_step_in_flight_with_a_marked_checkpoint(
+    ray_cluster: list[str], object_store: ObjectStore, s3_prefix: S3Uri, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loka_trainer.verl_callback import S3CheckpointCallback, on_step_end
+
+    writer = Writer(1, "run-a1b2c")
+    CheckpointStore(object_store, s3_prefix, keep=3, writer=writer).claim()
+    handshake = StopHandshake(tmp_path / "stop")
+    monkeypatch.setenv("LOKA_CHECKPOINT_PREFIX", str(s3_prefix))
+    monkeypatch.setenv("LOKA_CHECKPOINT_WRITER", writer.to_env())
+    monkeypatch.setenv("LOKA_STOP_HANDSHAKE", str(handshake.folder))
+    trainer = StepsLikeVerl(S3CheckpointCallback(config=None), tmp_path / "local")
+    store = CheckpointStore(object_store, s3_prefix, keep=3)
+
+    trainer.global_steps = 10
+    trainer._save_checkpoint()  # a periodic save, uploading in the background
+    on_step_end(trainer)
+    trainer.global_steps = 13
+    on_step_end(trainer)
+    assert handshake.saved_step() is None
+    handshake.request_save("SIGTERM")  # a preemption during step 14
+    trainer.global_steps = 14
+    on_step_end(trainer)
+
+    assert handshake.saved_step() == 14
+    assert store.marker_step() == 14
+    assert store.complete_steps() == [10, 14]
+    on_step_end(trainer)  # answered once: the trainer stops verl now
+    assert store.complete_steps() == [10, 14]
 
 
 def test_other_nodes_get_the_model_data_and_restored_checkpoint_at_the_same_paths(

@@ -27,6 +27,7 @@ from tests.trainer.conftest import REPO_ROOT, create_run, per_run_kubeconfig, re
 
 RUN_TIMEOUT_S = 240
 MAX_STEPS = 12
+EVERY = 4
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def verl_spec(prefix: S3Uri) -> dict[str, Any]:
         "data": {"train": f"{base}/data/train.parquet"},
         "training": {"maxSteps": MAX_STEPS, "batchSize": 4, "samplesPerPrompt": 4},
         "resources": {"workers": 1, "gpusPerWorker": 1},
-        "checkpoints": {"uri": f"{base}/ckpt", "every": 1, "keep": 3, "resume": "auto"},
+        "checkpoints": {"uri": f"{base}/ckpt", "every": EVERY, "keep": 3, "resume": "auto"},
     }
 
 
@@ -82,7 +83,15 @@ def standin_pids(work_dir: Path) -> dict[str, int]:
     return {p.name: int(p.read_text()) for p in work_dir.rglob("pids/*") if p.read_text().strip()}
 
 
-def test_sigterm_stops_verl_and_its_actor_reports_why_and_the_marker_stays(  # noqa: PLR0917
+def trained_step(work_dir: Path) -> int:
+    """The last step verl finished (its metrics file), 0 before the first."""
+    import json
+
+    lines = [line for f in work_dir.rglob("metrics.jsonl") for line in f.read_text().splitlines() if line.strip()]
+    return max((int(json.loads(line)["step"]) for line in lines), default=0)
+
+
+def test_sigterm_saves_the_step_in_flight_then_stops_verl_and_its_actor(  # noqa: PLR0917
     cluster: Any,
     k8s: Any,
     namespace: str,
@@ -118,15 +127,16 @@ def test_sigterm_stops_verl_and_its_actor_reports_why_and_the_marker_stays(  # n
 
     trainer = start_trainer(env, work, log)
     try:
+        # Past the first periodic checkpoint (step 4) by a step: a stop without a save would lose the steps since.
         wait_for(
-            lambda: (store.marker_step() or 0) >= 2 or trainer.poll() is not None,
+            lambda: ((store.marker_step() or 0) >= EVERY and trained_step(work) > EVERY) or trainer.poll() is not None,
             timeout=RUN_TIMEOUT_S,
-            what="checkpoint 2 to be marked",
-            interval=0.2,
+            what=f"checkpoint {EVERY} to be marked and step {EVERY + 1} trained",
+            interval=0.1,
         )
         assert trainer.poll() is None, log.read_text(errors="replace")[-4000:]
-        marked = store.marker_step() or 0
-        trainer.send_signal(signal.SIGTERM)  # what the kubelet sends on preemption or deletion
+        reached = trained_step(work)
+        trainer.send_signal(signal.SIGTERM)  # what Ray's job stop sends on preemption, suspension or deletion
         code = trainer.wait(timeout=60)
         pids = standin_pids(work)
         left = {role: pid for role, pid in pids.items() if alive(pid)}
@@ -141,11 +151,13 @@ def test_sigterm_stops_verl_and_its_actor_reports_why_and_the_marker_stays(  # n
     assert left == {}, f"still running after the trainer exited: {left}"  # nothing can move the marker now
     stopped_at = store.marker_step()
     assert stopped_at is not None
-    # Training stops at once: at most the step in progress and the upload in flight complete (1 s steps here).
-    assert marked <= stopped_at <= marked + 2 < MAX_STEPS
+    # The step in flight at the signal ended with a checkpoint (or the next, if the signal came at its very end).
+    assert reached + 1 <= stopped_at <= reached + 2 < MAX_STEPS, (reached, stopped_at)
     assert store.latest_complete() == stopped_at
     status = read_run(k8s, namespace, "verl-stop")["status"]
-    assert status["message"] == f"trainer stopped by SIGTERM; resumes from checkpoint step {stopped_at}"
+    saved = f"saved step {stopped_at} before stopping"
+    assert status["message"] == f"trainer stopped by SIGTERM; {saved}; resumes from checkpoint step {stopped_at}"
+    assert "asked verl to save at the end of the step in flight" in output
     assert "stopping verl" in output
 
     second = start_trainer(env, tmp_path / "attempt-2", log)  # a new pod: empty local disk

@@ -52,6 +52,8 @@ VERL_TRACKER_NAME = "latest_checkpointed_iteration.txt"
 RANK_SHARD = re.compile(r"_world_size_(\d+)_rank_(\d+)\.pt$")
 # A conditional marker write that loses a race is read and tried again; a writer that keeps losing is not alone.
 _MARKER_TRIES = 5
+# The prefixes whose store this process found to honour conditional writes (probed once per prefix).
+_PROBED: set[tuple[str, str]] = set()
 
 
 class CheckpointError(RuntimeError):
@@ -245,9 +247,11 @@ class CheckpointStore:
         """Become the run's only checkpoint writer; returns the checkpoint the marker names (None: none yet).
 
         Call it before restoring anything: an older attempt's commit or prune after this fails. Raises
-        WriterFencedError when the marker is held by a newer attempt than this one.
+        WriterFencedError when the marker is held by a newer attempt than this one, and
+        ConditionalWritesUnsupportedError when the store does not honour the conditional writes that fence.
         """
         writer = self._own_writer()
+        self.check_conditional_writes()
         for _ in range(_MARKER_TRIES):
             state = self.marker_state()
             if state.writer is not None and state.writer.attempt > writer.attempt:
@@ -262,6 +266,14 @@ class CheckpointStore:
             return state.record
         msg = f"could not claim the checkpoints under {self.prefix}: the marker kept changing"
         raise CheckpointError(msg)
+
+    def check_conditional_writes(self) -> None:
+        """Once per prefix: a store that ignores If-Match/If-None-Match would silently turn the fencing off."""
+        key = (self.store.endpoint, str(self.prefix))
+        if key in _PROBED:
+            return
+        self.store.check_conditional_writes(self.prefix)
+        _PROBED.add(key)
 
     # -- writing -------------------------------------------------------------------------------
 

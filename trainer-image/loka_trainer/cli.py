@@ -72,6 +72,12 @@ def _run(args: argparse.Namespace) -> int:
     return run_from_environment(work_dir=args.work_dir, kubeconfig=args.kubeconfig)
 
 
+def _release(args: argparse.Namespace) -> int:
+    from loka_trainer.release import release
+
+    return release(stop=not args.wait, address=args.address)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loka-trainer", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--work-dir", type=Path, default=None, help="local staging folder (default: $HOME/loka-work)")
     run.add_argument("--kubeconfig", default=None, help="kubeconfig outside a pod (default: in-cluster, $KUBECONFIG)")
     run.set_defaults(handler=_run)
+
+    release = commands.add_parser(
+        "release", help="a Ray pod's preStop: stop the Ray jobs gracefully (head) and wait until they end"
+    )
+    release.add_argument("--wait", action="store_true", help="only wait until the head's jobs end (workers)")
+    release.add_argument("--address", default=None, help="Ray dashboard URL (default: this pod's head)")
+    release.set_defaults(handler=_release)
 
     dataset = commands.add_parser("dataset", help="turn a task file into verl's RL parquet files")
     dataset.add_argument("tasks", type=Path, help="JSON Lines, or JSON (a task or a list of them)")

@@ -21,15 +21,16 @@ import yaml
 from pydantic import ValidationError
 
 from loka_api import TrainingRun
-from loka_api.contract import ENV_WANDB_KEY, ENV_WORK_DIR, rollouts_prefix, step_folder
+from loka_api.contract import ENV_WANDB_KEY, ENV_WORK_DIR, rollouts_prefix, save_window_s, step_folder
 from loka_api.manifest import Writer
 from loka_trainer.checkpoints import CheckpointError, CheckpointRecord, CheckpointStore, WriterFencedError
-from loka_trainer.engines import Engine, EngineJob, ResumePoint, engine_for
+from loka_trainer.engines import Engine, EngineJob, ResumePoint, SaveOnStop, engine_for
 from loka_trainer.nodes import FileOnAnyNode, connected_to_ray
 from loka_trainer.settings import redact, wandb_mode
 from loka_trainer.staging import HF_SCHEME, StagedInputs, parquet_rows, stage_inputs
 from loka_trainer.status_reporter import StatusPatcher, StatusReporter
 from loka_trainer.step_metrics import MetricsFollower
+from loka_trainer.stop_handshake import StopHandshake
 from loka_trainer.storage import ObjectStore, TransferCancelledError
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,7 @@ class Runner:
         self._checkpoint_lock = threading.Lock()
         self.skipped_checkpoints = ""  # why newer checkpoints were passed over at restore, for status
         self.restored_checkpoint: CheckpointRecord | None = None  # the run's own, when it resumed from one
+        self.save_on_stop: SaveOnStop | None = None
         # This attempt: the only writer of the run's checkpoints once it has claimed them.
         self.writer = writer or Writer(run.status.attempt or 0, f"{os.uname().nodename}:{os.getpid()}")
         self.checkpoints: CheckpointStore | None = None
@@ -263,6 +265,7 @@ class Runner:
         self.metrics_file.unlink(missing_ok=True)
         follower_stop = threading.Event()
         follower: threading.Thread | None = None
+        self.save_on_stop = self._save_on_stop()
         try:
             if self.checkpoints is not None:
                 # Before anything is restored: from here on an older attempt can neither move the marker nor prune.
@@ -290,6 +293,7 @@ class Runner:
                     stop=self.stop.event,
                     wandb_mode=wandb_mode(self._wandb_requested_mode()),
                     source_uri=self.source_uri,
+                    save_on_stop=self.save_on_stop,
                 )
                 follower = threading.Thread(target=self._follow, args=(follower_stop,), name="metrics", daemon=True)
                 follower.start()
@@ -311,16 +315,47 @@ class Runner:
             return self._fail(f"trainer failed: {type(error).__name__}: {error}", follower, follower_stop)
         self._stop_follower(follower, follower_stop, flush=False)
         if self.stop.event.is_set():
-            # The follower read the marker once more as it stopped; no S3 call here: time is short now.
-            last = self._reported_checkpoint
-            where = f"; resumes from checkpoint step {last}" if last is not None else ""
-            self.reporter.report_message(f"trainer stopped by {self.stop.reason or 'a stop request'}{where}")
+            self.reporter.report_message(self._stopped_message())
             return EXIT_TERMINATED
         if code != 0:
             self.reporter.report_message(f"trainer failed: {self.engine.name} exited with code {code}")
             return EXIT_FAILED
         self.reporter.flush()
         return EXIT_OK
+
+    def _save_on_stop(self) -> SaveOnStop | None:
+        """With checkpoints, a stop ends the step in flight with one, within the window the grace period leaves."""
+        if self.checkpoints is None:
+            return None
+        handshake = StopHandshake(self.work_dir / "stop")
+        handshake.reset()
+        plan = SaveOnStop(window_s=save_window_s(self.spec.grace_period_seconds), handshake=handshake)
+
+        def close_window_after_stop() -> None:
+            self.stop.event.wait()
+            plan.reason = self.stop.reason or plan.reason
+            log.info("stop (%s): %.0f s to end the step in flight with a checkpoint", plan.reason, plan.window_s)
+            plan.abandon.wait(plan.window_s)
+            plan.abandon.set()
+
+        threading.Thread(target=close_window_after_stop, name="save-window", daemon=True).start()
+        return plan
+
+    def _stopped_message(self) -> str:
+        """Why the trainer stopped, what became of the save on the way out, and where the next attempt resumes.
+        No S3 call here: time is short now (the follower read the marker once more as it stopped).
+        """
+        parts = [f"trainer stopped by {self.stop.reason or 'a stop request'}"]
+        last = self._reported_checkpoint
+        plan = self.save_on_stop
+        if plan is not None:
+            if plan.outcome():
+                parts.append(plan.outcome())
+            if plan.saved_step is not None and (last is None or plan.saved_step > last):
+                last = plan.saved_step
+        if last is not None:
+            parts.append(f"resumes from checkpoint step {last}")
+        return "; ".join(parts)
 
     def _report_restore(self, resume: ResumePoint | None) -> None:
         if resume is not None:

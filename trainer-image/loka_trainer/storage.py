@@ -44,6 +44,7 @@ READ_TIMEOUT_S = 60.0
 _MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
 # 412: the precondition failed; 409: a concurrent conditional write won (S3); 404: If-Match on a deleted object.
 _CONDITION_FAILED = frozenset({"412", "PreconditionFailed", "409", "ConditionalRequestConflict", *_MISSING})
+_NOT_IMPLEMENTED = frozenset({"501", "NotImplemented"})
 
 
 class TransferCancelledError(RuntimeError):
@@ -56,6 +57,24 @@ class ObjectMissingError(FileNotFoundError):
 
 class PreconditionFailedError(RuntimeError):
     """A conditional write was refused: the object changed (or appeared, or went) since it was read."""
+
+
+# Stores known to honour both conditional writes on PutObject (If-None-Match: *, If-Match: <etag>).
+STORES_WITH_CONDITIONAL_WRITES = "AWS S3, MinIO (2024 releases or later), Cloudflare R2"
+
+
+class ConditionalWritesUnsupportedError(ValueError):
+    """The store ignores or refuses conditional writes, which fence the attempts of a run from each other."""
+
+    def __init__(self, endpoint: str, lacking: str) -> None:
+        super().__init__(
+            f"the S3 store at {endpoint} {lacking}: Loka keeps two attempts of a run from writing the same "
+            f"checkpoints with conditional writes (PutObject with If-None-Match and If-Match), so it cannot keep "
+            f"checkpoints there safely. Use a store that honours both ({STORES_WITH_CONDITIONAL_WRITES}) in "
+            f"spec.storage.endpoint"
+        )
+        self.endpoint = endpoint
+        self.lacking = lacking
 
 
 def _error_code(error: ClientError) -> str:
@@ -434,8 +453,41 @@ class ObjectStore:
         except ClientError as error:
             if conditions and _error_code(error) in _CONDITION_FAILED:
                 raise PreconditionFailedError(f"{uri} changed since it was read ({_error_code(error)})") from error
+            if conditions and _error_code(error) in _NOT_IMPLEMENTED:
+                header = " and ".join(("If-Match" if c == "IfMatch" else "If-None-Match") for c in conditions)
+                lacking = f"answers 501 Not Implemented to a PutObject with {header}"
+                raise ConditionalWritesUnsupportedError(self.endpoint, lacking) from error
             raise
         return str(response.get("ETag", ""))
+
+    @property
+    def endpoint(self) -> str:
+        return str(getattr(self.client.meta, "endpoint_url", "") or "(the default AWS endpoint)")
+
+    def check_conditional_writes(self, prefix: S3Uri) -> None:
+        """Probe once whether the store honours If-None-Match and If-Match on PutObject, with a scratch object
+        under ``prefix``; raise ConditionalWritesUnsupportedError naming what it lacks.
+        """
+        probe = prefix.join(f".loka-conditional-write-probe-{os.urandom(6).hex()}")
+        try:
+            self.put_bytes(probe, b"1", if_absent=True)
+            try:
+                self.put_bytes(probe, b"2", if_absent=True)
+            except PreconditionFailedError:
+                pass
+            else:
+                lacking = "ignores If-None-Match on PutObject (it overwrote an object that existed)"
+                raise ConditionalWritesUnsupportedError(self.endpoint, lacking)
+            try:
+                self.put_bytes(probe, b"3", if_match='"00000000000000000000000000000000"')
+            except PreconditionFailedError:
+                pass
+            else:
+                lacking = "ignores If-Match on PutObject (it overwrote an object whose ETag did not match)"
+                raise ConditionalWritesUnsupportedError(self.endpoint, lacking)
+        finally:
+            with contextlib.suppress(ClientError):
+                self.delete(probe)
 
     def delete(self, uri: S3Uri) -> None:
         self.client.delete_object(Bucket=uri.bucket, Key=uri.key)

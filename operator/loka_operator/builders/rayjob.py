@@ -26,6 +26,9 @@ DEFAULT_RAY_VERSION = "2.60.0"
 
 HEAD_CONTAINER = "ray-head"
 WORKER_CONTAINER = "ray-worker"
+# Before the kubelet's SIGTERM (KubeRay deletes the cluster at once on eviction): the head stops its Ray jobs
+# gracefully, so the trainer saves the step in flight; a worker waits until they have ended (loka_trainer.release).
+PRESTOP = {contract.RAY_HEAD: ["loka-trainer", "release"], contract.RAY_WORKER: ["loka-trainer", "release", "--wait"]}
 TRAINER_TOKEN_VOLUME = "trainer-api-token"
 # The shortest lifetime the API server accepts; the kubelet replaces the file at 80% of it. (3607 s, the
 # kubelet's own default, is what `--service-account-extend-token-expiration` stretches to a year.)
@@ -73,6 +76,14 @@ def plain_env(spec: TrainingRunSpec, run: str, namespace: str) -> dict[str, str]
     if spec.storage is not None and spec.storage.endpoint is not None:
         env[contract.ENV_AWS_ENDPOINT] = spec.storage.endpoint
     return env
+
+
+def job_env(spec: TrainingRunSpec, run: str, namespace: str) -> dict[str, str]:
+    """The Ray job's environment: the trainer's plain variables, and how long Ray's job supervisor waits between
+    its SIGTERM to the trainer and SIGKILL (the pods' grace period, less what the kubelet needs after it).
+    """
+    wait = contract.ray_job_stop_wait_s(spec.grace_period_seconds)
+    return {**plain_env(spec, run, namespace), contract.ENV_RAY_JOB_STOP_WAIT: str(wait)}
 
 
 def _container_env(spec: TrainingRunSpec, run: str, namespace: str, node: str) -> list[Manifest]:
@@ -172,9 +183,12 @@ def _pod_template(
                 "resources": _resources(pod, gpus),
                 "securityContext": _restricted_container_security(),
                 "volumeMounts": mounts,
+                "lifecycle": {"preStop": {"exec": {"command": list(PRESTOP[node])}}},
             }
         ],
         "volumes": volumes,
+        # The save on a preemption or a suspension happens within this (spec.preemption.gracePeriodSeconds).
+        "terminationGracePeriodSeconds": spec.grace_period_seconds,
     }
     if service_account is not None:
         # The trainer reports status from here: the run's token goes to this container, and only it.
@@ -251,7 +265,7 @@ def build_rayjob(
     )
     rayjob_spec: Manifest = {
         "entrypoint": contract.TRAINER_ENTRYPOINT,
-        "runtimeEnvYAML": yaml.safe_dump({"env_vars": plain_env(spec, run, namespace)}, sort_keys=True),
+        "runtimeEnvYAML": yaml.safe_dump({"env_vars": job_env(spec, run, namespace)}, sort_keys=True),
         "submissionMode": settings.submission_mode,
         "shutdownAfterJobFinishes": True,
         "backoffLimit": spec.max_restarts,

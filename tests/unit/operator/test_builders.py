@@ -146,8 +146,24 @@ def test_runtime_env_carries_only_the_plain_variables() -> None:
             "LOKA_RUN_NAME": "qwen",
             "LOKA_RUN_NAMESPACE": "team-a",
             "AWS_ENDPOINT_URL": "http://minio.minio:9000",
+            "RAY_JOB_STOP_WAIT_TIME_S": "55",  # the default grace period (60 s) less the kubelet's part
         }
     }
+
+
+def test_a_preemption_gives_the_pods_the_grace_period_to_save_in_and_stops_the_job_before_their_sigterm() -> None:
+    job = build_rayjob(
+        make_spec(preemption={"gracePeriodSeconds": 300}), run="qwen", namespace="team-a", uid=UID,
+        settings=RayJobSettings(),
+    )  # fmt: skip
+    pods = pod_specs(job)
+    assert {kind: pod["terminationGracePeriodSeconds"] for kind, pod in pods.items()} == {"head": 300, "worker": 300}
+    # KubeRay deletes the pods at once on eviction: the head's preStop stops the Ray job through Ray (the trainer
+    # gets SIGTERM, saves, exits), the workers' waits for that, all before the kubelet's own SIGTERM.
+    hooks = {kind: pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"] for kind, pod in pods.items()}
+    assert hooks == {"head": ["loka-trainer", "release"], "worker": ["loka-trainer", "release", "--wait"]}
+    # Ray's job supervisor gives the trainer all but the kubelet's last 5 s before its SIGKILL.
+    assert yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"] == "295"
 
 
 def pod_specs(job: dict[str, Any]) -> dict[str, dict[str, Any]]:

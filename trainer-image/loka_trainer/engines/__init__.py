@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from loka_api import TrainingRunSpec
 from loka_trainer.checkpoints import CheckpointRecord, CheckpointStore
 from loka_trainer.staging import StagedInputs
+from loka_trainer.stop_handshake import StopHandshake
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,28 @@ class ResumePoint:
     folder: Path
     explicit: bool  # checkpoints.resume named it (resume_path) rather than auto picking the latest
     source: str = ""  # the S3 prefix holding global_step_<step> (another run's, for an explicit resume)
+
+
+@dataclass
+class SaveOnStop:
+    """A stop (preemption, suspension) ends the step in flight with a saved, marked checkpoint when it can do so
+    within ``window_s``; the engine records what became of it for the runner's closing message.
+    """
+
+    window_s: float
+    handshake: StopHandshake  # verl's channel to its TaskRunner
+    reason: str = "a stop request"
+    abandon: threading.Event = field(default_factory=threading.Event)  # set once the window is over
+    saved_step: int | None = None
+    failure: str | None = None  # why no save happened (None and no saved step: the stop came before training)
+
+    def outcome(self) -> str:
+        """What the closing message says about the save on the way out ("" when nothing was tried)."""
+        if self.saved_step is not None:
+            return f"saved step {self.saved_step} before stopping"
+        if self.failure is not None:
+            return f"could not save before stopping ({self.failure})"
+        return ""
 
 
 @dataclass(frozen=True)
@@ -45,6 +68,7 @@ class EngineJob:
     stop: threading.Event
     wandb_mode: str
     source_uri: str | None = None  # status.source.uri: the checkpoint spec.model.fromRun resolved to
+    save_on_stop: SaveOnStop | None = None  # None: a stop ends training at once (no checkpoints configured)
 
 
 class Engine(Protocol):

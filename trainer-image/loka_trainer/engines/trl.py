@@ -432,6 +432,7 @@ def loka_callback(
             self.step_started = 0.0
             self.step_seconds = 0.0
             self.rollouts_step: int | None = None
+            self.saved: int | None = None  # the last step uploaded and marked
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
             self.step_started = time.monotonic()
@@ -446,7 +447,12 @@ def loka_callback(
                 self.rollouts_step = state.global_step
             if job.stop.is_set():
                 control.should_training_stop = True
-                control.should_save = False
+                # Save on the way out (a preemption, a suspension): the step just trained, unless it is saved.
+                plan = job.save_on_stop
+                saved_here = self.saved == state.global_step
+                control.should_save = plan is not None and not plan.abandon.is_set() and not saved_here
+                if plan is not None and saved_here and plan.saved_step is None:
+                    plan.saved_step = state.global_step
             elif every and state.max_steps and state.global_step >= state.max_steps:
                 control.should_save = True  # like verl: always a checkpoint at the end
             return control
@@ -474,12 +480,20 @@ def loka_callback(
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if job.checkpoints is not None and folder.is_dir():
+                plan = job.save_on_stop
+                # A stop gives an upload the save window to finish (without one, it ends the upload at once).
+                cancel = job.stop if plan is None else plan.abandon
                 try:
-                    record = job.checkpoints.upload(state.global_step, folder, cancel=job.stop)
+                    record = job.checkpoints.upload(state.global_step, folder, cancel=cancel)
                 except TransferCancelledError:
                     log.warning("upload of step %d abandoned on stop; the marker was not moved", state.global_step)
+                    if plan is not None:
+                        plan.failure = f"the upload of step {state.global_step} did not finish in {plan.window_s:.0f} s"
                     control.should_training_stop = True
                     return control
+                self.saved = state.global_step
+                if plan is not None and job.stop.is_set():
+                    plan.saved_step = state.global_step
                 job.on_checkpoint(record)
                 drop_older_local_checkpoints(job.checkpoint_dir, state.global_step)  # the restored one
             return control

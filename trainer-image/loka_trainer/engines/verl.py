@@ -25,20 +25,23 @@ from loka_api.contract import (
     ENV_RUN_NAME,
     ENV_RUN_NAMESPACE,
     ENV_RUN_UID,
+    ENV_STOP_HANDSHAKE,
     ENV_WANDB_MODE,
 )
 from loka_api.render import VERL_FILE_LOGGER_ENV, StagedPaths, verl_command
-from loka_trainer.engines import EngineJob
+from loka_trainer.engines import EngineJob, SaveOnStop
 from loka_trainer.settings import redact
 from loka_trainer.verl_hook import ENV_ROLLOUTS
 
 log = logging.getLogger(__name__)
 
-# Pods get 30 s between SIGTERM and SIGKILL, the image gives Ray's job supervisor 25 s (RAY_JOB_STOP_WAIT_TIME_S);
-# verl gets 15 s of that, the rest is for reporting.
-STOP_GRACE_S = 15.0
+# Of the time Ray's job supervisor gives the trainer after SIGTERM (loka_api.contract: the save window comes first),
+# verl's process group gets this long between SIGTERM and SIGKILL, its Ray actors ACTOR_STOP_WAIT_S more to die.
+STOP_GRACE_S = 10.0
 # After verl's driver is gone: how long its Ray actors may take to die, and the group's last processes to be reaped.
 ACTOR_STOP_WAIT_S = 5.0
+# How often the trainer looks for the TaskRunner's answer to a save request.
+_HANDSHAKE_POLL_S = 0.2
 GROUP_REAP_S = 2.0
 RUNTIME_ENV_PREFIX = "+ray_kwargs.ray_init.runtime_env.env_vars."
 # verl's main_ppo, with its TaskRunner (trainer loop, W&B tracker, checkpoint callback) pinned to this node.
@@ -68,6 +71,8 @@ def actor_environment(job: EngineJob, environ: Mapping[str, str] | None = None) 
             env[ENV_RUN_UID] = job.checkpoints.run_uid
         if job.spec.rollouts is not None:
             env[ENV_ROLLOUTS] = job.spec.rollouts.model_dump_json(by_alias=True)
+    if job.save_on_stop is not None:
+        env[ENV_STOP_HANDSHAKE] = str(job.save_on_stop.handshake.folder)
     # Outside a pod (the local demo) the actors reach the API server through the same kubeconfig file.
     kubeconfig = (os.environ if environ is None else environ).get("KUBECONFIG")
     if kubeconfig:
@@ -142,7 +147,7 @@ class VerlEngine:
         assert process.stdout is not None
         pump = threading.Thread(target=pass_on_redacted, args=(process.stdout,), name="verl-output", daemon=True)
         pump.start()
-        code = wait_or_stop(process, job.stop)
+        code = wait_or_stop(process, job.stop, save_on_stop=job.save_on_stop)
         if job.stop.is_set() and ray.is_initialized():
             # On the RayJob's cluster verl trains in actors outside its process group; Ray ends them once their
             # driver is gone. Report only then: nothing of verl may move the marker after the trainer says where.
@@ -183,12 +188,24 @@ def stage_other_nodes(job: EngineJob) -> None:
         log.info("staged inputs on %d other Ray node(s): %s", len(hosts), ", ".join(sorted(hosts)))
 
 
-def wait_or_stop(process: subprocess.Popen[bytes], stop: threading.Event, *, grace_s: float = STOP_GRACE_S) -> int:
-    """Wait for ``process``; when ``stop`` is set, SIGTERM its process group and wait until the whole group is
-    gone (a Ray that verl started itself lives in it: raylet, workers), SIGKILL what is left after ``grace_s``.
+def wait_or_stop(
+    process: subprocess.Popen[bytes],
+    stop: threading.Event,
+    *,
+    grace_s: float = STOP_GRACE_S,
+    save_on_stop: SaveOnStop | None = None,
+) -> int:
+    """Wait for ``process``; when ``stop`` is set, first let verl end the step in flight with a checkpoint
+    (``save_before_stop``), then SIGTERM its process group and wait until the whole group is gone (a Ray that verl
+    started itself lives in it: raylet, workers), SIGKILL what is left after ``grace_s``.
     """
     while process.poll() is None:
         if stop.wait(0.5):
+            if save_on_stop is not None:
+                save_before_stop(process, save_on_stop)
+                save_on_stop.handshake.release()
+            if process.poll() is not None:
+                break
             log.info("stopping verl (pid %d): SIGTERM to its process group", process.pid)
             deadline = time.monotonic() + grace_s
             _signal_group(process.pid, signal.SIGTERM)
@@ -202,6 +219,34 @@ def wait_or_stop(process: subprocess.Popen[bytes], stop: threading.Event, *, gra
             log.info("verl stopped (exit %s)", process.returncode)
             break
     return process.returncode
+
+
+def save_before_stop(process: subprocess.Popen[bytes], plan: SaveOnStop) -> None:
+    """Ask verl's TaskRunner to save at the end of the step in flight and wait for its answer until the window
+    is over (``plan.abandon``) or verl is gone; record the step saved or why there is none.
+    """
+    started = time.monotonic()
+    plan.handshake.request_save(plan.reason)
+    log.info("asked verl to save at the end of the step in flight (%.0f s to do it)", plan.window_s)
+    while process.poll() is None:
+        saved, failure = plan.handshake.saved_step(), plan.handshake.failure()
+        if saved is not None:
+            plan.saved_step = saved
+            log.info("verl saved step %d %.1f s after the stop", saved, time.monotonic() - started)
+            return
+        if failure:
+            plan.failure = failure
+            log.warning("verl could not save before the stop: %s", failure)
+            return
+        if plan.abandon.wait(_HANDSHAKE_POLL_S):
+            uploading = plan.handshake.uploading_step()
+            busy = f"; the upload of step {uploading} was still running" if uploading is not None else ""
+            plan.failure = f"the step in flight did not end with a checkpoint within {plan.window_s:.0f} s{busy}"
+            log.warning("%s: stopping verl without it", plan.failure)
+            return
+    plan.saved_step = plan.handshake.saved_step()
+    if plan.saved_step is None:
+        plan.failure = f"verl exited (code {process.returncode}) before it saved"
 
 
 def _group_gone(group: int, deadline: float) -> bool:
