@@ -203,6 +203,8 @@ OPERATOR_STATUS_FIELDS = (
     "source",
     "message",
     "attempts",
+    "interruptions",
+    "interruptionTotals",
     # Recorded by the replica that claims a notification (a conditional write), before it posts it.
     "notifications",
 )

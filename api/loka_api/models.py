@@ -635,6 +635,10 @@ class Progress(LokaModel):
     step: int | None = Field(default=None, ge=0)
     total_steps: int | None = Field(default=None, ge=0)
     epoch: int | None = Field(default=None, ge=0)
+    attempt: int | None = Field(default=None, ge=0, description="The attempt whose trainer reports this progress.")
+    resumed_from: int | None = Field(
+        default=None, ge=0, description="The checkpoint step that attempt started from (0: from scratch)."
+    )
 
 
 class Metrics(LokaModel):
@@ -671,6 +675,39 @@ class AttemptRecord(LokaModel):
     ray_job_id: str = Field(max_length=253, alias="rayJobID")
     ray_cluster: str | None = Field(default=None, max_length=253)
     start_time: datetime | None = None
+
+
+class Interruption(LokaModel):
+    """One time the run lost its Ray cluster before it finished, and what it cost."""
+
+    attempt: int = Field(ge=1, description="The attempt that was interrupted.")
+    time: datetime = Field(description="When the operator saw the attempt end.")
+    reason: str = Field(
+        max_length=256,
+        description="Why, in Kueue's or KubeRay's words (Preempted, InactiveWorkload, …; Suspended: spec.suspend; "
+        "Retrying: the Ray job failed and KubeRay retries it).",
+    )
+    message: str | None = Field(default=None, max_length=1024)
+    step_reached: int | None = Field(default=None, ge=0, description="The last step the attempt finished.")
+    resumed_from: int | None = Field(
+        default=None, ge=0, description="The checkpoint step the next attempt restored (0: none, from scratch)."
+    )
+    steps_lost: int | None = Field(default=None, ge=0, description="Steps trained again: stepReached - resumedFrom.")
+    gpu_hours_lost: float | None = Field(
+        default=None, ge=0, description="stepsLost x seconds per step x the run's GPUs, in hours."
+    )
+    running_again_after_seconds: float | None = Field(
+        default=None, ge=0, description="From the interruption until the next attempt was running again."
+    )
+
+
+class InterruptionTotals(LokaModel):
+    """Every interruption of the run, summed (status.interruptions keeps the recent ones only)."""
+
+    count: int = Field(default=0, ge=0)
+    steps_lost: int = Field(default=0, ge=0)
+    gpu_hours_lost: float = Field(default=0.0, ge=0)
+    seconds_stopped: float = Field(default=0.0, ge=0, description="Time from interruptions until running again.")
 
 
 class NotificationState(enum.StrEnum):
@@ -740,6 +777,12 @@ class TrainingRunStatus(LokaModel):
     notifications: list[NotificationRecord] = Field(
         default_factory=list, max_length=32, description="What was posted, or is being posted, for this run."
     )
+    interruptions: list[Interruption] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Preemptions, suspensions and retries of the run (newest last), each with what it cost.",
+    )
+    interruption_totals: InterruptionTotals | None = Field(default=None, description="All interruptions, summed.")
 
 
 class ObjectMeta(LokaModel):

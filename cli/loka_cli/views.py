@@ -126,6 +126,27 @@ def eta_seconds(status: JSON, observed_rate: float | None = None) -> tuple[float
     return (total - step) * per_step, per_step
 
 
+def interruptions_text(status: JSON) -> str | None:
+    """What preemptions, suspensions and retries cost the run, in total, and the last one in Kueue's words."""
+    totals = status.get("interruptionTotals") or {}
+    if not totals.get("count"):
+        return None
+    count = totals["count"]
+    text = (
+        f"interrupted {count} time{'s' if count != 1 else ''}: {totals.get('stepsLost', 0)} steps lost, "
+        f"{totals.get('gpuHoursLost', 0.0):.2f} GPU-hours, stopped {duration(totals.get('secondsStopped', 0.0))}"
+    )
+    last = (status.get("interruptions") or [{}])[-1]
+    if last.get("reason"):
+        cost = (
+            f"step {last.get('stepReached')} -> resumed from {last['resumedFrom']}"
+            if last.get("resumedFrom") is not None
+            else f"at step {last.get('stepReached')}, not running again yet"
+        )
+        text += f"; last: {last['reason']} ({cost})"
+    return text
+
+
 def live_view(run: JSON, *, queue: str | None = None, observed_rate: float | None = None) -> str:
     """The live view of one run: phase, progress bar, step, reward, KL, checkpoint, queue and why, ETA."""
     meta, status = run["metadata"], _status(run)
@@ -157,6 +178,8 @@ def live_view(run: JSON, *, queue: str | None = None, observed_rate: float | Non
         lines.append(
             f"  checkpoint step {checkpoint['step']}  {checkpoint.get('uri', '')}  ({age(checkpoint.get('time'))} ago)"
         )
+    if (lost := interruptions_text(status)) is not None:
+        lines.append(f"  {lost}")
     if phase not in TERMINAL and (eta := eta_seconds(status, observed_rate)) is not None:
         left, per_step = eta
         lines.append(f"  ETA {duration(left)}  ({per_step:.1f} s/step)")

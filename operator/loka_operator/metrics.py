@@ -1,4 +1,5 @@
-"""Prometheus metrics: reconciles by result, reconcile duration, runs by phase, time queued, API requests, lead."""
+"""Prometheus metrics: reconciles by result, reconcile duration, runs by phase, time queued, API requests, lead,
+and what interruptions cost (by reason and queue)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,24 @@ class OperatorMetrics:
         )
         self.leader = Gauge(
             "loka_leader", "1 while this replica leads (runs the operator), 0 on standby.", registry=self.registry
+        )
+        self.interruptions = Counter(
+            "loka_run_interruptions_total",
+            "Attempts that ended before the run finished (preemption, suspension, retry), by reason and queue.",
+            ["reason", "queue"],
+            registry=self.registry,
+        )
+        self.steps_lost = Counter(
+            "loka_run_steps_lost_total",
+            "Training steps done again after interruptions, by reason and queue.",
+            ["reason", "queue"],
+            registry=self.registry,
+        )
+        self.gpu_hours_lost = Counter(
+            "loka_run_gpu_hours_lost_total",
+            "GPU-hours of training done again after interruptions, by reason and queue.",
+            ["reason", "queue"],
+            registry=self.registry,
         )
         self._phases: dict[str, str] = {}
 

@@ -28,6 +28,7 @@ from loka_api import (
     SecretKeyRef,
     TrainingRun,
     TrainingRunSpec,
+    TrainingRunStatus,
 )
 from loka_operator import naming
 from loka_operator.kube import JSON, SECRETS, TRAINING_RUNS, ApiError, KubeClient
@@ -69,6 +70,28 @@ def due(run: TrainingRun) -> tuple[NotificationEvent, int] | None:
     return event, run.status.attempt or 0
 
 
+def interruption_facts(status: TrainingRunStatus, event: NotificationEvent) -> str | None:
+    """On a suspension, the interruption in Kueue's words and the step reached; on the start of a later attempt,
+    what the last one cost once settled; with either, the run's totals so far.
+    """
+    last = status.interruptions[-1] if status.interruptions else None
+    if last is None or event not in (NotificationEvent.SUSPENDED, NotificationEvent.STARTED):
+        return None
+    if event is NotificationEvent.STARTED and last.resumed_from is None:
+        return None
+    text = f"interrupted ({last.reason}) at step {last.step_reached if last.step_reached is not None else '?'}"
+    if last.resumed_from is not None:
+        hours = f", {last.gpu_hours_lost:.2f} GPU-hours" if last.gpu_hours_lost is not None else ""
+        text += f", resumed from step {last.resumed_from}: {last.steps_lost} steps lost{hours}"
+    totals = status.interruption_totals
+    if totals is not None and totals.count:
+        text += (
+            f" · in all {totals.count} interruption{'s' if totals.count != 1 else ''}, "
+            f"{totals.steps_lost} steps and {totals.gpu_hours_lost:.2f} GPU-hours lost"
+        )
+    return text
+
+
 def message(run: TrainingRun, event: NotificationEvent, attempt: int) -> JSON:
     """The Slack payload: the run, what happened, step, reward, checkpoint and links."""
     meta, status = run.metadata, run.status
@@ -84,6 +107,8 @@ def message(run: TrainingRun, event: NotificationEvent, attempt: int) -> JSON:
         facts.append(f"checkpoint step {status.checkpoint.step} `{status.checkpoint.uri}`")
     if facts:
         lines.append(" · ".join(facts))
+    if (cost := interruption_facts(status, event)) is not None:
+        lines.append(cost)
     if status.message and event in (NotificationEvent.FAILED, NotificationEvent.SUSPENDED):
         lines.append(f"> {status.message[:500]}")
     links = []

@@ -158,7 +158,10 @@ class Reconciler:
             return Outcome()
         meta, spec, previous = run.metadata, run.spec, run.status
         uid, generation = meta.uid, meta.generation
-        base = Observed(generation=generation, suspend=spec.suspend, queued=spec.queue is not None, now=now())
+        gpus = spec.resources.workers * spec.resources.gpus_per_worker
+        base = Observed(
+            generation=generation, suspend=spec.suspend, queued=spec.queue is not None, now=now(), gpus=gpus
+        )
         if drift:
             self._redactors.pop(key, None)  # Secret values may have been rotated
 

@@ -13,10 +13,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from loka_api import AttemptRecord, Condition, ConditionType, RunPhase, SourceStatus, TrainingRunStatus
+from loka_api import (
+    AttemptRecord,
+    Condition,
+    ConditionType,
+    Interruption,
+    RunPhase,
+    SourceStatus,
+    TrainingRunStatus,
+)
 from loka_api import kueue as workloads
 from loka_api.contract import OPERATOR_STATUS_FIELDS
 from loka_api.phases import ACTIVE, ATTEMPT_ENDING, TERMINAL
+from loka_operator.interruptions import account, opened_and_settled
 from loka_operator.kueue import deactivated_by_us
 from loka_operator.messages import brief
 
@@ -81,6 +90,7 @@ class Observed:
     blocked: Problem | None = None
     rayjob: dict[str, Any] | None = None
     workload: dict[str, Any] | None = None
+    gpus: int = 0  # the run's GPUs (workers x gpusPerWorker): what an interruption's lost steps cost
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,8 @@ class StatusUpdate:
     event: PhaseEvent | None = None
     left_queue_after: float | None = None  # seconds spent Queued, when the run just left the queue
     changes: dict[str, Any] = field(default_factory=dict)
+    interrupted: list[Interruption] = field(default_factory=list)  # opened by this update
+    settled: list[Interruption] = field(default_factory=list)  # costed by this update
 
 
 # ------------------------------------------------------------------------------ Kueue's Workload
@@ -457,6 +469,7 @@ def calculate_status(obs: Observed, previous: TrainingRunStatus) -> StatusUpdate
         job_id = rj_status.get("jobId")
         if job_id and status.attempt:
             status.attempts = record_attempt(status.attempts, status.attempt, job_id, status.ray_cluster, obs.now)
+    account(previous, status, reason=verdict.reason, message=verdict.message, now=obs.now, gpus=obs.gpus)
     if phase in ACTIVE and status.start_time is None:
         status.start_time = obs.now
     if phase in TERMINAL and status.completion_time is None:
@@ -478,6 +491,7 @@ def calculate_status(obs: Observed, previous: TrainingRunStatus) -> StatusUpdate
         event = PhaseEvent("Warning", obs.blocked.reason, brief(obs.blocked.message))
     update = StatusUpdate(status=status, previous_phase=previous.phase, event=event, left_queue_after=left_queue_after)
     update.changes = status_changes(previous, status)
+    update.interrupted, update.settled = opened_and_settled(previous, status)
     return update
 
 

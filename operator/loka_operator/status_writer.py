@@ -44,6 +44,12 @@ class StatusWriter:
                 return None
             raise
         self.cache.wrote(written)
+        queue = ((body.get("spec") or {}).get("queue") or {}).get("name") or ""
+        for record in update.interrupted:
+            self.metrics.interruptions.labels(reason=record.reason, queue=queue).inc()
+        for record in update.settled:
+            self.metrics.steps_lost.labels(reason=record.reason, queue=queue).inc(record.steps_lost or 0)
+            self.metrics.gpu_hours_lost.labels(reason=record.reason, queue=queue).inc(record.gpu_hours_lost or 0.0)
         if update.event is not None:
             self.events.post_soon(body, update.event)
         if update.status.phase != previous.phase:

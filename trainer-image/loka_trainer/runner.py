@@ -365,8 +365,12 @@ class Runner:
                 with self._checkpoint_lock:
                     self._reported_checkpoint = own.step
             source = resume.source or str(resume.folder)
-            self.reporter.report_resumed(resume.step, source, self.skipped_checkpoints, checkpoint=own)
-        elif self.skipped_checkpoints:
+            self.reporter.report_resumed(
+                resume.step, source, self.skipped_checkpoints, checkpoint=own, attempt=self.writer.attempt
+            )
+            return
+        self.reporter.report_started(self.writer.attempt)
+        if self.skipped_checkpoints:
             self.reporter.report_message(
                 f"no checkpoint could be restored, starting from scratch: {self.skipped_checkpoints}"
             )

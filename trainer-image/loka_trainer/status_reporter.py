@@ -160,8 +160,19 @@ class StatusReporter:
                 patch["progress"] = progress_patch(StepMetrics(step=record.step), self.total_steps)["progress"]
             self._send(patch)
 
+    def report_started(self, attempt: int | None) -> None:
+        """An attempt that starts from scratch says so at once (the operator counts what an interruption cost)."""
+        with self._lock:
+            self._send({"progress": {"attempt": attempt, "resumedFrom": 0}})
+
     def report_resumed(
-        self, step: int, source: str, skipped: str = "", checkpoint: CheckpointRecord | None = None
+        self,
+        step: int,
+        source: str,
+        skipped: str = "",
+        checkpoint: CheckpointRecord | None = None,
+        *,
+        attempt: int | None = None,
     ) -> None:
         """A resumed attempt says at once which step it continues from (and which newer checkpoints it passed
         over, and why), before its first new step; ``checkpoint``, the run's own it restored, goes in the same
@@ -170,10 +181,9 @@ class StatusReporter:
         with self._lock:
             self._pending, self._last_sent_at = None, self._clock()
             message = f"resumed from checkpoint step {step} ({source})" + (f"; {skipped}" if skipped else "")
-            patch: dict[str, Any] = {
-                "progress": progress_patch(StepMetrics(step=step), self.total_steps)["progress"],
-                "message": message[:MAX_MESSAGE_CHARS],
-            }
+            progress = progress_patch(StepMetrics(step=step), self.total_steps)["progress"]
+            progress.update({"attempt": attempt, "resumedFrom": step})
+            patch: dict[str, Any] = {"progress": progress, "message": message[:MAX_MESSAGE_CHARS]}
             if checkpoint is not None:
                 patch["checkpoint"] = {"step": checkpoint.step, "uri": checkpoint.uri, "time": checkpoint.time}
             self._send(patch)

@@ -47,3 +47,41 @@ def test_a_waiting_run_says_which_run_it_waits_for() -> None:
     }
     assert "waiting for run 'toy-sft'" in live_view(waiting)
     assert "waiting for run 'toy-sft'" in describe_line(waiting["status"])
+
+
+def test_a_preempted_run_shows_what_its_interruptions_cost() -> None:
+    run: dict[str, Any] = {
+        "metadata": {"name": "low", "namespace": "loka"},
+        "status": {
+            "phase": "Running",
+            "attempt": 3,
+            "progress": {"step": 150, "totalSteps": 900},
+            "interruptions": [
+                {
+                    "attempt": 1,
+                    "time": "2026-12-07T01:00:00Z",
+                    "reason": "Retrying",
+                    "stepReached": 20,
+                    "resumedFrom": 10,
+                    "stepsLost": 10,
+                    "gpuHoursLost": 4.0,
+                    "runningAgainAfterSeconds": 120,
+                },
+                {
+                    "attempt": 2,
+                    "time": "2026-12-07T02:00:00Z",
+                    "reason": "PreemptedInClusterQueue",
+                    "stepReached": 137,
+                    "resumedFrom": 137,
+                    "stepsLost": 0,
+                    "gpuHoursLost": 0.0,
+                    "runningAgainAfterSeconds": 1800,
+                },
+            ],
+            "interruptionTotals": {"count": 2, "stepsLost": 10, "gpuHoursLost": 4.0, "secondsStopped": 1920},
+        },
+    }
+    view = live_view(run)
+    assert "interrupted 2 times: 10 steps lost, 4.00 GPU-hours, stopped 32m" in view
+    assert "last: PreemptedInClusterQueue (step 137 -> resumed from 137)" in view
+    assert "interrupted" not in live_view(GRPO)

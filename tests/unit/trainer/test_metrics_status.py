@@ -211,10 +211,11 @@ def test_metrics_read_late_never_move_progress_back_behind_a_checkpoint() -> Non
 def test_a_resumed_attempt_reports_its_starting_step_and_source_at_once() -> None:
     sent: list[dict[str, Any]] = []
     reporter = StatusReporter(sent.append, total_steps=60, min_interval=10.0, clock=FakeClock())
-    reporter.report_resumed(8, "s3://loka/checkpoints/ns/low")
+    reporter.report_resumed(8, "s3://loka/checkpoints/ns/low", attempt=2)
     assert sent == [
         {
-            "progress": {"step": 8, "totalSteps": 60},
+            # The attempt and the step it resumed from: what the operator settles an interruption's cost with.
+            "progress": {"step": 8, "totalSteps": 60, "attempt": 2, "resumedFrom": 8},
             "message": "resumed from checkpoint step 8 (s3://loka/checkpoints/ns/low)",
         }
     ]
