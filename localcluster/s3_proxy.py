@@ -3,11 +3,11 @@
 Some S3-compatible stores ignore ``If-None-Match``/``If-Match`` on PutObject (the write goes through as if
 unconditional); others answer ``501 Not Implemented``. This proxy plays either, over a real MinIO:
 
-- ``ignore``: the conditional headers are dropped and the request is signed again with the MinIO credentials
-  (they are part of the client's SigV4 signature), so MinIO stores the object unconditionally;
+- ``ignore``: the conditional headers are dropped, so MinIO stores the object unconditionally;
 - ``refuse``: a request that carries one of them is answered ``501 NotImplemented`` in S3's XML error format.
 
-Everything else is passed through unchanged, signature included.
+Every request that reaches MinIO is signed again with the MinIO credentials (the client's SigV4 signature
+covers this proxy's host, and the headers it drops); everything else passes unchanged.
 
     with ConditionalWriteStandIn(minio_url, access_key, secret_key, mode="ignore") as proxy:
         ObjectStore(endpoint_url=proxy.url)
@@ -83,12 +83,10 @@ class ConditionalWriteStandIn:
                 if conditional and proxy.mode == "refuse":
                     self._answer(501, _NOT_IMPLEMENTED, {"Content-Type": "application/xml"})
                     return
-                if conditional:
-                    for key in conditional:
-                        del headers[key]
-                    headers = proxy._resign(self.command, self.path, headers, body)
-                else:
-                    headers = {k: v for k, v in headers.items() if k.lower() not in _HOP}
+                for key in conditional:
+                    del headers[key]
+                # Signed again: the client signed this proxy's host (and the headers just dropped).
+                headers = proxy._resign(self.command, self.path, headers, body)
                 connection = http.client.HTTPConnection(proxy.upstream.netloc, timeout=60)
                 try:
                     connection.request(self.command, self.path, body=body or None, headers=headers)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +16,7 @@ import yaml
 
 from localcluster.controlplane import S3_BUCKET, LocalCluster
 from localcluster.demo import checkpoint_keys, demo_manifest, s3_client
-from localcluster.stack import DemoStack
+from localcluster.stack import OPERATOR_METRICS_PORT, DemoStack
 
 PRIORITY_CLASSES = {"loka-e2e-low": 100, "loka-e2e-high": 10000}
 
@@ -167,6 +169,20 @@ def test_a_preempted_run_with_an_explicit_resume_continues_from_its_own_latest_c
     assert min(after) >= resumed_from, f"the step went back past checkpoint {resumed_from}: {after}"
     assert final["progress"]["step"] == 60
     assert final.get("attempt") == 2
+
+    # Saved on the way out: attempt 2 starts where attempt 1 was when Kueue preempted it (the step it had reported,
+    # or the one in flight), not at its last periodic checkpoint; status, metrics and totals say what it cost.
+    (interruption,) = final["interruptions"]
+    assert interruption["reason"].startswith("Preempted"), interruption
+    assert (interruption["attempt"], interruption["resumedFrom"]) == (1, resumed_from), interruption
+    assert resumed_from >= interruption["stepReached"] and interruption["stepsLost"] == 0, interruption
+    assert interruption["runningAgainAfterSeconds"] > 0
+    totals = final["interruptionTotals"]
+    assert (totals["count"], totals["stepsLost"], totals["gpuHoursLost"]) == (1, 0, 0.0), totals
+    with urllib.request.urlopen(f"http://127.0.0.1:{OPERATOR_METRICS_PORT}/metrics", timeout=10) as response:
+        exported = response.read().decode()
+    preempted = re.findall(r'loka_run_interruptions_total\{reason="(Preempted[^"]*)",queue="e2e"\} (\S+)', exported)
+    assert preempted and float(preempted[0][1]) >= 1, exported[-2000:]
 
 
 def test_a_bad_reward_function_fails_the_run_with_the_trainers_error_after_max_restarts(
