@@ -110,7 +110,7 @@ lint-dockerfile: venv ## hadolint the operator and trainer images' Dockerfiles
 test-trainer: venv ## Trainer unit tests, then its MinIO/API-server tests and the CPU GRPO run (starts the control plane)
 	$(PY) -m pytest tests/unit/trainer tests/trainer
 
-bench-checkpoint: venv ## Upload and restore a 2 GB synthetic checkpoint: plain loop, boto3, Loka and the raw ceiling
+bench-checkpoint: venv ## Upload and restore a 2 GB synthetic checkpoint: plain loop, boto3, AWS CRT, s5cmd, Loka, raw ceiling
 	$(PY) bench/checkpoint_upload.py
 
 crds: venv ## Regenerate crds/ from the pydantic models (loka_api), and the chart's copy

@@ -1,8 +1,9 @@
-"""Checkpoint upload and restore throughput against the local MinIO (`make bench-checkpoint`).
+"""Checkpoint upload and restore throughput against the local MinIO (`make bench-checkpoint`), or any S3
+endpoint (``--endpoint``, keys from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY: the GPU machine's MinIO).
 
-Writes a synthetic verl-shaped checkpoint (FSDP shards per rank, HF config, dataloader state; 2 GB by default),
-then moves it in the same run four ways each way, rounds interleaved so that load from other processes hits
-every method alike:
+Writes a synthetic checkpoint, ``--layout large`` (verl's FSDP shards per rank, HF config, dataloader state;
+2 GB by default: few large files) or ``--layout small`` (the same bytes as many 4 MB files), then moves it in
+the same run every way below, rounds interleaved so that load from other processes hits every method alike:
 
   upload                                              restore
   plain loop     boto3 upload_file, one file after    boto3 download_file, one file after another
@@ -18,8 +19,15 @@ every method alike:
                  hashing at all (Loka's client, parts
                  and concurrency)
 
-Loka's figures read as a ratio to the plain loop and as a share of the ceiling. The CPU column (this process
-and the MinIO server, per GB moved) reads steadier than MB/s on a shared machine.
+  aws crt        the AWS Common Runtime's S3 client (awscrt, native code, its own parallel parts), one request
+                 per file, all in flight at once; no checksum of the bytes either way
+  s5cmd          the Go client (`s5cmd cp`, its default workers), built from its Go module into ~/.cache/loka
+                 (`python -m localcluster.build s5cmd`); no checksum of the bytes either way
+
+Only Loka checks every file's integrity (sha256 against its manifest) on restore. A method whose client is not
+installed (awscrt, s5cmd) is left out and named. Loka's figures read as a ratio to the plain loop and as a share
+of the ceiling. The CPU column (this process and the MinIO server, per GB moved) reads steadier than MB/s on a
+shared machine.
 """
 
 from __future__ import annotations
@@ -28,9 +36,11 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -76,6 +86,17 @@ def write_checkpoint(root: Path, total_bytes: int, world_size: int = 16) -> Path
     return folder
 
 
+def write_small_files(root: Path, total_bytes: int, file_bytes: int = 4_000_000) -> Path:
+    """The same bytes as many small files (a tokenizer-and-shards folder, per-rank extras, optimizer pieces)."""
+    folder = root / f"global_step_{STEP}"
+    block = os.urandom(file_bytes)
+    for index in range(max(total_bytes // file_bytes, 1)):
+        part = folder / f"part-{index // 100:03d}" / f"piece-{index:05d}.bin"
+        part.parent.mkdir(parents=True, exist_ok=True)
+        part.write_bytes(f"{index}:".encode() + block[: file_bytes - 8])
+    return folder
+
+
 def files_of(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file())
 
@@ -102,6 +123,12 @@ def process_cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def own_cpu_seconds() -> float:
+    """This process's CPU (every thread, native ones included) and its finished children's (s5cmd)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 def measure(
     methods: dict[str, Transfer],
     nbytes: int,
@@ -119,10 +146,10 @@ def measure(
     for round_number in range(repeat):
         for index, (label, transfer) in enumerate(methods.items()):
             remote, local = target(round_number, index)
-            cpu, server, start = time.process_time(), process_cpu_seconds(minio_pid), time.perf_counter()
+            cpu, server, start = own_cpu_seconds(), process_cpu_seconds(minio_pid), time.perf_counter()
             transfer(remote, local)
             elapsed = time.perf_counter() - start
-            used = time.process_time() - cpu + process_cpu_seconds(minio_pid) - server
+            used = own_cpu_seconds() - cpu + process_cpu_seconds(minio_pid) - server
             runs[label].rates.append(nbytes / MB / elapsed)
             runs[label].cpu_per_gb.append(used / (nbytes / 1e9))
             cleanup(remote, local)
@@ -137,11 +164,10 @@ def report(title: str, runs: dict[str, Runs], nbytes: int) -> None:
         cpu = statistics.median(r.cpu_per_gb)
         rates = ", ".join(f"{rate:.0f}" for rate in r.rates)
         print(f"  {label:<16} {nbytes / MB / medians[label]:6.2f}s  {medians[label]:8.1f}  {cpu:8.2f}  {rates}")
-    plain, loka, ceiling = medians["plain loop"], medians["loka"], medians["raw ceiling"]
-    print(
-        f"  loka / plain loop = {loka / plain:.2f}x   loka / boto3 default = {loka / medians['boto3 default']:.2f}x   "
-        f"loka / raw ceiling = {loka / ceiling:.0%}"
-    )
+    loka, ceiling = medians["loka"], medians["raw ceiling"]
+    others = ", ".join(f"loka / {label} = {loka / rate:.2f}x" for label, rate in medians.items()
+                       if label not in ("loka", "raw ceiling"))  # fmt: skip
+    print(f"  {others}   loka / raw ceiling = {loka / ceiling:.0%}")
 
 
 class Methods:
@@ -150,9 +176,36 @@ class Methods:
     def __init__(self, store: ObjectStore, folder: Path, endpoint: str) -> None:
         self.store = store
         self.folder = folder
+        self.endpoint = endpoint
         self.names = [p.relative_to(folder).as_posix() for p in files_of(folder)]
         self.plain = boto3.client("s3", endpoint_url=endpoint)  # boto3's defaults, as a user would
         self.ceiling = store.transfer_config()  # Loka's parts and concurrency, over Loka's (unsigned) client
+        self.crt = crt_client(endpoint)
+        self.s5cmd = s5cmd_binary()
+        self.missing = [name for name, found in (("aws crt", self.crt), ("s5cmd", self.s5cmd)) if found is None]
+
+    def _crt_all(self, requests: list[tuple[str, str, str]]) -> None:
+        """(method, key, local path) for every file, all in flight at once on the CRT client."""
+        from awscrt.http import HttpHeaders, HttpRequest  # type: ignore[import-untyped,unused-ignore]
+        from awscrt.s3 import S3RequestType  # type: ignore[import-untyped,unused-ignore]
+
+        assert self.crt is not None
+        client, host = self.crt
+        pending = []
+        for method, key, path in requests:
+            headers = [("Host", host)]
+            if method == "PUT":
+                headers.append(("Content-Length", str(Path(path).stat().st_size)))
+            request = HttpRequest(method, f"/{BUCKET}/{key}", HttpHeaders(headers))
+            kind = S3RequestType.PUT_OBJECT if method == "PUT" else S3RequestType.GET_OBJECT
+            files = {"send_filepath": path} if method == "PUT" else {"recv_filepath": path}
+            pending.append(client.make_request(type=kind, request=request, **files))
+        for request in pending:
+            request.finished_future.result()
+
+    def _s5cmd(self, *args: str) -> None:
+        assert self.s5cmd is not None
+        subprocess.run([self.s5cmd, "--endpoint-url", self.endpoint, *args], check=True, capture_output=True)
 
     def _many(self, client: Any, config: TransferConfig, submit: Callable[[Any, str], Any]) -> None:
         manager = create_transfer_manager(client, config)
@@ -185,7 +238,17 @@ class Methods:
                 self.store.client, self.ceiling, lambda m, n: m.upload(str(folder / n), BUCKET, remote.join(n).key)
             )
 
-        return {"plain loop": plain, "boto3 default": default, "loka": loka, "raw ceiling": ceiling}
+        def crt(remote: S3Uri, _local: Path) -> None:
+            self._crt_all([("PUT", remote.join(n).key, str(folder / n)) for n in names])
+
+        def s5cmd(remote: S3Uri, _local: Path) -> None:
+            self._s5cmd("cp", f"{folder}/*", f"s3://{BUCKET}/{remote.key}/")
+
+        return self._present({"plain loop": plain, "boto3 default": default, "aws crt": crt, "s5cmd": s5cmd,
+                              "loka": loka, "raw ceiling": ceiling})  # fmt: skip
+
+    def _present(self, methods: dict[str, Transfer]) -> dict[str, Transfer]:
+        return {label: method for label, method in methods.items() if label not in self.missing}
 
     def restores(self, source: CheckpointStore) -> dict[str, Transfer]:
         stored, names = source.step_uri(STEP), self.names
@@ -210,7 +273,56 @@ class Methods:
                 self.store.client, self.ceiling, lambda m, n: m.download(BUCKET, stored.join(n).key, str(local / n))
             )
 
-        return {"plain loop": plain, "boto3 default": default, "loka": loka, "raw ceiling": ceiling}
+        def crt(_remote: S3Uri, local: Path) -> None:
+            self._folders(local)
+            self._crt_all([("GET", stored.join(n).key, str(local / n)) for n in names])
+
+        def s5cmd(_remote: S3Uri, local: Path) -> None:
+            local.mkdir(parents=True, exist_ok=True)
+            self._s5cmd("cp", f"s3://{BUCKET}/{stored.key}/*", f"{local}/")
+
+        return self._present({"plain loop": plain, "boto3 default": default, "aws crt": crt, "s5cmd": s5cmd,
+                              "loka": loka, "raw ceiling": ceiling})  # fmt: skip
+
+
+def crt_client(endpoint: str) -> tuple[Any, str] | None:
+    """The AWS CRT S3 client for ``endpoint`` (its Host), or None when awscrt is not installed."""
+    try:
+        from awscrt.auth import AwsCredentialsProvider  # type: ignore[import-untyped,unused-ignore]
+        from awscrt.io import (  # type: ignore[import-untyped,unused-ignore]
+            ClientBootstrap,
+            DefaultHostResolver,
+            EventLoopGroup,
+        )
+        from awscrt.s3 import (  # type: ignore[import-untyped,unused-ignore]
+            S3Client,
+            S3RequestTlsMode,
+            create_default_s3_signing_config,
+        )
+    except ImportError:
+        return None
+    url = urllib.parse.urlsplit(endpoint)
+    loop = EventLoopGroup()
+    credentials = AwsCredentialsProvider.new_static(
+        os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
+    )
+    client = S3Client(
+        bootstrap=ClientBootstrap(loop, DefaultHostResolver(loop)),
+        region="us-east-1",
+        signing_config=create_default_s3_signing_config(region="us-east-1", credential_provider=credentials),
+        tls_mode=S3RequestTlsMode.DISABLED if url.scheme == "http" else S3RequestTlsMode.ENABLED,
+        part_size=16 * 1024 * 1024,
+        throughput_target_gbps=100.0,
+    )
+    return client, url.netloc
+
+
+def s5cmd_binary() -> str | None:
+    """s5cmd as `python -m localcluster.build s5cmd` built it into the cache (or on PATH), else None."""
+    from localcluster.versions import cache_root
+
+    built = sorted((cache_root() / "bin").glob("s5cmd-*/s5cmd"))
+    return str(built[-1]) if built else shutil.which("s5cmd")
 
 
 def load() -> str:
@@ -218,33 +330,52 @@ def load() -> str:
     return f"{one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one linear script
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-gb", type=float, default=2.0, help="synthetic checkpoint size (2)")
     parser.add_argument("--shards", type=int, default=16, help="ranks; each writes a model and an optimizer shard")
+    parser.add_argument("--layout", choices=("large", "small"), default="large", help="few large or many 4 MB files")
     parser.add_argument("--repeat", type=int, default=3, help="runs per method; the median is reported (3)")
+    parser.add_argument("--endpoint", default=None, help="an S3 endpoint instead of the local control plane's MinIO")
+    parser.add_argument("--minio-pid", type=int, default=None, help="with --endpoint: the server's pid, for CPU")
+    parser.add_argument("--workdir", type=Path, default=None, help="local folder for the files (default: /tmp)")
     args = parser.parse_args(argv)
 
-    from localcluster.controlplane import LocalCluster
+    minio_pid = args.minio_pid
+    if args.endpoint is None:
+        from localcluster.controlplane import LocalCluster
 
-    cluster = LocalCluster(echo=lambda _line: None)
-    if not cluster.is_up():
-        print("the local control plane is not up: run `make cluster-up` first", file=sys.stderr)
-        return 1
-    os.environ.update(cluster.env)
+        cluster = LocalCluster(echo=lambda _line: None)
+        if not cluster.is_up():
+            print("the local control plane is not up: run `make cluster-up` first", file=sys.stderr)
+            return 1
+        os.environ.update(cluster.env)
+        endpoint = cluster.s3_endpoint
+        pidfile = cluster.layout.pids / "minio.pid"
+        minio_pid = int(pidfile.read_text()) if pidfile.exists() else None
+    else:
+        endpoint = os.environ["AWS_ENDPOINT_URL"] = args.endpoint
+        os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
     base = S3Uri(BUCKET, f"bench/checkpoint-{uuid.uuid4().hex[:8]}")
     store = ObjectStore()
-    workdir = Path(tempfile.mkdtemp(prefix="loka-bench-"))
+    if args.endpoint is not None and BUCKET not in {b["Name"] for b in store.client.list_buckets()["Buckets"]}:
+        store.client.create_bucket(Bucket=BUCKET)
+    workdir = Path(tempfile.mkdtemp(prefix="loka-bench-", dir=args.workdir))
     try:
-        folder = write_checkpoint(workdir, int(args.size_gb * 1e9), world_size=args.shards)
-        methods = Methods(store, folder, cluster.s3_endpoint)
+        total = int(args.size_gb * 1e9)
+        if args.layout == "large":
+            folder = write_checkpoint(workdir, total, world_size=args.shards)
+        else:
+            folder = write_small_files(workdir, total)
+        methods = Methods(store, folder, endpoint)
         nbytes = sum(p.stat().st_size for p in files_of(folder))
-        print(f"checkpoint: {len(methods.names)} files, {nbytes / MB:.0f} MB; MinIO at {cluster.s3_endpoint}")
+        print(f"checkpoint: {len(methods.names)} files ({args.layout}), {nbytes / MB:.0f} MB; S3 at {endpoint}")
+        print(f"cores: {os.cpu_count()} (usable by this process: {len(os.sched_getaffinity(0))})")
+        if methods.missing:
+            print(f"left out (client not installed): {', '.join(methods.missing)}")
         print(f"load average at start: {load()}")
 
-        pidfile = cluster.layout.pids / "minio.pid"
-        minio_pid = int(pidfile.read_text()) if pidfile.exists() else None
         runs = measure(
             methods.uploads(),
             nbytes,

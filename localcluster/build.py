@@ -162,6 +162,7 @@ BUILDERS: dict[str, Callable[[Component, GoEnv, Path, Path, Path], None]] = {
     "kuberay": _in_module("ray-operator"),
     "kueue": _in_module("kueue", "./cmd/kueue"),
     "minio": _in_module("minio"),
+    "s5cmd": _in_module("s5cmd"),
 }
 
 
@@ -181,7 +182,10 @@ def build_all(only: list[str] | None = None, *, echo: Callable[[str], None] = pr
     """Build every missing component; return seconds spent on each one built."""
     go = GoEnv(cache_root())
     go_version = go.version()
-    components = [c for c in load_versions().go_components() if not only or c.name in only]
+    versions = load_versions()
+    # The control plane by default; a tool (s5cmd, for bench/checkpoint_upload.py) only when named.
+    known = versions.go_components() + (versions.go_tools() if only else [])
+    components = [c for c in known if not only or c.name in only]
     timings: dict[str, float] = {}
     with _build_lock(go.root):
         missing = [c for c in components if not is_built(c, go, go_version)]

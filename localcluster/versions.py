@@ -10,6 +10,8 @@ from pathlib import Path
 
 VERSIONS_FILE = Path(__file__).with_name("versions.toml")
 GO_COMPONENTS = ("etcd", "kubernetes", "kwok", "kuberay", "kueue", "minio")
+# Built only when asked for by name (`build_all(["s5cmd"])`): tools of the benchmarks, not of the control plane.
+GO_TOOLS = ("s5cmd",)
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,9 @@ class Versions:
     def go_components(self) -> list[Component]:
         return [self.components[name] for name in GO_COMPONENTS]
 
+    def go_tools(self) -> list[Component]:
+        return [self.components[name] for name in GO_TOOLS]
+
     def __getitem__(self, name: str) -> Component:
         return self.components[name]
 
@@ -34,7 +39,8 @@ class Versions:
 @cache
 def load_versions() -> Versions:
     raw = tomllib.loads(VERSIONS_FILE.read_text())
-    components = {name: Component(name, raw[name]["module"], raw[name]["version"]) for name in GO_COMPONENTS}
+    names = (*GO_COMPONENTS, *GO_TOOLS)
+    components = {name: Component(name, raw[name]["module"], raw[name]["version"]) for name in names}
     return Versions(components=components, kubectl=raw["kubectl"]["version"])
 
 
