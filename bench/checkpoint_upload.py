@@ -319,8 +319,10 @@ def crt_client(endpoint: str) -> tuple[Any, str] | None:
 
 def s5cmd_binary() -> str | None:
     """s5cmd as `python -m localcluster.build s5cmd` built it into the cache (or on PATH), else None."""
-    from localcluster.versions import cache_root
-
+    try:
+        from localcluster.versions import cache_root
+    except ImportError:  # a copy of bench/ without localcluster/ (the GPU machine): s5cmd on PATH
+        return shutil.which("s5cmd")
     built = sorted((cache_root() / "bin").glob("s5cmd-*/s5cmd"))
     return str(built[-1]) if built else shutil.which("s5cmd")
 
