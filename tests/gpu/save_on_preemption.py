@@ -5,6 +5,8 @@ Run from `.gpu-src` on the GPU machine after tests/gpu/unpack.sh (README.md besi
     python3 tests/gpu/save_on_preemption.py [--manifest examples/gpu-smoke-run.yaml] [--after 4] [--steps 12]
                                             [--grace 120] [--name sop]
 
+With ``--phase stop`` then ``--phase resume`` the two halves run as two commands (the report comes with the second).
+
 1. `gpu_run.py NAME-stop`: a fresh run (checkpoints every ``--after`` steps), SIGTERM to `loka-trainer run`
    halfway through the step after checkpoint ``--after`` (what Ray's job stop sends when KubeRay deletes the
    cluster), with spec.preemption.gracePeriodSeconds = ``--grace``.
@@ -47,6 +49,12 @@ def main() -> int:
     parser.add_argument("--grace", type=int, default=120, help="spec.preemption.gracePeriodSeconds")
     parser.add_argument("--name", default="sop")
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument(
+        "--phase",
+        choices=("all", "stop", "resume"),
+        default="all",
+        help="run both halves, or one per command (each is ~5 min: the device runs one command for at most 10)",
+    )
     args = parser.parse_args()
     sets = [
         "--set", f"spec.training.maxSteps={args.steps}",
@@ -55,8 +63,12 @@ def main() -> int:
         "--set", f"spec.preemption.gracePeriodSeconds={args.grace}",
     ]  # fmt: skip
 
-    stop = run(f"{args.name}-stop", args.manifest, *sets, "--sigterm-after-checkpoint", str(args.after),
-               "--timeout", str(args.timeout))  # fmt: skip
+    if args.phase in {"all", "stop"}:
+        run(f"{args.name}-stop", args.manifest, *sets, "--sigterm-after-checkpoint", str(args.after),
+            "--timeout", str(args.timeout))  # fmt: skip
+        if args.phase == "stop":
+            return 0
+    stop: dict[str, object] = json.loads((RESULTS / f"{args.name}-stop" / "summary.json").read_text())
     log = (RESULTS / f"{args.name}-stop" / "trainer.log").read_text(errors="replace")
     sigterm = stop.get("sigterm") or {}
     assert isinstance(sigterm, dict)
