@@ -172,6 +172,19 @@ ROLLOUT_STEPS_LATEST = MARKER_NAME
 ROLLOUT_STEPS_ALL = "all"
 
 
+# An Evaluation's pod: which Evaluation it serves, where each judge's rubric (from its ConfigMap) is mounted as
+# <dir>/<judge name>, and the variable holding each judge's API key (from its Secret, only in this pod).
+ENV_EVALUATION_NAME = "LOKA_EVALUATION_NAME"
+ENV_EVALUATION_NAMESPACE = "LOKA_EVALUATION_NAMESPACE"
+EVALUATION_RUBRIC_DIR = "/etc/loka/rubrics"
+ENV_JUDGE_API_KEY_PREFIX = "LOKA_JUDGE_API_KEY_"
+
+
+def judge_api_key_env(judge: str) -> str:
+    """The variable holding judge ``judge``'s API key in the pods that call it."""
+    return ENV_JUDGE_API_KEY_PREFIX + judge.upper()
+
+
 def rollouts_prefix(run_prefix: str) -> str:
     """``<run prefix>/rollouts``: where one run's kept rollouts live."""
     return f"{run_prefix.rstrip('/')}/{ROLLOUTS_FOLDER}"

@@ -133,3 +133,16 @@ def test_the_health_check_reads_each_phase_as_the_core_does(phase: RunPhase) -> 
     obj = {"metadata": {"name": "r", "generation": 1}, "status": {"phase": phase.value, "observedGeneration": 1}}
     assert run_health(SCRIPT, obj)["status"] == ARGOCD_HEALTH[phase].value
     assert set(ARGOCD_HEALTH) == set(RunPhase)
+
+
+EVALUATION_CHECK = REPO / "gitops" / "argocd" / "health" / "loka.dev" / "Evaluation"
+EVALUATION_CASES: list[dict[str, Any]] = yaml.safe_load((EVALUATION_CHECK / "health_test.yaml").read_text())["tests"]
+
+
+@pytest.mark.parametrize("case", EVALUATION_CASES, ids=[Path(c["inputPath"]).stem for c in EVALUATION_CASES])
+def test_evaluation_health_matches_argo_test_case(case: dict[str, Any]) -> None:
+    from loka_api.evaluation import Evaluation
+
+    obj = yaml.safe_load((EVALUATION_CHECK / case["inputPath"]).read_text())
+    Evaluation.model_validate(obj)  # the test data is what the operator writes
+    assert run_health((EVALUATION_CHECK / "health.lua").read_text(), obj) == case["healthStatus"]

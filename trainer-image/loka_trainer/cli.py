@@ -78,6 +78,12 @@ def _release(args: argparse.Namespace) -> int:
     return release(stop=not args.wait, address=args.address)
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from loka_trainer.evaluate import evaluate_from_environment
+
+    return evaluate_from_environment(kubeconfig=args.kubeconfig)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loka-trainer", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -99,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     release.add_argument("--wait", action="store_true", help="only wait until the head's jobs end (workers)")
     release.add_argument("--address", default=None, help="Ray dashboard URL (default: this pod's head)")
     release.set_defaults(handler=_release)
+    evaluate = commands.add_parser(
+        "evaluate", help="judge this pod's Evaluation (LOKA_EVALUATION_NAME / LOKA_EVALUATION_NAMESPACE)"
+    )
+    evaluate.add_argument("--kubeconfig", default=None, help="kubeconfig outside a pod (default: in-cluster)")
+    evaluate.set_defaults(handler=_evaluate)
 
     dataset = commands.add_parser("dataset", help="turn a task file into verl's RL parquet files")
     dataset.add_argument("tasks", type=Path, help="JSON Lines, or JSON (a task or a list of them)")

@@ -1,0 +1,125 @@
+"""The Job that runs an Evaluation: one CPU pod of the trainer image running ``loka-trainer evaluate``, admitted by
+Kueue (its queue label; created suspended, Kueue unsuspends it), owned by the Evaluation, restricted pod security.
+
+Each judge's API key reaches only this pod, by ``secretKeyRef`` as ``LOKA_JUDGE_API_KEY_<JUDGE>``; each judge's
+rubric ConfigMap key is mounted read-only at ``EVALUATION_RUBRIC_DIR/<judge>``. No secret value is in the manifest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loka_api import contract
+from loka_api.evaluation import EVALUATION_KIND, EvaluationSpec
+from loka_api.models import GROUP, VERSION
+from loka_operator import naming
+from loka_operator.builders.rayjob import _restricted_container_security, _restricted_pod_security
+
+Manifest = dict[str, Any]
+CONTAINER = "evaluator"
+RUBRICS_VOLUME = "rubrics"
+# Judging is network-bound: a failed pod is not retried blindly (a re-run of the Evaluation skips what was scored).
+BACKOFF_LIMIT = 1
+
+
+def evaluation_job_name(evaluation: str) -> str:
+    return f"{evaluation}-eval"
+
+
+def evaluation_owner_reference(evaluation: str, uid: str) -> Manifest:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": EVALUATION_KIND,
+        "name": evaluation,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def evaluation_env(spec: EvaluationSpec, *, name: str, namespace: str) -> list[Manifest]:
+    env: list[Manifest] = [
+        {"name": contract.ENV_EVALUATION_NAME, "value": name},
+        {"name": contract.ENV_EVALUATION_NAMESPACE, "value": namespace},
+    ]
+    if spec.storage is not None and spec.storage.endpoint is not None:
+        env.append({"name": contract.ENV_AWS_ENDPOINT, "value": spec.storage.endpoint})
+    if spec.storage is not None and spec.storage.credentials_secret is not None:
+        for key in contract.STORAGE_SECRET_KEYS:
+            ref = {"name": spec.storage.credentials_secret, "key": key}
+            env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
+    for judge in spec.judges:
+        if judge.api_key is not None:
+            ref = {"name": judge.api_key.secret, "key": judge.api_key.key}
+            env.append({"name": contract.judge_api_key_env(judge.name), "valueFrom": {"secretKeyRef": ref}})
+    return env
+
+
+def build_evaluation_job(
+    spec: EvaluationSpec, *, name: str, namespace: str, uid: str, service_account: str
+) -> Manifest:
+    """The Job of Evaluation ``namespace/name``; ``service_account`` may only get that Evaluation and patch its
+    status (the evaluator reads nothing else: the operator resolved the rollouts into status.rolloutsURI).
+    """
+    labels = {**naming.run_labels(name, "evaluation"), naming.LABEL_RUN: name}
+    job_labels = dict(labels)
+    if spec.queue is not None:
+        job_labels[naming.KUEUE_QUEUE_LABEL] = spec.queue.name
+        if spec.queue.priority_class is not None:
+            job_labels[naming.KUEUE_PRIORITY_LABEL] = spec.queue.priority_class
+    rubrics = [
+        (judge.name, judge.rubric.config_map)
+        for judge in spec.judges
+        if judge.rubric is not None and judge.rubric.config_map is not None
+    ]
+    volumes: list[Manifest] = []
+    mounts: list[Manifest] = []
+    if rubrics:
+        volumes.append(
+            {
+                "name": RUBRICS_VOLUME,
+                "projected": {
+                    "sources": [
+                        {"configMap": {"name": ref.name, "items": [{"key": ref.key, "path": judge}]}}
+                        for judge, ref in rubrics
+                    ]
+                },
+            }
+        )
+        mounts.append({"name": RUBRICS_VOLUME, "mountPath": contract.EVALUATION_RUBRIC_DIR, "readOnly": True})
+    resources = {"cpu": spec.resources.cpu, "memory": spec.resources.memory}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": evaluation_job_name(name),
+            "namespace": namespace,
+            "labels": job_labels,
+            "ownerReferences": [evaluation_owner_reference(name, uid)],
+        },
+        "spec": {
+            # Kueue admits it: created suspended when queued, unsuspended on admission.
+            "suspend": spec.queue is not None,
+            "backoffLimit": BACKOFF_LIMIT,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "serviceAccountName": service_account,
+                    "securityContext": _restricted_pod_security(),
+                    "containers": [
+                        {
+                            "name": CONTAINER,
+                            "image": spec.image,
+                            "command": ["loka-trainer", "evaluate"],
+                            "env": evaluation_env(spec, name=name, namespace=namespace),
+                            "resources": {"requests": resources, "limits": resources},
+                            "securityContext": _restricted_container_security(),
+                            "volumeMounts": mounts,
+                        }
+                    ],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
