@@ -115,6 +115,7 @@ bench-checkpoint: venv ## Upload and restore a 2 GB synthetic checkpoint: plain 
 
 crds: venv ## Regenerate crds/ from the pydantic models (loka_api), and the chart's copy
 	$(PY) -m loka_api.crd
+	$(PY) -m loka_api.admission
 	@$(MAKE) --no-print-directory chart-crds
 
 operator: venv ## Run loka-operator against the current kubeconfig (LOKA_RAYJOB_SUBMISSION_MODE=HTTPMode for a real Ray)

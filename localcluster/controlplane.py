@@ -33,6 +33,7 @@ import yaml
 
 from localcluster import nodes
 from localcluster.build import GoEnv, bin_dir, is_built
+from localcluster.faults import AuditLog
 from localcluster.pki import Pki
 from localcluster.versions import cache_root, load_versions
 
@@ -324,6 +325,44 @@ class LocalCluster:
             "AWS_DEFAULT_REGION": "us-east-1",
         }
 
+    @property
+    def audit_log(self) -> AuditLog:
+        return AuditLog(self.layout.logs / "audit.log")
+
+    def kubeconfig_for(self, user: str, *, groups: tuple[str, ...] = ("system:masters",), server: str = "") -> Path:
+        """A kubeconfig for `user` (a client certificate in `groups`), pointing at `server` (default: the API
+        server itself; a `FaultProxy`'s address puts the proxy in between)."""
+        crt, key = self.layout.pki.client_certificate(user, groups)
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "loka-local", "cluster": {"server": server or self.server,
+                                                            "certificate-authority": str(self.layout.pki.ca_crt)}}],
+            "users": [{"name": user, "user": {"client-certificate": str(crt), "client-key": str(key)}}],
+            "contexts": [{"name": user, "context": {"cluster": "loka-local", "user": user}}],
+            "current-context": user,
+        }  # fmt: skip
+        port = server.rsplit(":", 1)[1] if server else str(PORTS.apiserver)
+        path = self.layout.config / "kubeconfigs" / f"{user}@{port}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        return path
+
+    def etcd_revision(self) -> int:
+        """etcd's current revision (what the API server calls a resourceVersion)."""
+        answer = _etcd("/v3/kv/range", {"key": base64.b64encode(b"/registry/").decode(), "limit": 1})
+        return int(answer["header"]["revision"])
+
+    def expire_watches(self) -> None:
+        """Compact etcd at its current revision and restart the API server: every watch ends, and a client that
+        resumes one from before now gets 410 Gone and must list again (an outage longer than the watch window)."""
+        _etcd("/v3/kv/compaction", {"revision": self.etcd_revision(), "physical": True})
+        apiserver = self.component("kube-apiserver")
+        apiserver.stop()
+        apiserver.start()
+        apiserver.wait_healthy()
+
     def api_client(self) -> Any:
         """A `kubernetes.client.ApiClient` authenticated as the cluster admin."""
         from kubernetes import config
@@ -407,8 +446,16 @@ class LocalCluster:
                     # KWOK's nodes have no resolvable hostname; their kubelet server is at the InternalIP.
                     "--kubelet-preferred-address-types=InternalIP",
                     f"--cert-dir={data / 'apiserver'}",
+                    # Who wrote what, when (tests read it through `audit_log`): every write, written as it completes.
+                    f"--audit-policy-file={layout.config / 'audit-policy.yaml'}",
+                    f"--audit-log-path={self.audit_log.path}",
+                    "--audit-log-format=json",
+                    "--audit-log-mode=blocking",
+                    "--audit-log-maxsize=200",
+                    "--audit-log-maxbackup=1",
                 ],
                 health=lambda: http_ok(f"{self.server}/readyz", context=verified, token=token, body=b"ok"),
+                before=self._write_audit_policy,
                 layout=layout,
             ),
             Component(
@@ -660,6 +707,21 @@ class LocalCluster:
             path.chmod(0o600)
         return path.read_text().strip()
 
+    def _write_audit_policy(self) -> None:
+        """Log every write's metadata (who, verb, object, answer), nothing of reads; never a request body."""
+        policy = {
+            "apiVersion": "audit.k8s.io/v1",
+            "kind": "Policy",
+            "omitStages": ["RequestReceived"],
+            "rules": [
+                {"level": "None", "verbs": ["get", "list", "watch"]},
+                {"level": "None", "namespaces": ["kube-node-lease"]},  # KWOK's node heartbeats
+                {"level": "Metadata"},
+            ],
+        }
+        self.layout.config.mkdir(parents=True, exist_ok=True)
+        (self.layout.config / "audit-policy.yaml").write_text(yaml.safe_dump(policy))
+
     def _write_kubeconfig(self) -> None:
         pki = self.layout.pki
         config = {
@@ -775,6 +837,16 @@ class LocalCluster:
         existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
         if S3_BUCKET not in existing:
             s3.create_bucket(Bucket=S3_BUCKET)
+
+
+def _etcd(path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One call to etcd's JSON gateway."""
+    request = urllib.request.Request(
+        f"http://{LOCALHOST}:{PORTS.etcd_client}{path}", data=json.dumps(body).encode(), method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer: dict[str, Any] = json.loads(response.read())
+    return answer
 
 
 def kubectl_binary() -> str:

@@ -96,6 +96,15 @@ class OperatorProcess:
         match = re.search(r"^VmHWM:\s+(\d+) kB", Path(f"/proc/{self.proc.pid}/status").read_text(), re.M)
         return int(match.group(1)) / 1024 if match else float("nan")
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    def exit_code(self) -> int | None:
+        """None while it runs."""
+        return None if self.proc is None else self.proc.poll()
+
     def kill(self) -> None:
         """SIGKILL: no cleanup, exactly like an OOM kill or a node loss."""
         if self.proc is not None and self.proc.poll() is None:
@@ -104,6 +113,7 @@ class OperatorProcess:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a frozen one (faults.frozen) must run to stop
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=30)

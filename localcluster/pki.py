@@ -54,6 +54,28 @@ class Pki:
     def admin_token(self) -> str:
         return self.admin_token_file.read_text().strip()
 
+    def client_certificate(self, user: str, groups: tuple[str, ...] = ()) -> tuple[Path, Path]:
+        """A client certificate (CN=user, O=each group) signed by the CA, made once per user: (certificate, key).
+
+        The API server takes it without a restart, so each operator replica in a test can be its own user (the
+        audit log then tells their writes apart)."""
+        folder = self.dir / "clients"
+        crt, key = folder / f"{user}.crt", folder / f"{user}.key"
+        if crt.exists() and key.exists():
+            return crt, key
+        folder.mkdir(parents=True, exist_ok=True)
+        csr = folder / f"{user}.csr"
+        subject = f"/CN={user}" + "".join(f"/O={group}" for group in groups)
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", key, "-out", csr)
+        ext = folder / f"{user}.ext"
+        ext.write_text("keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n")
+        _openssl(
+            "x509", "-req", "-in", csr, "-CA", self.ca_crt, "-CAkey", self.ca_key, "-CAcreateserial",
+            "-days", "30", "-extfile", ext, "-out", crt,
+        )  # fmt: skip
+        key.chmod(0o600)
+        return crt, key
+
     def exists(self) -> bool:
         files = (self.ca_crt, self.serving_crt, self.serving_key, self.sa_key, self.sa_pub, self.tokens_csv)
         return all(f.exists() for f in files)

@@ -42,6 +42,15 @@ class LeaderElection:
     renew_deadline_seconds: float = 10.0  # the leader gives up when it could not renew for this long
     retry_seconds: float = 2.0
 
+    def check(self) -> None:
+        """The deadline must end the lead before a standby may take over, and leave room for a retry or two."""
+        if not 0 < self.retry_seconds < self.renew_deadline_seconds < self.lease_seconds:
+            raise ConfigError(
+                f"leader election: retry period {self.retry_seconds:g}s < renew deadline "
+                f"{self.renew_deadline_seconds:g}s < lease duration {self.lease_seconds:g}s is required "
+                "(--leader-elect-retry-period, --leader-elect-renew-deadline, --leader-elect-lease-duration)"
+            )
+
 
 @dataclass(frozen=True)
 class OperatorConfig:

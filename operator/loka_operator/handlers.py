@@ -92,7 +92,8 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     # Namespace patterns (`team-*`) need kopf to watch namespaces; exact names and cluster-wide need no scanning.
     settings.scanning.disabled = not any(_is_pattern(ns) for ns in config.namespaces)
     settings.watching.server_timeout = 300
-    settings.posting.level = logging.WARNING
+    # Every Event goes through the operator's own recorder, whose writes the leader Lease fences; kopf's would not be.
+    settings.posting.enabled = False
     # Server-side filters: the API server sends only the operator's own children.
     for group, version, plural in (RAYJOBS, SERVICE_ACCOUNTS, ROLES, ROLE_BINDINGS, NETWORK_POLICIES):
         settings.watching.label_selectors[group, version, plural] = OURS

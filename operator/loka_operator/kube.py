@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 JSON = dict[str, Any]
 
 MERGE_PATCH = "application/merge-patch+json"
+NOT_LEADING = "NotLeading"  # the reason of the ApiError a fenced write raises
 # The API server answers with the object's metadata only: for a Secret, no `data` ever leaves the server.
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
@@ -78,8 +79,12 @@ class KubeClient:
         timeout: float = 30.0,
         max_connections: int = 32,
         on_request: Callable[[str], None] | None = None,
+        write_deadline: Callable[[], float | None] | None = None,
     ) -> None:
+        """`write_deadline`, when given, fences every write: the monotonic time by which it must be done (it is
+        abandoned then), or None to refuse it unsent (a replica that does not hold the Lease writes nothing)."""
         self._on_request = on_request
+        self._write_deadline = write_deadline
         self._relogin = relogin
         self._server = info.server.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -161,6 +166,14 @@ class KubeClient:
         content_type: str,
         accept: str | None,
     ) -> tuple[int, JSON]:
+        timeout = self._timeout
+        if self._write_deadline is not None and method != "GET":
+            deadline = self._write_deadline()
+            if deadline is None:
+                raise ApiError(0, NOT_LEADING, "this replica does not hold the leader Lease: it writes nothing")
+            timeout = aiohttp.ClientTimeout(
+                total=max(0.01, min(self._timeout.total or 30.0, deadline - time.monotonic()))
+            )
         session = self._open()
         self.requests[method] += 1
         if self._on_request is not None:
@@ -174,7 +187,7 @@ class KubeClient:
             headers["Authorization"] = self._authorization
         try:
             async with session.request(
-                method, self._server + path, data=data, params=params, headers=headers or None
+                method, self._server + path, data=data, params=params, headers=headers or None, timeout=timeout
             ) as response:
                 payload = await response.read()
         except (TimeoutError, aiohttp.ClientError) as error:

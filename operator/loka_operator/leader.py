@@ -2,9 +2,17 @@
 
 Every replica competes for one Lease in the operator's own namespace; only its holder runs kopf (watches,
 reconciles). The holder renews every `retry_seconds`; a standby takes over once it has seen the same record for
-`lease_seconds` without a renewal (measured on its own clock, so clock skew between nodes does not matter). A
-holder that cannot renew for `renew_deadline_seconds` stops itself before anyone else may take over. On a clean
-shutdown the holder releases the Lease, so a rolling update hands over at once.
+`lease_seconds` without a renewal (measured on its own clock, so clock skew between nodes does not matter). On a
+clean shutdown the holder releases the Lease, so a rolling update hands over at once.
+
+What keeps two replicas from writing at once (client-go's guarantees):
+- Each renewal is bounded by what is left of the renew deadline, on the Lease's own client with short timeouts:
+  an API server that accepts and never answers cannot keep a holder leading past the deadline.
+- The holder stops leading at once when it sees another holder, and when the deadline passes; losing the lead ends
+  the process (`on_lost`, client-go's fatal `OnStoppedLeading`), as does a renewer that stops for any reason.
+- Every write of the operator's client must be sent before `write_deadline()` and completes by it, or is abandoned:
+  the last renewal's start plus the renew deadline, which is before any standby may take the Lease (it waits
+  `lease_seconds` after it saw that renewal). A process frozen past it, or cut off, writes nothing more.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -38,20 +47,29 @@ def _micro_time(moment: datetime) -> str:
 
 @dataclass
 class LeaseElector:
-    client: KubeClient
+    client: KubeClient  # the Lease's own: short timeouts, its own connections
     election: LeaderElection
     me: str = field(default_factory=identity)
+    on_lost: Callable[[], None] = lambda: None
     leading: bool = False
     lost: bool = False
     _observed: dict[str, Any] = field(default_factory=dict)  # the last Lease spec seen
     _observed_at: float = 0.0  # when it last changed, on this process's monotonic clock
-    _renewed_at: float = 0.0
+    _renewed_at: float = 0.0  # when the last successful renewal was sent
+    _other_holder: str = ""
+
+    def write_deadline(self) -> float | None:
+        """The monotonic time by which a write must be done; None when this replica may not write."""
+        deadline = self._renewed_at + self.election.renew_deadline_seconds
+        if not self.leading or time.monotonic() >= deadline:
+            return None
+        return deadline
 
     async def acquire(self, stop: asyncio.Event) -> bool:
         """Wait until this process holds the Lease (True), or `stop` is set (False)."""
         log.info("waiting to lead: Lease %s/%s as %s", self.election.namespace, self.election.name, self.me)
         while not stop.is_set():
-            if await self._try():
+            if await self._attempt(self.election.renew_deadline_seconds):
                 self.leading = True
                 log.info("leading as %s (Lease %s/%s)", self.me, self.election.namespace, self.election.name)
                 return True
@@ -60,18 +78,33 @@ class LeaseElector:
         return False
 
     async def hold(self, stop: asyncio.Event) -> None:
-        """Renew until `stop` is set; when renewals fail past the deadline, mark the lead lost and set `stop`."""
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.election.retry_seconds)
-            if stop.is_set():
-                return
-            if await self._try():
-                continue
-            if time.monotonic() - self._renewed_at > self.election.renew_deadline_seconds:
-                self.leading, self.lost = False, True
-                log.error("lost the Lease %s/%s: stopping", self.election.namespace, self.election.name)
+        """Renew until `stop` is set. The lead ends (and `on_lost` is called) when another holder is seen or no
+        renewal succeeded within the renew deadline; each attempt gets only what is left of that deadline."""
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.election.retry_seconds)
+                if stop.is_set():
+                    return
+                left = self._renewed_at + self.election.renew_deadline_seconds - time.monotonic()
+                if left > 0 and await self._attempt(left):
+                    continue
+                if self._other_holder:
+                    self._lose(f"{self._other_holder} holds it now")
+                elif time.monotonic() >= self._renewed_at + self.election.renew_deadline_seconds:
+                    self._lose(f"no renewal for {self.election.renew_deadline_seconds:g}s")
+                if self.lost:
+                    stop.set()
+                    return
+        finally:
+            if not self.lost and not stop.is_set():  # cancelled or crashed: nobody renews, so nobody may lead
+                self._lose("the renewal stopped")
                 stop.set()
+
+    def _lose(self, why: str) -> None:
+        self.leading, self.lost = False, True
+        log.error("lost the Lease %s/%s (%s): stopping", self.election.namespace, self.election.name, why)
+        self.on_lost()
 
     async def release(self) -> None:
         """Give the Lease up so that a standby takes over at once (only if this process still holds it)."""
@@ -95,9 +128,21 @@ class LeaseElector:
         except ApiError as error:
             log.warning("could not release the Lease %s/%s: %s", self.election.namespace, self.election.name, error)
 
+    async def _attempt(self, within: float) -> bool:
+        """One round, given `within` seconds; any failure (a hung call, a refused login, a malformed Lease) is a
+        failed round, never an end of the renewer."""
+        try:
+            return await asyncio.wait_for(self._try(), timeout=within)
+        except TimeoutError:
+            log.warning("Lease %s/%s: no answer within %.1fs", self.election.namespace, self.election.name, within)
+        except Exception:
+            log.exception("Lease %s/%s: the round failed", self.election.namespace, self.election.name)
+        return False
+
     async def _try(self) -> bool:
         """One acquire-or-renew round: True when this process holds the Lease afterwards."""
         namespace, name = self.election.namespace, self.election.name
+        sent = time.monotonic()
         stamp = _micro_time(datetime.now(UTC))
         try:
             lease = await self.client.get(LEASES, namespace, name)
@@ -109,16 +154,21 @@ class LeaseElector:
                     "spec": self._record(stamp, stamp, 0),
                 }
                 await self.client.create(LEASES, namespace, body)
-                self._renewed_at = time.monotonic()
+                self._renewed_at = sent
                 return True
             spec: dict[str, Any] = lease.get("spec") or {}
             if spec != self._observed:
                 self._observed, self._observed_at = spec, time.monotonic()
-            holder = spec.get("holderIdentity") or ""
-            duration = float(spec.get("leaseDurationSeconds") or self.election.lease_seconds)
+            holder = str(spec.get("holderIdentity") or "")
+            duration = _number(spec.get("leaseDurationSeconds"), self.election.lease_seconds)
             if holder and holder != self.me and time.monotonic() < self._observed_at + duration:
+                if self.leading:
+                    self._other_holder = holder
                 return False  # someone else holds it and renews
-            transitions = int(spec.get("leaseTransitions") or 0)
+            if self.leading and holder != self.me:
+                self._other_holder = holder or "nobody"  # taken (and given up) while this process still led
+                return False
+            transitions = int(_number(spec.get("leaseTransitions"), 0))
             if holder == self.me:
                 lease["spec"] = self._record(spec.get("acquireTime") or stamp, stamp, transitions)
             else:
@@ -128,7 +178,7 @@ class LeaseElector:
             if error.status != 409:  # 409: another replica wrote first
                 log.warning("Lease %s/%s: %s", namespace, name, error)
             return False
-        self._renewed_at = time.monotonic()
+        self._renewed_at = sent
         return True
 
     def _record(self, acquired: str, renewed: str, transitions: int) -> dict[str, Any]:
@@ -139,3 +189,11 @@ class LeaseElector:
             "renewTime": renewed,
             "leaseTransitions": transitions,
         }
+
+
+def _number(value: object, default: float) -> float:
+    """A Lease field as a number; a malformed one (another writer's bug) counts as absent."""
+    try:
+        return float(value) if value is not None and value != "" else default  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return default

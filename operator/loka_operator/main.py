@@ -50,6 +50,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="",
         help=f"namespace of the Lease (default: ${ENV_POD_NAMESPACE}, the operator's own namespace)",
     )
+    defaults = LeaderElection(namespace="")
+    parser.add_argument(
+        "--leader-elect-lease-duration",
+        type=float,
+        default=defaults.lease_seconds,
+        help="seconds a standby waits after the leader's last renewal before it takes over",
+    )
+    parser.add_argument(
+        "--leader-elect-renew-deadline",
+        type=float,
+        default=defaults.renew_deadline_seconds,
+        help="seconds the leader keeps leading without a successful renewal (less than the lease duration)",
+    )
+    parser.add_argument(
+        "--leader-elect-retry-period",
+        type=float,
+        default=defaults.retry_seconds,
+        help="seconds between renewals (and between a standby's tries)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser.parse_args(argv)
 
@@ -62,7 +81,14 @@ def config_from(args: argparse.Namespace) -> OperatorConfig:
             raise ConfigError(
                 f"--leader-elect needs the Lease's namespace: --leader-elect-namespace or ${ENV_POD_NAMESPACE}"
             )
-        election = LeaderElection(namespace=namespace, name=args.leader_elect_lease)
+        election = LeaderElection(
+            namespace=namespace,
+            name=args.leader_elect_lease,
+            lease_seconds=args.leader_elect_lease_duration,
+            renew_deadline_seconds=args.leader_elect_renew_deadline,
+            retry_seconds=args.leader_elect_retry_period,
+        )
+        election.check()
     return OperatorConfig.from_env(
         namespaces=tuple(args.namespace),
         metrics_port=args.metrics_port,
@@ -94,13 +120,23 @@ async def serve(config: OperatorConfig, args: argparse.Namespace) -> int:
     metrics = OperatorMetrics()
     if config.metrics_port:
         start_http_server(config.metrics_port, registry=metrics.registry)
-    client = KubeClient(login(), relogin=login, on_request=lambda verb: metrics.api_requests.labels(verb=verb).inc())
-    stop = asyncio.Event()
+    count = lambda verb: metrics.api_requests.labels(verb=verb).inc()  # noqa: E731
     elector: LeaseElector | None = None
+    lease_client: KubeClient | None = None
+    if config.leader_election is not None:
+        election = config.leader_election
+        # The Lease's own client: its calls never wait behind reconciles, and time out well inside the deadline.
+        lease_client = KubeClient(
+            login(), relogin=login, timeout=election.renew_deadline_seconds / 2, max_connections=2, on_request=count
+        )
+        elector = LeaseElector(lease_client, election, on_lost=_exit_lost)
+    client = KubeClient(
+        login(), relogin=login, on_request=count, write_deadline=elector.write_deadline if elector else None
+    )
+    stop = asyncio.Event()
     holding: asyncio.Task[None] | None = None
     try:
-        if config.leader_election is not None:
-            elector = LeaseElector(client, config.leader_election)
+        if elector is not None:
             with _stop_on_signals(stop):
                 async with _standby_liveness(args.liveness):
                     if not await elector.acquire(stop):
@@ -119,12 +155,22 @@ async def serve(config: OperatorConfig, args: argparse.Namespace) -> int:
         )
     finally:
         metrics.leader.set(0)
+        stop.set()  # kopf stopped on its own (a signal): the renewer ends without calling this a lost lead
         if holding is not None:
             holding.cancel()
         if elector is not None and not elector.lost:
             await elector.release()
         await client.close()
+        if lease_client is not None:
+            await lease_client.close()
     return 1 if elector is not None and elector.lost else 0
+
+
+def _exit_lost() -> None:
+    """The lead is lost: end the process now (client-go's OnStoppedLeading is fatal). Writes are fenced already, so
+    nothing is left to do cleanly; the pod restarts and stands by."""
+    logging.shutdown()
+    os._exit(1)
 
 
 @contextlib.contextmanager

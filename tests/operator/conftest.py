@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from localcluster.controlplane import LocalCluster, wait_until
 from localcluster.operator_process import OperatorProcess
+from loka_api.admission import policy_manifests
 from loka_api.crd import CRD_PATH
 from tests.operator.kube import Kube
 
@@ -27,8 +29,15 @@ NAMESPACE_PREFIX = f"lokaop-{uuid.uuid4().hex[:4]}-"
 
 @pytest.fixture(scope="session")
 def crd(cluster: LocalCluster) -> None:
+    """The CRD and what the chart installs beside it: the policy on the trainer's status writes."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / CRD_PATH))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/trainingruns.loka.dev")
+    apply_trainer_status_policy(cluster)
+
+
+def apply_trainer_status_policy(cluster: LocalCluster) -> None:
+    policy = yaml.safe_dump_all(policy_manifests())
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=policy)
 
 
 @pytest.fixture(scope="session")

@@ -1,16 +1,20 @@
-"""Two replicas: one leads through a coordination.k8s.io Lease, the other stands by and takes over when it dies."""
+"""Two replicas: one leads through a coordination.k8s.io Lease, the other stands by and takes over when it dies,
+stalls, freezes or is cut off; the API server's audit log shows that a replica without the Lease writes nothing."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from localcluster.controlplane import LocalCluster
+from localcluster.controlplane import PORTS, LocalCluster
+from localcluster.faults import FaultProxy, frozen
 from localcluster.operator_process import OperatorProcess
 from tests.operator.conftest import drive_rayjob, eventually, fresh_namespace, metric, run_manifest, wait_phase
 from tests.operator.kube import Kube
@@ -21,30 +25,61 @@ SMALL = {
     "head": {"cpu": "1", "memory": "1Gi"},
     "worker": {"cpu": "1", "memory": "1Gi"},
 }
+# Seconds, so that a hand-over takes a few of them (the operator's defaults are controller-runtime's 15/10/2).
+LEASE, DEADLINE, RETRY = 6.0, 4.0, 1.0
+
+
+@dataclass
+class Replica:
+    name: str  # POD_NAME; the Lease's holder identity starts with it
+    user: str  # who the API server's audit log says wrote
+    proxy: FaultProxy  # every byte between it and the API server
+    process: OperatorProcess
+
+
+@dataclass
+class Replicas:
+    ns: str
+    lease: str
+    both: tuple[Replica, Replica]
+
+    def by_holder(self, holder: str) -> tuple[Replica, Replica]:
+        """(the one holding the Lease, the other one)."""
+        first, second = self.both
+        return (first, second) if holder.startswith(f"{first.name}_") else (second, first)
 
 
 @pytest.fixture
-def replicas(cluster: LocalCluster, crd: None, kube: Kube, tmp_path: Path) -> Iterator[tuple[str, str, list[Any]]]:
-    """Namespace, Lease name and two operator processes competing for that Lease (POD_NAME replica-a, -b)."""
+def replicas(cluster: LocalCluster, crd: None, kube: Kube, tmp_path: Path) -> Iterator[Replicas]:
+    """Two operator processes competing for one Lease, each its own API user behind its own fault proxy."""
     prefix = f"lokale-{uuid.uuid4().hex[:4]}-"
     namespaces = fresh_namespace(kube, prefix)
     ns = next(namespaces)
     lease = f"loka-{uuid.uuid4().hex[:6]}"
-    election = ("--leader-elect", "--leader-elect-namespace", ns, "--leader-elect-lease", lease)
-    processes = [
-        OperatorProcess(
-            cluster, tmp_path / f"{name}.log", namespace_prefix=prefix, extra_args=election, env={"POD_NAME": name}
-        )
-        for name in ("replica-a", "replica-b")
-    ]
-    try:
-        for process in processes:
-            process.start()  # healthy while standing by, too
-        yield ns, lease, processes
-    finally:
-        for process in processes:
-            process.stop()
-        next(namespaces, None)
+    election = (
+        *("--leader-elect", "--leader-elect-namespace", ns, "--leader-elect-lease", lease),
+        *("--leader-elect-lease-duration", str(LEASE), "--leader-elect-renew-deadline", str(DEADLINE)),
+        *("--leader-elect-retry-period", str(RETRY)),
+    )
+    with ExitStack() as stack:
+        both = []
+        for name in ("replica-a", "replica-b"):
+            user = f"loka-{name}-{uuid.uuid4().hex[:4]}"
+            proxy = stack.enter_context(FaultProxy(PORTS.apiserver))
+            kubeconfig = cluster.kubeconfig_for(user, server=proxy.server)
+            process = OperatorProcess(
+                cluster,
+                tmp_path / f"{name}.log",
+                namespace_prefix=prefix,
+                extra_args=election,
+                env={"POD_NAME": name, "KUBECONFIG": str(kubeconfig)},
+            )
+            stack.callback(process.stop)
+            both.append(Replica(name, user, proxy, process))
+        for replica in both:
+            replica.process.start()  # healthy while standing by, too
+        yield Replicas(ns, lease, (both[0], both[1]))
+    next(namespaces, None)
 
 
 def holder(kube: Kube, ns: str, lease: str) -> str:
@@ -58,12 +93,10 @@ def holder(kube: Kube, ns: str, lease: str) -> str:
     return str(found.spec.holder_identity or "")
 
 
-def test_one_replica_leads_and_a_killed_leader_hands_over_without_duplicates(
-    replicas: tuple[str, str, list[Any]], kube: Kube
-) -> None:
-    ns, lease, (replica_a, replica_b) = replicas
+def test_one_replica_leads_and_a_killed_leader_hands_over_without_duplicates(replicas: Replicas, kube: Kube) -> None:
+    ns, lease = replicas.ns, replicas.lease
     leading = eventually(lambda: holder(kube, ns, lease), what="a replica to take the Lease")
-    leader, standby = (replica_a, replica_b) if leading.startswith("replica-a_") else (replica_b, replica_a)
+    leader, standby = (r.process for r in replicas.by_holder(leading))
 
     names = [f"run-{i}" for i in range(3)]
     for name in names:
@@ -79,7 +112,7 @@ def test_one_replica_leads_and_a_killed_leader_hands_over_without_duplicates(
     kube.create_run(run_manifest("run-late", ns, resources=SMALL))
     drive_rayjob(kube, ns, "run-0", "Complete", "SUCCEEDED")
 
-    standby_name = "replica-a_" if standby is replica_a else "replica-b_"
+    standby_name = f"{replicas.by_holder(leading)[1].name}_"
     eventually(lambda: holder(kube, ns, lease).startswith(standby_name), timeout=30, what="the standby to lead")
     print(f"handover: the standby held the Lease {time.monotonic() - killed:.1f}s after the leader was killed")
 
@@ -97,3 +130,62 @@ def test_one_replica_leads_and_a_killed_leader_hands_over_without_duplicates(
     accounts = [sa.metadata.name for sa in kube.core.list_namespaced_service_account(ns).items]
     assert sorted(a for a in accounts if a.startswith("loka-run-")) == sorted(f"loka-run-{n}" for n in rayjobs)
     assert metric(standby, "loka_leader") == 1
+
+
+@contextmanager
+def _stall(leader: Replica) -> Iterator[None]:
+    """The API server accepts the leader's connections and bytes and answers nothing (held, then delivered)."""
+    leader.proxy.stall()
+    yield
+    leader.proxy.pass_()
+
+
+@contextmanager
+def _freeze(leader: Replica) -> Iterator[None]:
+    """SIGSTOP: the leader neither renews nor dies; SIGCONT after the standby took over."""
+    with frozen(leader.process.pid):
+        yield
+
+
+@contextmanager
+def _partition(leader: Replica) -> Iterator[None]:
+    """Every byte between the leader and the API server vanishes, both ways; then the network heals."""
+    leader.proxy.drop()
+    yield
+    leader.proxy.pass_()
+
+
+@pytest.mark.parametrize("fault", [_stall, _freeze, _partition], ids=["stalled", "frozen", "partitioned"])
+def test_a_cut_off_leader_writes_nothing_once_the_standby_holds_the_lease(
+    replicas: Replicas, kube: Kube, cluster: LocalCluster, fault: Callable[[Replica], AbstractContextManager[None]]
+) -> None:
+    ns, lease = replicas.ns, replicas.lease
+    leader, standby = replicas.by_holder(eventually(lambda: holder(kube, ns, lease), what="a replica to lead"))
+    names = [f"run-{i}" for i in range(4)]
+    for name in names:
+        kube.create_run(run_manifest(name, ns, resources=SMALL))
+    # Cut the leader off in the middle of its work: once its first write for these runs landed.
+    working = lambda: [e for e in _writes(cluster, leader, ns) if e.resource != "leases"]  # noqa: E731
+    eventually(working, timeout=60, interval=0.05, what="the leader to start writing")
+
+    with fault(leader):  # when it ends, the old leader may talk to the API server again
+        eventually(lambda: holder(kube, ns, lease).startswith(f"{standby.name}_"), timeout=60, what="a hand-over")
+        kube.create_run(run_manifest("run-late", ns, resources=SMALL))
+        for name in [*names, "run-late"]:
+            wait_phase(kube, ns, name, "Running", timeout=120)
+
+    # The old leader learns it lost the Lease and ends (the pod would restart and stand by).
+    eventually(lambda: leader.process.exit_code() is not None, timeout=60, what="the deposed leader to exit")
+    acquired = min(e.received for e in _writes(cluster, standby, ns) if e.resource == "leases" and e.landed)
+    late = [str(e) for e in _writes(cluster, leader, ns) if e.landed and e.received >= acquired]
+    assert late == [], f"the deposed leader wrote after {acquired.isoformat()}"
+    assert leader.process.exit_code() == 1
+    # What the new leader did is whole: one RayJob and one ServiceAccount per run.
+    rayjobs = sorted(r["metadata"]["name"] for r in kube.rayjobs(ns))
+    assert rayjobs == sorted([*names, "run-late"])
+    assert metric(standby.process, "loka_leader") == 1
+
+
+def _writes(cluster: LocalCluster, replica: Replica, ns: str) -> list[Any]:
+    """The replica's writes in `ns` that the API server answered, oldest first."""
+    return [e for e in cluster.audit_log.events(user=replica.user) if e.namespace == ns]

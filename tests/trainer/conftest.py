@@ -89,6 +89,14 @@ def trainingrun_crd(cluster: Any) -> None:
         return bool(result.stdout.strip() == "True")
 
     wait_until(established, timeout=30, what="the TrainingRun CRD to be Established")
+    # What the chart installs beside it: the trainer's status writes must pass the operator's policy.
+    import yaml
+
+    from loka_api.admission import policy_manifests
+
+    cluster.kubectl(
+        "apply", "--server-side", "--force-conflicts", "-f", "-", input=yaml.safe_dump_all(policy_manifests())
+    )
 
 
 def create_run(api: Any, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -118,7 +126,7 @@ def per_run_kubeconfig(cluster: Any, api: Any, namespace: str, run_name: str, fo
 
     core: Any = client.CoreV1Api(api)
     rbac: Any = client.RbacAuthorizationV1Api(api)
-    account = f"{run_name}-trainer"
+    account = f"loka-run-{run_name}"  # the operator's name for it: the trainer-status policy applies
     core.create_namespaced_service_account(namespace, {"metadata": {"name": account}})
     rbac.create_namespaced_role(
         namespace,

@@ -150,7 +150,7 @@ def test_trainer_reads_its_token_file_again_after_the_kubelet_replaces_it(  # no
     cluster: Any, k8s: Any, namespace: str, tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     per_run_kubeconfig(cluster, k8s, namespace, "mine", tmp_path)  # the ServiceAccount and its Role
-    account = "mine-trainer"
+    account = "loka-run-mine"
     mounted = tmp_path / "serviceaccount"
     mounted.mkdir()
     (mounted / "ca.crt").write_bytes(cluster.layout.pki.ca_crt.read_bytes())
