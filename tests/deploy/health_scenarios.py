@@ -65,6 +65,10 @@ PREEMPTED = _workload(
     ("Preempted", "True", "InClusterQueue", "Preempted to accommodate a workload (UID: 9f2e) due to prioritization"),
 )
 ENTRYPOINT_FAILED = "Job entrypoint command failed with exit code 1"
+NAME_CONFLICT = Problem(
+    "NameConflict",
+    "a RayJob named 'qwen-gsm8k' already exists and is not owned by this run; delete it or rename the run",
+)
 MISSING_SECRET = Problem("SecretMissing", "waiting for Secret 'loka-secrets' has no key 'hf-token' in namespace 'loka'")
 INVALID = Problem(
     "InvalidBatchShape",
@@ -94,6 +98,7 @@ class Step:
     suspend: bool = False
     invalid: Problem | None = None
     missing_secrets: Problem | None = None
+    blocked: Problem | None = None
     trainer: Callable[[TrainingRunStatus], None] | None = None
 
 
@@ -108,6 +113,7 @@ def _history(*steps: Step, generation: int = 1) -> TrainingRunStatus:
             now=T0 + timedelta(minutes=step.minutes),
             invalid=step.invalid,
             missing_secrets=step.missing_secrets,
+            blocked=step.blocked,
             rayjob=step.rayjob,
             workload=step.workload,
         )
@@ -126,6 +132,7 @@ SCENARIOS: dict[str, Callable[[], TrainingRunStatus | None]] = {
     "pending": lambda: _history(Step(0)),
     "missing-secret": lambda: _history(Step(0, missing_secrets=MISSING_SECRET)),
     "invalid-spec": lambda: _history(Step(0, invalid=INVALID)),
+    "cannot-launch": lambda: _history(Step(0, blocked=NAME_CONFLICT)),
     "queued": lambda: _history(Step(0), QUEUED),
     "starting": lambda: _history(Step(0), QUEUED, STARTING),
     "running": lambda: _history(Step(0), QUEUED, STARTING, RUNNING),

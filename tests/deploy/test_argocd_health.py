@@ -103,6 +103,7 @@ EXPECTED_HEALTH = {
     "pending": "Progressing",
     "missing-secret": "Degraded",
     "invalid-spec": "Degraded",
+    "cannot-launch": "Degraded",  # a person must act: nothing Loka retries will fix it
     "queued": "Suspended",
     "starting": "Progressing",
     "running": "Progressing",

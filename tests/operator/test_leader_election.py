@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from localcluster.controlplane import PORTS, LocalCluster
 from localcluster.faults import FaultProxy, frozen
@@ -49,37 +50,59 @@ class Replicas:
         return (first, second) if holder.startswith(f"{first.name}_") else (second, first)
 
 
+@dataclass
+class Election:
+    """One Lease and the namespace whose runs the replicas competing for it reconcile."""
+
+    cluster: LocalCluster
+    ns: str
+    prefix: str
+    lease: str
+    folder: Path
+    stack: ExitStack
+
+    def args(self) -> tuple[str, ...]:
+        return (
+            *("--leader-elect", "--leader-elect-namespace", self.ns, "--leader-elect-lease", self.lease),
+            *("--leader-elect-lease-duration", str(LEASE), "--leader-elect-renew-deadline", str(DEADLINE)),
+            *("--leader-elect-retry-period", str(RETRY)),
+        )
+
+    def replica(self, name: str, kubeconfig: Callable[[str, FaultProxy], tuple[str, Path]] | None = None) -> Replica:
+        """A replica behind its own proxy, not started; `kubeconfig(name, proxy)` gives (user, kubeconfig)."""
+        proxy = self.stack.enter_context(FaultProxy(PORTS.apiserver))
+        if kubeconfig is None:
+            user = f"loka-{name}-{uuid.uuid4().hex[:4]}"
+            path = self.cluster.kubeconfig_for(user, server=proxy.server)
+        else:
+            user, path = kubeconfig(name, proxy)
+        process = OperatorProcess(
+            self.cluster,
+            self.folder / f"{name}.log",
+            namespace_prefix=self.prefix,
+            extra_args=self.args(),
+            env={"POD_NAME": name, "KUBECONFIG": str(path)},
+        )
+        self.stack.callback(process.stop)
+        return Replica(name, user, proxy, process)
+
+
 @pytest.fixture
-def replicas(cluster: LocalCluster, crd: None, kube: Kube, tmp_path: Path) -> Iterator[Replicas]:
-    """Two operator processes competing for one Lease, each its own API user behind its own fault proxy."""
+def election(cluster: LocalCluster, crd: None, kube: Kube, tmp_path: Path) -> Iterator[Election]:
     prefix = f"lokale-{uuid.uuid4().hex[:4]}-"
     namespaces = fresh_namespace(kube, prefix)
-    ns = next(namespaces)
-    lease = f"loka-{uuid.uuid4().hex[:6]}"
-    election = (
-        *("--leader-elect", "--leader-elect-namespace", ns, "--leader-elect-lease", lease),
-        *("--leader-elect-lease-duration", str(LEASE), "--leader-elect-renew-deadline", str(DEADLINE)),
-        *("--leader-elect-retry-period", str(RETRY)),
-    )
     with ExitStack() as stack:
-        both = []
-        for name in ("replica-a", "replica-b"):
-            user = f"loka-{name}-{uuid.uuid4().hex[:4]}"
-            proxy = stack.enter_context(FaultProxy(PORTS.apiserver))
-            kubeconfig = cluster.kubeconfig_for(user, server=proxy.server)
-            process = OperatorProcess(
-                cluster,
-                tmp_path / f"{name}.log",
-                namespace_prefix=prefix,
-                extra_args=election,
-                env={"POD_NAME": name, "KUBECONFIG": str(kubeconfig)},
-            )
-            stack.callback(process.stop)
-            both.append(Replica(name, user, proxy, process))
-        for replica in both:
-            replica.process.start()  # healthy while standing by, too
-        yield Replicas(ns, lease, (both[0], both[1]))
+        yield Election(cluster, next(namespaces), prefix, f"loka-{uuid.uuid4().hex[:6]}", tmp_path, stack)
     next(namespaces, None)
+
+
+@pytest.fixture
+def replicas(election: Election) -> Replicas:
+    """Two operator processes competing for one Lease, each its own API user behind its own fault proxy."""
+    both = (election.replica("replica-a"), election.replica("replica-b"))
+    for replica in both:
+        replica.process.start()  # healthy while standing by, too
+    return Replicas(election.ns, election.lease, both)
 
 
 def holder(kube: Kube, ns: str, lease: str) -> str:
@@ -189,3 +212,93 @@ def test_a_cut_off_leader_writes_nothing_once_the_standby_holds_the_lease(
 def _writes(cluster: LocalCluster, replica: Replica, ns: str) -> list[Any]:
     """The replica's writes in `ns` that the API server answered, oldest first."""
     return [e for e in cluster.audit_log.events(user=replica.user) if e.namespace == ns]
+
+
+@dataclass
+class RevocableLogin:
+    """A ServiceAccount with cluster-admin whose token dies with a Secret, in a kubeconfig file that can break."""
+
+    kube: Kube
+    ns: str
+    account: str
+    path: Path
+    server: str = ""
+    anchor: str = ""
+
+    @property
+    def user(self) -> str:
+        return f"system:serviceaccount:{self.ns}:{self.account}"
+
+    def kubeconfig(self, _name: str, proxy: FaultProxy) -> tuple[str, Path]:
+        self.server = proxy.server
+        self.restore()
+        return self.user, self.path
+
+    def restore(self) -> None:
+        """A fresh token in a readable kubeconfig."""
+        self.anchor = f"{self.account}-{uuid.uuid4().hex[:6]}"
+        uid = self.kube.core.create_namespaced_secret(self.ns, {"metadata": {"name": self.anchor}}).metadata.uid
+        bound = {"apiVersion": "v1", "kind": "Secret", "name": self.anchor, "uid": uid}
+        request = {"spec": {"audiences": [], "expirationSeconds": 600, "boundObjectRef": bound}}
+        token = self.kube.core.create_namespaced_service_account_token(self.account, self.ns, request).status.token
+        cluster = {"server": self.server, "certificate-authority": str(self.kube.api.configuration.ssl_ca_cert)}
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "local", "cluster": cluster}],
+            "users": [{"name": self.account, "user": {"token": token}}],
+            "contexts": [{"name": "local", "context": {"cluster": "local", "user": self.account}}],
+            "current-context": "local",
+        }
+        self.path.write_text(yaml.safe_dump(config))
+
+    def revoke(self) -> None:
+        """The token stops working and the kubeconfig cannot be read: every call gets 401, logging in again fails."""
+        self.kube.core.delete_namespaced_secret(self.anchor, self.ns)
+        self.path.write_text("{not a kubeconfig")
+
+
+@pytest.fixture
+def revocable_login(election: Election, kube: Kube) -> Iterator[RevocableLogin]:
+    account = "replica-a-identity"
+    kube.core.create_namespaced_service_account(election.ns, {"metadata": {"name": account}})
+    binding = f"{election.lease}-{account}"
+    kube.rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": binding},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": election.ns}],
+        }
+    )
+    yield RevocableLogin(kube, election.ns, account, election.folder / "replica-a.kubeconfig")
+    kube.rbac.delete_cluster_role_binding(binding)
+
+
+def test_a_leader_whose_renewal_dies_stops_before_the_standby_takes_over(
+    election: Election, revocable_login: RevocableLogin, kube: Kube, cluster: LocalCluster
+) -> None:
+    ns, lease = election.ns, election.lease
+    leader = election.replica("replica-a", kubeconfig=revocable_login.kubeconfig)
+    leader.process.start()
+    eventually(lambda: holder(kube, ns, lease).startswith("replica-a_"), what="replica-a to lead")
+    standby = election.replica("replica-b")
+    standby.process.start()
+    kube.create_run(run_manifest("run-0", ns, resources=SMALL))
+    wait_phase(kube, ns, "run-0", "Running", timeout=120)
+
+    # A rotated token and a kubeconfig that cannot be read at that moment: logging in again fails.
+    revoke = time.monotonic()
+    revocable_login.revoke()
+    eventually(lambda: holder(kube, ns, lease).startswith("replica-b_"), timeout=60, what="the standby to lead")
+    print(f"the standby led {time.monotonic() - revoke:.1f}s after the leader's login broke")
+    revocable_login.restore()  # the leader could write again, if it still thought it led
+    kube.create_run(run_manifest("run-late", ns, resources=SMALL))
+    wait_phase(kube, ns, "run-late", "Running", timeout=120)
+    drive_rayjob(kube, ns, "run-0", "Complete", "SUCCEEDED")
+    wait_phase(kube, ns, "run-0", "Succeeded")
+
+    acquired = min(e.received for e in _writes(cluster, standby, ns) if e.resource == "leases" and e.landed)
+    late = [str(e) for e in _writes(cluster, leader, ns) if e.landed and e.received >= acquired]
+    assert late == [], f"the deposed leader wrote after {acquired.isoformat()}"
+    # The operator did not outlive its renewer: it ended (the pod restarts and stands by).
+    eventually(lambda: leader.process.exit_code() is not None, timeout=30, what="the leader without a renewer to exit")

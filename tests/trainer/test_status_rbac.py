@@ -222,3 +222,17 @@ def test_an_attempt_the_operator_counts_after_it_started_keeps_reporting(
     assert not reporter.fenced
     assert runs.attempt == 2
     assert read_run(k8s, namespace, "mine")["status"]["progress"]["step"] == 3
+
+
+def test_kubectl_get_shows_the_reward_rounded_for_people(
+    cluster: Any, k8s: Any, namespace: str, two_runs: tuple[str, str], tmp_path: Path
+) -> None:
+    operator_writes(k8s, namespace, "mine", {"attempt": 1, "rayCluster": "mine-a1b2c"})
+    kubeconfig = per_run_kubeconfig(cluster, k8s, namespace, "mine", tmp_path)
+    reporter = StatusReporter(trainer_of(kubeconfig, namespace, "mine-a1b2c").patch_status, min_interval=0.0)
+    reporter.report_metrics(StepMetrics(step=7, reward_mean=0.74161297082901, kl_loss=0.0012345678))
+
+    shown = cluster.kubectl("get", "trainingruns", "mine", "-n", namespace).stdout
+    header, row = shown.splitlines()[:2]
+    column = header.index("REWARD")  # kubectl aligns each value under its column's header; some are blank
+    assert row[column:].split()[0] == "0.7416", shown

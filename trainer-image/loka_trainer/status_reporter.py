@@ -40,21 +40,27 @@ def _without_none(values: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
 
 
+def shown(value: float | None) -> float | None:
+    """A metric as people read it in status (`kubectl get`, consoles): four significant digits. The metrics file
+    and W&B keep the exact values."""
+    return None if value is None else float(f"{value:.4g}")
+
+
 def progress_patch(metrics: StepMetrics, total_steps: int | None) -> dict[str, Any]:
     patch: dict[str, Any] = {
         "progress": _without_none({"step": metrics.step, "totalSteps": total_steps, "epoch": metrics.epoch}),
         "metrics": _without_none(
             {
-                "rewardMean": metrics.reward_mean,
-                "klLoss": metrics.kl_loss,
-                "loss": metrics.loss,
-                "responseLengthMean": metrics.response_length_mean,
-                "tokensPerSecond": metrics.tokens_per_second,
-                "validationRewardMean": metrics.validation_reward_mean,
-                "validationLoss": metrics.validation_loss,
-                "pairwiseAccuracy": metrics.pairwise_accuracy,
+                "rewardMean": shown(metrics.reward_mean),
+                "klLoss": shown(metrics.kl_loss),
+                "loss": shown(metrics.loss),
+                "responseLengthMean": shown(metrics.response_length_mean),
+                "tokensPerSecond": shown(metrics.tokens_per_second),
+                "validationRewardMean": shown(metrics.validation_reward_mean),
+                "validationLoss": shown(metrics.validation_loss),
+                "pairwiseAccuracy": shown(metrics.pairwise_accuracy),
                 "validationStep": metrics.validation_step,
-                "secondsPerStep": metrics.seconds_per_step,
+                "secondsPerStep": shown(metrics.seconds_per_step),
                 "updatedAt": _now(),
             }
         ),

@@ -71,6 +71,7 @@ local phase = status.phase
 local failed = condition(status, "Failed")
 local valid = condition(status, "Valid")
 local secrets = condition(status, "SecretsReady")
+local launched = condition(status, "Launched")
 
 if phase == "Failed" or (failed ~= nil and failed.status == "True") then
   hs.status = "Degraded"
@@ -85,6 +86,13 @@ end
 if secrets ~= nil and secrets.status == "False" then
   hs.status = "Degraded"
   hs.message = explain(secrets, "A referenced Secret or key is missing")
+  return hs
+end
+
+-- A child the run needs is refused or taken (NameConflict, CreateRefused): waiting will not fix it.
+if launched ~= nil and launched.status == "False" then
+  hs.status = "Degraded"
+  hs.message = explain(launched, "The run's children cannot be created")
   return hs
 end
 
