@@ -199,7 +199,9 @@ def rollout_file(step: int) -> str:
 
 # Written by the trainer (merge patches of its own run's status, under the per-run Role). `message` is shared:
 # the operator explains waits, the trainer says why an attempt stopped or failed.
-TRAINER_STATUS_FIELDS = ("progress", "metrics", "checkpoint", "rollouts", "wandbURL", "message")
+TRAINER_STATUS_FIELDS = ("progress", "metrics", "checkpoint", "rollouts", "wandbURL", "message", "failure")
+# The one trainer field the operator acts on at once: a permanent failure of the current attempt ends the run.
+TRAINER_FAILURE_FIELD = "failure"
 # Written by the operator only; it computes them from the RayJob and Kueue's Workload, never from the trainer.
 OPERATOR_STATUS_FIELDS = (
     "phase",

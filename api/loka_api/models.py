@@ -728,6 +728,16 @@ class NotificationRecord(LokaModel):
     message: str | None = Field(default=None, max_length=1024)
 
 
+class TrainerFailure(LokaModel):
+    """Why the trainer's attempt failed, as the trainer knows it. A permanent failure (an input that is missing or
+    unreadable, a reward function that does not import, a configuration verl refuses) fails the run at once: no
+    retry on a new Ray cluster could help."""
+
+    attempt: int = Field(ge=1, description="The attempt that failed.")
+    reason: str = Field(max_length=64, pattern=r"^[A-Z][A-Za-z0-9]*$", description="CamelCase, e.g. InputMissing.")
+    permanent: bool = False
+
+
 class SourceStatus(LokaModel):
     """The checkpoint a run started from (spec.model.fromRun): kept after the source run is deleted."""
 
@@ -770,6 +780,7 @@ class TrainingRunStatus(LokaModel):
     completion_time: datetime | None = None
     queued_since: datetime | None = Field(default=None, description="When the current attempt started waiting.")
     message: str | None = None
+    failure: TrainerFailure | None = Field(default=None, description="Why the trainer's attempt failed.")
     wandb_url: str | None = Field(default=None, alias="wandbURL")
     attempts: list[AttemptRecord] = Field(
         default_factory=list, max_length=16, description="The Ray job of each recent attempt (newest last)."

@@ -18,7 +18,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from loka_api.contract import TRAINER_STATUS_FIELDS
+from loka_api.contract import TRAINER_FAILURE_FIELD, TRAINER_STATUS_FIELDS
 from loka_operator import naming
 from loka_operator.kube import (
     JSON,
@@ -91,7 +91,9 @@ class WriteLedger:
 
 
 def _without_trainer_status(body: JSON) -> JSON:
-    status = {k: v for k, v in (body.get("status") or {}).items() if k not in TRAINER_STATUS_FIELDS}
+    # A trainer's failure report is the exception: a permanent one ends the run at once.
+    ignored = set(TRAINER_STATUS_FIELDS) - {TRAINER_FAILURE_FIELD}
+    status = {k: v for k, v in (body.get("status") or {}).items() if k not in ignored}
     meta = {k: v for k, v in body.get("metadata", {}).items() if k not in ("resourceVersion", "managedFields")}
     return {"metadata": meta, "spec": body.get("spec"), "status": status}
 

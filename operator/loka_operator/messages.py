@@ -71,3 +71,21 @@ def brief(text: str | None, redactor: Redactor = NO_SECRETS) -> str:
         return line
     budget = MAX_MESSAGE_BYTES - len(ELLIPSIS.encode())
     return encoded[:budget].decode(errors="ignore").rstrip() + ELLIPSIS
+
+
+# KubeRay puts the driver's log under this line when the entrypoint fails; the cause is at the log's end.
+DRIVER_LOG_PREAMBLE = "last available logs"
+
+
+def cause(text: str | None, redactor: Redactor = NO_SECRETS) -> str:
+    """The one line that says why: for KubeRay's "Job entrypoint command failed ..., last available logs ...:"
+    the last meaningful line of the log under it, else the first line; secrets redacted, cut as `brief` cuts."""
+    if not text:
+        return ""
+    lines = text.splitlines()
+    first = next((index for index, line in enumerate(lines) if line.strip()), 0)
+    if DRIVER_LOG_PREAMBLE in lines[first]:
+        meaningful = [line for line in lines[first + 1 :] if any(ch.isalnum() for ch in line)]
+        if meaningful:
+            return brief(meaningful[-1], redactor)
+    return brief(text, redactor)

@@ -55,11 +55,11 @@ from loka_operator.kube import (
     KubeClient,
     Resource,
 )
-from loka_operator.messages import NO_SECRETS, Redactor, brief
+from loka_operator.messages import NO_SECRETS, Redactor, brief, cause
 from loka_operator.metrics import OperatorMetrics
 from loka_operator.notifications import Notifier, webhook_refs
 from loka_operator.ownership import Claim, claim
-from loka_operator.status import Observed, Problem, SourceState, StatusUpdate, finished
+from loka_operator.status import Observed, Problem, SourceState, StatusUpdate, finished, permanent_failure
 from loka_operator.status_writer import StatusWriter
 from loka_operator.validation import Validations
 
@@ -195,10 +195,11 @@ class Reconciler:
             if workload is not None and not self._rayjob_finished(rayjob):
                 workload = await self._follow_suspend(key, workload, spec.suspend)
 
+        rayjob = await self._stop_if_permanent(run, rayjob)
         if rayjob is not None and spec.ttl_seconds_after_finished is not None:
             left = self._ttl_left(key, rayjob, spec.ttl_seconds_after_finished)
             if left is not None and left <= 0:
-                await self._delete_rayjob(run, rayjob)
+                await self._delete_rayjob(run, rayjob, why="ttlSecondsAfterFinished passed")
                 rayjob = None
             elif left is not None:
                 requeue = _sooner(requeue, left + 1)
@@ -496,11 +497,18 @@ class Reconciler:
             ended = seen[1]
         return (ended - now()).total_seconds() + ttl
 
-    async def _delete_rayjob(self, run: TrainingRun, rayjob: JSON) -> None:
+    async def _stop_if_permanent(self, run: TrainingRun, rayjob: JSON | None) -> JSON | None:
+        """The trainer knows no retry can help: stop KubeRay from starting another Ray cluster for the run."""
+        if rayjob is None or permanent_failure(run.status) is None or self._rayjob_finished(rayjob):
+            return rayjob
+        await self._delete_rayjob(run, rayjob, why="the trainer's failure is permanent")
+        return None
+
+    async def _delete_rayjob(self, run: TrainingRun, rayjob: JSON, *, why: str) -> None:
         namespace, name = run.metadata.namespace, rayjob["metadata"]["name"]
         await self.client.delete(RAYJOBS, namespace, name)
         self.children.deleted(RAYJOB, naming.run_key(namespace, run.metadata.name), name)
-        log.info("deleted RayJob %s/%s: ttlSecondsAfterFinished passed", namespace, name)
+        log.info("deleted RayJob %s/%s: %s", namespace, name, why)
 
     async def _readable(self, run: TrainingRun, rayjob: JSON | None) -> JSON | None:
         """The RayJob with KubeRay's message and reason cut to one line and the run's secret values redacted."""
@@ -508,7 +516,8 @@ class Reconciler:
         if rayjob is None or not (status.get("message") or status.get("reason")):
             return rayjob
         redactor = await self._redactor(run)
-        cleaned = {k: brief(status.get(k), redactor) for k in ("message", "reason") if status.get(k)}
+        cleaned = {k: (cause if k == "message" else brief)(status.get(k), redactor) for k in ("message", "reason")}
+        cleaned = {k: v for k, v in cleaned.items() if v}
         return {**rayjob, "status": {**status, **cleaned}}
 
     async def _redactor(self, run: TrainingRun) -> Redactor:

@@ -20,6 +20,7 @@ from loka_api import (
     Interruption,
     RunPhase,
     SourceStatus,
+    TrainerFailure,
     TrainingRunStatus,
 )
 from loka_api import kueue as workloads
@@ -186,6 +187,9 @@ def decide_phase(obs: Observed, previous: TrainingRunStatus) -> Verdict:
     prev = previous.phase
     if obs.invalid is not None:
         return Verdict(RunPhase.FAILED, obs.invalid.reason, obs.invalid.message)
+    if prev not in TERMINAL and (failure := permanent_failure(previous)) is not None:
+        # No retry on a new Ray cluster could help: the run ends now, whatever KubeRay would do next.
+        return Verdict(RunPhase.FAILED, failure.reason, previous.message or f"the trainer failed: {failure.reason}")
     if obs.rayjob is None:
         if finished(previous) and prev is not None:
             # The run ended (or its source failed it) and its RayJob, if any, was removed after the TTL: it keeps
@@ -214,7 +218,7 @@ def decide_phase(obs: Observed, previous: TrainingRunStatus) -> Verdict:
     job_status = status.get("jobStatus", "") or ""
     reason = status.get("reason", "") or ""
     message = status.get("message", "") or ""
-    restarting = (previous.attempt or 1) > 1
+    restarting = (previous.attempt or 1) > 1 or bool(_restarts(obs.rayjob))
 
     match deployment:
         case "Complete":
@@ -447,13 +451,33 @@ def _message(previous: TrainingRunStatus, verdict: Verdict) -> str | None:
     return brief(verdict.message)
 
 
+def permanent_failure(status: TrainingRunStatus) -> TrainerFailure | None:
+    """The trainer's report that the current attempt failed for good (a missing input, a broken reward, ...)."""
+    failure = status.failure
+    if failure is not None and failure.permanent and failure.attempt == (status.attempt or 1):
+        return failure
+    return None
+
+
+def _trainers_cause(previous: TrainingRunStatus) -> str | None:
+    """What the trainer said during the attempt that just ended (the operator never writes message then)."""
+    return previous.message if previous.phase in ACTIVE and previous.message else None
+
+
 def calculate_status(obs: Observed, previous: TrainingRunStatus) -> StatusUpdate:
     verdict = decide_phase(obs, previous)
+    restarts = _restarts(obs.rayjob)
+    retried = restarts is not None and restarts > (previous.restarts or 0) and verdict.phase not in TERMINAL
+    if verdict.phase == RunPhase.FAILED or retried:
+        # The condition and the Event carry the cause: the trainer's own words when it gave them.
+        said = _trainers_cause(previous) or verdict.message
+        if retried:
+            said = f"attempt {previous.attempt or 1} failed and is retried on a new Ray cluster: {said}"
+        verdict = Verdict(verdict.phase, verdict.reason, said)
     phase = verdict.phase
     status = previous.model_copy(deep=True)
     status.phase = phase
     status.observed_generation = obs.generation
-    restarts = _restarts(obs.rayjob)
     status.attempt = _next_attempt(previous, phase, restarts)
     if restarts is not None:
         status.restarts = max(restarts, previous.restarts or 0)
@@ -484,8 +508,8 @@ def calculate_status(obs: Observed, previous: TrainingRunStatus) -> StatusUpdate
         status.queued_since = None
 
     event: PhaseEvent | None = None
-    if phase != previous.phase:
-        kind = "Warning" if phase == RunPhase.FAILED or obs.blocked is not None else "Normal"
+    if phase != previous.phase or retried:
+        kind = "Warning" if phase == RunPhase.FAILED or obs.blocked is not None or retried else "Normal"
         event = PhaseEvent(kind, phase.value, brief(verdict.message))
     elif obs.blocked is not None and _launched(previous).reason != obs.blocked.reason:
         event = PhaseEvent("Warning", obs.blocked.reason, brief(obs.blocked.message))

@@ -27,11 +27,12 @@ from loka_trainer.checkpoints import CheckpointError, CheckpointRecord, Checkpoi
 from loka_trainer.engines import Engine, EngineJob, ResumePoint, SaveOnStop, engine_for
 from loka_trainer.nodes import FileOnAnyNode, connected_to_ray
 from loka_trainer.settings import redact, wandb_mode
+from loka_trainer.sft_data import SFTDataError
 from loka_trainer.staging import HF_SCHEME, StagedInputs, parquet_rows, stage_inputs
 from loka_trainer.status_reporter import StatusPatcher, StatusReporter
 from loka_trainer.step_metrics import MetricsFollower
 from loka_trainer.stop_handshake import StopHandshake
-from loka_trainer.storage import ObjectStore, TransferCancelledError
+from loka_trainer.storage import ObjectMissingError, ObjectStore, TransferCancelledError
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,14 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM.
 EXIT_TERMINATED = 143
+
+
+class PermanentFailureError(RuntimeError):
+    """No retry can help (an input that does not exist, data the trainer cannot read): the run ends at once."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class RenderError(ValueError):
@@ -272,9 +281,7 @@ class Runner:
                 self.checkpoints.claim()
                 if self.spec.rollouts is not None:
                     self.reporter.report_rollouts(rollouts_prefix(str(self.checkpoints.prefix)))
-            inputs: StagedInputs = stage_inputs(
-                self.spec, self.work_dir, self.store, source_uri=self.source_uri, cancel=self.stop.event
-            )
+            inputs: StagedInputs = self._stage()
             self.reporter.total_steps = self.engine.total_steps(self.spec, parquet_rows(inputs.train_files))
             with self._engine_session():
                 resume = self.restore(self.engine.local_checkpoint_ranks(self.spec))
@@ -308,6 +315,8 @@ class Runner:
             log.warning("%s", error)
             self._stop_follower(follower, follower_stop)
             return EXIT_TERMINATED if self.stop.event.is_set() else EXIT_FAILED
+        except PermanentFailureError as error:
+            return self._fail(f"trainer failed: {error}", follower, follower_stop, permanent=error.reason)
         except (CheckpointError, FileNotFoundError, ValueError, OSError) as error:
             return self._fail(f"trainer failed: {error}", follower, follower_stop)
         except Exception as error:
@@ -356,6 +365,16 @@ class Runner:
         if last is not None:
             parts.append(f"resumes from checkpoint step {last}")
         return "; ".join(parts)
+
+    def _stage(self) -> StagedInputs:
+        try:
+            return stage_inputs(
+                self.spec, self.work_dir, self.store, source_uri=self.source_uri, cancel=self.stop.event
+            )
+        except ObjectMissingError as error:
+            raise PermanentFailureError("InputMissing", str(error)) from error
+        except SFTDataError as error:
+            raise PermanentFailureError("InputUnreadable", str(error)) from error
 
     def _report_restore(self, resume: ResumePoint | None) -> None:
         if resume is not None:
@@ -414,11 +433,16 @@ class Runner:
         if flush:
             self.reporter.flush()
 
-    def _fail(self, message: str, follower: threading.Thread | None, stop: threading.Event) -> int:
+    def _fail(
+        self, message: str, follower: threading.Thread | None, stop: threading.Event, *, permanent: str = ""
+    ) -> int:
         self._stop_follower(follower, stop, flush=False)
         message = redact(message)
         log.error("%s", message)
-        self.reporter.report_message(message)
+        if permanent:
+            self.reporter.report_failure(message, attempt=self.writer.attempt or 1, reason=permanent, permanent=True)
+        else:
+            self.reporter.report_message(message)
         return EXIT_FAILED
 
 

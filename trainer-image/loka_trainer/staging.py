@@ -19,7 +19,7 @@ from loka_api.contract import BUILTIN_DATASETS, BUILTIN_MODELS, BUILTIN_SCHEME
 from loka_trainer.preferences import read_pairs, write_pairs_parquet
 from loka_trainer.sft_data import check_conversations, demonstrations_to_conversations
 from loka_trainer.source_model import stage_checkpoint_as_model
-from loka_trainer.storage import ObjectStore, S3Uri
+from loka_trainer.storage import ObjectMissingError, ObjectStore, S3Uri
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def stage_file(uri: str, dest: Path, store: ObjectStore) -> Path:
     source = S3Uri.parse(uri)
     if not store.exists(source):
         msg = f"{uri} does not exist"
-        raise FileNotFoundError(msg)
+        raise ObjectMissingError(msg)
     store.download_files([(source, dest)])
     return dest
 

@@ -199,6 +199,18 @@ class StatusReporter:
         with self._lock:
             self._send({"rollouts": {"uri": uri}})
 
+    def report_failure(self, message: str, *, attempt: int, reason: str, permanent: bool) -> None:
+        """Why this attempt failed, in words and as a reason; a permanent one ends the run without a retry."""
+        with self._lock:
+            patch: dict[str, Any] = {
+                "message": message[:MAX_MESSAGE_CHARS],
+                "failure": {"attempt": attempt, "reason": reason, "permanent": permanent},
+            }
+            if self._pending is not None:
+                patch.update(progress_patch(self._pending, self.total_steps))
+                self._pending, self._last_sent_at = None, self._clock()
+            self._send(patch)
+
     def report_message(self, message: str) -> None:
         """Send ``message`` now, with the newest pending progress in the same patch (the last one always lands)."""
         with self._lock:

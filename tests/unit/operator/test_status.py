@@ -300,7 +300,7 @@ def test_trainer_failure_message_survives_the_failed_transition() -> None:
     assert update.status.phase == RunPhase.FAILED
     assert update.status.message == "reward function raised KeyError"
     failed = next(c for c in update.status.conditions if c.type == "Failed")
-    assert (failed.status, failed.reason, failed.message) == ("True", "AppFailed", "job failed")
+    assert (failed.status, failed.reason, failed.message) == ("True", "AppFailed", "reward function raised KeyError")
     assert update.event is not None and update.event.type == "Warning"
 
 
