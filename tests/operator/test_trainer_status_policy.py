@@ -12,10 +12,16 @@ from kubernetes.client.exceptions import ApiException
 
 from localcluster.controlplane import LocalCluster
 from loka_api.contract import TRAINER_STATUS_FIELDS
-from tests.operator.conftest import eventually, run_manifest
+from tests.operator.conftest import eventually, run_manifest, wait_phase
 from tests.operator.kube import Kube
 
 RUN = "guarded"
+SMALL = {
+    "workers": 1,
+    "gpusPerWorker": 1,
+    "head": {"cpu": "1", "memory": "1Gi"},
+    "worker": {"cpu": "1", "memory": "1Gi"},
+}
 OPERATORS_FIELDS: dict[str, Any] = {
     "attempt": 7,
     "source": {"run": "someone-elses", "uid": "0000", "step": 1, "uri": "s3://elsewhere/global_step_1"},
@@ -58,10 +64,8 @@ def refusal(api: Any, ns: str, status: dict[str, Any], *, dry_run: bool = False)
 def test_the_trainer_account_writes_its_own_status_fields_and_nothing_the_operator_owns(
     cluster: LocalCluster, kube: Kube, ns: str
 ) -> None:
-    kube.create_run(run_manifest(RUN, ns))
-    before = eventually(
-        lambda: (s := kube.status(ns, RUN)).get("attempt") and s, what="the operator to count attempt 1"
-    )
+    kube.create_run(run_manifest(RUN, ns, resources=SMALL))
+    before = wait_phase(kube, ns, RUN, "Running", timeout=120)
     trainer = as_trainer(cluster, kube, ns)
     # A new policy takes the API server a moment to load: wait for it on a dry run.
     eventually(lambda: refusal(trainer, ns, {"attempt": 7}, dry_run=True), what="the policy to be in force")
