@@ -14,7 +14,7 @@ from loka_api.dataset import build_dataset
 from loka_api.manifest import Writer
 from loka_trainer.checkpoints import CheckpointStore
 from loka_trainer.engines import EngineJob
-from loka_trainer.runner import EXIT_OK, EXIT_TERMINATED, Runner, StopSignal
+from loka_trainer.runner import EXIT_FAILED, EXIT_OK, EXIT_TERMINATED, Runner, StopSignal
 from loka_trainer.storage import ObjectStore, S3Uri
 from loka_trainer.tiny import write_tasks
 from tests.trainer.conftest import write_verl_checkpoint
@@ -241,3 +241,15 @@ def test_restore_falls_back_past_a_checkpoint_that_lost_a_file_and_says_so_in_st
     assert resumed["checkpoint"]["step"] == 2, "status names the checkpoint it resumed from, in the same patch"
     assert "skipped step 4" in said
     assert "model_world_size_2_rank_0.pt does not exist" in said
+
+
+def test_training_data_that_does_not_exist_is_a_permanent_failure_in_status(
+    object_store: ObjectStore, s3_prefix: S3Uri, tmp_path: Path
+) -> None:
+    patches: list[dict[str, Any]] = []  # nothing staged: s3://…/data/train.parquet does not exist
+    engine = VerlLikeEngine(steps=2)
+    assert attempt(make_run(s3_prefix), object_store, tmp_path, engine, patches).execute() == EXIT_FAILED
+    assert engine.seen_job is None  # never started
+    train = f"s3://{s3_prefix.bucket}/{s3_prefix.key}/data/train.parquet"
+    assert patches[-1]["message"] == f"trainer failed: {train} does not exist"
+    assert patches[-1]["failure"] == {"attempt": 1, "reason": "InputMissing", "permanent": True}
