@@ -93,6 +93,8 @@ def test_sigterm_stops_the_run_reports_why_and_the_next_attempt_resumes_from_the
     message = read_run(case.k8s, case.namespace, "preempted")["status"]["message"]
     assert "SIGTERM" in message
     assert f"checkpoint step {stopped_at}" in message
+    # Saved on the way out: the step in flight, through TRL's callback, not the last periodic checkpoint.
+    assert f"saved step {stopped_at} before stopping" in message, message
 
     case.operator_counts_attempt("preempted", 2)
     second = start_trainer(env, case.work / "attempt-2", log)  # a fresh pod: empty local disk
