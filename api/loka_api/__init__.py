@@ -2,6 +2,7 @@
 
 - `loka_api.models`: the `TrainingRun` resource as pydantic models (the source of the CRD);
 - `loka_api.crd`: the CRD generator (`python -m loka_api.crd`);
+- `loka_api.recipes`: one module per algorithm family (grpo, sft) and the registry keyed by `spec.algorithm`;
 - `loka_api.render`: the one renderer of verl arguments, and the check that composes them against verl's config;
 - `loka_api.contract`: env names, the S3 layout of checkpoints, who writes which status field;
 - `loka_api.dataset`: the one builder of verl RL parquet from task files (pyarrow imported only when used).
@@ -19,7 +20,6 @@ from loka_api.models import (
     RUN_SHAPING_FIELDS,
     SHORT_NAMES,
     VERSION,
-    Algorithm,
     AttemptRecord,
     CheckpointSpec,
     CheckpointStatus,
@@ -70,7 +70,6 @@ __all__ = [
     "RUN_SHAPING_FIELDS",
     "SHORT_NAMES",
     "VERSION",
-    "Algorithm",
     "AttemptRecord",
     "CheckpointSpec",
     "CheckpointStatus",

@@ -78,6 +78,8 @@ ENV_WORK_DIR = "LOKA_WORK_DIR"
 # Set by the trainer for verl's actors: the folder on the head node through which it asks the checkpoint callback
 # for a save before it stops verl, and learns whether an upload is in flight (loka_trainer.stop_handshake).
 ENV_STOP_HANDSHAKE = "LOKA_STOP_HANDSHAKE"
+# Set by the trainer for verl's TaskRunner when spec.rollouts is set: the spec as JSON.
+ENV_ROLLOUTS = "LOKA_ROLLOUTS"
 
 # -------------------------------------------------------------------------------------- stopping
 #

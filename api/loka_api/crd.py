@@ -29,6 +29,8 @@ from loka_api.models import (
     TrainingRunStatus,
     cel,
 )
+from loka_api.recipes import Recipe, recipes
+from loka_api.recipes.base import ancestors
 
 CRD_PATH = Path("crds") / f"{PLURAL}.{GROUP}.yaml"
 
@@ -160,8 +162,148 @@ def immutability_rules() -> list[dict[str, str]]:
     ]
 
 
+def _cel_list(values: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{value}'" for value in values) + "]"
+
+
+def _is_one_of(algorithms: tuple[str, ...]) -> str:
+    if len(algorithms) == 1:
+        return f"self.algorithm == '{algorithms[0]}'"
+    return f"self.algorithm in {_cel_list(algorithms)}"
+
+
+def _is_none_of(algorithms: tuple[str, ...]) -> str:
+    if len(algorithms) == 1:
+        return f"self.algorithm != '{algorithms[0]}'"
+    return f"!(self.algorithm in {_cel_list(algorithms)})"
+
+
+def _sequences_per_item(families: tuple[Recipe, ...]) -> str:
+    """CEL: sequences per batch item, by algorithm (one per SFT demonstration, a group per RL prompt)."""
+    *guarded, last = families
+    expression = last.sequences_per_item
+    for recipe in reversed(guarded):
+        if recipe.sequences_per_item != expression:
+            expression = f"({_is_one_of(recipe.algorithms)} ? {recipe.sequences_per_item} : {expression})"
+    return expression
+
+
+def recipe_rules(families: tuple[Recipe, ...]) -> list[dict[str, str]]:
+    """The spec rules that depend on the algorithm, each from the recipe that owns it."""
+    per_item = _sequences_per_item(families)
+    singles = [a for recipe in families if recipe.sequences_per_item == "1" for a in recipe.algorithms]
+    except_for = f" (times training.samplesPerPrompt, except for {', '.join(singles)})" if singles else ""
+    rules = [
+        cel(
+            "self.engine != 'verl' || self.resources.workers * self.resources.gpusPerWorker == 0 || "
+            f"(self.training.batchSize * {per_item}) % (self.resources.workers * self.resources.gpusPerWorker) == 0",
+            f"training.batchSize{except_for} must be divisible by resources.workers * resources.gpusPerWorker "
+            "(verl splits each batch evenly over GPUs)",
+            field_path=".training.batchSize",
+        )
+    ]
+    with_rollouts = tuple(a for recipe in families if recipe.rollouts for a in recipe.algorithms)
+    without = [a for recipe in families if not recipe.rollouts for a in recipe.algorithms]
+    rules.append(
+        cel(
+            f"!has(self.rollouts) || ({_is_one_of(with_rollouts)} && has(self.checkpoints))",
+            "spec.rollouts keeps an RL run's trajectories next to its checkpoints: it needs spec.checkpoints and "
+            f"an RL algorithm ({' and '.join(without)} generate no rollouts)",
+            field_path=".rollouts",
+        )
+    )
+    for recipe in families:
+        for rule in recipe.rules:
+            guard = _is_none_of(rule.only or recipe.algorithms)
+            rules.append(cel(f"{guard} || ({rule.rule})", rule.message, field_path=rule.field_path))
+        if recipe.data_fields:
+            absent = " && ".join(f"!has(self.data.{name})" for name in recipe.data_fields)
+            rules.append(
+                cel(f"{_is_one_of(recipe.algorithms)} || ({absent})", recipe.data_fields_message, field_path=".data")
+            )
+    return rules
+
+
+def _cel_regex(key: str) -> str:
+    return key.replace(".", "\\\\.")
+
+
+def _cel_keys(keys: list[str]) -> str:
+    """A CEL regex group of dotted keys; keys of one section as ``section\\.(a|b)``."""
+    parents = {key.rpartition(".")[0] for key in keys}
+    if len(keys) > 1 and len(parents) == 1 and "" not in parents:
+        (parent,) = parents
+        names = "|".join(key.rpartition(".")[2] for key in keys)
+        return f"({_cel_regex(parent)}\\\\.({names}))"
+    return "(" + "|".join(_cel_regex(key) for key in keys) + ")"
+
+
+def _spelled(keys: list[str]) -> str:
+    """Keys for a message; keys of one section as ``section.{a, b}``."""
+    parents = {key.rpartition(".")[0] for key in keys}
+    if len(keys) > 1 and len(parents) == 1 and "" not in parents:
+        return f"{parents.pop()}.{{{', '.join(key.rpartition('.')[2] for key in keys)}}}"
+    return ", ".join(keys)
+
+
+def _unless(algorithms: tuple[str, ...], every: tuple[str, ...], rule: str) -> str:
+    return rule if set(algorithms) >= set(every) else f"{_is_none_of(algorithms)} || {rule}"
+
+
+def owned_key_rules(families: tuple[Recipe, ...]) -> list[dict[str, str]]:
+    """verlOverrides may not change a key the run's recipe owns, in any Hydra form (``key=``, ``+key=``, ``++key=``,
+    ``~key``), nor replace or delete a section holding one. One rule per explanation (keys that share it together).
+    """
+    every = tuple(a for recipe in families for a in recipe.algorithms)
+    owners: dict[tuple[str, str], list[str]] = {}  # (key, instead) -> algorithms
+    sections: dict[str, list[str]] = {}  # a section holding an owned key -> algorithms
+    for recipe in families:
+        for owned in recipe.owned_keys:
+            owners.setdefault((owned.key, owned.instead), []).extend(recipe.algorithms)
+            for section in ancestors(owned.key):
+                sections.setdefault(section, []).extend(recipe.algorithms)
+    groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for (key, instead), holders in owners.items():
+        groups.setdefault((instead, tuple(dict.fromkeys(holders))), []).append(key)
+    prefix = "!has(self.verlOverrides) || self.verlOverrides.all(o, !o.matches('^[+~]{0,2}"
+    rules = []
+    for (instead, algorithms), keys in groups.items():
+        verb = "is" if len(keys) == 1 else "are"
+        rules.append(
+            cel(
+                _unless(algorithms, every, f"({prefix}{_cel_keys(keys)}([.=@]|$)')))"),
+                f"{_spelled(keys)} {verb} Loka's to set: {instead}",
+                field_path=".verlOverrides",
+            )
+        )
+    by_algorithms: dict[tuple[str, ...], list[str]] = {}
+    for section, holders in sections.items():
+        by_algorithms.setdefault(tuple(dict.fromkeys(holders)), []).append(section)
+    for algorithms, names in by_algorithms.items():
+        rules.append(
+            cel(
+                _unless(algorithms, every, f"({prefix}{_cel_keys(names)}(@[^=]*)?(=|$)')))"),
+                f"a verlOverride may not replace or delete a whole section holding keys Loka sets "
+                f"({', '.join(names)}): override single keys inside it",
+                field_path=".verlOverrides",
+            )
+        )
+    return rules
+
+
+def with_recipes(spec: JSONSchema, families: tuple[Recipe, ...]) -> JSONSchema:
+    """spec.algorithm's values and the algorithm-dependent rules, from the registered recipes."""
+    algorithm = spec["properties"]["algorithm"]
+    algorithm.pop("maxLength", None)
+    algorithm["enum"] = [a for recipe in families for a in recipe.algorithms]
+    algorithm["description"] = "; ".join(recipe.summary for recipe in families) + "."
+    rules = [*recipe_rules(families), *owned_key_rules(families)]
+    spec["x-kubernetes-validations"] = [*spec.get("x-kubernetes-validations", []), *rules]
+    return spec
+
+
 def openapi_schema() -> JSONSchema:
-    spec = model_schema(TrainingRunSpec)
+    spec = with_recipes(model_schema(TrainingRunSpec), recipes())
     spec.pop("description", None)
     spec["description"] = "What to train, on what, and where it may run."
     status = model_schema(TrainingRunStatus)

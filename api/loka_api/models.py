@@ -11,7 +11,7 @@ import enum
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 from loka_api.contract import (
@@ -85,22 +85,16 @@ class LokaModel(BaseModel):
 # --------------------------------------------------------------------------------------------- spec
 
 
-class Algorithm(enum.StrEnum):
-    """What the run trains: reinforcement learning with a verl advantage estimator that needs no critic (the
-    GRPO family), or supervised fine-tuning on demonstrations (``sft``).
-    """
+def _known_algorithm(value: str) -> str:
+    """spec.algorithm names a registered recipe (the CRD's enum is generated from the same registry)."""
+    from loka_api.recipes import recipe_for  # late: the recipes read these models
 
-    GRPO = "grpo"
-    RLOO = "rloo"
-    REINFORCE_PLUS_PLUS = "reinforce_plus_plus"
-    REMAX = "remax"
-    SFT = "sft"
-    RM = "rm"  # a reward model, trained on pairwise preferences (TRL's RewardTrainer)
+    recipe_for(value)
+    return value
 
-    @property
-    def is_rl(self) -> bool:
-        """Rollouts scored by a reward (everything but SFT and reward models)."""
-        return self not in {Algorithm.SFT, Algorithm.RM}
+
+# What the run trains: one of the algorithms of the registered recipes (loka_api.recipes).
+AlgorithmName = Annotated[str, AfterValidator(_known_algorithm)]
 
 
 class Engine(enum.StrEnum):
@@ -223,10 +217,6 @@ class DataSpec(LokaModel):
         le=262144,
         description="sft: tokens per training sequence (default maxPromptLength + maxResponseLength).",
     )
-
-    @property
-    def sft_max_length(self) -> int:
-        return self.max_length or self.max_prompt_length + self.max_response_length
 
 
 class RewardSpec(LokaModel):
@@ -464,36 +454,14 @@ RUN_SHAPING_FIELDS: tuple[str, ...] = (
 )
 MUTABLE_FIELDS: tuple[str, ...] = ("suspend", "maxRestarts", "ttlSecondsAfterFinished", "notifications")
 
-_GPU_DIVISIBILITY_RULE = (
-    "self.engine != 'verl' || self.resources.workers * self.resources.gpusPerWorker == 0 || "
-    "(self.training.batchSize * (self.algorithm == 'sft' ? 1 : self.training.samplesPerPrompt)) "
-    "% (self.resources.workers * self.resources.gpusPerWorker) == 0"
-)
-_SFT_ONLY_DATA = ("responseKey", "messagesKey", "maxLength")
-
 
 class TrainingRunSpec(LokaModel):
-    """What to train, on what, and where it may run."""
+    """What to train, on what, and where it may run. The rules that depend on the algorithm are its recipe's
+    (loka_api.recipes); the CRD generator adds them.
+    """
 
     model_config = ConfigDict(
         json_schema_extra=validations(
-            cel(
-                "self.algorithm != 'grpo' || self.training.samplesPerPrompt >= 2",
-                "grpo compares responses within a group: training.samplesPerPrompt must be at least 2",
-                field_path=".training.samplesPerPrompt",
-            ),
-            cel(
-                _GPU_DIVISIBILITY_RULE,
-                "training.batchSize (times training.samplesPerPrompt, except for sft) must be divisible by "
-                "resources.workers * resources.gpusPerWorker (verl splits each batch evenly over GPUs)",
-                field_path=".training.batchSize",
-            ),
-            cel(
-                "self.algorithm != 'sft' || has(self.data.responseKey) || has(self.data.messagesKey)",
-                "algorithm sft trains on demonstrations: set data.responseKey (the response to data.promptKey's "
-                "prompt) or data.messagesKey (whole conversations)",
-                field_path=".data",
-            ),
             cel(
                 "!has(self.data.responseKey) || !has(self.data.messagesKey)",
                 "data.responseKey and data.messagesKey exclude each other: a conversation column already holds "
@@ -501,33 +469,10 @@ class TrainingRunSpec(LokaModel):
                 field_path=".data.messagesKey",
             ),
             cel(
-                "self.algorithm == 'sft' || " + " && ".join(f"!has(self.data.{key})" for key in _SFT_ONLY_DATA),
-                "data.responseKey, data.messagesKey and data.maxLength apply to algorithm sft only "
-                "(reinforcement learning generates its responses)",
-                field_path=".data",
-            ),
-            cel(
-                "self.algorithm != 'sft' || !has(self.reward)",
-                "algorithm sft uses no reward: remove spec.reward (validation reports the loss on data.validation)",
-                field_path=".reward",
-            ),
-            cel(
                 "self.engine != 'verl' || (self.resources.workers >= 1 && self.resources.gpusPerWorker >= 1)",
                 "engine verl needs GPU workers: resources.workers and resources.gpusPerWorker must be at least 1 "
                 "(use engine trl for CPU)",
                 field_path=".resources.gpusPerWorker",
-            ),
-            cel(
-                "!has(self.rollouts) || (self.algorithm != 'sft' && self.algorithm != 'rm' && has(self.checkpoints))",
-                "spec.rollouts keeps an RL run's trajectories next to its checkpoints: it needs spec.checkpoints and "
-                "an RL algorithm (sft and rm generate no rollouts)",
-                field_path=".rollouts",
-            ),
-            cel(
-                "self.algorithm != 'rm' || (self.engine == 'trl' && !has(self.reward))",
-                "algorithm rm trains a reward model with TRL's RewardTrainer on pairwise preferences (data.train: an "
-                "Evaluation's preferences.jsonl): it needs engine trl and no spec.reward",
-                field_path=".algorithm",
             ),
             cel(
                 "!has(self.training.miniBatchSize) || self.training.miniBatchSize <= self.training.batchSize",
@@ -537,12 +482,10 @@ class TrainingRunSpec(LokaModel):
         )
     )
 
-    algorithm: Algorithm = Field(
-        default=Algorithm.GRPO,
-        description=(
-            "grpo, rloo, reinforce_plus_plus, remax (verl advantage estimators), sft (fine-tuning), or rm (a reward "
-            "model on pairwise preferences, engine trl)."
-        ),
+    algorithm: AlgorithmName = Field(
+        default="grpo",
+        max_length=64,
+        description="What to train: the algorithm of one of Loka's recipes (the CRD lists them).",
     )
     engine: Engine = Field(default=Engine.VERL, description="verl (Ray, GPUs) or trl (single process, CPU demo).")
     image: str = Field(min_length=1, max_length=512, description="Trainer image (runs `loka-trainer run`).")
@@ -557,7 +500,11 @@ class TrainingRunSpec(LokaModel):
     ] = Field(
         default_factory=list,
         max_length=64,
-        description="Extra Hydra overrides for verl.trainer.main_ppo (key=value), applied last and validated.",
+        description=(
+            "Extra Hydra overrides for the run's verl trainer (key=value), applied last and validated. Keys Loka sets "
+            "itself (staged inputs, cluster shape, checkpoints, resume, logger, the actors' environment) are refused, "
+            "naming the spec field to set instead."
+        ),
     )
     resources: ResourcesSpec = Field(default=ResourcesSpec())
     queue: QueueSpec | None = None

@@ -1,12 +1,10 @@
-"""The one renderer of verl arguments: a TrainingRun spec -> Hydra overrides for verl's trainer.
+"""The one renderer of verl arguments: a TrainingRun spec -> what the trainer launches (`VerlLaunch`).
 
-- RL algorithms (grpo, rloo, ...) run `verl.trainer.main_ppo` (config `ppo_trainer`);
-- `sft` runs verl's single-controller SFT trainer (`verl.trainer.sft_trainer_ray`, config
-  `sft_trainer_engine`) through the trainer image's wrapper, which adds the S3 upload of each checkpoint.
-
-The trainer runs what this renders; the operator composes the same overrides against verl's
-packaged Hydra config (without importing verl, which pulls in torch) to reject unknown keys
-before anything is launched. It lives in the core so that both sides run the same code.
+The run's recipe (`loka_api.recipes`, by `spec.algorithm`) says which entry point and verl config, and renders
+Loka's overrides; the user's verlOverrides come last. The trainer runs what this renders; the operator composes
+the same overrides against verl's packaged Hydra config (without importing verl, which pulls in torch) to reject
+unknown keys, and keys Loka owns, before anything is launched. It lives in the core so that both sides run the
+same code.
 """
 
 from __future__ import annotations
@@ -14,240 +12,75 @@ from __future__ import annotations
 import functools
 import importlib.util
 import re
-import sys
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loka_api.contract import step_folder
-from loka_api.models import Algorithm, TrainingRunSpec
+from loka_api.recipes import StagedPaths, VerlLaunch, recipe_for
+from loka_api.recipes.base import (
+    DEFAULT_CHECKPOINT_CALLBACK,
+    RESUME_AUTO,
+    RESUME_NEVER,
+    VERL_FILE_LOGGER_ENV,
+    hydra_string,
+    override_key,
+)
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-VERL_ENTRYPOINT = "verl.trainer.main_ppo"
-VERL_CONFIG_NAME = "ppo_trainer"
-# verl's SFT on the run's Ray cluster (sft_trainer_ray), wrapped by the trainer image to upload checkpoints.
-VERL_SFT_ENTRYPOINT = "loka_trainer.verl_sft"
-VERL_SFT_CONFIG_NAME = "sft_trainer_engine"
-# The column of conversations in the SFT parquet the trainer stages from promptKey/responseKey.
-SFT_MESSAGES_COLUMN = "messages"
-# verl's `file` logger writes its JSONL where this variable says.
-VERL_FILE_LOGGER_ENV = "VERL_FILE_LOGGER_PATH"
-# The trainer image's verl checkpoint callback (uploads each checkpoint to S3, then moves the marker).
-DEFAULT_CHECKPOINT_CALLBACK = "loka_trainer.verl_callback.S3CheckpointCallback"
-# verl resume modes, by TrainingRun `checkpoints.resume` value.
-RESUME_AUTO = "auto"
-RESUME_NEVER = "never"
+    from loka_api.models import TrainingRunSpec
+
+__all__ = [
+    "DEFAULT_CHECKPOINT_CALLBACK",
+    "RESUME_AUTO",
+    "RESUME_NEVER",
+    "VERL_FILE_LOGGER_ENV",
+    "StagedPaths",
+    "VerlConfigError",
+    "VerlLaunch",
+    "VerlNotInstalledError",
+    "compose_verl_config",
+    "hydra_string",
+    "render_launch",
+    "render_verl_overrides",
+    "verl_config_dir",
+    "verl_config_name",
+]
+
+# A config every verl wheel ships: how verl's config folder is found.
+_MARKER_CONFIG = "ppo_trainer"
 
 
-@dataclass(frozen=True)
-class StagedPaths:
-    """Where the trainer staged the run's inputs on local disk before launching verl."""
-
-    model: str  # a local directory, or a Hugging Face id when the model is not staged
-    train_files: Path
-    checkpoint_dir: Path
-    val_files: Path | None = None
-    # The local global_step_N folder of `resume: s3://.../global_step_N`, while it seeds the run (None once the run
-    # has a checkpoint of its own: verl's auto mode then finds that one).
-    resume_from: Path | None = None
-    metrics_file: Path | None = None  # verl's `file` logger writes JSONL here (VERL_FILE_LOGGER_PATH)
-    checkpoint_callback_class: str | None = DEFAULT_CHECKPOINT_CALLBACK
-
-    @classmethod
-    def placeholder(cls) -> StagedPaths:
-        """Stand-in paths for validation: composition only checks keys, not where files are."""
-        root = Path("/loka")
-        return cls(
-            model=str(root / "model"),
-            train_files=root / "data" / "train.parquet",
-            val_files=root / "data" / "validation.parquet",
-            checkpoint_dir=root / "checkpoints",
-            resume_from=root / "checkpoints" / step_folder(1),
-            metrics_file=root / "metrics.jsonl",
-        )
-
-
-def _hydra_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        return "[" + ",".join(_hydra_value(item) for item in value) + "]"
-    text = str(value)
-    # Quote strings Hydra's grammar would otherwise split or reinterpret (e.g. `:`, `=`, spaces, commas).
-    if re.fullmatch(r"[A-Za-z0-9_./\-+@]*", text):
-        return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _reward_overrides(spec: TrainingRunSpec) -> list[str]:
-    if spec.reward is None:
-        return []
-    module, _, function = spec.reward.function.partition(":")
-    return [
-        f"reward.custom_reward_function.path=pkg://{module}",
-        f"reward.custom_reward_function.name={function}",
-    ]
-
-
-def _checkpoint_overrides(spec: TrainingRunSpec, paths: StagedPaths) -> list[str]:
-    out = [f"trainer.default_local_dir={_hydra_value(paths.checkpoint_dir)}"]
-    checkpoints = spec.checkpoints
-    if checkpoints is None:
-        return [*out, "trainer.save_freq=-1", "trainer.resume_mode=disable"]
-    # S3 keeps `keep` checkpoints; locally one copy is enough to upload from (and the trainer drops older ones
-    # on every node, where verl's own rotation reaches only rank 0's).
-    out += [f"trainer.save_freq={checkpoints.every}", "trainer.max_actor_ckpt_to_keep=1"]
-    out += _resume_overrides(checkpoints.resume, paths)
-    if paths.checkpoint_callback_class:
-        out.append(f"trainer.checkpoint_callback_class={paths.checkpoint_callback_class}")
-    return out
-
-
-def _tracking_overrides(
-    spec: TrainingRunSpec, *, run_name: str, namespace: str, paths: StagedPaths, through_ray: bool = True
-) -> list[str]:
-    wandb = spec.tracking.wandb if spec.tracking else None
-    loggers = ["console"]
-    if paths.metrics_file is not None:
-        loggers.append("file")
-    if wandb is not None and wandb.mode != "disabled":
-        loggers.append("wandb")
-    project = wandb.project if wandb is not None else f"loka-{namespace}"
-    out = [
-        f"trainer.project_name={_hydra_value(project)}",
-        f"trainer.experiment_name={_hydra_value(run_name)}",
-        f"trainer.logger={_hydra_value(loggers)}",
-    ]
-    if paths.metrics_file is not None and through_ray:
-        # The TaskRunner actor that writes the file can land on any node; pass the path through Ray.
-        out.append(
-            f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={_hydra_value(paths.metrics_file)}"
-        )
-    return out
-
-
-def verl_config_name(spec: TrainingRunSpec) -> str:
-    """The verl Hydra config the run's overrides compose against."""
-    return VERL_SFT_CONFIG_NAME if spec.algorithm is Algorithm.SFT else VERL_CONFIG_NAME
-
-
-def verl_entrypoint(spec: TrainingRunSpec) -> str:
-    """The Python module the trainer runs with the rendered overrides."""
-    return VERL_SFT_ENTRYPOINT if spec.algorithm is Algorithm.SFT else VERL_ENTRYPOINT
+def render_launch(
+    spec: TrainingRunSpec,
+    *,
+    run_name: str,
+    namespace: str,
+    paths: StagedPaths,
+    runtime_env: Mapping[str, str] | None = None,
+) -> VerlLaunch:
+    """What the trainer runs for ``spec``: its recipe's entry point and overrides, the user's verlOverrides last,
+    and ``runtime_env`` (the variables verl's processes need; never a secret) where the recipe passes it.
+    """
+    return recipe_for(spec.algorithm).render(
+        spec, run_name=run_name, namespace=namespace, paths=paths, runtime_env=runtime_env
+    )
 
 
 def render_verl_overrides(spec: TrainingRunSpec, *, run_name: str, namespace: str, paths: StagedPaths) -> list[str]:
     """Hydra `key=value` overrides for the run's verl trainer; the spec's verlOverrides come last and win."""
-    if spec.algorithm is Algorithm.SFT:
-        return _render_sft(spec, run_name=run_name, namespace=namespace, paths=paths)
-    return _render_rl(spec, run_name=run_name, namespace=namespace, paths=paths)
+    return render_launch(spec, run_name=run_name, namespace=namespace, paths=paths).arguments
 
 
-def _validation_every(spec: TrainingRunSpec, paths: StagedPaths) -> int:
-    """Validate at every checkpoint when there is a validation set (-1: never)."""
-    return spec.checkpoints.every if paths.val_files is not None and spec.checkpoints else -1
-
-
-def _render_sft(spec: TrainingRunSpec, *, run_name: str, namespace: str, paths: StagedPaths) -> list[str]:
-    """verl's SFT trainer: data, model, optimiser, placement, checkpoints, logging (sft_trainer_engine.yaml)."""
-    training, data = spec.training, spec.data
-    checkpoints = spec.checkpoints
-    overrides = [
-        f"data.train_files={_hydra_value(paths.train_files)}",
-        f"data.val_files={_hydra_value(paths.val_files) if paths.val_files is not None else 'null'}",
-        f"data.messages_key={_hydra_value(data.messages_key or SFT_MESSAGES_COLUMN)}",
-        f"data.max_length={data.sft_max_length}",
-        "data.truncation=error",
-        f"data.train_batch_size={training.batch_size}",
-        f"data.micro_batch_size_per_gpu={training.micro_batch_size_per_gpu}",
-        # microBatchSizePerGpu means what it says: no token-budget batching unless verlOverrides turn it on.
-        "data.use_dynamic_bsz=false",
-        f"model.path={_hydra_value(paths.model)}",
-        f"optim.lr={training.learning_rate}",
-        f"trainer.nnodes={spec.resources.workers}",
-        f"trainer.n_gpus_per_node={spec.resources.gpus_per_worker}",
-        f"trainer.total_epochs={training.epochs}",
-        f"trainer.test_freq={_validation_every(spec, paths)}",
-        f"trainer.default_local_dir={_hydra_value(paths.checkpoint_dir)}",
-    ]
-    if checkpoints is None:
-        overrides += ["trainer.save_freq=-1", "trainer.resume_mode=disable"]
-    else:
-        # As for RL: S3 keeps `keep` checkpoints, one local copy is enough to upload from.
-        overrides += [f"trainer.save_freq={checkpoints.every}", "trainer.max_ckpt_to_keep=1"]
-        overrides += _resume_overrides(checkpoints.resume, paths)
-    # The SFT driver that logs is the trainer's own subprocess: it reads VERL_FILE_LOGGER_ENV from its environment.
-    overrides += _tracking_overrides(spec, run_name=run_name, namespace=namespace, paths=paths, through_ray=False)
-    if training.max_steps is not None:
-        overrides.append(f"trainer.total_training_steps={training.max_steps}")
-    return [*overrides, *spec.verl_overrides]
-
-
-def _resume_overrides(resume: str, paths: StagedPaths) -> list[str]:
-    if resume == RESUME_NEVER:
-        return ["trainer.resume_mode=disable"]
-    if resume == RESUME_AUTO or paths.resume_from is None:
-        # The trainer restores the run's latest verified checkpoint into checkpoint_dir; verl's auto finds it there.
-        return ["trainer.resume_mode=auto"]
-    # `checkpoints.resume: s3://…` seeds a run only while it has no checkpoint of its own.
-    return ["trainer.resume_mode=resume_path", f"trainer.resume_from_path={_hydra_value(paths.resume_from)}"]
-
-
-def _render_rl(spec: TrainingRunSpec, *, run_name: str, namespace: str, paths: StagedPaths) -> list[str]:
-    training = spec.training
-    resources = spec.resources
-    data = spec.data
-    use_kl_loss = training.kl_loss_coef > 0
-    val_files = paths.val_files if paths.val_files is not None else paths.train_files
-    has_validation = paths.val_files is not None
-    overrides = [
-        f"algorithm.adv_estimator={spec.algorithm.value}",
-        "algorithm.use_kl_in_reward=false",
-        f"data.train_files={_hydra_value(paths.train_files)}",
-        f"data.val_files={_hydra_value(val_files)}",
-        f"data.prompt_key={_hydra_value(data.prompt_key)}",
-        f"data.max_prompt_length={data.max_prompt_length}",
-        f"data.max_response_length={data.max_response_length}",
-        f"data.train_batch_size={training.batch_size}",
-        "data.filter_overlong_prompts=true",
-        "data.truncation=error",
-        f"actor_rollout_ref.model.path={_hydra_value(paths.model)}",
-        f"actor_rollout_ref.actor.optim.lr={training.learning_rate}",
-        f"actor_rollout_ref.actor.ppo_mini_batch_size={training.mini_batch_size or training.batch_size}",
-        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={training.micro_batch_size_per_gpu}",
-        f"actor_rollout_ref.actor.use_kl_loss={_hydra_value(use_kl_loss)}",
-        f"actor_rollout_ref.actor.kl_loss_coef={training.kl_loss_coef}",
-        "actor_rollout_ref.actor.kl_loss_type=low_var_kl",
-        f"actor_rollout_ref.actor.entropy_coeff={training.entropy_coef}",
-        f"actor_rollout_ref.rollout.name={training.rollout_engine.value}",
-        f"actor_rollout_ref.rollout.n={training.samples_per_prompt}",
-        f"actor_rollout_ref.rollout.tensor_model_parallel_size={training.tensor_parallel_size}",
-        f"actor_rollout_ref.rollout.gpu_memory_utilization={training.gpu_memory_utilization}",
-        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={training.micro_batch_size_per_gpu}",
-        f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={training.micro_batch_size_per_gpu}",
-        *_reward_overrides(spec),
-        f"trainer.nnodes={resources.workers}",
-        f"trainer.n_gpus_per_node={resources.gpus_per_worker}",
-        f"trainer.total_epochs={training.epochs}",
-        # Validation reward of the starting weights, then at every checkpoint.
-        f"trainer.val_before_train={_hydra_value(has_validation)}",
-        f"trainer.test_freq={_validation_every(spec, paths)}",
-        *_checkpoint_overrides(spec, paths),
-        *_tracking_overrides(spec, run_name=run_name, namespace=namespace, paths=paths),
-    ]
-    if training.max_steps is not None:
-        overrides.append(f"trainer.total_training_steps={training.max_steps}")
-    return [*overrides, *spec.verl_overrides]
-
-
-def verl_command(spec: TrainingRunSpec, *, run_name: str, namespace: str, paths: StagedPaths) -> list[str]:
-    """The process the trainer runs on the Ray head: the run's verl entry point with the rendered overrides."""
-    overrides = render_verl_overrides(spec, run_name=run_name, namespace=namespace, paths=paths)
-    return [sys.executable, "-m", verl_entrypoint(spec), *overrides]
+def verl_config_name(spec: TrainingRunSpec) -> str:
+    """The verl Hydra config the run's overrides compose against."""
+    name = recipe_for(spec.algorithm).config_name
+    if name is None:
+        msg = f"spec.engine: algorithm {spec.algorithm!r} has no verl trainer (use engine trl)"
+        raise ValueError(msg)
+    return name
 
 
 # ------------------------------------------------------------------------------------- composition
@@ -272,7 +105,7 @@ def verl_config_dir() -> Path:
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     for location in locations:
         candidate = Path(location) / "trainer" / "config"
-        if (candidate / f"{VERL_CONFIG_NAME}.yaml").is_file():
+        if (candidate / f"{_MARKER_CONFIG}.yaml").is_file():
             return candidate
     raise VerlNotInstalledError(
         "verl's packaged Hydra config (verl/trainer/config/ppo_trainer.yaml) was not found; "
@@ -286,14 +119,9 @@ _compose_lock = threading.Lock()
 _OVERRIDE_KEY = re.compile(r"^(?P<prefix>[+~]{0,2})(?P<key>[^=@]+?)(@[^=]*)?=(?P<value>.*)$", re.S)
 
 
-def _override_key(override: str) -> str:
-    match = _OVERRIDE_KEY.match(override)
-    return match.group("key").strip() if match else override.lstrip("+~").strip()
-
-
 def _last_with_key(overrides: Sequence[str], key: str | None) -> str | None:
     # The last override of a key wins in Hydra, and the user's verlOverrides come last.
-    return next((o for o in reversed(overrides) if _override_key(o) == key), None)
+    return next((o for o in reversed(overrides) if override_key(o) == key), None)
 
 
 def _explain(error: Exception, overrides: Sequence[str], config_name: str) -> VerlConfigError:
@@ -329,7 +157,7 @@ def _parse_each(overrides: Sequence[str]) -> None:
             reason = str(error).strip().splitlines()[0]
             raise VerlConfigError(
                 f"cannot parse verl override {override!r}: {reason} (expected key=value in Hydra override syntax)",
-                key=_override_key(override),
+                key=override_key(override),
                 override=override,
             ) from None
 
@@ -362,7 +190,7 @@ def _select(config: DictConfig, key: str) -> Any:
 def _check_types(config: DictConfig, overrides: Sequence[str], config_name: str) -> None:
     """Catch what composition lets through: a number or boolean key given a word (e.g. `rollout.n=abc`)."""
     defaults = _compose_cached(config_name, ())
-    winners = {_override_key(o): o for o in overrides}
+    winners = {override_key(o): o for o in overrides}
     for key, override in winners.items():
         match = _OVERRIDE_KEY.match(override)
         if not match or match.group("prefix"):
@@ -382,7 +210,7 @@ def _check_types(config: DictConfig, overrides: Sequence[str], config_name: str)
         )
 
 
-def compose_verl_config(overrides: Sequence[str], *, config_name: str = VERL_CONFIG_NAME) -> DictConfig:
+def compose_verl_config(overrides: Sequence[str], *, config_name: str = _MARKER_CONFIG) -> DictConfig:
     """Compose overrides against one of verl's packaged configs (ppo_trainer by default, sft_trainer_engine for
     SFT); raise VerlConfigError naming a bad key.
     """

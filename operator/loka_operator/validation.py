@@ -1,8 +1,8 @@
 """Semantic checks the CRD schema cannot express, run before anything is launched.
 
-The heaviest one composes the run's rendered verl arguments (with the spec's verlOverrides
-last) against verl's packaged Hydra config (ppo_trainer for RL, sft_trainer_engine for SFT),
-through the same renderer the trainer uses.
+The run's recipe (loka_api.recipes, by spec.algorithm) checks what is particular to its algorithm. The heaviest
+check composes the run's rendered verl arguments (with the spec's verlOverrides last) against the verl config the
+recipe names, through the same renderer the trainer uses.
 """
 
 from __future__ import annotations
@@ -12,14 +12,8 @@ import logging
 from dataclasses import dataclass, field
 
 from loka_api import Engine, TrainingRunSpec
-from loka_api.render import (
-    StagedPaths,
-    VerlConfigError,
-    VerlNotInstalledError,
-    compose_verl_config,
-    render_verl_overrides,
-    verl_config_name,
-)
+from loka_api.recipes import Recipe, recipe_for
+from loka_api.render import StagedPaths, VerlConfigError, VerlNotInstalledError, compose_verl_config, render_launch
 from loka_operator.status import Problem
 
 log = logging.getLogger(__name__)
@@ -29,22 +23,20 @@ _PLACEHOLDER_RUN = "validation"
 _PLACEHOLDER_NAMESPACE = "validation"
 
 
-def _check_batch_shape(spec: TrainingRunSpec) -> Problem | None:
-    training, resources = spec.training, spec.resources
-    gpus = resources.workers * resources.gpus_per_worker
-    mini = training.mini_batch_size or training.batch_size
-    rl = spec.algorithm.is_rl
-    if rl and spec.engine == Engine.VERL and gpus > 0 and (mini * training.samples_per_prompt) % gpus != 0:
+def _check_recipe(spec: TrainingRunSpec, recipe: Recipe) -> Problem | None:
+    if spec.engine == Engine.TRL and recipe.trl_trainer is None:
         return Problem(
-            "InvalidBatchShape",
-            f"spec.training.miniBatchSize ({mini}) * samplesPerPrompt ({training.samples_per_prompt}) = "
-            f"{mini * training.samples_per_prompt} trajectories cannot be split evenly over {gpus} GPUs "
-            "(resources.workers * resources.gpusPerWorker); choose a multiple",
+            "InvalidEngine", f"spec.engine: algorithm {spec.algorithm!r} has no trl trainer; use engine verl"
         )
-    return None
+    if spec.engine == Engine.VERL and recipe.entrypoint is None:
+        return Problem(
+            "InvalidEngine", f"spec.engine: algorithm {spec.algorithm!r} has no verl trainer; use engine trl"
+        )
+    problem = recipe.check(spec)
+    return Problem(problem.reason, problem.message) if problem is not None else None
 
 
-def _check_verl_overrides(spec: TrainingRunSpec) -> Problem | None:
+def _check_verl_overrides(spec: TrainingRunSpec, recipe: Recipe) -> Problem | None:
     if spec.engine != Engine.VERL:
         if spec.verl_overrides:
             return Problem(
@@ -52,11 +44,14 @@ def _check_verl_overrides(spec: TrainingRunSpec) -> Problem | None:
                 f"spec.verlOverrides is only used by engine verl; engine is {spec.engine.value!r}: remove it",
             )
         return None
-    overrides = render_verl_overrides(
+    owned = recipe.owned_key_problem(spec.verl_overrides)
+    if owned is not None:
+        return Problem(owned.reason, owned.message)
+    launch = render_launch(
         spec, run_name=_PLACEHOLDER_RUN, namespace=_PLACEHOLDER_NAMESPACE, paths=StagedPaths.placeholder()
     )
     try:
-        compose_verl_config(overrides, config_name=verl_config_name(spec))
+        compose_verl_config(launch.arguments, config_name=launch.config_name)
     except VerlConfigError as error:
         return Problem("InvalidVerlOverrides", f"spec.verlOverrides: {error}")
     except VerlNotInstalledError as error:
@@ -67,7 +62,8 @@ def _check_verl_overrides(spec: TrainingRunSpec) -> Problem | None:
 
 def validate_spec(spec: TrainingRunSpec) -> Problem | None:
     """The first problem found, or None. Blocking (composition takes ~1 s cold): call it in a thread."""
-    return _check_batch_shape(spec) or _check_verl_overrides(spec)
+    recipe = recipe_for(spec.algorithm)
+    return _check_recipe(spec, recipe) or _check_verl_overrides(spec, recipe)
 
 
 @dataclass

@@ -192,3 +192,45 @@ def test_an_sft_run_and_a_run_from_it_are_accepted_with_their_defaults(
     wide = cluster.kubectl("get", "tr", "-n", ns, "-o", "wide").stdout.splitlines()
     assert wide[0].split()[-4:] == ["ALGORITHM", "LOSS", "VALIDATION", "FROM"]
     assert next(line for line in wide if line.startswith("grpo")).split()[-1] == "sft"
+
+
+# verlOverrides of keys Loka owns, in each of Hydra's forms: (the override, words the refusal must contain)
+OWNED_KEYS: list[tuple[str, list[str]]] = [
+    ("trainer.save_freq=3", ["spec.verlOverrides", "trainer.save_freq is Loka's to set", "spec.checkpoints.every"]),
+    ("+trainer.checkpoint_callback_class=null", ["trainer.checkpoint_callback_class", "spec.checkpoints.uri"]),
+    ("++trainer.default_local_dir=/tmp/mine", ["trainer.default_local_dir", "spec.checkpoints.uri"]),
+    ("~trainer.resume_mode", ["trainer.resume_mode", "spec.checkpoints.resume"]),
+    (
+        "+ray_kwargs.ray_init.runtime_env.env_vars.LOKA_CHECKPOINT_WRITER=9/x",
+        ["LOKA_CHECKPOINT_WRITER", "spec.checkpoints"],
+    ),
+    ("~trainer", ["may not replace or delete a whole section", "trainer"]),
+]
+
+
+@pytest.mark.parametrize(("override", "words"), OWNED_KEYS, ids=[case[0] for case in OWNED_KEYS])
+def test_a_verl_override_of_a_key_loka_owns_is_refused_naming_what_to_set(
+    cluster: LocalCluster, kube: Kube, ns: str, override: str, words: list[str]
+) -> None:
+    code, output = apply(cluster, run_manifest("owned", ns, verlOverrides=["trainer.total_epochs=2", override]))
+    assert code != 0, f"the API server accepted verlOverrides {override!r}"
+    for word in words:
+        assert word in output, f"{word!r} missing from: {output}"
+    assert kube.run(ns, "owned") is None
+
+
+def test_an_sft_override_of_a_key_loka_owns_is_refused_and_keys_beside_them_are_not(
+    cluster: LocalCluster, kube: Kube, ns: str
+) -> None:
+    code, output = apply(cluster, with_spec(sft(ns, responseKey="a"), "verlOverrides", ["~trainer.max_ckpt_to_keep"]))
+    assert code != 0
+    assert "trainer.max_ckpt_to_keep is Loka's to set" in output and "spec.checkpoints.keep" in output
+    beside = [
+        "actor_rollout_ref.model.use_remove_padding=false",
+        "+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
+        "+ray_kwargs.ray_init.runtime_env.env_vars.NCCL_DEBUG=INFO",
+        "trainer.total_epochs=3",
+    ]
+    code, output = apply(cluster, run_manifest("beside", ns, verlOverrides=beside))
+    assert code == 0, output
+    assert (kube.run(ns, "beside") or {})["spec"]["verlOverrides"] == beside

@@ -166,6 +166,7 @@ class TaskRunner:
 
 def trainer(argv: list[str]) -> int:
     """``loka-trainer`` (its real runner, signal handling and status), launching this stand-in instead of verl."""
+    from loka_api.recipes.grpo import ENTRYPOINT as VERL_DRIVER
     from loka_trainer import cli
     from loka_trainer.engines import verl
 
@@ -173,7 +174,7 @@ def trainer(argv: list[str]) -> int:
 
     def standin_command(job: Any, environ: Any = None) -> list[str]:
         argv = rendered(job, environ)
-        return [sys.executable, str(Path(__file__).resolve()), *argv[argv.index(verl.VERL_DRIVER) + 1 :]]
+        return [sys.executable, str(Path(__file__).resolve()), *argv[argv.index(VERL_DRIVER) + 1 :]]
 
     verl.command = standin_command
     return cli.main(argv)

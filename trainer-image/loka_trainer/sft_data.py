@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from loka_api.render import SFT_MESSAGES_COLUMN
+from loka_api.recipes.sft import MESSAGES_COLUMN as SFT_MESSAGES_COLUMN
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 

@@ -5,8 +5,11 @@ RNG or dataloader state: a new run starts fresh from the weights. Then:
 
 - a Hugging Face folder (what the trl engine saves, or verl's ``huggingface/`` when it saved ``hf_model``) is used
   as it is;
-- verl's sharded FSDP checkpoint (``model_world_size_W_rank_R.pt`` + ``fsdp_config.json``, at the step folder for
-  SFT or under ``actor/`` for PPO) is merged by verl's own merger (``python -m verl.model_merger merge``).
+- verl's sharded FSDP checkpoint (``model_world_size_W_rank_R.pt`` + ``fsdp_config.json``) is merged by verl's own
+  merger (``python -m verl.model_merger merge``).
+
+Where in a checkpoint the model sits is the source run's recipe's to say (``Recipe.model_folders``: the step folder
+for SFT, ``actor/`` for verl's PPO); the source's algorithm is not known here, so every recipe's folders are tried.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import sys
 import threading
 from pathlib import Path
 
+from loka_api.recipes import recipes
 from loka_trainer.checkpoints import CheckpointStore
 from loka_trainer.storage import ObjectStore
 
@@ -27,8 +31,6 @@ log = logging.getLogger(__name__)
 HF_CONFIG = "config.json"
 HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 FSDP_CONFIG = "fsdp_config.json"
-# verl writes the shards of each rank at the step folder (SFT) or under actor/ (PPO), config and tokenizer beside.
-FOLDERS = ("", "huggingface", "actor", "actor/huggingface")
 # Training state a new run does not start from: verl's optimizer/extra/dataloader state, TRL's optimizer, RNG, args.
 TRAINING_STATE = re.compile(
     r"(^|/)(optim_world_size_[^/]*|extra_state_world_size_[^/]*|data_\d+\.pt|optimizer\.pt|scheduler\.pt"
@@ -45,9 +47,19 @@ def is_weights(path: str) -> bool:
     return TRAINING_STATE.search(path) is None
 
 
+def model_folders() -> tuple[str, ...]:
+    """Where any recipe's checkpoint holds its model, relative to the step folder."""
+    return tuple(dict.fromkeys(name for recipe in recipes() for name in recipe.model_folders))
+
+
+def hf_folders() -> tuple[str, ...]:
+    """Each model folder, and its huggingface/ subfolder (verl's config and tokenizer, or its hf_model)."""
+    return tuple(candidate for name in model_folders() for candidate in (name, f"{name}/huggingface".lstrip("/")))
+
+
 def hf_folder(root: Path) -> Path | None:
     """The folder holding a complete Hugging Face model (config and weights), if any."""
-    for name in FOLDERS:
+    for name in hf_folders():
         folder = root / name
         if (folder / HF_CONFIG).is_file() and any((folder / weights).is_file() for weights in HF_WEIGHTS):
             return folder
@@ -56,7 +68,7 @@ def hf_folder(root: Path) -> Path | None:
 
 def fsdp_folder(root: Path) -> Path | None:
     """The folder holding verl's FSDP shards (with its ``huggingface/`` config and tokenizer), if any."""
-    for name in ("", "actor"):
+    for name in model_folders():
         folder = root / name
         if (folder / FSDP_CONFIG).is_file() and any(folder.glob("model_world_size_*_rank_0.pt")):
             return folder

@@ -1,7 +1,9 @@
 """Put the run's model and data on local disk (or pass a Hugging Face id through) before an engine starts.
 
 The model is a Hugging Face id, an S3 prefix, or another run's checkpoint (``spec.model.fromRun``, resolved by the
-operator into ``status.source.uri``). SFT demonstrations (promptKey + responseKey) are staged as conversations.
+operator into ``status.source.uri``). The data is staged in the shape the run's recipe trains on
+(``Recipe.data_format``): prompts as they are, or conversations (demonstrations, promptKey + responseKey, become
+conversations).
 ``builtin://`` inputs are built here instead of downloaded (loka_trainer.tiny): the same seed gives the same
 model and data on every node and every attempt.
 """
@@ -14,8 +16,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from loka_api import Algorithm, TrainingRunSpec
+from loka_api import TrainingRunSpec
 from loka_api.contract import BUILTIN_DATASETS, BUILTIN_MODELS, BUILTIN_SCHEME
+from loka_api.recipes import DataFormat, recipe_for
 from loka_trainer.preferences import read_pairs, write_pairs_parquet
 from loka_trainer.sft_data import check_conversations, demonstrations_to_conversations
 from loka_trainer.source_model import stage_checkpoint_as_model
@@ -62,17 +65,18 @@ def build_builtin_model(uri: str, dest: Path) -> str:
     return str(dest)
 
 
-def build_builtin_data(uri: str, field: str, folder: Path, *, sft: bool = False) -> Path:
+def build_builtin_data(uri: str, field: str, folder: Path, *, form: DataFormat = DataFormat.PROMPTS) -> Path:
     """Build the dataset's train and validation parquet files into ``folder``; return the one ``field`` names.
-    For SFT the same tasks are demonstrations: a chat ``prompt`` and its worked ``response`` (responseKey).
+    As conversations the same tasks are demonstrations: a chat ``prompt`` and its worked ``response`` (responseKey).
     """
     from loka_api.dataset import TRAIN_FILE, VALIDATION_FILE, build_dataset
     from loka_trainer.tiny import write_sft_demonstrations, write_tasks
 
     _builtin_name(uri, field, BUILTIN_DATASETS)
-    built = folder / (uri.removeprefix(BUILTIN_SCHEME) + ("-sft" if sft else ""))
+    demonstrations = form is DataFormat.CONVERSATIONS
+    built = folder / (uri.removeprefix(BUILTIN_SCHEME) + ("-sft" if demonstrations else ""))
     if not _already_built(built, uri):
-        if sft:
+        if demonstrations:
             write_sft_demonstrations(built, BUILTIN_TASKS, validation_fraction=BUILTIN_VALIDATION_FRACTION)
         else:
             tasks = write_tasks(built / "tasks.jsonl", BUILTIN_TASKS)
@@ -101,32 +105,43 @@ def stage_file(uri: str, dest: Path, store: ObjectStore) -> Path:
     return dest
 
 
-def fetch_data(uri: str, field: str, dest: Path, store: ObjectStore, *, sft: bool = False) -> Path:
+def fetch_data(uri: str, field: str, dest: Path, store: ObjectStore, *, form: DataFormat = DataFormat.PROMPTS) -> Path:
     """The file at ``dest``, downloaded or (builtin://) built; the same path either way."""
     if uri.startswith(BUILTIN_SCHEME):
-        shutil.copyfile(build_builtin_data(uri, field, dest.parent / "builtin", sft=sft), dest)
+        shutil.copyfile(build_builtin_data(uri, field, dest.parent / "builtin", form=form), dest)
         return dest
     return stage_file(uri, dest, store)
 
 
-def stage_data(spec: TrainingRunSpec, uri: str, field: str, dest: Path, store: ObjectStore) -> Path:
-    """One parquet file; for SFT, checked against the columns the spec names (demonstrations become conversations)."""
-    data = spec.data
-    if spec.algorithm is Algorithm.RM:
-        source = stage_file(uri, dest.with_name(f"{dest.stem}.preferences"), store)
-        return write_pairs_parquet(read_pairs(source, label=uri), dest)
-    if spec.algorithm is not Algorithm.SFT:
-        return fetch_data(uri, field, dest, store)
+def stage_conversations(spec: TrainingRunSpec, uri: str, field: str, dest: Path, store: ObjectStore) -> Path:
+    """A column of conversations, checked; or demonstrations (promptKey + responseKey) made into one."""
+    data, form = spec.data, DataFormat.CONVERSATIONS
     if data.messages_key is not None:
-        check_conversations(fetch_data(uri, field, dest, store, sft=True), messages_key=data.messages_key, label=uri)
+        check_conversations(fetch_data(uri, field, dest, store, form=form), messages_key=data.messages_key, label=uri)
         return dest
-    if data.response_key is None:  # the CRD requires one of them for sft
-        msg = "spec.data: algorithm sft needs data.responseKey or data.messagesKey"
+    if data.response_key is None:  # the CRD requires one of them
+        msg = f"spec.data: algorithm {spec.algorithm} needs data.responseKey or data.messagesKey"
         raise ValueError(msg)
-    source = fetch_data(uri, field, dest.with_name(f"{dest.stem}.demonstrations.parquet"), store, sft=True)
+    source = fetch_data(uri, field, dest.with_name(f"{dest.stem}.demonstrations.parquet"), store, form=form)
     return demonstrations_to_conversations(
         source, dest, prompt_key=data.prompt_key, response_key=data.response_key, label=uri
     )
+
+
+def stage_preferences(uri: str, dest: Path, store: ObjectStore) -> Path:
+    """Preference pairs (an Evaluation's preferences.jsonl, or parquet with prompt, chosen and rejected) as parquet."""
+    source = stage_file(uri, dest.with_name(f"{dest.stem}.preferences"), store)
+    return write_pairs_parquet(read_pairs(source, label=uri), dest)
+
+
+def stage_data(spec: TrainingRunSpec, uri: str, field: str, dest: Path, store: ObjectStore) -> Path:
+    """One parquet file, in the shape the run's recipe trains on."""
+    form = recipe_for(spec.algorithm).data_format
+    if form is DataFormat.CONVERSATIONS:
+        return stage_conversations(spec, uri, field, dest, store)
+    if form is DataFormat.PREFERENCES:
+        return stage_preferences(uri, dest, store)
+    return fetch_data(uri, field, dest, store, form=form)
 
 
 def model_uri(spec: TrainingRunSpec, source_uri: str | None) -> str:

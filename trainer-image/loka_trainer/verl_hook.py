@@ -19,15 +19,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from loka_api import RolloutsSpec
-from loka_api.contract import ENV_CHECKPOINT_PREFIX, ENV_RUN_UID
+from loka_api.contract import ENV_CHECKPOINT_PREFIX, ENV_ROLLOUTS, ENV_RUN_UID
 from loka_trainer.reward_metrics import as_reward_row, reward_step_metrics
 from loka_trainer.rollouts import RolloutRecorder, Trajectory, conversation
 from loka_trainer.step_metrics import ROLLOUTS_STEP, SAMPLES_PER_MINUTE
 
 log = logging.getLogger(__name__)
 
-# Set by the trainer for verl's TaskRunner when spec.rollouts is set: the spec as JSON.
-ENV_ROLLOUTS = "LOKA_ROLLOUTS"
 _FIELDS = ["raw_prompt", "responses", "extra_fields", "data_source", "reward_model", "rm_scores"]
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, cast
 
 from loka_api.contract import step_folder
-from loka_api.render import VERL_SFT_CONFIG_NAME, verl_config_dir
+from loka_api.recipes.sft import SFT
+from loka_api.render import verl_config_dir
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def main() -> None:
     import hydra
 
     # verl's own config and defaults: the renderer composed the same overrides against it before launch.
-    entry = hydra.main(config_path=str(verl_config_dir()), config_name=VERL_SFT_CONFIG_NAME, version_base=None)
+    entry = hydra.main(config_path=str(verl_config_dir()), config_name=SFT.config_name, version_base=None)
     entry(run)()
 
 

@@ -9,15 +9,20 @@ from typing import Any
 import pytest
 
 from loka_api import TrainingRunSpec
+from loka_api.recipes.sft import MESSAGES_COLUMN as SFT_MESSAGES_COLUMN
 from loka_api.render import (
-    SFT_MESSAGES_COLUMN,
     StagedPaths,
     VerlConfigError,
     compose_verl_config,
+    render_launch,
     render_verl_overrides,
-    verl_command,
     verl_config_name,
 )
+
+
+def verl_command(spec: TrainingRunSpec, *, run_name: str, namespace: str, paths: StagedPaths) -> list[str]:
+    return render_launch(spec, run_name=run_name, namespace=namespace, paths=paths).argv()
+
 
 PATHS = StagedPaths(
     model="/stage/model",
@@ -123,7 +128,8 @@ def test_values_with_hydra_metacharacters_are_quoted() -> None:
 
 def test_verl_command_runs_main_ppo_with_the_overrides() -> None:
     command = verl_command(make_spec(), run_name="r", namespace="n", paths=PATHS)
-    assert command[:3] == [sys.executable, "-m", "verl.trainer.main_ppo"]
+    # verl's main_ppo, through the trainer image's driver that pins its TaskRunner to the head.
+    assert command[:3] == [sys.executable, "-m", "loka_trainer.verl_driver"]
     assert command[3:] == render_verl_overrides(make_spec(), run_name="r", namespace="n", paths=PATHS)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from loka_api import TrainingRunSpec
 from loka_operator.validation import validate_spec
 
@@ -46,3 +48,32 @@ def test_verl_overrides_on_a_trl_run_are_refused() -> None:
     assert problem is not None
     assert "engine verl" in problem.message and "'trl'" in problem.message
     assert validate_spec(make_spec(engine="trl", resources={"workers": 0, "gpusPerWorker": 0})) is None
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "instead"),
+    [
+        ("trainer.save_freq=3", "trainer.save_freq", "spec.checkpoints.every"),
+        ("+trainer.checkpoint_callback_class=null", "trainer.checkpoint_callback_class", "spec.checkpoints.uri"),
+        ("++trainer.default_local_dir=/tmp/x", "trainer.default_local_dir", "spec.checkpoints.uri"),
+        ("~trainer.resume_mode", "trainer.resume_mode", "spec.checkpoints.resume"),
+        (
+            "+ray_kwargs.ray_init.runtime_env.env_vars.LOKA_CHECKPOINT_WRITER=9/x",
+            "ray_kwargs.ray_init.runtime_env.env_vars.LOKA_CHECKPOINT_WRITER",
+            "spec.checkpoints",
+        ),
+    ],
+)
+def test_an_override_of_a_key_loka_owns_is_refused_before_composition(override: str, key: str, instead: str) -> None:
+    problem = validate_spec(make_spec(verlOverrides=["trainer.total_epochs=2", override]))
+    assert problem is not None
+    assert problem.reason == "InvalidVerlOverrides"
+    assert problem.message.startswith(f"spec.verlOverrides[1] {override!r} would change {key}")
+    assert instead in problem.message
+
+
+def test_an_sft_override_of_a_key_loka_owns_is_refused() -> None:
+    data = {"train": "s3://data/train.parquet", "responseKey": "answer"}
+    problem = validate_spec(make_spec(algorithm="sft", data=data, verlOverrides=["trainer.max_ckpt_to_keep=4"]))
+    assert problem is not None
+    assert "trainer.max_ckpt_to_keep" in problem.message and "spec.checkpoints.keep" in problem.message

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from loka_trainer.engines.verl import hydra_string, pass_on_redacted, wait_or_stop
+from loka_api.render import hydra_string
+from loka_trainer.engines.verl import pass_on_redacted, wait_or_stop
 from loka_trainer.settings import redact, wandb_mode
 
 

@@ -12,11 +12,12 @@ import yaml
 
 from loka_api import TrainingRunSpec
 from loka_api.manifest import Writer
+from loka_api.recipes.grpo import ENTRYPOINT as VERL_DRIVER
 from loka_api.render import compose_verl_config
 from loka_trainer.checkpoints import CheckpointStore
 from loka_trainer.cli import EXIT_BAD_INPUT, EXIT_OK, main
 from loka_trainer.engines import EngineJob, ResumePoint
-from loka_trainer.engines.verl import VERL_DRIVER, command
+from loka_trainer.engines.verl import command
 from loka_trainer.staging import StagedInputs
 from loka_trainer.storage import ObjectStore, S3Uri
 

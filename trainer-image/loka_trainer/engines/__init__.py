@@ -1,10 +1,11 @@
 """Training engines behind one interface: the runner stages inputs and restores a checkpoint, an engine runs
 the steps, writes per-step metrics in verl's file-logger format and hands each checkpoint to the store.
 
-- ``verl``: ``python -m verl.trainer.main_ppo`` (RL) or ``loka_trainer.verl_sft`` (SFT) on the Ray cluster (GPUs);
-  checkpoints go up from verl's ``trainer.checkpoint_callback_class`` (SFT: the same callback, from its handler).
-- ``trl``: TRL's GRPOTrainer or SFTTrainer in this process (runs on CPU); checkpoints go up from a
-  TrainerCallback.
+- ``verl``: the run's recipe's entry point (``loka_trainer.verl_driver`` around verl's ``main_ppo`` for RL,
+  ``loka_trainer.verl_sft`` for SFT) on the Ray cluster (GPUs); checkpoints go up from verl's
+  ``trainer.checkpoint_callback_class`` (SFT: the same callback, from its handler).
+- ``trl``: the trainer the recipe names (TRL's GRPOTrainer or SFTTrainer) in this process (runs on CPU);
+  checkpoints go up from a TrainerCallback.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The trl engine: TRL's GRPOTrainer (RL) or SFTTrainer (sft) in this process, on CPU when there is no GPU (the
-local demo and CI).
+"""The trl engine: the trainer the run's recipe names (``Recipe.trl_trainer``: TRL's GRPOTrainer for RL, its
+SFTTrainer for sft, its RewardTrainer for rm) in this process, on CPU when there is no GPU (the local demo and CI).
 
 It reads the same parquet as verl (RL prompts; SFT conversations as the trainer staged them), scores with the same
 ``compute_score`` reward, logs the same metric names into the same JSONL file (validation included), and stores
@@ -20,9 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loka_api import Algorithm, TrainingRunSpec
+from loka_api import TrainingRunSpec
 from loka_api.contract import ENV_WANDB_MODE
-from loka_api.render import SFT_MESSAGES_COLUMN
+from loka_api.recipes import Recipe, recipe_for
+from loka_api.recipes.sft import max_length, messages_column
 from loka_trainer import step_metrics as names
 from loka_trainer.checkpoints import VERL_TRACKER_NAME, drop_older_local_checkpoints
 from loka_trainer.engines import EngineJob
@@ -38,6 +39,28 @@ log = logging.getLogger(__name__)
 DEFAULT_REWARD = "loka_trainer.rewards.gsm8k:compute_score"
 ComputeScore = Callable[..., Any]
 ToVerl = Callable[..., dict[str, float]]
+# A recipe's trainer: built from the job, writing its metrics through the writer; TRL's Trainer interface
+# (train(resume_from_checkpoint=...), evaluate(), eval_dataset).
+TrainerBuilder = Callable[[EngineJob, MetricsWriter], Any]
+
+
+def trainer_builder(recipe: Recipe) -> TrainerBuilder:
+    """The recipe's ``trl_trainer`` (``module:function``), imported."""
+    if recipe.trl_trainer is None:
+        msg = f"spec.engine: algorithm(s) {', '.join(recipe.algorithms)} have no trl trainer (use engine verl)"
+        raise ValueError(msg)
+    module_name, _, attribute = recipe.trl_trainer.partition(":")
+    builder: TrainerBuilder = getattr(importlib.import_module(module_name), attribute)
+    return builder
+
+
+def load_tokenizer(job: EngineJob) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(job.inputs.model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def load_reward(function: str) -> ComputeScore:
@@ -202,158 +225,165 @@ class TrlEngine:
         return None  # one process, the whole checkpoint
 
     def run(self, job: EngineJob) -> int:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(job.inputs.model)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        recipe = recipe_for(job.spec.algorithm)
+        build = trainer_builder(recipe)
         writer = MetricsWriter(job.metrics_file)
         try:
-            builders = {Algorithm.SFT: self._sft, Algorithm.RM: self._rm}
-            trainer = builders.get(job.spec.algorithm, self._grpo)(job, tokenizer, writer)
+            trainer = build(job, writer)
             resume_from = None
             if job.resume is not None:
                 resume_from = str(job.resume.folder)
                 (job.checkpoint_dir / VERL_TRACKER_NAME).unlink(missing_ok=True)
-            elif trainer.eval_dataset is not None and job.spec.algorithm.is_rl:
-                trainer.evaluate()  # verl's val_before_train: the starting weights' validation reward, at step 0
+            elif trainer.eval_dataset is not None and recipe.validates_before_training:
+                trainer.evaluate()  # verl's val_before_train: the starting weights' validation figure, at step 0
             trainer.train(resume_from_checkpoint=resume_from)
-            if job.spec.algorithm is Algorithm.RM and trainer.eval_dataset is not None and not job.stop.is_set():
-                trainer.evaluate()  # the final pairwise accuracy on the held-out pairs, at the last step
+            if trainer.eval_dataset is not None and recipe.validates_after_training and not job.stop.is_set():
+                trainer.evaluate()  # the final validation figure (rm: pairwise accuracy), at the last step
         finally:
             writer.close()
         return 0
 
-    def _grpo(self, job: EngineJob, tokenizer: Any, writer: MetricsWriter) -> Any:
-        import datasets
-        from trl.trainer.grpo_config import GRPOConfig
-        from trl.trainer.grpo_trainer import GRPOTrainer
 
-        spec, training = job.spec, job.spec.training
-        has_template = tokenizer.chat_template is not None
-        prompt_key = spec.data.prompt_key
+def build_grpo(job: EngineJob, writer: MetricsWriter) -> Any:
+    """TRL's GRPOTrainer on the run's prompts, scored by the run's reward function."""
+    import datasets
+    from trl.trainer.grpo_config import GRPOConfig
+    from trl.trainer.grpo_trainer import GRPOTrainer
 
-        def to_trl(row: dict[str, Any]) -> dict[str, Any]:
-            prompt = row[prompt_key]
-            return {
-                "prompt": list(prompt) if has_template and not isinstance(prompt, str) else as_text(prompt),
-                "ground_truth": str((row.get("reward_model") or {}).get("ground_truth") or ""),
-                "data_source": str(row.get("data_source") or ""),
-            }
+    tokenizer = load_tokenizer(job)
 
-        def load(path: Path | None) -> Any:
-            if path is None:
-                return None
-            raw = datasets.Dataset.from_parquet(str(path))
-            return raw.map(to_trl, remove_columns=raw.column_names)
+    spec, training = job.spec, job.spec.training
+    has_template = tokenizer.chat_template is not None
+    prompt_key = spec.data.prompt_key
 
-        tap = StepTap(training.samples_per_prompt)
-        reward = trl_reward(
-            load_reward(spec.reward.function if spec.reward else DEFAULT_REWARD),
-            samples_per_prompt=training.samples_per_prompt,
-            tap=tap,
+    def to_trl(row: dict[str, Any]) -> dict[str, Any]:
+        prompt = row[prompt_key]
+        return {
+            "prompt": list(prompt) if has_template and not isinstance(prompt, str) else as_text(prompt),
+            "ground_truth": str((row.get("reward_model") or {}).get("ground_truth") or ""),
+            "data_source": str(row.get("data_source") or ""),
+        }
+
+    def load(path: Path | None) -> Any:
+        if path is None:
+            return None
+        raw = datasets.Dataset.from_parquet(str(path))
+        return raw.map(to_trl, remove_columns=raw.column_names)
+
+    tap = StepTap(training.samples_per_prompt)
+    reward = trl_reward(
+        load_reward(spec.reward.function if spec.reward else DEFAULT_REWARD),
+        samples_per_prompt=training.samples_per_prompt,
+        tap=tap,
+    )
+    recorder = None
+    if job.checkpoints is not None:
+        recorder = recorder_for(
+            spec.rollouts,
+            job.checkpoints.store,
+            str(job.checkpoints.prefix),
+            seed=job.checkpoints.run_uid or job.run_name,
         )
-        recorder = None
-        if job.checkpoints is not None:
-            recorder = recorder_for(
-                spec.rollouts,
-                job.checkpoints.store,
-                str(job.checkpoints.prefix),
-                seed=job.checkpoints.run_uid or job.run_name,
+    batch = training.batch_size * training.samples_per_prompt
+    config = GRPOConfig(
+        **common_arguments(job, eval_batch=batch),
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=1,
+        num_generations=training.samples_per_prompt,
+        max_completion_length=spec.data.max_response_length,
+        beta=training.kl_loss_coef,
+    )
+    return GRPOTrainer(
+        model=job.inputs.model,
+        reward_funcs=[reward],
+        args=config,
+        train_dataset=load(job.inputs.train_files),
+        eval_dataset=load(job.inputs.val_files),
+        processing_class=tokenizer,
+        callbacks=[
+            loka_callback(
+                job, writer, to_verl=verl_metrics, samples=training.samples_per_prompt, tap=tap, recorder=recorder
             )
-        batch = training.batch_size * training.samples_per_prompt
-        config = GRPOConfig(
-            **common_arguments(job, eval_batch=batch),
-            per_device_train_batch_size=batch,
-            gradient_accumulation_steps=1,
-            num_generations=training.samples_per_prompt,
-            max_completion_length=spec.data.max_response_length,
-            beta=training.kl_loss_coef,
-        )
-        return GRPOTrainer(
-            model=job.inputs.model,
-            reward_funcs=[reward],
-            args=config,
-            train_dataset=load(job.inputs.train_files),
-            eval_dataset=load(job.inputs.val_files),
-            processing_class=tokenizer,
-            callbacks=[
-                loka_callback(
-                    job, writer, to_verl=verl_metrics, samples=training.samples_per_prompt, tap=tap, recorder=recorder
-                )
-            ],
-        )
+        ],
+    )
 
-    def _rm(self, job: EngineJob, tokenizer: Any, writer: MetricsWriter) -> Any:
-        """A reward model: TRL's RewardTrainer (Bradley-Terry on chosen/rejected) on the staged preference pairs; the
-        checkpoint is a ``*ForSequenceClassification`` model. Pairwise accuracy on held-out pairs is validated at
-        every checkpoint and at the end.
-        """
-        import datasets
-        from trl.trainer.reward_config import RewardConfig
-        from trl.trainer.reward_trainer import RewardTrainer
 
-        spec, training = job.spec, job.spec.training
-        chat = tokenizer.chat_template is not None
-        train_pairs = load_pairs(job.inputs.train_files)
-        if job.inputs.val_files is not None:
-            held_out = load_pairs(job.inputs.val_files)
-        else:
-            count = max(1, round(len(train_pairs) * RM_HELD_OUT_SHARE)) if len(train_pairs) > 1 else 0
-            shuffled = random.Random(0).sample(train_pairs, len(train_pairs))
-            held_out, train_pairs = shuffled[:count], shuffled[count:]
-        every = spec.checkpoints.every if spec.checkpoints else None
-        arguments = common_arguments(job, eval_batch=training.batch_size)
-        arguments.update(eval_strategy="steps" if held_out and every else "no", eval_steps=every if held_out else None)
-        config = RewardConfig(
-            **arguments,
-            per_device_train_batch_size=training.batch_size,
-            gradient_accumulation_steps=1,
-            max_length=spec.data.sft_max_length,
-            disable_dropout=True,
-            dataset_num_proc=None,
-        )
-        return RewardTrainer(
-            model=job.inputs.model,
-            args=config,
-            train_dataset=datasets.Dataset.from_list(rm_examples(train_pairs, chat=chat)),
-            eval_dataset=datasets.Dataset.from_list(rm_examples(held_out, chat=chat)) if held_out else None,
-            processing_class=tokenizer,
-            callbacks=[loka_callback(job, writer, to_verl=verl_rm_metrics, samples=1)],
-        )
+def build_rm(job: EngineJob, writer: MetricsWriter) -> Any:
+    """A reward model: TRL's RewardTrainer (Bradley-Terry on chosen/rejected) on the staged preference pairs; the
+    checkpoint is a ``*ForSequenceClassification`` model. Pairwise accuracy on held-out pairs is validated at
+    every checkpoint and at the end.
+    """
+    import datasets
+    from trl.trainer.reward_config import RewardConfig
+    from trl.trainer.reward_trainer import RewardTrainer
 
-    def _sft(self, job: EngineJob, tokenizer: Any, writer: MetricsWriter) -> Any:
-        import datasets
-        from trl.trainer.sft_config import SFTConfig
-        from trl.trainer.sft_trainer import SFTTrainer
+    tokenizer = load_tokenizer(job)
 
-        spec, training = job.spec, job.spec.training
-        messages_key = spec.data.messages_key or SFT_MESSAGES_COLUMN
-        chat = tokenizer.chat_template is not None
+    spec, training = job.spec, job.spec.training
+    chat = tokenizer.chat_template is not None
+    train_pairs = load_pairs(job.inputs.train_files)
+    if job.inputs.val_files is not None:
+        held_out = load_pairs(job.inputs.val_files)
+    else:
+        count = max(1, round(len(train_pairs) * RM_HELD_OUT_SHARE)) if len(train_pairs) > 1 else 0
+        shuffled = random.Random(0).sample(train_pairs, len(train_pairs))
+        held_out, train_pairs = shuffled[:count], shuffled[count:]
+    every = spec.checkpoints.every if spec.checkpoints else None
+    arguments = common_arguments(job, eval_batch=training.batch_size)
+    arguments.update(eval_strategy="steps" if held_out and every else "no", eval_steps=every if held_out else None)
+    config = RewardConfig(
+        **arguments,
+        per_device_train_batch_size=training.batch_size,
+        gradient_accumulation_steps=1,
+        max_length=max_length(spec),
+        disable_dropout=True,
+        dataset_num_proc=None,
+    )
+    return RewardTrainer(
+        model=job.inputs.model,
+        args=config,
+        train_dataset=datasets.Dataset.from_list(rm_examples(train_pairs, chat=chat)),
+        eval_dataset=datasets.Dataset.from_list(rm_examples(held_out, chat=chat)) if held_out else None,
+        processing_class=tokenizer,
+        callbacks=[loka_callback(job, writer, to_verl=verl_rm_metrics, samples=1)],
+    )
 
-        def load(path: Path | None) -> Any:
-            if path is None:
-                return None
-            rows = [sft_example(messages, chat=chat) for messages in read_conversations(path, messages_key)]
-            return datasets.Dataset.from_list(rows)
 
-        config = SFTConfig(
-            **common_arguments(job, eval_batch=training.batch_size),
-            per_device_train_batch_size=training.batch_size,
-            gradient_accumulation_steps=1,
-            max_length=spec.data.sft_max_length,
-            completion_only_loss=True,
-            packing=False,
-            dataset_num_proc=None,
-        )
-        return SFTTrainer(
-            model=job.inputs.model,
-            args=config,
-            train_dataset=load(job.inputs.train_files),
-            eval_dataset=load(job.inputs.val_files),
-            processing_class=tokenizer,
-            callbacks=[loka_callback(job, writer, to_verl=verl_sft_metrics, samples=1)],
-        )
+def build_sft(job: EngineJob, writer: MetricsWriter) -> Any:
+    """TRL's SFTTrainer on the conversations staging wrote, the loss on the final assistant turn."""
+    import datasets
+    from trl.trainer.sft_config import SFTConfig
+    from trl.trainer.sft_trainer import SFTTrainer
+
+    tokenizer = load_tokenizer(job)
+
+    spec, training = job.spec, job.spec.training
+    column = messages_column(spec)
+    chat = tokenizer.chat_template is not None
+
+    def load(path: Path | None) -> Any:
+        if path is None:
+            return None
+        rows = [sft_example(messages, chat=chat) for messages in read_conversations(path, column)]
+        return datasets.Dataset.from_list(rows)
+
+    config = SFTConfig(
+        **common_arguments(job, eval_batch=training.batch_size),
+        per_device_train_batch_size=training.batch_size,
+        gradient_accumulation_steps=1,
+        max_length=max_length(spec),
+        completion_only_loss=True,
+        packing=False,
+        dataset_num_proc=None,
+    )
+    return SFTTrainer(
+        model=job.inputs.model,
+        args=config,
+        train_dataset=load(job.inputs.train_files),
+        eval_dataset=load(job.inputs.val_files),
+        processing_class=tokenizer,
+        callbacks=[loka_callback(job, writer, to_verl=verl_sft_metrics, samples=1)],
+    )
 
 
 # rm: the share of pairs held out for pairwise accuracy when the run names no data.validation.

@@ -1,6 +1,6 @@
-"""The verl engine: run verl (``main_ppo`` for RL, through ``loka_trainer.verl_driver``, which keeps verl's
-TaskRunner on this node; ``loka_trainer.verl_sft`` for SFT) with the one renderer's arguments, pass its output on
-redacted, stop it on SIGTERM.
+"""The verl engine: run what the run's recipe renders (its entry point, e.g. ``loka_trainer.verl_driver`` around
+verl's ``main_ppo``, with Loka's overrides, the actors' environment and the user's verlOverrides), pass its output
+on redacted, stop it on SIGTERM.
 """
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -17,21 +16,21 @@ import time
 from collections.abc import Mapping
 from typing import IO
 
-from loka_api import Algorithm, TrainingRunSpec
+from loka_api import TrainingRunSpec
 from loka_api.contract import (
     ENV_CHECKPOINT_KEEP,
     ENV_CHECKPOINT_PREFIX,
     ENV_CHECKPOINT_WRITER,
+    ENV_ROLLOUTS,
     ENV_RUN_NAME,
     ENV_RUN_NAMESPACE,
     ENV_RUN_UID,
     ENV_STOP_HANDSHAKE,
     ENV_WANDB_MODE,
 )
-from loka_api.render import VERL_FILE_LOGGER_ENV, StagedPaths, verl_command
+from loka_api.render import StagedPaths, VerlLaunch, render_launch
 from loka_trainer.engines import EngineJob, SaveOnStop
 from loka_trainer.settings import redact
-from loka_trainer.verl_hook import ENV_ROLLOUTS
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +42,6 @@ ACTOR_STOP_WAIT_S = 5.0
 # How often the trainer looks for the TaskRunner's answer to a save request.
 _HANDSHAKE_POLL_S = 0.2
 GROUP_REAP_S = 2.0
-RUNTIME_ENV_PREFIX = "+ray_kwargs.ray_init.runtime_env.env_vars."
-# verl's main_ppo, with its TaskRunner (trainer loop, W&B tracker, checkpoint callback) pinned to this node.
-VERL_DRIVER = "loka_trainer.verl_driver"
 
 
 def staged_paths(job: EngineJob) -> StagedPaths:
@@ -80,36 +76,33 @@ def actor_environment(job: EngineJob, environ: Mapping[str, str] | None = None) 
     return env
 
 
+def launch(job: EngineJob, environ: Mapping[str, str] | None = None) -> VerlLaunch:
+    """The run's launch as its recipe renders it, with the actor environment of this job."""
+    return render_launch(
+        job.spec,
+        run_name=job.run_name,
+        namespace=job.namespace,
+        paths=staged_paths(job),
+        runtime_env=actor_environment(job, environ),
+    )
+
+
 def process_environment(job: EngineJob, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """verl's process environment: ours, the actor variables, and permission to overlap the RayJob's env."""
+    """verl's process environment: ours, the launch's (the actor variables, the metrics file), and permission to
+    overlap the RayJob's env.
+    """
     return {
         **(os.environ if environ is None else environ),
-        **actor_environment(job, environ),
-        # The SFT driver (this subprocess) logs its metrics itself; main_ppo gets the path through Ray as well.
-        VERL_FILE_LOGGER_ENV: str(job.metrics_file),
+        **launch(job, environ).environment,
         # The RayJob's runtimeEnvYAML already sets some of these keys; without this Ray refuses to merge the
         # job's runtime_env with verl's ray.init(runtime_env=...) ("same environment variable keys").
         "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1",
     }
 
 
-def hydra_string(value: str) -> str:
-    """Always quoted: Ray rejects non-string env values, and Hydra would read ``3`` as an int."""
-    # Hydra reads a backslash literally unless it precedes a quote or ends the string.
-    escaped = re.sub(r'(\\+)(?="|$)', lambda run: run.group(1) * 2, value).replace('"', '\\"')
-    return f'"{escaped}"'
-
-
 def command(job: EngineJob, environ: Mapping[str, str] | None = None) -> list[str]:
-    """The renderer's command, with the actor environment inserted before the user's verlOverrides."""
-    rendered = verl_command(job.spec, run_name=job.run_name, namespace=job.namespace, paths=staged_paths(job))
-    if job.spec.algorithm is Algorithm.SFT:
-        # verl's SFT driver is this subprocess: the actor variables reach it through process_environment().
-        return rendered
-    split = len(rendered) - len(job.spec.verl_overrides)
-    extra = [f"{RUNTIME_ENV_PREFIX}{k}={hydra_string(v)}" for k, v in sorted(actor_environment(job, environ).items())]
-    python, _, _verl_module, *overrides = rendered[:split]
-    return [python, "-m", VERL_DRIVER, *overrides, *extra, *rendered[split:]]
+    """The process the trainer starts: ``python -m <entry point> <overrides>``."""
+    return launch(job, environ).argv()
 
 
 class VerlEngine:
