@@ -176,11 +176,6 @@ def override_key(override: str) -> str:
     return match.group("key").strip() if match else override.lstrip("+~").split("@", 1)[0].strip()
 
 
-def override_prefix(override: str) -> str:
-    match = _OVERRIDE_KEY.match(override)
-    return match.group("prefix") if match else override[: len(override) - len(override.lstrip("+~"))]
-
-
 def touches(key: str, owned: str) -> bool:
     """Whether setting or deleting ``key`` changes ``owned``: the same key, a section holding it, or inside it."""
     return key == owned or owned.startswith(key + ".") or key.startswith(owned + ".")
