@@ -60,8 +60,8 @@ def test_every_algorithm_of_the_crd_has_exactly_one_recipe() -> None:
     enum = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
         "algorithm"
     ]["enum"]
-    assert enum == list(algorithms()) == ["grpo", "rloo", "reinforce_plus_plus", "remax", "sft"]
-    assert {recipe.name for recipe in recipes()} == {"grpo", "sft"}
+    assert enum == list(algorithms()) == ["grpo", "rloo", "reinforce_plus_plus", "remax", "sft", "rm"]
+    assert {recipe.name for recipe in recipes()} == {"grpo", "sft", "rm"}
     assert recipe_for("rloo") is GRPO
     assert recipe_for("sft") is SFT
 

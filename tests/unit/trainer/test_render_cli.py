@@ -12,12 +12,13 @@ import yaml
 
 from loka_api import TrainingRunSpec
 from loka_api.manifest import Writer
+from loka_api.recipes.base import LOKA_RUNTIME_ENV
 from loka_api.recipes.grpo import ENTRYPOINT as VERL_DRIVER
 from loka_api.render import compose_verl_config
 from loka_trainer.checkpoints import CheckpointStore
 from loka_trainer.cli import EXIT_BAD_INPUT, EXIT_OK, main
 from loka_trainer.engines import EngineJob, ResumePoint
-from loka_trainer.engines.verl import command
+from loka_trainer.engines.verl import actor_environment, command
 from loka_trainer.staging import StagedInputs
 from loka_trainer.storage import ObjectStore, S3Uri
 
@@ -117,6 +118,8 @@ def test_launched_command_hands_the_checkpoint_settings_to_verls_actors_without_
         wandb_mode="online",
     )
     argv = command(job)
+    # Every variable the trainer gives verl's actors is one the recipes own (verlOverrides may not change it).
+    assert set(actor_environment(job, {"KUBECONFIG": "/kube/config"})) <= set(LOKA_RUNTIME_ENV)
     assert not any("secret-key" in arg for arg in argv)
     assert argv[-1] == "actor_rollout_ref.rollout.gpu_memory_utilization=0.6"  # the user's overrides stay last
     config = compose_verl_config(argv[3:])
