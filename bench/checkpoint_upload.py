@@ -186,8 +186,8 @@ class Methods:
 
     def _crt_all(self, requests: list[tuple[str, str, str]]) -> None:
         """(method, key, local path) for every file, all in flight at once on the CRT client."""
-        from awscrt.http import HttpHeaders, HttpRequest  # type: ignore[import-untyped,unused-ignore]
-        from awscrt.s3 import S3RequestType  # type: ignore[import-untyped,unused-ignore]
+        from awscrt.http import HttpHeaders, HttpRequest  # type: ignore[import-untyped,import-not-found,unused-ignore]
+        from awscrt.s3 import S3RequestType  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
         assert self.crt is not None
         client, host = self.crt
@@ -288,13 +288,13 @@ class Methods:
 def crt_client(endpoint: str) -> tuple[Any, str] | None:
     """The AWS CRT S3 client for ``endpoint`` (its Host), or None when awscrt is not installed."""
     try:
-        from awscrt.auth import AwsCredentialsProvider  # type: ignore[import-untyped,unused-ignore]
-        from awscrt.io import (  # type: ignore[import-untyped,unused-ignore]
+        from awscrt.auth import AwsCredentialsProvider  # type: ignore[import-untyped,import-not-found,unused-ignore]
+        from awscrt.io import (  # type: ignore[import-untyped,import-not-found,unused-ignore]
             ClientBootstrap,
             DefaultHostResolver,
             EventLoopGroup,
         )
-        from awscrt.s3 import (  # type: ignore[import-untyped,unused-ignore]
+        from awscrt.s3 import (  # type: ignore[import-untyped,import-not-found,unused-ignore]
             S3Client,
             S3RequestTlsMode,
             create_default_s3_signing_config,
