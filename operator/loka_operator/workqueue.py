@@ -1,8 +1,9 @@
 """A per-run work queue: at most one reconcile per run at a time, bursts of events coalesced into one more pass.
 
 Watch handlers only call `request()` and return, so kopf's event loop never waits on a reconcile. A run whose
-reconcile fails backs off exponentially, and events that arrive meanwhile wait for the backoff instead of
-retrying at once. Forgetting a run (it was deleted) cancels its reconcile in flight and any timer.
+reconcile fails backs off exponentially with jitter (runs that failed together do not retry together) and keeps
+what the failed pass was asked to do (a drift pass is retried as one); events that arrive meanwhile wait for the
+backoff instead of retrying at once. Forgetting a run (it was deleted) cancels its reconcile in flight and any timer.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 log = logging.getLogger(__name__)
 
 ReconcileFn = Callable[[str, bool], Awaitable[float | None]]
+JITTER = 0.25  # a backoff is cut by up to this share at random
 
 
 @dataclass
@@ -110,7 +113,9 @@ class RunQueue:
                     raise
                 except Exception:
                     slot.failures += 1
+                    slot.drift = slot.drift or drift  # the retry does what this pass was asked to do
                     delay = min(self.max_backoff, self.base_backoff * 2**slot.failures)
+                    delay *= 1 - JITTER * random.random()  # spreads retries; not a secret
                     slot.backoff_until = time.monotonic() + delay
                     log.exception("reconcile of %s failed (attempt %d); retrying in %.1fs", key, slot.failures, delay)
                     self._schedule(key, slot, delay)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-from loka_operator.workqueue import RunQueue
+from loka_operator.workqueue import JITTER, RunQueue
 
 
 def test_burst_of_events_for_one_run_coalesces_into_one_more_pass() -> None:
@@ -123,3 +123,47 @@ def test_forgetting_a_deleted_run_cancels_its_reconcile_in_flight() -> None:
 
     asyncio.run(scenario())
     assert finished == []
+
+
+def test_a_failed_drift_pass_is_retried_as_a_drift_pass() -> None:
+    calls: list[bool] = []
+
+    async def reconcile(key: str, drift: bool) -> float | None:
+        calls.append(drift)
+        if len(calls) == 1:
+            raise RuntimeError("the Secret check timed out")
+        return None
+
+    async def scenario() -> None:
+        queue = RunQueue(reconcile, base_backoff=0.01)
+        queue.request("ns/a", drift=True)
+        await asyncio.sleep(0.3)
+
+    asyncio.run(scenario())
+    assert calls == [True, True]  # the retry checks the token and the Secrets again
+
+
+def test_runs_that_fail_together_retry_at_different_times_within_the_backoff() -> None:
+    started = 0.0
+    retried: dict[str, float] = {}
+
+    async def reconcile(key: str, drift: bool) -> float | None:
+        if key in retried or not started:
+            raise AssertionError("unexpected")
+        if asyncio.get_running_loop().time() - started < 0.05:
+            raise RuntimeError("the API server restarted")
+        retried[key] = asyncio.get_running_loop().time() - started
+        return None
+
+    async def scenario() -> None:
+        nonlocal started
+        started = asyncio.get_running_loop().time()
+        queue = RunQueue(reconcile, base_backoff=0.1)  # first backoff: 0.2 s less up to a quarter
+        for index in range(20):
+            queue.request(f"ns/run-{index}")
+        await asyncio.sleep(0.5)
+
+    asyncio.run(scenario())
+    assert len(retried) == 20
+    assert all(0.2 * (1 - JITTER) - 0.01 <= at <= 0.2 + 0.05 for at in retried.values()), retried
+    assert len({round(at, 3) for at in retried.values()}) > 5  # spread, not one thundering herd
