@@ -226,8 +226,6 @@ class Recipe:
     model_folders: ClassVar[tuple[str, ...]] = ("",)
     # Validation before the first step (verl's val_before_train): the starting weights' figure, at step 0.
     validates_before_training: ClassVar[bool] = False
-    # Validation once more after the last step (rm: the final pairwise accuracy), unless the run was stopped.
-    validates_after_training: ClassVar[bool] = False
     # The trl engine's builder of this family's trainer, "module:function" in the trainer image (None: no trl).
     trl_trainer: ClassVar[str | None] = None
 

@@ -1,6 +1,6 @@
 """A reward model trained on pairwise preferences: TRL's RewardTrainer (Bradley-Terry on chosen/rejected), engine trl
 only. Its checkpoint is a ``*ForSequenceClassification`` model; pairwise accuracy on held-out pairs is validated at
-every checkpoint and at the end.
+every checkpoint and at the end (transformers evaluates once more at the last step).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ class RmRecipe(Recipe):
 
     data_format = DataFormat.PREFERENCES
     model_folders = ("",)  # TRL saves the model in the step folder
-    validates_after_training = True  # the final pairwise accuracy, at the last step
     trl_trainer = "loka_trainer.engines.trl:build_rm"
 
 

@@ -237,8 +237,6 @@ class TrlEngine:
             elif trainer.eval_dataset is not None and recipe.validates_before_training:
                 trainer.evaluate()  # verl's val_before_train: the starting weights' validation figure, at step 0
             trainer.train(resume_from_checkpoint=resume_from)
-            if trainer.eval_dataset is not None and recipe.validates_after_training and not job.stop.is_set():
-                trainer.evaluate()  # the final validation figure (rm: pairwise accuracy), at the last step
         finally:
             writer.close()
         return 0
