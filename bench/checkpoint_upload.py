@@ -54,8 +54,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # for localcluster, the local control plane
 
 from loka_api.manifest import Writer  # noqa: E402
+from loka_api.storage import ObjectStore, S3Uri  # noqa: E402
 from loka_trainer.checkpoints import CheckpointStore  # noqa: E402
-from loka_trainer.storage import ObjectStore, S3Uri  # noqa: E402
 
 MB = 1_000_000
 BUCKET = "loka"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import shutil
 import sys
@@ -29,10 +30,14 @@ import yaml
 from localcluster.build import build_all, is_built
 from localcluster.controlplane import LOCALHOST, PORTS, REPO_ROOT, S3_BUCKET, ClusterError, LocalCluster
 from localcluster.stack import DemoStack
+from loka_api import Metrics, Progress, TrainingRunStatus
+from loka_api.phases import TERMINAL
+from loka_api.storage import ObjectStore, S3Uri
+from loka_client import Client, LokaError, RunNotFoundError
+from loka_client.describe import describe_line, headline
 
 DEMO_RUN = REPO_ROOT / "examples" / "demo-run.yaml"
 PIPELINE = REPO_ROOT / "examples" / "pipeline" / "sft-then-grpo-demo.yaml"
-TERMINAL = {"Succeeded", "Failed"}
 # The toy task's held-out share, the same for the RL prompts and the SFT demonstrations.
 VALIDATION_FRACTION = 0.125
 
@@ -64,17 +69,18 @@ def pipeline_manifests() -> list[dict[str, Any]]:
     return [_local_storage(doc) for doc in yaml.safe_load_all(PIPELINE.read_text()) if isinstance(doc, dict)]
 
 
-def s3_client(cluster: LocalCluster) -> Any:
-    import boto3
+def object_store(cluster: LocalCluster) -> ObjectStore:
+    """The local MinIO through the one S3 wrapper, with the control plane's credentials."""
+    return ObjectStore(settings=cluster.env)
 
-    env = cluster.env
-    return boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        region_name=env["AWS_DEFAULT_REGION"],
-    )
+
+def s3_client(cluster: LocalCluster) -> Any:
+    """The local MinIO's boto3 client (the tests read objects with it)."""
+    return object_store(cluster).client
+
+
+def demo_client(cluster: LocalCluster, namespace: str) -> Client:
+    return Client(namespace, kubeconfig=cluster.kubeconfig, s3_settings=cluster.env)
 
 
 def prepare_namespace(cluster: LocalCluster, namespace: str, *, cluster_queue: str, cpu: int = 8) -> None:
@@ -149,36 +155,30 @@ def upload_tiny_assets(cluster: LocalCluster, work: Path, prefix: str = "demo") 
     demonstrations under sft/), into MinIO.
     """
     assets = build_demo_assets(work / "assets")
-    s3 = s3_client(cluster)
-    for path in sorted((assets / "model").rglob("*")):
-        if path.is_file():
-            s3.upload_file(str(path), S3_BUCKET, f"{prefix}/model/{path.relative_to(assets / 'model').as_posix()}")
-    for folder in ("data", "sft"):
-        for name in ("train.parquet", "validation.parquet"):
-            s3.upload_file(str(assets / folder / name), S3_BUCKET, f"{prefix}/{folder}/{name}")
+    root = S3Uri(S3_BUCKET, prefix)
+    model = [(p, root.join("model", p.relative_to(assets / "model").as_posix()))
+             for p in sorted((assets / "model").rglob("*")) if p.is_file()]  # fmt: skip
+    data = [(assets / folder / name, root.join(folder, name))
+            for folder in ("data", "sft") for name in ("train.parquet", "validation.parquet")]  # fmt: skip
+    object_store(cluster).upload_files([*model, *data])
 
 
 def checkpoint_keys(cluster: LocalCluster, manifest: dict[str, Any]) -> list[str]:
     """Every object under the run's checkpoint prefix in MinIO."""
     uri = manifest["spec"]["checkpoints"]["uri"].removeprefix(f"s3://{S3_BUCKET}/").strip("/")
     prefix = "/".join(p for p in (uri, manifest["metadata"]["namespace"], manifest["metadata"]["name"]) if p) + "/"
-    s3 = s3_client(cluster)
-    keys: list[str] = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=S3_BUCKET, Prefix=prefix):
-        keys += [item["Key"] for item in page.get("Contents", [])]
-    return keys
+    return [stored.uri.key for stored in object_store(cluster).list_objects(S3Uri(S3_BUCKET, prefix))]
 
 
 def delete_previous_run(cluster: LocalCluster, stack: DemoStack, manifest: dict[str, Any]) -> None:
     """Idempotence: a demo run left from before is deleted with its children, checkpoints and work dir."""
     name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
-    cluster.kubectl("-n", namespace, "delete", "trainingrun", name, "--ignore-not-found", "--wait=true",
-                    "--timeout=120s")  # fmt: skip
+    with demo_client(cluster, namespace) as client, contextlib.suppress(RunNotFoundError):
+        client.delete(name, wait=True, timeout=120)
     shutil.rmtree(stack.work_dir / namespace / name, ignore_errors=True)
-    keys = checkpoint_keys(cluster, manifest)
-    s3 = s3_client(cluster)
-    for start in range(0, len(keys), 1000):
-        s3.delete_objects(Bucket=S3_BUCKET, Delete={"Objects": [{"Key": k} for k in keys[start : start + 1000]]})
+    uri = manifest["spec"]["checkpoints"]["uri"].removeprefix(f"s3://{S3_BUCKET}/").strip("/")
+    prefix = "/".join(p for p in (uri, namespace, name) if p)
+    object_store(cluster).delete_prefix(S3Uri(S3_BUCKET, prefix))
 
 
 def step_metric(stack: DemoStack, namespace: str, name: str, key: str) -> list[float]:
@@ -199,76 +199,36 @@ def sparkline(values: list[float], *, low: float = 0.0, high: float = 1.0) -> st
     return "".join(SPARK[round(min(max((v - low) / span, 0.0), 1.0) * (len(SPARK) - 1))] for v in values)
 
 
-def get_run(cluster: LocalCluster, namespace: str, name: str) -> dict[str, Any] | None:
-    result = cluster.kubectl("-n", namespace, "get", "trainingrun", name, "-o", "json", check=False)
-    if result.returncode != 0:
-        return None
-    run: dict[str, Any] = yaml.safe_load(result.stdout)
-    return run
-
-
-def describe(status: dict[str, Any]) -> str:
-    phase = status.get("phase") or "Pending"
-    progress, metrics, checkpoint = status.get("progress") or {}, status.get("metrics") or {}, status.get("checkpoint")
-    parts = [f"{phase:<10}"]
-    if progress.get("step") is not None:
-        total = progress.get("totalSteps")
-        parts.append(f"step {progress['step']}/{total}" if total else f"step {progress['step']}")
-        if total:
-            done = int(20 * min(progress["step"], total) / total)
-            parts.insert(1, "[" + "#" * done + "." * (20 - done) + "]")
-    if metrics.get("rewardMean") is not None:
-        parts.append(f"reward {metrics['rewardMean']:.3f}")
-    if metrics.get("klLoss") is not None:
-        parts.append(f"kl {metrics['klLoss']:.4f}")
-    if metrics.get("loss") is not None:
-        parts.append(f"loss {metrics['loss']:.3f}")
-    for key, label in (("validationRewardMean", "validation reward"), ("validationLoss", "validation loss")):
-        if metrics.get(key) is not None:
-            parts.append(f"{label} {metrics[key]:.3f} (step {metrics.get('validationStep')})")
-    if checkpoint and checkpoint.get("step") is not None:
-        parts.append(f"checkpoint step {checkpoint['step']}")
-    if phase not in ("Running", "Succeeded") and status.get("message"):
-        parts.append(f"— {status['message'][:100]}")
-    return "  ".join(parts)
-
-
 def follow(
-    cluster: LocalCluster, namespace: str, names: list[str], *, timelines: dict[str, Timeline], timeout: float
-) -> dict[str, dict[str, Any]]:
+    client: Client, names: list[str], *, timelines: dict[str, Timeline], timeout: float
+) -> dict[str, TrainingRunStatus]:
     """Print one line each time a run's phase, step, reward, loss or checkpoint changes, until every run ended;
     return their final statuses.
     """
     last_lines: dict[str, str] = {}
-    statuses: dict[str, dict[str, Any]] = {name: {} for name in names}
+    statuses = {name: TrainingRunStatus() for name in names}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for name in names:
             timeline = timelines[name]
-            status = statuses[name] = (get_run(cluster, namespace, name) or {}).get("status") or {}
-            phase = status.get("phase") or "Pending"
+            with contextlib.suppress(RunNotFoundError):
+                statuses[name] = client.get(name).status
+            status = statuses[name]
             now = time.monotonic()
-            timeline.phases.setdefault(phase, now)
-            step, figure = (status.get("progress") or {}).get("step"), _headline(status)
+            timeline.phases.setdefault(status.phase or "Pending", now)
+            step, figure = (status.progress.step if status.progress else None), headline(status)
             if step is not None and figure is not None and (not timeline.rewards or timeline.rewards[-1][0] != step):
                 timeline.rewards.append((step, figure))
-            line = describe(status)
+            line = describe_line(status)
             if line != last_lines.get(name):
                 who = f"{name:<10} " if len(names) > 1 else ""
                 print(f"  [{now - timeline.applied:6.1f}s] {who}{line}", flush=True)
                 last_lines[name] = line
-        if all((statuses[name].get("phase") or "") in TERMINAL for name in names):
+        if all(statuses[name].phase in TERMINAL for name in names):
             return statuses
         time.sleep(0.5)
-    last = "; ".join(f"{name}: {describe(statuses[name])}" for name in names)
+    last = "; ".join(f"{name}: {describe_line(statuses[name])}" for name in names)
     raise ClusterError(f"the demo did not finish within {timeout:.0f}s; last status: {last}")
-
-
-def _headline(status: dict[str, Any]) -> float | None:
-    """The figure a run's summary follows: the reward for RL, the loss for SFT."""
-    metrics = status.get("metrics") or {}
-    reward = metrics.get("rewardMean")
-    return reward if reward is not None else metrics.get("loss")
 
 
 def run_demo(timeout: float, *, pipeline: bool = False) -> int:
@@ -295,18 +255,21 @@ def run_demo(timeout: float, *, pipeline: bool = False) -> int:
         delete_previous_run(cluster, stack, manifest)
     upload_tiny_assets(cluster, stack.layout.root)
 
-    print(f"4/5 kubectl apply -f {source.relative_to(REPO_ROOT)}")
+    print(f"4/5 submit {source.relative_to(REPO_ROOT)} (server-side apply, as loka submit does)")
     applied = time.monotonic()
     timelines = {name: Timeline(applied=applied) for name in names}
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(manifests))
-    finals = follow(cluster, namespace, names, timelines=timelines, timeout=timeout)
+    with demo_client(cluster, namespace) as client:
+        for manifest in manifests:
+            client.submit(manifest)
+        finals = follow(client, names, timelines=timelines, timeout=timeout)
 
     print("5/5 summary")
     for manifest in manifests:
         name = manifest["metadata"]["name"]
         if len(manifests) > 1:
             print(f"  {name} ({manifest['spec'].get('algorithm', 'grpo')})")
-        summarize(cluster, stack, manifest, finals[name], timelines[name])
+        with demo_client(cluster, namespace) as client:
+            summarize(client, stack, manifest, finals[name], timelines[name])
     print(f"  make demo wall time {time.monotonic() - began:6.1f} s")
     print("\nLook further:")
     print("  source .cluster/env")
@@ -314,23 +277,21 @@ def run_demo(timeout: float, *, pipeline: bool = False) -> int:
     print(f"  kubectl -n {namespace} describe trainingrun {names[-1]}")
     print(f"  Ray dashboard: {stack.dashboard_url}   (operator log: {stack.layout.logs / 'loka-operator.log'})")
     print("  make demo-down    # stops the Ray head, router, operator and shim;  make cluster-down  # the rest")
-    return 0 if all(finals[name].get("phase") == "Succeeded" for name in names) else 1
+    return 0 if all(finals[name].phase == "Succeeded" for name in names) else 1
 
 
 def summarize(
-    cluster: LocalCluster, stack: DemoStack, manifest: dict[str, Any], final: dict[str, Any], timeline: Timeline
+    client: Client, stack: DemoStack, manifest: dict[str, Any], final: TrainingRunStatus, timeline: Timeline
 ) -> None:
     namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
-    progress, metrics = final.get("progress") or {}, final.get("metrics") or {}
-    print(f"  phase              {final.get('phase')}  (attempt {final.get('attempt')})")
-    if final.get("phase") != "Succeeded":
-        print(f"  message            {final.get('message')}")
-    if final.get("source"):
-        source = final["source"]
-        print(
-            f"  started from       run {source.get('run')} checkpoint step {source.get('step')} ({source.get('uri')})"
-        )
-    print(f"  steps              {progress.get('step')}/{progress.get('totalSteps')}")
+    progress, metrics = final.progress or Progress(), final.metrics or Metrics()
+    print(f"  phase              {final.phase}  (attempt {final.attempt})")
+    if final.phase != "Succeeded":
+        print(f"  message            {final.message}")
+    if final.source is not None:
+        source = final.source
+        print(f"  started from       run {source.run} checkpoint step {source.step} ({source.uri})")
+    print(f"  steps              {progress.step}/{progress.total_steps}")
     rewards = step_metric(stack, namespace, name, "critic/score/mean")
     if rewards:
         print(f"  reward mean        {rewards[0]:.3f} at step 1 → {rewards[-1]:.3f} at step {len(rewards)}")
@@ -338,23 +299,26 @@ def summarize(
     elif timeline.rewards:  # an SFT run: the training loss as status showed it
         (first_step, first), (last_step, last) = timeline.rewards[0], timeline.rewards[-1]
         print(f"  training loss      {first:.3f} at step {first_step} → {last:.3f} at step {last_step}")
-    for key, label in (("validationRewardMean", "validation reward"), ("validationLoss", "validation loss")):
-        if metrics.get(key) is not None:
-            print(f"  {label:<18} {metrics[key]:.3f} at step {metrics.get('validationStep')}")
+    for value, label in ((metrics.validation_reward_mean, "validation reward"), (metrics.validation_loss,
+                                                                                 "validation loss")):  # fmt: skip
+        if value is not None:
+            print(f"  {label:<18} {value:.3f} at step {metrics.validation_step}")
     seconds_per_step = step_metric(stack, namespace, name, "perf/time_per_step")
     if seconds_per_step:
         mean = sum(seconds_per_step) / len(seconds_per_step)
         rate = f"{60 / mean:.0f} steps/min on CPU"
-        kind = "SFT" if metrics.get("loss") is not None else "GRPO"
+        kind = "SFT" if metrics.loss is not None else "GRPO"
         print(f"  {kind} step time      {mean:.2f} s mean over {len(seconds_per_step)} steps ({rate})")
     for phase in ("Queued", "Starting", "Running", "Succeeded", "Failed"):
         seconds = timeline.seconds_to(phase)
         if seconds is not None:
             print(f"  apply → {phase:<10} {seconds:6.1f} s")
-    print("  checkpoints in MinIO:")
-    for key in checkpoint_keys(cluster, manifest):
-        if key.endswith(("loka-manifest.json", "/latest")):
-            print(f"    s3://{S3_BUCKET}/{key}")
+    print("  complete checkpoints in MinIO (loka checkpoints):")
+    try:
+        for checkpoint in client.checkpoints(name):
+            print(f"    step {checkpoint.step:<4} {checkpoint.uri}{'  (latest)' if checkpoint.latest else ''}")
+    except LokaError as error:
+        print(f"    cannot list them: {error}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ from typing import TextIO
 
 from loka_api.dataset import DatasetError, build_dataset
 from loka_cli.errors import EXIT_OK, EXIT_USAGE, CliError, usage
-from loka_cli.s3 import S3, S3Path
+from loka_client.storage import upload_files
 
 
 def dataset(
@@ -27,7 +27,8 @@ def dataset(
     out = out or sys.stdout
     if not tasks.is_file():
         raise usage(f"{tasks}: no such file", "give the path of a .jsonl or .json task file")
-    destination = S3Path.parse(upload, "--upload") if upload else None
+    if upload is not None and (not upload.startswith("s3://") or not upload.removeprefix("s3://").split("/", 1)[0]):
+        raise usage(f"--upload: {upload!r} is not an s3:// URI", "write it as s3://bucket/prefix/")
     try:
         summary = build_dataset(
             tasks, output, validation_fraction=validation_fraction, seed=seed, data_source=data_source, ability=ability
@@ -43,21 +44,12 @@ def dataset(
         raise usage(str(error)) from error
     print(f"{summary.train}  {summary.train_rows} rows", file=out)
     print(f"{summary.validation}  {summary.validation_rows} rows", file=out)
-    if destination is None:
+    if upload is None:
         return EXIT_OK
-    s3 = S3(env)
-    done: list[S3Path] = []
-    try:
-        for path in (summary.train, summary.validation):
-            target = destination.join(path.name)
-            s3.upload(path, target)
-            done.append(target)
-    except Exception as error:
-        for target in done:  # all or nothing: a run must never train on a new train split with an old validation
-            s3.delete(target)
-        raise s3.explain(error, f"uploading to {destination}") from error
+    done = upload_files([summary.train, summary.validation], upload, settings=env)
     for target in done:
         print(f"uploaded {target}", file=out)
+    destination = upload.rstrip("/")
     print(
         f"in a run: data: {{train: {done[0]}, validation: {done[1]}}}  (or `loka init NAME --data {destination}/`)",
         file=out,

@@ -1,6 +1,8 @@
-"""Exit codes and the one error type every command raises: what went wrong, and what to do about it."""
+"""Exit codes, the CLI's own error for bad flags, and the exit code of each of the client library's errors."""
 
 from __future__ import annotations
+
+from loka_client.errors import ClusterError, InvalidInputError, LokaError, NotFoundError, StorageError
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the run failed (submit --wait, status -w), or an operation did not complete
@@ -18,13 +20,11 @@ EXIT_CODES = f"""exit codes:
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C)"""
 
 
-class CliError(Exception):
-    """A failure the user can act on: ``message`` says what happened, ``hint`` what to do next."""
+class CliError(LokaError):
+    """A failure of the command line itself (a flag, a file): ``message``, ``hint``, and the exit code."""
 
     def __init__(self, message: str, *, hint: str | None = None, code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
+        super().__init__(message, hint=hint)
         self.code = code
 
 
@@ -34,3 +34,16 @@ def usage(message: str, hint: str | None = None) -> CliError:
 
 def not_found(message: str, hint: str | None = None) -> CliError:
     return CliError(message, hint=hint, code=EXIT_NOT_FOUND)
+
+
+def exit_code(error: LokaError) -> int:
+    """What ``loka`` exits with for an error of the client library (or its own)."""
+    if isinstance(error, CliError):
+        return error.code
+    if isinstance(error, InvalidInputError):
+        return EXIT_USAGE
+    if isinstance(error, NotFoundError):
+        return EXIT_NOT_FOUND
+    if isinstance(error, ClusterError | StorageError):
+        return EXIT_CLUSTER
+    return EXIT_FAILED

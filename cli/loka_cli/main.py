@@ -18,15 +18,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from loka_cli.errors import EXIT_CODES, EXIT_INTERRUPTED, CliError
+from loka_cli.errors import EXIT_CODES, EXIT_INTERRUPTED, CliError, exit_code
+from loka_client.errors import LokaError
 
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _cluster(args: argparse.Namespace) -> Any:
-    from loka_cli.cluster import Cluster
+def _client(args: argparse.Namespace, env: dict[str, str] | None = None, endpoint: str | None = None) -> Any:
+    """The client library, pointed where kubectl would point (and at S3 with ``env``'s settings)."""
+    from loka_client import Client
 
-    return Cluster(kubeconfig=args.kubeconfig, context=args.context, namespace_flag=args.namespace)
+    return Client(args.namespace, kubeconfig=args.kubeconfig, context=args.context, s3_settings=env,
+                  s3_endpoint=endpoint)  # fmt: skip
 
 
 def _env(args: argparse.Namespace) -> dict[str, str]:
@@ -67,7 +70,7 @@ def _context_namespace(args: argparse.Namespace) -> str | None:
 def cmd_secrets_sync(args: argparse.Namespace) -> int:
     from loka_cli.secret_sync import sync
 
-    return sync(_cluster(args), _env(args), run_secret=args.secret, s3_secret=args.s3_secret)
+    return sync(_client(args), _env(args), run_secret=args.secret, s3_secret=args.s3_secret)
 
 
 def cmd_dataset(args: argparse.Namespace) -> int:
@@ -83,27 +86,27 @@ def cmd_dataset(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from loka_cli.runs import submit
 
-    return submit(_cluster(args), args.file, wait=args.wait, timeout=args.timeout,
+    return submit(_client(args), args.file, wait=args.wait, timeout=args.timeout,
                   force_conflicts=args.force_conflicts, dry_run=args.dry_run)  # fmt: skip
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from loka_cli.runs import status
 
-    return status(_cluster(args), args.name, watch=args.watch, all_namespaces=args.all_namespaces,
+    return status(_client(args), args.name, watch=args.watch, all_namespaces=args.all_namespaces,
                   output=args.output, timeout=args.timeout)  # fmt: skip
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
     from loka_cli.ray import logs
 
-    return logs(_cluster(args), args.name, follow=args.follow, attempt=args.attempt)
+    return logs(_client(args), args.name, follow=args.follow, attempt=args.attempt)
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from loka_cli.ray import dashboard
 
-    return dashboard(_cluster(args), args.name, port=args.port, address=args.address)
+    return dashboard(_client(args), args.name, port=args.port, address=args.address)
 
 
 def cmd_checkpoints(args: argparse.Namespace) -> int:
@@ -115,26 +118,26 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
             number = int(step)
         except ValueError as error:
             raise CliError(f"--download: step {step!r} is not a number", code=2) from error
-        return checkpoints.download(_cluster(args), args.name, number, Path(folder), _env(args), endpoint=args.endpoint)
-    return checkpoints.show(_cluster(args), args.name, _env(args), endpoint=args.endpoint, output=args.output)
+        return checkpoints.download(_client(args, _env(args), args.endpoint), args.name, number, Path(folder))
+    return checkpoints.show(_client(args, _env(args), args.endpoint), args.name, output=args.output)
 
 
 def cmd_suspend(args: argparse.Namespace) -> int:
     from loka_cli.runs import set_suspend
 
-    return set_suspend(_cluster(args), args.name, True)
+    return set_suspend(_client(args), args.name, True)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from loka_cli.runs import set_suspend
 
-    return set_suspend(_cluster(args), args.name, False)
+    return set_suspend(_client(args), args.name, False)
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
     from loka_cli.runs import delete
 
-    return delete(_cluster(args), args.name, wait=args.wait, timeout=args.timeout)
+    return delete(_client(args), args.name, wait=args.wait, timeout=args.timeout)
 
 
 def cmd_completion(args: argparse.Namespace) -> int:
@@ -150,10 +153,10 @@ def cmd_completion(args: argparse.Namespace) -> int:
 def _run_names(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:
     """Shell completion of run names in the namespace the command line names."""
     try:
-        runs = _cluster(parsed_args).list_runs()
+        runs = _client(parsed_args).list()
     except Exception:
         return []
-    return [r["metadata"]["name"] for r in runs if r["metadata"]["name"].startswith(prefix)]
+    return [r.name for r in runs if r.name.startswith(prefix)]
 
 
 def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  (one place lists every command)
@@ -319,11 +322,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
-    except CliError as error:
+    except LokaError as error:
         print(f"loka: {error.message}", file=sys.stderr)
         if error.hint:
             print(f"  → {error.hint}", file=sys.stderr)
-        return error.code
+        return exit_code(error)
     except KeyboardInterrupt:
         print("", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -12,9 +12,10 @@ import sys
 import time
 from typing import Any, TextIO
 
-from loka_cli.cluster import Cluster
+from loka_api import kinds
+from loka_api.phases import TERMINAL
 from loka_cli.errors import EXIT_FAILED, EXIT_OK, CliError, not_found, usage
-from loka_cli.views import TERMINAL
+from loka_client import Client
 
 JSON = dict[str, Any]
 DASHBOARD_PORT = 8265
@@ -29,14 +30,14 @@ class RayUnreachableError(Exception):
 
 
 def _http_get(
-    cluster: Cluster, pod: str, path: str, *, port: int = DASHBOARD_PORT, timeout: float = 20
+    client: Client, pod: str, path: str, *, port: int = DASHBOARD_PORT, timeout: float = 20
 ) -> tuple[int, bytes]:
     """One HTTP GET to ``pod:port`` over the API server's port-forward (pods/portforward, as kubectl uses)."""
     from kubernetes.stream import portforward
 
     try:
         forward = portforward(
-            cluster.core.connect_get_namespaced_pod_portforward, pod, cluster.namespace, ports=str(port)
+            client.connection.core.connect_get_namespaced_pod_portforward, pod, client.namespace, ports=str(port)
         )
     except Exception as error:
         raise RayUnreachableError(f"port-forward to {pod}: {error}") from error
@@ -92,8 +93,8 @@ def _dechunk(body: bytes) -> bytes:
     return out
 
 
-def _ray_json(cluster: Cluster, pod: str, path: str) -> JSON | None:
-    code, body = _http_get(cluster, pod, path)
+def _ray_json(client: Client, pod: str, path: str) -> JSON | None:
+    code, body = _http_get(client, pod, path)
     if code == 404:
         return None
     if code != 200:
@@ -102,10 +103,20 @@ def _ray_json(cluster: Cluster, pod: str, path: str) -> JSON | None:
     return answer
 
 
-def _head_pod(cluster: Cluster, ray_cluster: str | None) -> str | None:
+def _pods(client: Client, label_selector: str) -> list[Any]:
+    answer = client.connection.call(
+        f"listing pods in {client.namespace!r}",
+        client.connection.core.list_namespaced_pod,
+        client.namespace,
+        label_selector=label_selector,
+    )
+    return list(answer.items)
+
+
+def _head_pod(client: Client, ray_cluster: str | None) -> str | None:
     if not ray_cluster:
         return None
-    pods = cluster.pods(f"ray.io/cluster={ray_cluster},ray.io/node-type=head")
+    pods = _pods(client, f"ray.io/cluster={ray_cluster},ray.io/node-type=head")
     running = [p for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
     return running[0].metadata.name if running else None
 
@@ -127,17 +138,17 @@ def _attempt_job(run: JSON, rayjob: JSON | None, attempt: int | None) -> tuple[i
     )
 
 
-def logs(cluster: Cluster, name: str, *, follow: bool, attempt: int | None, out: TextIO | None = None) -> int:
+def logs(client: Client, name: str, *, follow: bool, attempt: int | None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    run = cluster.get_run(name)
+    run = client.get(name).manifest
     status = run.get("status") or {}
-    rayjob = cluster.get_rayjob(status.get("rayJob") or name)
+    rayjob = client.get_child(kinds.RAY_JOB, status.get("rayJob") or name)
     number, job_id, ray_cluster = _attempt_job(run, rayjob, attempt)
     current_cluster = ((rayjob or {}).get("status") or {}).get("rayClusterName")
-    head = _head_pod(cluster, current_cluster)
+    head = _head_pod(client, current_cluster)
     if head is not None and job_id:
         try:
-            return _ray_job_logs_of_a_starting_head(cluster, name, head, job_id, follow=follow, out=out)
+            return _ray_job_logs_of_a_starting_head(client, name, head, job_id, follow=follow, out=out)
         except RayUnreachableError as error:
             if attempt is not None and attempt != status.get("attempt"):
                 raise CliError(f"attempt {attempt}'s Ray job {job_id} could not be read: {error}") from error
@@ -159,11 +170,11 @@ def logs(cluster: Cluster, name: str, *, follow: bool, attempt: int | None, out:
             f"attempt {attempt} ran on Ray cluster {ray_cluster or '?'}, which is gone, and its logs with it",
             hint=f"the current attempt is {status.get('attempt')}: `loka logs {name}`",
         )
-    return _pod_logs(cluster, name, run, rayjob, head, follow=follow, out=out)
+    return _pod_logs(client, name, run, rayjob, head, follow=follow, out=out)
 
 
 def _ray_job_logs_of_a_starting_head(
-    cluster: Cluster, name: str, head: str, job_id: str, *, follow: bool, out: TextIO
+    client: Client, name: str, head: str, job_id: str, *, follow: bool, out: TextIO
 ) -> int:
     """With -f, a head pod that does not serve its port-forward yet (a kubelet that has just started it) is asked
     again for a while before the pod's own log is shown instead; without -f, once."""
@@ -171,9 +182,9 @@ def _ray_job_logs_of_a_starting_head(
     printed = _Printed(out)
     while True:
         try:
-            return _ray_job_logs(cluster, name, head, job_id, follow=follow, out=printed)  # type: ignore[arg-type]
+            return _ray_job_logs(client, name, head, job_id, follow=follow, out=printed)  # type: ignore[arg-type]
         except RayUnreachableError:
-            phase = (cluster.get_run(name).get("status") or {}).get("phase")
+            phase = (client.get(name).manifest.get("status") or {}).get("phase")
             if printed.anything or time.monotonic() >= deadline or phase in TERMINAL:
                 raise  # once something was shown, asking again would show it twice
             time.sleep(POLL_SECONDS)
@@ -201,21 +212,21 @@ class _JobNotSubmittedError(Exception):
     pass
 
 
-def _ray_job_logs(cluster: Cluster, name: str, head: str, job_id: str, *, follow: bool, out: TextIO) -> int:
+def _ray_job_logs(client: Client, name: str, head: str, job_id: str, *, follow: bool, out: TextIO) -> int:
     shown = ""
     while True:
-        job = _ray_json(cluster, head, f"/api/jobs/{job_id}")
+        job = _ray_json(client, head, f"/api/jobs/{job_id}")
         if job is None:
             # KubeRay sets a RayJob Running before it submits (HTTPMode) or its submitter does (K8sJobMode):
             # an unknown job on a live head of an active run is one about to be submitted, not one gone.
-            phase = (cluster.get_run(name).get("status") or {}).get("phase")
+            phase = (client.get(name).manifest.get("status") or {}).get("phase")
             if shown or phase in TERMINAL:
                 raise _JobGoneError(job_id)
             if not follow:
                 raise _JobNotSubmittedError(job_id)
             time.sleep(POLL_SECONDS)
             continue
-        answer = _ray_json(cluster, head, f"/api/jobs/{job_id}/logs") or {}
+        answer = _ray_json(client, head, f"/api/jobs/{job_id}/logs") or {}
         text = str(answer.get("logs", ""))
         new = text[len(shown) :] if text.startswith(shown) else text
         if new:
@@ -226,18 +237,20 @@ def _ray_job_logs(cluster: Cluster, name: str, head: str, job_id: str, *, follow
             return EXIT_OK
         if job.get("status") in RAY_DONE:
             return EXIT_OK if job.get("status") == "SUCCEEDED" else EXIT_FAILED
-        phase = (cluster.get_run(name).get("status") or {}).get("phase")
+        phase = (client.get(name).manifest.get("status") or {}).get("phase")
         if phase in TERMINAL:
             return EXIT_OK if phase == "Succeeded" else EXIT_FAILED
         time.sleep(POLL_SECONDS)
 
 
 def _pod_logs(
-    cluster: Cluster, name: str, run: JSON, rayjob: JSON | None, head: str | None, *, follow: bool, out: TextIO
+    client: Client, name: str, run: JSON, rayjob: JSON | None, head: str | None, *, follow: bool, out: TextIO
 ) -> int:
     """The submitter pod's log (K8sJobMode: it tails the Ray job), else the head pod's (Ray's own output)."""
     rayjob_name = (rayjob or {}).get("metadata", {}).get("name") or name
-    submitters = [p for p in cluster.pods(f"batch.kubernetes.io/job-name={rayjob_name}") if p.status.phase != "Pending"]
+    submitters = [
+        p for p in _pods(client, f"batch.kubernetes.io/job-name={rayjob_name}") if p.status.phase != "Pending"
+    ]
     if submitters:
         pod, container, note = submitters[-1].metadata.name, None, None
     elif head is not None:
@@ -253,16 +266,20 @@ def _pod_logs(
         print(f"loka logs: {note}", file=sys.stderr)
     kwargs: JSON = {"container": container} if container else {}
     if not follow:
-        text = cluster.call(
-            f"reading the log of pod {pod}", cluster.core.read_namespaced_pod_log, pod, cluster.namespace, **kwargs
+        text = client.connection.call(
+            f"reading the log of pod {pod}",
+            client.connection.core.read_namespaced_pod_log,
+            pod,
+            client.namespace,
+            **kwargs,
         )
         out.write(text if text.endswith("\n") or not text else text + "\n")
         return EXIT_OK
-    stream = cluster.call(
+    stream = client.connection.call(
         f"following the log of pod {pod}",
-        cluster.core.read_namespaced_pod_log,
+        client.connection.core.read_namespaced_pod_log,
         pod,
-        cluster.namespace,
+        client.namespace,
         follow=True,
         _preload_content=False,
         **kwargs,
@@ -283,21 +300,23 @@ def _port_free(address: str, port: int) -> bool:
     return True
 
 
-def dashboard(cluster: Cluster, name: str, *, port: int, address: str, out: TextIO | None = None) -> int:
+def dashboard(client: Client, name: str, *, port: int, address: str, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    run = cluster.get_run(name)
+    run = client.get(name).manifest
     status = run.get("status") or {}
-    rayjob = cluster.get_rayjob(status.get("rayJob") or name)
+    rayjob = client.get_child(kinds.RAY_JOB, status.get("rayJob") or name)
     ray_cluster = ((rayjob or {}).get("status") or {}).get("rayClusterName")
     phase = status.get("phase") or "Pending"
-    if not ray_cluster or _head_pod(cluster, ray_cluster) is None:
+    if not ray_cluster or _head_pod(client, ray_cluster) is None:
         raise not_found(
             f"{name} has no running Ray cluster (phase {phase}), so there is no dashboard to open",
             hint=f"`loka status {name} -w` shows when it starts",
         )
-    body = cluster.get_raycluster(ray_cluster) or {}
+    body = client.get_child(kinds.RAY_CLUSTER, ray_cluster) or {}
     service = ((body.get("status") or {}).get("head") or {}).get("serviceName") or f"{ray_cluster}-head-svc"
-    svc = cluster.call(f"reading Service {service}", cluster.core.read_namespaced_service, service, cluster.namespace)
+    svc = client.connection.call(
+        f"reading Service {service}", client.connection.core.read_namespaced_service, service, client.namespace
+    )
     remote = next((p.port for p in svc.spec.ports or [] if p.name == "dashboard"), DASHBOARD_PORT)
     if not _port_free(address, port):
         raise usage(f"--port: {address}:{port} is already in use on this machine", "pass another one, e.g. --port 8266")
@@ -305,11 +324,11 @@ def dashboard(cluster: Cluster, name: str, *, port: int, address: str, out: Text
     if kubectl is None:
         raise CliError("loka dashboard runs `kubectl port-forward`, and kubectl is not on PATH", hint="install kubectl")
     command = [kubectl, "port-forward", f"service/{service}", f"{port}:{remote}", f"--address={address}",
-               f"--namespace={cluster.namespace}"]  # fmt: skip
-    if cluster.context:
-        command.append(f"--context={cluster.context}")
-    if cluster.kubeconfig:
-        command.append(f"--kubeconfig={cluster.kubeconfig}")
+               f"--namespace={client.namespace}"]  # fmt: skip
+    if client.connection.context:
+        command.append(f"--context={client.connection.context}")
+    if client.connection.kubeconfig:
+        command.append(f"--kubeconfig={client.connection.kubeconfig}")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert process.stdout is not None
     try:

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from loka_api.contract import ENV_HF_TOKEN, ENV_WANDB_KEY, STORAGE_SECRET_KEYS
-from loka_cli.cluster import Cluster
 from loka_cli.envfile import first
 from loka_cli.errors import EXIT_OK, usage
 from loka_cli.init import ENV_SLACK_WEBHOOK, HF_KEY, SLACK_KEY, WANDB_KEY
+from loka_client import Client
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,7 @@ def _encoded(value: str) -> str:
     return base64.b64encode(value.encode()).decode()
 
 
-def sync(
-    cluster: Cluster, env: Mapping[str, str], *, run_secret: str, s3_secret: str, out: TextIO | None = None
-) -> int:
+def sync(client: Client, env: Mapping[str, str], *, run_secret: str, s3_secret: str, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     from kubernetes.client.exceptions import ApiException
 
@@ -55,6 +53,7 @@ def sync(
             "nothing to sync: none of " + ", ".join(names) + " is set",
             "put them in .env (or pass --from FILE), then run `loka secrets sync` again",
         )
+    cluster = client.connection
     core = cluster.core
     for secret in plans:
         if not secret.data:

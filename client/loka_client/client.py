@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loka_api import RunPhase, TrainingRun, kinds
 from loka_api.phases import TERMINAL
+from loka_client.checkpoints import DownloadedCheckpoint, RunStorage
 from loka_client.connection import Connection
 from loka_client.errors import (
     InvalidRunError,
@@ -28,7 +30,12 @@ from loka_client.errors import (
     RunNotFoundError,
     WaitTimeoutError,
 )
+from loka_client.queue import QueueStanding, queue_standing
 from loka_client.runs import JSON, Run, RunChange, checked_manifest, parse_manifest
+from loka_client.storage import upload_files
+
+if TYPE_CHECKING:
+    from loka_api.checkpoints import Checkpoint
 
 # Server-side apply's field manager: what `kubectl get --show-managed-fields` names as the run's author.
 FIELD_MANAGER = "loka"
@@ -54,7 +61,13 @@ class Client:
         kubeconfig: str | Path | None = None,
         context: str | None = None,
         api_client: Any = None,
+        s3_settings: Mapping[str, str] | None = None,
+        s3_endpoint: str | None = None,
     ) -> None:
+        """``s3_settings``: the AWS variables to reach S3 with (a ``.env`` file's; default: this process's
+        environment); ``s3_endpoint`` wins over their ``AWS_ENDPOINT_URL`` and the run's ``storage.endpoint``.
+        """
+        self.storage = RunStorage(os.environ if s3_settings is None else s3_settings, s3_endpoint)
         self.connection = Connection(
             kubeconfig=None if kubeconfig is None else str(kubeconfig),
             context=context,
@@ -73,7 +86,13 @@ class Client:
 
     @property
     def namespace(self) -> str:
+        """Where names are looked up unless a call names another namespace."""
         return self.connection.namespace
+
+    @property
+    def api(self) -> Any:
+        """The ``kubernetes.client.ApiClient`` this client talks through (connected on first use)."""
+        return self.connection.api
 
     def _ns(self, namespace: str | None) -> str:
         return namespace or self.connection.namespace
@@ -329,6 +348,34 @@ class Client:
             run,
             hint=f"it keeps running; watch it with `loka status {name} -w -n {self._ns(namespace)}`",
         )
+
+    # ------------------------------------------------------------------------------ checkpoints
+
+    def checkpoints(self, name: str, namespace: str | None = None) -> builtins.list[Checkpoint]:
+        """The run's complete checkpoints in S3, oldest first (``latest``: the one its marker names).
+        CheckpointNotFoundError when the run keeps none, StorageError when S3 cannot be read.
+        """
+        return self.storage.checkpoints(self.get(name, namespace))
+
+    def download(self, name: str, step: int, target: str | Path, namespace: str | None = None) -> DownloadedCheckpoint:
+        """Download checkpoint ``step`` of the run into ``target/global_step_<step>``, every file verified against
+        the manifest; the folder appears only once all matched (CheckpointMismatchError otherwise, and nothing is
+        left). CheckpointNotFoundError when that step is not complete.
+        """
+        return self.storage.download(self.get(name, namespace), step, Path(target))
+
+    def upload(self, paths: Sequence[str | Path], destination: str) -> builtins.list[str]:
+        """Upload files (a dataset's train and validation parquet) under an ``s3://bucket/prefix/``, all or
+        nothing; returns their URIs. StorageError when S3 refuses or cannot be reached.
+        """
+        settings, endpoint = self.storage.settings, self.storage.endpoint
+        return upload_files([Path(p) for p in paths], destination, settings=settings, endpoint=endpoint)
+
+    # ------------------------------------------------------------------------------ Kueue
+
+    def queue_standing(self, run: Run) -> QueueStanding | None:
+        """Where a Queued run stands in its LocalQueue (position and Kueue's reason); None when it is not queued."""
+        return queue_standing(self, run)
 
     # ------------------------------------------------------------------------------ children
 

@@ -22,8 +22,12 @@ class LokaError(Exception):
         self.hint = hint
 
 
-class InvalidRunError(LokaError, ValueError):
-    """Bad input, refused before or by the API server: ``field`` and ``value`` say which, when one is to blame."""
+class InvalidInputError(LokaError, ValueError):
+    """Bad input (a flag, a path, a step): the message names it and what would be accepted."""
+
+
+class InvalidRunError(InvalidInputError):
+    """A run refused before or by the API server: ``field`` and ``value`` say which, when one is to blame."""
 
     def __init__(self, message: str, *, hint: str | None = None, field: str | None = None, value: object = None):
         super().__init__(message, hint=hint)

@@ -15,9 +15,9 @@ import pytest
 from localcluster.controlplane import LocalCluster
 from localcluster.demo import pipeline_manifests
 from localcluster.stack import DemoStack
+from loka_api.storage import ObjectStore, S3Uri
 from loka_trainer.checkpoints import CheckpointStore
 from loka_trainer.sft_data import demonstrations_to_conversations, read_conversations
-from loka_trainer.storage import ObjectStore, S3Uri
 from tests.e2e.test_training_runs import apply, condition
 from tests.lineage_probe import response_logprob
 

@@ -205,8 +205,8 @@ def test_checkpoints_lists_complete_ones_and_downloads_verified(  # noqa: PLR091
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     from loka_api.manifest import Writer
+    from loka_api.storage import ObjectStore
     from loka_trainer.checkpoints import CheckpointStore
-    from loka_trainer.storage import ObjectStore
 
     for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(key, cluster.env[key])

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from loka_api.dataset import build_dataset
+from loka_api.storage import ObjectStore, S3Uri
 from loka_trainer.checkpoints import CheckpointStore
-from loka_trainer.storage import ObjectStore, S3Uri
 from loka_trainer.tiny import build_tiny_model, write_tasks
 
 BUCKET = "loka"

@@ -16,16 +16,17 @@ from pathlib import Path
 
 import pytest
 
+from loka_api.checkpoints import CheckpointError
 from loka_api.contract import MANIFEST_NAME
 from loka_api.manifest import Writer
-from loka_trainer.checkpoints import VERL_TRACKER_NAME, CheckpointError, CheckpointStore, WriterFencedError
-from loka_trainer.storage import (
+from loka_api.storage import (
     ConditionalWritesUnsupportedError,
     ObjectStore,
     PreconditionFailedError,
     S3Uri,
     TransferCancelledError,
 )
+from loka_trainer.checkpoints import VERL_TRACKER_NAME, CheckpointStore, WriterFencedError
 from tests.trainer.conftest import wait_for, write_verl_checkpoint
 
 FIRST = Writer(1, "run-a1b2c")
@@ -129,7 +130,7 @@ def test_upload_killed_midway_is_never_picked_for_resume(
         "from pathlib import Path\n"
         "from loka_api.manifest import Writer\n"
         "from loka_trainer.checkpoints import CheckpointStore\n"
-        "from loka_trainer.storage import ObjectStore, S3Uri\n"
+        "from loka_api.storage import ObjectStore, S3Uri\n"
         "writer = Writer.from_env(sys.argv[3])\n"
         "store = CheckpointStore(ObjectStore(concurrency=2), S3Uri.parse(sys.argv[1]), keep=3, writer=writer)\n"
         "store.upload(100, Path(sys.argv[2]))\n"

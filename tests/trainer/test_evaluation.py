@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 
+from loka_trainer.storage import S3Uri
+
 from localcluster.judge_server import JudgeServer, judge_score
 from loka_trainer.evaluation import PREFERENCES_FILE, SCORES_FILE, SUMMARY_FILE, Evaluation, EvaluationPlan
 from loka_trainer.rewards.judge import JudgeConfig
-from loka_trainer.storage import S3Uri
 from tests.trainer.conftest import RUN_TIMEOUT_S, TrainerCase, create_run, read_run, run_spec, start_trainer
 
 

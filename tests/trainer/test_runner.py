@@ -12,10 +12,10 @@ from typing import Any
 from loka_api import TrainingRun, TrainingRunSpec
 from loka_api.dataset import build_dataset
 from loka_api.manifest import Writer
+from loka_api.storage import ObjectStore, S3Uri
 from loka_trainer.checkpoints import CheckpointStore
 from loka_trainer.engines import EngineJob
 from loka_trainer.runner import EXIT_FAILED, EXIT_OK, EXIT_TERMINATED, Runner, StopSignal
-from loka_trainer.storage import ObjectStore, S3Uri
 from loka_trainer.tiny import write_tasks
 from tests.trainer.conftest import write_verl_checkpoint
 

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from loka_api.manifest import Writer
+from loka_api.storage import ObjectStore, S3Uri
 from loka_trainer.checkpoints import CheckpointStore
 from loka_trainer.sft_data import demonstrations_to_conversations, read_conversations
 from loka_trainer.source_model import SourceModelError, stage_checkpoint_as_model
-from loka_trainer.storage import ObjectStore, S3Uri
 from loka_trainer.tiny import write_sft_demonstrations
 from tests.lineage_probe import response_logprob
 from tests.trainer.conftest import (

@@ -14,7 +14,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from localcluster.controlplane import wait_until
-from loka_trainer.checkpoints import CheckpointRecord
+from loka_api.checkpoints import CheckpointRecord
 from loka_trainer.run_client import RunClient, RunIdentity, api_client
 from loka_trainer.status_reporter import StatusReporter
 from loka_trainer.step_metrics import StepMetrics

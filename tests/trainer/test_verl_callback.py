@@ -17,10 +17,10 @@ import pytest
 
 from loka_api.contract import MANIFEST_NAME
 from loka_api.manifest import Writer
+from loka_api.storage import MiB, ObjectStore, S3Uri
 from loka_trainer.checkpoints import CheckpointStore, WriterFencedError
 from loka_trainer.nodes import on_nodes, ray_node_ids, stage_on_node
 from loka_trainer.stop_handshake import StopHandshake
-from loka_trainer.storage import MiB, ObjectStore, S3Uri
 from tests.trainer.conftest import wait_for, write_verl_checkpoint
 
 

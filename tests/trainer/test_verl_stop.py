@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from loka_api.dataset import build_dataset
+from loka_api.storage import ObjectStore, S3Uri
 from loka_trainer.checkpoints import CheckpointStore
-from loka_trainer.storage import ObjectStore, S3Uri
 from loka_trainer.tiny import write_tasks
 from tests.trainer.conftest import REPO_ROOT, create_run, per_run_kubeconfig, read_run, wait_for
 

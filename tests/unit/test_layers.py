@@ -56,10 +56,10 @@ def test_the_repository_keeps_the_import_contracts() -> None:
     ("module", "wrong_import", "contract"),
     [
         ("trainer-image/loka_trainer/runner.py", "import loka_operator.naming", "never import each other"),
-        ("operator/loka_operator/validation.py", "import loka_trainer.storage", "never import each other"),
+        ("operator/loka_operator/validation.py", "import loka_trainer.staging", "never import each other"),
         ("api/loka_api/models.py", "import loka_operator.naming", "core imports neither"),
         ("cli/loka_cli/runs.py", "import loka_operator.naming", "command line stands on the client and the core only"),
-        ("client/loka_client/__init__.py", "import loka_trainer.storage", "client library stands on the core only"),
+        ("client/loka_client/__init__.py", "import loka_trainer.staging", "client library stands on the core only"),
         ("operator/loka_operator/reconcile.py", "import loka_cli.views", "nothing in the images imports"),
         ("trainer-image/loka_trainer/runner.py", "import loka_client", "nothing in the images imports"),
     ],

@@ -13,51 +13,40 @@ deletes. An older attempt still uploading through its grace period can therefore
 prune what the newer one restores: its next write fails with ``WriterFencedError``.
 
 A ``CheckpointStore`` without a writer reads only (an explicit ``checkpoints.resume`` from another run, status).
+Reading is the core's ``loka_api.checkpoints.CheckpointIndex`` (the client library reads through it too); this
+module adds the writer, pruning and verl's resume files.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import shutil
 import threading
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from loka_api.contract import (
-    MANIFEST_NAME,
-    MARKER_NAME,
-    STEP_FOLDER,
-    STEP_FOLDER_PREFIX,
-    run_checkpoint_prefix,
-    step_folder,
+from loka_api.checkpoints import (
+    CheckpointError,
+    CheckpointIndex,
+    CheckpointRecord,
+    MarkerState,
+    files_for_ranks,
+    marker_body,
 )
+from loka_api.contract import MANIFEST_NAME, STEP_FOLDER, step_folder
 from loka_api.manifest import CheckpointManifest, ManifestFile, Writer
-from loka_trainer.storage import (
-    ObjectMissingError,
-    ObjectStore,
-    PreconditionFailedError,
-    S3Uri,
-    TransferCancelledError,
-)
+from loka_api.storage import ObjectStore, PreconditionFailedError, S3Uri, TransferCancelledError
 
 log = logging.getLogger(__name__)
 
 # verl's resume_mode=auto reads this file under trainer.default_local_dir.
 VERL_TRACKER_NAME = "latest_checkpointed_iteration.txt"
-# verl's FSDP checkpoint manager names each rank's shards <kind>_world_size_<W>_rank_<R>.pt; only rank R loads them.
-RANK_SHARD = re.compile(r"_world_size_(\d+)_rank_(\d+)\.pt$")
 # A conditional marker write that loses a race is read and tried again; a writer that keeps losing is not alone.
 _MARKER_TRIES = 5
 # The prefixes whose store this process found to honour conditional writes (probed once per prefix).
 _PROBED: set[tuple[str, str]] = set()
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete or does not match its manifest."""
 
 
 class WriterFencedError(RuntimeError):
@@ -66,28 +55,6 @@ class WriterFencedError(RuntimeError):
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-@dataclass(frozen=True)
-class CheckpointRecord:
-    """What status.checkpoint shows: the step, where it is, and when it became complete."""
-
-    step: int
-    uri: str
-    time: str
-
-
-@dataclass(frozen=True)
-class MarkerState:
-    """The marker as read: the checkpoint it names (None before the first), who holds it, and its version."""
-
-    record: CheckpointRecord | None
-    writer: Writer | None
-    etag: str | None  # None: there is no marker
-
-    @property
-    def step(self) -> int | None:
-        return None if self.record is None else self.record.step
 
 
 @dataclass(frozen=True)
@@ -116,21 +83,6 @@ def merge_node_files(per_node: list[tuple[ManifestFile, ...]]) -> tuple[Manifest
     return tuple(merged[path] for path in sorted(merged))
 
 
-def shard_rank(path: str) -> int | None:
-    """The rank whose shard ``path`` is (verl's FSDP naming), or None for a file every rank may read."""
-    match = RANK_SHARD.search(path)
-    return None if match is None else int(match.group(2))
-
-
-def files_for_ranks(files: Iterable[ManifestFile], ranks: Collection[int] | None) -> list[ManifestFile]:
-    """The files a node needs when its processes are ``ranks``: every shared file and those ranks' shards
-    (None: every file, for engines that load the whole checkpoint in one process).
-    """
-    if ranks is None:
-        return list(files)
-    return [f for f in files if (rank := shard_rank(f.path)) is None or rank in ranks]
-
-
 def drop_older_local_checkpoints(checkpoint_root: Path, step: int) -> list[int]:
     """Delete every local ``global_step_M`` with M < ``step`` under ``checkpoint_root``: they are in S3, and one
     local copy is all a node needs (verl rotates only rank 0's node's copies).
@@ -154,8 +106,8 @@ def _local_files(folder: Path) -> list[Path]:
     return files
 
 
-class CheckpointStore:
-    """The checkpoints of one run (one uid) under its S3 prefix.
+class CheckpointStore(CheckpointIndex[ObjectStore]):
+    """The checkpoints of one run (one uid) under its S3 prefix, read through the core's index.
 
     Writing (``claim``, ``upload``/``begin``/``upload_folder``/``commit``, ``prune``) needs a ``writer``; reading
     (``marker``, ``manifest``, ``complete_steps``, ``restore``, ``restore_latest``) does not.
@@ -173,8 +125,7 @@ class CheckpointStore:
         if keep < 1:
             msg = f"checkpoints.keep must be at least 1, got {keep}"
             raise ValueError(msg)
-        self.store = store
-        self.prefix = prefix
+        super().__init__(store, prefix)
         self.keep = keep
         self.writer = writer
         self.run_uid = run_uid
@@ -191,26 +142,14 @@ class CheckpointStore:
         keep: int,
         writer: Writer | None = None,
     ) -> CheckpointStore:
-        prefix = S3Uri.parse(run_checkpoint_prefix(checkpoints_uri, namespace, run_name, uid))
+        prefix = cls.run_prefix(checkpoints_uri, namespace=namespace, run_name=run_name, uid=uid)
         return cls(store, prefix, keep=keep, writer=writer, run_uid=uid)
 
     @classmethod
     def for_checkpoint_uri(cls, store: ObjectStore, uri: str) -> tuple[CheckpointStore, int]:
         """The (read-only) store holding an explicit ``s3://…/global_step_N`` (``checkpoints.resume``), its step."""
-        parsed = S3Uri.parse(uri.rstrip("/"))
-        match = STEP_FOLDER.match(parsed.name)
-        if match is None:
-            msg = f"checkpoints.resume: expected auto, never or s3://…/{STEP_FOLDER_PREFIX}<N>, got {uri!r}"
-            raise ValueError(msg)
-        parent = S3Uri(parsed.bucket, parsed.key.rpartition("/")[0])
-        return cls(store, parent, keep=1), int(match.group(1))
-
-    def step_uri(self, step: int) -> S3Uri:
-        return self.prefix.join(step_folder(step))
-
-    @property
-    def marker_uri(self) -> S3Uri:
-        return self.prefix.join(MARKER_NAME)
+        parent, step = cls.split_checkpoint_uri(uri)
+        return cls(store, parent, keep=1), step
 
     # -- who writes ----------------------------------------------------------------------------
 
@@ -221,15 +160,9 @@ class CheckpointStore:
         return self.writer
 
     def _put_marker(self, state: MarkerState, record: CheckpointRecord | None, writer: Writer) -> None:
-        body = {
-            "step": None if record is None else record.step,
-            "uri": None if record is None else record.uri,
-            "time": None if record is None else record.time,
-            "writer": writer.to_json(),
-        }
         self.store.put_bytes(
             self.marker_uri,
-            json.dumps(body).encode(),
+            marker_body(record, writer),
             content_type="application/json",
             if_match=state.etag,
             if_absent=state.etag is None,
@@ -364,49 +297,7 @@ class CheckpointStore:
             log.info("pruned checkpoint steps %s (keep=%d)", removed, self.keep)
         return removed
 
-    # -- reading -------------------------------------------------------------------------------
-
-    def all_steps(self) -> list[int]:
-        """Every ``global_step_N`` folder under the prefix, complete or not, oldest first."""
-        steps = [int(m.group(1)) for name in self.store.list_folders(self.prefix) if (m := STEP_FOLDER.match(name))]
-        return sorted(steps)
-
-    def manifest(self, step: int) -> CheckpointManifest | None:
-        raw = self.store.get_bytes(self.step_uri(step).join(MANIFEST_NAME))
-        return None if raw is None else CheckpointManifest.from_json(raw)
-
-    def complete_steps(self) -> list[int]:
-        return [step for step in self.all_steps() if self.store.exists(self.step_uri(step).join(MANIFEST_NAME))]
-
-    def marker_state(self) -> MarkerState:
-        """The marker with its version; an unreadable one counts as held by nobody and naming no checkpoint."""
-        versioned = self.store.get_versioned(self.marker_uri)
-        if versioned is None:
-            return MarkerState(None, None, None)
-        try:
-            body = json.loads(versioned.data)
-            record = None
-            if body.get("step") is not None:
-                record = CheckpointRecord(step=int(body["step"]), uri=str(body["uri"]), time=str(body["time"]))
-            return MarkerState(record, Writer.from_json(body.get("writer")), versioned.etag)
-        except (ValueError, KeyError, TypeError, AttributeError):
-            log.warning("ignoring unreadable marker %s", self.marker_uri)
-            return MarkerState(None, None, versioned.etag)
-
-    def marker(self) -> CheckpointRecord | None:
-        """The checkpoint the marker names, or None when there is no (readable) marker or no checkpoint yet."""
-        return self.marker_state().record
-
-    def marker_step(self) -> int | None:
-        return self.marker_state().step
-
-    def latest_complete(self) -> int | None:
-        """The marker's step when it is complete, else the newest complete step, else None."""
-        marker = self.marker_step()
-        if marker is not None and self.manifest(marker) is not None:
-            return marker
-        complete = self.complete_steps()
-        return complete[-1] if complete else None
+    # -- reading (the index's), and restoring for verl ----------------------------------------
 
     def restore(
         self,
@@ -435,35 +326,14 @@ class CheckpointStore:
         cancel: threading.Event | None = None,
         only: Callable[[str], bool] | None = None,
     ) -> tuple[Path, CheckpointManifest]:
-        manifest = self.manifest(step)
-        source = self.step_uri(step)
-        if manifest is None:
-            msg = f"checkpoint {source} is incomplete: it has no {MANIFEST_NAME}"
-            raise CheckpointError(msg)
         target = local_root / step_folder(step)
+        manifest = self.fetch(step, target, ranks=ranks, cancel=cancel, only=only)
         wanted = [f for f in files_for_ranks(manifest.files, ranks) if only is None or only(f.path)]
-        pairs = [(source.join(f.path), target / f.path) for f in wanted]
-        for _, path in pairs:
-            if not path.resolve().is_relative_to(target.resolve()):
-                msg = f"manifest of {source} names a path outside the checkpoint: {path}"
-                raise CheckpointError(msg)
-        try:
-            received = self.store.download_files(pairs, cancel=cancel)
-        except ObjectMissingError as error:
-            msg = f"checkpoint {source} lost a file since its manifest was written: {error}"
-            raise CheckpointError(msg) from error
-        for expected, got in zip(wanted, received, strict=True):
-            if got.size != expected.size or got.sha256 != expected.sha256:
-                msg = (
-                    f"checkpoint {source}: {expected.path} does not match its manifest "
-                    f"(size {got.size} vs {expected.size}, sha256 {got.sha256[:12]}… vs {expected.sha256[:12]}…)"
-                )
-                raise CheckpointError(msg)
         (local_root / VERL_TRACKER_NAME).write_text(str(step))
         log.info(
             "restored checkpoint step %d from %s (%d of %d files, %d bytes)",
             step,
-            source,
+            self.step_uri(step),
             len(wanted),
             len(manifest.files),
             sum(f.size for f in wanted),

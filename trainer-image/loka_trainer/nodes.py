@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from loka_api.manifest import ManifestFile, Writer
+from loka_api.storage import ObjectStore, S3Uri
 from loka_trainer.checkpoints import CheckpointStore, drop_older_local_checkpoints
-from loka_trainer.storage import ObjectStore, S3Uri
 
 UPLOAD_SNAPSHOT_FOLDER = ".loka-upload"  # beside verl's global_step_N folders: what a background upload reads
 

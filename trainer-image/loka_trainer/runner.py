@@ -21,9 +21,11 @@ import yaml
 from pydantic import ValidationError
 
 from loka_api import TrainingRun
+from loka_api.checkpoints import CheckpointError, CheckpointRecord
 from loka_api.contract import ENV_WANDB_KEY, ENV_WORK_DIR, rollouts_prefix, save_window_s, step_folder
 from loka_api.manifest import Writer
-from loka_trainer.checkpoints import CheckpointError, CheckpointRecord, CheckpointStore, WriterFencedError
+from loka_api.storage import ObjectMissingError, ObjectStore, TransferCancelledError
+from loka_trainer.checkpoints import CheckpointStore, WriterFencedError
 from loka_trainer.engines import Engine, EngineJob, ResumePoint, SaveOnStop, engine_for
 from loka_trainer.nodes import FileOnAnyNode, connected_to_ray
 from loka_trainer.settings import redact, wandb_mode
@@ -32,7 +34,6 @@ from loka_trainer.staging import HF_SCHEME, StagedInputs, parquet_rows, stage_in
 from loka_trainer.status_reporter import StatusPatcher, StatusReporter
 from loka_trainer.step_metrics import MetricsFollower
 from loka_trainer.stop_handshake import StopHandshake
-from loka_trainer.storage import ObjectMissingError, ObjectStore, TransferCancelledError
 
 log = logging.getLogger(__name__)
 

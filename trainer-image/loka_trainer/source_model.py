@@ -23,8 +23,8 @@ import threading
 from pathlib import Path
 
 from loka_api.recipes import recipes
+from loka_api.storage import ObjectStore
 from loka_trainer.checkpoints import CheckpointStore
-from loka_trainer.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 

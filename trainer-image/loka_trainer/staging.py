@@ -19,10 +19,10 @@ from pathlib import Path
 from loka_api import TrainingRunSpec
 from loka_api.contract import BUILTIN_DATASETS, BUILTIN_MODELS, BUILTIN_SCHEME
 from loka_api.recipes import DataFormat, recipe_for
+from loka_api.storage import ObjectMissingError, ObjectStore, S3Uri
 from loka_trainer.preferences import read_pairs, write_pairs_parquet
 from loka_trainer.sft_data import check_conversations, demonstrations_to_conversations
 from loka_trainer.source_model import stage_checkpoint_as_model
-from loka_trainer.storage import ObjectMissingError, ObjectStore, S3Uri
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from loka_trainer.checkpoints import CheckpointRecord
+from loka_api.checkpoints import CheckpointRecord
 from loka_trainer.step_metrics import StepMetrics
 
 log = logging.getLogger(__name__)

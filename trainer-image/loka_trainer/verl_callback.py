@@ -31,8 +31,10 @@ from typing import Any
 
 from verl.trainer.ppo.checkpoint_callback import CheckpointCallback
 
+from loka_api.checkpoints import CheckpointRecord
 from loka_api.contract import ENV_STOP_HANDSHAKE
-from loka_trainer.checkpoints import CheckpointRecord, CheckpointStore, merge_node_files
+from loka_api.storage import ObjectStore, S3Uri
+from loka_trainer.checkpoints import CheckpointStore, merge_node_files
 from loka_trainer.nodes import (
     UPLOAD_SNAPSHOT_FOLDER,
     link_checkpoint_on_node,
@@ -42,7 +44,6 @@ from loka_trainer.nodes import (
 )
 from loka_trainer.settings import CallbackSettings
 from loka_trainer.stop_handshake import StopHandshake
-from loka_trainer.storage import ObjectStore, S3Uri
 
 log = logging.getLogger(__name__)
 

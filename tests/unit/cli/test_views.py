@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from loka_cli.views import describe_line, live_view
+from loka_cli.views import live_view
+from loka_client.describe import describe_line
 
 SFT: dict[str, Any] = {
     "metadata": {"name": "toy-sft", "namespace": "loka"},

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from loka_api import TrainingRunSpec
+from loka_api.storage import ObjectStore
 from loka_trainer.staging import parquet_rows, stage_inputs
-from loka_trainer.storage import ObjectStore
 
 # Nothing listens on port 9: any S3 call would fail, so staging that succeeds proves nothing was fetched.
 NO_S3 = ObjectStore(endpoint_url="http://127.0.0.1:9")

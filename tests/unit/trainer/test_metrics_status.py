@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from loka_trainer.checkpoints import CheckpointRecord
+from loka_api.checkpoints import CheckpointRecord
 from loka_trainer.status_reporter import StatusReporter
 from loka_trainer.step_metrics import MetricsFollower, MetricsWriter, StepMetrics, parse_line
 

@@ -15,12 +15,12 @@ from loka_api.manifest import Writer
 from loka_api.recipes.base import LOKA_RUNTIME_ENV
 from loka_api.recipes.grpo import ENTRYPOINT as VERL_DRIVER
 from loka_api.render import compose_verl_config
+from loka_api.storage import ObjectStore, S3Uri
 from loka_trainer.checkpoints import CheckpointStore
 from loka_trainer.cli import EXIT_BAD_INPUT, EXIT_OK, main
 from loka_trainer.engines import EngineJob, ResumePoint
 from loka_trainer.engines.verl import actor_environment, command
 from loka_trainer.staging import StagedInputs
-from loka_trainer.storage import ObjectStore, S3Uri
 
 MANIFEST: dict[str, Any] = {
     "apiVersion": "loka.dev/v1alpha1",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from loka_api.storage import ObjectStore, S3Uri
 from loka_trainer.checkpoints import CheckpointStore
-from loka_trainer.storage import ObjectStore, S3Uri
 
 # Nothing listens there: these tests only compute locations.
 NOWHERE = ObjectStore(endpoint_url="http://127.0.0.1:9")
@@ -55,8 +55,9 @@ def test_node_manifests_merge_into_one_listing_every_shard_once() -> None:
 
 
 def test_the_same_file_with_different_bytes_on_two_nodes_is_a_torn_checkpoint() -> None:
+    from loka_api.checkpoints import CheckpointError
     from loka_api.manifest import ManifestFile
-    from loka_trainer.checkpoints import CheckpointError, merge_node_files
+    from loka_trainer.checkpoints import merge_node_files
 
     with pytest.raises(CheckpointError, match=r"data\.pt differs between nodes"):
         merge_node_files([(ManifestFile("data.pt", 10, "a" * 64),), (ManifestFile("data.pt", 10, "f" * 64),)])
@@ -81,8 +82,8 @@ def test_a_store_without_a_writer_reads_only() -> None:
 
 
 def test_a_node_needs_the_shared_files_and_only_its_own_ranks_shards() -> None:
+    from loka_api.checkpoints import files_for_ranks
     from loka_api.manifest import ManifestFile
-    from loka_trainer.checkpoints import files_for_ranks
 
     names = [
         "data.pt",

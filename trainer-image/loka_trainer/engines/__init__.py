@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Protocol
 
 from loka_api import TrainingRunSpec
-from loka_trainer.checkpoints import CheckpointRecord, CheckpointStore
+from loka_api.checkpoints import CheckpointRecord
+from loka_trainer.checkpoints import CheckpointStore
 from loka_trainer.staging import StagedInputs
 from loka_trainer.stop_handshake import StopHandshake
 

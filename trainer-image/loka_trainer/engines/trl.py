@@ -24,6 +24,7 @@ from loka_api import TrainingRunSpec
 from loka_api.contract import ENV_WANDB_MODE
 from loka_api.recipes import Recipe, recipe_for
 from loka_api.recipes.sft import max_length, messages_column
+from loka_api.storage import TransferCancelledError
 from loka_trainer import step_metrics as names
 from loka_trainer.checkpoints import VERL_TRACKER_NAME, drop_older_local_checkpoints
 from loka_trainer.engines import EngineJob
@@ -32,7 +33,6 @@ from loka_trainer.reward_metrics import as_reward_row, reward_step_metrics
 from loka_trainer.rollouts import ROLLOUTS_STEP, RolloutRecorder, Trajectory, conversation, recorder_for
 from loka_trainer.sft_data import read_conversations
 from loka_trainer.step_metrics import MetricsWriter
-from loka_trainer.storage import TransferCancelledError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,12 @@
-"""The one S3 client wrapper of the trainer: URIs, parallel transfers, small objects, listing and deletion.
+"""The one S3 client wrapper: URIs, parallel transfers, small objects, listing and deletion.
+
+The trainer stages, uploads and restores through it; the client library lists and downloads checkpoints through
+it; the checkpoint reader (``loka_api.checkpoints``) is handed one. It needs boto3, which the trainer and cli
+extras install; the operator never imports it.
 
 Credentials and endpoint come from the standard AWS variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
-``AWS_SECRET_ACCESS_KEY``), which the operator injects by ``secretKeyRef``; nothing here logs them.
+``AWS_SECRET_ACCESS_KEY``), which the operator injects by ``secretKeyRef``, or from ``settings`` (a researcher's
+``.env``); nothing here logs them.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -23,7 +28,7 @@ from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from loka_api.contract import ENV_AWS_ENDPOINT
+from loka_api.contract import ENV_AWS_ENDPOINT, ENV_AWS_KEY_ID, ENV_AWS_SECRET, ENV_AWS_SESSION_TOKEN
 from loka_api.manifest import sha256_file
 
 MiB = 1024 * 1024
@@ -207,14 +212,29 @@ class ObjectStore:
         client: Any | None = None,
         *,
         endpoint_url: str | None = None,
+        settings: Mapping[str, str] | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ) -> None:
+        """``settings``: the AWS variables to use (a ``.env`` file's, say) instead of this process's environment;
+        ``endpoint_url`` wins over either's ``AWS_ENDPOINT_URL``.
+        """
         self.concurrency = concurrency
         self.chunk_bytes = chunk_bytes
+        source = os.environ if settings is None else settings
+        self.endpoint: str | None = endpoint_url or source.get(ENV_AWS_ENDPOINT) or None
+        credentials: dict[str, Any] = {}
+        if settings is not None:  # else boto3's own chain: the environment, then its config files and roles
+            credentials = {
+                "aws_access_key_id": settings.get(ENV_AWS_KEY_ID) or None,
+                "aws_secret_access_key": settings.get(ENV_AWS_SECRET) or None,
+                "aws_session_token": settings.get(ENV_AWS_SESSION_TOKEN) or None,
+                "region_name": settings.get("AWS_DEFAULT_REGION") or settings.get("AWS_REGION") or "us-east-1",
+            }
         self.client: Any = client or boto3.client(
             "s3",
-            endpoint_url=endpoint_url or os.environ.get(ENV_AWS_ENDPOINT) or None,
+            endpoint_url=self.endpoint,
+            **credentials,
             # The pool must be as wide as the transfer concurrency or threads queue for connections.
             config=Config(
                 max_pool_connections=concurrency + 4,
