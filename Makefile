@@ -54,7 +54,7 @@ lint: venv lint-workflows chart-lint lint-dockerfile lint-imports ## ruff (lint 
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy $(PACKAGES) localcluster tests bench
 
-lint-imports: venv ## Check the package layers: operator -> core (loka_api) <- trainer, never operator <-> trainer
+lint-imports: venv ## Check the package layers: operator -> core (loka_api) <- trainer; cli -> client (loka_client) -> core; images never import client or cli
 	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: venv ## mypy only

@@ -5,10 +5,13 @@
 - `loka_api.recipes`: one module per algorithm family (grpo, sft) and the registry keyed by `spec.algorithm`;
 - `loka_api.render`: the one renderer of verl arguments, and the check that composes them against verl's config;
 - `loka_api.contract`: env names, the S3 layout of checkpoints, who writes which status field;
-- `loka_api.dataset`: the one builder of verl RL parquet from task files (pyarrow imported only when used).
+- `loka_api.dataset`: the one builder of verl RL parquet from task files (pyarrow imported only when used);
+- `loka_api.phases`: what each phase means (terminal, active, ArgoCD's health); `loka_api.kueue`: Workloads read once;
+- `loka_api.kinds`: every Kubernetes kind by group, version and plural;
+- `loka_api.storage`: the one S3 wrapper; `loka_api.checkpoints`: the one reader of a run's checkpoints in S3.
 
 It imports neither `loka_operator` nor `loka_trainer` (`make lint` enforces it), and needs only pydantic
-(plus hydra-core for composition).
+(plus hydra-core for composition, and boto3 for `storage` and `checkpoints`, which the operator never imports).
 """
 
 from loka_api.models import (

@@ -10,10 +10,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from localcluster.controlplane import LocalCluster
+from localcluster.controlplane import S3_BUCKET, LocalCluster
 from localcluster.operator_process import OperatorProcess
 from loka_api import RunPhase
-from loka_client import Client, ClusterError, InvalidRunError, RunFailedError, RunNotFoundError, WaitTimeoutError
+from loka_client import (
+    CheckpointNotFoundError,
+    Client,
+    ClusterError,
+    InvalidInputError,
+    InvalidRunError,
+    RunFailedError,
+    RunNotFoundError,
+    StorageError,
+    WaitTimeoutError,
+)
 from tests.operator.conftest import drive_rayjob, run_manifest, wait_phase
 from tests.operator.kube import Kube
 
@@ -118,3 +128,44 @@ def test_an_unreachable_api_server_is_a_cluster_error_naming_it(cluster: LocalCl
     unreachable.write_text(yaml.safe_dump(config))
     with pytest.raises(ClusterError, match=r"cannot reach the API server at https://127.0.0.1:1"):
         Client("default", kubeconfig=unreachable).list()
+
+
+def test_checkpoints_are_read_through_the_core_reader_and_downloads_are_verified(
+    cluster: LocalCluster, kube: Kube, ns: str, tmp_path: Path
+) -> None:
+    from loka_api.manifest import Writer
+    from loka_api.storage import ObjectStore
+    from loka_trainer.checkpoints import CheckpointStore
+
+    uri = f"s3://{S3_BUCKET}/client-ckpt-{ns}/"
+    created = kube.create_run(run_manifest("saved", ns, checkpoints={"uri": uri, "every": 1, "keep": 3}))
+    writer = CheckpointStore.for_run(ObjectStore(settings=cluster.env), uri, namespace=ns, run_name="saved",
+                                     uid=created["metadata"]["uid"], keep=3, writer=Writer(1, "t"))  # fmt: skip
+    writer.claim()
+    folder = tmp_path / "step"
+    (folder / "actor").mkdir(parents=True)
+    (folder / "actor" / "model.bin").write_bytes(b"w" * 5000)
+    writer.upload(7, folder)  # as the trainer writes it
+
+    client = Client(ns, kubeconfig=cluster.kubeconfig, s3_settings=cluster.env)
+    [checkpoint] = client.checkpoints("saved")
+    assert (checkpoint.step, checkpoint.files, checkpoint.bytes, checkpoint.latest) == (7, 1, 5000, True)
+    got = client.download("saved", 7, tmp_path / "weights")
+    assert got.path == tmp_path / "weights" / "global_step_7" and (got.files, got.bytes) == (1, 5000)
+    assert (got.path / "actor" / "model.bin").read_bytes() == b"w" * 5000
+    with pytest.raises(InvalidInputError, match="already exists"):
+        client.download("saved", 7, tmp_path / "weights")
+    with pytest.raises(CheckpointNotFoundError, match="no complete checkpoint at step 8") as caught:
+        client.download("saved", 8, tmp_path / "w8")
+    assert caught.value.hint == "complete steps: 7"
+
+    unsaved = run_manifest("unsaved", ns)
+    del unsaved["spec"]["checkpoints"]
+    kube.create_run(unsaved)
+    with pytest.raises(CheckpointNotFoundError, match=r"unsaved saves no checkpoints \(spec.checkpoints is not set\)"):
+        client.checkpoints("unsaved")
+    unreachable = Client(
+        ns, kubeconfig=cluster.kubeconfig, s3_settings={**cluster.env, "AWS_ENDPOINT_URL": "http://127.0.0.1:1"}
+    )
+    with pytest.raises(StorageError, match=r"cannot reach S3 at http://127.0.0.1:1"):
+        unreachable.checkpoints("saved")
