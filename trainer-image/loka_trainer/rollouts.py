@@ -25,8 +25,8 @@ from typing import Any
 
 from loka_api import RolloutsSpec
 from loka_api.contract import rollout_file, rollouts_prefix
+from loka_api.storage import ObjectStore, S3Uri
 from loka_trainer.step_metrics import ROLLOUTS_STEP
-from loka_trainer.storage import ObjectStore, S3Uri
 
 __all__ = ["ROLLOUTS_STEP", "RolloutRecorder", "Trajectory", "conversation", "read_rollouts", "recorder_for"]
 

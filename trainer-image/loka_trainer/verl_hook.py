@@ -79,7 +79,7 @@ def recorder_from_env(store: Any = None) -> RolloutRecorder | None:
     spec, prefix = os.environ.get(ENV_ROLLOUTS), os.environ.get(ENV_CHECKPOINT_PREFIX)
     if not spec or not prefix:
         return None
-    from loka_trainer.storage import ObjectStore
+    from loka_api.storage import ObjectStore
 
     return RolloutRecorder(
         RolloutsSpec.model_validate_json(spec),
