@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from localcluster.build import GoEnv, bin_dir, is_built
 from localcluster.faults import AuditLog
 from localcluster.pki import Pki
 from localcluster.versions import cache_root, load_versions
+from loka_client.localhost import port_free
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCALHOST = "127.0.0.1"
@@ -190,9 +190,9 @@ class Component:
         for port in self.ports:
             # A process stopped a moment ago (or its children) may still be letting go of the port.
             deadline = time.monotonic() + self.port_grace
-            while not _port_free(port) and time.monotonic() < deadline:
+            while not port_free(LOCALHOST, port) and time.monotonic() < deadline:
                 time.sleep(0.5)
-            if not _port_free(port):
+            if not port_free(LOCALHOST, port):
                 raise ClusterError(
                     f"{self.name} cannot start: port {port} on {LOCALHOST} is taken by another process "
                     "(another Loka cluster from a different checkout? run `make cluster-down` there)"
@@ -265,17 +265,6 @@ def http_ok(url: str, *, context: ssl.SSLContext | None = None, token: str | Non
             return bool(response.status == 200 and (not body or body in response.read()))
     except (urllib.error.URLError, ConnectionError, TimeoutError, ssl.SSLError):
         return False
-
-
-def _port_free(port: int) -> bool:
-    """No one listens there. SO_REUSEADDR, as servers set it: TIME_WAIT leftovers of a stopped one don't count."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((LOCALHOST, port))
-        except OSError:
-            return False
-    return True
 
 
 def _insecure() -> ssl.SSLContext:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from loka_api import kinds
 from loka_api.phases import TERMINAL
 from loka_cli.errors import EXIT_FAILED, EXIT_OK, CliError, not_found, usage
 from loka_client import Client
+from loka_client.localhost import port_free
 
 JSON = dict[str, Any]
 DASHBOARD_PORT = 8265
@@ -290,16 +290,6 @@ def _pod_logs(
     return EXIT_OK
 
 
-def _port_free(address: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((address, port))
-        except OSError:
-            return False
-    return True
-
-
 def dashboard(client: Client, name: str, *, port: int, address: str, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     run = client.get(name).manifest
@@ -318,7 +308,7 @@ def dashboard(client: Client, name: str, *, port: int, address: str, out: TextIO
         f"reading Service {service}", client.connection.core.read_namespaced_service, service, client.namespace
     )
     remote = next((p.port for p in svc.spec.ports or [] if p.name == "dashboard"), DASHBOARD_PORT)
-    if not _port_free(address, port):
+    if not port_free(address, port):
         raise usage(f"--port: {address}:{port} is already in use on this machine", "pass another one, e.g. --port 8266")
     kubectl = shutil.which("kubectl")
     if kubectl is None:
