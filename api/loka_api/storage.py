@@ -222,7 +222,7 @@ class ObjectStore:
         self.concurrency = concurrency
         self.chunk_bytes = chunk_bytes
         source = os.environ if settings is None else settings
-        self.endpoint: str | None = endpoint_url or source.get(ENV_AWS_ENDPOINT) or None
+        endpoint = endpoint_url or source.get(ENV_AWS_ENDPOINT) or None
         credentials: dict[str, Any] = {}
         if settings is not None:  # else boto3's own chain: the environment, then its config files and roles
             credentials = {
@@ -233,7 +233,7 @@ class ObjectStore:
             }
         self.client: Any = client or boto3.client(
             "s3",
-            endpoint_url=self.endpoint,
+            endpoint_url=endpoint,
             **credentials,
             # The pool must be as wide as the transfer concurrency or threads queue for connections.
             config=Config(

@@ -42,7 +42,7 @@ def talking_to_s3(store: ObjectStore, what: str, action: Callable[[], T]) -> T:
 def storage_error(store: ObjectStore, error: Exception, what: str) -> StorageError:
     from botocore.exceptions import ClientError
 
-    where = store.endpoint or "AWS S3"
+    where = store.endpoint
     if isinstance(error, ClientError):
         code = error.response.get("Error", {}).get("Code", "")
         if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import json
 
-from loka_trainer.storage import S3Uri
-
 from localcluster.judge_server import JudgeServer, judge_score
+from loka_api.storage import S3Uri
 from loka_trainer.evaluation import PREFERENCES_FILE, SCORES_FILE, SUMMARY_FILE, Evaluation, EvaluationPlan
 from loka_trainer.rewards.judge import JudgeConfig
 from tests.trainer.conftest import RUN_TIMEOUT_S, TrainerCase, create_run, read_run, run_spec, start_trainer

@@ -21,9 +21,9 @@ from loka_api.contract import (
     judge_api_key_env,
 )
 from loka_api.evaluation import Evaluation, JudgeSpec, parse_steps
+from loka_api.storage import S3Uri
 from loka_trainer.evaluation import PREFERENCES_FILE, SCORES_FILE, EvaluationPlan, EvaluationSummary
 from loka_trainer.rewards.judge import JudgeConfig
-from loka_trainer.storage import S3Uri
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +103,9 @@ def evaluate_from_environment(*, kubeconfig: str | None = None) -> int:
     from kubernetes import client
 
     from loka_api.kinds import EVALUATION
+    from loka_api.storage import ObjectStore
     from loka_trainer.evaluation import Evaluation as Evaluator
     from loka_trainer.run_client import api_client
-    from loka_trainer.storage import ObjectStore
 
     name, namespace = os.environ.get(ENV_EVALUATION_NAME), os.environ.get(ENV_EVALUATION_NAMESPACE)
     if not name or not namespace:

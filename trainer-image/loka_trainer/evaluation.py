@@ -26,8 +26,8 @@ from itertools import combinations
 from typing import Any, Literal
 
 from loka_api.contract import ROLLOUT_FILE, ROLLOUT_STEPS_ALL, ROLLOUT_STEPS_LATEST
+from loka_api.storage import ObjectStore, S3Uri
 from loka_trainer.rewards.judge import JudgeClient, JudgeConfig, Verdict
-from loka_trainer.storage import ObjectStore, S3Uri
 
 log = logging.getLogger(__name__)
 

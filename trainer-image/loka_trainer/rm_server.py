@@ -88,7 +88,7 @@ def app(model: RewardModel) -> web.Application:
 def stage(uri: str, work: Path) -> Path:
     if not uri.startswith("s3://"):
         return Path(uri)
-    from loka_trainer.storage import ObjectStore, S3Uri
+    from loka_api.storage import ObjectStore, S3Uri
 
     dest = work / "model"
     ObjectStore().download_prefix(S3Uri.parse(uri), dest)
