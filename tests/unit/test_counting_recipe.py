@@ -16,13 +16,13 @@ from loka_api import TrainingRunSpec
 from loka_api.crd import build_crd
 from loka_api.recipes import algorithms, register, unregister
 from loka_api.render import StagedPaths, render_launch
+from loka_api.storage import ObjectStore
 from loka_operator.builders import RayJobSettings, build_rayjob
 from loka_operator.validation import validate_spec
 from loka_trainer.engines import EngineJob
 from loka_trainer.engines.trl import TrlEngine
 from loka_trainer.source_model import hf_folders
 from loka_trainer.staging import parquet_rows, stage_inputs
-from loka_trainer.storage import ObjectStore
 from tests.counting_recipe import COUNTED, COUNTING
 
 
