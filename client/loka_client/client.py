@@ -14,12 +14,13 @@ import builtins
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loka_api import RunPhase, TrainingRun, kinds
 from loka_api.phases import TERMINAL
+from loka_client import ray
 from loka_client.checkpoints import DownloadedCheckpoint, RunStorage
 from loka_client.connection import Connection
 from loka_client.errors import (
@@ -30,6 +31,7 @@ from loka_client.errors import (
     RunNotFoundError,
     WaitTimeoutError,
 )
+from loka_client.portforward import PortForward
 from loka_client.queue import QueueStanding, queue_standing
 from loka_client.runs import JSON, Run, RunChange, checked_manifest, parse_manifest
 from loka_client.storage import upload_files
@@ -376,6 +378,29 @@ class Client:
     def queue_standing(self, run: Run) -> QueueStanding | None:
         """Where a Queued run stands in its LocalQueue (position and Kueue's reason); None when it is not queued."""
         return queue_standing(self, run)
+
+    # ------------------------------------------------------------------------------ its Ray cluster
+
+    def logs(
+        self,
+        name: str,
+        namespace: str | None = None,
+        *,
+        follow: bool = False,
+        attempt: int | None = None,
+        notice: Callable[[str], None] | None = None,
+    ) -> Iterator[str]:
+        """The trainer's output (the Ray job's log, read on the head pod through a port-forward), as text chunks;
+        with ``follow``, until the job ends. LogsNotFoundError when there is no log to read, RayJobFailedError
+        after the last chunk of a followed job that failed (``loka_client.ray``).
+        """
+        return ray.logs(self.connection, self._ns(namespace), name, follow=follow, attempt=attempt, notice=notice)
+
+    def dashboard(
+        self, name: str, namespace: str | None = None, *, local_port: int = 0, address: str = "127.0.0.1"
+    ) -> PortForward:
+        """The run's Ray dashboard on a local port (``.url``), open until ``close()`` (a context manager)."""
+        return ray.dashboard(self.connection, self._ns(namespace), name, local_port=local_port, address=address)
 
     # ------------------------------------------------------------------------------ children
 
