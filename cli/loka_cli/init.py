@@ -11,7 +11,16 @@ from typing import TextIO
 
 import yaml
 
-from loka_api.contract import ENV_AWS_ENDPOINT, ENV_AWS_KEY_ID, ENV_HF_TOKEN, ENV_WANDB_KEY, MAX_RUN_NAME_LENGTH
+from loka_api.contract import (
+    BUILTIN_DATASETS,
+    BUILTIN_MODELS,
+    BUILTIN_SCHEME,
+    ENV_AWS_ENDPOINT,
+    ENV_AWS_KEY_ID,
+    ENV_HF_TOKEN,
+    ENV_WANDB_KEY,
+    MAX_RUN_NAME_LENGTH,
+)
 from loka_api.dataset import TRAIN_FILE, VALIDATION_FILE
 from loka_cli.envfile import first
 from loka_cli.errors import EXIT_OK, usage
@@ -24,6 +33,10 @@ RUN_SECRET = "loka-secrets"
 S3_SECRET = "loka-s3"
 WANDB_KEY, HF_KEY, SLACK_KEY = "wandb-api-key", "hf-token", "slack-webhook"
 ENV_SLACK_WEBHOOK = "SLACK_WEBHOOK_URL"
+# What `--builtin` writes: inputs the trainer builds itself, so a first run needs nothing uploaded.
+BUILTIN_MODEL = f"{BUILTIN_SCHEME}{BUILTIN_MODELS[0]}"
+BUILTIN_DATA = f"{BUILTIN_SCHEME}{BUILTIN_DATASETS[0]}"
+BUILTIN_STEPS = 20  # a first run on the built-in inputs: long enough to see the reward move, short on a CPU
 
 
 @dataclass(frozen=True)
@@ -40,6 +53,7 @@ class InitOptions:
     steps: int | None = None
     checkpoints: str | None = None
     reward: str | None = None
+    builtin: bool = False  # the built-in model and data (BUILTIN_MODEL, BUILTIN_DATA) unless --model/--data say else
 
 
 def _q(value: object) -> str:
@@ -48,7 +62,10 @@ def _q(value: object) -> str:
 
 
 def _data_files(data: str) -> tuple[str, str | None]:
-    """`s3://b/p/` (a `loka dataset --upload` prefix) → its train and validation files; a .parquet → itself."""
+    """`s3://b/p/` (a `loka dataset --upload` prefix) → its train and validation files; a .parquet → itself;
+    a built-in dataset → itself for both (the trainer builds each split)."""
+    if data.startswith(BUILTIN_SCHEME):
+        return data, data
     if data.endswith(".parquet"):
         return data, None
     prefix = data.rstrip("/")
@@ -63,14 +80,16 @@ def render(options: InitOptions, env: Mapping[str, str]) -> str:
     """The run as commented YAML."""
     name = options.name
     cpu = options.gpus == 0
-    data = options.data or first(env, "LOKA_DATA") or f"s3://loka/datasets/{name}/"
+    data = (options.data or (BUILTIN_DATA if options.builtin else None) or first(env, "LOKA_DATA")
+            or f"s3://loka/datasets/{name}/")  # fmt: skip
+    model = options.model or (BUILTIN_MODEL if options.builtin else None) or first(env, "LOKA_MODEL") or DEFAULT_MODEL
     train, validation = _data_files(data)
     bucket = _bucket(train) or "loka"
     checkpoints = options.checkpoints or first(env, "LOKA_CHECKPOINTS") or f"s3://{bucket}/checkpoints/"
     queue = options.queue or first(env, "LOKA_QUEUE")
     cluster_queue = options.cluster_queue or first(env, "LOKA_CLUSTER_QUEUE")
     endpoint = first(env, "LOKA_S3_ENDPOINT", ENV_AWS_ENDPOINT)
-    steps = options.steps
+    steps = options.steps if options.steps is not None or not options.builtin else BUILTIN_STEPS
     workers = options.workers if options.workers is not None else 1
     lines = [
         f"# {name}: a Loka TrainingRun. Submit it with `loka submit -f {name}.yaml --wait`.",
@@ -86,9 +105,11 @@ def render(options: InitOptions, env: Mapping[str, str]) -> str:
         if cpu
         else "  engine: verl            # verl on Ray and GPUs; trl runs on CPU for trying things out",
         f"  image: {_q(options.image or first(env, 'LOKA_IMAGE') or DEFAULT_IMAGE)}",
-        f"  model: {{uri: {_q(options.model or first(env, 'LOKA_MODEL') or DEFAULT_MODEL)}}}"
-        "   # hf://org/model or s3://bucket/prefix",
-        "  data:                   # `loka dataset tasks.jsonl -o data --upload s3://…/` writes these two files",
+        f"  # model: hf://org/model, s3://bucket/prefix, or {BUILTIN_MODEL} (a tiny random Qwen2 the trainer builds)",
+        f"  model: {{uri: {_q(model)}}}",
+        f"  # data: `loka dataset tasks.jsonl -o data --upload s3://…/` writes these two files, or use {BUILTIN_DATA}",
+        f"  # (toy sums the trainer builds): with {BUILTIN_MODEL} a first run needs nothing uploaded",
+        "  data:",
         f"    train: {_q(train)}",
     ]
     if validation:
@@ -194,6 +215,10 @@ def write_init(
             f"NAME: {options.name!r} is not a valid run name",
             f"use lowercase letters, digits and '-', at most {MAX_RUN_NAME_LENGTH} characters",
         )
+    for flag, uri, accepted in (("--model", options.model, BUILTIN_MODELS), ("--data", options.data, BUILTIN_DATASETS)):
+        if uri and uri.startswith(BUILTIN_SCHEME) and uri.removeprefix(BUILTIN_SCHEME) not in accepted:
+            names = ", ".join(BUILTIN_SCHEME + name for name in accepted)
+            raise usage(f"{flag}: {uri!r} is not a built-in input", f"accepted: {names}")
     if options.gpus < 0:
         raise usage(f"--gpus: {options.gpus} is negative", "0 (CPU, engine trl) or the GPUs per worker")
     target = output or Path(f"{options.name}.yaml")

@@ -49,7 +49,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     options = InitOptions(
         name=args.name, namespace=namespace, model=args.model, data=args.data, gpus=args.gpus, workers=args.workers,
         queue=args.queue, cluster_queue=args.cluster_queue, image=args.image, steps=args.steps,
-        checkpoints=args.checkpoints, reward=args.reward,
+        checkpoints=args.checkpoints, reward=args.reward, builtin=args.builtin,
     )  # fmt: skip
     return write_init(options, env, output=args.output, force=args.force)
 
@@ -195,9 +195,19 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  (one place list
         "init", cmd_init, "write a commented NAME.yaml for a new run (from flags, .env and the kube context)", env_flag
     )
     init.add_argument("name", metavar="NAME", help="the run's name (lowercase letters, digits, '-')")
-    init.add_argument("--model", help="hf://org/model or s3://bucket/prefix (default: $LOKA_MODEL, else Qwen2.5-0.5B)")
     init.add_argument(
-        "--data", help="s3:// prefix holding train/validation.parquet, or a .parquet (default: $LOKA_DATA)"
+        "--model",
+        help="hf://org/model, s3://bucket/prefix or builtin://tiny-qwen2 (default: $LOKA_MODEL, else Qwen2.5-0.5B)",
+    )
+    init.add_argument(
+        "--data",
+        help="s3:// prefix holding train/validation.parquet, a .parquet, or builtin://arithmetic (default: $LOKA_DATA)",
+    )
+    init.add_argument(
+        "--builtin",
+        action="store_true",
+        help="try Loka with nothing uploaded: model builtin://tiny-qwen2 and data builtin://arithmetic, which the "
+        "trainer builds itself (a tiny random Qwen2 and toy sums); --model/--data still win",
     )
     init.add_argument(
         "--gpus", type=int, default=8, help="GPUs per worker (default 8); 0 writes a CPU run (engine trl)"
