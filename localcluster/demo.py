@@ -127,39 +127,52 @@ def prepare_namespace(cluster: LocalCluster, namespace: str, *, cluster_queue: s
 
 # What build_demo_assets makes; a folder built to another recipe (an older checkout's) is rebuilt.
 ASSETS_RECIPE = (
-    "tiny-qwen2 with ChatML tokens; 64 arithmetic tasks asking for a bare number; 64 SFT demonstrations; split 1/8"
+    "tiny-qwen2 with ChatML tokens; 64 arithmetic tasks asking for a bare number; the same 64 asking for "
+    "<think>/<answer> tags, and their 64 SFT demonstrations; split 1/8"
 )
 
 
 def build_demo_assets(assets: Path) -> Path:
-    """The demo's tiny random model (a tokenizer trained here) and toy dataset (RL prompts under data/, SFT
-    demonstrations under sft/), built into ``assets`` once.
+    """The demo's tiny random model (a tokenizer trained here) and toy datasets (see write_demo_datasets), built
+    into ``assets`` once.
     """
-    from loka_api.dataset import build_dataset
-    from loka_trainer.tiny import build_tiny_model, write_sft_demonstrations, write_tasks
+    from loka_trainer.tiny import build_tiny_model
 
     stamp = assets / "recipe.txt"
     if stamp.is_file() and stamp.read_text() == ASSETS_RECIPE:
         return assets
     shutil.rmtree(assets, ignore_errors=True)
     build_tiny_model(assets / "model")
-    tasks = write_tasks(assets / "tasks.jsonl", 64, answer="number")
-    build_dataset(tasks, assets / "data", validation_fraction=VALIDATION_FRACTION)
-    write_sft_demonstrations(assets / "sft", 64, validation_fraction=VALIDATION_FRACTION)
+    write_demo_datasets(assets)
     stamp.write_text(ASSETS_RECIPE)
     return assets
 
 
+def write_demo_datasets(assets: Path) -> None:
+    """RL prompts asking for a bare number under data/ (`make demo`); RL prompts asking for <think>/<answer> tags
+    under tagged/ and the worked answers to the same prompts under sft/ (`make demo-pipeline`: GRPO asks what SFT
+    taught). Each as train.parquet and validation.parquet.
+    """
+    from loka_api.dataset import build_dataset
+    from loka_trainer.tiny import write_sft_demonstrations, write_tasks
+
+    tasks = write_tasks(assets / "tasks.jsonl", 64, answer="number")
+    build_dataset(tasks, assets / "data", validation_fraction=VALIDATION_FRACTION)
+    tagged = write_tasks(assets / "tagged-tasks.jsonl", 64, answer="tags")
+    build_dataset(tagged, assets / "tagged", validation_fraction=VALIDATION_FRACTION)
+    write_sft_demonstrations(assets / "sft", 64, validation_fraction=VALIDATION_FRACTION)
+
+
 def upload_tiny_assets(cluster: LocalCluster, work: Path, prefix: str = "demo") -> None:
-    """A tiny random model with a tokenizer trained here, a toy arithmetic dataset (RL prompts under data/, SFT
-    demonstrations under sft/), into MinIO.
+    """A tiny random model with a tokenizer trained here and the toy arithmetic datasets (data/, tagged/, sft/: see
+    build_demo_assets), into MinIO.
     """
     assets = build_demo_assets(work / "assets")
     root = S3Uri(S3_BUCKET, prefix)
     model = [(p, root.join("model", p.relative_to(assets / "model").as_posix()))
              for p in sorted((assets / "model").rglob("*")) if p.is_file()]  # fmt: skip
     data = [(assets / folder / name, root.join(folder, name))
-            for folder in ("data", "sft") for name in ("train.parquet", "validation.parquet")]  # fmt: skip
+            for folder in ("data", "tagged", "sft") for name in ("train.parquet", "validation.parquet")]  # fmt: skip
     object_store(cluster).upload_files([*model, *data])
 
 
@@ -179,6 +192,16 @@ def delete_previous_run(cluster: LocalCluster, stack: DemoStack, manifest: dict[
     uri = manifest["spec"]["checkpoints"]["uri"].removeprefix(f"s3://{S3_BUCKET}/").strip("/")
     prefix = "/".join(p for p in (uri, namespace, name) if p)
     object_store(cluster).delete_prefix(S3Uri(S3_BUCKET, prefix))
+
+
+def validation_rewards(stack: DemoStack, namespace: str, name: str) -> list[tuple[int, float]]:
+    """(step, mean validation reward) as the trainer logged them: step 0 is the weights the run started from."""
+    metrics = stack.work_dir / namespace / name / "metrics.jsonl"
+    if not metrics.exists():
+        return []
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return [(int(r["step"]), float(value)) for r in records for key, value in r.get("data", {}).items()
+            if key.startswith("val-core/") and "/reward/mean@" in key]  # fmt: skip
 
 
 def step_metric(stack: DemoStack, namespace: str, name: str, key: str) -> list[float]:
@@ -296,6 +319,10 @@ def summarize(
     if rewards:
         print(f"  reward mean        {rewards[0]:.3f} at step 1 → {rewards[-1]:.3f} at step {len(rewards)}")
         print(f"  reward per step    {sparkline(rewards)}  (0 ▁ … █ 1)")
+    validated = validation_rewards(stack, namespace, name)
+    if len(validated) > 1:  # held-out prompts: before the first step (the weights it started from), then after
+        (first_step, first), (last_step, last) = validated[0], validated[-1]
+        print(f"  held-out reward    {first:.3f} at step {first_step} → {last:.3f} at step {last_step}")
     elif timeline.rewards:  # an SFT run: the training loss as status showed it
         (first_step, first), (last_step, last) = timeline.rewards[0], timeline.rewards[-1]
         print(f"  training loss      {first:.3f} at step {first_step} → {last:.3f} at step {last_step}")
