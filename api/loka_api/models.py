@@ -219,15 +219,96 @@ class DataSpec(LokaModel):
     )
 
 
-class RewardSpec(LokaModel):
-    function: str = Field(
-        max_length=256,
-        description="Python reward function as module.path:function, importable in the trainer image.",
+_FUNCTION_PATTERN = "^[A-Za-z_][A-Za-z0-9_]*(\\\\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+_FUNCTION_RULE = cel(
+    f"self.matches('{_FUNCTION_PATTERN}')",
+    "must be module.path:function (e.g. loka_trainer.rewards.gsm8k:compute_score)",
+)
+
+
+class RewardComponentKind(enum.StrEnum):
+    """What a reward component measures (each is a registered component in the trainer's rubric)."""
+
+    ENVIRONMENT = "environment"  # the environment's own evaluation of the episode (its evaluate tool)
+    TOOL_EXECUTION = "toolExecution"  # tool calls that ran without error, among those that parsed
+    FORMAT_COMPLIANCE = "formatCompliance"  # well-formed tool calls, and an answer before the limits
+    FUNCTION = "function"  # a compute_score function of your own (module.path:function)
+
+
+class RewardComponent(LokaModel):
+    """A named, weighted part of the reward; its value is logged per step as reward/<name>/{mean,std,min,max}."""
+
+    model_config = ConfigDict(
         json_schema_extra=validations(
             cel(
-                "self.matches('^[A-Za-z_][A-Za-z0-9_]*(\\\\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$')",
-                "must be module.path:function (e.g. loka_trainer.rewards.gsm8k:compute_score)",
+                "(self.kind == 'function') == has(self.function)",
+                "function is required for kind function, and only for it",
+                field_path=".function",
             )
+        )
+    )
+
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z][a-z0-9_]*$",
+        description="How the component is logged (lowercase letters, digits, _), e.g. task_completion.",
+    )
+    kind: RewardComponentKind = Field(
+        description="environment, toolExecution, formatCompliance, or function (set function)."
+    )
+    weight: float = Field(default=1.0, ge=-1000, le=1000, description="Its weight in the sum that is the reward.")
+    function: str | None = Field(
+        default=None,
+        max_length=256,
+        description="kind function: module.path:function, importable in the trainer image.",
+        json_schema_extra=validations(_FUNCTION_RULE),
+    )
+
+
+# task completion 0.8, tool execution 0.1, format compliance 0.1: the rubric tool-use agents are trained with.
+DEFAULT_AGENT_RUBRIC: tuple[tuple[str, RewardComponentKind, float], ...] = (
+    ("task_completion", RewardComponentKind.ENVIRONMENT, 0.8),
+    ("tool_execution", RewardComponentKind.TOOL_EXECUTION, 0.1),
+    ("format_compliance", RewardComponentKind.FORMAT_COMPLIANCE, 0.1),
+)
+
+
+def default_agent_rubric() -> list[RewardComponent]:
+    return [RewardComponent(name=name, kind=kind, weight=weight) for name, kind, weight in DEFAULT_AGENT_RUBRIC]
+
+
+class RewardSpec(LokaModel):
+    """A reward function of your own, or a rubric of named, weighted components (not both)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "has(self.function) != has(self.components)",
+                "set exactly one of reward.function (one function) and reward.components (a rubric; a function "
+                "of your own is a component of kind function there)",
+            ),
+            cel(
+                "!has(self.components) || self.components.all(c, self.components.exists_one(d, d.name == c.name))",
+                "reward.components: each name must be unique",
+                field_path=".components",
+            ),
+        )
+    )
+
+    function: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Python reward function as module.path:function, importable in the trainer image.",
+        json_schema_extra=validations(_FUNCTION_RULE),
+    )
+    components: list[RewardComponent] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=16,
+        description=(
+            "Named, weighted components summed into the reward, each logged per step. Default for runs with "
+            "spec.environment: task_completion 0.8 (environment), tool_execution 0.1, format_compliance 0.1."
         ),
     )
 
@@ -441,6 +522,7 @@ RUN_SHAPING_FIELDS: tuple[str, ...] = (
     "model",
     "data",
     "reward",
+    "environment",
     "training",
     "verlOverrides",
     "resources",
@@ -492,6 +574,13 @@ class TrainingRunSpec(LokaModel):
     model: ModelSource
     data: DataSpec
     reward: RewardSpec | None = None
+    environment: EnvironmentSpec | None = Field(
+        default=None,
+        description=(
+            "RL: MCP servers the model acts in through tools (an agent); the reward defaults to the rubric "
+            "task_completion 0.8, tool_execution 0.1, format_compliance 0.1."
+        ),
+    )
     training: TrainingSpec = Field(default=TrainingSpec())
     verl_overrides: list[
         Annotated[
@@ -761,3 +850,10 @@ class TrainingRun(LokaModel):
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: TrainingRunSpec
     status: TrainingRunStatus = Field(default_factory=TrainingRunStatus)
+
+
+# spec.environment lives in its own module, which builds on the pieces above.
+from loka_api.environments import EnvironmentSpec  # noqa: E402
+
+TrainingRunSpec.model_rebuild()
+TrainingRun.model_rebuild()

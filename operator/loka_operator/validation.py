@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, field
 
 from loka_api import Engine, TrainingRunSpec
+from loka_api.environments import environment_problems
 from loka_api.recipes import Recipe, recipe_for
 from loka_api.render import StagedPaths, VerlConfigError, VerlNotInstalledError, compose_verl_config, render_launch
 from loka_operator.status import Problem
@@ -60,10 +61,18 @@ def _check_verl_overrides(spec: TrainingRunSpec, recipe: Recipe) -> Problem | No
     return None
 
 
+def _check_environment(spec: TrainingRunSpec) -> Problem | None:
+    """Headers hold no literal credential and reference only declared secret variables; lifecycle tools stay hidden."""
+    if spec.environment is None:
+        return None
+    problems = environment_problems(spec.environment)
+    return Problem("InvalidEnvironment", "; ".join(problems)) if problems else None
+
+
 def validate_spec(spec: TrainingRunSpec) -> Problem | None:
     """The first problem found, or None. Blocking (composition takes ~1 s cold): call it in a thread."""
     recipe = recipe_for(spec.algorithm)
-    return _check_recipe(spec, recipe) or _check_verl_overrides(spec, recipe)
+    return _check_recipe(spec, recipe) or _check_environment(spec) or _check_verl_overrides(spec, recipe)
 
 
 @dataclass

@@ -144,6 +144,68 @@ INVALID_STAGES: list[tuple[str, Any, list[str]]] = [
         ["spec.reward", "algorithm sft uses no reward"],
     ),
     (
+        "a reward function and a rubric",
+        lambda ns: with_spec(
+            run_manifest("both-rewards", ns),
+            "reward",
+            {"function": "m:f", "components": [{"name": "task", "kind": "environment"}]},
+        ),
+        ["spec.reward", "set exactly one of reward.function", "reward.components"],
+    ),
+    (
+        "a function component without its function",
+        lambda ns: with_spec(run_manifest("fn", ns), "reward", {"components": [{"name": "mine", "kind": "function"}]}),
+        ["spec.reward.components[0].function", "required for kind function"],
+    ),
+    (
+        "two components of one name",
+        lambda ns: with_spec(
+            run_manifest("twice", ns),
+            "reward",
+            {"components": [{"name": "task", "kind": "environment"}, {"name": "task", "kind": "toolExecution"}]},
+        ),
+        ["spec.reward.components", "each name must be unique"],
+    ),
+    (
+        "a component kind that is not one",
+        lambda ns: with_spec(run_manifest("kind", ns), "reward", {"components": [{"name": "x", "kind": "oracle"}]}),
+        ["spec.reward.components[0].kind", "environment", "toolExecution"],
+    ),
+    (
+        "sft with an environment",
+        lambda ns: with_spec(
+            sft(ns, responseKey="a"), "environment", {"servers": [{"name": "e", "url": "http://e/mcp"}]}
+        ),
+        ["spec.environment", "applies to reinforcement learning"],
+    ),
+    (
+        "an environment server with both a URL and an image",
+        lambda ns: with_spec(
+            run_manifest("both-env", ns),
+            "environment",
+            {"servers": [{"name": "e", "url": "http://e/mcp", "run": {"image": "org/env:1"}}]},
+        ),
+        ["spec.environment.servers[0]", "set exactly one of url", "run (an image)"],
+    ),
+    (
+        "two environment servers of one name",
+        lambda ns: with_spec(
+            run_manifest("two-env", ns),
+            "environment",
+            {"servers": [{"name": "e", "url": "http://a/mcp"}, {"name": "e", "url": "http://b/mcp"}]},
+        ),
+        ["spec.environment.servers", "each name must be unique"],
+    ),
+    (
+        "an unknown tool-call format",
+        lambda ns: with_spec(
+            run_manifest("fmt", ns),
+            "environment",
+            {"servers": [{"name": "e", "url": "http://a/mcp"}], "toolCallFormat": "xml"},
+        ),
+        ["spec.environment.toolCallFormat", "hermes"],
+    ),
+    (
         "grpo with a response column",
         lambda ns: with_spec(run_manifest("rl", ns), "data.responseKey", "answer"),
         ["apply to algorithm sft only"],
@@ -234,3 +296,29 @@ def test_an_sft_override_of_a_key_loka_owns_is_refused_and_keys_beside_them_are_
     code, output = apply(cluster, run_manifest("beside", ns, verlOverrides=beside))
     assert code == 0, output
     assert (kube.run(ns, "beside") or {})["spec"]["verlOverrides"] == beside
+
+
+def test_a_rubric_of_named_components_is_accepted(cluster: LocalCluster, ns: str) -> None:
+    rubric = [
+        {"name": "task_completion", "kind": "environment", "weight": 0.8},
+        {"name": "tool_execution", "kind": "toolExecution", "weight": 0.1},
+        {"name": "answer", "kind": "function", "weight": 0.1, "function": "loka_trainer.rewards.gsm8k:compute_score"},
+    ]
+    code, output = apply(cluster, with_spec(run_manifest("rubric", ns), "reward", {"components": rubric}))
+    assert code == 0, output
+
+
+def test_an_environment_run_is_accepted(cluster: LocalCluster, ns: str) -> None:
+    environment = {
+        "servers": [
+            {"name": "game", "run": {"image": "org/game:1", "port": 8765}},
+            {"name": "web", "url": "https://mcp.example.com/mcp",
+             "headers": {"Authorization": "Bearer ${ENV_API_KEY}", "Mcp-Image": "org/env:latest"}},
+        ],
+        "secretVariables": [{"name": "ENV_API_KEY", "secretRef": {"secret": "env-key", "key": "token"}}],
+        "allowedHosts": ["*.envs.svc"],
+        "systemPrompt": {"configMap": {"name": "env-prompt", "key": "system.txt"}},
+        "onEnvError": "zero",
+    }  # fmt: skip
+    code, output = apply(cluster, with_spec(run_manifest("agent", ns), "environment", environment))
+    assert code == 0, output

@@ -86,6 +86,8 @@ class StagedPaths:
     resume_from: Path | None = None
     metrics_file: Path | None = None  # verl's `file` logger writes JSONL here (VERL_FILE_LOGGER_PATH)
     checkpoint_callback_class: str | None = DEFAULT_CHECKPOINT_CALLBACK
+    # The trainer image's agent-loop registration (verl's agent_loop_config_path), for runs with an environment.
+    agent_loop_config: Path | None = None
 
     @classmethod
     def placeholder(cls) -> StagedPaths:
@@ -98,6 +100,7 @@ class StagedPaths:
             checkpoint_dir=root / "checkpoints",
             resume_from=root / "checkpoints" / step_folder(1),
             metrics_file=root / "metrics.jsonl",
+            agent_loop_config=root / "agent_loops.yaml",
         )
 
 

@@ -5,8 +5,11 @@ on CPU, TRL's GRPOTrainer.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, ClassVar
 
+from loka_api.environments import AGENT_LOOP_NAME
+from loka_api.models import RewardComponent, default_agent_rubric
 from loka_api.recipes.base import (
     DataFormat,
     OwnedKey,
@@ -28,6 +31,8 @@ if TYPE_CHECKING:
 # verl's main_ppo, with its TaskRunner (trainer loop, W&B tracker, checkpoint callback) pinned to the head.
 ENTRYPOINT = "loka_trainer.verl_driver"
 CONFIG_NAME = "ppo_trainer"
+# The trainer image's rubric: a reward summed from named, weighted components (reward.components).
+REWARD_COMPOSE_FUNCTION = "loka_trainer.rewards.compose:compute_score"
 
 
 class GrpoRecipe(Recipe):
@@ -111,6 +116,7 @@ class GrpoRecipe(Recipe):
             f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={training.micro_batch_size_per_gpu}",
             f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={training.micro_batch_size_per_gpu}",
             *_reward_overrides(spec),
+            *_environment_overrides(spec, paths),
             f"trainer.nnodes={resources.workers}",
             f"trainer.n_gpus_per_node={resources.gpus_per_worker}",
             f"trainer.total_epochs={training.epochs}",
@@ -125,13 +131,57 @@ class GrpoRecipe(Recipe):
         return overrides
 
 
+def reward_rubric(spec: TrainingRunSpec) -> list[RewardComponent] | None:
+    """The run's rubric: reward.components, the default agent rubric for a run with an environment and no reward,
+    or None (a reward function of its own).
+    """
+    if spec.reward is not None:
+        return spec.reward.components
+    return default_agent_rubric() if spec.environment is not None else None
+
+
+def rubric_json(components: list[RewardComponent]) -> str:
+    """The rubric as the trainer's ``loka_trainer.rewards.compose`` reads it: a JSON list of components."""
+    configs = [c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in components]
+    return json.dumps(configs, separators=(",", ":"), sort_keys=True)
+
+
 def _reward_overrides(spec: TrainingRunSpec) -> list[str]:
-    if spec.reward is None:
+    rubric = reward_rubric(spec)
+    if rubric is not None:
+        module, function = REWARD_COMPOSE_FUNCTION.split(":")
+        return [
+            f"reward.custom_reward_function.path=pkg://{module}",
+            f"reward.custom_reward_function.name={function}",
+            f"+reward.custom_reward_function.reward_kwargs.rubric={hydra_value(rubric_json(rubric))}",
+        ]
+    if spec.reward is None or spec.reward.function is None:
         return []
     module, _, function = spec.reward.function.partition(":")
     return [
         f"reward.custom_reward_function.path=pkg://{module}",
         f"reward.custom_reward_function.name={function}",
+    ]
+
+
+def _environment_overrides(spec: TrainingRunSpec, paths: StagedPaths) -> list[str]:
+    """verl's multi-turn keys and Loka's MCP agent loop, for a run with spec.environment."""
+    environment = spec.environment
+    if environment is None:
+        return []
+    if paths.agent_loop_config is None:
+        msg = "spec.environment: the trainer did not provide its agent-loop registration (agent_loop_config)"
+        raise ValueError(msg)
+    prefix = "actor_rollout_ref.rollout."
+    return [
+        f"{prefix}multi_turn.enable=true",  # read only by verl's legacy paths; harmless, and says what runs
+        f"{prefix}multi_turn.max_assistant_turns={environment.max_turns}",
+        f"{prefix}multi_turn.max_parallel_calls={environment.max_parallel_calls}",
+        f"{prefix}multi_turn.max_tool_response_length={environment.max_tool_response_chars}",
+        f"{prefix}multi_turn.format={environment.tool_call_format.value}",
+        f"{prefix}agent.default_agent_loop={AGENT_LOOP_NAME}",
+        f"{prefix}agent.agent_loop_config_path={hydra_value(paths.agent_loop_config)}",
+        "data.return_raw_chat=true",
     ]
 
 

@@ -46,6 +46,12 @@ class SftRecipe(Recipe):
             "algorithm sft uses no reward: remove spec.reward (validation reports the loss on data.validation)",
             ".reward",
         ),
+        SpecRule(
+            "!has(self.environment)",
+            "algorithm sft trains on demonstrations: spec.environment applies to reinforcement learning "
+            "(train tool use with sft on transcripts in data.messagesKey, then grpo with an environment)",
+            ".environment",
+        ),
     )
     data_fields = ("responseKey", "messagesKey", "maxLength")
     data_fields_message = (

@@ -77,3 +77,36 @@ def test_an_sft_override_of_a_key_loka_owns_is_refused() -> None:
     problem = validate_spec(make_spec(algorithm="sft", data=data, verlOverrides=["trainer.max_ckpt_to_keep=4"]))
     assert problem is not None
     assert "trainer.max_ckpt_to_keep" in problem.message and "spec.checkpoints.keep" in problem.message
+
+
+def environment(**server: Any) -> dict[str, Any]:
+    return {"servers": [{"name": "env", "url": "http://env.envs.svc:8765/mcp", **server}]}
+
+
+def test_an_environment_run_validates_and_composes() -> None:
+    spec = make_spec(
+        environment={
+            **environment(headers={"Authorization": "Bearer ${ENV_API_KEY}", "Mcp-Image": "org/env:1"}),
+            "secretVariables": [{"name": "ENV_API_KEY", "secretRef": {"secret": "env", "key": "token"}}],
+        }
+    )
+    assert validate_spec(spec) is None
+
+
+def test_a_literal_credential_in_a_header_is_refused_without_echoing_it() -> None:
+    problem = validate_spec(make_spec(environment=environment(headers={"Authorization": "Bearer sk-live-123"})))
+    assert problem is not None and problem.reason == "InvalidEnvironment"
+    assert "spec.environment.servers[0].headers.Authorization: a literal credential" in problem.message
+    assert "sk-live-123" not in problem.message
+
+
+def test_a_header_may_reference_only_declared_secret_variables() -> None:
+    problem = validate_spec(make_spec(environment=environment(headers={"X-Org": "${AWS_SECRET_ACCESS_KEY}"})))
+    assert problem is not None
+    assert "${AWS_SECRET_ACCESS_KEY} is not one of environment.secretVariables (none declared)" in problem.message
+
+
+def test_a_lifecycle_tool_cannot_be_offered_to_the_model() -> None:
+    problem = validate_spec(make_spec(environment={**environment(), "allowedTools": ["move", "evaluate"]}))
+    assert problem is not None
+    assert "spec.environment.allowedTools: 'evaluate' is a lifecycle tool" in problem.message

@@ -9,6 +9,7 @@ checkpoints in the same S3 layout.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import inspect
 import logging
@@ -23,6 +24,7 @@ from typing import Any
 from loka_api import TrainingRunSpec
 from loka_api.contract import ENV_WANDB_MODE
 from loka_api.recipes import Recipe, recipe_for
+from loka_api.recipes.grpo import reward_rubric, rubric_json
 from loka_api.recipes.sft import max_length, messages_column
 from loka_api.storage import TransferCancelledError
 from loka_trainer import step_metrics as names
@@ -30,6 +32,7 @@ from loka_trainer.checkpoints import VERL_TRACKER_NAME, drop_older_local_checkpo
 from loka_trainer.engines import EngineJob
 from loka_trainer.preferences import load_pairs
 from loka_trainer.reward_metrics import as_reward_row, reward_step_metrics
+from loka_trainer.rewards import compose
 from loka_trainer.rollouts import ROLLOUTS_STEP, RolloutRecorder, Trajectory, conversation, recorder_for
 from loka_trainer.sft_data import read_conversations
 from loka_trainer.step_metrics import MetricsWriter
@@ -71,6 +74,17 @@ def load_reward(function: str) -> ComputeScore:
         msg = f"spec.reward.function: cannot import {function!r} ({error}); expected module.path:function"
         raise ValueError(msg) from error
     return loaded
+
+
+def run_reward(spec: TrainingRunSpec) -> ComputeScore:
+    """The run's ``compute_score``: its rubric (reward.components, or the default agent rubric for a run with an
+    environment), or its own function.
+    """
+    rubric = reward_rubric(spec)
+    if rubric is not None:
+        return functools.partial(compose.compute_score, rubric=rubric_json(rubric))
+    function = spec.reward.function if spec.reward is not None else None
+    return load_reward(function or DEFAULT_REWARD)
 
 
 def as_text(prompt: Any) -> str:
@@ -270,7 +284,7 @@ def build_grpo(job: EngineJob, writer: MetricsWriter) -> Any:
 
     tap = StepTap(training.samples_per_prompt)
     reward = trl_reward(
-        load_reward(spec.reward.function if spec.reward else DEFAULT_REWARD),
+        run_reward(spec),
         samples_per_prompt=training.samples_per_prompt,
         tap=tap,
     )

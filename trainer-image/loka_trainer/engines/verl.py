@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import IO
 
 from loka_api import TrainingRunSpec
@@ -28,7 +29,9 @@ from loka_api.contract import (
     ENV_STOP_HANDSHAKE,
     ENV_WANDB_MODE,
 )
+from loka_api.environments import ENV_ENVIRONMENT
 from loka_api.render import StagedPaths, VerlLaunch, render_launch
+from loka_trainer.agents.environment import AgentSettings
 from loka_trainer.engines import EngineJob, SaveOnStop
 from loka_trainer.settings import redact
 
@@ -44,8 +47,13 @@ _HANDSHAKE_POLL_S = 0.2
 GROUP_REAP_S = 2.0
 
 
+# verl's agent_loop_config_path: the image's registration of Loka's MCP agent loop (the same path on every node).
+AGENT_LOOPS_YAML = Path(__file__).resolve().parent.parent / "agents" / "agent_loops.yaml"
+
+
 def staged_paths(job: EngineJob) -> StagedPaths:
     return StagedPaths(
+        agent_loop_config=AGENT_LOOPS_YAML if job.spec.environment is not None else None,
         model=job.inputs.model,
         train_files=job.inputs.train_files,
         val_files=job.inputs.val_files,
@@ -69,6 +77,10 @@ def actor_environment(job: EngineJob, environ: Mapping[str, str] | None = None) 
             env[ENV_ROLLOUTS] = job.spec.rollouts.model_dump_json(by_alias=True)
     if job.save_on_stop is not None:
         env[ENV_STOP_HANDSHAKE] = str(job.save_on_stop.handshake.folder)
+    if job.spec.environment is not None:
+        # The agent loops' servers, limits and failure policy; header values stay ${VAR} references.
+        settings = AgentSettings.from_spec(job.spec.environment, run=job.run_name, namespace=job.namespace)
+        env[ENV_ENVIRONMENT] = settings.to_json()
     # Outside a pod (the local demo) the actors reach the API server through the same kubeconfig file.
     kubeconfig = (os.environ if environ is None else environ).get("KUBECONFIG")
     if kubeconfig:
