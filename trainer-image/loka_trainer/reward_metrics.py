@@ -2,17 +2,17 @@
 extra keys only at validation; both engines log these through Loka's own hooks).
 
 - ``reward/total/{mean,std,min,max}``: the score;
-- ``reward/<component>/mean``: each numeric key the reward returned beside ``score`` (a judge's bookkeeping keys
-  aside);
+- ``reward/<component>/{mean,std,min,max}``: each numeric key the reward returned beside ``score`` (a judge's
+  bookkeeping keys aside);
 - ``judge/{parse_rate,error_rate,latency_s/mean,latency_s/max,tokens}`` for each judge component (named after it).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from loka_trainer.rewards.compose import component_stats
 from loka_trainer.rewards.judge import COMPONENT_SUFFIXES, components_step_metrics
 
 SCORE = "score"
@@ -44,27 +44,10 @@ def judge_names(keys: Sequence[str]) -> list[str]:
 def reward_step_metrics(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
     if not rows:
         return {}
-    scores = [float(row[SCORE]) for row in rows if math.isfinite(float(row[SCORE]))]
-    figures: dict[str, float] = {}
-    if scores:
-        mean = sum(scores) / len(scores)
-        figures.update(
-            {
-                "reward/total/mean": mean,
-                "reward/total/std": math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores)),
-                "reward/total/min": min(scores),
-                "reward/total/max": max(scores),
-            }
-        )
     keys = [key for key in rows[0] if key != SCORE]
     judges = judge_names(keys)
     bookkeeping = {f"{judge}{suffix}" for judge in judges for suffix in COMPONENT_SUFFIXES if suffix}
-    for key in keys:
-        if key in bookkeeping:
-            continue
-        values = [float(row[key]) for row in rows if key in row and math.isfinite(float(row[key]))]
-        if values:
-            figures[f"reward/{key}/mean"] = sum(values) / len(values)
+    figures = component_stats(rows, [key for key in keys if key not in bookkeeping])
     for judge in judges:
         figures.update(
             components_step_metrics(rows, name=judge, prefix="judge" if judge == "judge" else f"judge/{judge}")

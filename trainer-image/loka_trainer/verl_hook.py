@@ -5,8 +5,9 @@ verl 0.9.1's V1 trainer builds a step's metrics in ``PPOTrainer._compute_metrics
 in TransferQueue (they are cleared after it). ``install()``, run in the TaskRunner actor before it picks its trainer
 class, registers a subclass of the ``sync`` trainer under the same name (verl tests ``trainer_mode == "sync"`` in
 many places, so a new name would change its behaviour). The subclass reads each sample's prompt, response, score and
-``reward_extra_info`` and adds ``reward/*``, ``judge/*`` and ``perf/samples_per_min`` to the step's metrics, which
-verl's ``Tracking`` sends to W&B and to the file logger the trainer follows; and it writes the kept rollouts.
+``reward_extra_info`` and adds ``reward/*``, ``judge/*``, ``env/*`` (episodes in MCP environments) and
+``perf/samples_per_min`` to the step's metrics, which verl's ``Tracking`` sends to W&B and to the file logger the
+trainer follows; and it writes the kept rollouts.
 
 Nothing here may fail a step: an error is logged once and the step goes on without Loka's figures.
 """
@@ -20,6 +21,7 @@ from typing import Any
 
 from loka_api import RolloutsSpec
 from loka_api.contract import ENV_CHECKPOINT_PREFIX, ENV_ROLLOUTS, ENV_RUN_UID
+from loka_trainer.agents.episode import environment_metrics, episode_of
 from loka_trainer.reward_metrics import as_reward_row, reward_step_metrics
 from loka_trainer.rollouts import RolloutRecorder, Trajectory, conversation
 from loka_trainer.step_metrics import ROLLOUTS_STEP, SAMPLES_PER_MINUTE
@@ -65,6 +67,16 @@ def step_samples(
             )
         )
     return rows, trajectories
+
+
+def step_environment_metrics(
+    extra_fields: Sequence[Mapping[str, Any] | None], padding: Sequence[bool]
+) -> dict[str, float]:
+    """``env/*`` over the step's episodes in MCP environments (the agent loop's ``loka_env`` records); padding rows
+    (groups verl dropped) are left out. Empty for runs without an environment.
+    """
+    episodes = [episode_of(extra) for extra, padded in zip(extra_fields, padding, strict=True) if not padded]
+    return environment_metrics(e for e in episodes if e is not None)
 
 
 def _prompt(raw: Any) -> Any:
@@ -134,6 +146,8 @@ def install() -> None:
                 padding=[bool(tag.get("is_padding", False)) for tag in batch.tags],
             )
             metrics.update(reward_step_metrics(rows))
+            padding = [bool(tag.get("is_padding", False)) for tag in batch.tags]
+            metrics.update(step_environment_metrics(column("extra_fields"), padding))
             seconds = float(timing_raw.get("step", 0.0))
             if seconds > 0:
                 metrics[SAMPLES_PER_MINUTE] = len(rows) * 60.0 / seconds

@@ -181,3 +181,18 @@ def test_a_rubric_renders_as_verls_reward_kwargs_and_composes() -> None:
     assert config.reward.custom_reward_function.name == "compute_score"
     text = config.reward.custom_reward_function.reward_kwargs.rubric
     assert Rubric.from_config(json.loads(text)).names == ("task_completion",)
+
+
+def test_the_verl_hook_reduces_a_steps_episodes_leaving_padding_out() -> None:
+    from loka_trainer.verl_hook import step_environment_metrics
+
+    extra = [
+        episode(tool_attempts=2, tool_successes=2, final_answer=True, setup_ok=True, evaluate_ok=True),
+        episode(tool_attempts=4, env_error=True),  # padding: a dropped group's placeholder
+        {"reward_extra_info": {"score": 1.0}},  # a row without an episode (no environment)
+    ]
+    metrics = step_environment_metrics(extra, [False, True, False])
+    assert metrics["env/episodes"] == 1.0
+    assert metrics["env/tool_calls/mean"] == 2.0
+    assert metrics["env/error_rate"] == 0.0
+    assert step_environment_metrics([None], [False]) == {}
