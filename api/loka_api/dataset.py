@@ -8,7 +8,11 @@ A task file is JSON Lines (one task per line), or JSON holding one task or a lis
 
 - ``id`` (string or integer, unique) and ``prompt`` (a string, or a list of ``{role, content}`` messages);
 - optional ``ground_truth`` (string or number) and ``metadata`` (an object);
-- optional tool-use fields (``mcp_config``, ``setup_tool``, ``evaluate_tool``), kept in ``extra_info`` as JSON.
+- optional tool-use fields, HUD SDK v0.4's (``mcp_config``, ``setup_tool``, ``evaluate_tool``), kept in ``extra_info``
+  as JSON for the agent loop. ``${VAR}`` references in them stay references (the pod substitutes them when it
+  connects); a literal credential in a header is refused; every ``mcp_config`` URL must be on an allowed host
+  (``allowed_hosts``, from the run's ``spec.environment``); HUD's ``transform`` mappings (Python lambdas) are refused
+  by name wherever they appear. ``integration_test_tool`` and ``agent_config`` are accepted and not used.
 
 Each output row: ``data_source``, ``prompt`` (chat list), ``ability``, ``reward_model {style, ground_truth}``,
 ``extra_info {index, split, id, metadata, mcp_config, setup_tool, evaluate_tool}``
@@ -21,13 +25,18 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loka_api.environments import header_problems, host_allowed, variables_in
+
 REQUIRED_KEYS = ("id", "prompt")
 TOOL_KEYS = ("mcp_config", "setup_tool", "evaluate_tool")
-TASK_KEYS = frozenset({*REQUIRED_KEYS, "ground_truth", "metadata", *TOOL_KEYS})
+# HUD SDK v0.4 task fields Loka accepts and does not use (checked for code to run all the same).
+IGNORED_HUD_KEYS = ("integration_test_tool", "agent_config")
+TASK_KEYS = frozenset({*REQUIRED_KEYS, "ground_truth", "metadata", *TOOL_KEYS, *IGNORED_HUD_KEYS})
 CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
 TRAIN_FILE = "train.parquet"
 VALIDATION_FILE = "validation.parquet"
@@ -80,8 +89,49 @@ def _prompt_messages(value: Any) -> list[dict[str, str]] | str:
     return messages
 
 
-def parse_task(row: Any, line: int) -> Task | list[str]:
-    """One decoded task, or what is wrong with it (every problem, not just the first)."""
+def _transform_paths(value: Any, path: str) -> list[str]:
+    """Where a value holds HUD's ``transform`` (a Python lambda in a string)."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            found += [where] if key == "transform" else _transform_paths(item, where)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += _transform_paths(item, f"{path}[{index}]")
+    return found
+
+
+def _mcp_config_problems(config: Any, allowed_hosts: Sequence[str] | None) -> list[str]:
+    if not isinstance(config, dict) or not config:
+        return ["mcp_config: expected an object of servers {name: {url, headers}}"]
+    problems: list[str] = []
+    for name, server in config.items():
+        where = f"mcp_config.{name}"
+        if not isinstance(server, dict) or not isinstance(server.get("url"), str):
+            problems.append(f"{where}.url: missing (Loka reaches MCP servers over streamable HTTP)")
+            continue
+        url = server["url"]
+        if allowed_hosts is None:
+            problems.append(
+                f"{where}.url: {url!r}: name the hosts tasks may use (--allowed-host, or --run with spec.environment)"
+            )
+        elif not host_allowed(url, allowed_hosts):
+            problems.append(f"{where}.url: {url!r} is not on an allowed host ({', '.join(allowed_hosts) or 'none'})")
+        headers = server.get("headers") or {}
+        if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+            problems.append(f"{where}.headers: expected an object of strings")
+            continue
+        # Any variable may be referenced here; the run's spec.environment.secretVariables bound them in the pod.
+        declared = [n for value in headers.values() for n in variables_in(value)]
+        problems += header_problems(headers, declared, where=where)
+    return problems
+
+
+def parse_task(row: Any, line: int, *, allowed_hosts: Sequence[str] | None = None) -> Task | list[str]:
+    """One decoded task, or what is wrong with it (every problem, not just the first). ``allowed_hosts``: the hosts
+    an ``mcp_config`` URL may name (None: a task with servers is refused until they are given).
+    """
     if not isinstance(row, dict):
         return [f"expected a JSON object, got {type(row).__name__}"]
     problems = [f"{key}: missing (required: {', '.join(REQUIRED_KEYS)})" for key in REQUIRED_KEYS if key not in row]
@@ -102,6 +152,13 @@ def parse_task(row: Any, line: int) -> Task | list[str]:
         problems.append(f"metadata: expected an object, got {type(metadata).__name__}")
     tools = {key: row[key] for key in TOOL_KEYS if key in row}
     problems += [f"{key}: must not be null" for key, value in tools.items() if value is None]
+    problems += [
+        f"{where}: a transform mapping evaluates a Python lambda; Loka runs no code from task files "
+        "(mappings may use static and from_arg)"
+        for where in _transform_paths({k: v for k, v in row.items() if k not in {"prompt", "metadata"}}, "")
+    ]
+    if tools.get("mcp_config") is not None:
+        problems += _mcp_config_problems(tools["mcp_config"], allowed_hosts)
     if problems or isinstance(prompt, str):
         return problems
     return Task(
@@ -174,7 +231,7 @@ def _decoded_rows(path: Path) -> tuple[Rows, str | None]:
     return rows, None
 
 
-def read_tasks(path: Path) -> list[Task]:
+def read_tasks(path: Path, *, allowed_hosts: Sequence[str] | None = None) -> list[Task]:
     """Every task in ``path``; raises DatasetError naming each malformed row (all of them, not just the first)."""
     decoded, fatal = _decoded_rows(path)
     tasks: list[Task] = []
@@ -184,7 +241,7 @@ def read_tasks(path: Path) -> list[Task]:
         if isinstance(value, json.JSONDecodeError):
             problems.append(f"{path}:{number}: not valid JSON ({value.msg} at column {value.colno})")
             continue
-        parsed = parse_task(value, number)
+        parsed = parse_task(value, number, allowed_hosts=allowed_hosts)
         if isinstance(parsed, list):
             problems += [f"{path}:{number}: {problem}" for problem in parsed]
             continue
@@ -242,12 +299,13 @@ def build_dataset(
     seed: str = "loka",
     data_source: str = "loka",
     ability: str = "math",
+    allowed_hosts: Sequence[str] | None = None,
 ) -> SplitSummary:
     """Write ``train.parquet`` and ``validation.parquet``; both appear together or neither does."""
     if not 0.0 <= validation_fraction < 1.0:
         msg = f"--validation-fraction: {validation_fraction} is not in [0, 1) (0.1 holds out about 10 %)"
         raise ValueError(msg)
-    tasks = read_tasks(tasks_path)
+    tasks = read_tasks(tasks_path, allowed_hosts=allowed_hosts)
     import pyarrow as pa
     import pyarrow.parquet as pq
 

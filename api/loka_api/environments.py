@@ -45,6 +45,8 @@ VARIABLE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
 # Headers whose values are credentials: a literal value there is refused (use ${VAR} and a secretVariable).
 CREDENTIAL_HEADER = re.compile(r"(^authorization$|token|secret|api[-_]?key|password|^cookie$)", re.IGNORECASE)
+# The lifecycle tools' default names (HUD's): called by the agent loop, hidden from the model.
+LIFECYCLE_DEFAULTS = ("setup", "evaluate")
 DEFAULT_MCP_PORT = 8000
 DEFAULT_MCP_PATH = "/mcp"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -23,6 +23,15 @@ from loka_api.contract import (
 )
 from loka_api.dataset import TRAIN_FILE, VALIDATION_FILE
 from loka_cli.envfile import first
+from loka_cli.environments import (
+    EnvOptions,
+    ListedTool,
+    configmap_yaml,
+    environment_yaml,
+    list_tools,
+    prompt_preview,
+    system_prompt,
+)
 from loka_cli.errors import EXIT_OK, usage
 
 DEFAULT_IMAGE = "ghcr.io/loka-dev/loka:rl-train"
@@ -54,6 +63,8 @@ class InitOptions:
     checkpoints: str | None = None
     reward: str | None = None
     builtin: bool = False  # the built-in model and data (BUILTIN_MODEL, BUILTIN_DATA) unless --model/--data say else
+    environment: EnvOptions | None = None
+    tools: tuple[ListedTool, ...] = ()
 
 
 def _q(value: object) -> str:
@@ -76,7 +87,7 @@ def _bucket(uri: str) -> str | None:
     return uri.removeprefix("s3://").split("/", 1)[0] if uri.startswith("s3://") else None
 
 
-def render(options: InitOptions, env: Mapping[str, str]) -> str:
+def render(options: InitOptions, env: Mapping[str, str]) -> str:  # noqa: PLR0915 (one line per field)
     """The run as commented YAML."""
     name = options.name
     cpu = options.gpus == 0
@@ -114,14 +125,21 @@ def render(options: InitOptions, env: Mapping[str, str]) -> str:
     ]
     if validation:
         lines.append(f"    validation: {_q(validation)}")
+    agent = options.environment is not None
     lines += [
         "    promptKey: prompt",
-        f"    maxPromptLength: {64 if cpu else 512}",
-        f"    maxResponseLength: {16 if cpu else 1024}",
-        f"  reward: {{function: {_q(options.reward or first(env, 'LOKA_REWARD') or DEFAULT_REWARD)}}}"
-        "   # module:function in the image",
-        "  training:",
+        f"    maxPromptLength: {(1024 if cpu else 4096) if agent else (64 if cpu else 512)}",
+        f"    maxResponseLength: {(256 if cpu else 2048) if agent else (16 if cpu else 1024)}"
+        + ("   # tokens over all turns, tool results included" if agent else ""),
     ]
+    if options.environment is not None:
+        lines += environment_yaml(name, options.environment, options.tools)
+    else:
+        lines.append(
+            f"  reward: {{function: {_q(options.reward or first(env, 'LOKA_REWARD') or DEFAULT_REWARD)}}}"
+            "   # module:function in the image"
+        )
+    lines += ["  training:"]
     if steps is not None:
         lines.append(f"    maxSteps: {steps}")
     lines += (
@@ -224,9 +242,26 @@ def write_init(
     target = output or Path(f"{options.name}.yaml")
     if target.exists() and not force:
         raise usage(f"{target} already exists", "pass --force to overwrite it")
+    prompt_file = target.with_name(f"{target.stem}-prompt.yaml")
+    if options.environment is not None:
+        if prompt_file.exists() and not force:
+            raise usage(f"{prompt_file} already exists", "pass --force to overwrite it")
+        tools = tuple(list_tools(options.environment.url, options.environment.headers, env))
+        options = replace(options, tools=tools)
     text = render(options, env)
     validate(text)
     target.write_text(text)
     print(f"wrote {target} (namespace {options.namespace})", file=out)
+    if options.environment is not None:
+        prompt = system_prompt(options.tools)
+        prompt_file.write_text(configmap_yaml(options.name, options.namespace, prompt))
+        names = ", ".join(t.name for t in options.tools)
+        print(f"wrote {prompt_file} (the system prompt; tools: {names})", file=out)
+        if options.environment.tokenizer is not None:
+            preview = target.with_name(f"{target.stem}-prompt-preview.txt")
+            preview.write_text(prompt_preview(options.environment.tokenizer, prompt, options.tools))
+            print(f"wrote {preview} (the first prompt as the model's chat template renders it)", file=out)
+        print(f"next: kubectl apply -f {prompt_file} && loka secrets sync && loka submit -f {target} --wait", file=out)
+        return EXIT_OK
     print(f"next: loka secrets sync && loka submit -f {target} --wait", file=out)
     return EXIT_OK

@@ -42,14 +42,21 @@ def _env(args: argparse.Namespace) -> dict[str, str]:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    from loka_cli.environments import EnvOptions, parse_headers, parse_secrets
     from loka_cli.init import InitOptions, write_init
 
     env = _env(args)
+    environment = None
+    if args.env_url:
+        environment = EnvOptions(
+            url=args.env_url, headers=parse_headers(args.env_header), secrets=parse_secrets(args.env_secret),
+            tokenizer=args.tokenizer,
+        )  # fmt: skip
     namespace = args.namespace or _context_namespace(args) or "default"
     options = InitOptions(
         name=args.name, namespace=namespace, model=args.model, data=args.data, gpus=args.gpus, workers=args.workers,
         queue=args.queue, cluster_queue=args.cluster_queue, image=args.image, steps=args.steps,
-        checkpoints=args.checkpoints, reward=args.reward, builtin=args.builtin,
+        checkpoints=args.checkpoints, reward=args.reward, builtin=args.builtin, environment=environment,
     )  # fmt: skip
     return write_init(options, env, output=args.output, force=args.force)
 
@@ -79,7 +86,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     return dataset(
         args.tasks, args.output, validation_fraction=args.validation_fraction, seed=args.seed,
         data_source=args.data_source, ability=args.ability, upload=args.upload,
-        env=_env(args) if args.upload else {},
+        env=_env(args) if args.upload else {}, allowed_hosts=args.allowed_host, run_file=args.run,
     )  # fmt: skip
 
 
@@ -222,6 +229,16 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  (one place list
         help="s3:// prefix for checkpoints (default: $LOKA_CHECKPOINTS, else s3://<data bucket>/checkpoints/)",
     )
     init.add_argument("--reward", help="reward function module:function (default: the GSM8K reward)")
+    init.add_argument(
+        "--env", dest="env_url", metavar="URL",
+        help="an MCP environment (streamable HTTP): list its tools and write an agent run on it, with its prompt",
+    )  # fmt: skip
+    init.add_argument(
+        "--env-header", action="append", metavar="NAME=VALUE",
+        help="a header to send it; ${VAR} is read from .env to connect and kept as a reference (repeat it)",
+    )  # fmt: skip
+    init.add_argument("--env-secret", action="append", metavar="VAR=SECRET/KEY", help="the Secret key behind ${VAR}")
+    init.add_argument("--tokenizer", type=Path, metavar="DIR", help="with --env: preview the prompt in its template")
     init.add_argument("--output", "-f", dest="output", type=Path, help="file to write (default: NAME.yaml)")
     init.add_argument("--force", action="store_true", help="overwrite the file if it exists")
 
@@ -251,6 +268,13 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  (one place list
     data.add_argument("--seed", default="loka", help="split seed: the same seed keeps each task on its side")
     data.add_argument("--data-source", default="loka", help="the data_source column (routes verl's reward)")
     data.add_argument("--ability", default="math", help="the ability column")
+    data.add_argument(
+        "--allowed-host", action="append", metavar="PATTERN",
+        help="a host tasks' mcp_config URLs may name (glob, host:port pins the port; repeat it)",
+    )  # fmt: skip
+    data.add_argument(
+        "--run", type=Path, metavar="RUN_YAML", help="take the allowed hosts from this run's spec.environment"
+    )
 
     submit = command("submit", cmd_submit, "apply a run (server-side); with --wait, follow it to the end")
     submit.add_argument("-f", "--file", required=True, help="the run's YAML (- for stdin)")

@@ -73,7 +73,7 @@ def test_a_json_list_of_tool_use_tasks_keeps_tool_fields_in_extra_info(tmp_path:
     ]  # fmt: skip
     path = tmp_path / "tasks.json"
     path.write_text(json.dumps(tasks, indent=2))
-    summary = build_dataset(path, tmp_path / "o", validation_fraction=0)
+    summary = build_dataset(path, tmp_path / "o", validation_fraction=0, allowed_hosts=["mcp.example"])
     rows = {r["extra_info"]["id"]: r for r in rows_of(summary.train)}  # type: ignore[index]
     tool = rows["browse-1"]["extra_info"]
     assert json.loads(tool["mcp_config"]) == mcp  # type: ignore[index]
@@ -142,3 +142,56 @@ def test_empty_task_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="no tasks"):
         build_dataset(tasks, tmp_path / "o")
     assert not (tmp_path / "o" / "train.parquet").exists()
+
+
+HUD_TASK = {
+    "id": "task-001",
+    "prompt": "Reach 2048 on the board",
+    "mcp_config": {"env": {"url": "http://env.envs.svc:8765/mcp",
+                           "headers": {"Authorization": "Bearer ${ENV_API_KEY}", "Mcp-Image": "org/env:latest"}}},
+    "setup_tool": {"name": "setup", "arguments": {"name": "board", "size": 4}},
+    "evaluate_tool": {"name": "evaluate", "arguments": {"name": "max_number", "target": 2048}},
+    "metadata": {"difficulty": "easy"},
+}  # fmt: skip
+
+
+def test_hud_tasks_keep_variable_references_and_no_secret_reaches_the_parquet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ENV_API_KEY", "sk-very-secret-value")
+    for name, content in (("one.json", HUD_TASK), ("list.json", [HUD_TASK, {**HUD_TASK, "id": "task-002"}])):
+        path = tmp_path / name
+        path.write_text(json.dumps(content, indent=2))
+        summary = build_dataset(
+            path, tmp_path / name.split(".")[0], validation_fraction=0, allowed_hosts=["*.envs.svc"]
+        )
+        rows = rows_of(summary.train)
+        assert len(rows) == (1 if name == "one.json" else 2)
+        config = json.loads(rows[0]["extra_info"]["mcp_config"])  # type: ignore[index]
+        assert config["env"]["headers"]["Authorization"] == "Bearer ${ENV_API_KEY}"
+        assert b"sk-very-secret-value" not in summary.train.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("change", "allowed", "words"),
+    [
+        ({}, None, ["mcp_config.env.url", "--allowed-host"]),
+        ({}, ["*.other.svc"], ["mcp_config.env.url: 'http://env.envs.svc:8765/mcp' is not on an allowed host"]),
+        ({"mcp_config": {"env": {"url": "http://env.envs.svc/mcp", "headers": {"Authorization": "Bearer sk-1"}}}},
+         ["*.envs.svc"], ["mcp_config.env.headers.Authorization: a literal credential"]),
+        ({"agent_config": {"action_mappings": {"move": {"direction": {"transform": "lambda x: __import__('os')"}}}}},
+         ["*.envs.svc"], ["agent_config.action_mappings.move.direction.transform", "Python lambda"]),
+    ],
+)  # fmt: skip
+def test_hud_tasks_that_would_call_elsewhere_leak_a_secret_or_run_code_are_refused(
+    tmp_path: Path, change: dict[str, object], allowed: list[str] | None, words: list[str]
+) -> None:
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({**HUD_TASK, **change}))
+    with pytest.raises(DatasetError) as caught:
+        build_dataset(path, tmp_path / "o", allowed_hosts=allowed)
+    text = "\n".join(caught.value.problems)
+    for word in words:
+        assert word in text
+    assert "sk-1" not in text
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
