@@ -18,16 +18,22 @@ import os
 import random
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from loka_api import TrainingRunSpec
 from loka_api.contract import ENV_WANDB_MODE
+from loka_api.environments import ENV_SYSTEM_PROMPT
 from loka_api.recipes import Recipe, recipe_for
 from loka_api.recipes.grpo import reward_rubric, rubric_json
 from loka_api.recipes.sft import max_length, messages_column
 from loka_api.storage import TransferCancelledError
 from loka_trainer import step_metrics as names
+from loka_trainer.agents.environment import AgentSettings
+from loka_trainer.agents.episode import EPISODE_KEY, EpisodeStats, environment_metrics
+from loka_trainer.agents.trl_loop import mcp_rollout_func
+from loka_trainer.agents.trl_loop import prompt_key as agent_prompt_key
 from loka_trainer.checkpoints import VERL_TRACKER_NAME, drop_older_local_checkpoints
 from loka_trainer.engines import EngineJob
 from loka_trainer.preferences import load_pairs
@@ -132,18 +138,22 @@ def trl_reward(
         log_metric: Callable[[str, float], None] | None = None,
         **kwargs: Any,
     ) -> list[float | None]:
-        del kwargs
+        # An agent run's rollout hands each completion's episode record (loka_env) to the reward.
+        episodes = kwargs.get(EPISODE_KEY) or [None] * len(completions)
 
-        async def score(prompt: Any, text: str, truth: str, source: str) -> dict[str, float]:
-            result = compute_score(source, text, truth, {"prompt": prompt}, **settings)
+        async def score(prompt: Any, text: str, truth: str, source: str, episode: Any) -> dict[str, float]:
+            info = {"prompt": prompt} if episode is None else {"prompt": prompt, EPISODE_KEY: episode}
+            result = compute_score(source, text, truth, info, **settings)
             return as_reward_row(await result if is_async else result)
 
         texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
         rows = await asyncio.gather(
-            *(score(*sample) for sample in zip(prompts, texts, ground_truth, data_source, strict=False))
+            *(score(*sample) for sample in zip(prompts, texts, ground_truth, data_source, episodes, strict=False))
         )
         if log_metric is not None:
-            for name, value in reward_step_metrics(rows).items():
+            figures = reward_step_metrics(rows)
+            figures.update(environment_metrics(e for e in map(EpisodeStats.from_record, episodes) if e is not None))
+            for name, value in figures.items():
                 log_metric(name, value)
         if tap is not None and tap.training:
             base = len(tap.trajectories) // max(1, tap.samples_per_prompt)
@@ -268,8 +278,12 @@ def build_grpo(job: EngineJob, writer: MetricsWriter) -> Any:
     has_template = tokenizer.chat_template is not None
     prompt_key = spec.data.prompt_key
 
+    tasks: dict[str, dict[str, Any]] = {}
+
     def to_trl(row: dict[str, Any]) -> dict[str, Any]:
         prompt = row[prompt_key]
+        if spec.environment is not None and not isinstance(prompt, str):
+            tasks[agent_prompt_key(prompt)] = dict(row.get("extra_info") or {})
         return {
             "prompt": list(prompt) if has_template and not isinstance(prompt, str) else as_text(prompt),
             "ground_truth": str((row.get("reward_model") or {}).get("ground_truth") or ""),
@@ -296,6 +310,11 @@ def build_grpo(job: EngineJob, writer: MetricsWriter) -> Any:
             str(job.checkpoints.prefix),
             seed=job.checkpoints.run_uid or job.run_name,
         )
+    rollout = None
+    if spec.environment is not None:
+        settings = AgentSettings.from_spec(spec.environment, run=job.run_name, namespace=job.namespace)
+        settings = replace(settings, system_prompt=os.environ.get(ENV_SYSTEM_PROMPT) or None)
+        rollout = mcp_rollout_func(settings, tasks, max_completion_tokens=spec.data.max_response_length)
     batch = training.batch_size * training.samples_per_prompt
     config = GRPOConfig(
         **common_arguments(job, eval_batch=batch),
@@ -309,6 +328,7 @@ def build_grpo(job: EngineJob, writer: MetricsWriter) -> Any:
         model=job.inputs.model,
         reward_funcs=[reward],
         args=config,
+        rollout_func=rollout,
         train_dataset=load(job.inputs.train_files),
         eval_dataset=load(job.inputs.val_files),
         processing_class=tokenizer,
