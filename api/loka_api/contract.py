@@ -58,6 +58,17 @@ SECRET_ENV_PODS: dict[str, tuple[str, ...]] = {
     ENV_HF_TOKEN: (RAY_HEAD, RAY_WORKER),
 }
 
+# spec.environment.secretVariables (${VAR} in MCP headers) are in every Ray pod: verl places its agent-loop workers
+# on any node. Their names (never values) are listed in this plain variable, so the trainer redacts their values.
+ENV_SECRET_VARIABLES = "LOKA_SECRET_VARIABLES"
+ENVIRONMENT_SECRET_PODS = (RAY_HEAD, RAY_WORKER)
+
+
+def secret_pods(name: str) -> tuple[str, ...]:
+    """The Ray pods that hold the secret variable ``name`` (a built-in one, or an environment's)."""
+    return SECRET_ENV_PODS.get(name, ENVIRONMENT_SECRET_PODS)
+
+
 # Where the trainer container finds its ServiceAccount token (a projected volume; the file is replaced as the
 # kubelet refreshes it, so it is read again before each API call). Only the head's trainer container mounts it.
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"

@@ -20,6 +20,7 @@ from typing import Annotated
 
 from pydantic import ConfigDict, Field
 
+from loka_api.contract import ENV_SECRET_VARIABLES, SECRET_ENV
 from loka_api.models import (
     DNS_LABEL_PATTERN,
     DNS_SUBDOMAIN_PATTERN,
@@ -119,9 +120,7 @@ class EnvironmentServer(LokaModel):
     path: str = Field(
         default=DEFAULT_MCP_PATH, max_length=256, pattern=r"^/.*$", description="run: the MCP endpoint's path."
     )
-    headers: dict[
-        Annotated[str, Field(max_length=128, pattern=HEADER_NAME_PATTERN)], Annotated[str, Field(max_length=2048)]
-    ] = Field(
+    headers: dict[str, Annotated[str, Field(max_length=2048)]] = Field(
         default_factory=dict,
         max_length=32,
         description="HTTP headers of every request; values may reference secretVariables as ${NAME}.",
@@ -269,6 +268,9 @@ def header_problems(headers: Mapping[str, str], declared: Iterable[str], *, wher
     names = set(declared)
     problems = []
     for header, value in headers.items():
+        if not re.fullmatch(HEADER_NAME_PATTERN, header) or len(header) > 128:
+            problems.append(f"{where}.headers: {header!r} is not an HTTP header name (letters, digits, -, at most 128)")
+            continue
         referenced = variables_in(value)
         if CREDENTIAL_HEADER.search(header) and not referenced:
             problems.append(
@@ -295,6 +297,8 @@ def environment_problems(environment: EnvironmentSpec) -> list[str]:
         for tool in environment.allowed_tools
         if tool in lifecycle
     ]
+    reserved = sorted(set(declared) & {*SECRET_ENV, ENV_ENVIRONMENT, ENV_SYSTEM_PROMPT, ENV_SECRET_VARIABLES})
+    problems += [f"spec.environment.secretVariables: {name!r} is a name Loka sets itself" for name in reserved]
     duplicates = sorted({n for n in declared if declared.count(n) > 1})
     problems += [f"spec.environment.secretVariables: {name!r} declared twice" for name in duplicates]
     return problems

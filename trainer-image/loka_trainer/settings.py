@@ -20,6 +20,7 @@ from loka_api.contract import (
     ENV_CHECKPOINT_PREFIX,
     ENV_CHECKPOINT_WRITER,
     ENV_RUN_UID,
+    ENV_SECRET_VARIABLES,
     ENV_WANDB_KEY,
     SECRET_ENV,
 )
@@ -68,7 +69,8 @@ def wandb_mode(requested: str | None, environ: Mapping[str, str] | None = None) 
 def redact(text: str, environ: Mapping[str, str] | None = None) -> str:
     """Replace the value of every secret variable in ``text`` (for messages that reach status or logs)."""
     env = os.environ if environ is None else environ
-    for name in sorted(SECRET_ENV):
+    declared = [n for n in env.get(ENV_SECRET_VARIABLES, "").split(",") if n]
+    for name in sorted({*SECRET_ENV, *declared}):
         value = env.get(name)
         if value and len(value) >= 4:
             text = text.replace(value, f"<{name}>")

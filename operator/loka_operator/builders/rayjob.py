@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from loka_api import PodResources, SecretKeyRef, TrainingRunSpec, contract
+from loka_api.environments import ENV_SYSTEM_PROMPT
 from loka_operator import naming
 from loka_operator.builders.rayauth import auth_options
 
@@ -63,6 +64,8 @@ def referenced_secrets(spec: TrainingRunSpec) -> list[tuple[str, str, str]]:
         refs.append(_ref(contract.ENV_WANDB_KEY, spec.tracking.wandb.api_key))
     if spec.huggingface is not None and spec.huggingface.token is not None:
         refs.append(_ref(contract.ENV_HF_TOKEN, spec.huggingface.token))
+    if spec.environment is not None:
+        refs += [_ref(v.name, v.secret_ref) for v in spec.environment.secret_variables]
     return refs
 
 
@@ -75,6 +78,9 @@ def plain_env(spec: TrainingRunSpec, run: str, namespace: str) -> dict[str, str]
     env = {contract.ENV_RUN_NAME: run, contract.ENV_RUN_NAMESPACE: namespace}
     if spec.storage is not None and spec.storage.endpoint is not None:
         env[contract.ENV_AWS_ENDPOINT] = spec.storage.endpoint
+    if spec.environment is not None and spec.environment.secret_variables:
+        # Names only: the trainer redacts these variables' values from everything it prints.
+        env[contract.ENV_SECRET_VARIABLES] = ",".join(v.name for v in spec.environment.secret_variables)
     return env
 
 
@@ -94,8 +100,12 @@ def _container_env(spec: TrainingRunSpec, run: str, namespace: str, node: str) -
     env += [
         {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
         for name, secret, key in referenced_secrets(spec)
-        if node in contract.SECRET_ENV_PODS[name]
+        if node in contract.secret_pods(name)
     ]
+    prompt = spec.environment.system_prompt if spec.environment is not None else None
+    if prompt is not None:
+        ref = {"name": prompt.config_map.name, "key": prompt.config_map.key}
+        env.append({"name": ENV_SYSTEM_PROMPT, "valueFrom": {"configMapKeyRef": ref}})
     return env
 
 

@@ -35,7 +35,7 @@ def test_schema_is_structural() -> None:
     for path, node in _walk(schema):
         if "properties" in node and not path.endswith("/properties"):
             assert node.get("type") == "object", path
-        for forbidden in ("$ref", "$defs", "title", "const"):
+        for forbidden in ("$ref", "$defs", "title", "const", "propertyNames", "patternProperties"):
             assert forbidden not in node or path.endswith("/properties"), f"{forbidden} at {path}"
         assert node.get("additionalProperties") is not False, path
         if "anyOf" in node:

@@ -335,3 +335,25 @@ def test_network_policy_selects_every_pod_of_the_run_and_names_kuberays_namespac
     assert own == {"from": [{"podSelector": {"matchLabels": {naming.LABEL_RUN: "qwen"}}}]}
     assert kuberay["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ray-system"}}}]
     assert kuberay["ports"] == [{"protocol": "TCP", "port": 8265}]
+
+
+def test_an_environments_secret_variables_and_prompt_reach_every_ray_pod_by_reference() -> None:
+    environment = {
+        "servers": [{"name": "env", "url": "http://env.envs.svc/mcp", "headers": {"Authorization": "Bearer ${KEY}"}}],
+        "secretVariables": [{"name": "KEY", "secretRef": {"secret": "env-key", "key": "token"}}],
+        "systemPrompt": {"configMap": {"name": "env-prompt", "key": "system.txt"}},
+    }
+    job = rayjob(make_spec(environment=environment))
+    cluster = job["spec"]["rayClusterSpec"]
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    worker = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    submitter = job["spec"]["submitterPodTemplate"]["spec"]["containers"][0]
+    for container in (head, worker):
+        assert secret_refs(container)["KEY"] == ("env-key", "token")
+        env = {e["name"]: e for e in container["env"]}
+        assert env["LOKA_SYSTEM_PROMPT"]["valueFrom"] == {
+            "configMapKeyRef": {"name": "env-prompt", "key": "system.txt"}
+        }
+        assert env["LOKA_SECRET_VARIABLES"]["value"] == "KEY"  # names only, for the trainer's redaction
+    assert "KEY" not in secret_refs(submitter)
+    assert ("KEY", "env-key", "token") in referenced_secrets(make_spec(environment=environment))

@@ -196,3 +196,10 @@ def test_the_verl_hook_reduces_a_steps_episodes_leaving_padding_out() -> None:
     assert metrics["env/tool_calls/mean"] == 2.0
     assert metrics["env/error_rate"] == 0.0
     assert step_environment_metrics([None], [False]) == {}
+
+
+def test_the_trainer_redacts_an_environments_secret_variables() -> None:
+    from loka_trainer.settings import redact
+
+    env = {"LOKA_SECRET_VARIABLES": "ENV_API_KEY", "ENV_API_KEY": "sk-env-1234"}
+    assert redact("401 for Bearer sk-env-1234", env) == "401 for Bearer <ENV_API_KEY>"
