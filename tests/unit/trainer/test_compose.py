@@ -11,7 +11,8 @@ import pytest
 
 from loka_api import TrainingRunSpec
 from loka_api.models import RewardComponentKind
-from loka_api.render import StagedPaths, compose_verl_config, render_verl_overrides, rubric_json
+from loka_api.recipes.grpo import rubric_json
+from loka_api.render import StagedPaths, compose_verl_config, render_verl_overrides
 from loka_trainer.agents.episode import EPISODE_KEY, EpisodeStats, environment_metrics
 from loka_trainer.rewards import compose
 from loka_trainer.rewards.compose import (
