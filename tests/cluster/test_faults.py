@@ -98,7 +98,7 @@ def test_a_frozen_process_stops_until_continued() -> None:
 
     try:
         with frozen(sleeper.pid):
-            assert state() == "T"
+            wait_until(lambda: state() == "T", timeout=5, what="the process to stop")  # signals arrive async
         wait_until(lambda: state() != "T", timeout=5, what="the process to run again")
     finally:
         sleeper.kill()
