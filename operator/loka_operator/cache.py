@@ -1,10 +1,9 @@
 """What a reconcile reads instead of the API server: watch-backed views of runs and their children.
 
 - Runs: the latest body each watch event delivered (`RunCache`).
-- Children (RayJobs, Kueue Workloads, the trainer's ServiceAccount, Role and RoleBinding, the run's NetworkPolicy):
-  kept per run from kopf's
-  watch events, primed at startup by one LIST per kind, so that a run's first reconcile already sees every child
-  that exists (`Children`).
+- Children (every kind in `children.CHILDREN`): kept per run from kopf's watch events, trimmed as each kind's entry
+  says, primed at startup by one LIST per kind, so that a run's first reconcile already sees every child that
+  exists (`Children`).
 - Our own writes (`WriteLedger`): the body a create or patch returned is newer than what the watch showed when
   the write was made. A resourceVersion is opaque (only equality means anything), so the ledger keeps the
   written body until the watch shows anything other than what it showed then (the echo of the write, or a
@@ -18,30 +17,16 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from loka_api import kinds
 from loka_api.contract import TRAINER_FAILURE_FIELD, TRAINER_STATUS_FIELDS
 from loka_operator import naming
-from loka_operator.kube import (
-    JSON,
-    NETWORK_POLICIES,
-    RAYJOBS,
-    ROLE_BINDINGS,
-    ROLES,
-    SERVICE_ACCOUNTS,
-    WORKLOADS,
-    KubeClient,
-)
+from loka_operator.children import CHILDREN, ChildKind
+from loka_operator.kube import JSON, KubeClient
 
 # How long our own write outranks what the watch shows, when the watch never echoes it exactly.
 ECHO_WAIT_SECONDS = 5.0
 
 ObjectRef = tuple[str, str, str]  # kind, namespace, name
-
-RAYJOB = "RayJob"
-WORKLOAD = "Workload"
-SERVICE_ACCOUNT = "ServiceAccount"
-ROLE = "Role"
-ROLE_BINDING = "RoleBinding"
-NETWORK_POLICY = "NetworkPolicy"
 
 
 def resource_version(body: JSON | None) -> str:
@@ -115,19 +100,19 @@ class RunCache:
         key = naming.run_key(body["metadata"]["namespace"], body["metadata"]["name"])
         old = self._runs.get(key)
         self._runs[key] = body
-        ref = ref_of("TrainingRun", body)
+        ref = ref_of(kinds.TRAINING_RUN.kind, body)
         if self.ledger.is_echo(ref, body):
             return False  # the echo of our own status write: the reconcile that wrote it saw everything
         return not only_trainer_fields_changed(old, body)
 
     def wrote(self, body: JSON) -> None:
         key = naming.run_key(body["metadata"]["namespace"], body["metadata"]["name"])
-        self.ledger.wrote(ref_of("TrainingRun", body), body, seen_before=self._runs.get(key))
+        self.ledger.wrote(ref_of(kinds.TRAINING_RUN.kind, body), body, seen_before=self._runs.get(key))
         self._runs.setdefault(key, body)
 
     def run(self, key: str) -> JSON | None:
         namespace, name = naming.split_key(key)
-        return self.ledger.newest(("TrainingRun", namespace, name), self._runs.get(key))
+        return self.ledger.newest((kinds.TRAINING_RUN.kind, namespace, name), self._runs.get(key))
 
     def known(self, key: str) -> bool:
         return key in self._runs
@@ -143,126 +128,69 @@ class RunCache:
 
 @dataclass
 class Children:
-    """A run's children as the watches delivered them (keyed by run, then uid), our own recent writes on top."""
+    """A run's children as the watches delivered them (keyed by kind, run, then uid), our own recent writes on top."""
 
     ledger: WriteLedger
     _observed_by_kind: dict[str, dict[str, dict[str, JSON]]] = field(default_factory=dict)
 
-    def observe(self, kind: str, key: str, body: Mapping[str, Any]) -> None:
+    def observe(self, child: ChildKind, key: str, body: Mapping[str, Any]) -> None:
         """A child as a watch event or the startup LIST delivered it (kept trimmed to what reconcile reads)."""
-        kept = trimmed(kind, body)
-        self._observed_by_kind.setdefault(kind, {}).setdefault(key, {})[kept["metadata"].get("uid", "")] = kept
+        kept = child.trimmed(body)
+        self._observed_by_kind.setdefault(child.name, {}).setdefault(key, {})[kept["metadata"].get("uid", "")] = kept
 
-    def gone(self, kind: str, key: str, body: Mapping[str, Any]) -> None:
-        by_uid = self._observed_by_kind.get(kind, {}).get(key)
+    def gone(self, child: ChildKind, key: str, body: Mapping[str, Any]) -> None:
+        by_uid = self._observed_by_kind.get(child.name, {}).get(key)
         if by_uid is not None:
             by_uid.pop((body.get("metadata") or {}).get("uid", ""), None)
             if not by_uid:
-                del self._observed_by_kind[kind][key]
+                del self._observed_by_kind[child.name][key]
 
     def forget(self, key: str) -> None:
         for by_key in self._observed_by_kind.values():
             by_key.pop(key, None)
 
-    def _observed(self, kind: str, key: str) -> list[JSON]:
-        return list(self._observed_by_kind.get(kind, {}).get(key, {}).values())
+    def _observed(self, child: ChildKind, key: str) -> list[JSON]:
+        return list(self._observed_by_kind.get(child.name, {}).get(key, {}).values())
 
-    def bodies(self, kind: str, key: str) -> list[JSON]:
+    def bodies(self, child: ChildKind, key: str) -> list[JSON]:
         """Every child of this kind the run has, our own recent writes on top."""
-        found = [self.ledger.newest(ref_of(kind, b), b) for b in self._observed(kind, key)]
+        found = [self.ledger.newest(ref_of(child.name, b), b) for b in self._observed(child, key)]
         return [b for b in found if b is not None]
 
-    def get(self, kind: str, key: str, name: str) -> JSON | None:
+    def get(self, child: ChildKind, key: str, name: str) -> JSON | None:
         namespace, _ = naming.split_key(key)
-        observed = next((b for b in self._observed(kind, key) if b["metadata"]["name"] == name), None)
-        return self.ledger.newest((kind, namespace, name), observed)
+        observed = next((b for b in self._observed(child, key) if b["metadata"]["name"] == name), None)
+        return self.ledger.newest((child.name, namespace, name), observed)
 
-    def wrote(self, kind: str, key: str, body: JSON) -> None:
-        before = next((b for b in self._observed(kind, key) if b["metadata"]["name"] == body["metadata"]["name"]), None)
-        self.ledger.wrote(ref_of(kind, body), body, seen_before=before)
+    def wrote(self, child: ChildKind, key: str, body: JSON) -> None:
+        name = body["metadata"]["name"]
+        before = next((b for b in self._observed(child, key) if b["metadata"]["name"] == name), None)
+        self.ledger.wrote(ref_of(child.name, body), body, seen_before=before)
 
-    def deleted(self, kind: str, key: str, name: str) -> None:
+    def deleted(self, child: ChildKind, key: str, name: str) -> None:
         namespace, _ = naming.split_key(key)
-        before = next((b for b in self._observed(kind, key) if b["metadata"]["name"] == name), None)
-        self.ledger.wrote((kind, namespace, name), None, seen_before=before)
+        before = next((b for b in self._observed(child, key) if b["metadata"]["name"] == name), None)
+        self.ledger.wrote((child.name, namespace, name), None, seen_before=before)
 
-    def is_echo(self, kind: str, body: JSON) -> bool:
-        return self.ledger.is_echo(ref_of(kind, body), body)
-
-
-# What the cache keeps of each child: what reconcile reads, nothing more (a RayJob's pod templates are most of
-# its bytes).
-KEPT_METADATA = (
-    "name",
-    "namespace",
-    "uid",
-    "resourceVersion",
-    "generation",
-    "creationTimestamp",
-    "deletionTimestamp",
-    "labels",
-    "annotations",
-    "ownerReferences",
-)
-KEPT_FIELDS: dict[str, dict[str, tuple[str, ...] | None]] = {
-    RAYJOB: {"spec": ("backoffLimit", "suspend"), "status": None},
-    WORKLOAD: {"spec": ("active",), "status": ("conditions",)},
-    SERVICE_ACCOUNT: {},
-    ROLE: {"rules": None},
-    ROLE_BINDING: {"roleRef": None, "subjects": None},
-    NETWORK_POLICY: {"spec": None},
-}
-
-
-def trimmed(kind: str, body: Mapping[str, Any]) -> JSON:
-    """A child's body as the cache keeps it: the fields reconcile reads (None: the whole field)."""
-    meta = body.get("metadata") or {}
-    out: JSON = {"metadata": {k: meta[k] for k in KEPT_METADATA if k in meta}}
-    for name, keys in KEPT_FIELDS[kind].items():
-        value = body.get(name)
-        if value is None:
-            continue
-        out[name] = dict(value) if keys is None and isinstance(value, dict) else value
-        if keys is not None and isinstance(value, dict):
-            out[name] = {k: value[k] for k in keys if k in value}
-    return out
-
-
-RESOURCE_OF = {
-    RAYJOB: RAYJOBS,
-    WORKLOAD: WORKLOADS,
-    SERVICE_ACCOUNT: SERVICE_ACCOUNTS,
-    ROLE: ROLES,
-    ROLE_BINDING: ROLE_BINDINGS,
-    NETWORK_POLICY: NETWORK_POLICIES,
-}
-
-
-def child_key(kind: str, body: Mapping[str, Any]) -> str | None:
-    """The run a child belongs to: its `loka.dev/run` label, or for a Workload the RayJob that owns it (a run's
-    RayJob carries the run's name); None for anything else."""
-    meta = body.get("metadata") or {}
-    namespace = meta.get("namespace") or ""
-    if kind == WORKLOAD:
-        for ref in meta.get("ownerReferences") or []:
-            if ref.get("kind") == "RayJob" and str(ref.get("apiVersion", "")).startswith(f"{naming.RAY_GROUP}/"):
-                return naming.run_key(namespace, ref.get("name", ""))
-        return None
-    run = (meta.get("labels") or {}).get(naming.LABEL_RUN)
-    return naming.run_key(namespace, run) if run else None
+    def is_echo(self, child: ChildKind, body: JSON) -> bool:
+        return self.ledger.is_echo(ref_of(child.name, body), body)
 
 
 async def prime(
-    children: Children, client: KubeClient, namespaces: Collection[str | None], selectors: Mapping[str, str]
+    children: Children,
+    client: KubeClient,
+    namespaces: Collection[str | None],
+    selectors: Mapping[ChildKind, str],
+    watched: Collection[ChildKind] = CHILDREN,
 ) -> int:
     """Fill the children from one LIST per kind and namespace (None: every namespace), before any run is reconciled:
     the watches only tell what changes after they start."""
     found = 0
-    for kind, resource in RESOURCE_OF.items():
+    for child in watched:
         for namespace in namespaces:
-            for body in await client.list(resource, namespace, label_selector=selectors.get(kind, "")):
-                key = child_key(kind, body)
+            for body in await client.list(child.kind, namespace, label_selector=selectors.get(child, child.selector)):
+                key = child.run_of(body)
                 if key is not None:
-                    children.observe(kind, key, body)
+                    children.observe(child, key, body)
                     found += 1
     return found

@@ -9,8 +9,9 @@ import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from loka_api import kinds
 from loka_operator import naming
-from loka_operator.kube import EVENTS, JSON, ApiError, KubeClient
+from loka_operator.kube import JSON, ApiError, KubeClient
 from loka_operator.status import PhaseEvent
 
 log = logging.getLogger(__name__)
@@ -40,12 +41,12 @@ class EventRecorder:
         meta = body["metadata"]
         stamp = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
         manifest: JSON = {
-            "apiVersion": "v1",
-            "kind": "Event",
+            "apiVersion": kinds.EVENT.api_version,
+            "kind": kinds.EVENT.kind,
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {
-                "apiVersion": body.get("apiVersion", "loka.dev/v1alpha1"),
-                "kind": body.get("kind", "TrainingRun"),
+                "apiVersion": body.get("apiVersion", kinds.TRAINING_RUN.api_version),
+                "kind": body.get("kind", kinds.TRAINING_RUN.kind),
                 "name": meta["name"],
                 "namespace": meta["namespace"],
                 "uid": meta["uid"],
@@ -61,6 +62,6 @@ class EventRecorder:
             "count": 1,
         }
         try:
-            await self.client.create(EVENTS, meta["namespace"], manifest)
+            await self.client.create(kinds.EVENT, meta["namespace"], manifest)
         except ApiError as error:
             log.warning("could not post Event %s for %s/%s: %s", event.reason, meta["namespace"], meta["name"], error)

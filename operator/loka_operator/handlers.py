@@ -1,8 +1,7 @@
 """Thin kopf wiring: watch events on a run or one of its children ask for one level-based reconcile.
 
-Every child (RayJobs, Kueue Workloads, the trainer's ServiceAccount, Role and RoleBinding, the run's NetworkPolicy) is
-kept per run from
-the watch events (primed by one LIST per kind at startup), so a reconcile reads them instead of the API server.
+Every child kind the registry declares (`children.CHILDREN`) is watched by one generic handler and kept per run
+from the watch events (primed by one LIST per kind at startup), so a reconcile reads them instead of the API server.
 Events the operator caused itself (the echo of its own write) and run updates that touch only what the trainer
 writes (progress, metrics, ...) do not cause a reconcile of that run; every event of a run does reconcile the runs
 waiting for its checkpoint (spec.model.fromRun).
@@ -13,24 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import kopf
 from prometheus_client import start_http_server
 
-from loka_api import GROUP, PLURAL, VERSION
+from loka_api import kinds
 from loka_operator import naming
-from loka_operator.cache import (
-    NETWORK_POLICY,
-    RAYJOB,
-    ROLE,
-    ROLE_BINDING,
-    SERVICE_ACCOUNT,
-    WORKLOAD,
-    child_key,
-    prime,
-)
+from loka_operator.cache import prime
+from loka_operator.children import CHILDREN, WORKLOAD, ChildKind
 from loka_operator.config import OperatorConfig
 from loka_operator.credentials import login
 from loka_operator.kube import KubeClient
@@ -39,16 +31,6 @@ from loka_operator.reconcile import Reconciler
 from loka_operator.workqueue import RunQueue
 
 log = logging.getLogger(__name__)
-
-OURS = f"{naming.LABEL_MANAGED_BY}={naming.OPERATOR_NAME}"
-IDENTITY = {naming.LABEL_MANAGED_BY: naming.OPERATOR_NAME, naming.LABEL_COMPONENT: "trainer-identity"}
-ISOLATION = {naming.LABEL_MANAGED_BY: naming.OPERATOR_NAME, naming.LABEL_COMPONENT: "network-policy"}
-RAYJOBS = (naming.RAY_GROUP, naming.RAY_VERSION, "rayjobs")
-WORKLOADS = (naming.KUEUE_GROUP, naming.KUEUE_VERSION, "workloads")
-SERVICE_ACCOUNTS = ("", "v1", "serviceaccounts")
-ROLES = ("rbac.authorization.k8s.io", "v1", "roles")
-ROLE_BINDINGS = ("rbac.authorization.k8s.io", "v1", "rolebindings")
-NETWORK_POLICIES = ("networking.k8s.io", "v1", "networkpolicies")
 
 
 @dataclass
@@ -95,10 +77,10 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     # Every Event goes through the operator's own recorder, whose writes the leader Lease fences; kopf's would not be.
     settings.posting.enabled = False
     # Server-side filters: the API server sends only the operator's own children.
-    for group, version, plural in (RAYJOBS, SERVICE_ACCOUNTS, ROLES, ROLE_BINDINGS, NETWORK_POLICIES):
-        settings.watching.label_selectors[group, version, plural] = OURS
-    if config.workload_selector:
-        settings.watching.label_selectors[WORKLOADS] = config.workload_selector
+    selectors = child_selectors(config)
+    for child, selector in selectors.items():
+        if selector:
+            settings.watching.label_selectors[child.kind.gvr] = selector
     shared = getattr(memo, "shared", None)
     if not isinstance(shared, Shared):  # `kopf run` without main(): no standby, no leader election
         metrics = OperatorMetrics()
@@ -112,8 +94,6 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     scopes: list[str | None] = (
         [None] if not config.namespaces or any(map(_is_pattern, config.namespaces)) else [*config.namespaces]
     )
-    selectors = dict.fromkeys((RAYJOB, SERVICE_ACCOUNT, ROLE, ROLE_BINDING, NETWORK_POLICY), OURS)
-    selectors[WORKLOAD] = config.workload_selector
     primed = await prime(reconciler.children, client, scopes, selectors)
 
     async def reconcile_one(key: str, drift: bool) -> float | None:
@@ -142,6 +122,13 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         config.resync_seconds,
         primed,
     )
+
+
+def child_selectors(config: OperatorConfig) -> dict[ChildKind, str]:
+    """The label selector each child kind is watched and listed with (Workloads: as the operator is configured)."""
+    selectors = {child: child.selector for child in CHILDREN}
+    selectors[WORKLOAD] = config.workload_selector
+    return selectors
 
 
 def _counter(metrics: OperatorMetrics) -> Any:
@@ -183,7 +170,7 @@ def _is_pattern(namespace: str) -> bool:
 # --------------------------------------------------------------------------------------------- runs
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL)
+@kopf.on.event(*kinds.TRAINING_RUN.gvr)
 async def run_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
     state = _state(memo)
     key = naming.run_key(body.metadata.namespace or "", body.metadata.name or "")
@@ -201,48 +188,34 @@ async def run_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) ->
 # ------------------------------------------------------------------------------------------ children
 
 
-def _child_changed(kind: str, type: str | None, body: kopf.Body, memo: Any) -> None:
-    """Keep the child in the cache; reconcile its run unless this is the echo of our own write."""
+async def child_changed(type: str | None, body: kopf.Body, memo: Any, param: Any = None, **_: Any) -> None:
+    """Keep the child (of kind ``param``) in the cache; reconcile its run unless this is the echo of our own write."""
+    child: ChildKind = param
     state = _state(memo)
-    key = child_key(kind, body)
+    key = child.run_of(body)
     if key is None:
         return
     children = state.reconciler.children
     if type == "DELETED":
-        children.gone(kind, key, body)
+        children.gone(child, key, body)
     else:
-        children.observe(kind, key, body)
-        if children.is_echo(kind, dict(body)):
+        children.observe(child, key, body)
+        if children.is_echo(child, dict(body)):
             return
     if state.reconciler.cache.known(key):
         state.queue.request(key)
 
 
-@kopf.on.event(*RAYJOBS, labels={naming.LABEL_MANAGED_BY: naming.OPERATOR_NAME})
-async def rayjob_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
-    _child_changed(RAYJOB, type, body, memo)
+def watch_children(watched: Iterable[ChildKind], registry: kopf.OperatorRegistry) -> None:
+    """The one handler above, registered for each child kind (kopf hands it the kind as ``param``)."""
+    for child in watched:
+        kopf.on.event(
+            *child.kind.gvr,
+            id=f"{child.kind.plural}-changed",
+            labels=child.labels or None,
+            param=child,
+            registry=registry,
+        )(child_changed)
 
 
-@kopf.on.event(*WORKLOADS)
-async def workload_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
-    _child_changed(WORKLOAD, type, body, memo)
-
-
-@kopf.on.event(*SERVICE_ACCOUNTS, labels=IDENTITY)
-async def service_account_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
-    _child_changed(SERVICE_ACCOUNT, type, body, memo)
-
-
-@kopf.on.event(*ROLES, labels=IDENTITY)
-async def role_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
-    _child_changed(ROLE, type, body, memo)
-
-
-@kopf.on.event(*ROLE_BINDINGS, labels=IDENTITY)
-async def role_binding_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
-    _child_changed(ROLE_BINDING, type, body, memo)
-
-
-@kopf.on.event(*NETWORK_POLICIES, labels=ISOLATION)
-async def network_policy_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
-    _child_changed(NETWORK_POLICY, type, body, memo)
+watch_children(CHILDREN, kopf.get_default_registry())

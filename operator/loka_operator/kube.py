@@ -16,11 +16,12 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import kopf
+
+from loka_api.kinds import Kind
 
 log = logging.getLogger(__name__)
 
@@ -49,25 +50,6 @@ class ApiError(Exception):
         errors are not refusals.
         """
         return self.status in (400, 403, 422)
-
-
-@dataclass(frozen=True)
-class Resource:
-    group: str
-    version: str
-    plural: str
-    namespaced: bool = True
-
-    def path(self, namespace: str | None = None, name: str | None = None, subresource: str | None = None) -> str:
-        base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
-        if self.namespaced and namespace is not None:
-            base += f"/namespaces/{namespace}"
-        base += f"/{self.plural}"
-        if name is not None:
-            base += f"/{name}"
-        if subresource is not None:
-            base += f"/{subresource}"
-        return base
 
 
 class KubeClient:
@@ -200,7 +182,7 @@ class KubeClient:
             decoded = {"message": payload[:200].decode(errors="replace")}
         return response.status, decoded
 
-    async def get(self, resource: Resource, namespace: str, name: str) -> JSON | None:
+    async def get(self, resource: Kind, namespace: str, name: str) -> JSON | None:
         try:
             return await self.request("GET", resource.path(namespace, name))
         except ApiError as error:
@@ -208,7 +190,7 @@ class KubeClient:
                 return None
             raise
 
-    async def get_metadata(self, resource: Resource, namespace: str, name: str) -> JSON | None:
+    async def get_metadata(self, resource: Kind, namespace: str, name: str) -> JSON | None:
         """The object's metadata only (PartialObjectMetadata), or None when it does not exist."""
         try:
             return await self.request("GET", resource.path(namespace, name), accept=METADATA_ONLY)
@@ -217,26 +199,26 @@ class KubeClient:
                 return None
             raise
 
-    async def list(self, resource: Resource, namespace: str | None = None, *, label_selector: str = "") -> list[JSON]:
+    async def list(self, resource: Kind, namespace: str | None = None, *, label_selector: str = "") -> list[JSON]:
         params = {"labelSelector": label_selector} if label_selector else None
         answer = await self.request("GET", resource.path(namespace), params=params)
         items: list[JSON] = answer.get("items", [])
         return items
 
-    async def create(self, resource: Resource, namespace: str, body: JSON) -> JSON:
+    async def create(self, resource: Kind, namespace: str, body: JSON) -> JSON:
         return await self.request("POST", resource.path(namespace), body=body)
 
-    async def replace(self, resource: Resource, namespace: str, name: str, body: JSON) -> JSON:
+    async def replace(self, resource: Kind, namespace: str, name: str, body: JSON) -> JSON:
         """PUT: the whole object, guarded by the resourceVersion it carries (409 when someone wrote meanwhile)."""
         return await self.request("PUT", resource.path(namespace, name), body=body)
 
     async def merge_patch(
-        self, resource: Resource, namespace: str, name: str, patch: JSON, *, subresource: str | None = None
+        self, resource: Kind, namespace: str, name: str, patch: JSON, *, subresource: str | None = None
     ) -> JSON:
         path = resource.path(namespace, name, subresource)
         return await self.request("PATCH", path, body=patch, content_type=MERGE_PATCH)
 
-    async def delete(self, resource: Resource, namespace: str, name: str) -> bool:
+    async def delete(self, resource: Kind, namespace: str, name: str) -> bool:
         """True when something was deleted; a missing object is not an error."""
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
         try:
@@ -246,16 +228,3 @@ class KubeClient:
                 return False
             raise
         return True
-
-
-TRAINING_RUNS = Resource("loka.dev", "v1alpha1", "trainingruns")
-RAYJOBS = Resource("ray.io", "v1", "rayjobs")
-WORKLOADS = Resource("kueue.x-k8s.io", "v1beta2", "workloads")
-LOCAL_QUEUES = Resource("kueue.x-k8s.io", "v1beta2", "localqueues")
-SECRETS = Resource("", "v1", "secrets")
-SERVICE_ACCOUNTS = Resource("", "v1", "serviceaccounts")
-EVENTS = Resource("", "v1", "events")
-ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles")
-ROLE_BINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings")
-NETWORK_POLICIES = Resource("networking.k8s.io", "v1", "networkpolicies")
-LEASES = Resource("coordination.k8s.io", "v1", "leases")

@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from loka_api import kinds
 from loka_operator.config import LeaderElection
-from loka_operator.kube import JSON, LEASES, ApiError, KubeClient
+from loka_operator.kube import JSON, ApiError, KubeClient
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class LeaseElector:
             return
         self.leading = False
         try:
-            lease = await self.client.get(LEASES, self.election.namespace, self.election.name)
+            lease = await self.client.get(kinds.LEASE, self.election.namespace, self.election.name)
             if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.me:
                 return
             stamp = _micro_time(datetime.now(UTC))
@@ -123,7 +124,7 @@ class LeaseElector:
                 "renewTime": stamp,
                 "leaseTransitions": spec.get("leaseTransitions", 0),
             }
-            await self.client.replace(LEASES, self.election.namespace, self.election.name, lease)
+            await self.client.replace(kinds.LEASE, self.election.namespace, self.election.name, lease)
             log.info("released the Lease %s/%s", self.election.namespace, self.election.name)
         except ApiError as error:
             log.warning("could not release the Lease %s/%s: %s", self.election.namespace, self.election.name, error)
@@ -145,15 +146,15 @@ class LeaseElector:
         sent = time.monotonic()
         stamp = _micro_time(datetime.now(UTC))
         try:
-            lease = await self.client.get(LEASES, namespace, name)
+            lease = await self.client.get(kinds.LEASE, namespace, name)
             if lease is None:
                 body: JSON = {
-                    "apiVersion": "coordination.k8s.io/v1",
-                    "kind": "Lease",
+                    "apiVersion": kinds.LEASE.api_version,
+                    "kind": kinds.LEASE.kind,
                     "metadata": {"name": name, "namespace": namespace},
                     "spec": self._record(stamp, stamp, 0),
                 }
-                await self.client.create(LEASES, namespace, body)
+                await self.client.create(kinds.LEASE, namespace, body)
                 self._renewed_at = sent
                 return True
             spec: dict[str, Any] = lease.get("spec") or {}
@@ -173,7 +174,7 @@ class LeaseElector:
                 lease["spec"] = self._record(spec.get("acquireTime") or stamp, stamp, transitions)
             else:
                 lease["spec"] = self._record(stamp, stamp, transitions + 1)
-            await self.client.replace(LEASES, namespace, name, lease)
+            await self.client.replace(kinds.LEASE, namespace, name, lease)
         except ApiError as error:
             if error.status != 409:  # 409: another replica wrote first
                 log.warning("Lease %s/%s: %s", namespace, name, error)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loka_api import GROUP, KIND, VERSION
+from loka_api import GROUP, kinds
 from loka_api.kueue import JOB_UID_LABEL
 
 OPERATOR_NAME = "loka-operator"
@@ -20,11 +20,6 @@ KUEUE_JOB_UID_LABEL = JOB_UID_LABEL  # the core reads Workloads by it (loka_api.
 
 # Set by the API server on every namespace (Kubernetes 1.21+): a NetworkPolicy selects a namespace by name with it.
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
-
-RAY_GROUP = "ray.io"
-RAY_VERSION = "v1"
-KUEUE_GROUP = "kueue.x-k8s.io"
-KUEUE_VERSION = "v1beta2"
 
 WORKER_GROUP = "workers"
 
@@ -70,8 +65,8 @@ def run_labels(run: str, component: str) -> dict[str, str]:
 
 def owner_reference(run: str, uid: str) -> dict[str, Any]:
     return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": KIND,
+        "apiVersion": kinds.TRAINING_RUN.api_version,
+        "kind": kinds.TRAINING_RUN.kind,
         "name": run,
         "uid": uid,
         "controller": True,
@@ -82,8 +77,8 @@ def owner_reference(run: str, uid: str) -> dict[str, Any]:
 def rayjob_owner_reference(rayjob: str, uid: str) -> dict[str, Any]:
     """No blockOwnerDeletion: that would need `update` on rayjobs/finalizers, and nothing waits on it."""
     return {
-        "apiVersion": f"{RAY_GROUP}/{RAY_VERSION}",
-        "kind": "RayJob",
+        "apiVersion": kinds.RAY_JOB.api_version,
+        "kind": kinds.RAY_JOB.kind,
         "name": rayjob,
         "uid": uid,
         "controller": True,

@@ -29,9 +29,10 @@ from loka_api import (
     TrainingRun,
     TrainingRunSpec,
     TrainingRunStatus,
+    kinds,
 )
 from loka_operator import naming
-from loka_operator.kube import JSON, SECRETS, TRAINING_RUNS, ApiError, KubeClient
+from loka_operator.kube import JSON, ApiError, KubeClient
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +205,9 @@ class Notifier:
         if conditional:
             patch["metadata"] = {"resourceVersion": meta["resourceVersion"]}
         try:
-            await self.client.merge_patch(TRAINING_RUNS, meta["namespace"], meta["name"], patch, subresource="status")
+            await self.client.merge_patch(
+                kinds.TRAINING_RUN, meta["namespace"], meta["name"], patch, subresource="status"
+            )
         except ApiError as error:
             if error.status in (404, 409):
                 return False
@@ -233,7 +236,7 @@ class Notifier:
         )  # fmt: skip
         final = claim.model_copy(update={"state": outcome, "tries": tries, "time": _now(), "message": detail or None})
         for _ in range(5):  # unconditional after a fresh read: only this sender holds the claim
-            body = await self.client.get(TRAINING_RUNS, namespace, name)
+            body = await self.client.get(kinds.TRAINING_RUN, namespace, name)
             if body is None:
                 return
             with contextlib.suppress(ApiError):
@@ -242,7 +245,7 @@ class Notifier:
             await asyncio.sleep(0.5)
 
     async def _webhook_url(self, namespace: str, ref: SecretKeyRef) -> tuple[str, str]:
-        secret = await self.client.get(SECRETS, namespace, ref.secret)
+        secret = await self.client.get(kinds.SECRET, namespace, ref.secret)
         encoded = ((secret or {}).get("data") or {}).get(ref.key)
         if not encoded:
             return "", f"Secret {ref.secret!r} has no key {ref.key!r}"

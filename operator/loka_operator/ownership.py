@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from loka_api import GROUP, KIND
+from loka_api import kinds
 
 
 class Claim(enum.Enum):
@@ -31,5 +31,5 @@ def claim(obj: dict[str, Any], run: str, uid: str) -> Claim:
         return Claim.FOREIGN
     if owner.get("uid") == uid:
         return Claim.OURS
-    same_kind = owner.get("kind") == KIND and str(owner.get("apiVersion", "")).startswith(f"{GROUP}/")
+    same_kind = kinds.TRAINING_RUN.owns(str(owner.get("apiVersion", "")), str(owner.get("kind", "")))
     return Claim.PREVIOUS_RUN if same_kind and owner.get("name") == run else Claim.FOREIGN

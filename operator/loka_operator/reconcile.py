@@ -25,36 +25,13 @@ from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
-from loka_api import QueueSpec, TrainingRun, TrainingRunStatus
+from loka_api import QueueSpec, TrainingRun, TrainingRunStatus, kinds
 from loka_operator import builders, kueue, lineage, naming
-from loka_operator.cache import (
-    NETWORK_POLICY,
-    RAYJOB,
-    ROLE,
-    ROLE_BINDING,
-    SERVICE_ACCOUNT,
-    WORKLOAD,
-    Children,
-    RunCache,
-    WriteLedger,
-)
+from loka_operator.cache import Children, RunCache, WriteLedger
+from loka_operator.children import NETWORK_POLICY, RAY_JOB, ROLE, ROLE_BINDING, SERVICE_ACCOUNT, WORKLOAD, ChildKind
 from loka_operator.config import OperatorConfig
 from loka_operator.events import EventRecorder
-from loka_operator.kube import (
-    JSON,
-    LOCAL_QUEUES,
-    NETWORK_POLICIES,
-    RAYJOBS,
-    ROLE_BINDINGS,
-    ROLES,
-    SECRETS,
-    SERVICE_ACCOUNTS,
-    TRAINING_RUNS,
-    WORKLOADS,
-    ApiError,
-    KubeClient,
-    Resource,
-)
+from loka_operator.kube import JSON, ApiError, KubeClient
 from loka_operator.messages import NO_SECRETS, Redactor, brief, cause
 from loka_operator.metrics import OperatorMetrics
 from loka_operator.notifications import Notifier, webhook_refs
@@ -67,13 +44,6 @@ log = logging.getLogger(__name__)
 
 # KubeRay's jobDeploymentStatus values after which the RayJob never runs again.
 RAYJOB_FINISHED = frozenset({"Complete", "Failed", "ValidationFailed"})
-KIND_OF = {
-    SERVICE_ACCOUNTS: SERVICE_ACCOUNT,
-    ROLES: ROLE,
-    ROLE_BINDINGS: ROLE_BINDING,
-    NETWORK_POLICIES: NETWORK_POLICY,
-    RAYJOBS: RAYJOB,
-}
 # A deleted RayJob's token Secret is still there: the next RayJob waits for garbage collection to remove it.
 TOKEN_PENDING = "RayTokenPending"
 
@@ -165,7 +135,7 @@ class Reconciler:
         if drift:
             self._redactors.pop(key, None)  # Secret values may have been rotated
 
-        rayjob, blocked = self._current(RAYJOB, key, naming.rayjob_name(name), run)
+        rayjob, blocked = self._current(RAY_JOB, key, naming.rayjob_name(name), run)
         launched = rayjob is not None or previous.ray_job is not None
 
         # 1. semantic validation, once per (uid, generation), never after launch
@@ -249,7 +219,7 @@ class Reconciler:
         body = self.cache.run(source_key)
         if body is None and run.status.source is not None and run.status.source.uid is not None:
             # Seen before, not cached now: right after a restart the run watch may not have delivered it yet.
-            body = await self.client.get(TRAINING_RUNS, namespace, from_run.name)
+            body = await self.client.get(kinds.TRAINING_RUN, namespace, from_run.name)
         if body is not None and body["metadata"].get("deletionTimestamp"):
             body = None  # going away: it will not produce the checkpoint
         state = lineage.resolve(run, body, lookup=lambda name: self.cache.run(naming.run_key(namespace, name)))
@@ -282,13 +252,13 @@ class Reconciler:
         key is the Secret read whole, and only its key names kept: a key really missing, managedFields
         stripped, or a Secret written by server-side apply with `stringData` (recorded as applied, not as stored).
         """
-        meta = await self.client.get_metadata(SECRETS, namespace, secret)
+        meta = await self.client.get_metadata(kinds.SECRET, namespace, secret)
         if meta is None:
             return None
         listed = _managed_data_keys(meta)
         if set(wanted) <= listed:
             return listed
-        body = await self.client.get(SECRETS, namespace, secret)
+        body = await self.client.get(kinds.SECRET, namespace, secret)
         if body is None:
             return None
         present = set((body.get("data") or {}).keys()) | set((body.get("stringData") or {}).keys())
@@ -300,11 +270,11 @@ class Reconciler:
         if manifest is None or (namespace, queue.name) in self._local_queues:
             return
         try:
-            await self.client.create(LOCAL_QUEUES, namespace, manifest)
+            await self.client.create(kinds.LOCAL_QUEUE, namespace, manifest)
         except ApiError as error:
             if error.status != 409:
                 raise
-            existing = await self.client.get(LOCAL_QUEUES, namespace, queue.name) or {}
+            existing = await self.client.get(kinds.LOCAL_QUEUE, namespace, queue.name) or {}
             if existing.get("spec", {}).get("clusterQueue") != queue.cluster_queue:
                 log.warning(
                     "LocalQueue %s/%s points at ClusterQueue %r, not %r as the run asks; leaving it",
@@ -325,62 +295,61 @@ class Reconciler:
         # The ServiceAccount, the Role and the NetworkPolicy side by side; the binding after its Role (without
         # `bind`, RBAC checks the Role's rules when a binding is created, so the Role must exist by then).
         problems = await asyncio.gather(
-            self._ensure(SERVICE_ACCOUNTS, run, account, ()),
-            self._ensure(ROLES, run, role, ("rules",)),
-            self._ensure(NETWORK_POLICIES, run, policy, ("spec",)),
+            self._ensure(SERVICE_ACCOUNT, run, account),
+            self._ensure(ROLE, run, role),
+            self._ensure(NETWORK_POLICY, run, policy),
         )
         first = next((problem for problem in problems if problem is not None), None)
-        return first or await self._ensure(ROLE_BINDINGS, run, binding, ("subjects",))
+        return first or await self._ensure(ROLE_BINDING, run, binding)
 
-    async def _ensure(
-        self, resource: Resource, run: TrainingRun, manifest: JSON, owned: tuple[str, ...]
-    ) -> Problem | None:
-        """The run's own child: create it when absent, patch the fields this operator owns back when they drifted.
+    async def _ensure(self, child: ChildKind, run: TrainingRun, manifest: JSON) -> Problem | None:
+        """The run's own child: create it when absent, patch the fields this operator owns (`child.repaired`) back
+        when they drifted.
 
         An object of that name the run does not own is never touched: the run waits and says why.
         """
-        kind, name = KIND_OF[resource], manifest["metadata"]["name"]
+        name = manifest["metadata"]["name"]
         namespace, key = run.metadata.namespace, naming.run_key(run.metadata.namespace, run.metadata.name)
-        existing, problem = self._current(kind, key, name, run)
+        existing, problem = self._current(child, key, name, run)
         if problem is not None:
             return problem
         if existing is None:
-            existing, problem = await self._create(resource, run, manifest)
+            existing, problem = await self._create(child, run, manifest)
             if existing is None or problem is not None:
                 return problem
-        drifted = {k: manifest[k] for k in owned if existing.get(k) != manifest[k]}
+        drifted = {k: manifest[k] for k in child.repaired if existing.get(k) != manifest[k]}
         if drifted:
-            log.info("repairing drift in %s %s/%s: %s", resource.plural, namespace, name, ", ".join(drifted))
+            log.info("repairing drift in %s %s/%s: %s", child.kind.plural, namespace, name, ", ".join(drifted))
             try:
-                patched = await self.client.merge_patch(resource, namespace, name, drifted)
+                patched = await self.client.merge_patch(child.kind, namespace, name, drifted)
             except ApiError as error:
                 if error.refused:
-                    return _refused("update", kind, name, error)
+                    return _refused("update", child.name, name, error)
                 raise
-            self.children.wrote(kind, key, patched)
+            self.children.wrote(child, key, patched)
         return None
 
-    async def _create(self, resource: Resource, run: TrainingRun, manifest: JSON) -> tuple[JSON | None, Problem | None]:
+    async def _create(self, child: ChildKind, run: TrainingRun, manifest: JSON) -> tuple[JSON | None, Problem | None]:
         """Create a child; on a name already taken, read it and say whose it is."""
-        kind, name, namespace = KIND_OF[resource], manifest["metadata"]["name"], run.metadata.namespace
+        name, namespace = manifest["metadata"]["name"], run.metadata.namespace
         try:
-            created = await self.client.create(resource, namespace, manifest)
+            created = await self.client.create(child.kind, namespace, manifest)
         except ApiError as error:
             if error.refused:
-                return None, _refused("create", kind, name, error)
+                return None, _refused("create", child.name, name, error)
             if error.status != 409:
                 raise
-            existing = await self.client.get(resource, namespace, name)
+            existing = await self.client.get(child.kind, namespace, name)
             if existing is None:
                 raise  # deleted meanwhile: the retry creates it
-            return _claimed(kind, existing, run)
-        self.children.wrote(kind, naming.run_key(namespace, run.metadata.name), created)
+            return _claimed(child.name, existing, run)
+        self.children.wrote(child, naming.run_key(namespace, run.metadata.name), created)
         return created, None
 
-    def _current(self, kind: str, key: str, name: str, run: TrainingRun) -> tuple[JSON | None, Problem | None]:
+    def _current(self, child: ChildKind, key: str, name: str, run: TrainingRun) -> tuple[JSON | None, Problem | None]:
         """The child as the cache holds it, if it is this run's; otherwise why the run cannot use the name."""
-        found = self.children.get(kind, key, name)
-        return (None, None) if found is None else _claimed(kind, found, run)
+        found = self.children.get(child, key, name)
+        return (None, None) if found is None else _claimed(child.name, found, run)
 
     async def _launch(
         self, run: TrainingRun, rayjob: JSON | None, *, check_first: bool
@@ -399,19 +368,21 @@ class Reconciler:
         conflict = await self._ensure_ray_token(run, rayjob, check_first=check_first)
         if conflict is not None:
             namespace, name = run.metadata.namespace, rayjob["metadata"]["name"]
-            await self.client.delete(RAYJOBS, namespace, name)
-            self.children.deleted(RAYJOB, naming.run_key(namespace, run.metadata.name), name)
+            await self.client.delete(RAY_JOB.kind, namespace, name)
+            self.children.deleted(RAY_JOB, naming.run_key(namespace, run.metadata.name), name)
             return None, conflict
         return rayjob, None
 
     async def _ray_token_name_taken(self, run: TrainingRun) -> Problem | None:
         """Before a RayJob exists, a Secret under its token's name is someone else's (or a deleted RayJob's)."""
         name = naming.ray_auth_secret_name(run.metadata.name)
-        existing = await self.client.get_metadata(SECRETS, run.metadata.namespace, name)
+        existing = await self.client.get_metadata(kinds.SECRET, run.metadata.namespace, name)
         if existing is None:
             return None
         owners = existing.get("metadata", {}).get("ownerReferences") or []
-        if any(o.get("kind") == "RayJob" and o.get("name") == naming.rayjob_name(run.metadata.name) for o in owners):
+        rayjob = naming.rayjob_name(run.metadata.name)
+        by_rayjob = [o for o in owners if kinds.RAY_JOB.owns(o.get("apiVersion", ""), o.get("kind", ""))]
+        if any(o.get("name") == rayjob for o in by_rayjob):
             return Problem(TOKEN_PENDING, f"waiting for the Secret {name!r} of a deleted RayJob to be removed")
         return _token_conflict(name)
 
@@ -422,19 +393,19 @@ class Reconciler:
         if self._tokens.get(key) == owner and not check_first:
             return None
         name = naming.ray_auth_secret_name(run.metadata.name)
-        existing = await self.client.get_metadata(SECRETS, namespace, name) if check_first else None
+        existing = await self.client.get_metadata(kinds.SECRET, namespace, name) if check_first else None
         if existing is None:
             token = builders.build_ray_auth_secret(
                 run.metadata.name, namespace, rayjob["metadata"]["name"], owner, builders.new_ray_token()
             )
             try:
-                await self.client.create(SECRETS, namespace, token)
+                await self.client.create(kinds.SECRET, namespace, token)
                 self._tokens[key] = owner
                 return None
             except ApiError as error:
                 if error.status != 409:
                     raise
-            existing = await self.client.get_metadata(SECRETS, namespace, name)
+            existing = await self.client.get_metadata(kinds.SECRET, namespace, name)
         if existing is not None and not _owned_by(existing, owner):
             # Someone else's token would let them into the run's Ray cluster: never adopt it.
             return _token_conflict(name)
@@ -449,7 +420,7 @@ class Reconciler:
             manifest = builders.build_rayjob(
                 spec, run=name, namespace=namespace, uid=run.metadata.uid, settings=self.config.rayjob
             )
-            created, problem = await self._create(RAYJOBS, run, manifest)
+            created, problem = await self._create(RAY_JOB, run, manifest)
             if created is not None and problem is None:
                 log.info("created RayJob %s/%s", namespace, name)
             return created, problem
@@ -461,8 +432,8 @@ class Reconciler:
             patch["suspend"] = spec.suspend
         if not patch:
             return rayjob, None
-        patched = await self.client.merge_patch(RAYJOBS, namespace, rayjob["metadata"]["name"], {"spec": patch})
-        self.children.wrote(RAYJOB, naming.run_key(namespace, name), patched)
+        patched = await self.client.merge_patch(RAY_JOB.kind, namespace, rayjob["metadata"]["name"], {"spec": patch})
+        self.children.wrote(RAY_JOB, naming.run_key(namespace, name), patched)
         return patched, None
 
     async def _follow_suspend(self, key: str, workload: JSON, suspend: bool) -> JSON:
@@ -471,7 +442,7 @@ class Reconciler:
         if patch is None:
             return workload
         meta = workload["metadata"]
-        updated = await self.client.merge_patch(WORKLOADS, meta["namespace"], meta["name"], patch)
+        updated = await self.client.merge_patch(WORKLOAD.kind, meta["namespace"], meta["name"], patch)
         self.children.wrote(WORKLOAD, key, updated)
         return updated
 
@@ -506,8 +477,8 @@ class Reconciler:
 
     async def _delete_rayjob(self, run: TrainingRun, rayjob: JSON, *, why: str) -> None:
         namespace, name = run.metadata.namespace, rayjob["metadata"]["name"]
-        await self.client.delete(RAYJOBS, namespace, name)
-        self.children.deleted(RAYJOB, naming.run_key(namespace, run.metadata.name), name)
+        await self.client.delete(RAY_JOB.kind, namespace, name)
+        self.children.deleted(RAY_JOB, naming.run_key(namespace, run.metadata.name), name)
         log.info("deleted RayJob %s/%s: %s", namespace, name, why)
 
     async def _readable(self, run: TrainingRun, rayjob: JSON | None) -> JSON | None:
@@ -535,7 +506,7 @@ class Reconciler:
         and only their digests leave this function."""
         values: list[str] = []
         for secret, keys in wanted.items():
-            body = await self.client.get(SECRETS, namespace, secret)
+            body = await self.client.get(kinds.SECRET, namespace, secret)
             data = (body or {}).get("data") or {}
             values += [_decoded(data[k]) for k in keys if k in data]
             del body, data

@@ -7,11 +7,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from loka_api import TrainingRunStatus
+from loka_api import TrainingRunStatus, kinds
 from loka_operator import naming
 from loka_operator.cache import RunCache
 from loka_operator.events import EventRecorder
-from loka_operator.kube import JSON, TRAINING_RUNS, ApiError, KubeClient
+from loka_operator.kube import JSON, ApiError, KubeClient
 from loka_operator.metrics import OperatorMetrics
 from loka_operator.status import Observed, StatusUpdate, calculate_status
 
@@ -37,7 +37,7 @@ class StatusWriter:
             return update
         try:
             written = await self.client.merge_patch(
-                TRAINING_RUNS, meta["namespace"], meta["name"], {"status": update.changes}, subresource="status"
+                kinds.TRAINING_RUN, meta["namespace"], meta["name"], {"status": update.changes}, subresource="status"
             )
         except ApiError as error:
             if error.status == 404:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loka_api import QueueSpec
+from loka_api import QueueSpec, kinds
 from loka_operator import naming
 
 
@@ -14,8 +14,8 @@ def build_local_queue(queue: QueueSpec, namespace: str) -> dict[str, Any] | None
         return None
     # Shared by every run in the namespace that names it, so no single run owns it.
     return {
-        "apiVersion": f"{naming.KUEUE_GROUP}/{naming.KUEUE_VERSION}",
-        "kind": "LocalQueue",
+        "apiVersion": kinds.LOCAL_QUEUE.api_version,
+        "kind": kinds.LOCAL_QUEUE.kind,
         "metadata": {
             "name": queue.name,
             "namespace": namespace,

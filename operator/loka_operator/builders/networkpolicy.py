@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from loka_operator import naming
+from loka_operator.children import NETWORK_POLICY
 
 Manifest = dict[str, Any]
 
@@ -26,14 +27,7 @@ def build_network_policy(run: str, namespace: str, uid: str, *, kuberay_namespac
     run_pods = naming.run_pods_selector(run)
     kuberay = {"namespaceSelector": {"matchLabels": {naming.NAMESPACE_NAME_LABEL: kuberay_namespace}}}
     return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": {
-            "name": naming.network_policy_name(run),
-            "namespace": namespace,
-            "labels": naming.run_labels(run, "network-policy"),
-            "ownerReferences": [naming.owner_reference(run, uid)],
-        },
+        **NETWORK_POLICY.manifest(naming.network_policy_name(run), run=run, namespace=namespace, uid=uid),
         "spec": {
             "podSelector": run_pods,
             "policyTypes": ["Ingress"],

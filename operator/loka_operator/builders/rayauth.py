@@ -11,6 +11,7 @@ import base64
 import secrets
 from typing import Any
 
+from loka_api import kinds
 from loka_operator import naming
 
 Manifest = dict[str, Any]
@@ -29,8 +30,8 @@ def build_ray_auth_secret(run: str, namespace: str, rayjob: str, rayjob_uid: str
     """Owned by the run's RayJob (which the run owns): KubeRay's RayJob finalizer reads the token to stop the job,
     so it must go after the RayJob, not beside it. Immutable: a token never changes under a running cluster."""
     return {
-        "apiVersion": "v1",
-        "kind": "Secret",
+        "apiVersion": kinds.SECRET.api_version,
+        "kind": kinds.SECRET.kind,
         "metadata": {
             "name": naming.ray_auth_secret_name(run),
             "namespace": namespace,

@@ -17,6 +17,7 @@ from loka_api import PodResources, SecretKeyRef, TrainingRunSpec, contract
 from loka_api.environments import ENV_SYSTEM_PROMPT
 from loka_operator import naming
 from loka_operator.builders.rayauth import auth_options
+from loka_operator.children import RAY_JOB
 
 Manifest = dict[str, Any]
 
@@ -242,11 +243,6 @@ def build_rayjob(
     settings: RayJobSettings,
 ) -> Manifest:
     """The RayJob for a run. Under Kueue, `suspend` is Kueue's to flip, so it is only set for unqueued runs."""
-    labels = naming.run_labels(run, "rayjob")
-    if spec.queue is not None:
-        labels[naming.KUEUE_QUEUE_LABEL] = spec.queue.name
-        if spec.queue.priority_class is not None:
-            labels[naming.KUEUE_PRIORITY_LABEL] = spec.queue.priority_class
     resources = spec.resources
     storage_class = resources.disk_storage_class or settings.disk_storage_class
     head = _pod_template(
@@ -306,14 +302,10 @@ def build_rayjob(
         rayjob_spec["submitterPodTemplate"] = _submitter_template(spec, run, settings)
     if spec.queue is None:
         rayjob_spec["suspend"] = spec.suspend
-    return {
-        "apiVersion": f"{naming.RAY_GROUP}/{naming.RAY_VERSION}",
-        "kind": "RayJob",
-        "metadata": {
-            "name": naming.rayjob_name(run),
-            "namespace": namespace,
-            "labels": labels,
-            "ownerReferences": [naming.owner_reference(run, uid)],
-        },
-        "spec": rayjob_spec,
-    }
+    manifest = RAY_JOB.manifest(naming.rayjob_name(run), run=run, namespace=namespace, uid=uid)
+    labels = manifest["metadata"]["labels"]
+    if spec.queue is not None:
+        labels[naming.KUEUE_QUEUE_LABEL] = spec.queue.name
+        if spec.queue.priority_class is not None:
+            labels[naming.KUEUE_PRIORITY_LABEL] = spec.queue.priority_class
+    return {**manifest, "spec": rayjob_spec}

@@ -4,48 +4,42 @@ from __future__ import annotations
 
 from typing import Any
 
-from loka_api import GROUP, PLURAL
+from loka_api import kinds
 from loka_operator import naming
+from loka_operator.children import ROLE, ROLE_BINDING, SERVICE_ACCOUNT
 
 Manifest = dict[str, Any]
 
 
-def _metadata(name: str, run: str, namespace: str, uid: str) -> Manifest:
-    return {
-        "name": name,
-        "namespace": namespace,
-        "labels": naming.run_labels(run, "trainer-identity"),
-        "ownerReferences": [naming.owner_reference(run, uid)],
-    }
-
-
 def build_service_account(run: str, namespace: str, uid: str) -> Manifest:
     return {
-        "apiVersion": "v1",
-        "kind": "ServiceAccount",
-        "metadata": _metadata(naming.service_account_name(run), run, namespace, uid),
+        **SERVICE_ACCOUNT.manifest(naming.service_account_name(run), run=run, namespace=namespace, uid=uid),
         # Its token goes only where the RayJob projects it (the head's trainer container), never pod-wide.
         "automountServiceAccountToken": False,
     }
 
 
 def build_role(run: str, namespace: str, uid: str) -> Manifest:
+    runs = kinds.TRAINING_RUN
     return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": _metadata(naming.role_name(run), run, namespace, uid),
+        **ROLE.manifest(naming.role_name(run), run=run, namespace=namespace, uid=uid),
         "rules": [
-            {"apiGroups": [GROUP], "resources": [PLURAL], "resourceNames": [run], "verbs": ["get"]},
-            {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "resourceNames": [run], "verbs": ["patch"]},
+            {"apiGroups": [runs.group], "resources": [runs.plural], "resourceNames": [run], "verbs": ["get"]},
+            {
+                "apiGroups": [runs.group],
+                "resources": [f"{runs.plural}/status"],
+                "resourceNames": [run],
+                "verbs": ["patch"],
+            },
         ],
     }
 
 
 def build_role_binding(run: str, namespace: str, uid: str) -> Manifest:
     return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": _metadata(naming.role_binding_name(run), run, namespace, uid),
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": naming.role_name(run)},
-        "subjects": [{"kind": "ServiceAccount", "name": naming.service_account_name(run), "namespace": namespace}],
+        **ROLE_BINDING.manifest(naming.role_binding_name(run), run=run, namespace=namespace, uid=uid),
+        "roleRef": {"apiGroup": kinds.ROLE.group, "kind": kinds.ROLE.kind, "name": naming.role_name(run)},
+        "subjects": [
+            {"kind": kinds.SERVICE_ACCOUNT.kind, "name": naming.service_account_name(run), "namespace": namespace}
+        ],
     }

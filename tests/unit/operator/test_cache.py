@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from loka_operator.cache import Children, RunCache, WriteLedger
+from loka_operator.children import RAY_JOB
 
 
 def run(rv: str, *, phase: str = "Running", step: int = 1, generation: int = 1, **meta: Any) -> dict[str, Any]:
@@ -60,26 +61,26 @@ def rayjob(rv: str, uid: str = "u1", **spec: Any) -> dict[str, Any]:
 
 def test_a_deleted_child_stays_gone_until_the_watch_moves_on() -> None:
     children = Children(WriteLedger())
-    children.observe("RayJob", "team/qwen", rayjob("5"))
-    assert children.get("RayJob", "team/qwen", "qwen") is not None
-    children.deleted("RayJob", "team/qwen", "qwen")
-    assert children.get("RayJob", "team/qwen", "qwen") is None
-    children.gone("RayJob", "team/qwen", rayjob("5"))
-    assert children.get("RayJob", "team/qwen", "qwen") is None
+    children.observe(RAY_JOB, "team/qwen", rayjob("5"))
+    assert children.get(RAY_JOB, "team/qwen", "qwen") is not None
+    children.deleted(RAY_JOB, "team/qwen", "qwen")
+    assert children.get(RAY_JOB, "team/qwen", "qwen") is None
+    children.gone(RAY_JOB, "team/qwen", rayjob("5"))
+    assert children.get(RAY_JOB, "team/qwen", "qwen") is None
 
 
 def test_children_keep_only_what_reconcile_reads() -> None:
     children = Children(WriteLedger())
-    children.observe("RayJob", "team/qwen", rayjob("5", suspend=True))
-    (kept,) = children.bodies("RayJob", "team/qwen")
+    children.observe(RAY_JOB, "team/qwen", rayjob("5", suspend=True))
+    (kept,) = children.bodies(RAY_JOB, "team/qwen")
     assert kept["spec"] == {"backoffLimit": 3, "suspend": True}  # no pod templates
     assert kept["metadata"]["labels"] == {"loka.dev/run": "qwen"}
 
 
 def test_an_earlier_runs_child_and_the_new_one_are_told_apart_by_uid() -> None:
     children = Children(WriteLedger())
-    children.observe("RayJob", "team/qwen", rayjob("5", uid="old"))
-    children.observe("RayJob", "team/qwen", rayjob("9", uid="new"))
-    assert {b["metadata"]["uid"] for b in children.bodies("RayJob", "team/qwen")} == {"old", "new"}
-    children.gone("RayJob", "team/qwen", rayjob("5", uid="old"))
-    assert [b["metadata"]["uid"] for b in children.bodies("RayJob", "team/qwen")] == ["new"]
+    children.observe(RAY_JOB, "team/qwen", rayjob("5", uid="old"))
+    children.observe(RAY_JOB, "team/qwen", rayjob("9", uid="new"))
+    assert {b["metadata"]["uid"] for b in children.bodies(RAY_JOB, "team/qwen")} == {"old", "new"}
+    children.gone(RAY_JOB, "team/qwen", rayjob("5", uid="old"))
+    assert [b["metadata"]["uid"] for b in children.bodies(RAY_JOB, "team/qwen")] == ["new"]

@@ -1,0 +1,197 @@
+"""Every kind of object a TrainingRun has, declared once: the one place a new child kind is added.
+
+An entry says which Kubernetes kind it is (`loka_api.kinds`), whether the run owns it (the operator creates it,
+labelled and owned by the run) or only observes it (made by someone else for the run: Kueue's Workload for its
+RayJob), which of its fields the cache keeps, how an object of it leads back to its run, which of its fields the
+operator patches back when they drift, and which API verbs the operator uses on it. From the entries follow:
+
+- the watch-backed cache (`cache.Children`: trimming, and the startup LIST per kind in `cache.prime`);
+- the kopf watch handlers (`handlers.watch_children`: one registration per entry) and their label selectors;
+- the inverse map from a child to its run (`ChildKind.run_of`);
+- the chart's RBAC (`tests/deploy/operator_api.py` reads the verbs from here; the chart test compares them).
+
+A side service a run brings (an environment server, a judge, a reward-model server as a Deployment and a
+Service) is one entry here (`kinds.DEPLOYMENT`, `kinds.SERVICE`, owned, with its component) and one builder.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from loka_api import kinds
+from loka_api.kinds import Kind
+from loka_operator import naming
+
+JSON = dict[str, Any]
+
+# What the cache keeps of every child's metadata: what reconcile reads, nothing more.
+KEPT_METADATA = (
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "labels",
+    "annotations",
+    "ownerReferences",
+)
+# The verbs the watch-backed cache needs on every child kind (the startup LIST, then the watch).
+CACHE_VERBS = frozenset({"list", "watch"})
+
+
+class Relation(enum.Enum):
+    OWNED = "owned"  # the operator creates it, labelled with the run and its component, owned by the run
+    OBSERVED = "observed"  # someone else makes it for the run (Kueue's Workload for the run's RayJob)
+
+
+def by_run_label(body: Mapping[str, Any]) -> str | None:
+    """The run an owned child belongs to: its `loka.dev/run` label."""
+    meta = body.get("metadata") or {}
+    run = (meta.get("labels") or {}).get(naming.LABEL_RUN)
+    return naming.run_key(meta.get("namespace") or "", run) if run else None
+
+
+def by_owning_rayjob(body: Mapping[str, Any]) -> str | None:
+    """The run of an object Kueue made for a RayJob: the RayJob that owns it (a run's RayJob carries the run's
+    name)."""
+    meta = body.get("metadata") or {}
+    for ref in meta.get("ownerReferences") or []:
+        if kinds.RAY_JOB.owns(str(ref.get("apiVersion", "")), str(ref.get("kind", ""))):
+            return naming.run_key(meta.get("namespace") or "", ref.get("name", ""))
+    return None
+
+
+@dataclass(frozen=True, eq=False)
+class ChildKind:
+    """One kind of child of a run, and everything the operator's machinery needs to know about it."""
+
+    kind: Kind
+    relation: Relation
+    # Top-level fields the cache keeps, each whole (None) or only the listed keys; metadata is always kept.
+    kept: Mapping[str, tuple[str, ...] | None]
+    # The API verbs the reconciler uses on it, beyond the cache's list and watch (the chart must grant them).
+    verbs: frozenset[str]
+    # The `app.kubernetes.io/component` label an owned child carries (builders set it, the watch filters on it).
+    component: str | None = None
+    # Top-level fields the operator owns and patches back when someone changed them.
+    repaired: tuple[str, ...] = ()
+    # The inverse map: the run (namespace/name) an object of this kind belongs to, or None when it is no run's.
+    run_of: Callable[[Mapping[str, Any]], str | None] = field(default=by_run_label)
+
+    def __post_init__(self) -> None:
+        if self.relation is Relation.OWNED and self.component is None:
+            raise ValueError(f"owned child kind {self.kind.kind} needs a component label")
+        if self.repaired and "patch" not in self.verbs:
+            raise ValueError(f"child kind {self.kind.kind} repairs {self.repaired} without the patch verb")
+
+    @property
+    def name(self) -> str:
+        """Its `kind`, as objects and messages say it (RayJob, Workload, ...)."""
+        return self.kind.kind
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """The labels every object of it carries, which its watch and startup LIST filter on (on the server)."""
+        if self.component is None:
+            return {}
+        return {naming.LABEL_MANAGED_BY: naming.OPERATOR_NAME, naming.LABEL_COMPONENT: self.component}
+
+    @property
+    def selector(self) -> str:
+        """`labels` as a label selector."""
+        return ",".join(f"{k}={v}" for k, v in self.labels.items())
+
+    @property
+    def all_verbs(self) -> frozenset[str]:
+        """Every verb the operator needs on it: the cache's and the reconciler's."""
+        return CACHE_VERBS | self.verbs
+
+    def manifest(self, name: str, *, run: str, namespace: str, uid: str) -> JSON:
+        """The start of an owned child's manifest: its kind, name, the run's labels and the run as its owner."""
+        assert self.component is not None, f"{self.name} is observed, not built"
+        return {
+            "apiVersion": self.kind.api_version,
+            "kind": self.kind.kind,
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": naming.run_labels(run, self.component),
+                "ownerReferences": [naming.owner_reference(run, uid)],
+            },
+        }
+
+    def trimmed(self, body: Mapping[str, Any]) -> JSON:
+        """An object of this kind as the cache keeps it: the fields reconcile reads (None: the whole field)."""
+        meta = body.get("metadata") or {}
+        out: JSON = {"metadata": {k: meta[k] for k in KEPT_METADATA if k in meta}}
+        for name, keys in self.kept.items():
+            value = body.get(name)
+            if value is None:
+                continue
+            out[name] = dict(value) if keys is None and isinstance(value, dict) else value
+            if keys is not None and isinstance(value, dict):
+                out[name] = {k: value[k] for k in keys if k in value}
+        return out
+
+
+# The per-run identity of the trainer and the run's network isolation share these components.
+TRAINER_IDENTITY = "trainer-identity"
+ISOLATION = "network-policy"
+
+RAY_JOB = ChildKind(
+    kinds.RAY_JOB,
+    Relation.OWNED,
+    # A RayJob's pod templates are most of its bytes: reconcile reads its restarts, suspend and status.
+    kept={"spec": ("backoffLimit", "suspend"), "status": None},
+    # patch: backoffLimit and suspend follow the spec; delete: after ttlSecondsAfterFinished, or a planted token.
+    verbs=frozenset({"get", "create", "patch", "delete"}),
+    component="rayjob",
+)
+WORKLOAD = ChildKind(
+    kinds.WORKLOAD,
+    Relation.OBSERVED,
+    kept={"spec": ("active",), "status": ("conditions",)},
+    # patch: suspending a queued run deactivates its Workload (spec.active).
+    verbs=frozenset({"patch"}),
+    run_of=by_owning_rayjob,
+)
+SERVICE_ACCOUNT = ChildKind(
+    kinds.SERVICE_ACCOUNT,
+    Relation.OWNED,
+    kept={},
+    verbs=frozenset({"get", "create"}),
+    component=TRAINER_IDENTITY,
+)
+ROLE = ChildKind(
+    kinds.ROLE,
+    Relation.OWNED,
+    kept={"rules": None},
+    verbs=frozenset({"get", "create", "patch"}),
+    component=TRAINER_IDENTITY,
+    repaired=("rules",),
+)
+ROLE_BINDING = ChildKind(
+    kinds.ROLE_BINDING,
+    Relation.OWNED,
+    kept={"roleRef": None, "subjects": None},
+    verbs=frozenset({"get", "create", "patch"}),
+    component=TRAINER_IDENTITY,
+    repaired=("subjects",),
+)
+NETWORK_POLICY = ChildKind(
+    kinds.NETWORK_POLICY,
+    Relation.OWNED,
+    kept={"spec": None},
+    verbs=frozenset({"get", "create", "patch"}),
+    component=ISOLATION,
+    repaired=("spec",),
+)
+
+# Every child kind the operator watches, caches and is granted. (The run's Ray token Secret is not here: it is
+# owned by the RayJob, and Secrets are never watched, so that no value is ever cached.)
+CHILDREN: tuple[ChildKind, ...] = (RAY_JOB, WORKLOAD, SERVICE_ACCOUNT, ROLE, ROLE_BINDING, NETWORK_POLICY)
