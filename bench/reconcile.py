@@ -43,14 +43,14 @@ from kubernetes.client.exceptions import ApiException
 
 from localcluster.controlplane import LocalCluster, wait_until
 from localcluster.operator_process import OperatorProcess
-from loka_api import TrainingRunSpec
+from loka_api import TrainingRunSpec, kinds
 from loka_api.crd import CRD_PATH
 from loka_operator.builders import RayJobSettings, build_local_queue, build_rayjob, build_service_account
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "lokabench-"
 QUEUE = "lokabench"
-KUEUE = ("kueue.x-k8s.io", "v1beta2")
+RUNS, RAY_JOBS = kinds.TRAINING_RUN, kinds.RAY_JOB
 
 SPEC: dict[str, Any] = {
     "engine": "trl",
@@ -140,16 +140,17 @@ def create_all(count: int, create: Callable[[int], None]) -> dict[int, float]:
 def cluster_queue(custom: Any, n: int) -> Iterator[str]:
     """One ResourceFlavor and ClusterQueue with room for every run of both halves at once."""
     name = f"{PREFIX}cq-{uuid.uuid4().hex[:5]}"
+    flavor = kinds.RESOURCE_FLAVOR
     custom.create_cluster_custom_object(
-        *KUEUE, "resourceflavors", {"apiVersion": "/".join(KUEUE), "kind": "ResourceFlavor", "metadata": {"name": name}}
+        *flavor.gvr, {"apiVersion": flavor.api_version, "kind": flavor.kind, "metadata": {"name": name}}
     )
     quota = [
         {"name": "cpu", "nominalQuota": str(max(10, n))},
         {"name": "memory", "nominalQuota": f"{max(10, n)}Gi"},
     ]
     body = {
-        "apiVersion": "/".join(KUEUE),
-        "kind": "ClusterQueue",
+        "apiVersion": kinds.CLUSTER_QUEUE.api_version,
+        "kind": kinds.CLUSTER_QUEUE.kind,
         "metadata": {"name": name},
         "spec": {
             "namespaceSelector": {},
@@ -158,12 +159,12 @@ def cluster_queue(custom: Any, n: int) -> Iterator[str]:
             ],
         },
     }
-    custom.create_cluster_custom_object(*KUEUE, "clusterqueues", body)
+    custom.create_cluster_custom_object(*kinds.CLUSTER_QUEUE.gvr, body)
     try:
         yield name
     finally:
-        custom.delete_cluster_custom_object(*KUEUE, "clusterqueues", name)
-        custom.delete_cluster_custom_object(*KUEUE, "resourceflavors", name)
+        custom.delete_cluster_custom_object(*kinds.CLUSTER_QUEUE.gvr, name)
+        custom.delete_cluster_custom_object(*flavor.gvr, name)
 
 
 class Trainers:
@@ -185,7 +186,7 @@ class Trainers:
                 started = time.monotonic()
                 patch = {"status": {"progress": {"step": step, "totalSteps": 1000}}}
                 self._custom.patch_namespaced_custom_object_status(
-                    "loka.dev", "v1alpha1", self._ns, "trainingruns", name, patch
+                    RUNS.group, RUNS.version, self._ns, RUNS.plural, name, patch
                 )
                 self.patches += 1
                 if self._stop.wait(max(0.0, gap - (time.monotonic() - started))):
@@ -202,19 +203,19 @@ def bench_loka(cluster: LocalCluster, api: Any, n: int, queue: str, args: argpar
     operator.start()
     ns = create_namespace(core, f"loka{n}")
     rayjobs = Watcher(
-        lambda **kw: custom.list_namespaced_custom_object("ray.io", "v1", ns, "rayjobs", **kw),
+        lambda **kw: custom.list_namespaced_custom_object(RAY_JOBS.group, RAY_JOBS.version, ns, RAY_JOBS.plural, **kw),
         lambda obj: obj["metadata"]["name"],
     )
     running = Watcher(
-        lambda **kw: custom.list_namespaced_custom_object("loka.dev", "v1alpha1", ns, "trainingruns", **kw),
+        lambda **kw: custom.list_namespaced_custom_object(RUNS.group, RUNS.version, ns, RUNS.plural, **kw),
         lambda obj: obj["metadata"]["name"] if (obj.get("status") or {}).get("phase") == "Running" else None,
     )
     started = time.monotonic()
     spec = {**SPEC, "queue": {"name": QUEUE, "clusterQueue": queue}}
 
     def create(index: int) -> None:
-        body = {"apiVersion": "loka.dev/v1alpha1", "kind": "TrainingRun", "metadata": {"name": f"run-{index}"}}
-        custom.create_namespaced_custom_object("loka.dev", "v1alpha1", ns, "trainingruns", {**body, "spec": spec})
+        body = {"apiVersion": RUNS.api_version, "kind": RUNS.kind, "metadata": {"name": f"run-{index}"}}
+        custom.create_namespaced_custom_object(RUNS.group, RUNS.version, ns, RUNS.plural, {**body, "spec": spec})
 
     created = create_all(n, create)
     names = {f"run-{i}": t for i, t in created.items()}
@@ -255,7 +256,8 @@ def bench_plain(api: Any, n: int, queue: str, args: argparse.Namespace) -> dict[
     assert spec.queue is not None
     local_queue = build_local_queue(spec.queue, ns)
     assert local_queue is not None
-    custom.create_namespaced_custom_object(*KUEUE, ns, "localqueues", local_queue)
+    queues = kinds.LOCAL_QUEUE
+    custom.create_namespaced_custom_object(queues.group, queues.version, ns, queues.plural, local_queue)
 
     def identity(index: int) -> None:
         # The head pod runs as the run's ServiceAccount; a user applying plain RayJobs has it beforehand.
@@ -265,7 +267,7 @@ def bench_plain(api: Any, n: int, queue: str, args: argparse.Namespace) -> dict[
 
     create_all(n, identity)
     running = Watcher(
-        lambda **kw: custom.list_namespaced_custom_object("ray.io", "v1", ns, "rayjobs", **kw),
+        lambda **kw: custom.list_namespaced_custom_object(RAY_JOBS.group, RAY_JOBS.version, ns, RAY_JOBS.plural, **kw),
         lambda obj: (
             obj["metadata"]["name"] if (obj.get("status") or {}).get("jobDeploymentStatus") == "Running" else None
         ),
@@ -277,7 +279,7 @@ def bench_plain(api: Any, n: int, queue: str, args: argparse.Namespace) -> dict[
             spec, run=f"run-{index}", namespace=ns, uid="none", settings=RayJobSettings(submission_mode="HTTPMode")
         )
         del body["metadata"]["ownerReferences"]  # plain RayJobs: nothing owns them
-        custom.create_namespaced_custom_object("ray.io", "v1", ns, "rayjobs", body)
+        custom.create_namespaced_custom_object(RAY_JOBS.group, RAY_JOBS.version, ns, RAY_JOBS.plural, body)
 
     created = create_all(n, create)
     wait_until(lambda: len(running.seen) >= n, timeout=args.timeout, what=f"{n} plain RayJobs Running", interval=0.5)

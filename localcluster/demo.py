@@ -30,7 +30,7 @@ import yaml
 from localcluster.build import build_all, is_built
 from localcluster.controlplane import LOCALHOST, PORTS, REPO_ROOT, S3_BUCKET, ClusterError, LocalCluster
 from localcluster.stack import DemoStack
-from loka_api import Metrics, Progress, TrainingRunStatus
+from loka_api import Metrics, Progress, TrainingRunStatus, kinds
 from loka_api.phases import TERMINAL
 from loka_api.storage import ObjectStore, S3Uri
 from loka_client import Client, LokaError, RunNotFoundError
@@ -89,16 +89,17 @@ def prepare_namespace(cluster: LocalCluster, namespace: str, *, cluster_queue: s
     cluster.kubectl("create", "namespace", namespace, check=False)
     # `data`, not `stringData`: the operator then sees the key names in the Secret's metadata, no values.
     secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
+        "apiVersion": kinds.SECRET.api_version,
+        "kind": kinds.SECRET.kind,
         "metadata": {"name": "loka-s3", "namespace": namespace},
         "data": {key: base64.b64encode(env[key].encode()).decode()
                  for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},
     }  # fmt: skip
-    flavor = {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": {"name": "default"}}
+    flavor = {"apiVersion": kinds.RESOURCE_FLAVOR.api_version, "kind": kinds.RESOURCE_FLAVOR.kind,
+              "metadata": {"name": "default"}}  # fmt: skip
     queue = {
-        "apiVersion": "kueue.x-k8s.io/v1beta2",
-        "kind": "ClusterQueue",
+        "apiVersion": kinds.CLUSTER_QUEUE.api_version,
+        "kind": kinds.CLUSTER_QUEUE.kind,
         "metadata": {"name": cluster_queue},
         "spec": {
             "namespaceSelector": {},

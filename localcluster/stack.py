@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from localcluster.controlplane import PORTS, REPO_ROOT, ClusterError, Component, Layout, LocalCluster, http_ok
+from loka_api import kinds
 
 log = logging.getLogger("loka.demo")
 
@@ -256,7 +257,7 @@ class PodShim:
                 log.warning("pod shim: %s", err)
 
     def _sync(self, custom: Any, core: Any) -> None:
-        rayjobs = custom.list_cluster_custom_object("ray.io", "v1", "rayjobs")["items"]
+        rayjobs = custom.list_cluster_custom_object(*kinds.RAY_JOB.gvr)["items"]
         active = [
             job
             for job in rayjobs

@@ -11,7 +11,10 @@ operator patches back when they drift, and which API verbs the operator uses on 
 - the chart's RBAC (`tests/deploy/operator_api.py` reads the verbs from here; the chart test compares them).
 
 A side service a run brings (an environment server, a judge, a reward-model server as a Deployment and a
-Service) is one entry here (`kinds.DEPLOYMENT`, `kinds.SERVICE`, owned, with its component) and one builder.
+Service) is one entry here per kind (`kinds.DEPLOYMENT`, `kinds.SERVICE`: owned, with its component) whose `build`
+is its builder: the reconciler ensures what the builder returns before the RayJob (`Reconciler._ensure_side_services`),
+and the watch, the cache and the RBAC follow as for every entry. Its pods carry the run's labels
+(`naming.run_labels`), so the run's NetworkPolicy admits only the run's own pods to them.
 """
 
 from __future__ import annotations
@@ -19,13 +22,19 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loka_api import kinds
 from loka_api.kinds import Kind
 from loka_operator import naming
 
+if TYPE_CHECKING:
+    from loka_api import TrainingRun
+    from loka_operator.config import OperatorConfig
+
 JSON = dict[str, Any]
+# A side service's builder: the manifests of its kind the run should have ([] when its spec asks for none).
+SideServiceBuilder = Callable[["TrainingRun", "OperatorConfig"], list[JSON]]
 
 # What the cache keeps of every child's metadata: what reconcile reads, nothing more.
 KEPT_METADATA = (
@@ -82,8 +91,13 @@ class ChildKind:
     repaired: tuple[str, ...] = ()
     # The inverse map: the run (namespace/name) an object of this kind belongs to, or None when it is no run's.
     run_of: Callable[[Mapping[str, Any]], str | None] = field(default=by_run_label)
+    # A side service's builder: the reconciler ensures what it returns before the RayJob (whose pods use the service).
+    # None: the reconciler builds objects of this kind in a step of its own.
+    build: SideServiceBuilder | None = None
 
     def __post_init__(self) -> None:
+        if self.build is not None and (self.relation is not Relation.OWNED or not {"get", "create"} <= self.verbs):
+            raise ValueError(f"side service kind {self.kind.kind} must be owned, with the get and create verbs")
         if self.relation is Relation.OWNED and self.component is None:
             raise ValueError(f"owned child kind {self.kind.kind} needs a component label")
         if self.repaired and "patch" not in self.verbs:
@@ -125,6 +139,11 @@ class ChildKind:
             },
         }
 
+    def drifted(self, desired: Mapping[str, Any], existing: Mapping[str, Any]) -> JSON:
+        """The repaired fields whose desired value the object no longer holds (what the API server defaulted beside
+        it, such as a container's imagePullPolicy, is not drift)."""
+        return {k: desired[k] for k in self.repaired if not holds(existing.get(k), desired[k])}
+
     def trimmed(self, body: Mapping[str, Any]) -> JSON:
         """An object of this kind as the cache keeps it: the fields reconcile reads (None: the whole field)."""
         meta = body.get("metadata") or {}
@@ -137,6 +156,19 @@ class ChildKind:
             if keys is not None and isinstance(value, dict):
                 out[name] = {k: value[k] for k in keys if k in value}
         return out
+
+
+def holds(existing: Any, desired: Any) -> bool:
+    """Whether ``existing`` has every value ``desired`` sets: maps may hold more keys, lists the same items."""
+    if isinstance(desired, Mapping):
+        return isinstance(existing, Mapping) and all(holds(existing.get(k), v) for k, v in desired.items())
+    if isinstance(desired, list):
+        return (
+            isinstance(existing, list)
+            and len(existing) == len(desired)
+            and all(holds(e, d) for e, d in zip(existing, desired, strict=True))
+        )
+    return bool(existing == desired)
 
 
 # The per-run identity of the trainer and the run's network isolation share these components.
@@ -192,6 +224,6 @@ NETWORK_POLICY = ChildKind(
     repaired=("spec",),
 )
 
-# Every child kind the operator watches, caches and is granted. (The run's Ray token Secret is not here: it is
-# owned by the RayJob, and Secrets are never watched, so that no value is ever cached.)
+# Every child kind the operator watches, caches and is granted; a side service's kinds go at the end. (The run's Ray
+# token Secret is not here: it is owned by the RayJob, and Secrets are never watched, so that no value is cached.)
 CHILDREN: tuple[ChildKind, ...] = (RAY_JOB, WORKLOAD, SERVICE_ACCOUNT, ROLE, ROLE_BINDING, NETWORK_POLICY)

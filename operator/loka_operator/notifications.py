@@ -27,7 +27,6 @@ from loka_api import (
     RunPhase,
     SecretKeyRef,
     TrainingRun,
-    TrainingRunSpec,
     TrainingRunStatus,
     kinds,
 )

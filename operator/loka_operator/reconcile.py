@@ -5,7 +5,8 @@
      run waits, and nothing is launched before status.source records it
 2. check every referenced Secret and key (until the run launched; key names from metadata, never values)
 3. ensure the Kueue LocalQueue (when the run names its ClusterQueue)
-4. ensure the per-run ServiceAccount, Role, RoleBinding and NetworkPolicy (only ever the run's own: never adopted)
+4. ensure the per-run ServiceAccount, Role, RoleBinding and NetworkPolicy (only ever the run's own: never adopted),
+   then the side services the run brings (the child registry's entries with a builder, `children.py`)
 5. ensure the RayJob and its Ray token Secret (and apply suspend, maxRestarts, the TTL after the RayJob finished)
 6. calculate the status from what was observed and write the operator's fields only if they changed
 7. claim the notification the new phase asks for; a background task posts it (`notifications.py`)
@@ -28,7 +29,16 @@ from pydantic import ValidationError
 from loka_api import QueueSpec, TrainingRun, TrainingRunStatus, kinds
 from loka_operator import builders, kueue, lineage, naming
 from loka_operator.cache import Children, RunCache, WriteLedger
-from loka_operator.children import NETWORK_POLICY, RAY_JOB, ROLE, ROLE_BINDING, SERVICE_ACCOUNT, WORKLOAD, ChildKind
+from loka_operator.children import (
+    CHILDREN,
+    NETWORK_POLICY,
+    RAY_JOB,
+    ROLE,
+    ROLE_BINDING,
+    SERVICE_ACCOUNT,
+    WORKLOAD,
+    ChildKind,
+)
 from loka_operator.config import OperatorConfig
 from loka_operator.events import EventRecorder
 from loka_operator.kube import JSON, ApiError, KubeClient
@@ -72,6 +82,8 @@ class Reconciler:
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     ledger: WriteLedger = field(default_factory=WriteLedger)
     validations: Validations = field(default_factory=Validations)
+    # The child kinds (children.py); the ones with a builder are the run's side services.
+    registry: tuple[ChildKind, ...] = CHILDREN
     cache: RunCache = field(init=False)
     children: Children = field(init=False)
     status: StatusWriter = field(init=False)
@@ -198,11 +210,11 @@ class Reconciler:
     async def _create_children(
         self, run: TrainingRun, rayjob: JSON | None, *, check_first: bool
     ) -> tuple[JSON | None, Problem | None]:
-        """3. the Kueue LocalQueue, 4. the trainer's identity and the run's NetworkPolicy, 5. the RayJob and its
-        Ray token."""
+        """3. the Kueue LocalQueue, 4. the trainer's identity, the run's NetworkPolicy and its side services, 5. the
+        RayJob and its Ray token."""
         if run.spec.queue is not None:
             await self._ensure_local_queue(run.spec.queue, run.metadata.namespace)
-        blocked = await self._ensure_identity(run)
+        blocked = await self._ensure_identity(run) or await self._ensure_side_services(run)
         if blocked is not None:
             return rayjob, blocked
         return await self._launch(run, rayjob, check_first=check_first)
@@ -302,6 +314,15 @@ class Reconciler:
         first = next((problem for problem in problems if problem is not None), None)
         return first or await self._ensure(ROLE_BINDING, run, binding)
 
+    async def _ensure_side_services(self, run: TrainingRun) -> Problem | None:
+        """What each side service's builder returns for the run, before the RayJob whose pods use them."""
+        for child in self.registry:
+            for manifest in child.build(run, self.config) if child.build is not None else []:
+                problem = await self._ensure(child, run, manifest)
+                if problem is not None:
+                    return problem
+        return None
+
     async def _ensure(self, child: ChildKind, run: TrainingRun, manifest: JSON) -> Problem | None:
         """The run's own child: create it when absent, patch the fields this operator owns (`child.repaired`) back
         when they drifted.
@@ -317,7 +338,7 @@ class Reconciler:
             existing, problem = await self._create(child, run, manifest)
             if existing is None or problem is not None:
                 return problem
-        drifted = {k: manifest[k] for k in child.repaired if existing.get(k) != manifest[k]}
+        drifted = child.drifted(manifest, existing)
         if drifted:
             log.info("repairing drift in %s %s/%s: %s", child.kind.plural, namespace, name, ", ".join(drifted))
             try:

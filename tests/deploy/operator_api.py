@@ -45,7 +45,7 @@ CLIENT_VERBS = {
 # _create when absent, or patch the fields the entry repairs.
 HELPERS = {"_create", "_ensure"}
 # Functions whose client calls name a kind only known at run time (their callers, or the registry, say which).
-GENERIC = {*HELPERS, "prime"}
+GENERIC = {*HELPERS, "prime", "_ensure_side_services"}
 # Whose calls happen in the operator's own namespace rather than in the namespaces it watches.
 OWN_NAMESPACE_SOURCES = {"leader.py"}
 VerbTable = dict[tuple[str, str], set[str]]
@@ -155,6 +155,9 @@ def code_verbs_of_children(children: Collection[ChildKind] = CHILDREN) -> dict[s
     table: VerbTable = {}
     _add_watched(table, kopf.get_default_registry())
     _add_calls(table, _sources(own_namespace=False))
+    for child in children:
+        if child.build is not None:  # Reconciler._ensure_side_services: _ensure with the entry
+            _add(table, child.kind.group, child.kind.plural, "get", "create", *(["patch"] if child.repaired else []))
     return {child.name: table.get((child.kind.group, child.kind.plural), set()) for child in children}
 
 

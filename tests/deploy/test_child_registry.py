@@ -80,3 +80,19 @@ def test_an_owned_child_kind_must_say_which_component_it_is() -> None:
         ChildKind(WIDGET.kind, Relation.OWNED, kept={}, verbs=frozenset({"get", "create"}))
     with pytest.raises(ValueError, match="without the patch verb"):
         ChildKind(WIDGET.kind, Relation.OWNED, kept={}, verbs=frozenset({"create"}), component="w", repaired=("spec",))
+
+
+def test_what_the_api_server_fills_in_is_not_drift_but_a_changed_value_is() -> None:
+    desired = {"spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "s", "image": "a"}]}}}}
+    defaulted = {"spec": {"replicas": 2, "strategy": {}, "template": {"spec": {"containers": [
+        {"name": "s", "image": "a", "imagePullPolicy": "IfNotPresent"}]}}}}  # fmt: skip
+    assert WIDGET.drifted(desired, defaulted) == {}
+    scaled = {"spec": {**defaulted["spec"], "replicas": 0}}
+    assert WIDGET.drifted(desired, scaled) == {"spec": desired["spec"]}
+    extra = {"spec": {**defaulted["spec"], "template": {"spec": {"containers": [{"name": "s", "image": "a"}] * 2}}}}
+    assert WIDGET.drifted(desired, extra) == {"spec": desired["spec"]}
+
+
+def test_a_side_service_kind_is_owned_and_may_be_created() -> None:
+    with pytest.raises(ValueError, match="side service kind Widget"):
+        ChildKind(WIDGET.kind, Relation.OBSERVED, kept={}, verbs=frozenset({"get", "create"}), build=lambda *_: [])

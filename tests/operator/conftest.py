@@ -18,6 +18,7 @@ import yaml
 
 from localcluster.controlplane import LocalCluster, wait_until
 from localcluster.operator_process import OperatorProcess
+from loka_api import kinds
 from loka_api.admission import policy_manifests
 from loka_api.crd import CRD_PATH
 from tests.operator.kube import Kube
@@ -86,7 +87,7 @@ def ns(kube: Kube) -> Iterator[str]:
 def fresh_namespace(kube: Kube, prefix: str, labels: dict[str, str] | None = None) -> Iterator[str]:
     name = f"{prefix}{uuid.uuid4().hex[:8]}"
     kube.core.create_namespace({"metadata": {"name": name, "labels": {"loka.dev/test": "operator", **(labels or {})}}})
-    wait_until(lambda: kube.exists("", "v1", "serviceaccounts", name, "default"), timeout=30, what="default SA")
+    wait_until(lambda: kube.exists(*kinds.SERVICE_ACCOUNT.gvr, name, "default"), timeout=30, what="default SA")
     yield name
     kube.core.delete_namespace(name)
 
@@ -109,34 +110,23 @@ def priorities(kube: Kube) -> Iterator[tuple[str, str]]:
     tag = uuid.uuid4().hex[:6]
     names = (f"lokaop-low-{tag}", f"lokaop-high-{tag}")
     for name, value in zip(names, (100, 1000), strict=True):
-        kube.create_cluster_object(
-            "kueue.x-k8s.io",
-            "v1beta2",
-            "WorkloadPriorityClass",
-            "workloadpriorityclasses",
-            {"metadata": {"name": name}, "value": value},
-        )
+        kube.create_cluster_object(kinds.WORKLOAD_PRIORITY_CLASS, {"metadata": {"name": name}, "value": value})
     yield names
     for name in names:
-        kube.delete_cluster_object("kueue.x-k8s.io", "v1beta2", "workloadpriorityclasses", name)
+        kube.delete_cluster_object(kinds.WORKLOAD_PRIORITY_CLASS, name)
 
 
 def _gpu_queue(kube: Kube, *, preemption: dict[str, str] | None) -> Iterator[str]:
     name = f"lokaop-cq-{uuid.uuid4().hex[:6]}"
     flavor = f"{name}-flavor"
-    kube.create_cluster_object(
-        "kueue.x-k8s.io", "v1beta2", "ResourceFlavor", "resourceflavors", {"metadata": {"name": flavor}}
-    )
+    kube.create_cluster_object(kinds.RESOURCE_FLAVOR, {"metadata": {"name": flavor}})
     resources = [
         {"name": "cpu", "nominalQuota": "1000"},
         {"name": "memory", "nominalQuota": "10Ti"},
         {"name": "nvidia.com/gpu", "nominalQuota": "8"},
     ]
     kube.create_cluster_object(
-        "kueue.x-k8s.io",
-        "v1beta2",
-        "ClusterQueue",
-        "clusterqueues",
+        kinds.CLUSTER_QUEUE,
         {
             "metadata": {"name": name},
             "spec": {
@@ -152,8 +142,8 @@ def _gpu_queue(kube: Kube, *, preemption: dict[str, str] | None) -> Iterator[str
         },
     )
     yield name
-    kube.delete_cluster_object("kueue.x-k8s.io", "v1beta2", "clusterqueues", name)
-    kube.delete_cluster_object("kueue.x-k8s.io", "v1beta2", "resourceflavors", flavor)
+    kube.delete_cluster_object(kinds.CLUSTER_QUEUE, name)
+    kube.delete_cluster_object(kinds.RESOURCE_FLAVOR, flavor)
 
 
 def run_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
@@ -172,8 +162,8 @@ def run_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
     }
     body.update(spec)
     return {
-        "apiVersion": "loka.dev/v1alpha1",
-        "kind": "TrainingRun",
+        "apiVersion": kinds.TRAINING_RUN.api_version,
+        "kind": kinds.TRAINING_RUN.kind,
         "metadata": {"name": name, "namespace": namespace},
         "spec": body,
     }
@@ -209,7 +199,10 @@ def drive_rayjob(kube: Kube, ns: str, name: str, deployment: str, job_status: st
     """Stand in for the Ray job's end, as Kueue's own RayJob integration tests do: write the RayJob status."""
     said = message or f"driven to {job_status}"
     status = {"jobDeploymentStatus": deployment, "jobStatus": job_status, "message": said}
-    kube.custom.patch_namespaced_custom_object_status("ray.io", "v1", ns, "rayjobs", name, {"status": status})
+    rayjobs = kinds.RAY_JOB
+    kube.custom.patch_namespaced_custom_object_status(
+        rayjobs.group, rayjobs.version, ns, rayjobs.plural, name, {"status": status}
+    )
 
 
 def metric(operator: OperatorProcess, name: str) -> float:

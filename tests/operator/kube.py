@@ -7,6 +7,11 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from loka_api import kinds
+from loka_api.kinds import Kind
+
+RUNS = kinds.TRAINING_RUN
+
 
 class Kube:
     def __init__(self, api: Any) -> None:
@@ -25,15 +30,15 @@ class Kube:
     # ------------------------------------------------------------------------ runs
 
     def create_run(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        manifest = {"apiVersion": "loka.dev/v1alpha1", "kind": "TrainingRun", **manifest}
+        manifest = {"apiVersion": RUNS.api_version, "kind": RUNS.kind, **manifest}
         ns = manifest["metadata"]["namespace"]
         created: dict[str, Any] = self.custom.create_namespaced_custom_object(
-            "loka.dev", "v1alpha1", ns, "trainingruns", manifest
+            RUNS.group, RUNS.version, ns, RUNS.plural, manifest
         )
         return created
 
     def run(self, ns: str, name: str) -> dict[str, Any] | None:
-        return self.get("loka.dev", "v1alpha1", "trainingruns", ns, name)
+        return self.get(*RUNS.gvr, ns, name)
 
     def status(self, ns: str, name: str) -> dict[str, Any]:
         body = self.run(ns, name) or {}
@@ -52,27 +57,27 @@ class Kube:
         return {}
 
     def patch_run(self, ns: str, name: str, spec: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object("loka.dev", "v1alpha1", ns, "trainingruns", name, {"spec": spec})
+        self.custom.patch_namespaced_custom_object(RUNS.group, RUNS.version, ns, RUNS.plural, name, {"spec": spec})
 
     def patch_run_status(self, ns: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
         patched: dict[str, Any] = self.custom.patch_namespaced_custom_object_status(
-            "loka.dev", "v1alpha1", ns, "trainingruns", name, {"status": status}
+            RUNS.group, RUNS.version, ns, RUNS.plural, name, {"status": status}
         )
         return patched
 
     def delete_run(self, ns: str, name: str) -> None:
-        self.custom.delete_namespaced_custom_object("loka.dev", "v1alpha1", ns, "trainingruns", name)
+        self.custom.delete_namespaced_custom_object(RUNS.group, RUNS.version, ns, RUNS.plural, name)
 
     # ------------------------------------------------------------------ children
 
     def rayjob(self, ns: str, name: str) -> dict[str, Any] | None:
-        return self.get("ray.io", "v1", "rayjobs", ns, name)
+        return self.get(*kinds.RAY_JOB.gvr, ns, name)
 
     def rayjobs(self, ns: str) -> list[dict[str, Any]]:
-        return self.list("ray.io", "v1", "rayjobs", ns)
+        return self.list(*kinds.RAY_JOB.gvr, ns)
 
     def workloads(self, ns: str) -> list[dict[str, Any]]:
-        return self.list("kueue.x-k8s.io", "v1beta2", "workloads", ns)
+        return self.list(*kinds.WORKLOAD.gvr, ns)
 
     def pods(self, ns: str, selector: str = "") -> list[Any]:
         items: list[Any] = self.core.list_namespaced_pod(ns, label_selector=selector).items
@@ -86,7 +91,7 @@ class Kube:
 
     def get(self, group: str, version: str, plural: str, ns: str, name: str) -> dict[str, Any] | None:
         try:
-            if group == "" and plural == "serviceaccounts":
+            if (group, version, plural) == kinds.SERVICE_ACCOUNT.gvr:
                 return dict(self.core.read_namespaced_service_account(name, ns).to_dict())
             found: dict[str, Any] = self.custom.get_namespaced_custom_object(group, version, ns, plural, name)
             return found
@@ -96,8 +101,12 @@ class Kube:
             raise
 
     def exists(self, group: str, version: str, plural: str, ns: str, name: str) -> bool:
-        if group == "rbac.authorization.k8s.io":
-            reader = self.rbac.read_namespaced_role if plural == "roles" else self.rbac.read_namespaced_role_binding
+        if group == kinds.ROLE.group:
+            reader = (
+                self.rbac.read_namespaced_role
+                if plural == kinds.ROLE.plural
+                else self.rbac.read_namespaced_role_binding
+            )
             try:
                 reader(name, ns)
             except ApiException as error:
@@ -112,13 +121,13 @@ class Kube:
         items: list[dict[str, Any]] = answer.get("items", [])
         return items
 
-    def create_cluster_object(self, group: str, version: str, kind: str, plural: str, body: dict[str, Any]) -> None:
-        body = {"apiVersion": f"{group}/{version}", "kind": kind, **body}
-        self.custom.create_cluster_custom_object(group, version, plural, body)
+    def create_cluster_object(self, kind: Kind, body: dict[str, Any]) -> None:
+        body = {"apiVersion": kind.api_version, "kind": kind.kind, **body}
+        self.custom.create_cluster_custom_object(*kind.gvr, body)
 
-    def delete_cluster_object(self, group: str, version: str, plural: str, name: str) -> None:
+    def delete_cluster_object(self, kind: Kind, name: str) -> None:
         try:
-            self.custom.delete_cluster_custom_object(group, version, plural, name)
+            self.custom.delete_cluster_custom_object(*kind.gvr, name)
         except ApiException as error:
             if error.status != 404:
                 raise

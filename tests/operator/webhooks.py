@@ -15,6 +15,7 @@ from typing import Any
 from kubernetes import client
 
 from localcluster.operator_process import free_port
+from loka_api import kinds
 
 LABEL = "loka.dev/webhook-test"
 
@@ -34,10 +35,10 @@ def rayjob_webhook(api: Any, url: str, *, timeout_seconds: int) -> Iterator[dict
                     "clientConfig": {"url": url},
                     "rules": [
                         {
-                            "apiGroups": ["ray.io"],
-                            "apiVersions": ["v1"],
+                            "apiGroups": [kinds.RAY_JOB.group],
+                            "apiVersions": [kinds.RAY_JOB.version],
                             "operations": ["CREATE"],
-                            "resources": ["rayjobs"],
+                            "resources": [kinds.RAY_JOB.plural],
                         }
                     ],
                     "namespaceSelector": {"matchLabels": {LABEL: tag}},
