@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from loka_api import contract
-from loka_api.evaluation import EVALUATION_KIND, EvaluationSpec
-from loka_api.models import GROUP, VERSION
+from loka_api import contract, kinds
+from loka_api.evaluation import EvaluationSpec
 from loka_operator import naming
 from loka_operator.builders.rayjob import _restricted_container_security, _restricted_pod_security
 
@@ -28,8 +27,8 @@ def evaluation_job_name(evaluation: str) -> str:
 
 def evaluation_owner_reference(evaluation: str, uid: str) -> Manifest:
     return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": EVALUATION_KIND,
+        "apiVersion": kinds.EVALUATION.api_version,
+        "kind": kinds.EVALUATION.kind,
         "name": evaluation,
         "uid": uid,
         "controller": True,
@@ -89,8 +88,8 @@ def build_evaluation_job(
         mounts.append({"name": RUBRICS_VOLUME, "mountPath": contract.EVALUATION_RUBRIC_DIR, "readOnly": True})
     resources = {"cpu": spec.resources.cpu, "memory": spec.resources.memory}
     return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
+        "apiVersion": kinds.JOB.api_version,
+        "kind": kinds.JOB.kind,
         "metadata": {
             "name": evaluation_job_name(name),
             "namespace": namespace,

@@ -1,4 +1,4 @@
-"""Each Kubernetes kind Loka names is spelled once, in `loka_api.kinds` (the TrainingRun's own in its models)."""
+"""Each Kubernetes kind Loka names is spelled once, in `loka_api.kinds` (Loka's own kinds in their models)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from loka_api import kinds
 from loka_api.kinds import Kind
 
 REPO = Path(__file__).resolve().parents[3]
-SPELLED_HERE = {REPO / "api" / "loka_api" / "kinds.py", REPO / "api" / "loka_api" / "models.py"}
+# kinds.py, and the models each of Loka's own kinds is generated from (its CRD names).
+SPELLED_HERE = {REPO / "api" / "loka_api" / name for name in ("kinds.py", "models.py", "evaluation.py")}
 # The local control plane's own start-up (Kueue's configuration and webhook probe) stands apart from Loka's packages.
 APART = {REPO / "localcluster" / "controlplane.py"}
 # The packages, the local control plane, the benchmarks and the tests' shared helpers (a test itself may spell a
