@@ -27,6 +27,7 @@ from loka_api import (
     RunPhase,
     SecretKeyRef,
     TrainingRun,
+    TrainingRunSpec,
     TrainingRunStatus,
     kinds,
 )
