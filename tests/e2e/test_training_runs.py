@@ -181,7 +181,7 @@ def test_a_preempted_run_with_an_explicit_resume_continues_from_its_own_latest_c
     assert (totals["count"], totals["stepsLost"], totals["gpuHoursLost"]) == (1, 0, 0.0), totals
     with urllib.request.urlopen(f"http://127.0.0.1:{OPERATOR_METRICS_PORT}/metrics", timeout=10) as response:
         exported = response.read().decode()
-    preempted = re.findall(r'loka_run_interruptions_total\{reason="(Preempted[^"]*)",queue="e2e"\} (\S+)', exported)
+    preempted = re.findall(r'loka_run_interruptions_total\{queue="e2e",reason="(Preempted[^"]*)"\} (\S+)', exported)
     assert preempted and float(preempted[0][1]) >= 1, exported[-2000:]
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import uuid
 
+import pytest
+from kubernetes.client.exceptions import ApiException
+
 from localcluster.operator_process import OperatorProcess
 from tests.operator.conftest import drive_rayjob, eventually, run_manifest, wait_phase
 from tests.operator.kube import Kube
@@ -18,9 +21,17 @@ def test_a_trainer_forging_a_finished_phase_never_deletes_the_rayjob(
     kube.create_run(run_manifest(RUN, ns, ttlSecondsAfterFinished=1))
     wait_phase(kube, ns, RUN, "Running")
     trainer = kube.as_user(f"system:serviceaccount:{ns}:loka-run-{RUN}")
+    forgery = {"phase": "Succeeded", "completionTime": "2000-01-01T00:00:00Z"}
 
-    # The per-run Role lets the trainer patch its run's status, any field of it.
-    forged = trainer.patch_run_status(ns, RUN, {"phase": "Succeeded", "completionTime": "2000-01-01T00:00:00Z"})
+    # The trainer-status admission policy refuses the run's own account a field the operator writes ...
+    with pytest.raises(ApiException) as refused:
+        trainer.patch_run_status(ns, RUN, forgery)
+    assert refused.value.status == 403 and "status.phase is written by the Loka operator only" in str(
+        refused.value.body
+    )
+    # ... and where it is not installed (trainerStatusPolicy.create=false) the per-run Role alone lets any status
+    # field through: a forged phase lands, and the operator must not act on it.
+    forged = kube.patch_run_status(ns, RUN, forgery)
     assert forged["status"]["phase"] == "Succeeded"
 
     # The operator puts its own field back from the RayJob, which is still running, and keeps the RayJob.

@@ -114,7 +114,7 @@ def test_sft_trains_on_demonstrations_reports_loss_and_validation_loss_and_store
     assert s3_env_values_absent(output)
 
     status = read_run(case.k8s, case.namespace, "tiny-sft")["status"]
-    assert status["progress"] == {"step": 4, "totalSteps": 4, "epoch": 0}
+    assert status["progress"] == {"step": 4, "totalSteps": 4, "epoch": 0, "attempt": 0, "resumedFrom": 0}
     metrics = status["metrics"]
     assert metrics["loss"] > 0
     assert metrics["validationLoss"] > 0 and metrics["validationStep"] == 4
