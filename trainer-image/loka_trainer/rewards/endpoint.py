@@ -14,6 +14,7 @@ import os
 import random
 import time
 import weakref
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,3 +133,8 @@ def _retry_after(value: str | None) -> float | None:
         return max(0.0, float(value)) if value is not None else None
     except ValueError:
         return None
+
+
+def flatten(messages: Sequence[Mapping[str, Any]]) -> str:
+    """A conversation as one text, a ``role: content`` line per message (what a judge or a text RM reads)."""
+    return "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in messages)

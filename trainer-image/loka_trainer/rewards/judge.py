@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from loka_trainer.rewards.endpoint import Endpoint, EndpointClient
+from loka_trainer.rewards.endpoint import Endpoint, EndpointClient, flatten
 
 # The judge is told to end with `Score: N`, N from 0 to SCORE_SCALE; scores are reported in [0, 1].
 SCORE_SCALE = 10
@@ -132,7 +132,7 @@ def judge_messages(
     elif isinstance(prompt, str):
         conversation = prompt
     else:
-        conversation = "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in prompt)
+        conversation = flatten(prompt)
     user = f"<prompt>\n{conversation}\n</prompt>\n<response>{response}</response>\n\n{SCORE_INSTRUCTION}"
     return [{"role": "system", "content": rubric}, {"role": "user", "content": user}]
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from loka_trainer.rewards.endpoint import Endpoint, EndpointClient
+from loka_trainer.rewards.endpoint import Endpoint, EndpointClient, flatten
 
 RM_SUFFIXES = ("", "_ok", "_latency_s")
 
@@ -68,10 +68,6 @@ class RewardModelScore:
 
     def as_components(self, name: str) -> dict[str, float]:
         return {name: self.score, f"{name}_ok": 1.0 if self.ok else 0.0, f"{name}_latency_s": self.latency_s}
-
-
-def flatten(messages: Sequence[Mapping[str, Any]]) -> str:
-    return "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in messages)
 
 
 class RewardModelClient(EndpointClient):
