@@ -306,11 +306,20 @@ def openapi_schema() -> JSONSchema:
     spec = with_recipes(model_schema(TrainingRunSpec), recipes())
     spec.pop("description", None)
     spec["description"] = "What to train, on what, and where it may run."
-    status = model_schema(TrainingRunStatus)
+    return resource_schema(
+        "A post-training run (verl GRPO or SFT on KubeRay, admitted by Kueue).",
+        spec,
+        model_schema(TrainingRunStatus),
+        [name_rule(), lineage_rule(), *immutability_rules()],
+    )
+
+
+def resource_schema(description: str, spec: JSONSchema, status: JSONSchema, rules: list[JSONSchema]) -> JSONSchema:
+    """A custom resource's top-level schema: its spec (required), its status (no field required), its CEL rules."""
     status.pop("required", None)
     return {
         "type": "object",
-        "description": "A post-training run (verl GRPO or SFT on KubeRay, admitted by Kueue).",
+        "description": description,
         "required": ["spec"],
         "properties": {
             "apiVersion": {"type": "string"},
@@ -319,7 +328,7 @@ def openapi_schema() -> JSONSchema:
             "spec": spec,
             "status": status,
         },
-        "x-kubernetes-validations": [name_rule(), lineage_rule(), *immutability_rules()],
+        "x-kubernetes-validations": rules,
     }
 
 
@@ -387,20 +396,11 @@ def build_evaluation_crd() -> dict[str, Any]:
 
     spec = model_schema(EvaluationSpec)
     spec["description"] = "Which run's rollouts to judge, by which judges, and where the scores go."
-    status = model_schema(EvaluationStatus)
-    status.pop("required", None)
-    schema = {
-        "type": "object",
-        "description": "LLM judges over a run's kept rollouts, writing scores and preferences (a Kueue-admitted Job).",
-        "required": ["spec"],
-        "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
-            "spec": spec,
-            "status": status,
-        },
-        "x-kubernetes-validations": [
+    schema = resource_schema(
+        "LLM judges over a run's kept rollouts, writing scores and preferences (a Kueue-admitted Job).",
+        spec,
+        model_schema(EvaluationStatus),
+        [
             cel(
                 "self.spec == oldSelf.spec",
                 "spec is immutable once the evaluation is created: delete and recreate it (a re-run skips what "
@@ -409,7 +409,7 @@ def build_evaluation_crd() -> dict[str, Any]:
                 reason="FieldValueForbidden",
             )
         ],
-    }
+    )
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
