@@ -30,9 +30,20 @@ from loka_trainer.checkpoints import CheckpointStore
 from loka_trainer.nodes import on_each_node, ray_rank_layout, stage_on_node
 from loka_trainer.verl_callback import upload_from_every_node
 
+
+def _can_unshare_mounts() -> bool:
+    """Whether this machine lets us give a process a mount namespace of its own (root, or CAP_SYS_ADMIN)."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True, check=False)
+    return probe.returncode == 0
+
+
 pytestmark = [
     pytest.mark.cluster,
-    pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1) for the second node's own disk"),
+    pytest.mark.skipif(
+        not _can_unshare_mounts(), reason="needs unshare(1) with mount rights for the second node's disk"
+    ),
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
