@@ -83,8 +83,11 @@ class Kube:
         items: list[Any] = self.core.list_namespaced_pod(ns, label_selector=selector).items
         return items
 
-    def events(self, ns: str, name: str) -> list[Any]:
-        items: list[Any] = self.core.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}").items
+    def events(self, ns: str, name: str, kind: str = "TrainingRun") -> list[Any]:
+        """The Events `kubectl describe` shows for one object: the RayJob and the RayCluster share the run's name and
+        KubeRay posts its own Warnings on them, so the kind is part of the selector."""
+        selector = f"involvedObject.name={name},involvedObject.kind={kind}"
+        items: list[Any] = self.core.list_namespaced_event(ns, field_selector=selector).items
         return items
 
     # -------------------------------------------------------------------- generic
