@@ -44,29 +44,13 @@ ENV_RAY_AUTH_TOKEN = "RAY_AUTH_TOKEN"
 # Every variable whose value is a secret: never on a command line, in Ray's runtime_env, a log or status.
 SECRET_ENV = frozenset({ENV_AWS_SECRET, ENV_AWS_SESSION_TOKEN, ENV_WANDB_KEY, ENV_HF_TOKEN, ENV_RAY_AUTH_TOKEN})
 
-# Which Ray pods hold each secret variable, because a process there uses it (docs/secrets.md has the table).
-# The submitter pod (K8sJobMode) holds none of them.
+# The two kinds of Ray pod of a run (loka_api.secret_routes says which secret reaches which).
 RAY_HEAD = "head"
 RAY_WORKER = "worker"
-SECRET_ENV_PODS: dict[str, tuple[str, ...]] = {
-    # Staging, restore and the marker on the head; pinned staging and shard-upload tasks on every node.
-    ENV_AWS_KEY_ID: (RAY_HEAD, RAY_WORKER),
-    ENV_AWS_SECRET: (RAY_HEAD, RAY_WORKER),
-    # trl logs from the trainer process; verl's tracker runs in its TaskRunner, which the trainer pins to the head.
-    ENV_WANDB_KEY: (RAY_HEAD,),
-    # An hf:// model is loaded by id where it is used: the driver's tokenizer on the head, every rank on a worker.
-    ENV_HF_TOKEN: (RAY_HEAD, RAY_WORKER),
-}
 
-# spec.environment.secretVariables (${VAR} in MCP headers) are in every Ray pod: verl places its agent-loop workers
-# on any node. Their names (never values) are listed in this plain variable, so the trainer redacts their values.
+# spec.environment.secretVariables (${VAR} in MCP headers): their names (never values) are listed in this plain
+# variable, so the trainer redacts their values.
 ENV_SECRET_VARIABLES = "LOKA_SECRET_VARIABLES"
-ENVIRONMENT_SECRET_PODS = (RAY_HEAD, RAY_WORKER)
-
-
-def secret_pods(name: str) -> tuple[str, ...]:
-    """The Ray pods that hold the secret variable ``name`` (a built-in one, or an environment's)."""
-    return SECRET_ENV_PODS.get(name, ENVIRONMENT_SECRET_PODS)
 
 
 # Where the trainer container finds its ServiceAccount token (a projected volume; the file is replaced as the

@@ -27,7 +27,6 @@ from loka_api import (
     RunPhase,
     SecretKeyRef,
     TrainingRun,
-    TrainingRunSpec,
     TrainingRunStatus,
     kinds,
 )
@@ -50,12 +49,6 @@ ICON = {
     NotificationEvent.FAILED: ":x:",
     NotificationEvent.SUSPENDED: ":double_vertical_bar:",
 }
-
-
-def webhook_refs(spec: TrainingRunSpec) -> list[SecretKeyRef]:
-    """The Secret keys the notifications read (checked like every other referenced Secret, never given to pods)."""
-    slack = spec.notifications.slack if spec.notifications else None
-    return [slack.webhook] if slack is not None else []
 
 
 def _now() -> datetime:

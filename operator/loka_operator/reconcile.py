@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
-from loka_api import QueueSpec, TrainingRun, TrainingRunStatus, kinds
+from loka_api import QueueSpec, TrainingRun, TrainingRunStatus, kinds, secret_routes
 from loka_operator import builders, kueue, lineage, naming
 from loka_operator.cache import Children, RunCache, WriteLedger
 from loka_operator.children import (
@@ -44,7 +44,7 @@ from loka_operator.events import EventRecorder
 from loka_operator.kube import JSON, ApiError, KubeClient
 from loka_operator.messages import NO_SECRETS, Redactor, brief, cause
 from loka_operator.metrics import OperatorMetrics
-from loka_operator.notifications import Notifier, webhook_refs
+from loka_operator.notifications import Notifier
 from loka_operator.ownership import Claim, claim
 from loka_operator.status import Observed, Problem, SourceState, StatusUpdate, finished, permanent_failure
 from loka_operator.status_writer import StatusWriter
@@ -244,7 +244,7 @@ class Reconciler:
     async def _missing_secrets(self, run: TrainingRun) -> Problem | None:
         namespace = run.metadata.namespace
         missing: list[str] = []
-        for secret, keys in _wanted_secrets(run).items():
+        for secret, keys in secret_routes.wanted(secret_routes.of_run(run.spec)).items():
             present = await self._secret_keys(namespace, secret, keys)
             if present is None:
                 missing.append(f"Secret {secret!r} (keys {', '.join(keys)}) does not exist")
@@ -516,7 +516,7 @@ class Reconciler:
         key = naming.run_key(run.metadata.namespace, run.metadata.name)
         known = self._redactors.get(key)
         if known is None or known[0] != run.metadata.uid:
-            wanted = _wanted_secrets(run)
+            wanted = secret_routes.wanted(secret_routes.of_run(run.spec))
             if not wanted:
                 return NO_SECRETS
             known = self._redactors[key] = (run.metadata.uid, await self._digests(run.metadata.namespace, wanted))
@@ -581,16 +581,6 @@ def _token_conflict(name: str) -> Problem:
         "NameConflict",
         f"a Secret named {name!r} already exists and is not owned by this run's RayJob; delete it or rename the run",
     )
-
-
-def _wanted_secrets(run: TrainingRun) -> dict[str, list[str]]:
-    """Every Secret the run references, with the keys it needs."""
-    wanted: dict[str, list[str]] = {}
-    for _env, secret, key in builders.referenced_secrets(run.spec):
-        wanted.setdefault(secret, []).append(key)
-    for ref in webhook_refs(run.spec):
-        wanted.setdefault(ref.secret, []).append(ref.key)
-    return wanted
 
 
 def _managed_data_keys(meta: JSON) -> set[str]:

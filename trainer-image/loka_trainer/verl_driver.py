@@ -2,7 +2,7 @@
 
 verl starts its driver actor (TaskRunner: the training loop, the W&B tracker, the checkpoint callback) with a
 plain ``TaskRunner.remote()``, so Ray may place it on any node. The W&B key is only in the head pod
-(``loka_api.contract.SECRET_ENV_PODS``), where ``loka-trainer run`` starts this process: the TaskRunner is
+(``loka_api.secret_routes``), where ``loka-trainer run`` starts this process: the TaskRunner is
 pinned here, hard. It also installs Loka's hook in verl's training loop (``loka_trainer.verl_hook``: every step's
 reward figures, the rollouts kept), and is guarded (``guarded_task_runner``): its trainer calls Loka's
 checkpoint callback at every step end, and no way out of it drops a checkpoint upload in flight. Everything

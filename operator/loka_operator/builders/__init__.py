@@ -3,7 +3,7 @@
 from loka_operator.builders.localqueue import build_local_queue
 from loka_operator.builders.networkpolicy import build_network_policy
 from loka_operator.builders.rayauth import build_ray_auth_secret, new_ray_token
-from loka_operator.builders.rayjob import RayJobSettings, build_rayjob, referenced_secrets
+from loka_operator.builders.rayjob import RayJobSettings, build_rayjob
 from loka_operator.builders.rbac import build_role, build_role_binding, build_service_account
 
 __all__ = [
@@ -16,5 +16,4 @@ __all__ = [
     "build_role_binding",
     "build_service_account",
     "new_ray_token",
-    "referenced_secrets",
 ]

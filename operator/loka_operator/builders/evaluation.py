@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loka_api import contract, kinds
+from loka_api import contract, kinds, secret_routes
 from loka_api.evaluation import EvaluationSpec
 from loka_operator import naming
 from loka_operator.builders.rayjob import _restricted_container_security, _restricted_pod_security
@@ -43,15 +43,7 @@ def evaluation_env(spec: EvaluationSpec, *, name: str, namespace: str) -> list[M
     ]
     if spec.storage is not None and spec.storage.endpoint is not None:
         env.append({"name": contract.ENV_AWS_ENDPOINT, "value": spec.storage.endpoint})
-    if spec.storage is not None and spec.storage.credentials_secret is not None:
-        for key in contract.STORAGE_SECRET_KEYS:
-            ref = {"name": spec.storage.credentials_secret, "key": key}
-            env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
-    for judge in spec.judges:
-        if judge.api_key is not None:
-            ref = {"name": judge.api_key.secret, "key": judge.api_key.key}
-            env.append({"name": contract.judge_api_key_env(judge.name), "valueFrom": {"secretKeyRef": ref}})
-    return env
+    return env + secret_routes.env_for(secret_routes.of_evaluation(spec), secret_routes.Holder.EVALUATOR)
 
 
 def build_evaluation_job(

@@ -2,7 +2,7 @@
 
 Kueue-compatible (no clusterSelector, shutdownAfterJobFinishes), restricted pod security, Ray's token
 authentication on, and secrets only by `secretKeyRef`, each only in the pods whose processes use it
-(`loka_api.contract.SECRET_ENV_PODS`): no secret value ever appears in a manifest built here. Only the
+(`loka_api.secret_routes`): no secret value ever appears in a manifest built here. Only the
 head's trainer container holds an API token: its run's ServiceAccount token, projected for 10 minutes.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from loka_api import PodResources, SecretKeyRef, TrainingRunSpec, contract
+from loka_api import PodResources, TrainingRunSpec, contract, secret_routes
 from loka_api.environments import ENV_SYSTEM_PROMPT
 from loka_operator import naming
 from loka_operator.builders.rayauth import auth_options
@@ -56,24 +56,6 @@ class RayJobSettings:
     disk_storage_class: str | None = None
 
 
-def referenced_secrets(spec: TrainingRunSpec) -> list[tuple[str, str, str]]:
-    """(env var, secret, key) for every Secret key the run's pods read."""
-    refs: list[tuple[str, str, str]] = []
-    if spec.storage is not None and spec.storage.credentials_secret is not None:
-        refs += [(key, spec.storage.credentials_secret, key) for key in contract.STORAGE_SECRET_KEYS]
-    if spec.tracking is not None and spec.tracking.wandb is not None and spec.tracking.wandb.api_key is not None:
-        refs.append(_ref(contract.ENV_WANDB_KEY, spec.tracking.wandb.api_key))
-    if spec.huggingface is not None and spec.huggingface.token is not None:
-        refs.append(_ref(contract.ENV_HF_TOKEN, spec.huggingface.token))
-    if spec.environment is not None:
-        refs += [_ref(v.name, v.secret_ref) for v in spec.environment.secret_variables]
-    return refs
-
-
-def _ref(env: str, ref: SecretKeyRef) -> tuple[str, str, str]:
-    return (env, ref.secret, ref.key)
-
-
 def plain_env(spec: TrainingRunSpec, run: str, namespace: str) -> dict[str, str]:
     """The trainer's non-secret environment (also given to Ray through runtimeEnvYAML)."""
     env = {contract.ENV_RUN_NAME: run, contract.ENV_RUN_NAMESPACE: namespace}
@@ -98,11 +80,7 @@ def _container_env(spec: TrainingRunSpec, run: str, namespace: str, node: str) -
     env: list[Manifest] = [{"name": k, "value": v} for k, v in plain_env(spec, run, namespace).items()]
     # The pod's own volume, so not in runtimeEnvYAML: Ray's job env must not point a local Ray at it.
     env.append({"name": contract.ENV_WORK_DIR, "value": WORK_DIR})
-    env += [
-        {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
-        for name, secret, key in referenced_secrets(spec)
-        if node in contract.secret_pods(name)
-    ]
+    env += secret_routes.env_for(secret_routes.of_run(spec), secret_routes.Holder(node))
     prompt = spec.environment.system_prompt if spec.environment is not None else None
     if prompt is not None:
         ref = {"name": prompt.config_map.name, "key": prompt.config_map.key}

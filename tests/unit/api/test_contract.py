@@ -79,14 +79,6 @@ def test_every_status_field_has_an_owner() -> None:
     assert wire_names == owned, f"unowned: {wire_names - owned}; not in the status: {owned - wire_names}"
 
 
-def test_every_secret_variable_the_pods_get_has_its_pods_named() -> None:
-    """The operator injects exactly these into Ray pods; the trainer relies on where they are."""
-    injected = {contract.ENV_AWS_KEY_ID, contract.ENV_AWS_SECRET, contract.ENV_WANDB_KEY, contract.ENV_HF_TOKEN}
-    assert set(contract.SECRET_ENV_PODS) == injected
-    assert all(set(pods) <= {contract.RAY_HEAD, contract.RAY_WORKER} for pods in contract.SECRET_ENV_PODS.values())
-    assert contract.SECRET_ENV_PODS[contract.ENV_WANDB_KEY] == (contract.RAY_HEAD,)
-
-
 def test_only_message_is_written_by_both_sides() -> None:
     assert contract.SHARED_STATUS_FIELDS == ("message",)
 

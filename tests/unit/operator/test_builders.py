@@ -21,7 +21,6 @@ from loka_operator.builders import (
     build_role_binding,
     build_service_account,
     new_ray_token,
-    referenced_secrets,
 )
 
 UID = "0f3c-uid"
@@ -223,16 +222,6 @@ def test_submission_mode_is_an_operator_setting(mode: str, has_submitter: bool) 
     assert ("submitterPodTemplate" in job["spec"]) is has_submitter
 
 
-def test_referenced_secrets_lists_every_key_the_pods_read() -> None:
-    assert referenced_secrets(make_spec()) == [
-        ("AWS_ACCESS_KEY_ID", "loka-s3", "AWS_ACCESS_KEY_ID"),
-        ("AWS_SECRET_ACCESS_KEY", "loka-s3", "AWS_SECRET_ACCESS_KEY"),
-        ("WANDB_API_KEY", "loka-secrets", "wandb-api-key"),
-        ("HF_TOKEN", "loka-secrets", "hf-token"),
-    ]
-    assert referenced_secrets(make_spec(storage=None, tracking=None, huggingface=None)) == []
-
-
 def test_role_allows_exactly_get_run_and_patch_its_status() -> None:
     role = build_role("qwen", "team-a", UID)
     assert role["rules"] == [
@@ -356,4 +345,3 @@ def test_an_environments_secret_variables_and_prompt_reach_every_ray_pod_by_refe
         }
         assert env["LOKA_SECRET_VARIABLES"]["value"] == "KEY"  # names only, for the trainer's redaction
     assert "KEY" not in secret_refs(submitter)
-    assert ("KEY", "env-key", "token") in referenced_secrets(make_spec(environment=environment))
