@@ -15,7 +15,8 @@ run. For each N it:
 4. reads the operator's peak RSS (VmHWM), stops it and deletes the namespace,
 5. applies N plain RayJobs of the same shape (what the operator builds, queue label, same ClusterQueue) and
    times each to jobDeploymentStatus Running: the same pipeline without Loka,
-6. prints p50/p95 latencies, totals, and the ratios Loka / plain (apply -> Running, p50 and total).
+6. prints p50/p95 latencies, totals, and the ratios Loka / plain (apply -> Running, p50 and total); with
+   `--timeline`, each half's writes per run in order from the API server's audit log (`bench/timeline.py`).
 
 Runs are head-only `engine: trl` runs (no GPUs, 50m CPU) so that 500 of them fit on the KWOK nodes.
 """
@@ -41,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
+from bench import timeline
 from localcluster.controlplane import LocalCluster, wait_until
 from localcluster.operator_process import OperatorProcess
 from loka_api import TrainingRunSpec, kinds
@@ -234,6 +236,8 @@ def bench_loka(cluster: LocalCluster, api: Any, n: int, queue: str, args: argpar
     trainers.stop()
     rss = operator.peak_rss_mb()
     operator.stop()
+    if args.timeline:
+        print(timeline.report(cluster.audit_log, ns), flush=True)
     delete_namespace(core, ns)
     return {
         "rayjob_p50": statistics.median(to_rayjob),
@@ -247,7 +251,7 @@ def bench_loka(cluster: LocalCluster, api: Any, n: int, queue: str, args: argpar
     }
 
 
-def bench_plain(api: Any, n: int, queue: str, args: argparse.Namespace) -> dict[str, float]:
+def bench_plain(cluster: LocalCluster, api: Any, n: int, queue: str, args: argparse.Namespace) -> dict[str, float]:
     """The same RayJobs applied straight to Kueue: apply -> jobDeploymentStatus Running."""
     core: Any = client.CoreV1Api(api)
     custom: Any = client.CustomObjectsApi(api)
@@ -285,6 +289,8 @@ def bench_plain(api: Any, n: int, queue: str, args: argparse.Namespace) -> dict[
     wait_until(lambda: len(running.seen) >= n, timeout=args.timeout, what=f"{n} plain RayJobs Running", interval=0.5)
     running.stop()
     latencies = [running.seen[f"run-{i}"] - t for i, t in created.items()]
+    if args.timeline:
+        print(timeline.report(cluster.audit_log, ns), flush=True)
     delete_namespace(core, ns)
     return {
         "running_p50": statistics.median(latencies),
@@ -299,6 +305,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait per phase")
     parser.add_argument("--idle-seconds", type=float, default=120, help="window for the idle API-load figure")
     parser.add_argument("--trainer-interval", type=float, default=60, help="seconds between a run's progress patches")
+    parser.add_argument(
+        "--timeline", action="store_true", help="print each half's per-run write timeline from the audit log"
+    )
     parser.add_argument("--log", type=Path, default=Path("/tmp/loka-bench-operator.log"), help="operator log file")
     args = parser.parse_args()
 
@@ -321,7 +330,7 @@ def main() -> int:
     for n in sizes:
         with cluster_queue(client.CustomObjectsApi(api), n) as queue:
             loka = bench_loka(cluster, api, n, queue, args)
-            plain = bench_plain(api, n, queue, args)
+            plain = bench_plain(cluster, api, n, queue, args)
         ratio_p50 = loka["running_p50"] / plain["running_p50"] if plain["running_p50"] > 0 else float("nan")
         ratio_total = loka["total_running"] / plain["total_running"] if plain["total_running"] > 0 else float("nan")
         print(
