@@ -63,6 +63,30 @@ SPEC: dict[str, Any] = {
 }
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User and system CPU seconds a process has used so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuAccount:
+    """CPU seconds each control-plane component (and the operator) spends between `start()` and `stop()`."""
+
+    def __init__(self, cluster: LocalCluster, extra: dict[str, int] | None = None) -> None:
+        self._pids: dict[str, int | None] = {c.name: c.pid() for c in cluster.components()}
+        self._pids.update(extra or {})
+        self._start = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
+        self.spent: dict[str, float] = {}
+
+    def stop(self) -> str:
+        self.spent = {name: cpu_seconds(pid) - self._start[name] for name, pid in self._pids.items()}
+        busiest = sorted(self.spent.items(), key=lambda item: -item[1])
+        return "CPU s: " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in busiest if seconds >= 0.1)
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -203,6 +227,7 @@ def bench_loka(cluster: LocalCluster, api: Any, n: int, queue: str, args: argpar
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
     operator = OperatorProcess(cluster, args.log, namespace_prefix=PREFIX, resync_seconds=None)
     operator.start()
+    cpu = CpuAccount(cluster, {"loka-operator": operator.pid})
     ns = create_namespace(core, f"loka{n}")
     rayjobs = Watcher(
         lambda **kw: custom.list_namespaced_custom_object(RAY_JOBS.group, RAY_JOBS.version, ns, RAY_JOBS.plural, **kw),
@@ -223,6 +248,7 @@ def bench_loka(cluster: LocalCluster, api: Any, n: int, queue: str, args: argpar
     names = {f"run-{i}": t for i, t in created.items()}
     wait_until(lambda: len(rayjobs.seen) >= n, timeout=args.timeout, what=f"{n} RayJobs", interval=0.2)
     wait_until(lambda: len(running.seen) >= n, timeout=args.timeout, what=f"{n} runs Running", interval=0.5)
+    print(f"loka  N={n} apply -> all Running, {cpu.stop()}", flush=True)
     rayjobs.stop()
     running.stop()
     to_rayjob = [rayjobs.seen[name] - t for name, t in names.items()]
@@ -277,6 +303,7 @@ def bench_plain(cluster: LocalCluster, api: Any, n: int, queue: str, args: argpa
         ),
     )
     started = time.monotonic()
+    cpu = CpuAccount(cluster)
 
     def create(index: int) -> None:
         body = build_rayjob(
@@ -287,6 +314,7 @@ def bench_plain(cluster: LocalCluster, api: Any, n: int, queue: str, args: argpa
 
     created = create_all(n, create)
     wait_until(lambda: len(running.seen) >= n, timeout=args.timeout, what=f"{n} plain RayJobs Running", interval=0.5)
+    print(f"plain N={n} apply -> all Running, {cpu.stop()}", flush=True)
     running.stop()
     latencies = [running.seen[f"run-{i}"] - t for i, t in created.items()]
     if args.timeline:
