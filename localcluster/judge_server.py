@@ -67,6 +67,7 @@ class JudgeLog:
     max_in_flight: int = 0
     models: Counter[str] = field(default_factory=Counter)
     temperatures: list[float] = field(default_factory=list)
+    systems: list[str] = field(default_factory=list)  # each request's system turn (the rubric it was given)
 
 
 class JudgeServer:
@@ -128,6 +129,7 @@ class JudgeServer:
         with self._lock:
             self.log.models[model] += 1
             self.log.temperatures.append(float(body.get("temperature", 1.0)))
+            self.log.systems += [str(m.get("content", "")) for m in messages if m.get("role") == "system"]
         failing = behaviour.fail_first is None or number <= behaviour.fail_first
         mode = behaviour.mode if failing else "ok"
         if mode == "slow" and self._closing is not None:

@@ -182,6 +182,22 @@ def judge_api_key_env(judge: str) -> str:
     return ENV_JUDGE_API_KEY_PREFIX + judge.upper()
 
 
+# A run's reward components that call an endpoint (a judge, a reward model): the variable holding the component's
+# API key (from its Secret, in the Ray pods), and the one holding a judge's rubric (from its ConfigMap key).
+ENV_REWARD_API_KEY_PREFIX = "LOKA_REWARD_API_KEY_"
+ENV_REWARD_RUBRIC_PREFIX = "LOKA_REWARD_RUBRIC_"
+
+
+def reward_api_key_env(component: str) -> str:
+    """The variable holding reward component ``component``'s API key in the Ray pods."""
+    return ENV_REWARD_API_KEY_PREFIX + component.upper()
+
+
+def reward_rubric_env(component: str) -> str:
+    """The variable holding judge component ``component``'s rubric, when it comes from a ConfigMap."""
+    return ENV_REWARD_RUBRIC_PREFIX + component.upper()
+
+
 def rollouts_prefix(run_prefix: str) -> str:
     """``<run prefix>/rollouts``: where one run's kept rollouts live."""
     return f"{run_prefix.rstrip('/')}/{ROLLOUTS_FOLDER}"

@@ -23,7 +23,7 @@ from pydantic import ConfigDict, Field
 from loka_api.contract import ENV_SECRET_VARIABLES, SECRET_ENV
 from loka_api.models import (
     DNS_LABEL_PATTERN,
-    DNS_SUBDOMAIN_PATTERN,
+    ConfigMapKeyRef,
     LokaModel,
     PodResources,
     SecretKeyRef,
@@ -137,11 +137,6 @@ class LifecycleTools(LokaModel):
 
     setup: str | None = Field(default="setup", max_length=128, description="Called before the first turn.")
     evaluate: str | None = Field(default="evaluate", max_length=128, description="Its reward is task_completion.")
-
-
-class ConfigMapKeyRef(LokaModel):
-    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="ConfigMap name.")
-    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key in the ConfigMap.")
 
 
 class SystemPrompt(LokaModel):

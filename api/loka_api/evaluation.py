@@ -18,15 +18,14 @@ from pydantic import ConfigDict, Field
 from loka_api.contract import MAX_RUN_NAME_LENGTH, ROLLOUT_STEPS_ALL, ROLLOUT_STEPS_LATEST
 from loka_api.models import (
     DNS_LABEL_PATTERN,
-    DNS_SUBDOMAIN_PATTERN,
     GROUP,
     VERSION,
     Condition,
+    JudgeSettings,
     LokaModel,
     ObjectMeta,
     PodResources,
     QueueSpec,
-    SecretKeyRef,
     StorageSpec,
     cel,
     validations,
@@ -41,26 +40,8 @@ _S3_URI_RULE = "self.matches('^s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9](/.*)?$')"
 STEPS_PATTERN = rf"^({ROLLOUT_STEPS_LATEST}|{ROLLOUT_STEPS_ALL}|[1-9][0-9]{{0,8}}(,[1-9][0-9]{{0,8}}){{0,63}})$"
 
 
-class ConfigMapKeyRef(LokaModel):
-    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="ConfigMap name.")
-    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key in the ConfigMap.")
-
-
-class RubricSource(LokaModel):
-    model_config = ConfigDict(
-        json_schema_extra=validations(
-            cel("has(self.text) != has(self.configMap)", "set exactly one of rubric.text and rubric.configMap")
-        )
-    )
-
-    text: str | None = Field(default=None, max_length=16384, description="The rubric itself (the judge's system turn).")
-    config_map: ConfigMapKeyRef | None = Field(default=None, description="A ConfigMap key holding the rubric.")
-
-
-class JudgeSpec(LokaModel):
-    """An LLM judge behind an OpenAI-compatible chat endpoint (vLLM, a gateway): the same settings the judge reward
-    component of a run takes.
-    """
+class JudgeSpec(JudgeSettings):
+    """An LLM judge of an Evaluation: a run's judge reward component's settings, and the name it is reported by."""
 
     name: str = Field(
         default="judge",
@@ -69,26 +50,6 @@ class JudgeSpec(LokaModel):
         pattern=r"^[a-z][a-z0-9_]*$",
         description="How the judge is reported (lowercase letters, digits, _).",
     )
-    endpoint: str = Field(
-        max_length=512,
-        description="OpenAI base URL, e.g. http://vllm-judge.models:8000/v1.",
-        json_schema_extra=validations(
-            cel("self.matches('^https?://[^/\\\\s]+(/.*)?$')", "must be an http:// or https:// URL")
-        ),
-    )
-    model: str = Field(min_length=1, max_length=256, description="The model name the endpoint serves.")
-    rubric: RubricSource | None = Field(
-        default=None, description="What the judge is told to judge (a default if unset)."
-    )
-    api_key: SecretKeyRef | None = Field(
-        default=None, description="A Secret key holding the endpoint's API key; it reaches only the pod that calls it."
-    )
-    samples: int = Field(default=1, ge=1, le=16, description="Verdicts averaged per response.")
-    temperature: float = Field(default=0.0, ge=0, le=2)
-    max_concurrency: int = Field(default=8, ge=1, le=1024, description="Requests in flight per process.")
-    timeout_seconds: float = Field(default=60, gt=0, le=3600, description="Per verdict, retries included.")
-    retries: int = Field(default=3, ge=0, le=10, description="Retries on 429 and 5xx (never on other 4xx).")
-    failure_score: float = Field(default=0.0, ge=0, le=1, description="What a verdict that failed scores.")
 
 
 class RolloutsSource(LokaModel):

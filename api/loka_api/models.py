@@ -226,6 +226,76 @@ _FUNCTION_RULE = cel(
 )
 
 
+class ConfigMapKeyRef(LokaModel):
+    """A key in a ConfigMap of the resource's namespace (a rubric, a system prompt), read where it is used."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="ConfigMap name.")
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key in the ConfigMap.")
+
+
+class RubricSource(LokaModel):
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel("has(self.text) != has(self.configMap)", "set exactly one of rubric.text and rubric.configMap")
+        )
+    )
+
+    text: str | None = Field(default=None, max_length=16384, description="The rubric itself (the judge's system turn).")
+    config_map: ConfigMapKeyRef | None = Field(default=None, description="A ConfigMap key holding the rubric.")
+
+
+_HTTP_URL_RULE = cel("self.matches('^https?://[^/\\\\s]+(/.*)?$')", "must be an http:// or https:// URL")
+
+
+class JudgeSettings(LokaModel):
+    """An LLM judge behind an OpenAI-compatible chat endpoint (vLLM, a gateway, a hosted API): the same settings in
+    a run's judge reward component and in an Evaluation's judges. A judge that is slow or down slows or zeroes its
+    component within ``timeoutSeconds``; it never stalls the run.
+    """
+
+    endpoint: str = Field(
+        max_length=512,
+        description="OpenAI base URL, e.g. http://vllm-judge.models:8000/v1.",
+        json_schema_extra=validations(_HTTP_URL_RULE),
+    )
+    model: str = Field(min_length=1, max_length=256, description="The model name the endpoint serves.")
+    rubric: RubricSource | None = Field(
+        default=None, description="What the judge is told to judge (a default if unset)."
+    )
+    api_key: SecretKeyRef | None = Field(
+        default=None, description="A Secret key holding the endpoint's API key; it reaches only the pods that call it."
+    )
+    samples: int = Field(default=1, ge=1, le=16, description="Verdicts averaged per response.")
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    max_concurrency: int = Field(default=8, ge=1, le=1024, description="Requests in flight per process.")
+    timeout_seconds: float = Field(default=60, gt=0, le=3600, description="Per verdict, retries included.")
+    retries: int = Field(default=3, ge=0, le=10, description="Retries on 429 and 5xx (never on other 4xx).")
+    failure_score: float = Field(default=0.0, ge=0, le=1, description="What a verdict that failed scores.")
+
+
+class RewardModelSettings(LokaModel):
+    """A served reward model (an ``algorithm: rm`` run's checkpoint behind vLLM's pooling API, ``/classify``); its
+    value is sigmoid(logit) in [0, 1].
+    """
+
+    endpoint: str = Field(
+        max_length=512,
+        description="The server's base URL, e.g. http://rm.models:8000.",
+        json_schema_extra=validations(_HTTP_URL_RULE),
+    )
+    model: str = Field(default="rm", min_length=1, max_length=256, description="The model name the server serves.")
+    input_format: Literal["messages", "text"] = Field(
+        default="messages", description="messages (chat) or text (the conversation flattened), as the server reads."
+    )
+    api_key: SecretKeyRef | None = Field(
+        default=None, description="A Secret key holding the endpoint's API key; it reaches only the pods that call it."
+    )
+    max_concurrency: int = Field(default=16, ge=1, le=1024, description="Requests in flight per process.")
+    timeout_seconds: float = Field(default=30, gt=0, le=3600, description="Per response, retries included.")
+    retries: int = Field(default=2, ge=0, le=10, description="Retries on 429 and 5xx (never on other 4xx).")
+    failure_score: float = Field(default=0.0, ge=0, le=1, description="What a response that failed scores.")
+
+
 class RewardComponentKind(enum.StrEnum):
     """What a reward component measures (each is a registered component in the trainer's rubric)."""
 
@@ -233,6 +303,8 @@ class RewardComponentKind(enum.StrEnum):
     TOOL_EXECUTION = "toolExecution"  # tool calls that ran without error, among those that parsed
     FORMAT_COMPLIANCE = "formatCompliance"  # well-formed tool calls, and an answer before the limits
     FUNCTION = "function"  # a compute_score function of your own (module.path:function)
+    JUDGE = "judge"  # an LLM judge's verdict (set judge)
+    REWARD_MODEL = "rewardModel"  # a served reward model's score (set rewardModel)
 
 
 class RewardComponent(LokaModel):
@@ -244,7 +316,17 @@ class RewardComponent(LokaModel):
                 "(self.kind == 'function') == has(self.function)",
                 "function is required for kind function, and only for it",
                 field_path=".function",
-            )
+            ),
+            cel(
+                "(self.kind == 'judge') == has(self.judge)",
+                "judge is required for kind judge, and only for it",
+                field_path=".judge",
+            ),
+            cel(
+                "(self.kind == 'rewardModel') == has(self.rewardModel)",
+                "rewardModel is required for kind rewardModel, and only for it",
+                field_path=".rewardModel",
+            ),
         )
     )
 
@@ -255,7 +337,10 @@ class RewardComponent(LokaModel):
         description="How the component is logged (lowercase letters, digits, _), e.g. task_completion.",
     )
     kind: RewardComponentKind = Field(
-        description="environment, toolExecution, formatCompliance, or function (set function)."
+        description=(
+            "environment, toolExecution, formatCompliance, function (set function), judge (set judge) or "
+            "rewardModel (set rewardModel)."
+        )
     )
     weight: float = Field(default=1.0, ge=-1000, le=1000, description="Its weight in the sum that is the reward.")
     function: str | None = Field(
@@ -263,6 +348,10 @@ class RewardComponent(LokaModel):
         max_length=256,
         description="kind function: module.path:function, importable in the trainer image.",
         json_schema_extra=validations(_FUNCTION_RULE),
+    )
+    judge: JudgeSettings | None = Field(default=None, description="kind judge: the judge to ask.")
+    reward_model: RewardModelSettings | None = Field(
+        default=None, description="kind rewardModel: the served reward model to ask."
     )
 
 
@@ -451,9 +540,7 @@ class StorageSpec(LokaModel):
         default=None,
         max_length=512,
         description="S3 endpoint URL (MinIO); empty for AWS S3.",
-        json_schema_extra=validations(
-            cel("self.matches('^https?://[^/\\\\s]+(/.*)?$')", "must be an http:// or https:// URL")
-        ),
+        json_schema_extra=validations(_HTTP_URL_RULE),
     )
     credentials_secret: str | None = Field(
         default=None,

@@ -79,6 +79,16 @@ def _environment(spec: TrainingRunSpec) -> Refs:
     return [(v.name, v.secret_ref) for v in variables]
 
 
+def _reward_endpoints(spec: TrainingRunSpec) -> Refs:
+    components = (spec.reward.components if spec.reward is not None else None) or []
+    refs: Refs = []
+    for component in components:
+        endpoint = component.judge or component.reward_model
+        if endpoint is not None and endpoint.api_key is not None:
+            refs.append((contract.reward_api_key_env(component.name), endpoint.api_key))
+    return refs
+
+
 def _slack(spec: TrainingRunSpec) -> Refs:
     slack = spec.notifications.slack if spec.notifications is not None else None
     return [(None, slack.webhook)] if slack is not None else []
@@ -132,6 +142,16 @@ RUN_ROUTES: tuple[Route[TrainingRunSpec], ...] = (
         "verl places its agent-loop workers, which open the MCP sessions, on any node; the value is put into a "
         "header only at connect time",
         _environment,
+    ),
+    Route(
+        "An API key of a judge or reward model in a run's reward",
+        "`spec.reward.components[].judge.apiKey` (or `.rewardModel.apiKey`)",
+        "any key you name",
+        f"`{contract.ENV_REWARD_API_KEY_PREFIX}<COMPONENT>` (the component's name, upper case)",
+        RAY_PODS,
+        "verl scores in its reward workers, which Ray places on any node (the trl engine in the trainer on the "
+        "head); the key is read at call time and sent only to that component's endpoint",
+        _reward_endpoints,
     ),
     Route(
         "Slack incoming webhook",

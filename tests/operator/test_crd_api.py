@@ -158,6 +158,20 @@ INVALID_STAGES: list[tuple[str, Any, list[str]]] = [
         ["spec.reward.components[0].function", "required for kind function"],
     ),
     (
+        "a judge component without its judge",
+        lambda ns: with_spec(run_manifest("judge", ns), "reward", {"components": [{"name": "j", "kind": "judge"}]}),
+        ["spec.reward.components[0].judge", "required for kind judge"],
+    ),
+    (
+        "a reward-model component whose endpoint is not a URL",
+        lambda ns: with_spec(
+            run_manifest("rm-url", ns),
+            "reward",
+            {"components": [{"name": "rm", "kind": "rewardModel", "rewardModel": {"endpoint": "rm.models:8000"}}]},
+        ),
+        ["spec.reward.components[0].rewardModel.endpoint", "must be an http:// or https:// URL"],
+    ),
+    (
         "two components of one name",
         lambda ns: with_spec(
             run_manifest("twice", ns),

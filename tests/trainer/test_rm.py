@@ -21,9 +21,12 @@ from pathlib import Path
 import pytest
 
 from loka_api import TrainingRunSpec
+from loka_api.models import RewardComponent
+from loka_api.recipes.grpo import rubric_json
 from loka_trainer.engines import EngineJob
 from loka_trainer.engines.trl import TrlEngine
 from loka_trainer.preferences import read_pairs, toy_preferences, write_pairs_parquet
+from loka_trainer.rewards import compose
 from loka_trainer.rewards import reward_model as rm_reward
 from loka_trainer.staging import StagedInputs
 from loka_trainer.step_metrics import PAIRWISE_ACCURACY, parse_line
@@ -101,6 +104,14 @@ def test_a_reward_model_separates_held_out_pairs_and_loads_as_a_classifier(tmp_p
                                                      reward_model=settings))  # fmt: skip
         rejected = asyncio.run(rm_reward.compute_score("toy", pair["rejected"][0]["content"], None, {"prompt": prompt},
                                                        reward_model=settings))  # fmt: skip
+        # The same server as a component of the next run's spec.reward (kind rewardModel), through the recipe.
+        component = RewardComponent.model_validate(
+            {"name": "prefs", "kind": "rewardModel", "rewardModel": {"endpoint": url}}
+        )
+        in_rubric = asyncio.run(compose.compute_score("toy", pair["chosen"][0]["content"], None, {"prompt": prompt},
+                                                      rubric=rubric_json([component])))  # fmt: skip
+    assert in_rubric["prefs"] == pytest.approx(chosen["rm"]) and in_rubric["prefs_ok"] == 1.0
+    assert in_rubric["score"] == pytest.approx(chosen["rm"])
     assert chosen["rm_ok"] == rejected["rm_ok"] == 1.0
     assert chosen["score"] > rejected["score"]
     assert chosen["rm"] == pytest.approx(1 / (1 + math.exp(-reward(pair["chosen"]))), abs=1e-4)

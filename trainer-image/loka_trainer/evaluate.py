@@ -23,13 +23,9 @@ from loka_api.contract import (
 from loka_api.evaluation import Evaluation, JudgeSpec, parse_steps
 from loka_api.storage import S3Uri
 from loka_trainer.evaluation import PREFERENCES_FILE, SCORES_FILE, EvaluationPlan, EvaluationSummary
-from loka_trainer.rewards.judge import JudgeConfig
+from loka_trainer.rewards.judge import DEFAULT_RUBRIC, JudgeConfig
 
 log = logging.getLogger(__name__)
-
-DEFAULT_RUBRIC = (
-    "You are a strict grader. Judge how well the response answers the prompt: correct, complete and concise."
-)
 
 
 def judge_config(judge: JudgeSpec, rubric_dir: Path) -> JudgeConfig:
@@ -44,19 +40,7 @@ def judge_config(judge: JudgeSpec, rubric_dir: Path) -> JudgeConfig:
             ref = judge.rubric.config_map
             msg = f"judges[{judge.name}].rubric: ConfigMap {ref.name} key {ref.key} is not mounted at {path} ({error})"
             raise ValueError(msg) from error
-    return JudgeConfig(
-        endpoint=judge.endpoint,
-        model=judge.model,
-        rubric=rubric,
-        name=judge.name,
-        api_key_env=judge_api_key_env(judge.name) if judge.api_key is not None else None,
-        samples=judge.samples,
-        temperature=judge.temperature,
-        max_concurrency=judge.max_concurrency,
-        timeout_s=judge.timeout_seconds,
-        retries=judge.retries,
-        failure_score=judge.failure_score,
-    )
+    return JudgeConfig.from_settings(judge, name=judge.name, rubric=rubric, api_key_env=judge_api_key_env(judge.name))
 
 
 def evaluation_plan(evaluation: Evaluation, *, rollouts_uri: str, rubric_dir: Path) -> EvaluationPlan:

@@ -15,6 +15,7 @@ import yaml
 
 from loka_api import PodResources, TrainingRunSpec, contract, secret_routes
 from loka_api.environments import ENV_SYSTEM_PROMPT
+from loka_api.models import ConfigMapKeyRef
 from loka_operator import naming
 from loka_operator.builders.rayauth import auth_options
 from loka_operator.children import RAY_JOB
@@ -81,11 +82,24 @@ def _container_env(spec: TrainingRunSpec, run: str, namespace: str, node: str) -
     # The pod's own volume, so not in runtimeEnvYAML: Ray's job env must not point a local Ray at it.
     env.append({"name": contract.ENV_WORK_DIR, "value": WORK_DIR})
     env += secret_routes.env_for(secret_routes.of_run(spec), secret_routes.Holder(node))
+    env += [
+        {"name": name, "valueFrom": {"configMapKeyRef": {"name": ref.name, "key": ref.key}}}
+        for name, ref in config_map_variables(spec)
+    ]
+    return env
+
+
+def config_map_variables(spec: TrainingRunSpec) -> list[tuple[str, ConfigMapKeyRef]]:
+    """The trainer's variables read from ConfigMap keys: the environment's system prompt, each judge's rubric."""
+    found: list[tuple[str, ConfigMapKeyRef]] = []
     prompt = spec.environment.system_prompt if spec.environment is not None else None
     if prompt is not None:
-        ref = {"name": prompt.config_map.name, "key": prompt.config_map.key}
-        env.append({"name": ENV_SYSTEM_PROMPT, "valueFrom": {"configMapKeyRef": ref}})
-    return env
+        found.append((ENV_SYSTEM_PROMPT, prompt.config_map))
+    for component in (spec.reward.components if spec.reward is not None else None) or []:
+        rubric = component.judge.rubric if component.judge is not None else None
+        if rubric is not None and rubric.config_map is not None:
+            found.append((contract.reward_rubric_env(component.name), rubric.config_map))
+    return found
 
 
 def _trainer_token_volume() -> Manifest:

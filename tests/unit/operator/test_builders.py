@@ -345,3 +345,25 @@ def test_an_environments_secret_variables_and_prompt_reach_every_ray_pod_by_refe
         }
         assert env["LOKA_SECRET_VARIABLES"]["value"] == "KEY"  # names only, for the trainer's redaction
     assert "KEY" not in secret_refs(submitter)
+
+
+def test_a_judge_components_key_and_rubric_reach_the_ray_pods_by_reference_only() -> None:
+    judge = {
+        "endpoint": "http://vllm-judge.models:8000/v1",
+        "model": "qwen3-32b",
+        "apiKey": {"secret": "judge-keys", "key": "strict"},
+        "rubric": {"configMap": {"name": "rubrics", "key": "strict.md"}},
+    }
+    reward = {"components": [{"name": "strict", "kind": "judge", "judge": judge}]}
+    job = rayjob(make_spec(reward=reward))
+    cluster = job["spec"]["rayClusterSpec"]
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    worker = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    submitter = job["spec"]["submitterPodTemplate"]["spec"]["containers"][0]
+    for container in (head, worker):  # verl's reward workers run on any node
+        assert secret_refs(container)["LOKA_REWARD_API_KEY_STRICT"] == ("judge-keys", "strict")
+        env = {e["name"]: e for e in container["env"]}
+        assert env["LOKA_REWARD_RUBRIC_STRICT"]["valueFrom"] == {
+            "configMapKeyRef": {"name": "rubrics", "key": "strict.md"}
+        }
+    assert "LOKA_REWARD_API_KEY_STRICT" not in secret_refs(submitter)

@@ -19,13 +19,18 @@ import importlib
 import inspect
 import json
 import math
+import os
 import statistics
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
+from loka_api.contract import reward_api_key_env, reward_rubric_env
+from loka_api.models import JudgeSettings, RewardModelSettings
 from loka_trainer.agents.episode import EpisodeStats, episode_of
+from loka_trainer.rewards import judge, reward_model
+from loka_trainer.rewards.judge import COMPONENT_SUFFIXES as JUDGE_SUFFIXES
 
 # The key of the total in a result; verl requires it.
 SCORE_KEY = "score"
@@ -148,6 +153,71 @@ class FunctionComponent(RewardComponent):
             result = await result
         value = result[SCORE_KEY] if isinstance(result, Mapping) else result
         return ComponentScore(float(value))
+
+
+@register_component
+class JudgeComponent(RewardComponent):
+    """An LLM judge's verdict in [0, 1] (``loka_trainer.rewards.judge``): slow or down, it scores its failure score
+    within its timeout and says so in ``<name>_ok`` / ``<name>_error``; the step's judge figures follow from them.
+    """
+
+    kind = "judge"
+    extra_keys = tuple(suffix.removeprefix("_") for suffix in JUDGE_SUFFIXES if suffix)
+    options = ("judge",)
+
+    def __init__(self, name: str, weight: float, **options: Any) -> None:
+        super().__init__(name, weight)
+        settings = JudgeSettings.model_validate(options.get("judge") or {})
+        self.config = judge.JudgeConfig.from_settings(
+            settings, name=name, rubric=_rubric(name, settings), api_key_env=reward_api_key_env(name)
+        )
+
+    async def score(self, sample: RewardSample) -> ComponentScore:
+        verdict = await judge.client_for(self.config).judge(sample.extra_info.get("prompt"), sample.solution)
+        return _split(self.name, verdict.as_components(self.name))
+
+
+@register_component
+class RewardModelComponent(RewardComponent):
+    """A served reward model's sigmoid(logit) (``loka_trainer.rewards.reward_model``), on the same terms as a judge."""
+
+    kind = "rewardModel"
+    extra_keys = tuple(suffix.removeprefix("_") for suffix in reward_model.RM_SUFFIXES if suffix)
+    options = ("rewardModel",)
+
+    def __init__(self, name: str, weight: float, **options: Any) -> None:
+        super().__init__(name, weight)
+        settings = RewardModelSettings.model_validate(options.get("rewardModel") or {})
+        self.config = reward_model.RewardModelConfig.from_settings(
+            settings, name=name, api_key_env=reward_api_key_env(name)
+        )
+
+    async def score(self, sample: RewardSample) -> ComponentScore:
+        conversation = reward_model.conversation_of(sample.extra_info.get("prompt"), sample.solution)
+        scored = await reward_model.client_for(self.config).score(conversation)
+        return _split(self.name, scored.as_components(self.name))
+
+
+def _rubric(name: str, settings: JudgeSettings) -> str:
+    """The judge's rubric: its text, the ConfigMap key the operator gave the pods as a variable, or the default."""
+    if settings.rubric is None:
+        return judge.DEFAULT_RUBRIC
+    if settings.rubric.text is not None:
+        return settings.rubric.text
+    variable = reward_rubric_env(name)
+    text = os.environ.get(variable)
+    if not text:
+        ref = settings.rubric.config_map
+        where = f"ConfigMap {ref.name} key {ref.key}" if ref is not None else "its ConfigMap"
+        msg = f"reward.components[{name}].judge.rubric: {where} did not reach this pod as {variable}"
+        raise ValueError(msg)
+    return text
+
+
+def _split(name: str, values: Mapping[str, float]) -> ComponentScore:
+    """A component's value and extras from an endpoint's per-sample keys (``<name>``, ``<name>_<key>``)."""
+    prefix = f"{name}_"
+    return ComponentScore(values[name], {k.removeprefix(prefix): v for k, v in values.items() if k != name})
 
 
 def load_function(reference: str, *, field: str) -> Callable[..., Any]:

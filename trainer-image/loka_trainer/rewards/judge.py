@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from loka_api.models import JudgeSettings
 from loka_trainer.rewards.endpoint import Endpoint, EndpointClient, flatten
 
 # The judge is told to end with `Score: N`, N from 0 to SCORE_SCALE; scores are reported in [0, 1].
@@ -32,6 +33,9 @@ SCORE_SCALE = 10
 SCORE_INSTRUCTION = f"End your reply with a line `Score: N`, where N is an integer from 0 to {SCORE_SCALE}."
 _SCORE_LINE = re.compile(r"score\s*[:=]\s*\**\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
 MAX_RAW_CHARS = 2000
+DEFAULT_RUBRIC = (
+    "You are a strict grader. Judge how well the response answers the prompt: correct, complete and concise."
+)
 # The per-sample keys of a judge component named `judge`: judge, judge_ok, judge_error, judge_latency_s, judge_tokens.
 COMPONENT_SUFFIXES = ("", "_ok", "_error", "_latency_s", "_tokens")
 
@@ -42,7 +46,7 @@ class JudgeConfig:
 
     endpoint: str  # OpenAI base URL, e.g. http://vllm-judge:8000/v1
     model: str
-    rubric: str = "Judge how well the response answers the prompt."
+    rubric: str = DEFAULT_RUBRIC
     name: str = "judge"  # the component's name: its keys are <name>, <name>_ok, ...
     api_key_env: str | None = None  # the environment variable holding the API key (never the key itself)
     samples: int = 1  # verdicts averaged per response
@@ -66,6 +70,23 @@ class JudgeConfig:
         config = cls(**snake)
         config.check()
         return config
+
+    @classmethod
+    def from_settings(cls, settings: JudgeSettings, *, name: str, rubric: str, api_key_env: str | None) -> JudgeConfig:
+        """From the spec's judge settings (a run's judge component, an Evaluation's judge)."""
+        return cls(
+            endpoint=settings.endpoint,
+            model=settings.model,
+            rubric=rubric,
+            name=name,
+            api_key_env=api_key_env if settings.api_key is not None else None,
+            samples=settings.samples,
+            temperature=settings.temperature,
+            max_concurrency=settings.max_concurrency,
+            timeout_s=settings.timeout_seconds,
+            retries=settings.retries,
+            failure_score=settings.failure_score,
+        )
 
     def check(self) -> None:
         if not self.endpoint.startswith(("http://", "https://")):

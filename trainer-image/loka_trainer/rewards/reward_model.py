@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from loka_api.models import RewardModelSettings
 from loka_trainer.rewards.endpoint import Endpoint, EndpointClient, flatten
 
 RM_SUFFIXES = ("", "_ok", "_latency_s")
@@ -36,6 +37,21 @@ class RewardModelConfig:
     backoff_s: float = 0.5
     failure_score: float = 0.0
     api_key_env: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: RewardModelSettings, *, name: str, api_key_env: str | None) -> RewardModelConfig:
+        """From the spec's reward model settings (a run's rewardModel component)."""
+        return cls(
+            endpoint=settings.endpoint,
+            model=settings.model,
+            name=name,
+            input_format=settings.input_format,
+            max_concurrency=settings.max_concurrency,
+            timeout_s=settings.timeout_seconds,
+            retries=settings.retries,
+            failure_score=settings.failure_score,
+            api_key_env=api_key_env if settings.api_key is not None else None,
+        )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RewardModelConfig:
