@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from loka_api.crd import EVALUATION_CRD_PATH, build_evaluation_crd, render_evaluation_crd_yaml
 from loka_api.evaluation import Evaluation, parse_steps
-from loka_trainer.evaluate import DEFAULT_RUBRIC, evaluation_plan
+from loka_trainer.evaluate import evaluation_plan
+from loka_trainer.rewards.judge import DEFAULT_RUBRIC
 
 REPO = Path(__file__).resolve().parents[3]
 
