@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import fnmatch
+import hashlib
 import re
 import urllib.parse
 from collections.abc import Iterable, Mapping
@@ -50,6 +51,8 @@ CREDENTIAL_HEADER = re.compile(r"(^authorization$|token|secret|api[-_]?key|passw
 LIFECYCLE_DEFAULTS = ("setup", "evaluate")
 DEFAULT_MCP_PORT = 8000
 DEFAULT_MCP_PATH = "/mcp"
+# A Service name is a DNS-1035 label.
+MAX_SERVICE_NAME = 63
 
 
 class FailurePolicy(enum.StrEnum):
@@ -188,8 +191,14 @@ class EnvironmentSpec(LokaModel):
 
 
 def service_name(run: str, server: str) -> str:
-    """The Service (and Deployment) of an image-based server: ``<run>-env-<server>`` (at most 47+5+20 chars)."""
-    return f"{run}-env-{server}"
+    """The Service (and Deployment) of an image-based server: ``<run>-env-<server>``, its run's name cut and a digest
+    added where that passes the 63 characters a Service name may have (a run name has 47, a server's 20)."""
+    name = f"{run}-env-{server}"
+    if len(name) <= MAX_SERVICE_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:6]
+    suffix = f"-{digest}-env-{server}"
+    return f"{run[: MAX_SERVICE_NAME - len(suffix)].rstrip('-')}{suffix}"
 
 
 def server_url(server: EnvironmentServer, *, run: str, namespace: str) -> str:

@@ -224,6 +224,49 @@ NETWORK_POLICY = ChildKind(
     repaired=("spec",),
 )
 
+
+def _environment_deployments(run: TrainingRun, config: OperatorConfig) -> list[JSON]:
+    from loka_operator.builders.environment import build_environment_deployments  # builders import this module
+
+    return build_environment_deployments(run, config)
+
+
+def _environment_services(run: TrainingRun, config: OperatorConfig) -> list[JSON]:
+    from loka_operator.builders.environment import build_environment_services  # builders import this module
+
+    return build_environment_services(run, config)
+
+
+# The MCP environment servers a run brings (spec.environment.servers[].run), `builders/environment.py`.
+ENVIRONMENT_SERVER = ChildKind(
+    kinds.DEPLOYMENT,
+    Relation.OWNED,
+    kept={"spec": ("replicas", "selector", "template"), "status": ("readyReplicas",)},
+    # patch: its replicas follow the run's admission, and a changed template is put back.
+    verbs=frozenset({"get", "create", "patch"}),
+    component=naming.ENVIRONMENT_COMPONENT,
+    repaired=("spec",),
+    build=_environment_deployments,
+)
+ENVIRONMENT_SERVICE = ChildKind(
+    kinds.SERVICE,
+    Relation.OWNED,
+    kept={"spec": ("selector", "ports")},
+    verbs=frozenset({"get", "create", "patch"}),
+    component=naming.ENVIRONMENT_COMPONENT,
+    repaired=("spec",),
+    build=_environment_services,
+)
+
 # Every child kind the operator watches, caches and is granted; a side service's kinds go at the end. (The run's Ray
 # token Secret is not here: it is owned by the RayJob, and Secrets are never watched, so that no value is cached.)
-CHILDREN: tuple[ChildKind, ...] = (RAY_JOB, WORKLOAD, SERVICE_ACCOUNT, ROLE, ROLE_BINDING, NETWORK_POLICY)
+CHILDREN: tuple[ChildKind, ...] = (
+    RAY_JOB,
+    WORKLOAD,
+    SERVICE_ACCOUNT,
+    ROLE,
+    ROLE_BINDING,
+    NETWORK_POLICY,
+    ENVIRONMENT_SERVER,
+    ENVIRONMENT_SERVICE,
+)

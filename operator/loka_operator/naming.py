@@ -22,6 +22,10 @@ KUEUE_JOB_UID_LABEL = JOB_UID_LABEL  # the core reads Workloads by it (loka_api.
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
 WORKER_GROUP = "workers"
+# An MCP environment server a run brings (spec.environment.servers[].run): its pods' component, and the label that
+# says which server a pod serves (a run may bring several).
+ENVIRONMENT_COMPONENT = "environment"
+LABEL_ENV_SERVER = f"{GROUP}/env-server"
 
 
 def rayjob_name(run: str) -> str:
@@ -47,6 +51,17 @@ def network_policy_name(run: str) -> str:
 def ray_auth_secret_name(run: str) -> str:
     """The Secret holding the run's Ray token (KubeRay reads its `auth_token` key)."""
     return f"{service_account_name(run)}-ray-token"
+
+
+def environment_quota_group(server: str) -> str:
+    """The RayJob's worker group that holds an environment server's Kueue quota (it starts no pods)."""
+    return f"env-{server}"
+
+
+def environment_pod_labels(run: str, server: str) -> dict[str, str]:
+    """The labels of an environment server's pods: the run's (its NetworkPolicy admits only the run's pods), the
+    component, and the server (its Service selects on all of them)."""
+    return {**run_labels(run, ENVIRONMENT_COMPONENT), LABEL_ENV_SERVER: server}
 
 
 def run_pods_selector(run: str) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from loka_api import QueueSpec, TrainingRun, TrainingRunStatus, kinds, secret_routes
 from loka_operator import builders, kueue, lineage, naming
+from loka_operator.builders.environment import image_servers, serving
 from loka_operator.cache import Children, RunCache, WriteLedger
 from loka_operator.children import (
     CHILDREN,
@@ -69,6 +70,14 @@ class Outcome:
 def now() -> datetime:
     # metav1.Time has second precision; matching it keeps status comparisons stable.
     return datetime.now(UTC).replace(microsecond=0)
+
+
+def _servers_follow(run: TrainingRun, update: StatusUpdate | None) -> float | None:
+    """0 (reconcile again at once) when the status just written admits, suspends or finishes a run that brings
+    environment servers: their Deployments follow it (our own write's echo wakes nobody)."""
+    if update is None or not image_servers(run.spec):
+        return None
+    return 0.0 if serving(run) != serving(run.model_copy(update={"status": update.status})) else None
 
 
 def _sooner(a: float | None, b: float | None) -> float | None:
@@ -166,7 +175,7 @@ class Reconciler:
         missing = None if launched or finished(previous) else await self._missing_secrets(run)
         requeue = self.config.secret_retry_seconds if missing is not None else None
 
-        if missing is None and blocked is None and not finished(previous) and not waits_for_source:
+        if missing is None and blocked is None and not waits_for_source:
             rayjob, blocked = await self._create_children(run, rayjob, check_first=drift)
         if blocked is not None:
             requeue = _sooner(requeue, self._retry_after(blocked))
@@ -203,7 +212,9 @@ class Reconciler:
         if update is not None:
             await self._notify(key)
         phase = update.status.phase if update is not None else previous.phase
-        return Outcome(requeue_after=requeue, phase=phase.value if phase else None)
+        return Outcome(
+            requeue_after=_sooner(requeue, _servers_follow(run, update)), phase=phase.value if phase else None
+        )
 
     # ------------------------------------------------------------------------------ steps
 
@@ -211,7 +222,9 @@ class Reconciler:
         self, run: TrainingRun, rayjob: JSON | None, *, check_first: bool
     ) -> tuple[JSON | None, Problem | None]:
         """3. the Kueue LocalQueue, 4. the trainer's identity, the run's NetworkPolicy and its side services, 5. the
-        RayJob and its Ray token."""
+        RayJob and its Ray token. A finished run gets none of them: only its side services, which stop serving."""
+        if finished(run.status):
+            return rayjob, await self._ensure_side_services(run)
         if run.spec.queue is not None:
             await self._ensure_local_queue(run.spec.queue, run.metadata.namespace)
         blocked = await self._ensure_identity(run) or await self._ensure_side_services(run)

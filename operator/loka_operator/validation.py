@@ -61,11 +61,22 @@ def _check_verl_overrides(spec: TrainingRunSpec, recipe: Recipe) -> Problem | No
     return None
 
 
+# Kueue's limit of 8 pod sets per Workload, less the head, the workers and the submitter (K8sJobMode).
+MAX_QUEUED_IMAGE_SERVERS = 5
+
+
 def _check_environment(spec: TrainingRunSpec) -> Problem | None:
     """Headers hold no literal credential and reference only declared secret variables; lifecycle tools stay hidden."""
     if spec.environment is None:
         return None
     problems = environment_problems(spec.environment)
+    brought = sum(server.run is not None for server in spec.environment.servers)
+    if spec.queue is not None and brought > MAX_QUEUED_IMAGE_SERVERS:
+        problems.append(
+            f"spec.environment.servers: {brought} given as run (an image); a queued run may bring at most "
+            f"{MAX_QUEUED_IMAGE_SERVERS} (Kueue's Workload holds 8 pod sets: the Ray head, workers, the submitter, "
+            "one per server)"
+        )
     return Problem("InvalidEnvironment", "; ".join(problems)) if problems else None
 
 

@@ -92,6 +92,14 @@ compares them). The same rules serve the ClusterRole and the per-namespace Roles
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [get, list, watch, create, patch]
+# The MCP environment servers a run brings (spec.environment.servers[].run): a Deployment and a Service each,
+# owned by the run (watched, filtered by label on the server; patch: replicas follow the run's admission).
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, list, watch, create, patch]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]

@@ -17,10 +17,15 @@ from loka_api import PodResources, TrainingRunSpec, contract, secret_routes
 from loka_api.environments import ENV_SYSTEM_PROMPT
 from loka_api.models import ConfigMapKeyRef
 from loka_operator import naming
+from loka_operator.builders.environment import environment_quota_groups
 from loka_operator.builders.rayauth import auth_options
+from loka_operator.builders.security import restricted_container_security, restricted_pod_security
 from loka_operator.children import RAY_JOB
 
 Manifest = dict[str, Any]
+# The restricted profile's contexts, under the names the other builders import them by.
+_restricted_container_security = restricted_container_security
+_restricted_pod_security = restricted_pod_security
 
 SUBMISSION_MODES = ("K8sJobMode", "HTTPMode", "SidecarMode")
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -121,20 +126,6 @@ def _trainer_token_volume() -> Manifest:
             ],
         },
     }
-
-
-def _restricted_container_security() -> Manifest:
-    return {
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "runAsNonRoot": True,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
-def _restricted_pod_security() -> Manifest:
-    # No runAsUser: the image's non-root user (or OpenShift's assigned UID) is used.
-    return {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 def _resources(pod: PodResources, gpus: int) -> Manifest:
@@ -277,17 +268,23 @@ def build_rayjob(
                 "template": head,
             },
             "workerGroupSpecs": [
-                {
-                    "groupName": naming.WORKER_GROUP,
-                    "replicas": resources.workers,
-                    "minReplicas": resources.workers,
-                    "maxReplicas": resources.workers,
-                    "rayStartParams": {},
-                    "template": worker,
-                }
-            ]
-            if resources.workers > 0
-            else [],
+                *(
+                    [
+                        {
+                            "groupName": naming.WORKER_GROUP,
+                            "replicas": resources.workers,
+                            "minReplicas": resources.workers,
+                            "maxReplicas": resources.workers,
+                            "rayStartParams": {},
+                            "template": worker,
+                        }
+                    ]
+                    if resources.workers > 0
+                    else []
+                ),
+                # Under Kueue, the environment servers' quota (suspended groups: their pods are the Deployments').
+                *(environment_quota_groups(spec, run) if spec.queue is not None else []),
+            ],
         },
     }
     if settings.submission_mode == "K8sJobMode":
