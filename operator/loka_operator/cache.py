@@ -4,6 +4,11 @@
 - Children (every kind in `children.CHILDREN`): kept per run from kopf's watch events, trimmed as each kind's entry
   says, primed at startup by one LIST per kind, so that a run's first reconcile already sees every child that
   exists (`Children`).
+- A relist (`RunCache.replace`, `Children.replace`): what one LIST from the API server returned replaces a kind's
+  contents, as client-go's informer does on a relist. A watch that expired (410 Gone) is listed again by kopf,
+  which reports only what exists, never what was deleted in the gap; without the replacement those stay cached as
+  ghosts. An entry the watch delivered after the LIST began is newer than the list and is kept; one the watch
+  deleted after the LIST began is not brought back.
 - Our own writes (`WriteLedger`): the body a create or patch returned is newer than what the watch showed when
   the write was made. A resourceVersion is opaque (only equality means anything), so the ledger keeps the
   written body until the watch shows anything other than what it showed then (the echo of the write, or a
@@ -13,12 +18,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from loka_api import kinds
 from loka_api.contract import TRAINER_FAILURE_FIELD, TRAINER_STATUS_FIELDS
+from loka_api.kinds import Kind
 from loka_operator import naming
 from loka_operator.children import CHILDREN, ChildKind
 from loka_operator.kube import JSON, KubeClient
@@ -29,7 +35,7 @@ ECHO_WAIT_SECONDS = 5.0
 ObjectRef = tuple[str, str, str]  # kind, namespace, name
 
 
-def resource_version(body: JSON | None) -> str:
+def resource_version(body: Mapping[str, Any] | None) -> str:
     return str(((body or {}).get("metadata") or {}).get("resourceVersion", ""))
 
 
@@ -89,17 +95,53 @@ def only_trainer_fields_changed(old: JSON | None, new: JSON) -> bool:
 
 
 @dataclass
+class Freshness:
+    """When each cached entry was last delivered and which were deleted, counted in events (not seconds), so that
+    a relist can tell what the watch delivered after its LIST began."""
+
+    _tick: int = 0
+    _seen: dict[str, int] = field(default_factory=dict)  # by uid
+    _deleted: dict[str, int] = field(default_factory=dict)  # by uid: deletions not yet covered by a relist
+
+    def now(self) -> int:
+        """The mark to take before a LIST: what happens after it is newer than the list."""
+        self._tick += 1
+        return self._tick
+
+    def seen(self, uid: str) -> None:
+        self._seen[uid] = self.now()
+
+    def deleted(self, uid: str) -> None:
+        self._seen.pop(uid, None)
+        self._deleted[uid] = self.now()
+
+    def newer_than_list(self, uid: str, since: int) -> bool:
+        """The watch delivered or deleted it after the LIST began: the list's view of it is stale."""
+        return self._seen.get(uid, 0) > since or self._deleted.get(uid, 0) > since
+
+    def relisted(self, since: int) -> None:
+        """A relist from `since` is done: the deletions before it are in every later list."""
+        self._deleted = {uid: tick for uid, tick in self._deleted.items() if tick > since}
+
+
+def uid_of(body: Mapping[str, Any]) -> str:
+    return str((body.get("metadata") or {}).get("uid", ""))
+
+
+@dataclass
 class RunCache:
     """The latest body of every run in scope, as the watch delivered it or our own status write returned it."""
 
     ledger: WriteLedger = field(default_factory=WriteLedger)
     _runs: dict[str, JSON] = field(default_factory=dict)
+    freshness: Freshness = field(default_factory=Freshness)
 
     def observe(self, body: JSON) -> bool:
         """Record a watch event; True when it may change what the operator does (worth a reconcile)."""
         key = naming.run_key(body["metadata"]["namespace"], body["metadata"]["name"])
         old = self._runs.get(key)
         self._runs[key] = body
+        self.freshness.seen(uid_of(body))
         ref = ref_of(kinds.TRAINING_RUN.kind, body)
         if self.ledger.is_echo(ref, body):
             return False  # the echo of our own status write: the reconcile that wrote it saw everything
@@ -121,9 +163,34 @@ class RunCache:
         return list(self._runs)
 
     def forget(self, key: str) -> None:
-        self._runs.pop(key, None)
+        gone = self._runs.pop(key, None)
+        if gone is not None:
+            self.freshness.deleted(uid_of(gone))
         namespace, name = naming.split_key(key)
         self.ledger.forget(namespace, {name})
+
+    def replace(self, listed: Collection[JSON], since: int) -> tuple[list[str], list[str]]:
+        """What a LIST begun at mark `since` returned replaces the cache: (runs it changed or added, runs it lacks).
+
+        The caller forgets the lacking ones (everything known about them) and reconciles the changed ones."""
+        by_key = {naming.run_key(b["metadata"]["namespace"], b["metadata"]["name"]): b for b in listed}
+        lacking = [
+            key
+            for key, body in self._runs.items()
+            if key not in by_key and not self.freshness.newer_than_list(uid_of(body), since)
+        ]
+        changed = []
+        for key, body in by_key.items():
+            cached = self._runs.get(key)
+            if self.freshness.newer_than_list(uid_of(body), since) or (
+                cached is not None and self.freshness.newer_than_list(uid_of(cached), since)
+            ):
+                continue  # the watch told something after the LIST began: it is newer than the list
+            fresh = cached is None or resource_version(cached) != resource_version(body)
+            if fresh and (self.observe(body) or cached is None or uid_of(cached) != uid_of(body)):
+                changed.append(key)
+        self.freshness.relisted(since)
+        return changed, lacking
 
 
 @dataclass
@@ -132,22 +199,48 @@ class Children:
 
     ledger: WriteLedger
     _observed_by_kind: dict[str, dict[str, dict[str, JSON]]] = field(default_factory=dict)
+    freshness: Freshness = field(default_factory=Freshness)
 
     def observe(self, child: ChildKind, key: str, body: Mapping[str, Any]) -> None:
-        """A child as a watch event or the startup LIST delivered it (kept trimmed to what reconcile reads)."""
+        """A child as a watch event or a LIST delivered it (kept trimmed to what reconcile reads)."""
         kept = child.trimmed(body)
-        self._observed_by_kind.setdefault(child.name, {}).setdefault(key, {})[kept["metadata"].get("uid", "")] = kept
+        self._observed_by_kind.setdefault(child.name, {}).setdefault(key, {})[uid_of(kept)] = kept
+        self.freshness.seen(uid_of(kept))
 
     def gone(self, child: ChildKind, key: str, body: Mapping[str, Any]) -> None:
+        self.freshness.deleted(uid_of(body))
         by_uid = self._observed_by_kind.get(child.name, {}).get(key)
         if by_uid is not None:
-            by_uid.pop((body.get("metadata") or {}).get("uid", ""), None)
+            by_uid.pop(uid_of(body), None)
             if not by_uid:
                 del self._observed_by_kind[child.name][key]
+
+    def replace(self, child: ChildKind, listed: Collection[Mapping[str, Any]], since: int) -> set[str]:
+        """What a LIST of this kind begun at mark `since` returned replaces what is cached of it; the runs whose
+        children it added, changed or removed (worth a reconcile)."""
+        listed_by_uid = {uid_of(b): b for b in listed if child.run_of(b) is not None}
+        touched: set[str] = set()
+        for key, by_uid in list(self._observed_by_kind.get(child.name, {}).items()):
+            for uid in [u for u in by_uid if u not in listed_by_uid and not self.freshness.newer_than_list(u, since)]:
+                self.gone(child, key, by_uid[uid])
+                touched.add(key)
+        for uid, body in listed_by_uid.items():
+            owner = child.run_of(body)
+            if owner is None or self.freshness.newer_than_list(uid, since):
+                continue
+            cached = self._observed_by_kind.get(child.name, {}).get(owner, {}).get(uid)
+            if cached is None or resource_version(cached) != resource_version(body):
+                self.observe(child, owner, body)
+                touched.add(owner)
+        self.freshness.relisted(since)
+        return touched
 
     def forget(self, key: str) -> None:
         for by_key in self._observed_by_kind.values():
             by_key.pop(key, None)
+
+    def count(self) -> int:
+        return sum(len(by_uid) for by_key in self._observed_by_kind.values() for by_uid in by_key.values())
 
     def _observed(self, child: ChildKind, key: str) -> list[JSON]:
         return list(self._observed_by_kind.get(child.name, {}).get(key, {}).values())
@@ -176,21 +269,54 @@ class Children:
         return self.ledger.is_echo(ref_of(child.name, body), body)
 
 
-async def prime(
+InScope = Callable[[str], bool]  # whether the operator watches a namespace
+
+
+@dataclass
+class ListScope:
+    """Where the operator lists: the namespaces to ask (None: every one), the label selector of each child kind, and
+    which namespaces it watches (a pattern is listed across every namespace, then filtered)."""
+
+    namespaces: list[str | None]
+    selectors: Mapping[ChildKind, str]
+    in_scope: InScope
+
+
+async def _list(
+    client: KubeClient, kind: Kind, namespaces: Collection[str | None], selector: str, in_scope: InScope
+) -> list[JSON]:
+    found: list[JSON] = []
+    for namespace in namespaces:
+        listed = await client.list(kind, namespace, label_selector=selector)
+        # A list's items may leave out their kind (the list says it): each gets it back, as a watch event has it.
+        found += [
+            {"apiVersion": kind.api_version, "kind": kind.kind, **b}
+            for b in listed
+            if in_scope(str(b["metadata"].get("namespace", "")))
+        ]
+    return found
+
+
+async def relist_children(
     children: Children,
     client: KubeClient,
-    namespaces: Collection[str | None],
-    selectors: Mapping[ChildKind, str],
+    scope: ListScope,
     watched: Collection[ChildKind] = CHILDREN,
-) -> int:
-    """Fill the children from one LIST per kind and namespace (None: every namespace), before any run is reconciled:
-    the watches only tell what changes after they start."""
-    found = 0
+) -> set[str]:
+    """Replace what is cached of each kind with one LIST per kind and namespace (None: every namespace); the runs
+    whose children changed. At startup, before any run is reconciled (the watches only tell what changes after they
+    start); after a watch expired; on every resync. One kind at a time: a relist must not drop a deletion that an
+    older, slower LIST of the same kind could bring back."""
+    touched: set[str] = set()
     for child in watched:
-        for namespace in namespaces:
-            for body in await client.list(child.kind, namespace, label_selector=selectors.get(child, child.selector)):
-                key = child.run_of(body)
-                if key is not None:
-                    children.observe(child, key, body)
-                    found += 1
-    return found
+        since = children.freshness.now()
+        selector = scope.selectors.get(child, child.selector)
+        listed = await _list(client, child.kind, scope.namespaces, selector, scope.in_scope)
+        touched |= children.replace(child, listed, since)
+    return touched
+
+
+async def relist_runs(runs: RunCache, client: KubeClient, scope: ListScope) -> tuple[list[str], list[str]]:
+    """Replace the cached runs with one LIST per namespace: (runs changed or added, runs gone)."""
+    since = runs.freshness.now()
+    return runs.replace(await _list(client, kinds.TRAINING_RUN, scope.namespaces, "", scope.in_scope), since)

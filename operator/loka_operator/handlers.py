@@ -2,6 +2,9 @@
 
 Every child kind the registry declares (`children.CHILDREN`) is watched by one generic handler and kept per run
 from the watch events (primed by one LIST per kind at startup), so a reconcile reads them instead of the API server.
+When kopf lists a kind again (its watch expired: 410 Gone), it reports only the objects that exist; the operator
+then lists that kind itself and replaces what it caches of it (`relist`), so that what was deleted in the gap is
+forgotten, not kept as a ghost. The slow resync does the same for every kind before it reconciles every run.
 Events the operator caused itself (the echo of its own write) and run updates that touch only what the trainer
 writes (progress, metrics, ...) do not cause a reconcile of that run; every event of a run does reconcile the runs
 waiting for its checkpoint (spec.model.fromRun).
@@ -12,16 +15,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from kopf._cogs.structs.references import NamespaceName, match_namespace  # kopf's reading of namespace patterns
 from prometheus_client import start_http_server
 
 from loka_api import kinds
 from loka_operator import naming
-from loka_operator.cache import prime
+from loka_operator.cache import InScope, ListScope, relist_children, relist_runs
 from loka_operator.children import CHILDREN, WORKLOAD, ChildKind
 from loka_operator.config import OperatorConfig
 from loka_operator.credentials import login
@@ -41,14 +45,27 @@ class Shared:
     metrics: OperatorMetrics
 
 
+# How long after the last object kopf reports listed the operator lists that kind itself (kopf's burst is over).
+RELIST_DELAY_SECONDS = 1.0
+# ... and how long it waits to try again when that LIST failed.
+RELIST_RETRY_SECONDS = 5.0
+RUNS = kinds.TRAINING_RUN.kind  # the runs' name among the kinds to relist (the children's: `ChildKind.name`)
+
+
 @dataclass
 class OperatorState:
     client: KubeClient
     reconciler: Reconciler
     queue: RunQueue
     metrics: OperatorMetrics
+    scope: ListScope
     resync: asyncio.Task[None] | None = None
     owns_client: bool = False
+    # Kinds kopf listed again, waiting for the operator's own LIST; the task that makes it.
+    relist_wanted: set[str] = field(default_factory=set)
+    relist_due: float = 0.0  # loop time: a second after the last object kopf listed
+    relisting: asyncio.Task[None] | None = None
+    relist_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 def _state(memo: Any) -> OperatorState:
@@ -90,11 +107,15 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         shared = Shared(KubeClient(login(), relogin=login, on_request=_counter(metrics)), metrics)
     metrics, client = shared.metrics, shared.client
     reconciler = Reconciler(client=client, config=config, metrics=metrics)
-    # Before the watches start: a run's first reconcile must already see every child that exists.
-    scopes: list[str | None] = (
-        [None] if not config.namespaces or any(map(_is_pattern, config.namespaces)) else [*config.namespaces]
+    scope = ListScope(
+        [None] if not config.namespaces or any(map(_is_pattern, config.namespaces)) else [*config.namespaces],
+        selectors,
+        in_scope(config.namespaces),
     )
-    primed = await prime(reconciler.children, client, scopes, selectors)
+    # Before the watches start: a run's first reconcile must already see every child that exists.
+    children = reconciler.children
+    await relist_children(children, client, scope)
+    primed = children.count()
 
     async def reconcile_one(key: str, drift: bool) -> float | None:
         namespace, name = naming.split_key(key)
@@ -112,7 +133,7 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         return outcome.requeue_after
 
     queue = RunQueue(reconcile_one, max_concurrent=config.max_concurrent_reconciles)
-    state = OperatorState(client, reconciler, queue, metrics, owns_client=getattr(memo, "shared", None) is None)
+    state = OperatorState(client, reconciler, queue, metrics, scope, owns_client=getattr(memo, "shared", None) is None)
     memo.loka = state
     state.resync = asyncio.get_running_loop().create_task(_resync_forever(state, config), name="loka resync")
     log.info(
@@ -131,6 +152,11 @@ def child_selectors(config: OperatorConfig) -> dict[ChildKind, str]:
     return selectors
 
 
+def in_scope(namespaces: Collection[str]) -> InScope:
+    """Whether a namespace is one the operator watches (no namespaces: every one), as kopf reads the patterns."""
+    return lambda namespace: not namespaces or any(match_namespace(NamespaceName(namespace), p) for p in namespaces)
+
+
 def _counter(metrics: OperatorMetrics) -> Any:
     return lambda verb: metrics.api_requests.labels(verb=verb).inc()
 
@@ -138,8 +164,9 @@ def _counter(metrics: OperatorMetrics) -> Any:
 @kopf.on.cleanup()
 async def stop(memo: Any, **_: Any) -> None:
     state = _state(memo)
-    if state.resync is not None:
-        state.resync.cancel()
+    for task in (state.resync, state.relisting):
+        if task is not None:
+            task.cancel()
     await state.queue.drain()
     await state.reconciler.status.events.close()
     await state.reconciler.notifier.close()
@@ -152,10 +179,59 @@ def reconciles_in_flight(memo: Any, **_: Any) -> int:
     return _state(memo).queue.busy()
 
 
+async def relist(state: OperatorState, wanted: Collection[str] | None = None) -> None:
+    """One LIST per kind (`wanted`: their names, None: every kind) replaces what the caches hold of it: runs the list
+    lacks are forgotten, runs whose children it added, changed or removed are reconciled."""
+    async with state.relist_lock:
+        cache = state.reconciler.cache
+        if wanted is None or RUNS in wanted:
+            changed, gone = await relist_runs(cache, state.client, state.scope)
+            for key in gone:
+                log.info("run %s is gone (deleted while the watch was away): forgetting it", key)
+                _forget_run(state, key)
+            for key in changed:
+                state.queue.request(key)
+        listed = [child for child in CHILDREN if wanted is None or child.name in wanted]
+        touched = await relist_children(state.reconciler.children, state.client, state.scope, listed)
+        for key in touched:
+            if cache.known(key):
+                state.queue.request(key)
+
+
+def _listed_again(state: OperatorState, kind: str) -> None:
+    """kopf listed this kind (at start, or after its watch expired) and reports only what exists: list it too, once
+    kopf's burst is over, to learn what was deleted in the gap."""
+    loop = asyncio.get_running_loop()
+    state.relist_wanted.add(kind)
+    state.relist_due = loop.time() + RELIST_DELAY_SECONDS
+    if state.relisting is None or state.relisting.done():
+        state.relisting = loop.create_task(_relist_soon(state), name="loka relist")
+
+
+async def _relist_soon(state: OperatorState) -> None:
+    loop = asyncio.get_running_loop()
+    while state.relist_wanted:
+        if (wait := state.relist_due - loop.time()) > 0:
+            await asyncio.sleep(wait)  # one relist for a whole burst of listed objects
+            continue
+        wanted, state.relist_wanted = state.relist_wanted, set()
+        try:
+            await relist(state, wanted)
+        except Exception:
+            log.exception("listing %s again failed; retrying in %ss", ", ".join(sorted(wanted)), RELIST_RETRY_SECONDS)
+            state.relist_wanted |= wanted
+            state.relist_due = loop.time() + RELIST_RETRY_SECONDS
+
+
 async def _resync_forever(state: OperatorState, config: OperatorConfig) -> None:
-    """The slow pass: every run reconciled again from the caches, spread over the interval (no API reads)."""
+    """The slow pass: every kind listed again (the caches replaced), then every run reconciled again, spread over the
+    interval."""
     while True:
         await asyncio.sleep(config.resync_seconds)
+        try:
+            await relist(state)
+        except Exception:
+            log.exception("the resync could not list runs and children; reconciling from the caches")
         state.reconciler.new_resync_period()
         keys = state.reconciler.cache.keys()
         for index, key in enumerate(keys):
@@ -164,7 +240,7 @@ async def _resync_forever(state: OperatorState, config: OperatorConfig) -> None:
 
 
 def _is_pattern(namespace: str) -> bool:
-    return any(ch in namespace for ch in "*?[")
+    return any(ch in namespace for ch in "*?[!,")
 
 
 # --------------------------------------------------------------------------------------------- runs
@@ -174,13 +250,25 @@ def _is_pattern(namespace: str) -> bool:
 async def run_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
     state = _state(memo)
     key = naming.run_key(body.metadata.namespace or "", body.metadata.name or "")
+    if type is None:
+        _listed_again(state, RUNS)
     if type == "DELETED":
-        state.queue.forget(key)
-        state.reconciler.forget(key)
-    elif state.reconciler.cache.observe(dict(body)):
+        _forget_run(state, key)
+        return
+    if state.reconciler.cache.observe(dict(body)):
         state.queue.request(key)
-    # Runs waiting for this one's checkpoint (fromRun): its phase and checkpoint are what they wait on, whether the
-    # trainer or this operator wrote them, and its deletion fails them.
+    _wake_dependents(state, key)
+
+
+def _forget_run(state: OperatorState, key: str) -> None:
+    state.queue.forget(key)
+    state.reconciler.forget(key)
+    _wake_dependents(state, key)
+
+
+def _wake_dependents(state: OperatorState, key: str) -> None:
+    """Runs waiting for this one's checkpoint (fromRun): its phase and checkpoint are what they wait on, whether the
+    trainer or this operator wrote them, and its deletion fails them."""
     for dependent in state.reconciler.dependents(key):
         state.queue.request(dependent)
 
@@ -192,6 +280,8 @@ async def child_changed(type: str | None, body: kopf.Body, memo: Any, param: Any
     """Keep the child (of kind ``param``) in the cache; reconcile its run unless this is the echo of our own write."""
     child: ChildKind = param
     state = _state(memo)
+    if type is None:
+        _listed_again(state, child.name)
     key = child.run_of(body)
     if key is None:
         return

@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 RAYJOB_FINISHED = frozenset({"Complete", "Failed", "ValidationFailed"})
 # A deleted RayJob's token Secret is still there: the next RayJob waits for garbage collection to remove it.
 TOKEN_PENDING = "RayTokenPending"
+# The name the run needs is still held by a child of an earlier run of the same name (or one being deleted).
+WAITING_FOR_PREVIOUS_RUN = "WaitingForPreviousRun"
 
 
 @dataclass
@@ -156,7 +158,7 @@ class Reconciler:
         if drift:
             self._redactors.pop(key, None)  # Secret values may have been rotated
 
-        rayjob, blocked = self._current(RAY_JOB, key, naming.rayjob_name(name), run)
+        rayjob, blocked = await self._current(RAY_JOB, key, naming.rayjob_name(name), run)
         launched = rayjob is not None or previous.ray_job is not None
 
         # 1. semantic validation, once per (uid, generation), never after launch
@@ -344,7 +346,7 @@ class Reconciler:
         """
         name = manifest["metadata"]["name"]
         namespace, key = run.metadata.namespace, naming.run_key(run.metadata.namespace, run.metadata.name)
-        existing, problem = self._current(child, key, name, run)
+        existing, problem = await self._current(child, key, name, run)
         if problem is not None:
             return problem
         if existing is None:
@@ -380,10 +382,30 @@ class Reconciler:
         self.children.wrote(child, naming.run_key(namespace, run.metadata.name), created)
         return created, None
 
-    def _current(self, child: ChildKind, key: str, name: str, run: TrainingRun) -> tuple[JSON | None, Problem | None]:
-        """The child as the cache holds it, if it is this run's; otherwise why the run cannot use the name."""
+    async def _current(
+        self, child: ChildKind, key: str, name: str, run: TrainingRun
+    ) -> tuple[JSON | None, Problem | None]:
+        """The child as the cache holds it, if it is this run's; otherwise why the run cannot use the name.
+
+        Before the run is told to wait for an earlier run's child to be collected, one GET confirms the child is
+        still there: a cache that missed its deletion (a watch gap) would otherwise keep the run waiting forever.
+        """
         found = self.children.get(child, key, name)
-        return (None, None) if found is None else _claimed(child.name, found, run)
+        if found is None:
+            return None, None
+        current, problem = _claimed(child.name, found, run)
+        if problem is None or problem.reason != WAITING_FOR_PREVIOUS_RUN:
+            return current, problem
+        fresh = await self.client.get(child.kind, run.metadata.namespace, name)
+        if fresh is None:
+            log.info(
+                "the %s %s/%s the cache still held is gone; forgetting it", child.name, run.metadata.namespace, name
+            )
+            self.children.gone(child, key, found)
+            return None, None
+        if child.run_of(fresh) == key:
+            self.children.observe(child, key, fresh)
+        return _claimed(child.name, fresh, run)
 
     async def _launch(
         self, run: TrainingRun, rayjob: JSON | None, *, check_first: bool
@@ -549,7 +571,7 @@ class Reconciler:
         return redactor
 
     def _retry_after(self, problem: Problem) -> float:
-        if problem.reason in ("WaitingForPreviousRun", TOKEN_PENDING):
+        if problem.reason in (WAITING_FOR_PREVIOUS_RUN, TOKEN_PENDING):
             return self.config.previous_run_retry_seconds
         return self.config.refused_retry_seconds
 
@@ -573,12 +595,14 @@ def _claimed(kind: str, obj: JSON, run: TrainingRun) -> tuple[JSON | None, Probl
     name = obj["metadata"]["name"]
     match claim(obj, run.metadata.name, run.metadata.uid):
         case Claim.OURS if obj["metadata"].get("deletionTimestamp"):
-            return None, Problem("WaitingForPreviousRun", f"the {kind} {name} is being deleted; waiting to recreate it")
+            return None, Problem(
+                WAITING_FOR_PREVIOUS_RUN, f"the {kind} {name} is being deleted; waiting to recreate it"
+            )
         case Claim.OURS:
             return obj, None
         case Claim.PREVIOUS_RUN:
             return None, Problem(
-                "WaitingForPreviousRun",
+                WAITING_FOR_PREVIOUS_RUN,
                 f"the {kind} {name} still belongs to an earlier run named {run.metadata.name!r}; "
                 "waiting for garbage collection to remove it",
             )

@@ -45,7 +45,7 @@ CLIENT_VERBS = {
 # _create when absent, or patch the fields the entry repairs.
 HELPERS = {"_create", "_ensure"}
 # Functions whose client calls name a kind only known at run time (their callers, or the registry, say which).
-GENERIC = {*HELPERS, "prime", "_ensure_side_services"}
+GENERIC = {*HELPERS, "_list", "_current", "_ensure_side_services"}
 # Whose calls happen in the operator's own namespace rather than in the namespaces it watches.
 OWN_NAMESPACE_SOURCES = {"leader.py"}
 VerbTable = dict[tuple[str, str], set[str]]

@@ -84,3 +84,52 @@ def test_an_earlier_runs_child_and_the_new_one_are_told_apart_by_uid() -> None:
     assert {b["metadata"]["uid"] for b in children.bodies(RAY_JOB, "team/qwen")} == {"old", "new"}
     children.gone(RAY_JOB, "team/qwen", rayjob("5", uid="old"))
     assert [b["metadata"]["uid"] for b in children.bodies(RAY_JOB, "team/qwen")] == ["new"]
+
+
+def named_run(name: str, uid: str, rv: str = "1") -> dict[str, Any]:
+    body = run(rv, uid=uid)
+    body["metadata"]["name"] = name
+    return body
+
+
+def test_a_relist_forgets_the_runs_deleted_while_the_watch_was_away() -> None:
+    cache = RunCache()
+    cache.observe(named_run("kept", "u1"))
+    cache.observe(named_run("deleted", "u2"))
+    since = cache.freshness.now()
+    changed, gone = cache.replace([named_run("kept", "u1")], since)
+    assert (changed, gone) == ([], ["team/deleted"])
+
+
+def test_a_relist_keeps_what_the_watch_delivered_after_the_list_began() -> None:
+    cache = RunCache()
+    cache.observe(named_run("deleted-late", "u1"))
+    since = cache.freshness.now()
+    cache.observe(named_run("created-late", "u2"))  # not in the list, which began before it existed
+    cache.forget("team/deleted-late")  # in the list, which began before its deletion
+    changed, gone = cache.replace([named_run("deleted-late", "u1")], since)
+    assert (changed, gone) == ([], [])
+    assert cache.keys() == ["team/created-late"]
+
+
+def test_a_relist_brings_a_run_of_the_same_name_as_new() -> None:
+    cache = RunCache()
+    cache.observe(named_run("qwen", "old"))
+    changed, gone = cache.replace([named_run("qwen", "new", rv="7")], cache.freshness.now())
+    assert (changed, gone) == (["team/qwen"], [])
+    assert (cache.run("team/qwen") or {})["metadata"]["uid"] == "new"
+
+
+def test_a_child_relist_removes_the_children_deleted_in_the_gap_and_names_their_runs() -> None:
+    children = Children(WriteLedger())
+    children.observe(RAY_JOB, "team/qwen", rayjob("5", uid="collected"))
+    since = children.freshness.now()
+    children.observe(RAY_JOB, "team/qwen", rayjob("9", uid="created-after-the-list-began"))
+    assert children.replace(RAY_JOB, [], since) == {"team/qwen"}
+    assert [b["metadata"]["uid"] for b in children.bodies(RAY_JOB, "team/qwen")] == ["created-after-the-list-began"]
+    # A child deleted after the list began does not come back with it.
+    since = children.freshness.now()
+    listed = children.bodies(RAY_JOB, "team/qwen")
+    children.gone(RAY_JOB, "team/qwen", listed[0])
+    assert children.replace(RAY_JOB, listed, since) == set()
+    assert children.bodies(RAY_JOB, "team/qwen") == []

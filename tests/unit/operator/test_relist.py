@@ -1,0 +1,115 @@
+"""The operator's relist: one LIST per kind replaces what the caches hold, in the namespaces it watches only."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import pytest
+
+from loka_api import RunPhase, kinds
+from loka_api.kinds import Kind
+from loka_operator import handlers
+from loka_operator.cache import ListScope
+from loka_operator.children import CHILDREN, RAY_JOB
+from loka_operator.config import OperatorConfig
+from loka_operator.handlers import OperatorState, in_scope, relist
+from loka_operator.kube import KubeClient
+from loka_operator.metrics import OperatorMetrics
+from loka_operator.reconcile import Reconciler
+from loka_operator.workqueue import RunQueue
+
+
+class ListingClient:
+    """Answers LISTs from what the test says exists; nothing else is expected of it."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, list[dict[str, Any]]] = {}
+
+    async def list(self, resource: Kind, namespace: str | None = None, *, label_selector: str = "") -> list[Any]:
+        found = self.objects.get(resource.kind, [])
+        return [b for b in found if namespace is None or b["metadata"]["namespace"] == namespace]
+
+
+def run(name: str, uid: str, namespace: str = "team-a") -> dict[str, Any]:
+    return {
+        "apiVersion": kinds.TRAINING_RUN.api_version,
+        "kind": kinds.TRAINING_RUN.kind,
+        "metadata": {"name": name, "namespace": namespace, "uid": uid, "resourceVersion": "1", "generation": 1},
+        "spec": {},
+        "status": {"phase": "Running"},
+    }
+
+
+def rayjob(run_name: str, uid: str, namespace: str = "team-a") -> dict[str, Any]:
+    labels = {**RAY_JOB.labels, "loka.dev/run": run_name}
+    return {
+        "metadata": {"name": run_name, "namespace": namespace, "uid": uid, "resourceVersion": "1", "labels": labels}
+    }
+
+
+def state_of(client: ListingClient, namespaces: tuple[str, ...]) -> tuple[OperatorState, list[str]]:
+    kube = cast("KubeClient", client)
+    metrics = OperatorMetrics()
+    reconciler = Reconciler(client=kube, config=OperatorConfig(namespaces=namespaces), metrics=metrics)
+    reconciled: list[str] = []
+
+    async def reconcile(key: str, drift: bool) -> float | None:
+        reconciled.append(key)
+        return None
+
+    scope = ListScope([None], {child: child.selector for child in CHILDREN}, in_scope(namespaces))
+    return OperatorState(kube, reconciler, RunQueue(reconcile), metrics, scope), reconciled
+
+
+def test_a_relist_forgets_a_run_deleted_in_the_gap_and_its_children_and_wakes_its_dependents() -> None:
+    async def scenario() -> None:
+        client = ListingClient()
+        state, reconciled = state_of(client, ("team-*",))
+        cache, children = state.reconciler.cache, state.reconciler.children
+        for name, uid in (("gone", "u1"), ("kept", "u2")):
+            cache.observe(run(name, uid))
+            children.observe(RAY_JOB, f"team-a/{name}", rayjob(name, f"rj-{uid}"))
+            state.metrics.observe_phase(f"team-a/{name}", RunPhase.RUNNING)
+        state.reconciler.waiters.wait("team-a/follower", "team-a/gone")
+        # What exists now; and a run in a namespace this operator does not watch.
+        client.objects = {
+            kinds.TRAINING_RUN.kind: [run("kept", "u2"), run("other", "u9", namespace="elsewhere")],
+            RAY_JOB.name: [rayjob("kept", "rj-u2"), rayjob("other", "rj-u9", namespace="elsewhere")],
+        }
+        await relist(state)
+        await asyncio.sleep(0)
+        assert cache.keys() == ["team-a/kept"]
+        assert children.bodies(RAY_JOB, "team-a/gone") == []
+        assert children.bodies(RAY_JOB, "team-a/other") == []
+        assert state.metrics.runs.labels(phase="Running")._value.get() == 1
+        assert reconciled == ["team-a/follower"]  # told its source is gone; nothing else changed
+
+    asyncio.run(scenario())
+
+
+def test_namespace_patterns_are_read_as_kopf_reads_them() -> None:
+    watched = in_scope(("team-*, !team-b",))
+    assert watched("team-a") and not watched("team-b") and not watched("other")
+    assert in_scope(())("anything")
+
+
+def test_a_burst_of_listed_objects_asks_for_one_relist_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    relists: list[set[str]] = []
+
+    async def counted(state: OperatorState, wanted: set[str] | None = None) -> None:
+        relists.append(set(wanted or ()))
+
+    monkeypatch.setattr(handlers, "relist", counted)
+    monkeypatch.setattr(handlers, "RELIST_DELAY_SECONDS", 0.05)
+
+    async def scenario() -> None:
+        state, _ = state_of(ListingClient(), ())
+        for kind in ("TrainingRun", "RayJob", "TrainingRun", "TrainingRun"):
+            handlers._listed_again(state, kind)
+            await asyncio.sleep(0.02)  # kopf's burst: each object shortly after the last
+        assert state.relisting is not None
+        await state.relisting
+        assert relists == [{"TrainingRun", "RayJob"}]
+
+    asyncio.run(scenario())
