@@ -26,13 +26,16 @@ from loka_api import kinds
 from loka_api.contract import TRAINER_FAILURE_FIELD, TRAINER_STATUS_FIELDS
 from loka_api.kinds import Kind
 from loka_operator import naming
-from loka_operator.children import CHILDREN, ChildKind
+from loka_operator.children import CHILDREN, LAST_APPLIED, ChildKind
 from loka_operator.kube import JSON, KubeClient
 
 # How long our own write outranks what the watch shows, when the watch never echoes it exactly.
 ECHO_WAIT_SECONDS = 5.0
 
 ObjectRef = tuple[str, str, str]  # kind, namespace, name
+# What no reconcile reads of a run's metadata (the children keep only `children.KEPT_METADATA`).
+DROPPED_METADATA = frozenset({"managedFields", "annotations"})
+DROPPED_ANNOTATIONS = frozenset({LAST_APPLIED})
 
 
 def resource_version(body: Mapping[str, Any] | None) -> str:
@@ -89,6 +92,17 @@ def _without_trainer_status(body: JSON) -> JSON:
     return {"metadata": meta, "spec": body.get("spec"), "status": status}
 
 
+def trimmed_run(body: JSON) -> JSON:
+    """A run as the cache keeps it: what reconcile reads. The API server's field bookkeeping (managedFields) and
+    kubectl's copy of the applied manifest (an annotation as large as the spec) are most of a stored run's bytes."""
+    meta = body.get("metadata") or {}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in DROPPED_ANNOTATIONS}
+    kept = {k: v for k, v in meta.items() if k not in DROPPED_METADATA}
+    if annotations:
+        kept["annotations"] = annotations
+    return {**body, "metadata": kept}
+
+
 def only_trainer_fields_changed(old: JSON | None, new: JSON) -> bool:
     """True when nothing but the trainer's own status fields (progress, metrics, ...) differ: no reconcile needed."""
     return old is not None and _without_trainer_status(old) == _without_trainer_status(new)
@@ -138,6 +152,7 @@ class RunCache:
 
     def observe(self, body: JSON) -> bool:
         """Record a watch event; True when it may change what the operator does (worth a reconcile)."""
+        body = trimmed_run(body)
         key = naming.run_key(body["metadata"]["namespace"], body["metadata"]["name"])
         old = self._runs.get(key)
         self._runs[key] = body
@@ -148,6 +163,7 @@ class RunCache:
         return not only_trainer_fields_changed(old, body)
 
     def wrote(self, body: JSON) -> None:
+        body = trimmed_run(body)
         key = naming.run_key(body["metadata"]["namespace"], body["metadata"]["name"])
         self.ledger.wrote(ref_of(kinds.TRAINING_RUN.kind, body), body, seen_before=self._runs.get(key))
         self._runs.setdefault(key, body)

@@ -49,6 +49,8 @@ KEPT_METADATA = (
     "annotations",
     "ownerReferences",
 )
+# kubectl's copy of the applied manifest: as large as the object's spec, and read by nobody here.
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 # The verbs the watch-backed cache needs on every child kind (the startup LIST, then the watch).
 CACHE_VERBS = frozenset({"list", "watch"})
 
@@ -148,6 +150,9 @@ class ChildKind:
         """An object of this kind as the cache keeps it: the fields reconcile reads (None: the whole field)."""
         meta = body.get("metadata") or {}
         out: JSON = {"metadata": {k: meta[k] for k in KEPT_METADATA if k in meta}}
+        if LAST_APPLIED in (meta.get("annotations") or {}):
+            kept = {k: v for k, v in meta["annotations"].items() if k != LAST_APPLIED}
+            out["metadata"]["annotations"] = kept
         for name, keys in self.kept.items():
             value = body.get(name)
             if value is None:

@@ -133,3 +133,25 @@ def test_a_child_relist_removes_the_children_deleted_in_the_gap_and_names_their_
     children.gone(RAY_JOB, "team/qwen", listed[0])
     assert children.replace(RAY_JOB, listed, since) == set()
     assert children.bodies(RAY_JOB, "team/qwen") == []
+
+
+def test_a_run_is_cached_without_the_api_servers_bookkeeping_or_kubectls_copy_of_it() -> None:
+    cache = RunCache()
+    applied = {"kubectl.kubernetes.io/last-applied-configuration": "{" + "x" * 5000 + "}", "team": "rl"}
+    body = run("1", annotations=applied, managedFields=[{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}])
+    cache.observe(body)
+    kept = cache.run("team/qwen") or {}
+    assert "managedFields" not in kept["metadata"]
+    assert kept["metadata"]["annotations"] == {"team": "rl"}
+    assert len(str(kept)) < len(str(body)) / 10
+    cache.wrote(run("2", phase="Starting", managedFields=[{"manager": "loka-operator"}]))
+    assert "managedFields" not in (cache.run("team/qwen") or {})["metadata"]
+
+
+def test_a_child_is_cached_without_kubectls_copy_of_it() -> None:
+    children = Children(WriteLedger())
+    body = rayjob("5")
+    body["metadata"]["annotations"] = {"kubectl.kubernetes.io/last-applied-configuration": "{}", "keep": "me"}
+    children.observe(RAY_JOB, "team/qwen", body)
+    (kept,) = children.bodies(RAY_JOB, "team/qwen")
+    assert kept["metadata"]["annotations"] == {"keep": "me"}
