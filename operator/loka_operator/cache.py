@@ -217,11 +217,31 @@ class Children:
     _observed_by_kind: dict[str, dict[str, dict[str, JSON]]] = field(default_factory=dict)
     freshness: Freshness = field(default_factory=Freshness)
 
-    def observe(self, child: ChildKind, key: str, body: Mapping[str, Any]) -> None:
-        """A child as a watch event or a LIST delivered it (kept trimmed to what reconcile reads)."""
+    def observe(self, child: ChildKind, key: str, body: Mapping[str, Any]) -> bool:
+        """A child as a watch event or a LIST delivered it (kept trimmed to what reconcile reads); False when it is
+        not the run's after all (a Workload of someone else's RayJob of the run's name), and is not kept."""
+        if not self._made_for_the_run(child, key, body):
+            self.gone(child, key, body)
+            return False
         kept = child.trimmed(body)
         self._observed_by_kind.setdefault(child.name, {}).setdefault(key, {})[uid_of(kept)] = kept
         self.freshness.seen(uid_of(kept))
+        return True
+
+    def _made_for_the_run(self, child: ChildKind, key: str, body: Mapping[str, Any]) -> bool:
+        """An object of an observed kind is the run's when the run's own child it was made for owns it (that child
+        as the watch showed it, or as our create returned it before the watch did)."""
+        parent = child.made_for
+        if parent is None:
+            return True
+        owners = (body.get("metadata") or {}).get("ownerReferences") or []
+        for ref in owners:
+            if not parent.kind.owns(str(ref.get("apiVersion", "")), str(ref.get("kind", ""))):
+                continue
+            ours = self.get(parent, key, str(ref.get("name", "")))
+            if ours is not None and uid_of(ours) == ref.get("uid"):
+                return True
+        return False
 
     def gone(self, child: ChildKind, key: str, body: Mapping[str, Any]) -> None:
         self.freshness.deleted(uid_of(body))
@@ -245,8 +265,9 @@ class Children:
             if owner is None or self.freshness.newer_than_list(uid, since):
                 continue
             cached = self._observed_by_kind.get(child.name, {}).get(owner, {}).get(uid)
-            if cached is None or resource_version(cached) != resource_version(body):
-                self.observe(child, owner, body)
+            if (cached is None or resource_version(cached) != resource_version(body)) and (
+                self.observe(child, owner, body) or cached is not None
+            ):
                 touched.add(owner)
         self.freshness.relisted(since)
         return touched

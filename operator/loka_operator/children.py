@@ -96,6 +96,10 @@ class ChildKind:
     # A side service's builder: the reconciler ensures what it returns before the RayJob (whose pods use the service).
     # None: the reconciler builds objects of this kind in a step of its own.
     build: SideServiceBuilder | None = None
+    # An observed kind made for another child of the run (Kueue's Workload for its RayJob): an object of it is the
+    # run's only when that child owns it. Any RayJob's Workload names a "run" (its RayJob's name); the cache keeps
+    # only those of the run's own RayJob.
+    made_for: ChildKind | None = None
 
     def __post_init__(self) -> None:
         if self.build is not None and (self.relation is not Relation.OWNED or not {"get", "create"} <= self.verbs):
@@ -196,6 +200,7 @@ WORKLOAD = ChildKind(
     # patch: suspending a queued run deactivates its Workload (spec.active).
     verbs=frozenset({"patch"}),
     run_of=by_owning_rayjob,
+    made_for=RAY_JOB,
 )
 SERVICE_ACCOUNT = ChildKind(
     kinds.SERVICE_ACCOUNT,

@@ -288,10 +288,8 @@ async def child_changed(type: str | None, body: kopf.Body, memo: Any, param: Any
     children = state.reconciler.children
     if type == "DELETED":
         children.gone(child, key, body)
-    else:
-        children.observe(child, key, body)
-        if children.is_echo(child, dict(body)):
-            return
+    elif not children.observe(child, key, body) or children.is_echo(child, dict(body)):
+        return  # not the run's (another RayJob's Workload), or the echo of our own write
     if state.reconciler.cache.known(key):
         state.queue.request(key)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from loka_operator.cache import Children, RunCache, WriteLedger
-from loka_operator.children import RAY_JOB
+from loka_operator.children import RAY_JOB, WORKLOAD
 
 
 def run(rv: str, *, phase: str = "Running", step: int = 1, generation: int = 1, **meta: Any) -> dict[str, Any]:
@@ -155,3 +155,25 @@ def test_a_child_is_cached_without_kubectls_copy_of_it() -> None:
     children.observe(RAY_JOB, "team/qwen", body)
     (kept,) = children.bodies(RAY_JOB, "team/qwen")
     assert kept["metadata"]["annotations"] == {"keep": "me"}
+
+
+def workload(owner_uid: str) -> dict[str, Any]:
+    owner = {"apiVersion": "ray.io/v1", "kind": "RayJob", "name": "qwen", "uid": owner_uid}
+    meta = {"name": "rayjob-qwen-1", "namespace": "team", "uid": f"w-{owner_uid}", "ownerReferences": [owner]}
+    return {"metadata": meta, "spec": {"active": True}, "status": {}}
+
+
+def test_only_the_workload_of_the_runs_own_rayjob_is_cached() -> None:
+    children = Children(WriteLedger())
+    # Someone else's RayJob named like the run (or any RayJob in the namespace, before the run has one).
+    assert children.observe(WORKLOAD, "team/qwen", workload("someone-elses")) is False
+    assert children.bodies(WORKLOAD, "team/qwen") == []
+    children.observe(RAY_JOB, "team/qwen", rayjob("5", uid="ours"))
+    assert children.observe(WORKLOAD, "team/qwen", workload("ours")) is True
+    assert [w["metadata"]["uid"] for w in children.bodies(WORKLOAD, "team/qwen")] == ["w-ours"]
+
+
+def test_the_workload_of_a_rayjob_just_created_is_cached_before_the_rayjobs_watch_event() -> None:
+    children = Children(WriteLedger())
+    children.wrote(RAY_JOB, "team/qwen", rayjob("5", uid="ours"))
+    assert children.observe(WORKLOAD, "team/qwen", workload("ours")) is True
