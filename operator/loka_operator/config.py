@@ -59,7 +59,8 @@ class OperatorConfig:
     # Each run's NetworkPolicy lets the KubeRay operator in this namespace reach the Ray dashboard.
     kuberay_namespace: str = KUBERAY_DEFAULT_NAMESPACE
     resync_seconds: float = 600.0  # the slow pass over every run, from the watch-backed caches
-    secret_retry_seconds: float = 5.0  # how soon a run waiting for a Secret looks again
+    secret_retry_seconds: float = 5.0  # how soon a run waiting for a Secret looks again, the first time
+    secret_retry_max_seconds: float = 60.0  # ... doubling each time, up to this
     refused_retry_seconds: float = 15.0  # ... one whose child the API server refused (a quota may free up)
     previous_run_retry_seconds: float = 2.0  # ... one waiting for the children of an earlier run to be collected
     max_concurrent_reconciles: int = 16

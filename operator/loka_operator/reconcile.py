@@ -21,6 +21,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import random
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -57,6 +58,8 @@ log = logging.getLogger(__name__)
 RAYJOB_FINISHED = frozenset({"Complete", "Failed", "ValidationFailed"})
 # A deleted RayJob's token Secret is still there: the next RayJob waits for garbage collection to remove it.
 TOKEN_PENDING = "RayTokenPending"
+# A run's next look for a missing Secret is cut by up to this share at random (runs created together spread out).
+SECRET_RETRY_JITTER = 0.2
 # The name the run needs is still held by a child of an earlier run of the same name (or one being deleted).
 WAITING_FOR_PREVIOUS_RUN = "WaitingForPreviousRun"
 
@@ -107,6 +110,8 @@ class Reconciler:
     _local_queues: set[tuple[str, str]] = field(default_factory=set)
     # The uid of the RayJob whose Ray token Secret exists, per run (Secrets are never watched: no values cached).
     _tokens: dict[str, str] = field(default_factory=dict)
+    # How many times in a row each run found a referenced Secret missing (its next look waits longer).
+    _secret_looks: dict[str, int] = field(default_factory=dict)
     # Runs waiting for a source run's checkpoint: the source's watch events reconcile them.
     waiters: lineage.SourceWaiters = field(default_factory=lineage.SourceWaiters)
 
@@ -124,6 +129,7 @@ class Reconciler:
         self._redactors.pop(key, None)
         self._seen_finished.pop(key, None)
         self._tokens.pop(key, None)
+        self._secret_looks.pop(key, None)
         self.waiters.done(key)
         self.metrics.observe_phase(key, None)
 
@@ -175,7 +181,7 @@ class Reconciler:
 
         # 2. secrets, until the run launched (key names only: no value is read for the check)
         missing = None if launched or finished(previous) else await self._missing_secrets(run)
-        requeue = self.config.secret_retry_seconds if missing is not None else None
+        requeue = self._secret_retry(key, waiting=missing is not None)
 
         if missing is None and blocked is None and not waits_for_source:
             rayjob, blocked = await self._create_children(run, rayjob, check_first=drift)
@@ -569,6 +575,17 @@ class Reconciler:
         redactor = Redactor.of(values)
         del values
         return redactor
+
+    def _secret_retry(self, key: str, *, waiting: bool) -> float | None:
+        """When a run waiting for a Secret looks again: soon at first, then doubling to a cap, with jitter (Secrets
+        are not watched, so each look is a GET; a run left waiting for days costs one a minute, not twelve)."""
+        if not waiting:
+            self._secret_looks.pop(key, None)
+            return None
+        looks = self._secret_looks[key] = self._secret_looks.get(key, 0) + 1
+        config = self.config
+        delay: float = min(config.secret_retry_seconds * 2.0 ** (looks - 1), config.secret_retry_max_seconds)
+        return delay * (1 - random.uniform(0, SECRET_RETRY_JITTER))
 
     def _retry_after(self, problem: Problem) -> float:
         if problem.reason in (WAITING_FOR_PREVIOUS_RUN, TOKEN_PENDING):
