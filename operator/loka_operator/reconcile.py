@@ -161,8 +161,10 @@ class Reconciler:
         base = Observed(
             generation=generation, suspend=spec.suspend, queued=spec.queue is not None, now=now(), gpus=gpus
         )
-        if drift:
-            self._redactors.pop(key, None)  # Secret values may have been rotated
+        if drift and not finished(previous):
+            # Secret values may have been rotated. A finished run's message is redacted already and never changes:
+            # reading its Secrets again on every pass would cost a read per finished run, forever.
+            self._redactors.pop(key, None)
 
         rayjob, blocked = await self._current(RAY_JOB, key, naming.rayjob_name(name), run)
         launched = rayjob is not None or previous.ray_job is not None
