@@ -12,7 +12,7 @@ VENV_STAMP = $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)-$
 comma := ,
 
 .PHONY: help venv cluster-build cluster-up cluster-down cluster-status test test-unit test-cluster lint typecheck fmt bench-cluster clean demo demo-down
-.PHONY: demo-pipeline
+.PHONY: demo-pipeline demo-agent
 .PHONY: helm chart-crds chart-lint lint-workflows gitops-build gitops-health test-deploy
 .PHONY: lint-dockerfile test-trainer bench-checkpoint
 .PHONY: crds operator bench-reconcile lint-imports
@@ -69,6 +69,9 @@ demo: cluster-build ## Run a real TrainingRun end to end on the local control pl
 
 demo-pipeline: cluster-build ## Run SFT, then GRPO from the SFT run's final checkpoint (examples/pipeline), on CPU
 	$(PY) -m localcluster.demo --pipeline
+
+demo-agent: cluster-build ## SFT on tool-use transcripts, then GRPO from it in a toy MCP environment (examples/agents), on CPU
+	$(PY) -m localcluster.demo --agent
 
 demo-down: ## Stop what the demo started (Ray head, router, operator, pod shim); the cluster stays up
 	@test -x $(PY) && $(PY) -m localcluster.demo --down || true

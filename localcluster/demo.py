@@ -5,10 +5,13 @@ operator and the pod shim; builds a tiny model and dataset and puts them in MinI
 `examples/demo-run.yaml` and follows it live through Queued → Starting → Running → Succeeded;
 then prints a summary. Nothing is faked but the kubelet (KWOK, plus the pod shim).
 `--pipeline` (`make demo-pipeline`) applies `examples/pipeline/sft-then-grpo-demo.yaml` instead:
-an SFT run, and a GRPO run that waits for it and starts from its final checkpoint.
+an SFT run, and a GRPO run that waits for it and starts from its final checkpoint. `--agent` (`make demo-agent`)
+serves a toy MCP environment and applies `examples/agents/tool-use-demo.yaml`: SFT on tool-use transcripts, then
+GRPO from it in the environment (`localcluster/agent_demo.py`).
 
     python -m localcluster.demo             # run the demo (idempotent: a previous demo run is replaced)
     python -m localcluster.demo --pipeline  # SFT, then GRPO from the SFT run's weights
+    python -m localcluster.demo --agent     # SFT on tool-use transcripts, then GRPO in an MCP environment
     python -m localcluster.demo --down      # stop what the demo started (the control plane stays up)
 """
 
@@ -177,6 +180,19 @@ def upload_tiny_assets(cluster: LocalCluster, work: Path, prefix: str = "demo") 
     object_store(cluster).upload_files([*model, *data])
 
 
+def upload_agent_assets(cluster: LocalCluster, work: Path, url: str, prefix: str = "demo") -> None:
+    """The agent demo's base model (model/), tool-use transcripts (sft/) and tasks (tasks/), into MinIO under
+    ``prefix``/agent/."""
+    from localcluster.agent_demo import build_agent_assets
+
+    assets = build_agent_assets(work / "agent-assets", url)
+    root = S3Uri(S3_BUCKET, prefix)
+    files = [(path, root.join("agent", path.relative_to(assets).as_posix()))
+             for folder in ("model", "sft", "tasks") for path in sorted((assets / folder).rglob("*"))
+             if path.is_file()]  # fmt: skip
+    object_store(cluster).upload_files(files)
+
+
 def checkpoint_keys(cluster: LocalCluster, manifest: dict[str, Any]) -> list[str]:
     """Every object under the run's checkpoint prefix in MinIO."""
     uri = manifest["spec"]["checkpoints"]["uri"].removeprefix(f"s3://{S3_BUCKET}/").strip("/")
@@ -255,7 +271,7 @@ def follow(
     raise ClusterError(f"the demo did not finish within {timeout:.0f}s; last status: {last}")
 
 
-def run_demo(timeout: float, *, pipeline: bool = False) -> int:
+def run_demo(timeout: float, *, pipeline: bool = False, agent: bool = False) -> int:
     began = time.monotonic()
     cluster = LocalCluster()
     versions = cluster.versions
@@ -269,8 +285,36 @@ def run_demo(timeout: float, *, pipeline: bool = False) -> int:
     stack = DemoStack(cluster)
     stack.up()
 
-    manifests = pipeline_manifests() if pipeline else [demo_manifest()]
-    source = PIPELINE if pipeline else DEMO_RUN
+    environment = None
+    if agent:
+        from localcluster.agent_demo import AGENT_PIPELINE, agent_manifests, start_toy_environment
+        from localcluster.operator_process import free_port
+
+        environment = start_toy_environment(free_port(), stack.layout.logs / "mcp-env.log")
+        print(f"    toy MCP environment (localcluster/mcp_env.py) at {environment.url}")
+        manifests, source = agent_manifests(environment.url, storage_endpoint=cluster.s3_endpoint), AGENT_PIPELINE
+    else:
+        manifests = pipeline_manifests() if pipeline else [demo_manifest()]
+        source = PIPELINE if pipeline else DEMO_RUN
+    try:
+        return _submit_and_follow(
+            cluster, stack, manifests, source=source, timeout=timeout, began=began, environment=environment
+        )
+    finally:
+        if environment is not None:
+            environment.stop()
+
+
+def _submit_and_follow(
+    cluster: LocalCluster,
+    stack: DemoStack,
+    manifests: list[dict[str, Any]],
+    *,
+    source: Path,
+    timeout: float,
+    began: float,
+    environment: Any,
+) -> int:
     namespace = manifests[0]["metadata"]["namespace"]
     names = [m["metadata"]["name"] for m in manifests]
     print(f"3/5 namespace {namespace}, S3 credentials Secret, ClusterQueue; tiny model and dataset into MinIO")
@@ -278,6 +322,8 @@ def run_demo(timeout: float, *, pipeline: bool = False) -> int:
     for manifest in reversed(manifests):  # a run started from another goes first: it must not see its source vanish
         delete_previous_run(cluster, stack, manifest)
     upload_tiny_assets(cluster, stack.layout.root)
+    if environment is not None:
+        upload_agent_assets(cluster, stack.layout.root, environment.url)
 
     print(f"4/5 submit {source.relative_to(REPO_ROOT)} (server-side apply, as loka submit does)")
     applied = time.monotonic()
@@ -294,6 +340,11 @@ def run_demo(timeout: float, *, pipeline: bool = False) -> int:
             print(f"  {name} ({manifest['spec'].get('algorithm', 'grpo')})")
         with demo_client(cluster, namespace) as client:
             summarize(client, stack, manifest, finals[name], timelines[name])
+    if environment is not None and all(finals[name].phase == "Succeeded" for name in names):
+        from localcluster.agent_demo import summarize_agent
+
+        with demo_client(cluster, namespace) as client:
+            summarize_agent(client, stack, manifests, environment)
     print(f"  make demo wall time {time.monotonic() - began:6.1f} s")
     print("\nLook further:")
     print("  source .cluster/env")
@@ -354,13 +405,14 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--down", action="store_true", help="stop what the demo started")
     parser.add_argument("--pipeline", action="store_true", help="SFT, then GRPO from the SFT run's final checkpoint")
+    parser.add_argument("--agent", action="store_true", help="SFT on tool-use transcripts, then GRPO in an MCP env")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the run to finish")
     args = parser.parse_args(argv)
     try:
         if args.down:
             DemoStack(LocalCluster()).down()
             return 0
-        return run_demo(args.timeout, pipeline=args.pipeline)
+        return run_demo(args.timeout, pipeline=args.pipeline, agent=args.agent)
     except ClusterError as err:
         print(f"demo failed: {err}", file=sys.stderr)
         return 1

@@ -58,10 +58,11 @@ def test_an_environment_server_the_run_brings_is_its_child_counted_by_kueue_and_
     assert admitted["env-board"]["resourceUsage"] == {"cpu": "6", "memory": "10Gi"}
 
     # Admitted: the Deployment serves with the spec's replicas; KubeRay starts no Ray pod for the quota group.
-    deployment = eventually(
-        lambda: (d := read(apps.read_namespaced_deployment, SERVER, ns)) and d["status"].get("ready_replicas") == 2 and d,
-        what="the environment server's two pods to be ready",
-    )
+    def serving() -> dict[str, Any] | None:
+        found = read(apps.read_namespaced_deployment, SERVER, ns)
+        return found if found is not None and found["status"].get("ready_replicas") == 2 else None
+
+    deployment = eventually(serving, what="the environment server's two pods to be ready")
     assert kube.pods(ns, "ray.io/group=env-board") == []
     assert len(kube.pods(ns, f"{naming.LABEL_ENV_SERVER}=board")) == 2
 
@@ -83,8 +84,10 @@ def test_an_environment_server_the_run_brings_is_its_child_counted_by_kueue_and_
     # Gone with the run (garbage collection by the owner reference).
     kube.delete_run(ns, RUN)
     eventually(
-        lambda: read(apps.read_namespaced_deployment, SERVER, ns) is None
-        and read(kube.core.read_namespaced_service, SERVER, ns) is None
-        and read(networking.read_namespaced_network_policy, naming.network_policy_name(RUN), ns) is None,
+        lambda: (
+            read(apps.read_namespaced_deployment, SERVER, ns) is None
+            and read(kube.core.read_namespaced_service, SERVER, ns) is None
+            and read(networking.read_namespaced_network_policy, naming.network_policy_name(RUN), ns) is None
+        ),
         what="the environment server's Deployment, Service and the NetworkPolicy to be collected with the run",
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,8 @@ def arithmetic_tasks(count: int, *, seed: int = 0, answer: str = "tags") -> list
 
 
 def _corpus(seed: int) -> list[str]:
-    """Chat-formatted arithmetic, so the prompts, roles and tags are few tokens each."""
+    """Chat-formatted arithmetic, so the prompts, roles and tags are few tokens each (a task's own text comes on top:
+    ``extra_text``)."""
     rng = random.Random(seed)
     lines = []
     for answer in ANSWER_INSTRUCTIONS:
@@ -106,8 +108,9 @@ def _corpus(seed: int) -> list[str]:
     return lines
 
 
-def build_tokenizer(*, seed: int = 0, vocab_size: int = 512) -> Any:
-    """A byte-level BPE tokenizer trained on the toy corpus, with Qwen's special tokens and chat template."""
+def build_tokenizer(*, seed: int = 0, vocab_size: int = 512, extra_text: Sequence[str] = ()) -> Any:
+    """A byte-level BPE tokenizer trained on the toy corpus (and ``extra_text``: what a toy task's prompts and
+    answers say, so that they are few tokens too), with Qwen's special tokens and chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # type: ignore[import-untyped]
     from transformers import PreTrainedTokenizerFast
 
@@ -117,7 +120,7 @@ def build_tokenizer(*, seed: int = 0, vocab_size: int = 512) -> Any:
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
-    tokenizer.train_from_iterator(_corpus(seed), trainer=trainer)
+    tokenizer.train_from_iterator([*_corpus(seed), *extra_text], trainer=trainer)
     fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer, pad_token=PAD_TOKEN, eos_token=IM_END, bos_token=None, unk_token=None
     )
@@ -125,8 +128,11 @@ def build_tokenizer(*, seed: int = 0, vocab_size: int = 512) -> Any:
     return fast
 
 
-def build_tiny_model(output: Path, *, seed: int = 0, vocab_size: int = 512, size: str = "tiny") -> Path:
-    """Write a tokenizer and a randomly initialised Qwen2 of ``size`` (see SHAPES) into ``output``."""
+def build_tiny_model(
+    output: Path, *, seed: int = 0, vocab_size: int = 512, size: str = "tiny", extra_text: Sequence[str] = ()
+) -> Path:
+    """Write a tokenizer (see build_tokenizer) and a randomly initialised Qwen2 of ``size`` (see SHAPES) into
+    ``output``."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -135,7 +141,7 @@ def build_tiny_model(output: Path, *, seed: int = 0, vocab_size: int = 512, size
     except KeyError:
         msg = f"size: {size!r} is not a model size (accepted: {', '.join(SHAPES)})"
         raise ValueError(msg) from None
-    tokenizer = build_tokenizer(seed=seed, vocab_size=vocab_size)
+    tokenizer = build_tokenizer(seed=seed, vocab_size=vocab_size, extra_text=extra_text)
     torch.manual_seed(seed)
     config = Qwen2Config(
         vocab_size=max(shape.vocab_size or 0, len(tokenizer)),
