@@ -307,7 +307,7 @@ def summarize_agent(client: Any, stack: Any, manifests: list[dict[str, Any]], en
     print(f"  the environment counted  {calls.get('evaluate', 0)} evaluate calls, {calls.get('add', 0)} add calls, "
           f"{counted['sessions_opened']} sessions opened, {counted['sessions_closed']} closed")  # fmt: skip
     tasks = held_out_tasks()
-    print(f"  held-out tasks ({len(tasks)}, 2 episodes each), the same episodes for each set of weights:")
+    print(f"  held-out tasks ({len(tasks)} episodes, sampled as in GRPO), measured for each set of weights:")
     print(f"    {'weights':<12} {'tool calls/episode':>18} {'tool success':>13} {'task done':>10} {'reward':>7}")
     with tempfile.TemporaryDirectory(prefix="loka-agent-demo-") as scratch:
         models = [("base", stack.layout.root / "agent-assets" / "model")]
@@ -316,6 +316,6 @@ def summarize_agent(client: Any, stack: Any, manifests: list[dict[str, Any]], en
             last = max(c.step for c in client.checkpoints(name))
             models.append((label, client.download(name, last, Path(scratch) / name).path))
         for label, folder in models:
-            figures = measure(folder, environment.url, tasks)
+            figures = measure(folder, environment.url, tasks, samples=1)
             print(f"    {label:<12} {figures.tool_calls:>18.2f} {figures.tool_success_rate:>13.2f} "
                   f"{figures.task_completion:>10.2f} {figures.reward:>7.2f}")  # fmt: skip
