@@ -82,6 +82,7 @@ def test_an_agent_learns_tool_calls_by_sft_then_trains_by_grpo_in_the_mcp_enviro
     assert [s["env/episodes"] for s in steps] == [BATCH * SAMPLES] * GRPO_STEPS
     for key in ("env/tool_calls/mean", "env/tool_success_rate", "reward/total/mean", "reward/task_completion/mean"):
         assert all(key in s for s in steps), key
-    assert sum(s["env/tool_calls/mean"] for s in steps) > 0, "the SFT stage taught the model to call tools"
+    # 60 SFT steps teach the tiny model to attempt the call (the demo's 160 make it parse and succeed).
+    assert sum(s["env/tool_calls/mean"] for s in steps) > 0, "the SFT'd model attempts tool calls"
     print("per step:", [{k: round(v, 3) for k, v in s.items() if k.startswith(("env/tool", "reward/total/mean"))}
                         for s in steps])  # fmt: skip
