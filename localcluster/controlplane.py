@@ -35,6 +35,7 @@ from localcluster.build import GoEnv, bin_dir, is_built
 from localcluster.faults import AuditLog
 from localcluster.pki import Pki
 from localcluster.versions import cache_root, load_versions
+from loka_api import GROUP
 from loka_client.localhost import port_free
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -697,12 +698,14 @@ class LocalCluster:
         return path.read_text().strip()
 
     def _write_audit_policy(self) -> None:
-        """Log every write's metadata (who, verb, object, answer), nothing of reads; never a request body."""
+        """Log every write's metadata (who, verb, object, answer) and who read which Secret, nothing of other reads;
+        never a request body."""
         policy = {
             "apiVersion": "audit.k8s.io/v1",
             "kind": "Policy",
             "omitStages": ["RequestReceived"],
             "rules": [
+                {"level": "Metadata", "verbs": ["get"], "resources": [{"group": "", "resources": ["secrets"]}]},
                 {"level": "None", "verbs": ["get", "list", "watch"]},
                 {"level": "None", "namespaces": ["kube-node-lease"]},  # KWOK's node heartbeats
                 {"level": "Metadata"},
@@ -783,7 +786,8 @@ class LocalCluster:
             "metrics": {"bindAddress": f"{LOCALHOST}:{PORTS.kueue_metrics}"},
             "webhook": {"host": LOCALHOST, "port": PORTS.kueue_webhook, "certDir": str(config / "kueue-webhook-certs")},
             "internalCertManagement": {"enable": False},
-            "integrations": {"frameworks": list(KUEUE_FRAMEWORKS)},
+            # The operator watches only the Workloads labelled with their run (its default --workload-selector).
+            "integrations": {"frameworks": list(KUEUE_FRAMEWORKS), "labelKeysToCopy": [f"{GROUP}/run"]},
         }
         (config / "kueue.yaml").write_text(yaml.safe_dump(kueue_config))
 
