@@ -10,6 +10,7 @@ from loka_api.models import QUANTITY_PATTERN
 from loka_operator.builders.networkpolicy import KUBERAY_DEFAULT_NAMESPACE
 from loka_operator.builders.rayauth import MIN_RAY_VERSION_FOR_TOKEN_AUTH
 from loka_operator.builders.rayjob import DEFAULT_RAY_VERSION, SUBMISSION_MODES, RayJobSettings
+from loka_operator.naming import LABEL_RUN
 
 ENV_SUBMISSION_MODE = "LOKA_RAYJOB_SUBMISSION_MODE"
 ENV_RAY_VERSION = "LOKA_RAY_VERSION"
@@ -65,8 +66,9 @@ class OperatorConfig:
     previous_run_retry_seconds: float = 2.0  # ... one waiting for the children of an earlier run to be collected
     max_concurrent_reconciles: int = 16
     metrics_port: int = 9090
-    # Server-side selector for Kueue Workloads (e.g. `loka.dev/run` when Kueue's labelKeysToCopy copies it).
-    workload_selector: str = ""
+    # Server-side selector for Kueue Workloads: the run label, which Kueue copies from the RayJob when its
+    # Configuration lists it in integrations.labelKeysToCopy ("": every Workload in scope, the others ignored).
+    workload_selector: str = LABEL_RUN
     leader_election: LeaderElection | None = None
     # Slack post retries: the delays between tries (about five minutes in all).
     notification_backoff: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 120.0)

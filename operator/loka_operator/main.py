@@ -23,6 +23,7 @@ from loka_operator.handlers import Shared
 from loka_operator.kube import KubeClient
 from loka_operator.leader import LeaseElector
 from loka_operator.metrics import OperatorMetrics
+from loka_operator.naming import LABEL_RUN
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-concurrent", type=int, default=16, help="reconciles running at once")
     parser.add_argument(
         "--workload-selector",
-        default="",
-        help="label selector for Kueue Workloads (e.g. loka.dev/run when Kueue's labelKeysToCopy copies it)",
+        default=LABEL_RUN,
+        help=f"label selector for Kueue Workloads (default {LABEL_RUN}: Kueue's Configuration must copy it, "
+        f"integrations.labelKeysToCopy: [{LABEL_RUN}]; '': every Workload in scope, the others ignored)",
     )
     parser.add_argument(
         "--leader-elect", action="store_true", help="compete for a Lease; only its holder runs (for replicas > 1)"

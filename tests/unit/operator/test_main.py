@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from loka_operator.children import WORKLOAD
 from loka_operator.config import (
     ENV_DISK_STORAGE_CLASS,
     ENV_HEAD_DISK,
@@ -14,7 +15,8 @@ from loka_operator.config import (
     ConfigError,
     OperatorConfig,
 )
-from loka_operator.main import main
+from loka_operator.handlers import child_selectors
+from loka_operator.main import config_from, main, parse_args
 
 
 def test_unknown_submission_mode_is_refused_naming_the_setting(
@@ -69,3 +71,11 @@ def test_work_disk_defaults_come_from_the_environment_and_a_bad_size_is_refused_
     monkeypatch.setenv(ENV_WORKER_DISK, "a lot")
     with pytest.raises(ConfigError, match=r"LOKA_WORKER_DISK='a lot' is not a size; use a Kubernetes quantity"):
         OperatorConfig.from_env()
+
+
+def test_only_workloads_labelled_with_their_run_are_watched_unless_asked_for_every_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(ENV_RAY_VERSION, raising=False)
+    assert child_selectors(config_from(parse_args([])))[WORKLOAD] == "loka.dev/run"
+    assert child_selectors(config_from(parse_args(["--workload-selector="])))[WORKLOAD] == ""
