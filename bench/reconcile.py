@@ -112,17 +112,27 @@ class Watcher:
         self._thread.start()
 
     def _run(self) -> None:
+        # Each 5-second watch resumes where the last one ended: starting over would make the API server replay every
+        # object each time, a load that grows with N and with the number of watchers (the Loka half has two).
+        version: str | None = None
         while not self._stop.is_set():
             stream = watch.Watch()  # type: ignore[no-untyped-call]
+            resume = {"resource_version": version} if version else {}
             try:
-                for event in stream.stream(self._lister, timeout_seconds=5):  # type: ignore[no-untyped-call]
+                for event in stream.stream(self._lister, timeout_seconds=5, **resume):  # type: ignore[no-untyped-call]
                     obj: dict[str, Any] = event["object"]  # custom-object watches yield plain dicts
+                    if event.get("type") == "ERROR":
+                        version = None  # 410 Gone: the history is compacted; start over
+                        break
+                    version = obj["metadata"].get("resourceVersion") or version
                     name = self._key(obj)
                     if name is not None and name not in self.seen:
                         self.seen[name] = time.monotonic()
                     if self._stop.is_set():
                         break
-            except ApiException:
+            except ApiException as error:
+                if error.status == 410:
+                    version = None
                 time.sleep(0.2)
 
     def stop(self) -> None:
