@@ -1,9 +1,11 @@
-"""The benchmarks' readings of the API server's audit log: a run's writes in order (bench/timeline.py)."""
+"""The benchmarks' readings of the API server's audit log: a run's writes in order (bench/timeline.py) and children
+created twice or for a deleted run (bench/churn.py)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from bench.churn import duplicates
 from bench.timeline import per_run, run_of, steps
 from localcluster.faults import AuditEvent
 
@@ -53,3 +55,18 @@ def test_the_timeline_orders_each_step_by_its_median_offset_from_the_apply() -> 
     ]
     assert found["kueue create workloads"].offset_p50 == 2.5  # run-1 after 2 s, run-2 after 3 s
     assert found["client create serviceaccounts"].runs == 1
+
+
+def test_a_child_created_twice_in_one_run_life_is_a_duplicate() -> None:
+    events = [
+        write(0, "create", "trainingruns", "run-1", user=CLIENT),
+        write(1, "create", "rayjobs", "run-1"),
+        write(2, "create", "rayjobs", "run-1", user="loka-b"),  # the other replica, once the first had it
+        write(3, "create", "rayjobs", "run-1", code=409),  # refused: no duplicate
+        write(4, "delete", "trainingruns", "run-1", user=CLIENT),
+        write(5, "create", "serviceaccounts", "loka-run-1"),  # no run of that name now
+        write(6, "create", "trainingruns", "run-1", user=CLIENT),
+        write(7, "create", "rayjobs", "run-1"),  # the new run's own
+        write(8, "create", "secrets", "loka-run-1-ray-token"),
+    ]
+    assert duplicates(events, {OPERATOR, "loka-b"}) == (1, 1)
