@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import AsyncIterator, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from kopf._cogs.clients import watching  # the watch stream, for the end of each LIST (see _hear_kopf_listings)
 from kopf._cogs.structs.references import NamespaceName, match_namespace  # kopf's reading of namespace patterns
 from prometheus_client import start_http_server
 
@@ -136,6 +137,7 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     state = OperatorState(client, reconciler, queue, metrics, scope, owns_client=getattr(memo, "shared", None) is None)
     memo.loka = state
     state.resync = asyncio.get_running_loop().create_task(_resync_forever(state, config), name="loka resync")
+    _hear_kopf_listings(state)
     log.info(
         "loka-operator started (namespaces: %s, submission mode %s, resync every %ss, %d children known)",
         ", ".join(config.namespaces) or "all",
@@ -196,6 +198,28 @@ async def relist(state: OperatorState, wanted: Collection[str] | None = None) ->
         for key in touched:
             if cache.known(key):
                 state.queue.request(key)
+
+
+def _hear_kopf_listings(state: OperatorState) -> None:
+    """kopf tells its handlers of a LIST only through the objects it found (type=None events), so an empty list (the
+    last run of a namespace deleted while the watch was away) says nothing. Its watch stream marks the end of every
+    LIST (Bookmark.LISTED) but keeps it to itself: wrap the stream so that the mark reaches `_listed_again` too."""
+    by_resource = {(kinds.TRAINING_RUN.group, kinds.TRAINING_RUN.plural): RUNS}
+    by_resource |= {(child.kind.group, child.kind.plural): child.name for child in CHILDREN}
+    original = getattr(watching, "infinite_watch", None)
+    original = getattr(original, "loka_wrapped", original)
+    if original is None:
+        log.warning("kopf's watch stream is not where expected; an empty relist goes unnoticed until the resync")
+        return
+
+    async def infinite_watch(*, resource: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        async for event in original(resource=resource, **kwargs):
+            if event is watching.Bookmark.LISTED and (kind := by_resource.get((resource.group, resource.plural))):
+                _listed_again(state, kind)
+            yield event
+
+    infinite_watch.loka_wrapped = original  # type: ignore[attr-defined]
+    watching.infinite_watch = infinite_watch
 
 
 def _listed_again(state: OperatorState, kind: str) -> None:

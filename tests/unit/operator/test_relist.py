@@ -11,7 +11,7 @@ from loka_api import RunPhase, kinds
 from loka_api.kinds import Kind
 from loka_operator import handlers
 from loka_operator.cache import ListScope
-from loka_operator.children import CHILDREN, RAY_JOB
+from loka_operator.children import CHILDREN, NETWORK_POLICY, RAY_JOB
 from loka_operator.config import OperatorConfig
 from loka_operator.handlers import OperatorState, in_scope, relist
 from loka_operator.kube import KubeClient
@@ -111,5 +111,28 @@ def test_a_burst_of_listed_objects_asks_for_one_relist_after_it(monkeypatch: pyt
         assert state.relisting is not None
         await state.relisting
         assert relists == [{"TrainingRun", "RayJob"}]
+
+    asyncio.run(scenario())
+
+
+def test_an_empty_list_kopf_makes_asks_for_a_relist_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last NetworkPolicy deleted while the watch was away: kopf's LIST finds nothing, and says so only by the
+    end-of-list mark of its watch stream."""
+    from kopf._cogs.clients import watching
+
+    async def stream(*, resource: Any, **_: Any) -> Any:
+        yield watching.Bookmark.LISTED
+
+    monkeypatch.setattr(watching, "infinite_watch", stream)
+    asked: list[str] = []
+    monkeypatch.setattr(handlers, "_listed_again", lambda state, kind: asked.append(kind))
+
+    async def scenario() -> None:
+        state, _ = state_of(ListingClient(), ())
+        handlers._hear_kopf_listings(state)
+        policies = type("Resource", (), {"group": NETWORK_POLICY.kind.group, "plural": NETWORK_POLICY.kind.plural})
+        async for _ in watching.infinite_watch(resource=policies(), settings=None, namespace=None):  # type: ignore[arg-type]
+            pass
+        assert asked == [NETWORK_POLICY.name]
 
     asyncio.run(scenario())
