@@ -64,7 +64,10 @@ REPO = Path(__file__).resolve().parents[1]
 PREFIX = "lokachurn-"
 RUNS = kinds.TRAINING_RUN
 # What the operator creates for a run (plural as the audit log names it).
-CHILDREN = frozenset({"serviceaccounts", "roles", "rolebindings", "networkpolicies", "rayjobs", "secrets"})
+CHILDREN = frozenset(
+    k.plural
+    for k in (kinds.SERVICE_ACCOUNT, kinds.ROLE, kinds.ROLE_BINDING, kinds.NETWORK_POLICY, kinds.RAY_JOB, kinds.SECRET)
+)
 # The leader-election timing of the replicas: the relist's freeze (deletes, then an API server restart: 15-25 s on a
 # busy 2-core machine) must not cost the lead; the hand-over is a SIGTERM, which releases the Lease at once.
 LEASE, DEADLINE, RETRY = 60.0, 45.0, 2.0
@@ -302,7 +305,7 @@ class Churn:
         renewals = [
             e
             for e in self.cluster.audit_log.events(user=leader.user)
-            if e.resource == "leases" and e.verb == "update" and e.received >= opened
+            if e.resource == kinds.LEASE.plural and e.verb == "update" and e.received >= opened
         ]
         self.figures.lease_rate = 2 * len(renewals) / minutes
         self.figures.idle_rate = max(0.0, requests - 2 * len(renewals)) / max(1, len(uids)) / minutes

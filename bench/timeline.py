@@ -27,10 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from localcluster.controlplane import LocalCluster
 from localcluster.faults import AuditEvent, AuditLog
+from loka_api import kinds
 
 # A run's clock starts when the user applies it: the first create of either (a plain RayJob's ServiceAccount, made
 # beforehand, shows at a negative offset).
-APPLIED = frozenset({"trainingruns", "rayjobs"})
+APPLIED = frozenset({kinds.TRAINING_RUN.plural, kinds.RAY_JOB.plural})
 
 
 @dataclass(frozen=True)
