@@ -235,11 +235,19 @@ class Reconciler:
         RayJob and its Ray token. A finished run gets none of them: only its side services, which stop serving."""
         if finished(run.status):
             return rayjob, await self._ensure_side_services(run)
-        if run.spec.queue is not None:
-            await self._ensure_local_queue(run.spec.queue, run.metadata.namespace)
-        blocked = await self._ensure_identity(run) or await self._ensure_side_services(run)
+        # Independent round trips side by side: the LocalQueue, the identity, and the read of the token's name (on
+        # the launch's critical path, one round trip each when taken in turn).
+        launching = rayjob is None and not run.spec.suspend
+        _queue, identity, taken = await asyncio.gather(
+            self._ensure_local_queue(run.spec.queue, run.metadata.namespace),
+            self._ensure_identity(run),
+            self._ray_token_name_taken(run) if launching else _nothing(),
+        )
+        blocked = identity or await self._ensure_side_services(run)
         if blocked is not None:
             return rayjob, blocked
+        if taken is not None:
+            return None, taken
         return await self._launch(run, rayjob, check_first=check_first)
 
     async def _resolve_source(self, run: TrainingRun) -> SourceState | None:
@@ -300,7 +308,9 @@ class Reconciler:
         del body  # only key names leave this function
         return present
 
-    async def _ensure_local_queue(self, queue: QueueSpec, namespace: str) -> None:
+    async def _ensure_local_queue(self, queue: QueueSpec | None, namespace: str) -> None:
+        if queue is None:
+            return
         manifest = builders.build_local_queue(queue, namespace)
         if manifest is None or (namespace, queue.name) in self._local_queues:
             return
@@ -418,14 +428,11 @@ class Reconciler:
     async def _launch(
         self, run: TrainingRun, rayjob: JSON | None, *, check_first: bool
     ) -> tuple[JSON | None, Problem | None]:
-        """The RayJob, then its Ray token Secret. The token is owned by the RayJob, not the run: KubeRay's
-        RayJob finalizer reads it to stop the job, so it must outlive the RayJob when the run is deleted. The
-        pods wait for it (kubelets retry a missing `secretKeyRef`). A Secret planted under its name is never
-        used: before the RayJob exists, it stops the launch; after, the RayJob is taken down again."""
-        if rayjob is None and not run.spec.suspend:
-            taken = await self._ray_token_name_taken(run)
-            if taken is not None:
-                return None, taken
+        """The RayJob, then its Ray token Secret. The token is owned by the RayJob, not the run: KubeRay's RayJob
+        finalizer reads it to stop the job, so it must outlive the RayJob when the run is deleted. The pods wait
+        for it (kubelets retry a missing `secretKeyRef`). A Secret planted under its name is never used: before the
+        RayJob exists, it stops the launch (`_create_children` reads the name first); after, the RayJob is taken
+        down again."""
         rayjob, problem = await self._ensure_rayjob(run, rayjob)
         if rayjob is None or problem is not None:
             return rayjob, problem
@@ -608,6 +615,10 @@ class Reconciler:
         if update is None:
             self.forget(key)
         return update
+
+
+async def _nothing() -> None:
+    return None
 
 
 def _claimed(kind: str, obj: JSON, run: TrainingRun) -> tuple[JSON | None, Problem | None]:
