@@ -1,11 +1,22 @@
 """Slack notifications: one post per phase transition a run asks for, recorded in its status before it is sent.
 
-The reconcile step (`Notifier.step`) is cheap and never waits on Slack: it decides whether the run's current phase
-is an event to post for this attempt, claims it with a conditional write of `status.notifications` (only one
-operator replica can win the claim: the write carries the resourceVersion it read), and hands the post to a
-background task. The task reads the webhook URL from the run's Secret, posts with the Slack SDK's webhook client,
-retries with backoff, and records `Sent` or `Failed`. A claim whose sender died is taken over once it is older than
-the whole retry budget. The URL is a secret: it is never logged, and errors are reported without it.
+Exactly once per (run, event, attempt), short phases included:
+- The notices a transition owes are written into `status.notifications` (state `Sending`, no sender yet) by the
+  same conditional status write that records the new phase (`owed`, called by the status writer). A phase that
+  lasted less than a reconcile is still a transition the status went through; a run the operator last saw
+  starting and now sees finished, whose Ray job ran, owes its `Started` too.
+- The reconcile step (`Notifier.step`) never waits on Slack: it starts one background sender per owed notice. The
+  sender claims it (sets itself as sender, a write conditional on the resourceVersion it read, retried at once
+  after a conflict from a fresh read), posts with the Slack SDK's webhook client, retries the post with backoff,
+  and records `Sent` or `Failed`, again retried on every conflict until it lands: a trainer status patch can delay
+  a notice by a read and a write, never until the next resync, and a record that failed to land is never posted
+  again.
+- A claim whose sender died is taken over once it is older than the whole retry budget.
+
+What Slack guarantees limits what Loka can: an incoming webhook takes no idempotency key. A post Slack accepted
+(2xx) is never repeated unless the operator stops between Slack's answer and the `Sent` record (one status write);
+a post whose answer never came (a timeout, a reset connection) is retried and may show twice.
+The URL is a secret: it is never logged, and errors are reported without it.
 """
 
 from __future__ import annotations
@@ -13,10 +24,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import logging
+import random
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -27,9 +40,11 @@ from loka_api import (
     RunPhase,
     SecretKeyRef,
     TrainingRun,
+    TrainingRunSpec,
     TrainingRunStatus,
     kinds,
 )
+from loka_api.phases import TERMINAL
 from loka_operator import naming
 from loka_operator.kube import JSON, ApiError, KubeClient
 
@@ -55,13 +70,48 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-def due(run: TrainingRun) -> tuple[NotificationEvent, int] | None:
-    """The (event, attempt) the run's current phase asks to post, if the run subscribed to it."""
-    slack = run.spec.notifications.slack if run.spec.notifications else None
-    event = EVENT_OF_PHASE.get(run.status.phase) if run.status.phase else None
-    if slack is None or event is None or event not in slack.events:
-        return None
-    return event, run.status.attempt or 0
+def subscribed(spec: TrainingRunSpec) -> frozenset[NotificationEvent]:
+    """The events the run asked to hear about (none without Slack)."""
+    slack = spec.notifications.slack if spec.notifications else None
+    return frozenset(slack.events) if slack is not None else frozenset()
+
+
+def owed(
+    previous: TrainingRunStatus,
+    current: TrainingRunStatus,
+    events: frozenset[NotificationEvent],
+    *,
+    ran: bool,
+    now: datetime,
+) -> list[NotificationRecord]:
+    """The notices the transition from ``previous`` to ``current`` owes, to be recorded with the new phase.
+
+    ``ran``: the attempt's Ray job ran (KubeRay saw it running or ended); a run seen starting and then finished
+    started, even though its Running was shorter than a reconcile.
+    """
+    if not events or (current.phase, current.attempt) == (previous.phase, previous.attempt) or current.phase is None:
+        return []
+    wanted: list[NotificationEvent] = []
+    if current.phase in TERMINAL and ran and previous.phase != RunPhase.RUNNING:
+        wanted.append(NotificationEvent.STARTED)
+    if (event := EVENT_OF_PHASE.get(current.phase)) is not None:
+        wanted.append(event)
+    attempt = current.attempt or 0
+    recorded = {(r.event, r.attempt) for r in current.notifications}
+    return [
+        NotificationRecord(event=event, attempt=attempt, state=NotificationState.SENDING, time=now)
+        for event in wanted
+        if event in events and (event, attempt) not in recorded
+    ]
+
+
+def bounded(records: list[NotificationRecord]) -> list[NotificationRecord]:
+    """At most MAX_RECORDS, the oldest settled ones dropped first (a notice still owed is never dropped)."""
+    extra = len(records) - MAX_RECORDS
+    if extra <= 0:
+        return records
+    settled = [i for i, r in enumerate(records) if r.state is not NotificationState.SENDING][:extra]
+    return [r for i, r in enumerate(records) if i not in settled]
 
 
 def interruption_facts(status: TrainingRunStatus, event: NotificationEvent) -> str | None:
@@ -124,13 +174,36 @@ def _redact(text: str, secret: str) -> str:
     return text.replace(secret, "<webhook URL>") if secret else text
 
 
+# Pauses between tries of a conditional write that lost a race (a trainer patch, another notice's record).
+CONFLICT_BACKOFF = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class _GoneError(Exception):
+    """The run was deleted, or replaced by another of the same name: nothing more to send or record for it."""
+
+
+@dataclass(frozen=True)
+class _RunRef:
+    """A run by name and uid: a new run of the same name is another run, owed nothing of this one's."""
+
+    namespace: str
+    name: str
+    uid: str
+
+
+# Picks the record to change out of a run's records: its index and what it becomes (None: nothing to change).
+Change = Callable[[list[NotificationRecord]], tuple[int, NotificationRecord] | None]
+
+
 @dataclass
 class Notifier:
     client: KubeClient
     backoff: Sequence[float] = DEFAULT_BACKOFF
     timeout: float = 10.0
     sender: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
-    _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    conflict_backoff: Sequence[float] = CONFLICT_BACKOFF
+    _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # one sender per run, by run key
+    _again: set[str] = field(default_factory=set)  # runs whose status owed more while their sender ran
 
     @property
     def claim_expires_after(self) -> float:
@@ -138,8 +211,10 @@ class Notifier:
         return sum(self.backoff) + len(self.backoff) * self.timeout + 30
 
     def forget(self, key: str) -> None:
-        for task_key in [k for k in self._tasks if k.startswith(f"{key}#")]:
-            self._tasks.pop(task_key).cancel()
+        self._again.discard(key)
+        task = self._tasks.pop(key, None)
+        if task is not None:
+            task.cancel()
 
     async def close(self) -> None:
         tasks = list(self._tasks.values())
@@ -151,91 +226,142 @@ class Notifier:
 
     # ---------------------------------------------------------------------------- the reconcile step
 
-    async def step(self, body: JSON) -> None:
-        """Claim and start the notification the run's phase asks for; return at once (never waits on Slack)."""
+    def step(self, body: JSON) -> float | None:
+        """Start the run's sender when its status owes a notice; return at once (never waits on Slack), with the
+        seconds after which a claim held by a sender that may have died can be taken over (None: nothing to wait
+        for)."""
         run = TrainingRun.model_validate(body)
-        wanted = due(run)
-        if wanted is None:
-            return
-        event, attempt = wanted
-        meta = run.metadata
-        task_key = f"{naming.run_key(meta.namespace, meta.name)}#{event}#{attempt}"
-        if task_key in self._tasks and not self._tasks[task_key].done():
-            return
-        record = next((r for r in run.status.notifications if (r.event, r.attempt) == (event, attempt)), None)
-        if record is not None and record.state is not NotificationState.SENDING:
-            return  # sent, or given up on
-        tries = 0
-        if record is not None:
-            age = (_now() - record.time).total_seconds() if record.time else float("inf")
-            if record.sender != self.sender and age < self.claim_expires_after:
-                return  # another replica is sending it
-            tries = record.tries
-        claim = NotificationRecord(
-            event=event, attempt=attempt, state=NotificationState.SENDING, tries=tries, sender=self.sender, time=_now()
-        )
-        if not await self._record(body, claim, conditional=True):
-            return  # the run changed meanwhile (maybe another replica claimed it): the next reconcile decides
-        assert run.spec.notifications is not None and run.spec.notifications.slack is not None
-        task = asyncio.get_running_loop().create_task(
-            self._deliver(meta.namespace, meta.name, run.spec.notifications.slack.webhook, message(run, event, attempt),
-                          claim),
-            name=f"notify {task_key}",
-        )  # fmt: skip
-        self._tasks[task_key] = task
-        task.add_done_callback(lambda _: self._tasks.pop(task_key, None) if self._tasks.get(task_key) is task else None)
+        if run.spec.notifications is None or run.spec.notifications.slack is None:
+            return None
+        owed_now = [r for r in run.status.notifications if r.state is NotificationState.SENDING]
+        held = [left for r in owed_now if (left := self._held_for(r)) > 0]
+        if len(held) < len(owed_now):
+            meta = run.metadata
+            key = naming.run_key(meta.namespace, meta.name)
+            running = self._tasks.get(key)
+            if running is not None and not running.done():
+                self._again.add(key)  # it reads the run again before it stops
+            else:
+                task = asyncio.get_running_loop().create_task(
+                    self._send_owed(key, _RunRef(meta.namespace, meta.name, meta.uid)), name=f"notify {key}"
+                )
+                self._tasks[key] = task
+                task.add_done_callback(self._drop(key))
+        return min(held) if held else None
 
-    async def _record(self, body: JSON, record: NotificationRecord, *, conditional: bool) -> bool:
-        """Put ``record`` into the run's status.notifications; False when a conditional write lost a race."""
-        meta = body["metadata"]
-        records = [
-            r
-            for r in (body.get("status") or {}).get("notifications") or []
-            if (r.get("event"), r.get("attempt")) != (record.event.value, record.attempt)
-        ]
-        records.append(record.model_dump(mode="json", by_alias=True, exclude_none=True))
-        patch: JSON = {"status": {"notifications": records[-MAX_RECORDS:]}}
-        if conditional:
-            patch["metadata"] = {"resourceVersion": meta["resourceVersion"]}
-        try:
-            await self.client.merge_patch(
-                kinds.TRAINING_RUN, meta["namespace"], meta["name"], patch, subresource="status"
-            )
-        except ApiError as error:
-            if error.status in (404, 409):
-                return False
-            raise
-        return True
+    def _drop(self, key: str) -> Callable[[asyncio.Task[None]], None]:
+        def drop(done: asyncio.Task[None]) -> None:
+            if self._tasks.get(key) is done:
+                del self._tasks[key]
+
+        return drop
+
+    def _held_for(self, record: NotificationRecord) -> float:
+        """Seconds another sender's claim on ``record`` still holds (0: unclaimed, ours, or expired)."""
+        if record.sender is None or record.sender == self.sender:
+            return 0.0
+        age = (_now() - record.time).total_seconds() if record.time else float("inf")
+        return max(self.claim_expires_after - age, 0.0)
 
     # ----------------------------------------------------------------------------- in the background
 
-    async def _deliver(
-        self, namespace: str, name: str, webhook: SecretKeyRef, payload: JSON, claim: NotificationRecord
-    ) -> None:
-        url = ""
-        outcome, detail, tries = NotificationState.FAILED, "", claim.tries
+    async def _send_owed(self, key: str, run: _RunRef) -> None:
+        """Send what the run owes, one notice after the other in the order the transitions happened."""
         try:
-            url, detail = await self._webhook_url(namespace, webhook)
-            if url:
-                outcome, detail, tries = await self._post(url, payload, tries)
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:  # never let a notification take the operator down
-            detail = _redact(f"{type(error).__name__}: {error}", url)
+            while True:
+                self._again.discard(key)
+                if not await self._send_next(run) and key not in self._again:
+                    return
+        except _GoneError:
+            return
+
+    async def _send_next(self, run: _RunRef) -> bool:
+        """Claim the oldest notice nobody else holds, post it, record how it went; False when none is owed."""
+
+        def claim(records: list[NotificationRecord]) -> tuple[int, NotificationRecord] | None:
+            for index, record in enumerate(records):
+                if record.state is NotificationState.SENDING and self._held_for(record) == 0:
+                    return index, record.model_copy(update={"sender": self.sender, "time": _now()})
+            return None
+
+        claimed = await self._update(run, claim)
+        if claimed is None:
+            return False
+        record, body = claimed
+        event, attempt = record.event, record.attempt
+        spec = TrainingRun.model_validate(body)
+        assert spec.spec.notifications is not None and spec.spec.notifications.slack is not None
+        outcome, detail, tries = await self._deliver(
+            run.namespace, spec.spec.notifications.slack.webhook, message(spec, event, attempt), record.tries
+        )
         log.log(
             logging.INFO if outcome is NotificationState.SENT else logging.WARNING,
             "notification %s (attempt %s) for %s/%s: %s after %d tries%s",
-            claim.event, claim.attempt, namespace, name, outcome, tries, f" ({detail})" if detail else "",
+            event, attempt, run.namespace, run.name, outcome, tries, f" ({detail})" if detail else "",
         )  # fmt: skip
-        final = claim.model_copy(update={"state": outcome, "tries": tries, "time": _now(), "message": detail or None})
-        for _ in range(5):  # unconditional after a fresh read: only this sender holds the claim
-            body = await self.client.get(kinds.TRAINING_RUN, namespace, name)
-            if body is None:
-                return
-            with contextlib.suppress(ApiError):
-                if await self._record(body, final, conditional=True):
-                    return
-            await asyncio.sleep(0.5)
+        final = record.model_copy(update={"state": outcome, "tries": tries, "time": _now(), "message": detail or None})
+
+        def settle(records: list[NotificationRecord]) -> tuple[int, NotificationRecord] | None:
+            for index, current in enumerate(records):
+                if (current.event, current.attempt) == (event, attempt) and current.sender == self.sender:
+                    return index, final
+            return None  # taken over meanwhile: the one who took it records it
+
+        await self._update(run, settle)
+        return True
+
+    async def _update(self, run: _RunRef, change: Change) -> tuple[NotificationRecord, JSON] | None:
+        """Apply ``change`` to the run's records with a write conditional on what was read; read again and retry
+        after every conflict until it lands. None when ``change`` finds nothing to change."""
+        for tries in itertools.count():
+            try:
+                body = await self.client.get(kinds.TRAINING_RUN, run.namespace, run.name)
+                if body is None or body["metadata"].get("uid") != run.uid:
+                    raise _GoneError
+                records = [
+                    NotificationRecord.model_validate(r) for r in (body.get("status") or {}).get("notifications") or []
+                ]
+                picked = change(records)
+                if picked is None:
+                    return None
+                index, changed = picked
+                records[index] = changed
+                patch: JSON = {
+                    "metadata": {"resourceVersion": body["metadata"]["resourceVersion"]},
+                    "status": {
+                        "notifications": [r.model_dump(mode="json", by_alias=True, exclude_none=True) for r in records]
+                    },
+                }
+                written = await self.client.merge_patch(
+                    kinds.TRAINING_RUN, run.namespace, run.name, patch, subresource="status"
+                )
+                return changed, written
+            except ApiError as error:
+                if error.status == 404:
+                    raise _GoneError from error
+                if error.status != 409:  # 409: a trainer patch or a phase write landed first; read again
+                    log.warning("could not record a notification of %s/%s: %s", run.namespace, run.name, error)
+            except (_GoneError, asyncio.CancelledError):
+                raise
+            except Exception as error:  # a timeout, a reset connection: the record must still land, so try again
+                log.warning("could not record a notification of %s/%s: %s", run.namespace, run.name, error)
+            pause = self.conflict_backoff[min(tries, len(self.conflict_backoff) - 1)]
+            await asyncio.sleep(pause * (1 - 0.5 * random.random()))  # spreads retries; not a secret
+        return None  # unreachable: itertools.count never ends
+
+    async def _deliver(self, namespace: str, webhook: SecretKeyRef, payload: JSON, tries: int) -> tuple[
+        NotificationState, str, int
+    ]:  # fmt: skip
+        url = ""
+        try:
+            url, detail = await self._webhook_url(namespace, webhook)
+            if not url:
+                return NotificationState.FAILED, detail, tries
+            return await self._post(url, payload, tries)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # never let a notification take the operator down
+            return NotificationState.FAILED, _redact(f"{type(error).__name__}: {error}", url), tries
 
     async def _webhook_url(self, namespace: str, ref: SecretKeyRef) -> tuple[str, str]:
         secret = await self.client.get(kinds.SECRET, namespace, ref.secret)

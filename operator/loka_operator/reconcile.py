@@ -9,7 +9,8 @@
    then the side services the run brings (the child registry's entries with a builder, `children.py`)
 5. ensure the RayJob and its Ray token Secret (and apply suspend, maxRestarts, the TTL after the RayJob finished)
 6. calculate the status from what was observed and write the operator's fields only if they changed
-7. claim the notification the new phase asks for; a background task posts it (`notifications.py`)
+7. start a sender for each notice the status owes (recorded with the phase); it posts in the background
+   (`notifications.py`)
 
 Reads come from watch-backed caches (`cache.py`); the API server is asked only to write, or when a create finds
 the name taken. A step that cannot proceed stops the chain; the status says why.
@@ -174,8 +175,7 @@ class Reconciler:
             invalid = await self.validations.check(key, uid, generation, spec)
             if invalid is not None:
                 await self._write_status(body, previous, replace(base, now=now(), invalid=invalid))
-                await self._notify(key)
-                return Outcome(phase="Failed")
+                return Outcome(requeue_after=self._notify(key), phase="Failed")
 
         # 1b. the source run's checkpoint: nothing launches before status.source records it
         source = None if launched else await self._resolve_source(run)
@@ -220,7 +220,7 @@ class Reconciler:
             requeue = 0.0  # status.source now records the checkpoint: launch (our own write's echo wakes nobody)
         # 7. notifications
         if update is not None:
-            await self._notify(key)
+            requeue = _sooner(requeue, self._notify(key))
         phase = update.status.phase if update is not None else previous.phase
         return Outcome(
             requeue_after=_sooner(requeue, _servers_follow(run, update)), phase=phase.value if phase else None
@@ -601,11 +601,10 @@ class Reconciler:
             return self.config.previous_run_retry_seconds
         return self.config.refused_retry_seconds
 
-    async def _notify(self, key: str) -> None:
-        """The body as our own status write left it: its phase, and the resourceVersion the claim is conditional on."""
+    def _notify(self, key: str) -> float | None:
+        """Send what the status as our own write left it owes; when to look again for a claim that may expire."""
         body = self.cache.run(key)
-        if body is not None:
-            await self.notifier.step(body)
+        return self.notifier.step(body) if body is not None else None
 
     # ----------------------------------------------------------------------------- status
 

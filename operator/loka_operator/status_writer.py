@@ -1,5 +1,10 @@
 """Write a run's status: calculate it from what reconcile observed, patch the operator's fields only when they
-changed, record the phase transition as an Event and in the metrics.
+changed, record the phase transition as an Event, in the metrics and as the notices it owes.
+
+Each write is conditional on the resourceVersion of the body it was calculated from. A write calculated from a view
+that something newer overtook (a trainer patch, a notice's record, a watch that showed an older version after our
+own write) fails instead of landing; the run is read again and the status calculated again from what it now is.
+So a transition is written, posted as an Event, observed in the metrics and owes its notices exactly once.
 """
 
 from __future__ import annotations
@@ -7,15 +12,22 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from loka_api import TrainingRunStatus, kinds
-from loka_operator import naming
+from pydantic import ValidationError
+
+from loka_api import TrainingRun, TrainingRunStatus, kinds
+from loka_operator import naming, notifications
 from loka_operator.cache import RunCache
 from loka_operator.events import EventRecorder
 from loka_operator.kube import JSON, ApiError, KubeClient
 from loka_operator.metrics import OperatorMetrics
-from loka_operator.status import Observed, StatusUpdate, calculate_status
+from loka_operator.status import Observed, StatusUpdate, calculate_status, status_changes
 
 log = logging.getLogger(__name__)
+
+# KubeRay's jobStatus values once the Ray job was running (PENDING: submitted, not started).
+RAN = frozenset({"RUNNING", "SUCCEEDED", "FAILED", "STOPPED"})
+# Lost races in a row before the reconcile gives up (and is retried with backoff like any failed reconcile).
+MAX_CONFLICTS = 5
 
 
 @dataclass
@@ -29,21 +41,52 @@ class StatusWriter:
         """The status the run now has; None when the run is gone (the caller forgets it)."""
         meta = body["metadata"]
         key = naming.run_key(meta["namespace"], meta["name"])
+        for _ in range(MAX_CONFLICTS):
+            update = self._calculate(body, previous, observed)
+            if not update.changes:
+                self.metrics.observe_phase(key, update.status.phase)
+                return update
+            patch = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": update.changes}
+            try:
+                written = await self.client.merge_patch(
+                    kinds.TRAINING_RUN, meta["namespace"], meta["name"], patch, subresource="status"
+                )
+            except ApiError as error:
+                if error.status == 404:
+                    return None
+                if error.status != 409:
+                    raise
+                fresh = await self.client.get(kinds.TRAINING_RUN, meta["namespace"], meta["name"])
+                if fresh is None or fresh["metadata"].get("uid") != meta.get("uid"):
+                    return None
+                body, meta = fresh, fresh["metadata"]
+                previous = TrainingRunStatus.model_validate(fresh.get("status") or {})
+                continue
+            self.cache.wrote(written)
+            self._landed(key, body, previous, update)
+            return update
+        raise ApiError(409, "Conflict", f"status of {key}: {MAX_CONFLICTS} writes in a row lost the race")
+
+    def _calculate(self, body: JSON, previous: TrainingRunStatus, observed: Observed) -> StatusUpdate:
+        """The next status, with the notices its transition owes recorded in it."""
         update = calculate_status(observed, previous)
+        try:
+            events = notifications.subscribed(TrainingRun.model_validate(body).spec)
+        except ValidationError:
+            events = frozenset()
+        job = ((observed.rayjob or {}).get("status") or {}).get("jobStatus")
+        ran = job in RAN or previous.failure is not None
+        due = notifications.owed(previous, update.status, events, ran=ran, now=observed.now)
+        if due:
+            update.status.notifications = notifications.bounded([*update.status.notifications, *due])
+            update.changes = status_changes(previous, update.status)
+        return update
+
+    def _landed(self, key: str, body: JSON, previous: TrainingRunStatus, update: StatusUpdate) -> None:
+        """What a transition does once its write landed (and only then): metrics, the Event, the log line."""
         self.metrics.observe_phase(key, update.status.phase)
         if update.left_queue_after is not None:
             self.metrics.queued_seconds.observe(update.left_queue_after)
-        if not update.changes:
-            return update
-        try:
-            written = await self.client.merge_patch(
-                kinds.TRAINING_RUN, meta["namespace"], meta["name"], {"status": update.changes}, subresource="status"
-            )
-        except ApiError as error:
-            if error.status == 404:
-                return None
-            raise
-        self.cache.wrote(written)
         queue = ((body.get("spec") or {}).get("queue") or {}).get("name") or ""
         for record in update.interrupted:
             self.metrics.interruptions.labels(reason=record.reason, queue=queue).inc()
@@ -55,4 +98,3 @@ class StatusWriter:
         if update.status.phase != previous.phase:
             reason = update.event.reason if update.event else ""
             log.info("run %s: %s -> %s (%s)", key, previous.phase, update.status.phase, reason)
-        return update

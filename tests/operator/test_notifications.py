@@ -1,11 +1,17 @@
 """Slack notifications on the real control plane. A local HTTP server stands in for Slack's incoming-webhook
-endpoint (the real Slack is not reachable from here); the operator posts to it with the Slack SDK's client."""
+endpoint (the real Slack is not reachable from here); the operator posts to it with the Slack SDK's client.
+
+Every notice goes out exactly once per (run, attempt, transition), whatever races it: the races are made to order
+(`interleave`), a trainer status patch landing while the operator's write is inside the API server, against an
+operator that keeps the default resync (600 s), so nothing there is rescued by the slow pass.
+"""
 
 from __future__ import annotations
 
 import http.server
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,8 +19,17 @@ from typing import Any
 
 import pytest
 
+from localcluster.controlplane import LocalCluster
 from localcluster.operator_process import OperatorProcess
-from tests.operator.conftest import drive_rayjob, eventually, run_manifest, wait_phase
+from tests.operator.conftest import (
+    NAMESPACE_PREFIX,
+    drive_rayjob,
+    eventually,
+    fresh_namespace,
+    run_manifest,
+    wait_phase,
+)
+from tests.operator.interleave import notice, status_writes
 from tests.operator.kube import Kube
 
 RUN = "notified"
@@ -174,3 +189,81 @@ def test_a_missing_webhook_secret_holds_the_run_like_any_referenced_secret(
     )
     assert "Secret 'loka-secrets' (keys slack-webhook) does not exist" in kube.status(ns, RUN)["message"]
     assert kube.rayjob(ns, RUN) is None
+
+
+# Not matched by the session operator's `<prefix>*`: this module's operator has these namespaces to itself.
+PREFIX = NAMESPACE_PREFIX.rstrip("-") + "n-"
+
+
+@pytest.fixture(scope="module")
+def slow_resync_operator(
+    cluster: LocalCluster, crd: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    log_path = tmp_path_factory.mktemp("operator-notices") / "loka-operator.log"
+    process = OperatorProcess(cluster, log_path, namespace_prefix=PREFIX, resync_seconds=None)
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def nns(kube: Kube) -> Iterator[str]:
+    yield from fresh_namespace(kube, PREFIX)
+
+
+def trainer_patch(kube: Kube, ns: str, step: int) -> None:
+    """What the run's trainer writes many times a run: its progress (the operator does not reconcile on it)."""
+    kube.patch_run_status(ns, RUN, {"progress": {"step": step}})
+
+
+def started(kube: Kube, ns: str) -> dict[str, Any]:
+    return notice(kube.run(ns, RUN) or {}, "Started")
+
+
+def test_a_notice_whose_record_keeps_losing_races_is_posted_once(
+    slow_resync_operator: OperatorProcess, cluster: LocalCluster, kube: Kube, nns: str, slack: SlackStandIn
+) -> None:
+    webhook_secret(kube, nns, slack.url)
+    beaten: list[int] = []
+
+    def beat_the_sent_record(old: dict[str, Any], new: dict[str, Any]) -> bool:
+        if notice(new, "Started").get("state") == "Sent" != notice(old, "Started").get("state") and len(beaten) < 6:
+            beaten.append(len(beaten))
+            trainer_patch(kube, new["metadata"]["namespace"], len(beaten))
+        return True
+
+    with status_writes(cluster, kube.api, nns) as writes:
+        writes.hook = beat_the_sent_record
+        kube.create_run(notified_run(nns))
+        wait_phase(kube, nns, RUN, "Running")
+        eventually(lambda: len(beaten) >= 5, timeout=30, what="five lost races of the Sent record")
+        time.sleep(1.5)  # a window in which a sender that gave up after five lost races would have
+        kube.patch_run(nns, RUN, {"maxRestarts": 2})  # a reconcile, which must not post it again
+        eventually(lambda: kube.status(nns, RUN).get("observedGeneration") == 2, what="the reconcile")
+        eventually(lambda: started(kube, nns).get("state") == "Sent", timeout=30, what="Started recorded Sent")
+    time.sleep(1.0)  # a window for a second post to arrive in, not a wait for state
+    assert len(slack.posts) == 1, slack.texts()
+    assert started(kube, nns)["tries"] == 1
+
+
+def test_a_claim_that_loses_to_a_trainer_patch_is_posted_at_once(
+    slow_resync_operator: OperatorProcess, cluster: LocalCluster, kube: Kube, nns: str, slack: SlackStandIn
+) -> None:
+    webhook_secret(kube, nns, slack.url)
+    beaten: list[int] = []
+
+    def beat_the_claim(old: dict[str, Any], new: dict[str, Any]) -> bool:
+        if notice(new, "Started").get("sender") and not notice(old, "Started").get("sender") and not beaten:
+            beaten.append(1)
+            trainer_patch(kube, new["metadata"]["namespace"], 1)
+        return True
+
+    with status_writes(cluster, kube.api, nns) as writes:
+        writes.hook = beat_the_claim
+        kube.create_run(notified_run(nns))
+        wait_phase(kube, nns, RUN, "Running")
+        # Nothing else happens to the run: only the sender's own retry can post it before the 600 s resync.
+        eventually(lambda: len(slack.posts) == 1, timeout=20, what="the Started post after a lost claim")
+    assert beaten, "the claim was raced"
+    assert "started (attempt 1)" in slack.posts[0]["text"]
+    eventually(lambda: started(kube, nns).get("state") == "Sent", timeout=10, what="Started recorded Sent")
