@@ -11,7 +11,8 @@
 - `loka_api.storage`: the one S3 wrapper; `loka_api.checkpoints`: the one reader of a run's checkpoints in S3.
 
 It imports neither `loka_operator` nor `loka_trainer` (`make lint` enforces it), and needs only pydantic
-(plus hydra-core for composition, and boto3 for `storage` and `checkpoints`, which the operator never imports).
+(plus hydra-core for composition, and boto3 for `storage` and `checkpoints`, which the operator imports only to read
+a source run's marker).
 """
 
 from loka_api.models import (

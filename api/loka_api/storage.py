@@ -1,8 +1,8 @@
 """The one S3 client wrapper: URIs, parallel transfers, small objects, listing and deletion.
 
 The trainer stages, uploads and restores through it; the client library lists and downloads checkpoints through
-it; the checkpoint reader (``loka_api.checkpoints``) is handed one. It needs boto3, which the trainer and cli
-extras install; the operator never imports it.
+it; the checkpoint reader (``loka_api.checkpoints``) is handed one. It needs boto3, which the trainer, cli and
+operator extras install; the operator uses it for one read only (a source run's marker, ``loka_operator.lineage``).
 
 Credentials and endpoint come from the standard AWS variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``), which the operator injects by ``secretKeyRef``, or from ``settings`` (a researcher's

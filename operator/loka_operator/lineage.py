@@ -6,27 +6,104 @@ The source's uid is recorded at first sight, so a source deleted (or replaced by
 the run waits fails it rather than leaving it waiting forever. Once recorded with its checkpoint, the lineage never
 changes: it survives the source's deletion.
 
+`fromRun: final` is the checkpoint the source's marker names once it succeeded, read from S3 (`read_marker`), never
+its status: the trainer's status patches are best effort, and a lost last one would hand over the checkpoint before
+the final one. The marker moves only after a checkpoint is complete (the contract), so it names the final one.
+
 `SourceWaiters` remembers which runs wait on which source, so that a watch event of the source (a new checkpoint,
 success, failure, deletion) reconciles exactly the runs waiting on it: no polling.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
 from loka_api import FromRun, RunPhase, SourceStatus, TrainingRun
-from loka_api.contract import FROM_RUN_FINAL, FROM_RUN_LATEST, checkpoint_uri, run_checkpoint_prefix
+from loka_api.contract import (
+    ENV_AWS_ENDPOINT,
+    FROM_RUN_FINAL,
+    FROM_RUN_LATEST,
+    MARKER_NAME,
+    checkpoint_uri,
+    run_checkpoint_prefix,
+)
 from loka_operator.kube import JSON
 from loka_operator.naming import run_key
 from loka_operator.status import Problem, SourceState
+
+log = logging.getLogger(__name__)
+
+# Why a run waits while the source's marker cannot be read (reconcile tries again after a while).
+MARKER_UNREADABLE = "SourceMarkerUnreadable"
 
 # A chain of fromRun longer than this is refused (and any loop is found within it).
 MAX_CHAIN = 32
 
 RunLookup = Callable[[str], JSON | None]  # a run of the same namespace by name, from the cache
+
+
+@dataclass(frozen=True)
+class Marker:
+    """The source's marker as read from S3: the newest complete checkpoint it names, or why it could not be read."""
+
+    step: int | None
+    error: str | None = None
+
+
+def marker_wanted(run: TrainingRun, source_body: JSON | None) -> TrainingRun | None:
+    """The source whose marker ``resolve`` needs: for `fromRun: final`, once the source succeeded, until the lineage
+    is recorded (then it never changes)."""
+    from_run = run.spec.model.from_run
+    recorded = run.status.source
+    if from_run is None or from_run.checkpoint != FROM_RUN_FINAL or source_body is None:
+        return None
+    if recorded is not None and recorded.uri is not None:
+        return None
+    if ((source_body.get("status") or {}).get("phase")) != RunPhase.SUCCEEDED.value:
+        return None
+    try:
+        return TrainingRun.model_validate(source_body)
+    except ValidationError:
+        return None
+
+
+async def read_marker(source: TrainingRun, settings: Mapping[str, str]) -> Marker:
+    """The final checkpoint of a source that succeeded, as its marker in S3 names it (the one reader of the layout,
+    in a thread: boto3 blocks); ``settings``: the AWS variables to read with (endpoint and credentials)."""
+    prefix = checkpoint_prefix_of(source)
+    if prefix is None:
+        return Marker(None)
+
+    def read() -> int | None:
+        from loka_api.checkpoints import CheckpointIndex
+        from loka_api.storage import ObjectStore, S3Uri
+
+        store = ObjectStore(settings=settings, concurrency=1)
+        return CheckpointIndex(store, S3Uri.parse(prefix)).latest_complete()
+
+    try:
+        return Marker(await asyncio.to_thread(read))
+    except Exception as error:  # unreachable store, refused credentials: say so, try again later
+        said = f"{type(error).__name__}: {error}"
+        for key, value in settings.items():  # the credentials never reach a log line or a condition
+            if key != ENV_AWS_ENDPOINT and len(value) >= 4:
+                said = said.replace(value, "<redacted>")
+        log.warning("cannot read the marker under %s: %s", prefix, said)
+        return Marker(None, error=said[:300])
+
+
+def storage_settings(run: TrainingRun, credentials: Mapping[str, str]) -> dict[str, str]:
+    """The AWS variables the run's trainer reads S3 with: its endpoint and its credentials Secret's keys."""
+    settings = dict(credentials)
+    endpoint = run.spec.storage.endpoint if run.spec.storage else None
+    if endpoint:
+        settings[ENV_AWS_ENDPOINT] = endpoint
+    return settings
 
 
 def checkpoint_prefix_of(source: TrainingRun) -> str | None:
@@ -67,8 +144,11 @@ def _loop(run: TrainingRun, lookup: RunLookup) -> list[str] | None:
     return None
 
 
-def resolve(run: TrainingRun, source_body: JSON | None, *, lookup: RunLookup) -> SourceState:
-    """Where ``run`` stands with the source its spec.model.fromRun names."""
+def resolve(
+    run: TrainingRun, source_body: JSON | None, *, lookup: RunLookup, marker: Marker | None = None
+) -> SourceState:
+    """Where ``run`` stands with the source its spec.model.fromRun names; ``marker``: the source's, read once it
+    succeeded when the run asks for its final checkpoint (`marker_wanted`)."""
     from_run = run.spec.model.from_run
     if from_run is None:
         msg = f"run {run.metadata.name!r} names no spec.model.fromRun"
@@ -119,6 +199,8 @@ def resolve(run: TrainingRun, source_body: JSON | None, *, lookup: RunLookup) ->
         )
 
     phase = source.status.phase
+    if from_run.checkpoint == FROM_RUN_FINAL and phase == RunPhase.SUCCEEDED:
+        return _final(name, uid, prefix, marker)
     saved = source.status.checkpoint.step if source.status.checkpoint else None
     every = source.spec.checkpoints.every if source.spec.checkpoints else 1
     step = _checkpoint_step(from_run.checkpoint, phase, saved, every)
@@ -143,12 +225,26 @@ def resolve(run: TrainingRun, source_body: JSON | None, *, lookup: RunLookup) ->
     return waiting("WaitingForSource", f"waiting for run {name!r} to have {wanted} ({_describe(source)})", seen)
 
 
+def _final(name: str, uid: str, prefix: str, marker: Marker | None) -> SourceState:
+    """The final checkpoint of a source that succeeded: the one its marker names."""
+    seen = SourceStatus(run=name, uid=uid)
+    where = f"{prefix}/{MARKER_NAME}"
+    if marker is None:
+        problem = Problem("ReadingSourceMarker", f"reading the marker of source run {name!r} ({where})")
+        return SourceState(seen, waiting=problem)
+    if marker.error is not None:
+        message = f"cannot read the marker of source run {name!r} ({where}): {marker.error}; trying again"
+        return SourceState(seen, waiting=Problem(MARKER_UNREADABLE, message))
+    if marker.step is None:
+        message = f"source run {name!r} succeeded without a complete checkpoint (its marker {where} names none)"
+        return SourceState(seen, failed=Problem("SourceEnded", message))
+    return SourceState(SourceStatus(run=name, uid=uid, step=marker.step, uri=checkpoint_uri(prefix, marker.step)))
+
+
 def _checkpoint_step(wanted: str, phase: RunPhase | None, saved: int | None, every: int) -> int | None:
-    """The source checkpoint to start from, or None while there is none to take."""
-    if saved is None:
+    """The source checkpoint to start from, or None while there is none to take (`final`: see `_final`)."""
+    if saved is None or wanted == FROM_RUN_FINAL:
         return None
-    if wanted == FROM_RUN_FINAL:
-        return saved if phase == RunPhase.SUCCEEDED else None
     if wanted == FROM_RUN_LATEST:
         return saved
     # A step the source passed is in S3 if it saved it (every N steps): the trainer checks its manifest, and says

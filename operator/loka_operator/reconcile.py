@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 
 from loka_api import QueueSpec, TrainingRun, TrainingRunStatus, kinds, secret_routes
+from loka_api.contract import STORAGE_SECRET_KEYS
 from loka_operator import builders, kueue, lineage, naming
 from loka_operator.builders.environment import image_servers, serving
 from loka_operator.cache import Children, RunCache, WriteLedger
@@ -183,7 +184,7 @@ class Reconciler:
 
         # 2. secrets, until the run launched (key names only: no value is read for the check)
         missing = None if launched or finished(previous) else await self._missing_secrets(run)
-        requeue = self._secret_retry(key, waiting=missing is not None)
+        requeue = _sooner(self._secret_retry(key, waiting=missing is not None), self._source_retry(source))
 
         if missing is None and blocked is None and not waits_for_source:
             rayjob, blocked = await self._create_children(run, rayjob, check_first=drift)
@@ -265,12 +266,33 @@ class Reconciler:
             body = await self.client.get(kinds.TRAINING_RUN, namespace, from_run.name)
         if body is not None and body["metadata"].get("deletionTimestamp"):
             body = None  # going away: it will not produce the checkpoint
-        state = lineage.resolve(run, body, lookup=lambda name: self.cache.run(naming.run_key(namespace, name)))
+        marker = None
+        if (source := lineage.marker_wanted(run, body)) is not None:
+            marker = await lineage.read_marker(source, lineage.storage_settings(run, await self._s3_credentials(run)))
+        state = lineage.resolve(
+            run, body, lookup=lambda name: self.cache.run(naming.run_key(namespace, name)), marker=marker
+        )
         if state.waiting is not None:
             self.waiters.wait(key, source_key)
         else:
             self.waiters.done(key)
         return state
+
+    def _source_retry(self, source: SourceState | None) -> float | None:
+        """How soon to look again at a source whose marker could not be read (the store may answer next time)."""
+        if source is None or source.waiting is None or source.waiting.reason != lineage.MARKER_UNREADABLE:
+            return None
+        return self.config.refused_retry_seconds
+
+    async def _s3_credentials(self, run: TrainingRun) -> dict[str, str]:
+        """The keys of the run's S3 credentials Secret (what its trainer reads with); none: the default chain."""
+        secret = run.spec.storage.credentials_secret if run.spec.storage else None
+        if secret is None:
+            return {}
+        body = await self.client.get(kinds.SECRET, run.metadata.namespace, secret)
+        data = (body or {}).get("data") or {}
+        del body
+        return {key: _decoded(data[key]) for key in STORAGE_SECRET_KEYS if key in data}
 
     async def _missing_secrets(self, run: TrainingRun) -> Problem | None:
         namespace = run.metadata.namespace

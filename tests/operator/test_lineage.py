@@ -2,7 +2,8 @@
 names the source), launches from it once it exists, and fails when the source fails or is deleted.
 
 The source's trainer is stood in for as the operator tests do elsewhere: its RayJob's end is written into the
-RayJob status, its checkpoint into the run's status (the fields the trainer owns).
+RayJob status, its checkpoint into the run's status (the fields the trainer owns) and, where the test needs it, into
+MinIO the way the trainer writes it (a manifest, then the marker).
 """
 
 from __future__ import annotations
@@ -11,7 +12,12 @@ import re
 import time
 from typing import Any
 
+from localcluster.controlplane import S3_BUCKET, LocalCluster
 from localcluster.operator_process import OperatorProcess
+from loka_api.checkpoints import CheckpointIndex, CheckpointRecord, marker_body
+from loka_api.contract import MANIFEST_NAME
+from loka_api.manifest import CheckpointManifest, Writer
+from loka_api.storage import ObjectStore
 from tests.operator.conftest import drive_rayjob, eventually, run_manifest, wait_phase
 from tests.operator.kube import Kube
 
@@ -28,8 +34,29 @@ def sft_manifest(ns: str, **spec: Any) -> dict[str, Any]:
     )
 
 
-def grpo_manifest(ns: str, checkpoint: str = "final") -> dict[str, Any]:
-    return run_manifest(GRPO, ns, model={"fromRun": {"name": SFT, "checkpoint": checkpoint}})
+def grpo_manifest(ns: str, checkpoint: str = "final", **spec: Any) -> dict[str, Any]:
+    return run_manifest(GRPO, ns, model={"fromRun": {"name": SFT, "checkpoint": checkpoint}}, **spec)
+
+
+def s3_storage(cluster: LocalCluster, kube: Kube, ns: str) -> dict[str, Any]:
+    """spec.storage on the local MinIO, with the credentials Secret it names."""
+    env = cluster.env
+    keys = {k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    kube.core.create_namespaced_secret(ns, {"metadata": {"name": "loka-s3"}, "stringData": keys})
+    return {"storage": {"endpoint": cluster.s3_endpoint, "credentialsSecret": "loka-s3"}}
+
+
+def save_checkpoint_in_s3(cluster: LocalCluster, kube: Kube, ns: str, name: str, step: int) -> None:
+    """What the source's trainer writes when a checkpoint is complete: its manifest, then the marker naming it."""
+    uid = (kube.run(ns, name) or {})["metadata"]["uid"]
+    index = CheckpointIndex.of_run(
+        ObjectStore(settings=cluster.env), f"s3://{S3_BUCKET}/checkpoints", namespace=ns, run_name=name, uid=uid
+    )
+    writer = Writer(1, f"{name}-head")
+    manifest = CheckpointManifest(step=step, files=(), created="2026-12-07T04:00:00Z", writer=writer, run_uid=uid)
+    index.store.put_bytes(index.step_uri(step).join(MANIFEST_NAME), manifest.to_json())
+    record = CheckpointRecord(step, str(index.step_uri(step)), manifest.created)
+    index.store.put_bytes(index.marker_uri, marker_body(record, writer))
 
 
 def report_checkpoint(kube: Kube, ns: str, name: str, step: int) -> None:
@@ -47,11 +74,12 @@ def reconciles(operator: OperatorProcess) -> float:
 
 
 def test_a_run_waits_for_its_sources_final_checkpoint_and_then_launches_from_it(
-    operator: OperatorProcess, kube: Kube, ns: str
+    operator: OperatorProcess, cluster: LocalCluster, kube: Kube, ns: str
 ) -> None:
-    source = kube.create_run(sft_manifest(ns))
+    storage = s3_storage(cluster, kube, ns)
+    source = kube.create_run(sft_manifest(ns, **storage))
     wait_phase(kube, ns, SFT, "Running")
-    kube.create_run(grpo_manifest(ns))
+    kube.create_run(grpo_manifest(ns, **storage))
 
     waiting = eventually(
         lambda: kube.condition(ns, GRPO, "SourceReady").get("reason") == "WaitingForSource" and kube.status(ns, GRPO),
@@ -77,8 +105,12 @@ def test_a_run_waits_for_its_sources_final_checkpoint_and_then_launches_from_it(
         what="the wait to show the source's progress",
     )
     assert kube.rayjob(ns, GRPO) is None
+    # The final checkpoint (step 50) is complete in S3, but the trainer's last status patch, best effort, was lost:
+    # status still says 40.
+    save_checkpoint_in_s3(cluster, kube, ns, SFT, 50)
     drive_rayjob(kube, ns, SFT, "Complete", "SUCCEEDED")
     wait_phase(kube, ns, SFT, "Succeeded")
+    assert kube.status(ns, SFT)["checkpoint"]["step"] == 40
 
     rayjob = eventually(lambda: kube.rayjob(ns, GRPO), timeout=60, what="the run to launch once the source succeeded")
     assert rayjob["metadata"]["name"] == GRPO
@@ -86,8 +118,8 @@ def test_a_run_waits_for_its_sources_final_checkpoint_and_then_launches_from_it(
     assert status["source"] == {
         "run": SFT,
         "uid": source["metadata"]["uid"],
-        "step": 40,
-        "uri": f"s3://loka/checkpoints/{ns}/{SFT}/{source['metadata']['uid']}/global_step_40",  # keyed by its uid
+        "step": 50,  # what the source's marker names
+        "uri": f"s3://loka/checkpoints/{ns}/{SFT}/{source['metadata']['uid']}/global_step_50",  # keyed by its uid
     }
     assert kube.condition(ns, GRPO, "SourceReady")["status"] == "True"
 
@@ -95,7 +127,7 @@ def test_a_run_waits_for_its_sources_final_checkpoint_and_then_launches_from_it(
     kube.delete_run(ns, SFT)
     eventually(lambda: kube.run(ns, SFT) is None, timeout=60, what="the source to be deleted")
     wait_phase(kube, ns, GRPO, "Running")
-    assert kube.status(ns, GRPO)["source"]["step"] == 40
+    assert kube.status(ns, GRPO)["source"]["step"] == 50
 
 
 def test_a_failed_source_fails_the_waiting_run_with_its_reason(operator: OperatorProcess, kube: Kube, ns: str) -> None:

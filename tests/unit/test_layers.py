@@ -62,7 +62,7 @@ def test_the_repository_keeps_the_import_contracts() -> None:
         ("client/loka_client/__init__.py", "import loka_trainer.staging", "client library stands on the core only"),
         ("operator/loka_operator/reconcile.py", "import loka_cli.views", "nothing in the images imports"),
         ("trainer-image/loka_trainer/runner.py", "import loka_client", "nothing in the images imports"),
-        ("operator/loka_operator/lineage.py", "import loka_api.checkpoints", "operator never reaches S3"),
+        ("operator/loka_operator/reconcile.py", "import loka_api.checkpoints", "operator reaches S3 only"),
     ],
 )
 def test_a_wrong_import_breaks_the_contract_and_is_named(

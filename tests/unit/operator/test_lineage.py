@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from loka_api import RunPhase, SourceStatus, TrainingRun
-from loka_operator.lineage import SourceWaiters, resolve
+from loka_operator.lineage import Marker, SourceWaiters, resolve
 from loka_operator.status import Observed, SourceState, calculate_status
 
 NS = "team-a"
@@ -71,7 +71,7 @@ def test_a_final_checkpoint_is_waited_for_until_the_source_succeeds() -> None:
     assert "Running, checkpoint step 20" in state.waiting.message
     assert state.source == SourceStatus(run="sft", uid="uid-sft")  # the uid is recorded at first sight
 
-    ready = resolve(waiting_run(), source("Succeeded", 30), lookup=no_runs)
+    ready = resolve(waiting_run(), source("Succeeded", 30), lookup=no_runs, marker=Marker(30))
     assert ready.ready
     uri = f"{CKPT}/{NS}/sft/uid-sft/global_step_30"
     assert ready.source == SourceStatus(run="sft", uid="uid-sft", step=30, uri=uri)
@@ -79,7 +79,7 @@ def test_a_final_checkpoint_is_waited_for_until_the_source_succeeds() -> None:
 
 def test_the_checkpoint_handed_over_is_the_one_under_the_source_runs_uid() -> None:
     # Checkpoints are keyed by run uid: a later run of the same name never hands over its own.
-    state = resolve(waiting_run(), source("Succeeded", 30, uid="uid-second"), lookup=no_runs)
+    state = resolve(waiting_run(), source("Succeeded", 30, uid="uid-second"), lookup=no_runs, marker=Marker(30))
     assert state.source.uid == "uid-second"
     assert state.source.uri == f"{CKPT}/{NS}/sft/uid-second/global_step_30"
 
@@ -213,7 +213,7 @@ def test_a_failed_source_makes_the_run_failed_with_a_warning_event() -> None:
 
 
 def test_a_resolved_source_is_recorded_before_anything_launches() -> None:
-    state = resolve(waiting_run(), source("Succeeded", 30), lookup=no_runs)
+    state = resolve(waiting_run(), source("Succeeded", 30), lookup=no_runs, marker=Marker(30))
     first = calculate_status(observe(state), waiting_run().status).status
     assert (first.phase, condition(first, "SourceReady").status) == (RunPhase.PENDING, "True")
     assert "checkpoint step 30 of run 'sft'" in (first.message or "")
@@ -222,3 +222,16 @@ def test_a_resolved_source_is_recorded_before_anything_launches() -> None:
     again = calculate_status(observe(state), first).status
     assert again.conditions[0].type == "Valid"
     assert "creating the RayJob" in (again.message or "")
+
+
+def test_a_final_checkpoint_is_the_one_the_sources_marker_names_not_its_status() -> None:
+    # The source's last status patch was lost: status says step 20, its marker in S3 names step 30.
+    asked = resolve(waiting_run(), source("Succeeded", 20), lookup=no_runs)
+    assert asked.waiting is not None and asked.waiting.reason == "ReadingSourceMarker"
+    final = resolve(waiting_run(), source("Succeeded", 20), lookup=no_runs, marker=Marker(30))
+    assert final.source.step == 30 and final.source.uri == f"{CKPT}/{NS}/sft/uid-sft/global_step_30"
+    unreadable = resolve(waiting_run(), source("Succeeded", 20), lookup=no_runs, marker=Marker(None, "EndpointError"))
+    assert unreadable.waiting is not None and unreadable.waiting.reason == "SourceMarkerUnreadable"
+    assert f"{CKPT}/{NS}/sft/uid-sft/latest" in unreadable.waiting.message
+    none = resolve(waiting_run(), source("Succeeded", 20), lookup=no_runs, marker=Marker(None))
+    assert none.failed is not None and none.failed.reason == "SourceEnded"
