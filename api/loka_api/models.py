@@ -27,6 +27,14 @@ from loka_api.contract import (
     STEP_FOLDER_PREFIX,
 )
 
+# spec.deadline.seconds: a year at most (runs beyond that are not one run).
+MAX_DEADLINE_SECONDS = 31_536_000
+# CEL: the run's grace period, defaulted as the API server defaults it.
+_GRACE_PERIOD_CEL = (
+    "(has(self.preemption) && has(self.preemption.gracePeriodSeconds) ? self.preemption.gracePeriodSeconds : "
+    f"{DEFAULT_GRACE_PERIOD_SECONDS})"
+)
+
 GROUP = "loka.dev"
 VERSION = "v1alpha1"
 KIND = "TrainingRun"
@@ -62,9 +70,18 @@ Quantity = Annotated[
 ]
 
 
-def cel(rule: str, message: str, *, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:
-    """One `x-kubernetes-validations` entry."""
+def cel(
+    rule: str,
+    message: str,
+    *,
+    field_path: str | None = None,
+    reason: str | None = None,
+    message_expression: str | None = None,
+) -> dict[str, str]:
+    """One `x-kubernetes-validations` entry (``message_expression``: a CEL string that may quote the bad value)."""
     entry = {"rule": rule, "message": message}
+    if message_expression:
+        entry["messageExpression"] = message_expression
     if field_path:
         entry["fieldPath"] = field_path
     if reason:
@@ -535,6 +552,20 @@ class PreemptionSpec(LokaModel):
     )
 
 
+class DeadlineSpec(LokaModel):
+    """A wall-time limit for the whole run, across its attempts."""
+
+    seconds: int = Field(
+        ge=1,
+        le=MAX_DEADLINE_SECONDS,
+        description=(
+            "Wall seconds from the run's first start (status.startTime), counting every attempt and the time it "
+            "stood suspended or queued between them. Then the attempt in flight saves the step it is on (within "
+            "spec.preemption.gracePeriodSeconds) and the run ends Failed with reason DeadlineExceeded."
+        ),
+    )
+
+
 class StorageSpec(LokaModel):
     endpoint: str | None = Field(
         default=None,
@@ -621,7 +652,7 @@ RUN_SHAPING_FIELDS: tuple[str, ...] = (
     "huggingface",
     "preemption",
 )
-MUTABLE_FIELDS: tuple[str, ...] = ("suspend", "maxRestarts", "ttlSecondsAfterFinished", "notifications")
+MUTABLE_FIELDS: tuple[str, ...] = ("suspend", "maxRestarts", "ttlSecondsAfterFinished", "notifications", "deadline")
 
 
 class TrainingRunSpec(LokaModel):
@@ -647,6 +678,17 @@ class TrainingRunSpec(LokaModel):
                 "!has(self.training.miniBatchSize) || self.training.miniBatchSize <= self.training.batchSize",
                 "training.miniBatchSize must not exceed training.batchSize",
                 field_path=".training.miniBatchSize",
+            ),
+            cel(
+                f"!has(self.deadline) || self.deadline.seconds > {_GRACE_PERIOD_CEL}",
+                "spec.deadline.seconds must be longer than spec.preemption.gracePeriodSeconds "
+                f"(default {DEFAULT_GRACE_PERIOD_SECONDS}): the run needs that window for its final save",
+                field_path=".deadline.seconds",
+                message_expression=(
+                    "'spec.deadline.seconds is ' + string(self.deadline.seconds) + ': it must be longer than "
+                    "spec.preemption.gracePeriodSeconds (' + string("
+                    f"{_GRACE_PERIOD_CEL}) + '), the window of its final save at the deadline'"
+                ),
             ),
         )
     )
@@ -706,6 +748,14 @@ class TrainingRunSpec(LokaModel):
         default=None,
         description=(
             f"Save on preemption or suspension: the grace period to save in (default {DEFAULT_GRACE_PERIOD_SECONDS} s)."
+        ),
+    )
+
+    deadline: DeadlineSpec | None = Field(
+        default=None,
+        description=(
+            "Wall-time limit of the whole run across attempts, from its first start; it ends Failed "
+            "(DeadlineExceeded) after a final save. May be changed while the run runs."
         ),
     )
 

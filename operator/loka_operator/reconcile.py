@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from loka_api import QueueSpec, TrainingRun, TrainingRunStatus, kinds, secret_routes
 from loka_api.contract import STORAGE_SECRET_KEYS
-from loka_operator import builders, kueue, lineage, naming
+from loka_operator import builders, deadline, kueue, lineage, naming
 from loka_operator.builders.environment import image_servers, serving
 from loka_operator.cache import Children, RunCache, WriteLedger
 from loka_operator.children import (
@@ -85,6 +85,10 @@ def _servers_follow(run: TrainingRun, update: StatusUpdate | None) -> float | No
     if update is None or not image_servers(run.spec):
         return None
     return 0.0 if serving(run) != serving(run.model_copy(update={"status": update.status})) else None
+
+
+def _plus_one(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds + 1
 
 
 def _sooner(a: float | None, b: float | None) -> float | None:
@@ -184,9 +188,14 @@ class Reconciler:
 
         # 2. secrets, until the run launched (key names only: no value is read for the check)
         missing = None if launched or finished(previous) else await self._missing_secrets(run)
-        requeue = _sooner(self._secret_retry(key, waiting=missing is not None), self._source_retry(source))
+        expired = deadline.exceeded(spec, previous, base.now)
+        requeue = _sooner(
+            _sooner(self._secret_retry(key, waiting=missing is not None), self._source_retry(source)),
+            _plus_one(deadline.seconds_until(spec, previous, base.now)),
+        )
 
-        if missing is None and blocked is None and not waits_for_source:
+        # Past its deadline nothing launches again (a run it already ended only has its side services stopped).
+        if missing is None and blocked is None and not waits_for_source and (not expired or finished(previous)):
             rayjob, blocked = await self._create_children(run, rayjob, check_first=drift)
         if blocked is not None:
             requeue = _sooner(requeue, self._retry_after(blocked))
@@ -197,14 +206,8 @@ class Reconciler:
             if workload is not None and not self._rayjob_finished(rayjob):
                 workload = await self._follow_suspend(key, workload, spec.suspend)
 
-        rayjob = await self._stop_if_permanent(run, rayjob)
-        if rayjob is not None and spec.ttl_seconds_after_finished is not None:
-            left = self._ttl_left(key, rayjob, spec.ttl_seconds_after_finished)
-            if left is not None and left <= 0:
-                await self._delete_rayjob(run, rayjob, why="ttlSecondsAfterFinished passed")
-                rayjob = None
-            elif left is not None:
-                requeue = _sooner(requeue, left + 1)
+        rayjob, ended_by_deadline, later = await self._stop_or_clean_up(run, rayjob, expired)
+        requeue = _sooner(requeue, later)
 
         # 6. status
         observed = replace(
@@ -215,6 +218,7 @@ class Reconciler:
             blocked=blocked,
             rayjob=await self._readable(run, rayjob),
             workload=workload,
+            deadline=ended_by_deadline,
         )
         update = await self._write_status(body, previous, observed)
         if source is not None and source.ready and waits_for_source and update is not None:
@@ -511,7 +515,12 @@ class Reconciler:
             if spec.suspend:
                 return None, None  # nothing to suspend yet: launch when resumed
             manifest = builders.build_rayjob(
-                spec, run=name, namespace=namespace, uid=run.metadata.uid, settings=self.config.rayjob
+                spec,
+                run=name,
+                namespace=namespace,
+                uid=run.metadata.uid,
+                settings=self.config.rayjob,
+                active_deadline_seconds=deadline.active_deadline_seconds(spec, run.status, None, now()),
             )
             created, problem = await self._create(RAY_JOB, run, manifest)
             if created is not None and problem is None:
@@ -520,6 +529,13 @@ class Reconciler:
         patch: JSON = {}
         if rayjob.get("spec", {}).get("backoffLimit") != spec.max_restarts:
             patch["backoffLimit"] = spec.max_restarts
+        # KubeRay's clock restarts with each attempt: keep it pointed at the run's deadline (None removes it).
+        # Before KubeRay started this attempt's clock, the value the RayJob was created with stands.
+        timed = bool((rayjob.get("status") or {}).get("startTime")) or spec.deadline is None
+        active_deadline = deadline.active_deadline_seconds(spec, run.status, rayjob, now())
+        current = rayjob.get("spec", {}).get("activeDeadlineSeconds")
+        if timed and current != active_deadline and not self._rayjob_finished(rayjob):
+            patch["activeDeadlineSeconds"] = active_deadline
         # Under Kueue, suspend belongs to Kueue (driven through the Workload); otherwise it is ours.
         if spec.queue is None and bool(rayjob.get("spec", {}).get("suspend", False)) != spec.suspend:
             patch["suspend"] = spec.suspend
@@ -567,6 +583,44 @@ class Reconciler:
             return rayjob
         await self._delete_rayjob(run, rayjob, why="the trainer's failure is permanent")
         return None
+
+    async def _stop_or_clean_up(
+        self, run: TrainingRun, rayjob: JSON | None, expired: Problem | None
+    ) -> tuple[JSON | None, Problem | None, float | None]:
+        """The RayJob after the steps that stop or remove it (a permanent failure, the deadline, the TTL after the
+        run finished); why the deadline ended the run; when to look again."""
+        rayjob = await self._stop_if_permanent(run, rayjob)
+        ended_by_deadline, requeue = await self._stop_at_deadline(run, rayjob, expired)
+        if ended_by_deadline is not None and rayjob is not None and not self._rayjob_finished(rayjob):
+            rayjob = None  # deleted: the run ends with the checkpoint its trainer saves on the way out
+        ttl = run.spec.ttl_seconds_after_finished
+        if rayjob is not None and ttl is not None:
+            key = naming.run_key(run.metadata.namespace, run.metadata.name)
+            left = self._ttl_left(key, rayjob, ttl)
+            if left is not None and left <= 0:
+                await self._delete_rayjob(run, rayjob, why="ttlSecondsAfterFinished passed")
+                rayjob = None
+            elif left is not None:
+                requeue = _sooner(requeue, left + 1)
+        return rayjob, ended_by_deadline, requeue
+
+    async def _stop_at_deadline(
+        self, run: TrainingRun, rayjob: JSON | None, expired: Problem | None
+    ) -> tuple[Problem | None, float | None]:
+        """spec.deadline passed: (why the run ends, when no attempt runs any more; seconds until KubeRay is given up
+        on). KubeRay stops an attempt it times itself (activeDeadlineSeconds); any other RayJob that has not
+        finished is deleted here (a suspended or queued run, or one KubeRay has not stopped shortly after)."""
+        if expired is None or run.spec.deadline is None:
+            return None, None
+        if rayjob is None or self._rayjob_finished(rayjob) or finished(run.status):
+            succeeded = ((rayjob or {}).get("status") or {}).get("jobStatus") == "SUCCEEDED"
+            return (None if succeeded else expired), None
+        ends = deadline.deadline_at(run.spec, run.status)
+        late = (now() - ends).total_seconds() if ends is not None else 0.0
+        if deadline.kuberay_timing(rayjob) and late < deadline.KUBERAY_SLACK_S:
+            return None, deadline.KUBERAY_SLACK_S - late
+        await self._delete_rayjob(run, rayjob, why="spec.deadline passed")
+        return expired, None
 
     async def _delete_rayjob(self, run: TrainingRun, rayjob: JSON, *, why: str) -> None:
         namespace, name = run.metadata.namespace, rayjob["metadata"]["name"]

@@ -37,6 +37,9 @@ KUEUE_PREEMPTION = (workloads.PREEMPTED, workloads.EVICTED)
 # Kueue's reason (and reason prefix, e.g. DeactivatedDueToRequeuingLimitExceeded) for an inactive Workload.
 DEACTIVATED = "Deactivated"
 
+# The run passed spec.deadline (loka_operator.deadline): it ends Failed with this reason.
+DEADLINE_EXCEEDED = "DeadlineExceeded"
+
 # KubeRay jobDeploymentStatus values (ray-operator apis/ray/v1/rayjob_types.go).
 RJ_NEW = ""
 RJ_INITIALIZING = "Initializing"
@@ -92,6 +95,7 @@ class Observed:
     rayjob: dict[str, Any] | None = None
     workload: dict[str, Any] | None = None
     gpus: int = 0  # the run's GPUs (workers x gpusPerWorker): what an interruption's lost steps cost
+    deadline: Problem | None = None  # spec.deadline passed and no attempt runs any more (loka_operator.deadline)
 
 
 @dataclass(frozen=True)
@@ -190,6 +194,8 @@ def decide_phase(obs: Observed, previous: TrainingRunStatus) -> Verdict:
     if prev not in TERMINAL and (failure := permanent_failure(previous)) is not None:
         # No retry on a new Ray cluster could help: the run ends now, whatever KubeRay would do next.
         return Verdict(RunPhase.FAILED, failure.reason, previous.message or f"the trainer failed: {failure.reason}")
+    if obs.deadline is not None and (prev not in TERMINAL or _ended_by(previous, DEADLINE_EXCEEDED)):
+        return Verdict(RunPhase.FAILED, obs.deadline.reason, obs.deadline.message)
     if obs.rayjob is None:
         if finished(previous) and prev is not None:
             # The run ended (or its source failed it) and its RayJob, if any, was removed after the TTL: it keeps
@@ -258,6 +264,11 @@ def _ending_condition(status: TrainingRunStatus) -> Condition | None:
     """The Succeeded or Failed condition that says why a finished run ended."""
     kind = ConditionType.SUCCEEDED if status.phase == RunPhase.SUCCEEDED else ConditionType.FAILED
     return next((c for c in status.conditions if c.type == kind.value and c.status == "True"), None)
+
+
+def _ended_by(status: TrainingRunStatus, reason: str) -> bool:
+    ended = _ending_condition(status)
+    return status.phase in TERMINAL and ended is not None and ended.reason == reason
 
 
 def _source_ready_message(source: SourceStatus) -> str:
@@ -445,7 +456,8 @@ def _message(previous: TrainingRunStatus, verdict: Verdict) -> str | None:
     """The operator explains waits; during and at the end of an active attempt the trainer's words win."""
     if verdict.phase in ACTIVE:
         return previous.message if verdict.phase == previous.phase else None
-    trainer_spoke = previous.phase in ACTIVE and bool(previous.message)
+    # The deadline's words win over the trainer's last: they say why a run that was training ends.
+    trainer_spoke = previous.phase in ACTIVE and bool(previous.message) and verdict.reason != DEADLINE_EXCEEDED
     if verdict.phase in TERMINAL and (verdict.phase == previous.phase or trainer_spoke):
         return previous.message
     return brief(verdict.message)
@@ -468,7 +480,7 @@ def calculate_status(obs: Observed, previous: TrainingRunStatus) -> StatusUpdate
     verdict = decide_phase(obs, previous)
     restarts = _restarts(obs.rayjob)
     retried = restarts is not None and restarts > (previous.restarts or 0) and verdict.phase not in TERMINAL
-    if verdict.phase == RunPhase.FAILED or retried:
+    if (verdict.phase == RunPhase.FAILED and verdict.reason != DEADLINE_EXCEEDED) or retried:
         # The condition and the Event carry the cause: the trainer's own words when it gave them.
         said = _trainers_cause(previous) or verdict.message
         if retried:

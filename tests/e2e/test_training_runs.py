@@ -9,6 +9,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -183,6 +184,42 @@ def test_a_preempted_run_with_an_explicit_resume_continues_from_its_own_latest_c
         exported = response.read().decode()
     preempted = re.findall(r'loka_run_interruptions_total\{queue="e2e",reason="(Preempted[^"]*)"\} (\S+)', exported)
     assert preempted and float(preempted[0][1]) >= 1, exported[-2000:]
+
+
+def test_a_deadline_ends_the_run_failed_with_a_final_checkpoint_of_the_step_it_was_on(
+    cluster: LocalCluster, stack: DemoStack, e2e_namespace: str
+) -> None:
+    # No periodic checkpoint before the deadline (every 1000): what S3 holds at the end is the save on the way out.
+    manifest = run_manifest(
+        e2e_namespace, "deadline", training={"maxSteps": 400}, checkpoints={"every": 1000},
+        preemption={"gracePeriodSeconds": 30}, deadline={"seconds": 40},
+    )  # fmt: skip
+    watch = apply(cluster, manifest)
+    watch.until(lambda s: (s.get("progress") or {}).get("step", 0) >= 1, timeout=180, what="a first step")
+    failed = watch.until(lambda s: s.get("phase") == "Failed", timeout=120, what="the deadline to end the run")
+    ended = condition(failed, "Failed")
+    assert ended.get("reason") == "DeadlineExceeded", failed
+    assert "spec.deadline.seconds 40" in ended.get("message", ""), ended
+    started = datetime.fromisoformat(failed["startTime"].replace("Z", "+00:00"))
+    stopped = datetime.fromisoformat(failed["completionTime"].replace("Z", "+00:00"))
+    assert 40 <= (stopped - started).total_seconds() < 40 + 30, (started, stopped)
+
+    # The trainer saved the step it was on before its Ray job ended: the marker names that checkpoint, complete.
+    saved = watch.until(
+        lambda s: bool((s.get("checkpoint") or {}).get("step")), timeout=60, what="the final checkpoint"
+    )
+    step = saved["checkpoint"]["step"]
+    assert step >= (failed.get("progress") or {}).get("step", 0) >= 1, saved
+    keys = checkpoint_keys(cluster, manifest)
+    prefix = saved["checkpoint"]["uri"].removeprefix(f"s3://{S3_BUCKET}/")
+    assert f"{prefix}/loka-manifest.json" in keys, keys
+    marker = json.loads(
+        s3_client(cluster)
+        .get_object(Bucket=S3_BUCKET, Key=prefix.rsplit("/global_step_", 1)[0] + "/latest")["Body"]
+        .read()
+    )
+    assert marker["step"] == step
+    assert condition(watch.status(), "Failed").get("reason") == "DeadlineExceeded", "the reason stays"
 
 
 def test_a_bad_reward_function_fails_the_run_with_the_trainers_error_after_max_restarts(

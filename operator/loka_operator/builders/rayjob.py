@@ -224,8 +224,10 @@ def build_rayjob(
     namespace: str,
     uid: str,
     settings: RayJobSettings,
+    active_deadline_seconds: int | None = None,
 ) -> Manifest:
-    """The RayJob for a run. Under Kueue, `suspend` is Kueue's to flip, so it is only set for unqueued runs."""
+    """The RayJob for a run. Under Kueue, `suspend` is Kueue's to flip, so it is only set for unqueued runs.
+    ``active_deadline_seconds``: what is left of spec.deadline for the attempt (loka_operator.deadline)."""
     resources = spec.resources
     storage_class = resources.disk_storage_class or settings.disk_storage_class
     head = _pod_template(
@@ -291,6 +293,8 @@ def build_rayjob(
         rayjob_spec["submitterPodTemplate"] = _submitter_template(spec, run, settings)
     if spec.queue is None:
         rayjob_spec["suspend"] = spec.suspend
+    if active_deadline_seconds is not None:
+        rayjob_spec["activeDeadlineSeconds"] = active_deadline_seconds
     manifest = RAY_JOB.manifest(naming.rayjob_name(run), run=run, namespace=namespace, uid=uid)
     labels = manifest["metadata"]["labels"]
     if spec.queue is not None:
