@@ -24,6 +24,7 @@ from typing import Generic, Protocol, TypeVar
 from loka_api.contract import (
     MANIFEST_NAME,
     MARKER_NAME,
+    PINS_FOLDER,
     STEP_FOLDER,
     STEP_FOLDER_PREFIX,
     run_checkpoint_prefix,
@@ -179,6 +180,19 @@ class CheckpointIndex(Generic[Store]):
     @property
     def marker_uri(self) -> S3Uri:
         return self.prefix.join(MARKER_NAME)
+
+    @property
+    def pins_uri(self) -> S3Uri:
+        return self.prefix.join(PINS_FOLDER)
+
+    def pin_uri(self, step: int, holder: str) -> S3Uri:
+        """The pin of checkpoint ``step`` that the run of uid ``holder`` needs."""
+        return self.pins_uri.join(step_folder(step)).join(holder)
+
+    def pinned_steps(self) -> list[int]:
+        """The steps some dependent run still needs (a pin object under ``pins/``): pruning keeps them."""
+        names = self.store.list_folders(self.pins_uri)
+        return sorted({int(m.group(1)) for name in names if (m := STEP_FOLDER.match(name))})
 
     def all_steps(self) -> list[int]:
         """Every ``global_step_N`` folder under the prefix, complete or not, oldest first."""

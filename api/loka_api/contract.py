@@ -127,6 +127,8 @@ STEP_FOLDER_PREFIX = "global_step_"
 STEP_FOLDER = re.compile(rf"^{STEP_FOLDER_PREFIX}(\d+)$")
 MANIFEST_NAME = "loka-manifest.json"
 MARKER_NAME = "latest"
+# <run prefix>/pins/global_step_N/<dependent uid>: a checkpoint a dependent run (spec.model.fromRun) still needs.
+PINS_FOLDER = "pins"
 CHECKPOINT_LAYOUT = f"<uri>/<namespace>/<run>/<uid>/{STEP_FOLDER_PREFIX}N"
 
 
@@ -229,6 +231,7 @@ OPERATOR_STATUS_FIELDS = (
     "completionTime",
     "queuedSince",
     "source",
+    "pins",
     "message",
     "attempts",
     "interruptions",

@@ -920,6 +920,15 @@ class SourceStatus(LokaModel):
     uri: str | None = Field(default=None, description="Where that checkpoint is stored.")
 
 
+class CheckpointPin(LokaModel):
+    """A checkpoint of this run that a dependent run (spec.model.fromRun) resolved and still needs: the trainer
+    keeps it when it prunes to checkpoints.keep."""
+
+    step: int = Field(ge=0, description="The pinned checkpoint step.")
+    run: str = Field(max_length=253, description="The dependent run that needs it.")
+    uid: str = Field(max_length=64, description="The dependent run's uid.")
+
+
 class RolloutsStatus(LokaModel):
     """Where the run keeps its rollouts (spec.rollouts), and the newest step written."""
 
@@ -960,6 +969,14 @@ class TrainingRunStatus(LokaModel):
     )
     notifications: list[NotificationRecord] = Field(
         default_factory=list, max_length=32, description="What was posted, or is being posted, for this run."
+    )
+    pins: list[CheckpointPin] = Field(
+        default_factory=list,
+        max_length=256,
+        description=(
+            "Checkpoints of this run that dependent runs (spec.model.fromRun) resolved and need until they have a "
+            "checkpoint of their own: pruning keeps them."
+        ),
     )
     interruptions: list[Interruption] = Field(
         default_factory=list,

@@ -25,7 +25,7 @@ from kopf._cogs.structs.references import NamespaceName, match_namespace  # kopf
 from prometheus_client import start_http_server
 
 from loka_api import kinds
-from loka_operator import naming
+from loka_operator import lineage, naming
 from loka_operator.cache import InScope, ListScope, relist_children, relist_runs
 from loka_operator.children import CHILDREN, WORKLOAD, ChildKind
 from loka_operator.config import OperatorConfig
@@ -278,10 +278,12 @@ async def run_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) ->
         _listed_again(state, RUNS)
     if type == "DELETED":
         _forget_run(state, key)
+        _wake_source(state, dict(body))
         return
     if state.reconciler.cache.observe(dict(body)):
         state.queue.request(key)
     _wake_dependents(state, key)
+    _wake_source(state, dict(body))
 
 
 def _forget_run(state: OperatorState, key: str) -> None:
@@ -295,6 +297,14 @@ def _wake_dependents(state: OperatorState, key: str) -> None:
     trainer or this operator wrote them, and its deletion fails them."""
     for dependent in state.reconciler.dependents(key):
         state.queue.request(dependent)
+
+
+def _wake_source(state: OperatorState, body: dict[str, Any]) -> None:
+    """The run this one starts from keeps the checkpoint it recorded pinned until it has one of its own, ends or
+    goes: its status.pins follow this run's."""
+    source = lineage.source_key_of(body)
+    if source is not None and state.reconciler.cache.known(source):
+        state.queue.request(source)
 
 
 # ------------------------------------------------------------------------------------------ children

@@ -10,6 +10,10 @@ changes: it survives the source's deletion.
 its status: the trainer's status patches are best effort, and a lost last one would hand over the checkpoint before
 the final one. The marker moves only after a checkpoint is complete (the contract), so it names the final one.
 
+`pins_of` says which of a source's checkpoints its dependents resolved and still need (status.pins, which the
+source's trainer mirrors into S3 pin objects that its pruning keeps): from the moment a dependent records it until
+it has a checkpoint of its own (a retry before that stages it again), ends, or is deleted.
+
 `SourceWaiters` remembers which runs wait on which source, so that a watch event of the source (a new checkpoint,
 success, failure, deletion) reconciles exactly the runs waiting on it: no polling.
 """
@@ -18,12 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from loka_api import FromRun, RunPhase, SourceStatus, TrainingRun
+from loka_api import CheckpointPin, FromRun, RunPhase, SourceStatus, TrainingRun
 from loka_api.contract import (
     ENV_AWS_ENDPOINT,
     FROM_RUN_FINAL,
@@ -241,6 +245,25 @@ def _final(name: str, uid: str, prefix: str, marker: Marker | None) -> SourceSta
     return SourceState(SourceStatus(run=name, uid=uid, step=marker.step, uri=checkpoint_uri(prefix, marker.step)))
 
 
+def pins_of(source: TrainingRun, runs: Iterable[JSON]) -> list[CheckpointPin]:
+    """The checkpoints of ``source`` its dependents (``runs`` of its namespace) recorded and still need."""
+    pins: list[CheckpointPin] = []
+    for body in runs:
+        meta = body.get("metadata") or {}
+        from_run = ((body.get("spec") or {}).get("model") or {}).get("fromRun") or {}
+        if from_run.get("name") != source.metadata.name or meta.get("deletionTimestamp"):
+            continue
+        status = body.get("status") or {}
+        recorded = status.get("source") or {}
+        if recorded.get("uid") != source.metadata.uid or recorded.get("step") is None:
+            continue
+        has_own = (status.get("checkpoint") or {}).get("step") is not None
+        if has_own or status.get("phase") in (RunPhase.SUCCEEDED.value, RunPhase.FAILED.value):
+            continue
+        pins.append(CheckpointPin(step=int(recorded["step"]), run=str(meta.get("name")), uid=str(meta.get("uid"))))
+    return sorted(pins, key=lambda pin: (pin.step, pin.run))
+
+
 def _checkpoint_step(wanted: str, phase: RunPhase | None, saved: int | None, every: int) -> int | None:
     """The source checkpoint to start from, or None while there is none to take (`final`: see `_final`)."""
     if saved is None or wanted == FROM_RUN_FINAL:
@@ -272,3 +295,11 @@ class SourceWaiters:
 def source_key(run: TrainingRun) -> str | None:
     from_run = run.spec.model.from_run
     return run_key(run.metadata.namespace, from_run.name) if from_run is not None else None
+
+
+def source_key_of(body: JSON) -> str | None:
+    """The key of the run a run's body names in spec.model.fromRun (its pins follow the dependent's status)."""
+    from_run = ((body.get("spec") or {}).get("model") or {}).get("fromRun") or {}
+    namespace = (body.get("metadata") or {}).get("namespace")
+    name = from_run.get("name")
+    return run_key(namespace, name) if namespace and name else None

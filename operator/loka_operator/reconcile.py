@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
-from loka_api import QueueSpec, TrainingRun, TrainingRunStatus, kinds, secret_routes
+from loka_api import CheckpointPin, QueueSpec, TrainingRun, TrainingRunStatus, kinds, secret_routes
 from loka_api.contract import STORAGE_SECRET_KEYS
 from loka_operator import builders, deadline, kueue, lineage, naming
 from loka_operator.builders.environment import image_servers, serving
@@ -219,6 +219,7 @@ class Reconciler:
             rayjob=await self._readable(run, rayjob),
             workload=workload,
             deadline=ended_by_deadline,
+            pins=tuple(self._pins(run)),
         )
         update = await self._write_status(body, previous, observed)
         if source is not None and source.ready and waits_for_source and update is not None:
@@ -297,6 +298,12 @@ class Reconciler:
         data = (body or {}).get("data") or {}
         del body
         return {key: _decoded(data[key]) for key in STORAGE_SECRET_KEYS if key in data}
+
+    def _pins(self, run: TrainingRun) -> list[CheckpointPin]:
+        """This run's checkpoints that runs of its namespace starting from it still need (from the run cache)."""
+        prefix, keys = naming.run_key(run.metadata.namespace, ""), self.cache.keys()
+        same_namespace = (self.cache.run(key) for key in keys if key.startswith(prefix))
+        return lineage.pins_of(run, (body for body in same_namespace if body is not None))
 
     async def _missing_secrets(self, run: TrainingRun) -> Problem | None:
         namespace = run.metadata.namespace

@@ -15,6 +15,7 @@ from typing import Any
 
 from loka_api import (
     AttemptRecord,
+    CheckpointPin,
     Condition,
     ConditionType,
     Interruption,
@@ -95,6 +96,7 @@ class Observed:
     rayjob: dict[str, Any] | None = None
     workload: dict[str, Any] | None = None
     gpus: int = 0  # the run's GPUs (workers x gpusPerWorker): what an interruption's lost steps cost
+    pins: tuple[CheckpointPin, ...] | None = None  # this run's checkpoints its dependents need (None: unchanged)
     deadline: Problem | None = None  # spec.deadline passed and no attempt runs any more (loka_operator.deadline)
 
 
@@ -476,6 +478,14 @@ def _trainers_cause(previous: TrainingRunStatus) -> str | None:
     return previous.message if previous.phase in ACTIVE and previous.message else None
 
 
+def _lineage(status: TrainingRunStatus, obs: Observed) -> None:
+    """The checkpoint the run starts from, and its own checkpoints that runs starting from it still need."""
+    if obs.source is not None:
+        status.source = obs.source.source
+    if obs.pins is not None:
+        status.pins = list(obs.pins)
+
+
 def calculate_status(obs: Observed, previous: TrainingRunStatus) -> StatusUpdate:
     verdict = decide_phase(obs, previous)
     restarts = _restarts(obs.rayjob)
@@ -495,8 +505,7 @@ def calculate_status(obs: Observed, previous: TrainingRunStatus) -> StatusUpdate
         status.restarts = max(restarts, previous.restarts or 0)
     status.conditions = _conditions_for(obs, verdict, previous)
     status.message = _message(previous, verdict)
-    if obs.source is not None:
-        status.source = obs.source.source
+    _lineage(status, obs)
     if obs.rayjob is not None:
         rj_status = _rayjob_status(obs.rayjob)
         status.ray_job = obs.rayjob["metadata"]["name"]

@@ -173,3 +173,25 @@ def test_a_run_created_before_its_source_waits_for_it_to_appear(operator: Operat
     report_checkpoint(kube, ns, SFT, 10)
     eventually(lambda: kube.rayjob(ns, GRPO), timeout=60, what="the run to launch from the first checkpoint")
     assert kube.status(ns, GRPO)["source"]["step"] == 10
+
+
+def test_a_source_pins_the_checkpoint_a_waiting_run_recorded_until_it_has_its_own(
+    operator: OperatorProcess, kube: Kube, ns: str
+) -> None:
+    kube.create_run(sft_manifest(ns))
+    wait_phase(kube, ns, SFT, "Running")
+    report_checkpoint(kube, ns, SFT, 10)
+    grpo = kube.create_run(grpo_manifest(ns, checkpoint="latest"))
+    pinned = eventually(lambda: (kube.status(ns, SFT) or {}).get("pins"), what="the source to pin step 10")
+    assert pinned == [{"step": 10, "run": GRPO, "uid": grpo["metadata"]["uid"]}]
+
+    report_checkpoint(kube, ns, SFT, 20)  # the source trains on: the pin stays on what the dependent recorded
+    report_checkpoint(kube, ns, GRPO, 1)  # the dependent saved a checkpoint of its own: it needs step 10 no more
+    eventually(lambda: not (kube.status(ns, SFT) or {}).get("pins"), what="the pin to be released")
+
+    kube.custom.patch_namespaced_custom_object_status(
+        "loka.dev", "v1alpha1", ns, "trainingruns", GRPO, {"status": {"checkpoint": None}}
+    )  # (as if it had none yet) and then it is deleted: the pin goes with it
+    eventually(lambda: (kube.status(ns, SFT) or {}).get("pins"), what="the pin back while it has no checkpoint")
+    kube.custom.delete_namespaced_custom_object("loka.dev", "v1alpha1", ns, "trainingruns", GRPO)
+    eventually(lambda: not (kube.status(ns, SFT) or {}).get("pins"), what="the pin released on deletion")

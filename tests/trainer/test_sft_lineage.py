@@ -252,3 +252,42 @@ def test_an_interrupted_sft_run_resumes_from_its_last_checkpoint_on_a_fresh_disk
     status = read_run(case.k8s, case.namespace, "sft-resumed")["status"]
     assert status["progress"]["step"] == status["checkpoint"]["step"] == 16
     assert store.complete_steps() == [12, 16]  # keep: 2
+
+
+def test_a_dependent_admitted_after_its_source_pruned_past_its_step_still_starts_from_it(case: TrainerCase) -> None:
+    """A run waiting for Kueue with its source's step 2 recorded (status.source) while the source trains on and
+    prunes to keep=1: the pin the operator put in the source's status.pins keeps step 2 until the dependent staged
+    it. Without it, step 2 is gone when the dependent starts, and every retry fails the same way."""
+    source = run_spec(case.prefix, max_steps=6, every=2)
+    source["checkpoints"]["keep"] = 1
+    create(case, "source", source)
+    uid = read_run(case.k8s, case.namespace, "source")["metadata"]["uid"]
+    dependent = run_spec(case.prefix, max_steps=1, every=1)
+    dependent["model"] = {"fromRun": {"name": "source", "checkpoint": "2"}}
+    create(case, "dependent", dependent)
+    dependent_uid = read_run(case.k8s, case.namespace, "dependent")["metadata"]["uid"]
+    uri = str(case.checkpoints("source").step_uri(2))
+    # What the operator writes: the dependent's lineage, and the source's pin on it (before the source saves step 2).
+    set_source(case, "dependent", {"run": "source", "uid": uid, "step": 2, "uri": uri})
+    from kubernetes import client
+
+    client.CustomObjectsApi(case.k8s).patch_namespaced_custom_object_status(
+        "loka.dev", "v1alpha1", case.namespace, "trainingruns", "source",
+        {"status": {"pins": [{"step": 2, "run": "dependent", "uid": dependent_uid}]}},
+    )  # fmt: skip
+
+    code, output = run_trainer(case, "source")
+    assert code == 0, output[-4000:]
+    kept = case.checkpoints("source")
+    assert kept.marker_step() == 6
+    assert kept.complete_steps() == [2, 6], "keep=1 pruned step 4, the pinned step 2 stays"
+    assert kept.pinned_steps() == [2]
+
+    code, output = run_trainer(case, "dependent")
+    assert code == 0, output[-4000:]
+    status = read_run(case.k8s, case.namespace, "dependent")["status"]
+    assert status["progress"]["step"] == 1 and status["source"]["uri"] == uri
+
+    # The operator drops the pin once the dependent has a checkpoint of its own: the next sync releases it.
+    kept.sync_pins([])
+    assert kept.pinned_steps() == []

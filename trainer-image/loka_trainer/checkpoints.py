@@ -19,14 +19,16 @@ module adds the writer, pruning and verl's resume files.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from loka_api import CheckpointPin
 from loka_api.checkpoints import (
     CheckpointError,
     CheckpointIndex,
@@ -280,7 +282,8 @@ class CheckpointStore(CheckpointIndex[ObjectStore]):
         self._check_holder(state)
         complete = self.complete_steps()
         marker = state.step
-        kept = set(complete[-self.keep :])
+        # What a dependent run (spec.model.fromRun) resolved is kept until it no longer needs it (sync_pins).
+        kept = set(complete[-self.keep :]) | set(self.pinned_steps())
         if marker is not None:
             kept.add(marker)
         removed = [
@@ -296,6 +299,20 @@ class CheckpointStore(CheckpointIndex[ObjectStore]):
         if removed:
             log.info("pruned checkpoint steps %s (keep=%d)", removed, self.keep)
         return removed
+
+    def sync_pins(self, pins: Iterable[CheckpointPin]) -> None:
+        """Make the pin objects under ``pins/`` what status.pins says (the operator's list of what dependents
+        need): a missing pin is written, one no dependent needs any more is deleted."""
+        wanted = {self.pin_uri(pin.step, pin.uid).key: pin for pin in pins}
+        present = {stored.uri.key for stored in self.store.list_objects(self.pins_uri)}
+        for key in sorted(wanted.keys() - present):
+            pin = wanted[key]
+            body = json.dumps({"step": pin.step, "run": pin.run, "uid": pin.uid}).encode()
+            self.store.put_bytes(self.pin_uri(pin.step, pin.uid), body, content_type="application/json")
+            log.info("pinned checkpoint step %d for run %s (spec.model.fromRun)", pin.step, pin.run)
+        for key in sorted(present - wanted.keys()):
+            self.store.delete(S3Uri(self.prefix.bucket, key))
+            log.info("released the pin %s", key.removeprefix(self.pins_uri.as_prefix()))
 
     # -- reading (the index's), and restoring for verl ----------------------------------------
 

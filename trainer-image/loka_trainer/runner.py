@@ -11,6 +11,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from loka_api import TrainingRun
+from loka_api import CheckpointPin, TrainingRun
 from loka_api.checkpoints import CheckpointError, CheckpointRecord
 from loka_api.contract import ENV_WANDB_KEY, ENV_WORK_DIR, rollouts_prefix, save_window_s, step_folder
 from loka_api.manifest import Writer
@@ -41,6 +42,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM.
 EXIT_TERMINATED = 143
+# How often status.pins is mirrored into S3: a dependent's pin must land before the source prunes (every N steps).
+PIN_SYNC_S = 3.0
 
 
 class PermanentFailureError(RuntimeError):
@@ -173,6 +176,7 @@ class Runner:
         writer: Writer | None = None,
         status_interval_s: float = 10.0,
         poll_interval_s: float = 1.0,
+        read_pins: Callable[[], list[CheckpointPin]] | None = None,
     ) -> None:
         self.run = run
         self.spec = run.spec
@@ -184,6 +188,8 @@ class Runner:
         self.stop = stop or StopSignal()
         self.reporter = StatusReporter(patch_status, min_interval=status_interval_s)
         self.poll_interval_s = poll_interval_s
+        # status.pins: this run's checkpoints that runs starting from it still need (mirrored into S3 for pruning).
+        self.read_pins = read_pins
         # The marker is read at most this often: the verl callback stores checkpoints from another process.
         self.marker_interval_s = max(status_interval_s, poll_interval_s)
         self._reported_checkpoint: int | None = None
@@ -280,6 +286,7 @@ class Runner:
             if self.checkpoints is not None:
                 # Before anything is restored: from here on an older attempt can neither move the marker nor prune.
                 self.checkpoints.claim()
+                self._sync_pins()
                 if self.spec.rollouts is not None:
                     self.reporter.report_rollouts(rollouts_prefix(str(self.checkpoints.prefix)))
             inputs: StagedInputs = self._stage()
@@ -409,7 +416,7 @@ class Runner:
         def sink(metrics: Any) -> None:
             self.reporter.report_metrics(metrics)
 
-        next_marker_check = time.monotonic()
+        next_marker_check = next_pin_sync = time.monotonic()
         while not stop.wait(self.poll_interval_s):
             try:
                 for metrics in follower.poll():
@@ -420,12 +427,24 @@ class Runner:
             if time.monotonic() >= next_marker_check:
                 self._poll_marker()
                 next_marker_check = time.monotonic() + self.marker_interval_s
+            if time.monotonic() >= next_pin_sync:
+                self._sync_pins()
+                next_pin_sync = time.monotonic() + PIN_SYNC_S
         try:
             for metrics in follower.poll():
                 sink(metrics)
         except Exception as error:
             log.warning("could not read the last metrics: %s", type(error).__name__)
         self._poll_marker()
+
+    def _sync_pins(self) -> None:
+        """Mirror status.pins into the pin objects the pruning keeps (a failure only delays it to the next try)."""
+        if self.read_pins is None or self.checkpoints is None:
+            return
+        try:
+            self.checkpoints.sync_pins(self.read_pins())
+        except Exception as error:
+            log.warning("could not sync the checkpoint pins: %s: %s", type(error).__name__, error)
 
     def _stop_follower(self, follower: threading.Thread | None, stop: threading.Event, *, flush: bool = True) -> None:
         stop.set()
@@ -485,5 +504,6 @@ def run_from_environment(*, work_dir: Path | None = None, kubeconfig: str | None
         work_dir=root / identity.namespace / identity.name,
         stop=stop,
         writer=Writer(runs.attempt or 0, identity.holder),
+        read_pins=lambda: runs.get().status.pins,
     )
     return runner.execute()

@@ -235,3 +235,34 @@ def test_a_final_checkpoint_is_the_one_the_sources_marker_names_not_its_status()
     assert f"{CKPT}/{NS}/sft/uid-sft/latest" in unreadable.waiting.message
     none = resolve(waiting_run(), source("Succeeded", 20), lookup=no_runs, marker=Marker(None))
     assert none.failed is not None and none.failed.reason == "SourceEnded"
+
+
+def dependent(name: str, *, step: int | None = 10, uid: str = "uid-sft", **status: Any) -> dict[str, Any]:
+    body = waiting_run("latest").model_dump(mode="json", by_alias=True)
+    body["metadata"].update(name=name, uid=f"uid-{name}")
+    if step is not None:
+        body["status"]["source"] = {"run": "sft", "uid": uid, "step": step, "uri": f"{CKPT}/x/global_step_{step}"}
+    body["status"].update(status)
+    return body
+
+
+def test_a_source_pins_what_its_dependents_recorded_until_they_have_a_checkpoint_of_their_own() -> None:
+    from loka_operator.lineage import pins_of
+
+    sft = TrainingRun.model_validate(source("Running", 30))
+    runs = [
+        dependent("waits"),  # queued in Kueue with step 10 recorded: pinned
+        dependent("later", step=20),
+        dependent("resolving", step=None),  # nothing recorded yet: nothing to pin
+        dependent("trains", checkpoint={"step": 3, "uri": "s3://x/global_step_3"}),  # has its own: released
+        dependent("ended", phase="Failed"),
+        dependent("of-an-older-sft", uid="uid-old"),  # recorded a deleted source of the same name
+        {**dependent("deleting"), "metadata": {**dependent("deleting")["metadata"], "deletionTimestamp": "now"}},
+        source("Running", 30),  # the source itself
+    ]
+    pins = pins_of(sft, runs)
+    assert [(p.step, p.run, p.uid) for p in pins] == [(10, "waits", "uid-waits"), (20, "later", "uid-later")]
+    update = calculate_status(Observed(1, False, False, NOW, pins=tuple(pins)), sft.status)
+    assert [p.step for p in update.status.pins] == [10, 20]
+    assert update.changes["pins"] == [{"step": 10, "run": "waits", "uid": "uid-waits"},
+                                      {"step": 20, "run": "later", "uid": "uid-later"}]  # fmt: skip
