@@ -114,7 +114,7 @@ BUILTIN_DATASETS = ("arithmetic",)
 # ------------------------------------------------------------------------------ checkpoints in S3
 #
 #   <checkpoints.uri>/<namespace>/<run>/<uid>/global_step_<N>/...                the files the engine wrote
-#   <checkpoints.uri>/<namespace>/<run>/<uid>/global_step_<N>/loka-manifest.json every file's path, size, sha256
+#   <checkpoints.uri>/<namespace>/<run>/<uid>/global_step_<N>/loka-manifest.json every file's path, size, CRC64NVME
 #   <checkpoints.uri>/<namespace>/<run>/<uid>/latest                             the marker: step, uri, writer
 #
 # Keyed by the run's uid: a run deleted and created again under the same name starts from scratch and never

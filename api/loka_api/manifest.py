@@ -1,4 +1,5 @@
-"""A checkpoint's manifest: every file's path, size and sha256, written after the files, read by whoever
+"""A checkpoint's manifest: every file's path, size and CRC64NVME (the checksum S3 verified when the file was
+stored; manifests of version 2 carry a sha256 instead), written after the files, read by whoever
 restores or downloads it (the trainer on resume, `loka checkpoints --download`). Its presence marks the
 checkpoint complete (``loka_api.contract``). It also records which run (uid) and which attempt of it wrote the
 checkpoint: the ``Writer`` that the run's marker is fenced by.
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-MANIFEST_VERSION = 2
+# 3: each file's CRC64NVME (S3's full-object checksum, base64); 2: its sha256 (hex), still read and verified.
+MANIFEST_VERSION = 3
 _HASH_BLOCK = 8 * 1024 * 1024
 
 
@@ -67,9 +69,34 @@ class Writer:
 
 @dataclass(frozen=True)
 class ManifestFile:
+    """One file of a checkpoint and its checksum: CRC64NVME as S3 writes it (base64), or a sha256 (hex) in
+    manifests written before version 3."""
+
     path: str
     size: int
-    sha256: str
+    crc64nvme: str | None = None
+    sha256: str | None = None
+
+    @property
+    def checksum(self) -> str:
+        """What restore compares, named by algorithm."""
+        return f"crc64nvme {self.crc64nvme}" if self.crc64nvme else f"sha256 {self.sha256}"
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"path": self.path, "size": self.size}
+        if self.crc64nvme:
+            body["crc64nvme"] = self.crc64nvme
+        if self.sha256:
+            body["sha256"] = self.sha256
+        return body
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> ManifestFile:
+        crc, sha = body.get("crc64nvme"), body.get("sha256")
+        if not crc and not sha:
+            msg = f"the manifest lists {body.get('path')!r} without a checksum (crc64nvme or sha256)"
+            raise ValueError(msg)
+        return cls(str(body["path"]), int(body["size"]), str(crc) if crc else None, str(sha) if sha else None)
 
 
 @dataclass(frozen=True)
@@ -92,14 +119,14 @@ class CheckpointManifest:
             "runUid": self.run_uid,
             "writer": self.writer.to_json() if self.writer else None,
             "totalBytes": self.total_bytes,
-            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files],
+            "files": [f.to_json() for f in self.files],
         }
         return json.dumps(body, indent=1).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> CheckpointManifest:
         body: dict[str, Any] = json.loads(raw)
-        files = tuple(ManifestFile(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in body["files"])
+        files = tuple(ManifestFile.from_json(f) for f in body["files"])
         return cls(
             step=int(body["step"]),
             files=files,

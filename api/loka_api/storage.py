@@ -11,12 +11,11 @@ Credentials and endpoint come from the standard AWS variables (``AWS_ENDPOINT_UR
 
 from __future__ import annotations
 
+import base64
 import contextlib
-import hashlib
 import os
 import queue
 import threading
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -24,23 +23,24 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import boto3
-from boto3.s3.transfer import TransferConfig, create_transfer_manager
+from awscrt import checksums
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from loka_api.contract import ENV_AWS_ENDPOINT, ENV_AWS_KEY_ID, ENV_AWS_SECRET, ENV_AWS_SESSION_TOKEN
-from loka_api.manifest import sha256_file
 
 MiB = 1024 * 1024
 
-# Checkpoint shards are many mid-sized files: parallelism across files matters more than within one. Parts of a
-# hashed upload are held in memory until sent, so the part size times the concurrency bounds that memory (512 MiB).
-DEFAULT_CONCURRENCY = 32
+# Parts of 16 MiB; each part in flight holds one buffer, so the part size times the concurrency bounds the memory a
+# transfer takes (32 parts: 512 MiB; at most 64: 1 GiB).
 DEFAULT_CHUNK_BYTES = 16 * MiB
-# How often a running download looks for files that have landed (to hash) and for a cancel.
-_POLL_S = 0.05
-# Files verified at once while a download goes on (sha256 releases the GIL: these run on other cores).
-_HASHERS = 4
+_MIN_CONCURRENCY, _MAX_CONCURRENCY, _PER_CORE = 32, 64, 8
+# How often a running transfer looks for a cancel or a failure.
+_POLL_S = 0.1
+# The checksum S3 and MinIO verify on receipt (x-amz-checksum-crc64nvme), that multipart uploads combine into one
+# for the whole object (ChecksumType FULL_OBJECT), and that the manifest records: computed by awscrt's native code.
+CHECKSUM_ALGORITHM = "CRC64NVME"
 # S3 takes at most 10 000 parts per object: larger files get larger parts.
 _MAX_PARTS = 10_000
 # How long a small request (a marker, a manifest, a listing) may hang before it is retried.
@@ -84,6 +84,36 @@ class ConditionalWritesUnsupportedError(ValueError):
 
 def _error_code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def default_concurrency(cores: int | None = None) -> int:
+    """Requests in flight: a core drives about 8 (each is mostly waiting on the network), between 32 and 64."""
+    usable = cores or len(os.sched_getaffinity(0))
+    return max(_MIN_CONCURRENCY, min(_PER_CORE * usable, _MAX_CONCURRENCY))
+
+
+def crc64nvme(data: Any, previous: int = 0) -> int:
+    """CRC64NVME of ``data`` (any buffer), continuing ``previous``: awscrt's native code (CLMUL), several GB/s."""
+    return int(checksums.crc64nvme(data, previous))
+
+
+def combine_crc64nvme(first: int, second: int, second_length: int) -> int:
+    """The CRC of two runs of bytes from each one's CRC (how parts combine into the whole object's)."""
+    return int(checksums.combine_crc64nvme(first, second, second_length))
+
+
+def checksum_header(crc: int) -> str:
+    """A CRC64NVME as S3 writes it in x-amz-checksum-crc64nvme: base64 of its 8 bytes, big-endian."""
+    return base64.b64encode(crc.to_bytes(8, "big")).decode()
+
+
+def file_crc64nvme(path: Path, block: int = 8 * MiB) -> str:
+    """A local file's CRC64NVME, as ``checksum_header`` writes it."""
+    crc = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(block):
+            crc = crc64nvme(chunk, crc)
+    return checksum_header(crc)
 
 
 def _raise_if_cancelled(cancel: threading.Event | None, when: str) -> None:
@@ -150,12 +180,13 @@ class StoredObject:
 
 @dataclass(frozen=True)
 class TransferredFile:
-    """A file sent or received in one pass: its size and the sha256 of exactly the bytes that went over the wire."""
+    """A file sent or received in one pass: its size and the CRC64NVME (``checksum_header``'s form) of exactly the
+    bytes that went over the wire, computed as they went; S3 verified the same checksum on receipt of an upload."""
 
     path: Path
     uri: S3Uri
     size: int
-    sha256: str
+    crc64nvme: str
 
 
 @dataclass(frozen=True)
@@ -175,11 +206,12 @@ class _Part:
     number: int
     body: bytes | bytearray
     buffer: bytearray
+    crc: int
 
 
 class _PartBuffers:
     """At most ``count`` part buffers, reused: reading each part into a fresh 16 MiB object costs the kernel as
-    much (page faults, zeroed pages) as hashing it does.
+    much (page faults, zeroed pages) as checksumming it does.
     """
 
     def __init__(self, count: int, size: int) -> None:
@@ -204,6 +236,24 @@ class _PartBuffers:
         self._free.put(buffer)
 
 
+@dataclass
+class _Download:
+    """One file being received in ranges: its descriptor, and each range's CRC as it lands (combined at the end)."""
+
+    source: S3Uri
+    path: Path
+    size: int
+    fd: int = -1
+    crcs: dict[int, tuple[int, int]] | None = None  # range start -> (CRC, length)
+
+    def crc64nvme(self) -> str:
+        crc = 0
+        for start in sorted(self.crcs or {}):
+            part, length = (self.crcs or {})[start]
+            crc = combine_crc64nvme(crc, part, length) if start else part
+        return checksum_header(crc)
+
+
 class ObjectStore:
     """S3 operations used by staging, checkpoints and the benchmark, over one boto3 client."""
 
@@ -213,13 +263,14 @@ class ObjectStore:
         *,
         endpoint_url: str | None = None,
         settings: Mapping[str, str] | None = None,
-        concurrency: int = DEFAULT_CONCURRENCY,
+        concurrency: int | None = None,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ) -> None:
         """``settings``: the AWS variables to use (a ``.env`` file's, say) instead of this process's environment;
-        ``endpoint_url`` wins over either's ``AWS_ENDPOINT_URL``.
+        ``endpoint_url`` wins over either's ``AWS_ENDPOINT_URL``. ``concurrency``: requests in flight (default:
+        by the cores this process may use, ``default_concurrency``).
         """
-        self.concurrency = concurrency
+        self.concurrency = concurrency or default_concurrency()
         self.chunk_bytes = chunk_bytes
         source = os.environ if settings is None else settings
         endpoint = endpoint_url or source.get(ENV_AWS_ENDPOINT) or None
@@ -237,12 +288,13 @@ class ObjectStore:
             **credentials,
             # The pool must be as wide as the transfer concurrency or threads queue for connections.
             config=Config(
-                max_pool_connections=concurrency + 4,
+                max_pool_connections=self.concurrency + 4,
                 retries={"max_attempts": 5, "mode": "standard"},
                 connect_timeout=CONNECT_TIMEOUT_S,
                 read_timeout=READ_TIMEOUT_S,
-                # The manifest's sha256 covers every byte end to end: a SigV4 payload hash (botocore computes one
-                # per request over plain http) and a CRC per part would only read every byte again.
+                # Integrity is the CRC64NVME Loka computes once per part (native code) and S3 verifies on receipt;
+                # a SigV4 payload hash (botocore computes one per request over plain http) or a checksum botocore
+                # adds on its own would only read every byte again.
                 s3={"addressing_style": "path", "payload_signing_enabled": False},
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
@@ -259,13 +311,15 @@ class ObjectStore:
         )
 
     def upload_files(
-        self, files: Iterable[tuple[Path, S3Uri]], *, cancel: threading.Event | None = None
+        self, files: Iterable[tuple[Path, S3Uri]], *, cancel: threading.Event | None = None, verify: bool = True
     ) -> list[TransferredFile]:
         """Upload every (local file, destination) pair, all files and the parts of each in parallel; raise on
         the first failure (an unfinished multipart upload is aborted).
 
-        Each file is read once, front to back: its sha256 (for a checkpoint's manifest) is computed from the very
-        bytes that are sent, which go out as parallel part uploads straight from that read.
+        Each file is read once, front to back, into pooled part buffers that go out as parallel part uploads. Each
+        part's CRC64NVME is computed from the very bytes that are sent and sent with them; S3 (or MinIO) verifies
+        it on receipt, and the parts' CRCs combine into the whole file's, which S3 verifies again when the upload
+        completes and the manifest records. ``verify=False`` sends no checksum (the benchmark's raw ceiling).
         """
         pairs = list(files)
         # Parts read but not sent yet: bounded, so memory stays within concurrency x part size.
@@ -273,16 +327,18 @@ class ObjectStore:
         halt = threading.Event()  # set when one file failed or the caller cancelled: the other readers stop too
         with (
             ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="s3-put") as senders,
-            # One reader per file in flight: it reads (and hashes) front to back and hands its parts to the senders;
-            # a small file it sends itself.
+            # One reader per file in flight: it reads (and checksums) front to back and hands its parts to the
+            # senders; a small file it sends itself.
             ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="s3-read") as readers,
         ):
-            futures = [readers.submit(self._upload_one, path, dest, senders, buffers, halt) for path, dest in pairs]
+            futures = [
+                readers.submit(self._upload_one, path, dest, senders, buffers, halt, verify) for path, dest in pairs
+            ]
             pending = set(futures)
             try:
                 while pending:
                     _raise_if_cancelled(cancel, "while files were in flight")
-                    done, pending = wait(pending, timeout=0.1, return_when=FIRST_EXCEPTION)
+                    done, pending = wait(pending, timeout=_POLL_S, return_when=FIRST_EXCEPTION)
                     for future in done:
                         future.result()
             except BaseException:
@@ -291,33 +347,38 @@ class ObjectStore:
                 raise
         return [future.result() for future in futures]
 
-    def _upload_one(
+    def _upload_one(  # noqa: PLR0917 - one file's upload, handed its share of the pools
         self,
         path: Path,
         dest: S3Uri,
         senders: ThreadPoolExecutor,
         buffers: _PartBuffers,
         halt: threading.Event,
+        verify: bool,
     ) -> TransferredFile:
-        digest = hashlib.sha256()
         size = path.stat().st_size
+        checked: dict[str, Any] = {"ChecksumAlgorithm": CHECKSUM_ALGORITHM} if verify else {}
         with path.open("rb") as handle:
             if size <= self.chunk_bytes:
                 data = handle.read()
-                digest.update(data)
-                self.client.put_object(Bucket=dest.bucket, Key=dest.key, Body=data)
-                return TransferredFile(path, dest, len(data), digest.hexdigest())
+                crc = crc64nvme(data) if verify else 0
+                sum_arg = {"ChecksumCRC64NVME": checksum_header(crc)} if verify else {}
+                self.client.put_object(Bucket=dest.bucket, Key=dest.key, Body=data, **sum_arg)
+                return TransferredFile(path, dest, len(data), checksum_header(crc))
             part_bytes = max(self.chunk_bytes, -(-size // _MAX_PARTS))
-            upload_id = self.client.create_multipart_upload(Bucket=dest.bucket, Key=dest.key)["UploadId"]
-            parts: list[Future[str]] = []
-            sent = 0
+            full = {"ChecksumType": "FULL_OBJECT"} if verify else {}
+            upload_id = self.client.create_multipart_upload(Bucket=dest.bucket, Key=dest.key, **checked, **full)[
+                "UploadId"
+            ]
+            parts: list[Future[dict[str, Any]]] = []
+            sent, crc = 0, 0
             try:
                 while True:
                     buffer = None
                     while buffer is None:
                         _raise_if_cancelled(halt, f"while {path.name} was read")
                         _raise_first_failure(parts)
-                        buffer = buffers.take(timeout=0.1)
+                        buffer = buffers.take(timeout=_POLL_S)
                     if len(buffer) < part_bytes:  # a file of more than 10 000 parts of the usual size
                         buffer = bytearray(part_bytes)
                     length = _read_into(handle, memoryview(buffer)[:part_bytes])
@@ -325,16 +386,17 @@ class ObjectStore:
                         buffers.give(buffer)
                         break
                     body = buffer if length == len(buffer) else bytes(buffer[:length])  # botocore takes no views
-                    digest.update(memoryview(buffer)[:length])
+                    part_crc = crc64nvme(memoryview(buffer)[:length]) if verify else 0
+                    crc = combine_crc64nvme(crc, part_crc, length) if sent else part_crc
                     sent += length
-                    piece = _Part(dest, upload_id, len(parts) + 1, body, buffer)
-                    parts.append(senders.submit(self._send_part, piece, buffers))
-                etags = [part.result() for part in parts]
+                    piece = _Part(dest, upload_id, len(parts) + 1, body, buffer, part_crc)
+                    parts.append(senders.submit(self._send_part, piece, buffers, verify))
                 self.client.complete_multipart_upload(
                     Bucket=dest.bucket,
                     Key=dest.key,
                     UploadId=upload_id,
-                    MultipartUpload={"Parts": [{"PartNumber": i, "ETag": e} for i, e in enumerate(etags, start=1)]},
+                    MultipartUpload={"Parts": [part.result() for part in parts]},
+                    **({"ChecksumCRC64NVME": checksum_header(crc), **full} if verify else {}),
                 )
             except BaseException:
                 for part in parts:
@@ -342,9 +404,10 @@ class ObjectStore:
                 with contextlib.suppress(ClientError):  # best effort: S3 lifecycle rules clean up what stays
                     self.client.abort_multipart_upload(Bucket=dest.bucket, Key=dest.key, UploadId=upload_id)
                 raise
-        return TransferredFile(path, dest, sent, digest.hexdigest())
+        return TransferredFile(path, dest, sent, checksum_header(crc))
 
-    def _send_part(self, part: _Part, buffers: _PartBuffers) -> str:
+    def _send_part(self, part: _Part, buffers: _PartBuffers, verify: bool) -> dict[str, Any]:
+        checked = {"ChecksumCRC64NVME": checksum_header(part.crc)} if verify else {}
         try:
             response = self.client.upload_part(
                 Bucket=part.dest.bucket,
@@ -352,59 +415,111 @@ class ObjectStore:
                 UploadId=part.upload_id,
                 PartNumber=part.number,
                 Body=part.body,
+                **checked,
             )
         finally:
             buffers.give(part.buffer)
-        return str(response["ETag"])
+        return {"PartNumber": part.number, "ETag": str(response["ETag"]), **checked}
 
     def download_files(
-        self, files: Iterable[tuple[S3Uri, Path]], *, cancel: threading.Event | None = None
+        self,
+        files: Iterable[tuple[S3Uri, Path]],
+        *,
+        sizes: Iterable[int] | None = None,
+        cancel: threading.Event | None = None,
+        verify: bool = True,
     ) -> list[TransferredFile]:
-        """Download every (source, local file) pair, all files and the parts of each in parallel, creating parent
-        folders. Each file's sha256 is computed as soon as it has landed, while the others are still arriving (read
-        back from the page cache), so verifying a restore costs little time after the last byte. Raises
-        ObjectMissingError for a source that does not exist.
+        """Download every (source, local file) pair, all files and the ranges of each in parallel, creating parent
+        folders. Each range is read into a pooled buffer, checksummed there (CRC64NVME, native code) and written at
+        its offset: the file's CRC comes from the very bytes received, with no second pass over the file.
+        ``sizes``: the objects' sizes when known (a manifest's), else each is asked for first. Raises
+        ObjectMissingError for a source that does not exist. ``verify=False`` computes no CRC (the raw ceiling).
         """
         pairs = list(files)
-        digests: dict[int, Future[str]] = {}
-        # Leaving the `with` blocks by an exception cancels in-flight transfers (shutdown(cancel=True) is broken
-        # in s3transfer 0.19: it passes its arguments in the wrong order).
-        with (
-            ThreadPoolExecutor(max_workers=_HASHERS, thread_name_prefix="sha256") as hashers,
-            create_transfer_manager(self.client, self.transfer_config()) as manager,
-        ):
-            pending: dict[int, Any] = {}
-            for index, (source, path) in enumerate(pairs):
-                _raise_if_cancelled(cancel, "before all files were requested")
-                path.parent.mkdir(parents=True, exist_ok=True)
-                pending[index] = manager.download(source.bucket, source.key, str(path))
-            # s3transfer futures have no result(timeout): poll, so a cancel is noticed and each file is hashed soon
-            # after it lands.
-            while pending:
-                _raise_if_cancelled(cancel, "while files were in flight")
-                for index in [i for i, future in pending.items() if future.done()]:
-                    source, path = pairs[index]
-                    try:
-                        pending.pop(index).result()
-                    except ClientError as error:
-                        if _error_code(error) in _MISSING:
-                            raise ObjectMissingError(f"{source} does not exist") from error
-                        raise
-                    digests[index] = hashers.submit(sha256_file, path)
-                if pending:
-                    time.sleep(_POLL_S)
-            return [
-                TransferredFile(path, source, path.stat().st_size, digests[index].result())
-                for index, (source, path) in enumerate(pairs)
-            ]
+        known = list(sizes) if sizes is not None else None
+        buffers = _PartBuffers(self.concurrency, self.chunk_bytes)
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="s3-get") as getters:
+            if known is None:
+                heads = [getters.submit(self._size_of, source) for source, _ in pairs]
+                known = [future.result() for future in heads]
+            downloads = [_Download(source, path, size) for (source, path), size in zip(pairs, known, strict=True)]
+            futures: list[Future[None]] = []
+            try:
+                for download in downloads:
+                    _raise_if_cancelled(cancel, "before all files were requested")
+                    futures += self._start_download(download, getters, buffers, verify)
+                pending = set(futures)
+                while pending:
+                    _raise_if_cancelled(cancel, "while files were in flight")
+                    done, pending = wait(pending, timeout=_POLL_S, return_when=FIRST_EXCEPTION)
+                    for future in done:
+                        future.result()
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+            finally:
+                wait(futures)
+                for download in downloads:
+                    if download.fd >= 0:
+                        os.close(download.fd)
+        return [TransferredFile(d.path, d.source, d.size, d.crc64nvme() if verify else "") for d in downloads]
+
+    def _size_of(self, source: S3Uri) -> int:
+        try:
+            return int(self.client.head_object(Bucket=source.bucket, Key=source.key)["ContentLength"])
+        except ClientError as error:
+            if _error_code(error) in _MISSING:
+                raise ObjectMissingError(f"{source} does not exist") from error
+            raise
+
+    def _start_download(
+        self, download: _Download, getters: ThreadPoolExecutor, buffers: _PartBuffers, verify: bool
+    ) -> list[Future[None]]:
+        download.path.parent.mkdir(parents=True, exist_ok=True)
+        download.fd = os.open(download.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.ftruncate(download.fd, download.size)
+        starts = list(range(0, download.size, self.chunk_bytes)) or [0]
+        download.crcs = {}
+        return [getters.submit(self._get_range, download, start, buffers, verify) for start in starts]
+
+    def _get_range(self, download: _Download, start: int, buffers: _PartBuffers, verify: bool) -> None:
+        length = min(self.chunk_bytes, download.size - start)
+        source = download.source
+        ranged = {"Range": f"bytes={start}-{start + length - 1}"} if length else {}  # an empty object: no range
+        try:
+            body = self.client.get_object(Bucket=source.bucket, Key=source.key, **ranged)["Body"]
+        except ClientError as error:
+            if _error_code(error) in _MISSING:
+                raise ObjectMissingError(f"{source} does not exist") from error
+            raise
+        buffer = None
+        while buffer is None:
+            buffer = buffers.take(timeout=_POLL_S)
+        try:
+            view = memoryview(buffer)[:length]
+            got = _read_into(body, view)
+            if got != length or body.read(1):
+                msg = f"{source}: expected {length} bytes at offset {start}, got {got} (the object changed?)"
+                raise OSError(msg)
+            crc = crc64nvme(view) if verify else 0
+            written = 0
+            while written < length:
+                written += os.pwrite(download.fd, view[written:], start + written)
+            if download.crcs is not None:
+                download.crcs[start] = (crc, length)
+        finally:
+            body.close()
+            buffers.give(buffer)
 
     def download_prefix(self, prefix: S3Uri, dest: Path, *, cancel: threading.Event | None = None) -> list[Path]:
         """Mirror every object under ``prefix`` into ``dest``; returns the local files."""
-        pairs = [(obj.uri, dest / obj.uri.key.removeprefix(prefix.as_prefix())) for obj in self.list_objects(prefix)]
+        found = list(self.list_objects(prefix))
+        pairs = [(obj.uri, dest / obj.uri.key.removeprefix(prefix.as_prefix())) for obj in found]
         if not pairs:
             msg = f"nothing found under {prefix}"
             raise FileNotFoundError(msg)
-        self.download_files(pairs, cancel=cancel)
+        self.download_files(pairs, sizes=[obj.size for obj in found], cancel=cancel)
         return [p for _, p in pairs]
 
     def list_objects(self, prefix: S3Uri) -> Iterator[StoredObject]:

@@ -51,5 +51,5 @@ def download(client: Client, name: str, step: int, target: Path, out: TextIO | N
     """Download step ``step`` into ``target/global_step_N``, every file verified against the manifest."""
     out = out or sys.stdout
     got = client.download(name, step, target)
-    print(f"{got.path}  {got.files} files, {_size(got.bytes)}, every sha256 verified", file=out)
+    print(f"{got.path}  {got.files} files, {_size(got.bytes)}, every file's checksum verified", file=out)
     return EXIT_OK

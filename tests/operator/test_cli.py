@@ -243,7 +243,7 @@ def test_checkpoints_lists_complete_ones_and_downloads_verified(  # noqa: PLR091
     assert (tmp_path / "weights" / "global_step_2" / "actor" / "model.bin").read_bytes() == (
         tmp_path / "step2" / "actor" / "model.bin"
     ).read_bytes()
-    assert "every sha256 verified" in out
+    assert "every file's checksum verified" in out
     assert loka("checkpoints", "saved", "--download", "3", str(tmp_path / "w3"))[0] == 3  # incomplete: not offered
 
     store.store.put_bytes(store.step_uri(1).join("actor/model.bin"), b"corrupted")

@@ -4,7 +4,6 @@ that overlap (fencing by conditional writes) and objects that vanish under a res
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -25,6 +24,7 @@ from loka_api.storage import (
     PreconditionFailedError,
     S3Uri,
     TransferCancelledError,
+    file_crc64nvme,
 )
 from loka_trainer.checkpoints import VERL_TRACKER_NAME, CheckpointStore, WriterFencedError
 from tests.trainer.conftest import wait_for, write_verl_checkpoint
@@ -40,11 +40,7 @@ def claimed(object_store: ObjectStore, prefix: S3Uri, *, keep: int, writer: Writ
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
+    return {p.relative_to(folder).as_posix(): file_crc64nvme(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def cancel_once_upload_started(object_store: ObjectStore, uri: S3Uri) -> threading.Event:
@@ -76,7 +72,7 @@ def test_upload_stores_every_file_with_a_manifest_and_moves_the_marker(
     assert {k: v for k, v in stored.items() if k != MANIFEST_NAME} == expected
     manifest = store.manifest(10)
     assert manifest is not None
-    assert {f.path: f.sha256 for f in manifest.files} == tree_digest(folder)
+    assert {f.path: f.crc64nvme for f in manifest.files} == tree_digest(folder)
     marker = json.loads(object_store.get_bytes(store.marker_uri) or b"{}")
     assert marker["step"] == 10
     assert marker["uri"] == record.uri

@@ -99,7 +99,7 @@ def test_async_saves_are_not_uploaded_as_complete(
 def test_saves_upload_in_the_background_from_a_snapshot_that_survives_verls_rotation(
     ray_cluster: list[str], object_store: ObjectStore, s3_prefix: S3Uri, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from loka_api.manifest import sha256_file
+    from loka_api.storage import file_crc64nvme
     from loka_trainer.nodes import UPLOAD_SNAPSHOT_FOLDER
     from loka_trainer.verl_callback import S3CheckpointCallback
 
@@ -111,7 +111,7 @@ def test_saves_upload_in_the_background_from_a_snapshot_that_survives_verls_rota
     trainer = SimpleNamespace(total_training_steps=30)  # what verl passes: the trainer, which knows the last step
     local = tmp_path / "local"
     first = write_verl_checkpoint(local, step=10, shard_bytes=512 * 1024)
-    written = {p.relative_to(first).as_posix(): sha256_file(p) for p in first.rglob("*") if p.is_file()}
+    written = {p.relative_to(first).as_posix(): file_crc64nvme(p) for p in first.rglob("*") if p.is_file()}
 
     callback.on_save(trainer=trainer, global_step=10, checkpoint_dir=str(first), async_save=False)
     shutil.rmtree(first)  # verl's max_actor_ckpt_to_keep=1 at its next save, maybe while step 10 still uploads
@@ -124,7 +124,7 @@ def test_saves_upload_in_the_background_from_a_snapshot_that_survives_verls_rota
     assert store.marker_step() == 30
     manifest = store.manifest(10)
     assert manifest is not None
-    assert {f.path: f.sha256 for f in manifest.files} == written
+    assert {f.path: f.crc64nvme for f in manifest.files} == written
     assert not any((local / UPLOAD_SNAPSHOT_FOLDER).rglob("*"))
 
 

@@ -2,7 +2,7 @@
 
 The layout is the core's contract (``loka_api.contract``): under the run's prefix (namespace, name and uid, so a
 run created again under the same name never sees its predecessor's checkpoints) a step folder per checkpoint,
-its manifest (every file's path, size and sha256, written after all files) and the marker (written after the
+its manifest (every file's path, size and CRC64NVME, written after all files) and the marker (written after the
 manifest). A checkpoint is complete exactly when its manifest exists; resume only ever restores complete ones.
 
 Who may write. Each attempt of a run (a retry, a resume after a preemption) is a ``Writer``. Before it restores
@@ -27,8 +27,8 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from loka_api import CheckpointPin
 from loka_api.checkpoints import (
     CheckpointError,
     CheckpointIndex,
@@ -40,6 +40,9 @@ from loka_api.checkpoints import (
 from loka_api.contract import MANIFEST_NAME, STEP_FOLDER, step_folder
 from loka_api.manifest import CheckpointManifest, ManifestFile, Writer
 from loka_api.storage import ObjectStore, PreconditionFailedError, S3Uri, TransferCancelledError
+
+if TYPE_CHECKING:  # the models (pydantic) stay out of what the benchmark imports
+    from loka_api import CheckpointPin
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +82,8 @@ def merge_node_files(per_node: list[tuple[ManifestFile, ...]]) -> tuple[Manifest
     for files in per_node:
         for entry in files:
             seen = merged.setdefault(entry.path, entry)
-            if seen.sha256 != entry.sha256 or seen.size != entry.size:
-                msg = f"{entry.path} differs between nodes (sha256 {seen.sha256[:12]}… vs {entry.sha256[:12]}…)"
+            if seen.checksum != entry.checksum or seen.size != entry.size:
+                msg = f"{entry.path} differs between nodes ({seen.checksum} vs {entry.checksum})"
                 raise CheckpointError(msg)
     return tuple(merged[path] for path in sorted(merged))
 
@@ -240,7 +243,7 @@ class CheckpointStore(CheckpointIndex[ObjectStore]):
         destination = self.step_uri(step)
         pairs = [(path, destination.join(path.relative_to(folder).as_posix())) for path in _local_files(folder)]
         sent = self.store.upload_files(pairs, cancel=cancel)
-        return tuple(ManifestFile(f.path.relative_to(folder).as_posix(), f.size, f.sha256) for f in sent)
+        return tuple(ManifestFile(f.path.relative_to(folder).as_posix(), f.size, f.crc64nvme) for f in sent)
 
     def commit(self, step: int, files: tuple[ManifestFile, ...]) -> CheckpointRecord:
         """Write the manifest, then move the marker (conditionally on the claim), then prune."""
@@ -365,7 +368,7 @@ class CheckpointStore(CheckpointIndex[ObjectStore]):
         cancel: threading.Event | None = None,
     ) -> RestoreResult:
         """Restore the marker's checkpoint, else the newest complete one that restores: a checkpoint that is
-        incomplete, lost a file or fails its sha256 is passed over (and named in the result) for the next older.
+        incomplete, lost a file or fails its checksum is passed over (and named in the result) for the next older.
         """
         marker = self.marker_step()
         candidates = ([marker] if marker is not None else []) + [
