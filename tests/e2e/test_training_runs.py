@@ -191,18 +191,18 @@ def test_a_deadline_ends_the_run_failed_with_a_final_checkpoint_of_the_step_it_w
 ) -> None:
     # No periodic checkpoint before the deadline (every 1000): what S3 holds at the end is the save on the way out.
     manifest = run_manifest(
-        e2e_namespace, "deadline", training={"maxSteps": 400}, checkpoints={"every": 1000},
-        preemption={"gracePeriodSeconds": 30}, deadline={"seconds": 40},
+        e2e_namespace, "deadline", training={"maxSteps": 5000}, checkpoints={"every": 1000},
+        deadline={"seconds": 75},  # the default grace period (60 s) leaves the trainer 37 s to save
     )  # fmt: skip
     watch = apply(cluster, manifest)
     watch.until(lambda s: (s.get("progress") or {}).get("step", 0) >= 1, timeout=180, what="a first step")
-    failed = watch.until(lambda s: s.get("phase") == "Failed", timeout=120, what="the deadline to end the run")
+    failed = watch.until(lambda s: s.get("phase") == "Failed", timeout=150, what="the deadline to end the run")
     ended = condition(failed, "Failed")
     assert ended.get("reason") == "DeadlineExceeded", failed
-    assert "spec.deadline.seconds 40" in ended.get("message", ""), ended
+    assert "spec.deadline.seconds 75" in ended.get("message", ""), ended
     started = datetime.fromisoformat(failed["startTime"].replace("Z", "+00:00"))
     stopped = datetime.fromisoformat(failed["completionTime"].replace("Z", "+00:00"))
-    assert 40 <= (stopped - started).total_seconds() < 40 + 30, (started, stopped)
+    assert 75 <= (stopped - started).total_seconds() < 75 + 30, (started, stopped)
 
     # The trainer saved the step it was on before its Ray job ended: the marker names that checkpoint, complete.
     saved = watch.until(
