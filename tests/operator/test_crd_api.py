@@ -52,7 +52,7 @@ INVALID: list[tuple[str, Any, list[str]]] = [
     ("queue.name", "Team_A", ["spec.queue.name", "should match"]),
     ("maxRestarts", -3, ["spec.maxRestarts", "greater than or equal to 0"]),
     ("deadline.seconds", 0, ["spec.deadline.seconds", "greater than or equal to 1"]),
-    ("deadline.seconds", 45, ["spec.deadline.seconds is 45", "longer than spec.preemption.gracePeriodSeconds (60)"]),
+    ("deadline.seconds", 45, ["spec.deadline.seconds", "longer than spec.preemption.gracePeriodSeconds (default 60)"]),
 ]
 
 
