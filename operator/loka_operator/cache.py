@@ -84,9 +84,11 @@ class WriteLedger:
             del self._written[ref]
 
 
-def _without_trainer_status(body: JSON) -> JSON:
-    # A trainer's failure report is the exception: a permanent one ends the run at once.
-    ignored = set(TRAINER_STATUS_FIELDS) - {TRAINER_FAILURE_FIELD}
+# A trainer's failure report is the exception: a permanent one ends the run at once.
+RUN_REPORTER_FIELDS = tuple(f for f in TRAINER_STATUS_FIELDS if f != TRAINER_FAILURE_FIELD)
+
+
+def _without_trainer_status(body: JSON, ignored: Collection[str] = RUN_REPORTER_FIELDS) -> JSON:
     status = {k: v for k, v in (body.get("status") or {}).items() if k not in ignored}
     meta = {k: v for k, v in body.get("metadata", {}).items() if k not in ("resourceVersion", "managedFields")}
     return {"metadata": meta, "spec": body.get("spec"), "status": status}
@@ -103,9 +105,9 @@ def trimmed_run(body: JSON) -> JSON:
     return {**body, "metadata": kept}
 
 
-def only_trainer_fields_changed(old: JSON | None, new: JSON) -> bool:
+def only_trainer_fields_changed(old: JSON | None, new: JSON, ignored: Collection[str] = RUN_REPORTER_FIELDS) -> bool:
     """True when nothing but the trainer's own status fields (progress, metrics, ...) differ: no reconcile needed."""
-    return old is not None and _without_trainer_status(old) == _without_trainer_status(new)
+    return old is not None and _without_trainer_status(old, ignored) == _without_trainer_status(new, ignored)
 
 
 @dataclass
@@ -144,9 +146,12 @@ def uid_of(body: Mapping[str, Any]) -> str:
 
 @dataclass
 class RunCache:
-    """The latest body of every run in scope, as the watch delivered it or our own status write returned it."""
+    """The latest body of every run in scope, as the watch delivered it or our own status write returned it (or of
+    every Evaluation: ``kind``, whose pod reports ``reporter_fields``)."""
 
     ledger: WriteLedger = field(default_factory=WriteLedger)
+    kind: Kind = kinds.TRAINING_RUN
+    reporter_fields: Collection[str] = RUN_REPORTER_FIELDS
     _runs: dict[str, JSON] = field(default_factory=dict)
     freshness: Freshness = field(default_factory=Freshness)
 
@@ -157,20 +162,20 @@ class RunCache:
         old = self._runs.get(key)
         self._runs[key] = body
         self.freshness.seen(uid_of(body))
-        ref = ref_of(kinds.TRAINING_RUN.kind, body)
+        ref = ref_of(self.kind.kind, body)
         if self.ledger.is_echo(ref, body):
             return False  # the echo of our own status write: the reconcile that wrote it saw everything
-        return not only_trainer_fields_changed(old, body)
+        return not only_trainer_fields_changed(old, body, self.reporter_fields)
 
     def wrote(self, body: JSON) -> None:
         body = trimmed_run(body)
         key = naming.run_key(body["metadata"]["namespace"], body["metadata"]["name"])
-        self.ledger.wrote(ref_of(kinds.TRAINING_RUN.kind, body), body, seen_before=self._runs.get(key))
+        self.ledger.wrote(ref_of(self.kind.kind, body), body, seen_before=self._runs.get(key))
         self._runs.setdefault(key, body)
 
     def run(self, key: str) -> JSON | None:
         namespace, name = naming.split_key(key)
-        return self.ledger.newest((kinds.TRAINING_RUN.kind, namespace, name), self._runs.get(key))
+        return self.ledger.newest((self.kind.kind, namespace, name), self._runs.get(key))
 
     def known(self, key: str) -> bool:
         return key in self._runs

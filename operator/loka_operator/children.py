@@ -67,6 +67,13 @@ def by_run_label(body: Mapping[str, Any]) -> str | None:
     return naming.run_key(meta.get("namespace") or "", run) if run else None
 
 
+def by_evaluation_label(body: Mapping[str, Any]) -> str | None:
+    """The Evaluation an owned child of an Evaluation belongs to: its `loka.dev/evaluation` label."""
+    meta = body.get("metadata") or {}
+    evaluation = (meta.get("labels") or {}).get(naming.LABEL_EVALUATION)
+    return naming.run_key(meta.get("namespace") or "", evaluation) if evaluation else None
+
+
 def by_owning_rayjob(body: Mapping[str, Any]) -> str | None:
     """The run of an object Kueue made for a RayJob: the RayJob that owns it (a run's RayJob carries the run's
     name)."""
@@ -100,8 +107,12 @@ class ChildKind:
     # run's only when that child owns it. Any RayJob's Workload names a "run" (its RayJob's name); the cache keeps
     # only those of the run's own RayJob.
     made_for: ChildKind | None = None
+    # The kind of object it is a child of: a TrainingRun, or an Evaluation (whose reconciler keeps its own children).
+    parent: Kind = kinds.TRAINING_RUN
 
     def __post_init__(self) -> None:
+        if self.parent not in (kinds.TRAINING_RUN, kinds.EVALUATION):
+            raise ValueError(f"child kind {self.kind.kind}: no reconciler keeps children of {self.parent.kind}")
         if self.build is not None and (self.relation is not Relation.OWNED or not {"get", "create"} <= self.verbs):
             raise ValueError(f"side service kind {self.kind.kind} must be owned, with the get and create verbs")
         if self.relation is Relation.OWNED and self.component is None:
@@ -134,15 +145,15 @@ class ChildKind:
     def manifest(self, name: str, *, run: str, namespace: str, uid: str) -> JSON:
         """The start of an owned child's manifest: its kind, name, the run's labels and the run as its owner."""
         assert self.component is not None, f"{self.name} is observed, not built"
+        if self.parent == kinds.EVALUATION:
+            labels = naming.evaluation_labels(run, self.component)
+            owner = naming.evaluation_owner_reference(run, uid)
+        else:
+            labels, owner = naming.run_labels(run, self.component), naming.owner_reference(run, uid)
         return {
             "apiVersion": self.kind.api_version,
             "kind": self.kind.kind,
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "labels": naming.run_labels(run, self.component),
-                "ownerReferences": [naming.owner_reference(run, uid)],
-            },
+            "metadata": {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner]},
         }
 
     def drifted(self, desired: Mapping[str, Any], existing: Mapping[str, Any]) -> JSON:
@@ -268,6 +279,46 @@ ENVIRONMENT_SERVICE = ChildKind(
     build=_environment_services,
 )
 
+# An Evaluation's children: its Job, and the evaluator's identity (the same kinds and verbs as a run's trainer
+# identity, told apart by the `loka.dev/evaluation` label). Its Kueue Workload is not watched: a suspended Job is
+# a queued one.
+EVALUATION_JOB = ChildKind(
+    kinds.JOB,
+    Relation.OWNED,
+    kept={"spec": ("suspend",), "status": None},
+    verbs=frozenset({"get", "create"}),
+    component="evaluation",
+    run_of=by_evaluation_label,
+    parent=kinds.EVALUATION,
+)
+EVALUATOR_SERVICE_ACCOUNT = ChildKind(
+    kinds.SERVICE_ACCOUNT,
+    Relation.OWNED,
+    kept={},
+    verbs=SERVICE_ACCOUNT.verbs,
+    component=TRAINER_IDENTITY,
+    run_of=by_evaluation_label,
+    parent=kinds.EVALUATION,
+)
+EVALUATOR_ROLE = ChildKind(
+    kinds.ROLE,
+    Relation.OWNED,
+    kept={"rules": None},
+    verbs=ROLE.verbs,
+    component=TRAINER_IDENTITY,
+    run_of=by_evaluation_label,
+    parent=kinds.EVALUATION,
+)
+EVALUATOR_ROLE_BINDING = ChildKind(
+    kinds.ROLE_BINDING,
+    Relation.OWNED,
+    kept={"roleRef": None, "subjects": None},
+    verbs=ROLE_BINDING.verbs,
+    component=TRAINER_IDENTITY,
+    run_of=by_evaluation_label,
+    parent=kinds.EVALUATION,
+)
+
 # Every child kind the operator watches, caches and is granted; a side service's kinds go at the end. (The run's Ray
 # token Secret is not here: it is owned by the RayJob, and Secrets are never watched, so that no value is cached.)
 CHILDREN: tuple[ChildKind, ...] = (
@@ -280,3 +331,11 @@ CHILDREN: tuple[ChildKind, ...] = (
     ENVIRONMENT_SERVER,
     ENVIRONMENT_SERVICE,
 )
+EVALUATION_CHILDREN: tuple[ChildKind, ...] = (
+    EVALUATION_JOB,
+    EVALUATOR_SERVICE_ACCOUNT,
+    EVALUATOR_ROLE,
+    EVALUATOR_ROLE_BINDING,
+)
+# What the watches, the startup LIST and the chart's RBAC cover: every entry, whichever kind it is a child of.
+REGISTRY: tuple[ChildKind, ...] = (*CHILDREN, *EVALUATION_CHILDREN)

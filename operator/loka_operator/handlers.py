@@ -1,6 +1,6 @@
 """Thin kopf wiring: watch events on a run or one of its children ask for one level-based reconcile.
 
-Every child kind the registry declares (`children.CHILDREN`) is watched by one generic handler and kept per run
+Every child kind the registry declares (`children.REGISTRY`) is watched by one generic handler and kept per run
 from the watch events (primed by one LIST per kind at startup), so a reconcile reads them instead of the API server.
 When kopf lists a kind again (its watch expired: 410 Gone), it reports only the objects that exist; the operator
 then lists that kind itself and replaces what it caches of it (`relist`), so that what was deleted in the gap is
@@ -27,9 +27,10 @@ from prometheus_client import start_http_server
 from loka_api import kinds
 from loka_operator import lineage, naming
 from loka_operator.cache import InScope, ListScope, relist_children, relist_runs
-from loka_operator.children import CHILDREN, WORKLOAD, ChildKind
+from loka_operator.children import CHILDREN, EVALUATION_CHILDREN, REGISTRY, WORKLOAD, ChildKind
 from loka_operator.config import OperatorConfig
 from loka_operator.credentials import login
+from loka_operator.evaluations import EvaluationReconciler
 from loka_operator.kube import KubeClient
 from loka_operator.metrics import OperatorMetrics
 from loka_operator.reconcile import Reconciler
@@ -60,6 +61,8 @@ class OperatorState:
     queue: RunQueue
     metrics: OperatorMetrics
     scope: ListScope
+    evaluations: EvaluationReconciler
+    evaluation_queue: RunQueue
     resync: asyncio.Task[None] | None = None
     owns_client: bool = False
     # Kinds kopf listed again, waiting for the operator's own LIST; the task that makes it.
@@ -108,6 +111,7 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         shared = Shared(KubeClient(login(), relogin=login, on_request=_counter(metrics)), metrics)
     metrics, client = shared.metrics, shared.client
     reconciler = Reconciler(client=client, config=config, metrics=metrics)
+    evaluations = EvaluationReconciler(reconciler)
     scope = ListScope(
         [None] if not config.namespaces or any(map(_is_pattern, config.namespaces)) else [*config.namespaces],
         selectors,
@@ -116,14 +120,21 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     # Before the watches start: a run's first reconcile must already see every child that exists.
     children = reconciler.children
     await relist_children(children, client, scope)
-    primed = children.count()
+    await relist_children(evaluations.children, client, scope, EVALUATION_CHILDREN)
+    primed = children.count() + evaluations.children.count()
 
     async def reconcile_one(key: str, drift: bool) -> float | None:
+        return await _reconcile_counted(reconciler, key, drift)
+
+    async def reconcile_evaluation(key: str, drift: bool) -> float | None:
+        return await _reconcile_counted(evaluations, key, drift)
+
+    async def _reconcile_counted(target: Reconciler | EvaluationReconciler, key: str, drift: bool) -> float | None:
         namespace, name = naming.split_key(key)
         started = time.monotonic()
         metrics.in_flight.inc()
         try:
-            outcome = await reconciler.reconcile(namespace, name, drift=drift)
+            outcome = await target.reconcile(namespace, name, drift=drift)
         except Exception:
             metrics.reconciles.labels(result="error").inc()
             raise
@@ -134,7 +145,17 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         return outcome.requeue_after
 
     queue = RunQueue(reconcile_one, max_concurrent=config.max_concurrent_reconciles)
-    state = OperatorState(client, reconciler, queue, metrics, scope, owns_client=getattr(memo, "shared", None) is None)
+    evaluation_queue = RunQueue(reconcile_evaluation, max_concurrent=config.max_concurrent_reconciles)
+    state = OperatorState(
+        client,
+        reconciler,
+        queue,
+        metrics,
+        scope,
+        evaluations,
+        evaluation_queue,
+        owns_client=getattr(memo, "shared", None) is None,
+    )
     memo.loka = state
     state.resync = asyncio.get_running_loop().create_task(_resync_forever(state, config), name="loka resync")
     _hear_kopf_listings(state)
@@ -149,7 +170,7 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
 
 def child_selectors(config: OperatorConfig) -> dict[ChildKind, str]:
     """The label selector each child kind is watched and listed with (Workloads: as the operator is configured)."""
-    selectors = {child: child.selector for child in CHILDREN}
+    selectors = {child: child.selector for child in REGISTRY}
     selectors[WORKLOAD] = config.workload_selector
     return selectors
 
@@ -170,6 +191,7 @@ async def stop(memo: Any, **_: Any) -> None:
         if task is not None:
             task.cancel()
     await state.queue.drain()
+    await state.evaluation_queue.drain()
     await state.reconciler.status.events.close()
     await state.reconciler.notifier.close()
     if state.owns_client:
@@ -198,6 +220,11 @@ async def relist(state: OperatorState, wanted: Collection[str] | None = None) ->
         for key in touched:
             if cache.known(key):
                 state.queue.request(key)
+        listed = [child for child in EVALUATION_CHILDREN if wanted is None or child.name in wanted]
+        touched = await relist_children(state.evaluations.children, state.client, state.scope, listed)
+        for key in touched:
+            if state.evaluations.cache.known(key):
+                state.evaluation_queue.request(key)
 
 
 def _hear_kopf_listings(state: OperatorState) -> None:
@@ -257,10 +284,11 @@ async def _resync_forever(state: OperatorState, config: OperatorConfig) -> None:
         except Exception:
             log.exception("the resync could not list runs and children; reconciling from the caches")
         state.reconciler.new_resync_period()
-        keys = state.reconciler.cache.keys()
-        for index, key in enumerate(keys):
-            # Spread the pass over the interval instead of a thundering herd.
-            state.queue.request_after(key, config.resync_seconds * index / len(keys), drift=True)
+        for cache, queue in ((state.reconciler.cache, state.queue), (state.evaluations.cache, state.evaluation_queue)):
+            keys = cache.keys()
+            for index, key in enumerate(keys):
+                # Spread the pass over the interval instead of a thundering herd.
+                queue.request_after(key, config.resync_seconds * index / len(keys), drift=True)
 
 
 def _is_pattern(namespace: str) -> bool:
@@ -297,6 +325,23 @@ def _wake_dependents(state: OperatorState, key: str) -> None:
     trainer or this operator wrote them, and its deletion fails them."""
     for dependent in state.reconciler.dependents(key):
         state.queue.request(dependent)
+    # Evaluations waiting for this run's rollouts (spec.rollouts.fromRun).
+    for dependent in state.evaluations.dependents(key):
+        state.evaluation_queue.request(dependent)
+
+
+# --------------------------------------------------------------------------------------- evaluations
+
+
+@kopf.on.event(*kinds.EVALUATION.gvr)
+async def evaluation_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    state = _state(memo)
+    key = naming.run_key(body.metadata.namespace or "", body.metadata.name or "")
+    if type == "DELETED":
+        state.evaluation_queue.forget(key)
+        state.evaluations.forget(key)
+    elif state.evaluations.cache.observe(dict(body)):
+        state.evaluation_queue.request(key)
 
 
 def _wake_source(state: OperatorState, body: dict[str, Any]) -> None:
@@ -319,25 +364,28 @@ async def child_changed(type: str | None, body: kopf.Body, memo: Any, param: Any
     key = child.run_of(body)
     if key is None:
         return
-    children = state.reconciler.children
+    owner = state.evaluations if child.parent == kinds.EVALUATION else state.reconciler
+    queue = state.evaluation_queue if child.parent == kinds.EVALUATION else state.queue
+    children = owner.children
     if type == "DELETED":
         children.gone(child, key, body)
     elif not children.observe(child, key, body) or children.is_echo(child, dict(body)):
         return  # not the run's (another RayJob's Workload), or the echo of our own write
-    if state.reconciler.cache.known(key):
-        state.queue.request(key)
+    if owner.cache.known(key):
+        queue.request(key)
 
 
 def watch_children(watched: Iterable[ChildKind], registry: kopf.OperatorRegistry) -> None:
     """The one handler above, registered for each child kind (kopf hands it the kind as ``param``)."""
     for child in watched:
+        prefix = "" if child.parent == kinds.TRAINING_RUN else f"{child.parent.kind.lower()}-"
         kopf.on.event(
             *child.kind.gvr,
-            id=f"{child.kind.plural}-changed",
+            id=f"{prefix}{child.kind.plural}-changed",
             labels=child.labels or None,
             param=child,
             registry=registry,
         )(child_changed)
 
 
-watch_children(CHILDREN, kopf.get_default_registry())
+watch_children(REGISTRY, kopf.get_default_registry())

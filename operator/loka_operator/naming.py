@@ -10,6 +10,9 @@ from loka_api.kueue import JOB_UID_LABEL
 OPERATOR_NAME = "loka-operator"
 
 LABEL_RUN = f"{GROUP}/run"
+# An Evaluation's children carry its name under their own key: never a run's label (a run's NetworkPolicy admits
+# pods by `loka.dev/run`, and a run and an Evaluation may share a name).
+LABEL_EVALUATION = f"{GROUP}/evaluation"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_PART_OF = "app.kubernetes.io/part-of"
 LABEL_COMPONENT = "app.kubernetes.io/component"
@@ -97,6 +100,40 @@ def rayjob_owner_reference(rayjob: str, uid: str) -> dict[str, Any]:
         "name": rayjob,
         "uid": uid,
         "controller": True,
+    }
+
+
+def evaluation_labels(evaluation: str, component: str) -> dict[str, str]:
+    return {
+        LABEL_EVALUATION: evaluation,
+        LABEL_MANAGED_BY: OPERATOR_NAME,
+        LABEL_PART_OF: "loka",
+        LABEL_COMPONENT: component,
+    }
+
+
+def evaluation_job_name(evaluation: str) -> str:
+    return f"{evaluation}-eval"
+
+
+def evaluation_of_job(job: str) -> str | None:
+    """The Evaluation whose Job this name is (evaluation_job_name's inverse)."""
+    return job.removesuffix("-eval") if job.endswith("-eval") else None
+
+
+def evaluator_account_name(evaluation: str) -> str:
+    """The evaluator pod's ServiceAccount, and its Role and RoleBinding."""
+    return f"loka-eval-{evaluation}"
+
+
+def evaluation_owner_reference(evaluation: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": kinds.EVALUATION.api_version,
+        "kind": kinds.EVALUATION.kind,
+        "name": evaluation,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
     }
 
 

@@ -12,6 +12,7 @@ import enum
 from typing import Any
 
 from loka_api import kinds
+from loka_api.kinds import Kind
 
 
 class Claim(enum.Enum):
@@ -25,11 +26,12 @@ def controller_of(obj: dict[str, Any]) -> dict[str, Any] | None:
     return next((ref for ref in refs if ref.get("controller")), None)
 
 
-def claim(obj: dict[str, Any], run: str, uid: str) -> Claim:
+def claim(obj: dict[str, Any], run: str, uid: str, *, owner_kind: Kind = kinds.TRAINING_RUN) -> Claim:
+    """Whose ``obj`` is, for the ``owner_kind`` object ``run`` of uid ``uid`` (a TrainingRun, or an Evaluation)."""
     owner = controller_of(obj)
     if owner is None:
         return Claim.FOREIGN
     if owner.get("uid") == uid:
         return Claim.OURS
-    same_kind = kinds.TRAINING_RUN.owns(str(owner.get("apiVersion", "")), str(owner.get("kind", "")))
+    same_kind = owner_kind.owns(str(owner.get("apiVersion", "")), str(owner.get("kind", "")))
     return Claim.PREVIOUS_RUN if same_kind and owner.get("name") == run else Claim.FOREIGN

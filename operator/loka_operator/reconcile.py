@@ -245,7 +245,7 @@ class Reconciler:
         # the launch's critical path, one round trip each when taken in turn).
         launching = rayjob is None and not run.spec.suspend
         _queue, identity, taken = await asyncio.gather(
-            self._ensure_local_queue(run.spec.queue, run.metadata.namespace),
+            self.ensure_local_queue(run.spec.queue, run.metadata.namespace),
             self._ensure_identity(run),
             self._ray_token_name_taken(run) if launching else _nothing(),
         )
@@ -306,9 +306,12 @@ class Reconciler:
         return lineage.pins_of(run, (body for body in same_namespace if body is not None))
 
     async def _missing_secrets(self, run: TrainingRun) -> Problem | None:
-        namespace = run.metadata.namespace
+        return await self.missing_secrets(run.metadata.namespace, secret_routes.wanted(secret_routes.of_run(run.spec)))
+
+    async def missing_secrets(self, namespace: str, wanted: dict[str, list[str]]) -> Problem | None:
+        """Which of the wanted Secrets and keys (by Secret) are missing, in words; None when all exist."""
         missing: list[str] = []
-        for secret, keys in secret_routes.wanted(secret_routes.of_run(run.spec)).items():
+        for secret, keys in wanted.items():
             present = await self._secret_keys(namespace, secret, keys)
             if present is None:
                 missing.append(f"Secret {secret!r} (keys {', '.join(keys)}) does not exist")
@@ -341,7 +344,7 @@ class Reconciler:
         del body  # only key names leave this function
         return present
 
-    async def _ensure_local_queue(self, queue: QueueSpec | None, namespace: str) -> None:
+    async def ensure_local_queue(self, queue: QueueSpec | None, namespace: str) -> None:
         if queue is None:
             return
         manifest = builders.build_local_queue(queue, namespace)

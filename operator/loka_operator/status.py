@@ -9,6 +9,7 @@ are computed; the trainer's progress, metrics, checkpoint and wandbURL are carri
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -291,7 +292,7 @@ def _waiting_for_kueue(wait: Problem) -> Verdict:
 
 def set_condition(
     conditions: list[Condition],
-    type_: ConditionType,
+    type_: enum.StrEnum,
     status: bool,
     reason: str,
     message: str,

@@ -28,8 +28,9 @@ from localcluster.tools import REPO
 from loka_api import kinds
 from loka_api.kinds import Kind
 from loka_operator import naming
+from loka_operator.builders.evaluation import build_evaluator_identity
 from loka_operator.builders.rbac import build_role
-from loka_operator.children import CHILDREN, ChildKind
+from loka_operator.children import REGISTRY, ChildKind
 
 OPERATOR_SOURCES = REPO / "operator" / "loka_operator"
 CLIENT_VERBS = {
@@ -137,7 +138,7 @@ def _add_calls(table: VerbTable, sources: list[Path]) -> None:
 def required_verbs(
     *,
     own_namespace: bool = False,
-    children: Collection[ChildKind] = CHILDREN,
+    children: Collection[ChildKind] = REGISTRY,
     kopf_registry: kopf.OperatorRegistry | None = None,
 ) -> VerbTable:
     """What the operator does in the namespaces it watches, or (own_namespace) in its own."""
@@ -150,7 +151,7 @@ def required_verbs(
     return table
 
 
-def code_verbs_of_children(children: Collection[ChildKind] = CHILDREN) -> dict[str, set[str]]:
+def code_verbs_of_children(children: Collection[ChildKind] = REGISTRY) -> dict[str, set[str]]:
     """What the code (its calls and kopf's watches), not the registry, does with each child kind, by kind."""
     table: VerbTable = {}
     _add_watched(table, kopf.get_default_registry())
@@ -169,9 +170,12 @@ def _add_watched(table: VerbTable, registry: kopf.OperatorRegistry) -> None:
         plural = selector.plural or selector.any_name
         assert isinstance(plural, str), f"kopf handler on {selector}: resource not named"
         _add(table, selector.group or "", plural, "list", "watch")
-    for rule in build_role("run", "ns", "uid")["rules"]:
+    _evaluator_role = build_evaluator_identity("evaluation", "ns", "uid")[1]
+    for rule in [*build_role("run", "ns", "uid")["rules"], *_evaluator_role["rules"]]:
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 _add(table, group, resource, *rule["verbs"])
     if naming.owner_reference("run", "uid").get("blockOwnerDeletion"):
         _add(table, kinds.TRAINING_RUN.group, f"{kinds.TRAINING_RUN.plural}/finalizers", "update")
+    if naming.evaluation_owner_reference("evaluation", "uid").get("blockOwnerDeletion"):
+        _add(table, kinds.EVALUATION.group, f"{kinds.EVALUATION.plural}/finalizers", "update")

@@ -10,7 +10,7 @@ import pytest
 
 from loka_api.kinds import Kind
 from loka_operator.cache import Children, WriteLedger
-from loka_operator.children import CHILDREN, ChildKind, Relation
+from loka_operator.children import CHILDREN, REGISTRY, ChildKind, Relation
 from loka_operator.handlers import child_changed, watch_children
 from tests.deploy.operator_api import code_verbs_of_children, required_verbs
 
@@ -61,7 +61,7 @@ def test_a_child_kind_declared_once_is_cached_watched_and_granted() -> None:
     assert granted[("widgets.example.dev", "widgets")] == {"get", "list", "watch", "create", "patch"}
 
 
-@pytest.mark.parametrize("child", CHILDREN, ids=lambda child: child.name)
+@pytest.mark.parametrize("child", REGISTRY, ids=lambda child: f"{child.parent.kind}-{child.name}")
 def test_each_child_kind_declares_exactly_the_verbs_the_code_uses_on_it(child: ChildKind) -> None:
     assert code_verbs_of_children()[child.name] == set(child.all_verbs)
 
@@ -72,7 +72,7 @@ def test_every_child_kind_is_watched_once_by_the_operator() -> None:
         for handler in kopf.get_default_registry()._watching.get_all_handlers()
         if isinstance(handler.param, ChildKind)
     ]
-    assert watched == list(CHILDREN)
+    assert watched == list(REGISTRY)
 
 
 def test_an_owned_child_kind_must_say_which_component_it_is() -> None:

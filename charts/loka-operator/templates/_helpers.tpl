@@ -63,6 +63,21 @@ compares them). The same rules serve the ClusterRole and the per-namespace Roles
 - apiGroups: [loka.dev]
   resources: [trainingruns/finalizers]
   verbs: [update]
+# Evaluations, the same way: watched, status written, children owned with blockOwnerDeletion (get: the
+# evaluator's Role grants it).
+- apiGroups: [loka.dev]
+  resources: [evaluations]
+  verbs: [get, list, watch]
+- apiGroups: [loka.dev]
+  resources: [evaluations/status]
+  verbs: [patch]
+- apiGroups: [loka.dev]
+  resources: [evaluations/finalizers]
+  verbs: [update]
+# An Evaluation runs as a Job (watched, filtered by label on the server).
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, watch, create]
 - apiGroups: [ray.io]
   resources: [rayjobs]
   verbs: [get, list, watch, create, patch, delete]

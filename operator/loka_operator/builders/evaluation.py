@@ -13,27 +13,13 @@ from loka_api import contract, kinds, secret_routes
 from loka_api.evaluation import EvaluationSpec
 from loka_operator import naming
 from loka_operator.builders.rayjob import _restricted_container_security, _restricted_pod_security
+from loka_operator.children import EVALUATION_JOB, EVALUATOR_ROLE, EVALUATOR_ROLE_BINDING, EVALUATOR_SERVICE_ACCOUNT
 
 Manifest = dict[str, Any]
 CONTAINER = "evaluator"
 RUBRICS_VOLUME = "rubrics"
 # Judging is network-bound: a failed pod is not retried blindly (a re-run of the Evaluation skips what was scored).
 BACKOFF_LIMIT = 1
-
-
-def evaluation_job_name(evaluation: str) -> str:
-    return f"{evaluation}-eval"
-
-
-def evaluation_owner_reference(evaluation: str, uid: str) -> Manifest:
-    return {
-        "apiVersion": kinds.EVALUATION.api_version,
-        "kind": kinds.EVALUATION.kind,
-        "name": evaluation,
-        "uid": uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 def evaluation_env(spec: EvaluationSpec, *, name: str, namespace: str) -> list[Manifest]:
@@ -52,8 +38,9 @@ def build_evaluation_job(
     """The Job of Evaluation ``namespace/name``; ``service_account`` may only get that Evaluation and patch its
     status (the evaluator reads nothing else: the operator resolved the rollouts into status.rolloutsURI).
     """
-    labels = {**naming.run_labels(name, "evaluation"), naming.LABEL_RUN: name}
-    job_labels = dict(labels)
+    job = EVALUATION_JOB.manifest(naming.evaluation_job_name(name), run=name, namespace=namespace, uid=uid)
+    labels = dict(job["metadata"]["labels"])
+    job_labels = job["metadata"]["labels"]
     if spec.queue is not None:
         job_labels[naming.KUEUE_QUEUE_LABEL] = spec.queue.name
         if spec.queue.priority_class is not None:
@@ -80,14 +67,7 @@ def build_evaluation_job(
         mounts.append({"name": RUBRICS_VOLUME, "mountPath": contract.EVALUATION_RUBRIC_DIR, "readOnly": True})
     resources = {"cpu": spec.resources.cpu, "memory": spec.resources.memory}
     return {
-        "apiVersion": kinds.JOB.api_version,
-        "kind": kinds.JOB.kind,
-        "metadata": {
-            "name": evaluation_job_name(name),
-            "namespace": namespace,
-            "labels": job_labels,
-            "ownerReferences": [evaluation_owner_reference(name, uid)],
-        },
+        **job,
         "spec": {
             # Kueue admits it: created suspended when queued, unsuspended on admission.
             "suspend": spec.queue is not None,
@@ -97,6 +77,8 @@ def build_evaluation_job(
                 "spec": {
                     "restartPolicy": "Never",
                     "serviceAccountName": service_account,
+                    # The evaluator patches its Evaluation's status: the only pod of this identity.
+                    "automountServiceAccountToken": True,
                     "securityContext": _restricted_pod_security(),
                     "containers": [
                         {
@@ -114,3 +96,38 @@ def build_evaluation_job(
             },
         },
     }
+
+
+def build_evaluator_identity(name: str, namespace: str, uid: str) -> list[Manifest]:
+    """The evaluator pod's ServiceAccount, a Role that may only get this Evaluation and patch its status, and the
+    binding between them (in that order: RBAC checks a binding's Role when it is created)."""
+    account = naming.evaluator_account_name(name)
+    evaluations = kinds.EVALUATION
+    return [
+        {
+            **EVALUATOR_SERVICE_ACCOUNT.manifest(account, run=name, namespace=namespace, uid=uid),
+            "automountServiceAccountToken": False,
+        },
+        {
+            **EVALUATOR_ROLE.manifest(account, run=name, namespace=namespace, uid=uid),
+            "rules": [
+                {
+                    "apiGroups": [evaluations.group],
+                    "resources": [evaluations.plural],
+                    "resourceNames": [name],
+                    "verbs": ["get"],
+                },
+                {
+                    "apiGroups": [evaluations.group],
+                    "resources": [f"{evaluations.plural}/status"],
+                    "resourceNames": [name],
+                    "verbs": ["patch"],
+                },
+            ],
+        },
+        {
+            **EVALUATOR_ROLE_BINDING.manifest(account, run=name, namespace=namespace, uid=uid),
+            "roleRef": {"apiGroup": kinds.ROLE.group, "kind": kinds.ROLE.kind, "name": account},
+            "subjects": [{"kind": kinds.SERVICE_ACCOUNT.kind, "name": account, "namespace": namespace}],
+        },
+    ]
