@@ -147,6 +147,31 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return delete(_client(args), args.name, wait=args.wait, timeout=args.timeout)
 
 
+def cmd_eval_submit(args: argparse.Namespace) -> int:
+    from loka_cli import evaluations
+
+    return evaluations.submit(_client(args), args.file, wait=args.wait, timeout=args.timeout, dry_run=args.dry_run)
+
+
+def cmd_eval_status(args: argparse.Namespace) -> int:
+    from loka_cli import evaluations
+
+    return evaluations.status(_client(args), args.name, watch=args.watch, all_namespaces=args.all_namespaces,
+                              output=args.output, timeout=args.timeout)  # fmt: skip
+
+
+def cmd_eval_wait(args: argparse.Namespace) -> int:
+    from loka_cli import evaluations
+
+    return evaluations.wait(_client(args), args.name, timeout=args.timeout)
+
+
+def cmd_eval_delete(args: argparse.Namespace) -> int:
+    from loka_cli import evaluations
+
+    return evaluations.delete(_client(args), args.name, wait=args.wait, timeout=args.timeout)
+
+
 def cmd_completion(args: argparse.Namespace) -> int:
     from argcomplete.shell_integration import shellcode
 
@@ -328,6 +353,40 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  (one place list
     run_name(delete)
     delete.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True, help="wait until it is gone")
     delete.add_argument("--timeout", type=float, default=120, help="seconds to wait (default 120)")
+
+    # Evaluations (LLM judges over a run's rollouts): the run commands' names, under `loka eval`.
+    evals = commands.add_parser(
+        "eval", help="Evaluations: judge a run's rollouts (submit, status, wait, delete)",
+        description="Evaluations: LLM judges over a run's kept rollouts, writing scores and preference pairs",
+    )  # fmt: skip
+    eval_commands = evals.add_subparsers(dest="eval_command", metavar="COMMAND", required=True)
+
+    def eval_command(
+        name: str, handler: Handler, help_: str, *parents: argparse.ArgumentParser
+    ) -> argparse.ArgumentParser:
+        sub = eval_commands.add_parser(name, help=help_, description=help_, parents=[cluster_flags, *parents])
+        sub.set_defaults(handler=handler)
+        return sub
+
+    eval_submit = eval_command("submit", cmd_eval_submit, "apply an Evaluation; with --wait, follow it to the end")
+    eval_submit.add_argument("-f", "--file", required=True, help="the Evaluation's YAML (- for stdin)")
+    eval_submit.add_argument("--wait", action="store_true", help="follow it until it succeeds (0) or fails (1)")
+    eval_submit.add_argument("--timeout", type=float, default=24 * 3600, help="seconds --wait waits (default a day)")
+    eval_submit.add_argument("--dry-run", action="store_true", help="let the API server validate it, change nothing")
+    eval_status = eval_command(
+        "status", cmd_eval_status, "list Evaluations, or show one (judges' parse and error rates, pairs)", output_flag
+    )
+    eval_status.add_argument("name", metavar="NAME", nargs="?", help="the Evaluation")
+    eval_status.add_argument("-w", "--watch", action="store_true", help="follow NAME until it ends")
+    eval_status.add_argument("-A", "--all-namespaces", action="store_true", help="Evaluations of every namespace")
+    eval_status.add_argument("--timeout", type=float, default=24 * 3600, help="seconds -w follows (default a day)")
+    eval_wait = eval_command("wait", cmd_eval_wait, "wait until an Evaluation ends: 0 when it succeeded, 1 if not")
+    eval_wait.add_argument("name", metavar="NAME", help="the Evaluation")
+    eval_wait.add_argument("--timeout", type=float, default=24 * 3600, help="seconds to wait (default a day)")
+    eval_delete = eval_command("delete", cmd_eval_delete, "delete an Evaluation and its Job (its output stays in S3)")
+    eval_delete.add_argument("name", metavar="NAME", help="the Evaluation")
+    eval_delete.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True, help="until it is gone")
+    eval_delete.add_argument("--timeout", type=float, default=120, help="seconds to wait (default 120)")
 
     completion = command("completion", cmd_completion, "print the shell completion script (bash, zsh, fish)")
     completion.add_argument("shell", choices=("bash", "zsh", "fish"))

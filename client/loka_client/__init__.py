@@ -15,6 +15,7 @@ from loka_client.errors import (
     CheckpointMismatchError,
     CheckpointNotFoundError,
     ClusterError,
+    EvaluationFailedError,
     InvalidInputError,
     InvalidRunError,
     LokaError,
@@ -24,6 +25,7 @@ from loka_client.errors import (
     StorageError,
     WaitTimeoutError,
 )
+from loka_client.evaluations import EvaluationNotFoundError, Evaluations, EvaluationView
 from loka_client.runs import Run, RunChange
 
 __all__ = [
@@ -31,6 +33,10 @@ __all__ = [
     "CheckpointNotFoundError",
     "Client",
     "ClusterError",
+    "EvaluationFailedError",
+    "EvaluationNotFoundError",
+    "EvaluationView",
+    "Evaluations",
     "InvalidInputError",
     "InvalidRunError",
     "LokaError",

@@ -31,6 +31,7 @@ from loka_client.errors import (
     RunNotFoundError,
     WaitTimeoutError,
 )
+from loka_client.evaluations import Evaluations
 from loka_client.portforward import PortForward
 from loka_client.queue import QueueStanding, queue_standing
 from loka_client.runs import JSON, Run, RunChange, checked_manifest, parse_manifest
@@ -95,6 +96,11 @@ class Client:
     def api(self) -> Any:
         """The ``kubernetes.client.ApiClient`` this client talks through (connected on first use)."""
         return self.connection.api
+
+    @property
+    def evaluations(self) -> Evaluations:
+        """The cluster's Evaluations (LLM judges over a run's rollouts): get, list, submit, wait, delete."""
+        return Evaluations(self.connection)
 
     def _ns(self, namespace: str | None) -> str:
         return namespace or self.connection.namespace

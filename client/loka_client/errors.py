@@ -79,6 +79,17 @@ class RunFailedError(LokaError):
         self.run = run
 
 
+class EvaluationFailedError(LokaError):
+    """The Evaluation that was waited for failed; ``message`` says why, as its status does."""
+
+    def __init__(self, name: str, namespace: str, why: str | None) -> None:
+        super().__init__(
+            f"Evaluation {namespace}/{name} failed: {why or '(no message)'}",
+            hint=f"see its conditions: loka eval status {name} -n {namespace}",
+        )
+        self.name, self.namespace = name, namespace
+
+
 class WaitTimeoutError(LokaError, TimeoutError):
     """The run did not reach what was waited for in time; ``run`` is how it was last seen (it keeps running)."""
 

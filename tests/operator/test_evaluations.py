@@ -22,6 +22,7 @@ from localcluster.judge_server import JudgeServer
 from loka_api import kinds
 from loka_api.contract import ENV_EVALUATION_NAME, ENV_EVALUATION_NAMESPACE, judge_api_key_env, rollout_file
 from loka_api.storage import ObjectStore, S3Uri
+from loka_cli.main import main
 from loka_operator import naming
 from loka_trainer.evaluate import evaluate_from_environment
 from tests.operator.conftest import drive_rayjob, eventually, run_manifest, wait_phase
@@ -113,6 +114,12 @@ def token_kubeconfig(cluster: LocalCluster, kube: Kube, ns: str, account: str, f
     return path
 
 
+def loka(capsys: pytest.CaptureFixture[str], cluster: LocalCluster, ns: str, *args: str) -> tuple[int, str]:
+    """`loka ARGS -n <ns>` in-process, as tests/operator/test_cli.py runs it: (exit code, stdout)."""
+    code = main([*args, "--kubeconfig", str(cluster.kubeconfig), "-n", ns])
+    return code, capsys.readouterr().out
+
+
 def create_secrets(kube: Kube, ns: str) -> None:
     """The storage credentials and the judge's API key the Evaluation names (their values matter to nobody here)."""
     for secret, data in (
@@ -131,6 +138,7 @@ def test_an_evaluation_waits_for_rollouts_runs_as_an_admitted_job_and_reports_th
     gpu_queue: str,
     store: tuple[ObjectStore, S3Uri],
     tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     objects, prefix = store
     storage = {"endpoint": cluster.s3_endpoint, "credentialsSecret": "loka-s3"}
@@ -143,9 +151,8 @@ def test_an_evaluation_waits_for_rollouts_runs_as_an_admitted_job_and_reports_th
         manifest = evaluation_manifest(
             "ev", ns, source="grpo", output=output, judge=judge.url, cq=gpu_queue, storage=storage
         )
-        kube.custom.create_namespaced_custom_object(
-            EVALUATIONS.group, EVALUATIONS.version, ns, EVALUATIONS.plural, manifest
-        )
+        (tmp_path / "ev.yaml").write_text(yaml.safe_dump(manifest))
+        assert loka(capsys, cluster, ns, "eval", "submit", "-f", str(tmp_path / "ev.yaml"))[0] == 0
 
         # Waiting for the run, saying so; no Job before the rollouts exist.
         waiting = eventually(
@@ -202,6 +209,10 @@ def test_an_evaluation_waits_for_rollouts_runs_as_an_admitted_job_and_reports_th
     assert status["preferencesURI"] == f"{output}/preferences.jsonl"
     conditions = {c["type"]: c["status"] for c in status["conditions"]}
     assert conditions.items() >= {"RolloutsReady": "True", "SecretsReady": "True", "Succeeded": "True"}.items()
+    code, described = loka(capsys, cluster, ns, "eval", "wait", "ev")
+    assert code == 0 and f"{samples} of {samples} judged" in described and "digits" in described
+    code, listed = loka(capsys, cluster, ns, "eval", "status")
+    assert listed.splitlines()[1].split()[:4] == ["ev", "Succeeded", "grpo", str(samples)]
     table = cluster.kubectl("get", "evaluations", "-n", ns, "-o", "wide").stdout
     assert table.split("\n")[0].split() == [
         "NAME",
