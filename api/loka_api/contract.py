@@ -232,6 +232,7 @@ OPERATOR_STATUS_FIELDS = (
     "queuedSince",
     "source",
     "pins",
+    "trainData",
     "message",
     "attempts",
     "interruptions",

@@ -191,13 +191,33 @@ _BUILTIN_DATA = f"or {_builtin_list(BUILTIN_DATASETS)} (toy tasks the trainer bu
 
 
 class DataSpec(LokaModel):
-    train: str = Field(
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "has(self.train) != has(self.fromEvaluation)",
+                "set exactly one of data.train and data.fromEvaluation",
+            )
+        )
+    )
+
+    train: str | None = Field(
+        default=None,
         max_length=1024,
         description=(
             f"s3:// URI of the training parquet file, {_BUILTIN_DATA}. rm: preference pairs (an Evaluation's "
             "preferences.jsonl, or parquet with prompt, chosen and rejected)."
         ),
         json_schema_extra=validations(cel(_DATA_URI_RULE, _DATA_URI_MESSAGE)),
+    )
+    from_evaluation: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+        description=(
+            "rm: train on the preference pairs of this Evaluation (same namespace) instead of data.train: the run "
+            "waits (Pending) until it succeeded, and status.trainData records its preferences.jsonl."
+        ),
     )
     validation: str | None = Field(
         default=None,
@@ -916,6 +936,14 @@ class CheckpointPin(LokaModel):
     uid: str = Field(max_length=64, description="The dependent run's uid.")
 
 
+class TrainDataStatus(LokaModel):
+    """spec.data.fromEvaluation, resolved: the preference pairs a run trains on (kept after the Evaluation goes)."""
+
+    evaluation: str | None = Field(default=None, description="The Evaluation's name.")
+    uid: str | None = Field(default=None, description="Its uid, when it succeeded.")
+    uri: str | None = Field(default=None, description="Its preferences.jsonl, which the trainer stages.")
+
+
 class RolloutsStatus(LokaModel):
     """Where the run keeps its rollouts (spec.rollouts), and the newest step written."""
 
@@ -945,6 +973,9 @@ class TrainingRunStatus(LokaModel):
     checkpoint: CheckpointStatus | None = None
     rollouts: RolloutsStatus | None = None
     source: SourceStatus | None = Field(default=None, description="spec.model.fromRun, resolved: the lineage.")
+    train_data: TrainDataStatus | None = Field(
+        default=None, description="spec.data.fromEvaluation, resolved: the preference pairs trained on."
+    )
     start_time: datetime | None = None
     completion_time: datetime | None = None
     queued_since: datetime | None = Field(default=None, description="When the current attempt started waiting.")

@@ -112,6 +112,7 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     metrics, client = shared.metrics, shared.client
     reconciler = Reconciler(client=client, config=config, metrics=metrics)
     evaluations = EvaluationReconciler(reconciler)
+    reconciler.evaluations = evaluations.cache  # runs that train on an Evaluation's pairs read it there
     scope = ListScope(
         [None] if not config.namespaces or any(map(_is_pattern, config.namespaces)) else [*config.namespaces],
         selectors,
@@ -342,6 +343,10 @@ async def evaluation_changed(type: str | None, body: kopf.Body, memo: Any, **_: 
         state.evaluations.forget(key)
     elif state.evaluations.cache.observe(dict(body)):
         state.evaluation_queue.request(key)
+    # Runs waiting for this Evaluation's preference pairs (spec.data.fromEvaluation): its phase is what they wait
+    # on, and its deletion fails them.
+    for dependent in state.reconciler.evaluation_dependents(key):
+        state.queue.request(dependent)
 
 
 def _wake_source(state: OperatorState, body: dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from loka_api import CheckpointPin, FromRun, RunPhase, SourceStatus, TrainingRun
+from loka_api import CheckpointPin, FromRun, RunPhase, SourceStatus, TrainDataStatus, TrainingRun
 from loka_api.contract import (
     ENV_AWS_ENDPOINT,
     FROM_RUN_FINAL,
@@ -36,9 +36,10 @@ from loka_api.contract import (
     checkpoint_uri,
     run_checkpoint_prefix,
 )
+from loka_api.evaluation import Evaluation, EvaluationPhase
 from loka_operator.kube import JSON
 from loka_operator.naming import run_key
-from loka_operator.status import Problem, SourceState
+from loka_operator.status import Problem, SourceState, TrainDataState
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +275,61 @@ def _checkpoint_step(wanted: str, phase: RunPhase | None, saved: int | None, eve
     # so when keep pruned it meanwhile.
     step = int(wanted)
     return step if saved == step or (saved > step and step % every == 0) else None
+
+
+def resolve_train_data(run: TrainingRun, evaluation_body: JSON | None) -> TrainDataState:
+    """Where ``run`` stands with the Evaluation its spec.data.fromEvaluation names (None: not there): it trains on
+    that Evaluation's preference pairs once it succeeded; once recorded, they never change."""
+    name = run.spec.data.from_evaluation
+    if name is None:
+        msg = f"run {run.metadata.name!r} names no spec.data.fromEvaluation"
+        raise ValueError(msg)
+    recorded = run.status.train_data
+    if recorded is not None and recorded.uri is not None:
+        return TrainDataState(recorded)
+    seen = TrainDataStatus(evaluation=name, uid=recorded.uid if recorded else None)
+
+    def waiting(reason: str, message: str, data: TrainDataStatus = seen) -> TrainDataState:
+        return TrainDataState(data, waiting=Problem(reason, message))
+
+    def failed(reason: str, message: str, data: TrainDataStatus = seen) -> TrainDataState:
+        return TrainDataState(data, failed=Problem(reason, message))
+
+    if evaluation_body is None:
+        if seen.uid is not None:
+            return failed("EvaluationDeleted", f"Evaluation {name!r} was deleted before it had preference pairs")
+        where = run.metadata.namespace
+        return waiting("EvaluationNotFound", f"waiting for Evaluation {name!r} (spec.data.fromEvaluation) in {where!r}")
+    seen = TrainDataStatus(evaluation=name, uid=str(evaluation_body.get("metadata", {}).get("uid", "")))
+    if recorded is not None and recorded.uid is not None and recorded.uid != seen.uid:
+        return failed("EvaluationReplaced", f"Evaluation {name!r} was deleted and created again before it ended")
+    try:
+        evaluation = Evaluation.model_validate(evaluation_body)
+    except ValidationError:
+        return failed("EvaluationInvalid", f"Evaluation {name!r} does not match the Evaluation schema", seen)
+    theirs = evaluation.spec.storage.endpoint if evaluation.spec.storage else None
+    ours = run.spec.storage.endpoint if run.spec.storage else None
+    if theirs != ours:
+        return failed(
+            "EvaluationStorageMismatch",
+            f"Evaluation {name!r} writes to S3 endpoint {theirs or 'AWS S3'}, this run reads from {ours or 'AWS S3'} "
+            "(spec.storage.endpoint must match)",
+            seen,
+        )
+    status = evaluation.status
+    phase = status.phase or EvaluationPhase.PENDING
+    if phase == EvaluationPhase.FAILED:
+        return failed("EvaluationFailed", f"Evaluation {name!r} failed: {status.message or 'no reason given'}", seen)
+    if phase != EvaluationPhase.SUCCEEDED or status.preferences_uri is None:
+        return waiting("WaitingForEvaluation", f"waiting for Evaluation {name!r} to succeed (it is {phase})", seen)
+    if not status.preferences:
+        return failed(
+            "EvaluationWithoutPairs",
+            f"Evaluation {name!r} wrote no preference pairs (judged {status.samples_judged or 0} samples; "
+            "lower its preferences.minMargin or judge more steps)",
+            seen,
+        )
+    return TrainDataState(TrainDataStatus(evaluation=name, uid=seen.uid, uri=status.preferences_uri))
 
 
 @dataclass

@@ -50,7 +50,15 @@ from loka_operator.messages import NO_SECRETS, Redactor, brief, cause
 from loka_operator.metrics import OperatorMetrics
 from loka_operator.notifications import Notifier
 from loka_operator.ownership import Claim, claim
-from loka_operator.status import Observed, Problem, SourceState, StatusUpdate, finished, permanent_failure
+from loka_operator.status import (
+    Observed,
+    Problem,
+    SourceState,
+    StatusUpdate,
+    TrainDataState,
+    finished,
+    permanent_failure,
+)
 from loka_operator.status_writer import StatusWriter
 from loka_operator.validation import Validations
 
@@ -120,6 +128,10 @@ class Reconciler:
     _secret_looks: dict[str, int] = field(default_factory=dict)
     # Runs waiting for a source run's checkpoint: the source's watch events reconcile them.
     waiters: lineage.SourceWaiters = field(default_factory=lineage.SourceWaiters)
+    # The Evaluations as their watch delivers them (set by the operator's startup), for spec.data.fromEvaluation;
+    # the runs waiting for one are reconciled by its watch events.
+    evaluations: RunCache | None = None
+    evaluation_waiters: lineage.SourceWaiters = field(default_factory=lineage.SourceWaiters)
 
     def __post_init__(self) -> None:
         self.cache = RunCache(self.ledger)
@@ -137,11 +149,16 @@ class Reconciler:
         self._tokens.pop(key, None)
         self._secret_looks.pop(key, None)
         self.waiters.done(key)
+        self.evaluation_waiters.done(key)
         self.metrics.observe_phase(key, None)
 
     def dependents(self, key: str) -> list[str]:
         """The runs waiting for run ``key``'s checkpoint (spec.model.fromRun): reconcile them when it changes."""
         return self.waiters.dependents(key)
+
+    def evaluation_dependents(self, key: str) -> list[str]:
+        """The runs waiting for Evaluation ``key``'s preference pairs (spec.data.fromEvaluation)."""
+        return self.evaluation_waiters.dependents(key)
 
     def new_resync_period(self) -> None:
         """The drift-repair pass starts: shared objects are checked again (someone may have deleted one)."""
@@ -182,9 +199,8 @@ class Reconciler:
                 await self._write_status(body, previous, replace(base, now=now(), invalid=invalid))
                 return Outcome(requeue_after=self._notify(key), phase="Failed")
 
-        # 1b. the source run's checkpoint: nothing launches before status.source records it
-        source = None if launched else await self._resolve_source(run)
-        waits_for_source = source is not None and not source.launchable(previous.source)
+        # 1b. the source run's checkpoint and the Evaluation's pairs: nothing launches before status records them
+        source, data, waits_for_source = await self._resolve_inputs(run, launched=launched)
 
         # 2. secrets, until the run launched (key names only: no value is read for the check)
         missing = None if launched or finished(previous) else await self._missing_secrets(run)
@@ -214,6 +230,7 @@ class Reconciler:
             base,
             now=now(),
             source=source,
+            train_data=data,
             missing_secrets=missing,
             blocked=blocked,
             rayjob=await self._readable(run, rayjob),
@@ -222,7 +239,8 @@ class Reconciler:
             pins=tuple(self._pins(run)),
         )
         update = await self._write_status(body, previous, observed)
-        if source is not None and source.ready and waits_for_source and update is not None:
+        ready = (source is None or source.ready) and (data is None or data.ready)
+        if (source is not None or data is not None) and ready and waits_for_source and update is not None:
             requeue = 0.0  # status.source now records the checkpoint: launch (our own write's echo wakes nobody)
         # 7. notifications
         if update is not None:
@@ -304,6 +322,39 @@ class Reconciler:
         prefix, keys = naming.run_key(run.metadata.namespace, ""), self.cache.keys()
         same_namespace = (self.cache.run(key) for key in keys if key.startswith(prefix))
         return lineage.pins_of(run, (body for body in same_namespace if body is not None))
+
+    async def _resolve_inputs(
+        self, run: TrainingRun, *, launched: bool
+    ) -> tuple[SourceState | None, TrainDataState | None, bool]:
+        """spec.model.fromRun's checkpoint and spec.data.fromEvaluation's pairs, before launch; and whether the run
+        still waits for either (until status.source and status.trainData record them)."""
+        if launched:
+            return None, None, False
+        previous = run.status
+        source = await self._resolve_source(run)
+        data = None if finished(previous) else self._resolve_train_data(run)
+        waits = (source is not None and not source.launchable(previous.source)) or (
+            data is not None and not data.launchable(previous.train_data)
+        )
+        return source, data, waits
+
+    def _resolve_train_data(self, run: TrainingRun) -> TrainDataState | None:
+        """Where a run that has not launched stands with the Evaluation its spec.data.fromEvaluation names (None:
+        it names none), read from the Evaluations' cache."""
+        name = run.spec.data.from_evaluation
+        if name is None:
+            return None
+        namespace, key = run.metadata.namespace, naming.run_key(run.metadata.namespace, run.metadata.name)
+        evaluation_key = naming.run_key(namespace, name)
+        body = self.evaluations.run(evaluation_key) if self.evaluations is not None else None
+        if body is not None and body["metadata"].get("deletionTimestamp"):
+            body = None
+        state = lineage.resolve_train_data(run, body)
+        if state.waiting is not None:
+            self.evaluation_waiters.wait(key, evaluation_key)
+        else:
+            self.evaluation_waiters.done(key)
+        return state
 
     async def _missing_secrets(self, run: TrainingRun) -> Problem | None:
         return await self.missing_secrets(run.metadata.namespace, secret_routes.wanted(secret_routes.of_run(run.spec)))

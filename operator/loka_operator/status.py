@@ -22,6 +22,7 @@ from loka_api import (
     Interruption,
     RunPhase,
     SourceStatus,
+    TrainDataStatus,
     TrainerFailure,
     TrainingRunStatus,
 )
@@ -81,6 +82,23 @@ class SourceState:
 
 
 @dataclass(frozen=True)
+class TrainDataState:
+    """The Evaluation named by spec.data.fromEvaluation, as reconcile found it (loka_operator.evaluations)."""
+
+    data: TrainDataStatus  # what status.trainData records: the Evaluation, then its uid and preferences once ready
+    waiting: Problem | None = None  # it has not succeeded yet
+    failed: Problem | None = None  # it never will (it failed, wrote no pairs...)
+
+    @property
+    def ready(self) -> bool:
+        return self.waiting is None and self.failed is None and self.data.uri is not None
+
+    def launchable(self, recorded: TrainDataStatus | None) -> bool:
+        """The pairs exist and status.trainData already records them: the trainer will find them there."""
+        return self.ready and self.data == recorded
+
+
+@dataclass(frozen=True)
 class Observed:
     """What one reconcile saw."""
 
@@ -90,6 +108,7 @@ class Observed:
     now: datetime
     invalid: Problem | None = None
     source: SourceState | None = None  # only for runs with spec.model.fromRun that have not launched
+    train_data: TrainDataState | None = None  # only for runs with spec.data.fromEvaluation that have not launched
     missing_secrets: Problem | None = None
     # A child could not be created: its name is taken (NameConflict), an earlier run of the same name still
     # owns it (WaitingForPreviousRun), or the API server refused it (CreateRefused).
@@ -207,9 +226,11 @@ def decide_phase(obs: Observed, previous: TrainingRunStatus) -> Verdict:
             if ended is not None:
                 return Verdict(prev, ended.reason, ended.message)
             return Verdict(prev, "Finished", previous.message or f"the run {prev.lower()}")
-        source = obs.source
+        source, data = obs.source, obs.train_data
         if source is not None and source.failed is not None:
             return Verdict(RunPhase.FAILED, source.failed.reason, source.failed.message)
+        if data is not None and data.failed is not None:
+            return Verdict(RunPhase.FAILED, data.failed.reason, data.failed.message)
         if obs.missing_secrets is not None:
             return Verdict(RunPhase.PENDING, obs.missing_secrets.reason, obs.missing_secrets.message)
         if obs.blocked is not None:
@@ -220,6 +241,10 @@ def decide_phase(obs: Observed, previous: TrainingRunStatus) -> Verdict:
             return Verdict(RunPhase.PENDING, source.waiting.reason, source.waiting.message)
         if source is not None and source.ready and source.source != previous.source:
             return Verdict(RunPhase.PENDING, "SourceReady", _source_ready_message(source.source))
+        if data is not None and data.waiting is not None:
+            return Verdict(RunPhase.PENDING, data.waiting.reason, data.waiting.message)
+        if data is not None and data.ready and data.data != previous.train_data:
+            return Verdict(RunPhase.PENDING, "TrainDataReady", f"training on {data.data.uri}")
         return Verdict(RunPhase.PENDING, "CreatingRayJob", "creating the RayJob")
 
     status = _rayjob_status(obs.rayjob)
@@ -485,6 +510,8 @@ def _lineage(status: TrainingRunStatus, obs: Observed) -> None:
         status.source = obs.source.source
     if obs.pins is not None:
         status.pins = list(obs.pins)
+    if obs.train_data is not None:
+        status.train_data = obs.train_data.data
 
 
 def calculate_status(obs: Observed, previous: TrainingRunStatus) -> StatusUpdate:

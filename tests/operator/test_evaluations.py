@@ -130,6 +130,31 @@ def create_secrets(kube: Kube, ns: str) -> None:
         kube.core.create_namespaced_secret(ns, {"metadata": {"name": secret}, "data": encoded})
 
 
+def assert_job_of_its_own(kube: Kube, ns: str, rollouts: str) -> None:
+    """The evaluator's Job: owned by the Evaluation, queued, its own identity, the judge's key only by reference."""
+    job = eventually(lambda: next(iter(kube.batch.list_namespaced_job(ns).items), None), what="the evaluator's Job")
+    body = evaluation(kube, ns, "ev")
+    assert body["status"]["rolloutsURI"] == rollouts
+    assert job.metadata.owner_references[0].uid == body["metadata"]["uid"]
+    assert job.metadata.labels[naming.KUEUE_QUEUE_LABEL] == "team-a"
+    pod = job.spec.template.spec
+    assert pod.service_account_name == naming.evaluator_account_name("ev")
+    keys = {e.name: e for e in pod.containers[0].env}
+    assert keys[judge_api_key_env("digits")].value_from.secret_key_ref.name == "judge"
+    assert judge_api_key_env("length") not in keys
+
+
+def assert_figures(status: dict[str, Any], samples: int, output: str) -> None:
+    """What the evaluator reported: every sample judged by both judges, their rates, agreement, tokens, pairs."""
+    assert status["samples"] == status["samplesJudged"] == samples and status["steps"] == [1, 2]
+    assert {j["name"]: j["parseRate"] for j in status["judges"]} == {"digits": 1.0, "length": 1.0}
+    assert all(j["errorRate"] == 0.0 for j in status["judges"])
+    assert status["tokens"] > 0 and 0.0 <= status["agreement"] <= 1.0 and status["preferences"] > 0
+    assert status["preferencesURI"] == f"{output}/preferences.jsonl"
+    conditions = {c["type"]: c["status"] for c in status["conditions"]}
+    assert conditions.items() >= {"RolloutsReady": "True", "SecretsReady": "True", "Succeeded": "True"}.items()
+
+
 @pytest.mark.usefixtures("operator")
 def test_an_evaluation_waits_for_rollouts_runs_as_an_admitted_job_and_reports_the_judges_figures(  # noqa: PLR0917
     cluster: LocalCluster,
@@ -154,6 +179,10 @@ def test_an_evaluation_waits_for_rollouts_runs_as_an_admitted_job_and_reports_th
         (tmp_path / "ev.yaml").write_text(yaml.safe_dump(manifest))
         assert loka(capsys, cluster, ns, "eval", "submit", "-f", str(tmp_path / "ev.yaml"))[0] == 0
 
+        # The reward model's run, chained by the resources alone: it waits for the Evaluation's pairs.
+        rm = run_manifest("rm", ns, algorithm="rm", engine="trl", storage=storage, data={"fromEvaluation": "ev"})
+        kube.create_run(rm)
+
         # Waiting for the run, saying so; no Job before the rollouts exist.
         waiting = eventually(
             lambda: (s := evaluation(kube, ns, "ev").get("status") or {}).get("phase") == "Pending" and s,
@@ -161,6 +190,9 @@ def test_an_evaluation_waits_for_rollouts_runs_as_an_admitted_job_and_reports_th
         )
         assert "waiting for run 'grpo' to succeed" in waiting["message"]
         assert kube.batch.list_namespaced_job(ns).items == []
+        rm_waits = wait_phase(kube, ns, "rm", "Pending")
+        assert "waiting for Evaluation 'ev' to succeed" in rm_waits["message"], rm_waits
+        assert kube.rayjob(ns, "rm") is None
 
         # The run keeps two steps of rollouts under its uid and succeeds.
         folder = prefix.join("rollouts", source["metadata"]["uid"])
@@ -169,19 +201,8 @@ def test_an_evaluation_waits_for_rollouts_runs_as_an_admitted_job_and_reports_th
         drive_rayjob(kube, ns, "grpo", "Complete", "SUCCEEDED")
         wait_phase(kube, ns, "grpo", "Succeeded")
 
-        # The Job: owned by the Evaluation, in the queue, run by the evaluator's own identity; the judge's key only
-        # by reference.
-        job = eventually(lambda: next(iter(kube.batch.list_namespaced_job(ns).items), None), what="the evaluator's Job")
-        body = evaluation(kube, ns, "ev")
-        assert body["status"]["rolloutsURI"] == str(folder)
-        assert job.metadata.owner_references[0].uid == body["metadata"]["uid"]
-        assert job.metadata.labels[naming.KUEUE_QUEUE_LABEL] == "team-a"
-        pod = job.spec.template.spec
-        assert pod.service_account_name == naming.evaluator_account_name("ev")
-        keys = {e.name: e for e in pod.containers[0].env}
-        assert keys[judge_api_key_env("digits")].value_from.secret_key_ref.name == "judge"
-        assert judge_api_key_env("length") not in keys
-
+        # The Job: owned by the Evaluation, in the queue, run by the evaluator's own identity.
+        assert_job_of_its_own(kube, ns, str(folder))
         # The evaluator, as the pod runs it: its token, its Evaluation's name, MinIO and the judge's key.
         kubeconfig = token_kubeconfig(cluster, kube, ns, naming.evaluator_account_name("ev"), tmp_path)
         with pytest.MonkeyPatch.context() as env:
@@ -202,30 +223,22 @@ def test_an_evaluation_waits_for_rollouts_runs_as_an_admitted_job_and_reports_th
         what="the Evaluation to succeed with its figures",
     )
     assert asked == 2 * samples
-    assert status["samples"] == status["samplesJudged"] == samples and status["steps"] == [1, 2]
-    assert {j["name"]: j["parseRate"] for j in status["judges"]} == {"digits": 1.0, "length": 1.0}
-    assert all(j["errorRate"] == 0.0 for j in status["judges"])
-    assert status["tokens"] > 0 and 0.0 <= status["agreement"] <= 1.0 and status["preferences"] > 0
-    assert status["preferencesURI"] == f"{output}/preferences.jsonl"
-    conditions = {c["type"]: c["status"] for c in status["conditions"]}
-    assert conditions.items() >= {"RolloutsReady": "True", "SecretsReady": "True", "Succeeded": "True"}.items()
+    assert_figures(status, samples, output)
+    # The reward model's run launches on the Evaluation's pairs, which status.trainData records for its trainer.
+    eventually(lambda: kube.rayjob(ns, "rm"), timeout=60, what="the rm run to launch once the Evaluation succeeded")
+    assert kube.status(ns, "rm")["trainData"] == {
+        "evaluation": "ev",
+        "uid": evaluation(kube, ns, "ev")["metadata"]["uid"],
+        "uri": status["preferencesURI"],
+    }
+
     code, described = loka(capsys, cluster, ns, "eval", "wait", "ev")
     assert code == 0 and f"{samples} of {samples} judged" in described and "digits" in described
     code, listed = loka(capsys, cluster, ns, "eval", "status")
     assert listed.splitlines()[1].split()[:4] == ["ev", "Succeeded", "grpo", str(samples)]
-    table = cluster.kubectl("get", "evaluations", "-n", ns, "-o", "wide").stdout
-    assert table.split("\n")[0].split() == [
-        "NAME",
-        "PHASE",
-        "RUN",
-        "SAMPLES",
-        "AGREEMENT",
-        "PAIRS",
-        "AGE",
-        "TOKENS",
-        "OUTPUT",
-    ]
-    assert table.split("\n")[1].split()[:4] == ["ev", "Succeeded", "grpo", str(samples)]
+    header, row = cluster.kubectl("get", "evaluations", "-n", ns, "-o", "wide").stdout.splitlines()[:2]
+    assert " ".join(header.split()) == "NAME PHASE RUN SAMPLES AGREEMENT PAIRS AGE TOKENS OUTPUT"
+    assert row.split()[:4] == ["ev", "Succeeded", "grpo", str(samples)]
 
     # Deleting the Evaluation deletes its Job and its identity (garbage collection, by ownerReferences).
     kube.custom.delete_namespaced_custom_object(EVALUATIONS.group, EVALUATIONS.version, ns, EVALUATIONS.plural, "ev")

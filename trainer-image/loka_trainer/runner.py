@@ -218,6 +218,12 @@ class Runner:
         return source.uri if source is not None else None
 
     @property
+    def train_data_uri(self) -> str | None:
+        """The preference pairs spec.data.fromEvaluation resolved to, as the operator recorded them."""
+        data = self.run.status.train_data
+        return data.uri if data is not None else None
+
+    @property
     def checkpoint_dir(self) -> Path:
         return self.work_dir / "checkpoints"
 
@@ -377,7 +383,12 @@ class Runner:
     def _stage(self) -> StagedInputs:
         try:
             return stage_inputs(
-                self.spec, self.work_dir, self.store, source_uri=self.source_uri, cancel=self.stop.event
+                self.spec,
+                self.work_dir,
+                self.store,
+                source_uri=self.source_uri,
+                train_uri=self.train_data_uri,
+                cancel=self.stop.event,
             )
         except ObjectMissingError as error:
             raise PermanentFailureError("InputMissing", str(error)) from error

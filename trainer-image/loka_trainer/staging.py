@@ -158,21 +158,38 @@ def model_uri(spec: TrainingRunSpec, source_uri: str | None) -> str:
     return source_uri
 
 
+def train_data_uri(spec: TrainingRunSpec, train_data_uri: str | None) -> str:
+    """What to stage as the training data: spec.data.train, or the Evaluation's preference pairs the operator
+    resolved spec.data.fromEvaluation to (status.trainData.uri)."""
+    if spec.data.train is not None:
+        return spec.data.train
+    if not train_data_uri:
+        msg = (
+            f"spec.data.fromEvaluation names Evaluation {spec.data.from_evaluation!r} but status.trainData has no "
+            "URI (the operator records it before it launches the run)"
+        )
+        raise ValueError(msg)
+    return train_data_uri
+
+
 def stage_inputs(
     spec: TrainingRunSpec,
     work_dir: Path,
     store: ObjectStore,
     *,
     source_uri: str | None = None,
+    train_uri: str | None = None,
     cancel: threading.Event | None = None,
 ) -> StagedInputs:
-    """The model, the training and the validation data under ``work_dir``; ``source_uri`` is status.source.uri."""
+    """The model, the training and the validation data under ``work_dir``; ``source_uri`` is status.source.uri,
+    ``train_uri`` status.trainData.uri."""
     uri = model_uri(spec, source_uri)
     if spec.model.from_run is not None:
         model = str(stage_checkpoint_as_model(uri, work_dir / "model", store, cancel=cancel))
     else:
         model = stage_model(uri, work_dir / "model", store, cancel=cancel)
-    train = stage_data(spec, spec.data.train, "spec.data.train", work_dir / "data" / "train.parquet", store)
+    field = "spec.data.train" if spec.data.train is not None else "spec.data.fromEvaluation"
+    train = stage_data(spec, train_data_uri(spec, train_uri), field, work_dir / "data" / "train.parquet", store)
     validation = None
     if spec.data.validation:
         validation = stage_data(

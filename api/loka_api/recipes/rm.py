@@ -21,6 +21,8 @@ class RmRecipe(Recipe):
         ),
     )
     sequences_per_item = "1"
+    data_fields = ("fromEvaluation",)
+    data_fields_message = "data.fromEvaluation: only algorithm rm trains on an Evaluation's preference pairs"
 
     data_format = DataFormat.PREFERENCES
     model_folders = ("",)  # TRL saves the model in the step folder

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from loka_api import TrainDataStatus, TrainingRun
 from loka_api.evaluation import Evaluation, EvaluationStatus
 from loka_operator.evaluations import (
     EvaluationObserved,
@@ -16,6 +17,7 @@ from loka_operator.evaluations import (
     resolve_rollouts,
     status_changes,
 )
+from loka_operator.lineage import resolve_train_data
 from loka_operator.status import Problem
 from tests.unit.api.test_evaluation_kind import MANIFEST
 
@@ -122,3 +124,56 @@ def test_only_the_operators_fields_are_written_and_only_when_they_change() -> No
     changes = status_changes(before, after)
     assert changes["phase"] == "Running" and "samplesJudged" not in changes and "agreement" not in changes
     assert status_changes(after, after) == {}
+
+
+# ------------------------------------------------------------------ a reward model trained on an Evaluation's pairs
+
+
+def rm_run(**status: Any) -> TrainingRun:
+    spec = {
+        "algorithm": "rm",
+        "engine": "trl",
+        "image": "img",
+        "model": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct"},
+        "data": {"fromEvaluation": "eval-1"},
+    }
+    return TrainingRun.model_validate(
+        {"metadata": {"name": "rm-1", "namespace": "loka"}, "spec": spec, "status": status}
+    )
+
+
+def evaluation_body(phase: str | None, **status: Any) -> dict[str, Any]:
+    body = evaluation().model_dump(mode="json", by_alias=True)
+    body["metadata"]["uid"] = "e-1"
+    body["status"] = {"phase": phase, **status} if phase else status
+    return body
+
+
+PAIRS = "s3://loka/evals/eval-1/preferences.jsonl"
+
+
+def test_a_reward_model_run_waits_for_its_evaluation_then_records_its_pairs() -> None:
+    waiting = resolve_train_data(rm_run(), evaluation_body("Running"))
+    assert waiting.waiting is not None and "waiting for Evaluation 'eval-1' to succeed (it is Running)" in (
+        waiting.waiting.message
+    )
+    assert waiting.data.uid == "e-1"
+    ready = resolve_train_data(rm_run(), evaluation_body("Succeeded", preferences=12, preferencesURI=PAIRS))
+    assert ready.ready and ready.data == TrainDataStatus(evaluation="eval-1", uid="e-1", uri=PAIRS)
+    recorded = rm_run(trainData={"evaluation": "eval-1", "uid": "e-1", "uri": PAIRS})
+    assert resolve_train_data(recorded, None).launchable(recorded.status.train_data)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (evaluation_body("Failed", message="Job eval-1-eval failed"), "EvaluationFailed"),
+        (evaluation_body("Succeeded", preferences=0, preferencesURI=PAIRS, samplesJudged=8), "EvaluationWithoutPairs"),
+    ],
+)
+def test_an_evaluation_that_gives_no_pairs_fails_the_run_saying_why(body: dict[str, Any], reason: str) -> None:
+    state = resolve_train_data(rm_run(), body)
+    assert state.failed is not None and state.failed.reason == reason
+    seen = rm_run(trainData={"evaluation": "eval-1", "uid": "e-1"})
+    gone = resolve_train_data(seen, None)
+    assert gone.failed is not None and gone.failed.reason == "EvaluationDeleted"
