@@ -337,9 +337,8 @@ class EvaluationReconciler:
         if previous.phase not in TERMINAL:
             rollouts = self._resolve_rollouts(key, evaluation)
             if rollouts.uri is not None and job is None and blocked is None:
-                missing = await self.runs.missing_secrets(
-                    namespace, secret_routes.wanted(secret_routes.of_evaluation(spec))
-                )
+                wanted = secret_routes.wanted(secret_routes.of_evaluation(spec))
+                missing = await self.runs.missing_secrets(namespace, wanted) or await self._missing_rubrics(evaluation)
                 if missing is not None:
                     requeue = self.runs.config.secret_retry_seconds
                 elif previous.rollouts_uri is None:
@@ -354,6 +353,22 @@ class EvaluationReconciler:
         status = await self._write_status(body, previous, observed)
         phase = status.phase if status is not None else previous.phase
         return Outcome(requeue_after=requeue, phase=phase.value if phase else None)
+
+    async def _missing_rubrics(self, evaluation: Evaluation) -> Problem | None:
+        """A judge's rubric ConfigMap key that is not there would hold the pod in ContainerCreating: wait, naming it."""
+        namespace, missing = evaluation.metadata.namespace, []
+        for judge in evaluation.spec.judges:
+            ref = judge.rubric.config_map if judge.rubric is not None else None
+            if ref is None:
+                continue
+            found = await self.client.get(kinds.CONFIG_MAP, namespace, ref.name)
+            if found is None:
+                missing.append(f"ConfigMap {ref.name!r} (judges[{judge.name}].rubric) does not exist")
+            elif ref.key not in (found.get("data") or {}):
+                missing.append(f"ConfigMap {ref.name!r} has no key {ref.key!r} (judges[{judge.name}].rubric)")
+        if not missing:
+            return None
+        return Problem("RubricMissing", "waiting for " + "; ".join(missing) + f" in namespace {namespace!r}")
 
     def _resolve_rollouts(self, key: str, evaluation: Evaluation) -> RolloutsState:
         source_key = naming.run_key(evaluation.metadata.namespace, evaluation.spec.rollouts.from_run)

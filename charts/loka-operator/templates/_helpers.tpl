@@ -78,6 +78,10 @@ compares them). The same rules serve the ClusterRole and the per-namespace Roles
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create]
+# get by name: that each judge's rubric ConfigMap key exists before the evaluator's pod mounts it.
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get]
 - apiGroups: [ray.io]
   resources: [rayjobs]
   verbs: [get, list, watch, create, patch, delete]
