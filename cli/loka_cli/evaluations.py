@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
-from loka_api.evaluation import Evaluation, EvaluationPhase
+from loka_api.evaluation import EVALUATION_KIND, Evaluation, EvaluationPhase
 from loka_cli.errors import EXIT_FAILED, EXIT_OK, CliError, usage
 from loka_cli.views import age, dump
 from loka_client import Client, EvaluationFailedError, EvaluationView, WaitTimeoutError
@@ -79,7 +79,7 @@ def submit(client: Client, path: str, *, wait: bool, timeout: float, dry_run: bo
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
     except OSError as error:
         raise usage(f"-f {path}: {error.strerror}") from error
-    applied = client.evaluations.submit(parse_manifest(text, f"-f {path}"), dry_run=dry_run)
+    applied = client.evaluations.submit(parse_manifest(text, f"-f {path}", EVALUATION_KIND), dry_run=dry_run)
     created = applied.metadata.generation == 1 and not applied.manifest.get("status")
     verb = "validated (server dry run)" if dry_run else ("created" if created else "configured")
     print(f"evaluation.loka.dev/{applied.name} {verb} in namespace {applied.namespace}", file=out, flush=True)

@@ -178,7 +178,7 @@ class Evaluations:
                 text = evaluation.read_text()
             except OSError as error:
                 raise InvalidRunError(f"{evaluation}: {error.strerror}") from error
-            evaluation = parse_manifest(text, source)
+            evaluation = parse_manifest(text, source, EVALUATIONS.kind)
         manifest = checked_evaluation(evaluation, namespace or self.connection.namespace_flag, source)
         meta = manifest["metadata"]
         meta["namespace"] = meta.get("namespace") or self.connection.namespace

@@ -109,17 +109,17 @@ def field_of(error: ValidationError) -> str | None:
     return ".".join(str(p) for p in first["loc"]) if first else None
 
 
-def parse_manifest(text: str, source: str) -> JSON:
-    """The one TrainingRun in a YAML text (``source`` names where it came from in errors)."""
+def parse_manifest(text: str, source: str, kind: str = KIND) -> JSON:
+    """The one object of ``kind`` (a TrainingRun unless told) in a YAML text (``source`` names where it came from in
+    errors); a file may hold objects of other kinds beside it."""
     try:
         docs = [d for d in yaml.safe_load_all(text) if d]
     except yaml.YAMLError as error:
         raise InvalidRunError(f"{source}: not valid YAML: {error}") from error
-    runs = [d for d in docs if isinstance(d, dict) and d.get("kind") == KIND]
+    runs = [d for d in docs if isinstance(d, dict) and d.get("kind") == kind]
     if len(runs) != 1:
-        raise InvalidRunError(
-            f"{source}: expected one {KIND}, found {len(runs)}", hint="write one run per file (`loka init NAME`)"
-        )
+        hint = "write one run per file (`loka init NAME`)" if kind == KIND else f"write one {kind} per file"
+        raise InvalidRunError(f"{source}: expected one {kind}, found {len(runs)}", hint=hint)
     manifest: JSON = runs[0]
     return manifest
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -10,8 +11,10 @@ from loka_api.evaluation import Evaluation
 from loka_cli.evaluations import describe, table
 from loka_client import InvalidRunError
 from loka_client.evaluations import checked_evaluation
+from loka_client.runs import parse_manifest
 from tests.unit.api.test_evaluation_kind import MANIFEST
 
+REPO = Path(__file__).resolve().parents[3]
 NOW = datetime(2026, 12, 7, 5, 0, tzinfo=UTC)
 STATUS = {
     "phase": "Succeeded",
@@ -59,3 +62,10 @@ def test_a_bad_manifest_is_refused_naming_the_field_before_anything_is_sent() ->
         checked_evaluation(MANIFEST, "team-b", "eval.yaml")
     unnamed = {**MANIFEST, "metadata": {"name": "eval-1"}}
     assert checked_evaluation(unnamed, "team-b", "eval.yaml")["metadata"]["namespace"] == "team-b"
+
+
+def test_the_evaluation_is_picked_from_a_file_that_holds_the_whole_cycle() -> None:
+    text = (REPO / "examples" / "cycle" / "evaluation-cycle.yaml").read_text()
+    picked = parse_manifest(text, "evaluation-cycle.yaml", "Evaluation")
+    assert picked["metadata"]["name"] == "cycle-1-eval"
+    assert checked_evaluation(picked, None, "evaluation-cycle.yaml")["spec"]["rollouts"]["fromRun"] == "cycle-1-rl"
