@@ -11,8 +11,9 @@ from loka_api import RunPhase, kinds
 from loka_api.kinds import Kind
 from loka_operator import handlers
 from loka_operator.cache import ListScope
-from loka_operator.children import CHILDREN, NETWORK_POLICY, RAY_JOB
+from loka_operator.children import NETWORK_POLICY, RAY_JOB, REGISTRY
 from loka_operator.config import OperatorConfig
+from loka_operator.evaluations import EvaluationReconciler
 from loka_operator.handlers import OperatorState, in_scope, relist
 from loka_operator.kube import KubeClient
 from loka_operator.metrics import OperatorMetrics
@@ -58,8 +59,10 @@ def state_of(client: ListingClient, namespaces: tuple[str, ...]) -> tuple[Operat
         reconciled.append(key)
         return None
 
-    scope = ListScope([None], {child: child.selector for child in CHILDREN}, in_scope(namespaces))
-    return OperatorState(kube, reconciler, RunQueue(reconcile), metrics, scope), reconciled
+    scope = ListScope([None], {child: child.selector for child in REGISTRY}, in_scope(namespaces))
+    evaluations = EvaluationReconciler(reconciler)
+    state = OperatorState(kube, reconciler, RunQueue(reconcile), metrics, scope, evaluations, RunQueue(reconcile))
+    return state, reconciled
 
 
 def test_a_relist_forgets_a_run_deleted_in_the_gap_and_its_children_and_wakes_its_dependents() -> None:
