@@ -167,9 +167,9 @@ def test_an_evaluation_waits_for_rollouts_runs_as_an_admitted_job_and_reports_th
 ) -> None:
     objects, prefix = store
     storage = {"endpoint": cluster.s3_endpoint, "credentialsSecret": "loka-s3"}
+    create_secrets(kube, ns)
     kube.create_run(run_manifest("grpo", ns, rollouts={"every": 1}, storage=storage))
     source = eventually(lambda: kube.run(ns, "grpo"), what="the source run")
-    create_secrets(kube, ns)
 
     with JudgeServer() as judge:
         output = str(prefix.join("eval"))
@@ -198,6 +198,7 @@ def test_an_evaluation_waits_for_rollouts_runs_as_an_admitted_job_and_reports_th
         folder = prefix.join("rollouts", source["metadata"]["uid"])
         samples = write_rollouts(objects, folder, 1) + write_rollouts(objects, folder, 2)
         kube.patch_run_status(ns, "grpo", {"rollouts": {"uri": str(folder), "step": 2}})
+        eventually(lambda: kube.rayjob(ns, "grpo"), what="the source run's RayJob")
         drive_rayjob(kube, ns, "grpo", "Complete", "SUCCEEDED")
         wait_phase(kube, ns, "grpo", "Succeeded")
 
