@@ -25,7 +25,7 @@ class Holder(enum.StrEnum):
     WORKER = contract.RAY_WORKER  # the ray-worker container of every worker pod
     SUBMITTER = "submitter"  # the pod that runs `ray job submit` (K8sJobMode)
     EVALUATOR = "evaluator"  # the container of an Evaluation's Job
-    OPERATOR = "operator"  # read by the operator, given to no pod
+    OPERATOR = "operator"  # read by the operator itself (given to no pod by it)
 
 
 SpecT = TypeVar("SpecT", TrainingRunSpec, EvaluationSpec)
@@ -107,10 +107,11 @@ RUN_ROUTES: tuple[Route[TrainingRunSpec], ...] = (
         "`spec.storage.credentialsSecret: loka-s3`",
         "`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` (exactly these names)",
         "the same names; `spec.storage.endpoint` becomes `AWS_ENDPOINT_URL`",
-        RAY_PODS,
+        (*RAY_PODS, Holder.OPERATOR),
         "the trainer stages the model and data, restores checkpoints and reads the `latest` marker on the head; "
         "without a shared volume it also stages inputs on every other node and every node uploads the checkpoint "
-        "shards it holds (one pinned Ray task per node, `loka_trainer/nodes.py`)",
+        "shards it holds (one pinned Ray task per node, `loka_trainer/nodes.py`); the operator reads them once for "
+        "a run `fromRun` a source's `final` checkpoint, to read that source's marker",
         _storage,
     ),
     Route(
@@ -254,5 +255,5 @@ _HOLDER_WORDS = {
     Holder.WORKER: "worker pods (`ray-worker`)",
     Holder.SUBMITTER: "submitter pod",
     Holder.EVALUATOR: "the Evaluation's pod",
-    Holder.OPERATOR: "the operator only",
+    Holder.OPERATOR: "the operator",
 }
