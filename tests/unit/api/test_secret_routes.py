@@ -23,8 +23,10 @@ PACKAGES = (
 
 def test_a_run_routes_each_secret_only_to_the_pods_that_use_it() -> None:
     assert secret_routes.of_run(make_spec()) == [
-        SecretUse("AWS_ACCESS_KEY_ID", "loka-s3", "AWS_ACCESS_KEY_ID", (Holder.HEAD, Holder.WORKER)),
-        SecretUse("AWS_SECRET_ACCESS_KEY", "loka-s3", "AWS_SECRET_ACCESS_KEY", (Holder.HEAD, Holder.WORKER)),
+        SecretUse("AWS_ACCESS_KEY_ID", "loka-s3", "AWS_ACCESS_KEY_ID", (Holder.HEAD, Holder.WORKER, Holder.OPERATOR)),
+        SecretUse(
+            "AWS_SECRET_ACCESS_KEY", "loka-s3", "AWS_SECRET_ACCESS_KEY", (Holder.HEAD, Holder.WORKER, Holder.OPERATOR)
+        ),
         SecretUse("WANDB_API_KEY", "loka-secrets", "wandb-api-key", (Holder.HEAD,)),
         SecretUse("HF_TOKEN", "loka-secrets", "hf-token", (Holder.HEAD, Holder.WORKER)),
     ]
