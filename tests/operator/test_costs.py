@@ -71,8 +71,9 @@ def test_a_run_waiting_for_a_secret_looks_less_and_less_often(
     first = eventually(lambda: secret_reads(cluster, ns, "s3"), what="the first look for the Secret")[0]
     time.sleep(25)  # the window the looks are counted over, not a wait for state
     looks = [e for e in secret_reads(cluster, ns, "s3") if (e.received - first.received).total_seconds() <= 25]
-    # Every 5 s it would be 6 looks; backing off (5 s, 10 s, 20 s, ...) it is 3.
-    assert len(looks) <= 3, [str(e) for e in looks]
+    # Every 5 s it would be 6 looks; backing off (5 s, 10 s, 20 s, ...) it is 3, and an event on the run (the
+    # operator's own status write, its echo arriving late on a loaded machine) may bring one look more.
+    assert len(looks) <= 4, [str(e) for e in looks]
     assert kube.phase(ns, RUN) == "Pending"
 
 
