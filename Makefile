@@ -41,7 +41,7 @@ cluster-status: ## Show each control-plane component, its PID and whether it is 
 	$(PY) -m localcluster status
 
 test: cluster-build ## Run every test (starts the local control plane when it is not up)
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
 
 test-unit: venv ## Run the tests that need no cluster
 	$(PY) -m pytest -m 'not cluster and not e2e'
