@@ -8,7 +8,7 @@ list is bounded so that the API server can cost-check the CEL rules.
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
@@ -576,6 +576,10 @@ class DeadlineSpec(LokaModel):
             "spec.preemption.gracePeriodSeconds) and the run ends Failed with reason DeadlineExceeded."
         ),
     )
+
+    def ends(self, start_time: datetime | None) -> datetime | None:
+        """When the deadline passes for a run first started at ``start_time`` (None: not started yet)."""
+        return None if start_time is None else start_time + timedelta(seconds=self.seconds)
 
 
 class StorageSpec(LokaModel):

@@ -148,7 +148,12 @@ def set_suspend(client: Client, name: str, suspend: bool, out: TextIO | None = N
         client.suspend(name) if suspend else client.resume(name)
     except InvalidRunError as error:  # it ended meanwhile
         raise usage(error.message) from error
-    what = "suspended: its Ray cluster is released; the next attempt resumes from the last checkpoint"
+    what = (
+        "suspended: the trainer saves the step it is on, then its Ray cluster is released; "
+        "`loka resume` continues from that checkpoint"
+        if run.spec.checkpoints is not None
+        else "suspended: its Ray cluster is released (no spec.checkpoints: nothing is saved)"
+    )
     print(f"trainingrun.loka.dev/{name} {what if suspend else 'resumed'}", file=out)
     return EXIT_OK
 

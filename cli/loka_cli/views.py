@@ -10,7 +10,15 @@ from typing import Any
 
 import yaml
 
-from loka_api import Metrics, ObjectMeta, RunPhase, TrainingRun, TrainingRunStatus
+from loka_api import (
+    ConditionType,
+    DeadlineSpec,
+    Metrics,
+    ObjectMeta,
+    RunPhase,
+    TrainingRun,
+    TrainingRunStatus,
+)
 from loka_api.phases import TERMINAL
 from loka_client.describe import progress_bar, validation_text
 
@@ -97,19 +105,73 @@ def interruptions_text(status: TrainingRunStatus) -> str | None:
     return text
 
 
-def _parts(run: TrainingRun | Mapping[str, Any]) -> tuple[ObjectMeta, TrainingRunStatus]:
+DEADLINE_EXCEEDED = "DeadlineExceeded"
+PINS_SHOWN = 4  # dependents named per pinned step; the rest are counted
+
+
+def _clock(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def deadline_text(deadline: DeadlineSpec | None, status: TrainingRunStatus, now: datetime | None = None) -> str | None:
+    """spec.deadline as it stands: the time left, or that it passed and ended the run."""
+    if deadline is None:
+        return None
+    limit = duration(deadline.seconds)
+    ends = deadline.ends(status.start_time)
+    if ends is None:
+        return f"deadline {limit} from its first start"
+    failed = next((c for c in status.conditions if c.type == ConditionType.FAILED and c.status == "True"), None)
+    if failed is not None and failed.reason == DEADLINE_EXCEEDED:
+        return f"deadline exceeded at {_clock(ends)} ({limit} from its start): ended with its last checkpoint"
+    if status.phase in TERMINAL:
+        ended = status.completion_time
+        if status.phase == RunPhase.SUCCEEDED and ended is not None and ended <= ends:
+            return f"deadline {limit}: finished {duration((ends - ended).total_seconds())} before it"
+        return None
+    left = (ends - (now or datetime.now(UTC))).total_seconds()
+    if left > 0:
+        return f"deadline in {duration(left)} (at {_clock(ends)}, {limit} from its start)"
+    return f"deadline exceeded {duration(-left)} ago (at {_clock(ends)}): the run ends after saving the step it is on"
+
+
+def pins_text(status: TrainingRunStatus) -> str | None:
+    """The checkpoints that dependent runs (spec.model.fromRun) still need: pruning keeps them."""
+    holders: dict[int, list[str]] = {}
+    for pin in sorted(status.pins, key=lambda p: (p.step, p.run)):
+        holders.setdefault(pin.step, []).append(pin.run)
+    if not holders:
+        return None
+
+    def named(runs: list[str]) -> str:
+        more = len(runs) - PINS_SHOWN
+        return ", ".join(runs[:PINS_SHOWN]) + (f" and {more} more" if more > 0 else "")
+
+    held = "; ".join(f"step {step} for {named(runs)}" for step, runs in holders.items())
+    return f"kept for dependent runs: checkpoint {held}"
+
+
+def _parts(run: TrainingRun | Mapping[str, Any]) -> tuple[ObjectMeta, TrainingRunStatus, DeadlineSpec | None]:
     if isinstance(run, TrainingRun):
-        return run.metadata, run.status
-    return ObjectMeta.model_validate(run.get("metadata") or {}), TrainingRunStatus.model_validate(
-        run.get("status") or {}
+        return run.metadata, run.status, run.spec.deadline
+    deadline = (run.get("spec") or {}).get("deadline")
+    return (
+        ObjectMeta.model_validate(run.get("metadata") or {}),
+        TrainingRunStatus.model_validate(run.get("status") or {}),
+        None if deadline is None else DeadlineSpec.model_validate(deadline),
     )
 
 
 def live_view(
-    run: TrainingRun | Mapping[str, Any], *, queue: str | None = None, observed_rate: float | None = None
+    run: TrainingRun | Mapping[str, Any],
+    *,
+    queue: str | None = None,
+    observed_rate: float | None = None,
+    now: datetime | None = None,
 ) -> str:
-    """The live view of one run: phase, progress bar, step, reward, KL, checkpoint, queue and why, ETA."""
-    meta, status = _parts(run)
+    """The live view of one run: phase, progress bar, step, reward, KL, checkpoint and the dependents it is kept
+    for, what interruptions cost, the deadline, ETA, queue and why."""
+    meta, status, deadline = _parts(run)
     phase = status.phase or RunPhase.PENDING
     attempt = f"attempt {status.attempt}" if status.attempt else ""
     lines = [f"{meta.name}  ({meta.namespace})  {phase}  {attempt}".rstrip()]
@@ -134,8 +196,12 @@ def live_view(
     checkpoint = status.checkpoint
     if checkpoint is not None and checkpoint.step is not None:
         lines.append(f"  checkpoint step {checkpoint.step}  {checkpoint.uri or ''}  ({age(checkpoint.time)} ago)")
+    if (pinned := pins_text(status)) is not None:
+        lines.append(f"  {pinned}")
     if (lost := interruptions_text(status)) is not None:
         lines.append(f"  {lost}")
+    if (limit := deadline_text(deadline, status, now)) is not None:
+        lines.append(f"  {limit}")
     if phase not in TERMINAL and (eta := eta_seconds(status, observed_rate)) is not None:
         left, per_step = eta
         lines.append(f"  ETA {duration(left)}  ({per_step:.1f} s/step)")

@@ -18,7 +18,7 @@ Kueue's maximum execution time counts only admitted time and deactivates rather 
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from loka_api import TrainingRunSpec, TrainingRunStatus
@@ -32,9 +32,7 @@ KUBERAY_TIMED = frozenset({"Initializing", "Running"})
 
 def deadline_at(spec: TrainingRunSpec, status: TrainingRunStatus) -> datetime | None:
     """When the run's deadline passes; None without spec.deadline or before the run first started."""
-    if spec.deadline is None or status.start_time is None:
-        return None
-    return status.start_time + timedelta(seconds=spec.deadline.seconds)
+    return None if spec.deadline is None else spec.deadline.ends(status.start_time)
 
 
 def _parse_time(value: object) -> datetime | None:

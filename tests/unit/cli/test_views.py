@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from loka_cli.views import live_view
@@ -86,3 +87,49 @@ def test_a_preempted_run_shows_what_its_interruptions_cost() -> None:
     assert "interrupted 2 times: 10 steps lost, 4.00 GPU-hours, stopped 32m" in view
     assert "last: PreemptedInClusterQueue (step 137 -> resumed from 137)" in view
     assert "interrupted" not in live_view(GRPO)
+
+
+NOW = datetime(2026, 12, 7, 3, 0, tzinfo=UTC)
+
+
+def _deadlined(phase: str, **status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "timed", "namespace": "loka"},
+        "spec": {"deadline": {"seconds": 7200}},
+        "status": {"phase": phase, "startTime": "2026-12-07T02:00:00Z", **status},
+    }
+
+
+def test_a_run_with_a_deadline_shows_the_time_left_then_that_it_passed() -> None:
+    running = live_view(_deadlined("Running"), now=NOW)
+    assert "deadline in 60m (at 2026-12-07 04:00:00 UTC, 2h00m from its start)" in running
+    stopping = live_view(_deadlined("Running"), now=NOW + timedelta(minutes=61))
+    assert "deadline exceeded 60s ago (at 2026-12-07 04:00:00 UTC): the run ends after saving the step" in stopping
+    queued = {**_deadlined("Pending"), "status": {"phase": "Pending"}}
+    assert "deadline 2h00m from its first start" in live_view(queued, now=NOW)
+    assert "deadline" not in live_view(GRPO, now=NOW)
+
+
+def test_a_run_its_deadline_ended_says_so_and_one_that_finished_in_time_says_by_how_much() -> None:
+    failed = _deadlined(
+        "Failed",
+        conditions=[{"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "…"}],
+        completionTime="2026-12-07T04:00:20Z",
+    )
+    assert "deadline exceeded at 2026-12-07 04:00:00 UTC (2h00m from its start): ended with its last checkpoint" in (
+        live_view(failed, now=NOW + timedelta(hours=5))
+    )
+    succeeded = _deadlined("Succeeded", completionTime="2026-12-07T03:30:00Z")
+    assert "deadline 2h00m: finished 30m before it" in live_view(succeeded, now=NOW + timedelta(hours=5))
+
+
+def test_a_source_run_shows_which_dependents_hold_which_checkpoints() -> None:
+    pins = [{"step": 120, "run": f"grpo-{i}", "uid": f"u{i}"} for i in range(6)]
+    pins.append({"step": 100, "run": "grpo-from-sft", "uid": "u"})
+    source = {**SFT, "status": {**SFT["status"], "pins": pins}}
+    view = live_view(source)
+    assert (
+        "kept for dependent runs: checkpoint step 100 for grpo-from-sft; "
+        "step 120 for grpo-0, grpo-1, grpo-2, grpo-3 and 2 more"
+    ) in view
+    assert "kept for" not in live_view(SFT)
