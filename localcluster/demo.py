@@ -24,6 +24,7 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,10 +241,16 @@ def sparkline(values: list[float], *, low: float = 0.0, high: float = 1.0) -> st
 
 
 def follow(
-    client: Client, names: list[str], *, timelines: dict[str, Timeline], timeout: float
+    client: Client,
+    names: list[str],
+    *,
+    timelines: dict[str, Timeline],
+    timeout: float,
+    alive: Callable[[], None] = lambda: None,
 ) -> dict[str, TrainingRunStatus]:
     """Print one line each time a run's phase, step, reward, loss or checkpoint changes, until every run ended;
-    return their final statuses.
+    return their final statuses. ``alive`` raises when what the runs need has died (the demo's Ray head): the
+    runs would otherwise stay Running until the timeout.
     """
     last_lines: dict[str, str] = {}
     statuses = {name: TrainingRunStatus() for name in names}
@@ -266,6 +273,7 @@ def follow(
                 last_lines[name] = line
         if all(statuses[name].phase in TERMINAL for name in names):
             return statuses
+        alive()
         time.sleep(0.5)
     last = "; ".join(f"{name}: {describe_line(statuses[name])}" for name in names)
     raise ClusterError(f"the demo did not finish within {timeout:.0f}s; last status: {last}")
@@ -331,7 +339,7 @@ def _submit_and_follow(
     with demo_client(cluster, namespace) as client:
         for manifest in manifests:
             client.submit(manifest)
-        finals = follow(client, names, timelines=timelines, timeout=timeout)
+        finals = follow(client, names, timelines=timelines, timeout=timeout, alive=stack.check_alive)
 
     print("5/5 summary")
     for manifest in manifests:

@@ -53,6 +53,18 @@ DEFAULT_TOKEN_SECONDS = 3607
 E2E_IMAGE_PATH = REPO_ROOT / "tests" / "e2e" / "image"
 
 
+# Under load the raylet can miss `ray start`'s 30 s registration window ("The current node timed out during
+# startup"); a second start usually makes it.
+START_ATTEMPTS = {"ray-head": 2}
+
+
+def ray_head_ready(dashboard_url: str, agent_url: str) -> bool:
+    """Whether the Ray head can run jobs: its dashboard answers, and so does its node's dashboard agent (which runs
+    the submitted jobs), reporting the raylet and the GCS alive. The dashboard alone answers before the raylet has
+    registered, and keeps answering for the moment `ray start` takes to give up on a raylet that never does."""
+    return http_ok(f"{dashboard_url}/api/version") and http_ok(f"{agent_url}/api/healthz")
+
+
 def _venv_bin(name: str) -> Path:
     return Path(sys.executable).parent / name
 
@@ -119,7 +131,7 @@ class DemoStack:
                     "--disable-usage-stats",
                 ],
                 env=ray_env,
-                health=lambda: http_ok(f"{self.dashboard_url}/api/version"),
+                health=lambda: ray_head_ready(self.dashboard_url, f"http://127.0.0.1:{RAY_AGENT_PORT}"),
                 layout=self.layout,
                 startup_timeout=300,  # the dashboard can take minutes on 2 busy cores
             ),
@@ -177,19 +189,38 @@ class DemoStack:
             if component.is_healthy():
                 echo(f"  {component.name:<24} already running (pid {component.pid()})")
                 continue
+            pid = self.start(component, echo)
+            echo(f"  {component.name:<24} ready (pid {pid}, log {component.log})")
+
+    @staticmethod
+    def start(component: Component, echo: Callable[[str], None] = print) -> int:
+        """Start ``component`` and wait until it is healthy, again if its first start failed and START_ATTEMPTS
+        allows; raise if it never was. Nothing is left half-started."""
+        attempts, attempt = START_ATTEMPTS.get(component.name, 1), 1
+        while True:
             component.stop()
             if component.before:
                 component.before()
             pid = component.start()
             try:
                 component.wait_healthy()
+                return pid
             except ClusterError as err:
-                component.stop()  # leave nothing half-started behind
-                raise ClusterError(f"{component.name} failed to start: {err}") from err
-            echo(f"  {component.name:<24} ready (pid {pid}, log {component.log})")
+                component.stop()
+                if attempt == attempts:
+                    raise ClusterError(f"{component.name} failed to start: {err}") from err
+                echo(f"  {component.name:<24} failed to start (attempt {attempt}/{attempts}), starting it again:")
+                echo(err.args[0])
+                attempt += 1
 
     def is_up(self) -> bool:
         return all(c.is_healthy() for c in self.components())
+
+    def check_alive(self) -> None:
+        """Raise if a process of the stack has died since it started (a run would otherwise wait on it forever)."""
+        for component in self.components():
+            if component.pid() is None:
+                raise ClusterError(f"{component.name} is no longer running.\n{component.log_tail()}")
 
     def down(self, echo: Callable[[str], None] = print) -> None:
         for component in reversed(self.components()):
