@@ -101,7 +101,7 @@ gitops-build: venv ## kubectl kustomize every gitops overlay into .cluster/gitop
 	@mkdir -p .cluster/gitops
 	@for d in gitops/overlays/*/; do env=$$(basename $$d); $(VENV)/bin/kubectl kustomize $$d > .cluster/gitops/$$env.yaml || exit 1; echo "gitops/overlays/$$env -> .cluster/gitops/$$env.yaml"; done
 
-gitops-health: venv ## Regenerate the argocd-cm and OpenShift GitOps snippets from the TrainingRun health.lua
+gitops-health: venv ## Regenerate the argocd-cm and OpenShift GitOps snippets from each kind's health.lua
 	$(PY) -m tests.deploy.gitops
 
 test-deploy: venv ## Chart, gitops, health-check and workflow tests (the cluster ones start the control plane)

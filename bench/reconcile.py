@@ -46,7 +46,7 @@ from bench import timeline
 from localcluster.controlplane import LocalCluster, wait_until
 from localcluster.operator_process import OperatorProcess
 from loka_api import TrainingRunSpec, kinds
-from loka_api.crd import CRD_PATH, EVALUATION_CRD_PATH
+from loka_api.crd import CRD_PATH, EVALUATION_CRD_PATH, REWARD_CYCLE_CRD_PATH
 from loka_operator.builders import RayJobSettings, build_local_queue, build_rayjob, build_service_account
 
 REPO = Path(__file__).resolve().parents[1]
@@ -353,7 +353,7 @@ def main() -> int:
     if not cluster.is_up():
         print("the local control plane is not up: run `make cluster-up` first", file=sys.stderr)
         return 2
-    for crd in (CRD_PATH, EVALUATION_CRD_PATH):  # the operator watches both kinds
+    for crd in (CRD_PATH, EVALUATION_CRD_PATH, REWARD_CYCLE_CRD_PATH):  # the operator watches every kind
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / crd))
     api = cluster.api_client()
     sizes = [int(s) for s in args.sizes.split(",") if s]

@@ -230,7 +230,7 @@ class DemoStack:
 
     def _apply_crd(self) -> None:
         self.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
-        self.cluster.wait_for_crds("trainingruns.loka.dev")
+        self.cluster.wait_for_crds("trainingruns.loka.dev", "evaluations.loka.dev", "rewardcycles.loka.dev")
 
     # ----- Ray's job API, as the pod shim and the summary use it ---------------------------------
 

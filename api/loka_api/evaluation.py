@@ -80,7 +80,10 @@ class EvaluationOutput(LokaModel):
     )
 
 
-class EvaluationSpec(LokaModel):
+class EvaluationSettings(LokaModel):
+    """Everything an Evaluation is told but which run's rollouts it reads: what a RewardCycle's evaluation template
+    gives (loka_api.cycle), the cycle naming the run."""
+
     model_config = ConfigDict(
         json_schema_extra=validations(
             cel(
@@ -92,7 +95,6 @@ class EvaluationSpec(LokaModel):
     )
 
     image: str = Field(min_length=1, max_length=512, description="Trainer image (runs `loka-trainer evaluate`).")
-    rollouts: RolloutsSource
     judges: list[JudgeSpec] = Field(min_length=1, max_length=8)
     aggregate: Literal["mean", "median", "majority"] = Field(
         default="mean", description="How several judges' scores of one response combine."
@@ -102,6 +104,10 @@ class EvaluationSpec(LokaModel):
     storage: StorageSpec | None = None
     queue: QueueSpec | None = None
     resources: PodResources = Field(default=PodResources(cpu="1", memory="2Gi"), description="The evaluator pod.")
+
+
+class EvaluationSpec(EvaluationSettings):
+    rollouts: RolloutsSource
 
 
 class EvaluationPhase(enum.StrEnum):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from loka_api.cycle import REWARD_CYCLE_KIND, REWARD_CYCLE_PLURAL
 from loka_api.evaluation import EVALUATION_KIND, EVALUATION_PLURAL
 from loka_api.models import GROUP, KIND, PLURAL, VERSION
 
@@ -53,6 +54,7 @@ class Kind:
 # Loka's own.
 TRAINING_RUN = Kind(GROUP, VERSION, PLURAL, KIND)
 EVALUATION = Kind(GROUP, VERSION, EVALUATION_PLURAL, EVALUATION_KIND)
+REWARD_CYCLE = Kind(GROUP, VERSION, REWARD_CYCLE_PLURAL, REWARD_CYCLE_KIND)
 
 # KubeRay.
 RAY_JOB = Kind("ray.io", "v1", "rayjobs", "RayJob")

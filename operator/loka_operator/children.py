@@ -74,6 +74,13 @@ def by_evaluation_label(body: Mapping[str, Any]) -> str | None:
     return naming.run_key(meta.get("namespace") or "", evaluation) if evaluation else None
 
 
+def by_cycle_label(body: Mapping[str, Any]) -> str | None:
+    """The RewardCycle a stage (a TrainingRun or an Evaluation) belongs to: its `loka.dev/cycle` label."""
+    meta = body.get("metadata") or {}
+    cycle = (meta.get("labels") or {}).get(naming.LABEL_CYCLE)
+    return naming.run_key(meta.get("namespace") or "", cycle) if cycle else None
+
+
 def by_owning_rayjob(body: Mapping[str, Any]) -> str | None:
     """The run of an object Kueue made for a RayJob: the RayJob that owns it (a run's RayJob carries the run's
     name)."""
@@ -107,11 +114,16 @@ class ChildKind:
     # run's only when that child owns it. Any RayJob's Workload names a "run" (its RayJob's name); the cache keeps
     # only those of the run's own RayJob.
     made_for: ChildKind | None = None
-    # The kind of object it is a child of: a TrainingRun, or an Evaluation (whose reconciler keeps its own children).
+    # The kind of object it is a child of: a TrainingRun, an Evaluation or a RewardCycle (whose reconcilers keep their
+    # own children).
     parent: Kind = kinds.TRAINING_RUN
+    # False for one of Loka's own kinds, which the operator watches and caches whole as a parent already (a cycle's
+    # TrainingRuns and Evaluations): no watch of its own, whose label selector would narrow the parent kind's watch;
+    # the parent kind's handler hands a stage's events to its cycle.
+    watched: bool = True
 
     def __post_init__(self) -> None:
-        if self.parent not in (kinds.TRAINING_RUN, kinds.EVALUATION):
+        if self.parent not in PARENTS:
             raise ValueError(f"child kind {self.kind.kind}: no reconciler keeps children of {self.parent.kind}")
         if self.build is not None and (self.relation is not Relation.OWNED or not {"get", "create"} <= self.verbs):
             raise ValueError(f"side service kind {self.kind.kind} must be owned, with the get and create verbs")
@@ -148,6 +160,8 @@ class ChildKind:
         if self.parent == kinds.EVALUATION:
             labels = naming.evaluation_labels(run, self.component)
             owner = naming.evaluation_owner_reference(run, uid)
+        elif self.parent == kinds.REWARD_CYCLE:
+            labels, owner = naming.cycle_labels(run, self.component), naming.cycle_owner_reference(run, uid)
         else:
             labels, owner = naming.run_labels(run, self.component), naming.owner_reference(run, uid)
         return {
@@ -190,6 +204,9 @@ def holds(existing: Any, desired: Any) -> bool:
         )
     return bool(existing == desired)
 
+
+# The kinds whose objects have children: each has a reconciler that keeps them.
+PARENTS = (kinds.TRAINING_RUN, kinds.EVALUATION, kinds.REWARD_CYCLE)
 
 # The per-run identity of the trainer and the run's network isolation share these components.
 TRAINER_IDENTITY = "trainer-identity"
@@ -319,6 +336,29 @@ EVALUATOR_ROLE_BINDING = ChildKind(
     parent=kinds.EVALUATION,
 )
 
+# A RewardCycle's stages: the TrainingRuns and Evaluations it stamps out, owns, and never changes after (each then
+# lives on its own). The operator's run and Evaluation caches hold them; the cycle reads them there.
+CYCLE_RUN = ChildKind(
+    kinds.TRAINING_RUN,
+    Relation.OWNED,
+    kept={},
+    verbs=frozenset({"get", "create"}),
+    component=naming.CYCLE_STAGE_COMPONENT,
+    run_of=by_cycle_label,
+    parent=kinds.REWARD_CYCLE,
+    watched=False,
+)
+CYCLE_EVALUATION = ChildKind(
+    kinds.EVALUATION,
+    Relation.OWNED,
+    kept={},
+    verbs=frozenset({"get", "create"}),
+    component=naming.CYCLE_STAGE_COMPONENT,
+    run_of=by_cycle_label,
+    parent=kinds.REWARD_CYCLE,
+    watched=False,
+)
+
 # Every child kind the operator watches, caches and is granted; a side service's kinds go at the end. (The run's Ray
 # token Secret is not here: it is owned by the RayJob, and Secrets are never watched, so that no value is cached.)
 CHILDREN: tuple[ChildKind, ...] = (
@@ -337,5 +377,7 @@ EVALUATION_CHILDREN: tuple[ChildKind, ...] = (
     EVALUATOR_ROLE,
     EVALUATOR_ROLE_BINDING,
 )
-# What the watches, the startup LIST and the chart's RBAC cover: every entry, whichever kind it is a child of.
-REGISTRY: tuple[ChildKind, ...] = (*CHILDREN, *EVALUATION_CHILDREN)
+CYCLE_STAGES: tuple[ChildKind, ...] = (CYCLE_RUN, CYCLE_EVALUATION)
+# What the chart's RBAC covers: every entry, whichever kind it is a child of; the watches and the startup LIST cover
+# the `watched` ones.
+REGISTRY: tuple[ChildKind, ...] = (*CHILDREN, *EVALUATION_CHILDREN, *CYCLE_STAGES)

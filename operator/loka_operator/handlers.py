@@ -27,9 +27,10 @@ from prometheus_client import start_http_server
 from loka_api import kinds
 from loka_operator import lineage, naming
 from loka_operator.cache import InScope, ListScope, relist_children, relist_runs
-from loka_operator.children import CHILDREN, EVALUATION_CHILDREN, REGISTRY, WORKLOAD, ChildKind
+from loka_operator.children import CHILDREN, EVALUATION_CHILDREN, REGISTRY, WORKLOAD, ChildKind, by_cycle_label
 from loka_operator.config import OperatorConfig
 from loka_operator.credentials import login
+from loka_operator.cycles import CycleReconciler
 from loka_operator.evaluations import EvaluationReconciler
 from loka_operator.kube import KubeClient
 from loka_operator.metrics import OperatorMetrics
@@ -63,6 +64,8 @@ class OperatorState:
     scope: ListScope
     evaluations: EvaluationReconciler
     evaluation_queue: RunQueue
+    cycles: CycleReconciler
+    cycle_queue: RunQueue
     resync: asyncio.Task[None] | None = None
     owns_client: bool = False
     # Kinds kopf listed again, waiting for the operator's own LIST; the task that makes it.
@@ -113,6 +116,7 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     reconciler = Reconciler(client=client, config=config, metrics=metrics)
     evaluations = EvaluationReconciler(reconciler)
     reconciler.evaluations = evaluations.cache  # runs that train on an Evaluation's pairs read it there
+    cycles = CycleReconciler(reconciler, evaluations)  # reads its stages in the run and Evaluation caches
     scope = ListScope(
         [None] if not config.namespaces or any(map(_is_pattern, config.namespaces)) else [*config.namespaces],
         selectors,
@@ -130,7 +134,12 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     async def reconcile_evaluation(key: str, drift: bool) -> float | None:
         return await _reconcile_counted(evaluations, key, drift)
 
-    async def _reconcile_counted(target: Reconciler | EvaluationReconciler, key: str, drift: bool) -> float | None:
+    async def reconcile_cycle(key: str, drift: bool) -> float | None:
+        return await _reconcile_counted(cycles, key, drift)
+
+    async def _reconcile_counted(
+        target: Reconciler | EvaluationReconciler | CycleReconciler, key: str, drift: bool
+    ) -> float | None:
         namespace, name = naming.split_key(key)
         started = time.monotonic()
         metrics.in_flight.inc()
@@ -147,6 +156,7 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
 
     queue = RunQueue(reconcile_one, max_concurrent=config.max_concurrent_reconciles)
     evaluation_queue = RunQueue(reconcile_evaluation, max_concurrent=config.max_concurrent_reconciles)
+    cycle_queue = RunQueue(reconcile_cycle, max_concurrent=config.max_concurrent_reconciles)
     state = OperatorState(
         client,
         reconciler,
@@ -155,6 +165,8 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         scope,
         evaluations,
         evaluation_queue,
+        cycles,
+        cycle_queue,
         owns_client=getattr(memo, "shared", None) is None,
     )
     memo.loka = state
@@ -171,7 +183,7 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
 
 def child_selectors(config: OperatorConfig) -> dict[ChildKind, str]:
     """The label selector each child kind is watched and listed with (Workloads: as the operator is configured)."""
-    selectors = {child: child.selector for child in REGISTRY}
+    selectors = {child: child.selector for child in REGISTRY if child.watched}
     selectors[WORKLOAD] = config.workload_selector
     return selectors
 
@@ -193,6 +205,7 @@ async def stop(memo: Any, **_: Any) -> None:
             task.cancel()
     await state.queue.drain()
     await state.evaluation_queue.drain()
+    await state.cycle_queue.drain()
     await state.reconciler.status.events.close()
     await state.reconciler.notifier.close()
     if state.owns_client:
@@ -285,7 +298,11 @@ async def _resync_forever(state: OperatorState, config: OperatorConfig) -> None:
         except Exception:
             log.exception("the resync could not list runs and children; reconciling from the caches")
         state.reconciler.new_resync_period()
-        for cache, queue in ((state.reconciler.cache, state.queue), (state.evaluations.cache, state.evaluation_queue)):
+        for cache, queue in (
+            (state.reconciler.cache, state.queue),
+            (state.evaluations.cache, state.evaluation_queue),
+            (state.cycles.cache, state.cycle_queue),
+        ):
             keys = cache.keys()
             for index, key in enumerate(keys):
                 # Spread the pass over the interval instead of a thundering herd.
@@ -308,11 +325,13 @@ async def run_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) ->
     if type == "DELETED":
         _forget_run(state, key)
         _wake_source(state, dict(body))
+        _wake_cycle(state, dict(body))
         return
     if state.reconciler.cache.observe(dict(body)):
         state.queue.request(key)
     _wake_dependents(state, key)
     _wake_source(state, dict(body))
+    _wake_cycle(state, dict(body))
 
 
 def _forget_run(state: OperatorState, key: str) -> None:
@@ -347,6 +366,28 @@ async def evaluation_changed(type: str | None, body: kopf.Body, memo: Any, **_: 
     # on, and its deletion fails them.
     for dependent in state.reconciler.evaluation_dependents(key):
         state.queue.request(dependent)
+    _wake_cycle(state, dict(body))
+
+
+def _wake_cycle(state: OperatorState, body: dict[str, Any]) -> None:
+    """A stage of a RewardCycle (a TrainingRun or an Evaluation it made) changed or went: its cycle looks again."""
+    cycle = by_cycle_label(body)
+    if cycle is not None and state.cycles.cache.known(cycle):
+        state.cycle_queue.request(cycle)
+
+
+# -------------------------------------------------------------------------------------------- cycles
+
+
+@kopf.on.event(*kinds.REWARD_CYCLE.gvr)
+async def cycle_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    state = _state(memo)
+    key = naming.run_key(body.metadata.namespace or "", body.metadata.name or "")
+    if type == "DELETED":
+        state.cycle_queue.forget(key)
+        state.cycles.forget(key)
+    elif state.cycles.cache.observe(dict(body)):
+        state.cycle_queue.request(key)
 
 
 def _wake_source(state: OperatorState, body: dict[str, Any]) -> None:
@@ -383,6 +424,8 @@ async def child_changed(type: str | None, body: kopf.Body, memo: Any, param: Any
 def watch_children(watched: Iterable[ChildKind], registry: kopf.OperatorRegistry) -> None:
     """The one handler above, registered for each child kind (kopf hands it the kind as ``param``)."""
     for child in watched:
+        if not child.watched:
+            continue
         prefix = "" if child.parent == kinds.TRAINING_RUN else f"{child.parent.kind.lower()}-"
         kopf.on.event(
             *child.kind.gvr,

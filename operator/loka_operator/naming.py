@@ -13,6 +13,11 @@ LABEL_RUN = f"{GROUP}/run"
 # An Evaluation's children carry its name under their own key: never a run's label (a run's NetworkPolicy admits
 # pods by `loka.dev/run`, and a run and an Evaluation may share a name).
 LABEL_EVALUATION = f"{GROUP}/evaluation"
+# A RewardCycle's stages (TrainingRuns and Evaluations) carry its name, their iteration and their stage.
+LABEL_CYCLE = f"{GROUP}/cycle"
+LABEL_CYCLE_ITERATION = f"{GROUP}/cycle-iteration"
+LABEL_CYCLE_STAGE = f"{GROUP}/cycle-stage"
+CYCLE_STAGE_COMPONENT = "cycle-stage"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_PART_OF = "app.kubernetes.io/part-of"
 LABEL_COMPONENT = "app.kubernetes.io/component"
@@ -131,6 +136,26 @@ def evaluation_owner_reference(evaluation: str, uid: str) -> dict[str, Any]:
         "apiVersion": kinds.EVALUATION.api_version,
         "kind": kinds.EVALUATION.kind,
         "name": evaluation,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def cycle_labels(cycle: str, component: str) -> dict[str, str]:
+    return {
+        LABEL_CYCLE: cycle,
+        LABEL_MANAGED_BY: OPERATOR_NAME,
+        LABEL_PART_OF: "loka",
+        LABEL_COMPONENT: component,
+    }
+
+
+def cycle_owner_reference(cycle: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": kinds.REWARD_CYCLE.api_version,
+        "kind": kinds.REWARD_CYCLE.kind,
+        "name": cycle,
         "uid": uid,
         "controller": True,
         "blockOwnerDeletion": True,

@@ -179,3 +179,5 @@ def _add_watched(table: VerbTable, registry: kopf.OperatorRegistry) -> None:
         _add(table, kinds.TRAINING_RUN.group, f"{kinds.TRAINING_RUN.plural}/finalizers", "update")
     if naming.evaluation_owner_reference("evaluation", "uid").get("blockOwnerDeletion"):
         _add(table, kinds.EVALUATION.group, f"{kinds.EVALUATION.plural}/finalizers", "update")
+    if naming.cycle_owner_reference("cycle", "uid").get("blockOwnerDeletion"):
+        _add(table, kinds.REWARD_CYCLE.group, f"{kinds.REWARD_CYCLE.plural}/finalizers", "update")

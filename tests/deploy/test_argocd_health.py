@@ -10,9 +10,12 @@ import yaml
 
 from localcluster.tools import REPO
 from loka_api import RunPhase
+from loka_api.cycle import CYCLE_ARGOCD_HEALTH, CyclePhase
 from loka_api.phases import ARGOCD_HEALTH
 from tests.deploy.argocd_lua import LuaError, run_health
-from tests.deploy.gitops import APPLICATION_HEALTH
+from tests.deploy.cycle_health_scenarios import EXPECTED as CYCLE_EXPECTED
+from tests.deploy.cycle_health_scenarios import SCENARIOS as CYCLE_SCENARIOS
+from tests.deploy.gitops import APPLICATION_HEALTH, CHECKED_KINDS, health_scripts
 from tests.deploy.health_scenarios import SCENARIOS, run_with
 
 CHECK = REPO / "gitops" / "argocd" / "health" / "loka.dev" / "TrainingRun"
@@ -73,21 +76,22 @@ def test_sandbox_refuses_what_argocd_refuses(snippet: str) -> None:
         run_health(snippet, {})
 
 
-def _embedded_checks() -> dict[str, str]:
+def _embedded_checks(kind: str) -> dict[str, str]:
     cm = yaml.safe_load((REPO / "gitops" / "argocd" / "argocd-cm-health.yaml").read_text())
     openshift = yaml.safe_load((REPO / "gitops" / "openshift" / "argocd-resource-health.yaml").read_text())
-    found = {"argocd-cm": cm["data"]["resource.customizations.health.loka.dev_TrainingRun"]}
+    found = {"argocd-cm": cm["data"][f"resource.customizations.health.loka.dev_{kind}"]}
     for check in openshift["spec"]["resourceHealthChecks"]:
-        if (check["group"], check["kind"]) == ("loka.dev", "TrainingRun"):
+        if (check["group"], check["kind"]) == ("loka.dev", kind):
             found["ArgoCD CR"] = check["check"]
     return found
 
 
-def test_argocd_cm_and_openshift_gitops_carry_the_same_script() -> None:
-    embedded = _embedded_checks()
+@pytest.mark.parametrize("kind", CHECKED_KINDS)
+def test_argocd_cm_and_openshift_gitops_carry_the_same_script(kind: str) -> None:
+    embedded = _embedded_checks(kind)
     assert set(embedded) == {"argocd-cm", "ArgoCD CR"}
     for where, script in embedded.items():
-        assert script == SCRIPT, f"{where} differs from health.lua: run `make gitops-health`"
+        assert script == health_scripts()[kind], f"{where} differs from {kind}'s health.lua: run `make gitops-health`"
 
 
 def test_application_health_for_app_of_apps_waves_runs_in_the_sandbox() -> None:
@@ -147,3 +151,35 @@ def test_evaluation_health_matches_argo_test_case(case: dict[str, Any]) -> None:
     obj = yaml.safe_load((EVALUATION_CHECK / case["inputPath"]).read_text())
     Evaluation.model_validate(obj)  # the test data is what the operator writes
     assert run_health((EVALUATION_CHECK / "health.lua").read_text(), obj) == case["healthStatus"]
+
+
+CYCLE_CHECK = REPO / "gitops" / "argocd" / "health" / "loka.dev" / "RewardCycle"
+CYCLE_SCRIPT = (CYCLE_CHECK / "health.lua").read_text()
+CYCLE_CASES: list[dict[str, Any]] = yaml.safe_load((CYCLE_CHECK / "health_test.yaml").read_text())["tests"]
+
+
+@pytest.mark.parametrize("case", CYCLE_CASES, ids=[Path(c["inputPath"]).stem for c in CYCLE_CASES])
+def test_reward_cycle_health_matches_argo_test_case(case: dict[str, Any]) -> None:
+    obj = yaml.safe_load((CYCLE_CHECK / case["inputPath"]).read_text())
+    assert run_health(CYCLE_SCRIPT, obj) == case["healthStatus"]
+
+
+@pytest.mark.parametrize("state", sorted(CYCLE_EXPECTED))
+def test_reward_cycle_health_of_the_status_the_operator_plans_now(state: str) -> None:
+    # Fresh from the operator's planner, and the same as the test data ArgoCD's own test layout reads.
+    obj = CYCLE_SCENARIOS[state]()
+    assert obj == yaml.safe_load((CYCLE_CHECK / "testdata" / f"{state}.yaml").read_text()), (
+        "run `python -m tests.deploy.cycle_health_scenarios`"
+    )
+    health = run_health(CYCLE_SCRIPT, obj)
+    assert health["status"] == CYCLE_EXPECTED[state]
+    assert health["message"] and "nil" not in health["message"]
+
+
+@pytest.mark.parametrize("phase", list(CyclePhase), ids=str)
+def test_the_cycle_health_check_reads_each_phase_as_the_core_does(phase: CyclePhase) -> None:
+    obj = {"metadata": {"name": "c", "generation": 1}, "status": {"phase": phase.value, "observedGeneration": 1}}
+    assert run_health(CYCLE_SCRIPT, obj)["status"] == CYCLE_ARGOCD_HEALTH[phase].value
+    assert set(CYCLE_ARGOCD_HEALTH) == set(CyclePhase)
+    stale = {**obj, "metadata": {"name": "c", "generation": 2}}
+    assert run_health(CYCLE_SCRIPT, stale)["status"] == "Progressing"  # the operator has not seen the new spec

@@ -246,6 +246,6 @@ def test_chart_carries_the_generated_crd_unchanged() -> None:
 def test_crd_installs_with_the_chart() -> None:
     rendered: Rendered = render(include_crds=True)
     crds = {c["metadata"]["name"]: c for c in rendered.of_kind("CustomResourceDefinition")}
-    assert set(crds) == {"trainingruns.loka.dev", "evaluations.loka.dev"}
+    assert set(crds) == {"trainingruns.loka.dev", "evaluations.loka.dev", "rewardcycles.loka.dev"}
     crd = crds["trainingruns.loka.dev"]
     assert crd["spec"]["versions"][0]["subresources"] == {"status": {}}

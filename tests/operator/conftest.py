@@ -20,7 +20,7 @@ from localcluster.controlplane import LocalCluster, wait_until
 from localcluster.operator_process import OperatorProcess
 from loka_api import kinds
 from loka_api.admission import policy_manifests
-from loka_api.crd import CRD_PATH, EVALUATION_CRD_PATH
+from loka_api.crd import CRD_PATH, EVALUATION_CRD_PATH, REWARD_CYCLE_CRD_PATH
 from tests.operator.kube import Kube
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,10 +31,15 @@ NAMESPACE_PREFIX = f"lokaop-{uuid.uuid4().hex[:4]}-"
 @pytest.fixture(scope="session")
 def crd(cluster: LocalCluster) -> None:
     """The CRD and what the chart installs beside it: the policy on the trainer's status writes."""
-    for path in (CRD_PATH, EVALUATION_CRD_PATH):
+    for path in (CRD_PATH, EVALUATION_CRD_PATH, REWARD_CYCLE_CRD_PATH):
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / path))
     cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/trainingruns.loka.dev", "crd/evaluations.loka.dev"
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/trainingruns.loka.dev",
+        "crd/evaluations.loka.dev",
+        "crd/rewardcycles.loka.dev",
     )
     apply_trainer_status_policy(cluster)
 

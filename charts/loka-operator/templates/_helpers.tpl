@@ -52,9 +52,10 @@ compares them). The same rules serve the ClusterRole and the per-namespace Roles
 */}}
 {{- define "loka-operator.namespacedRules" -}}
 # kopf watches runs; the reconciler writes only the status subresource (get: the per-run Role grants it).
+# create: a RewardCycle's stages.
 - apiGroups: [loka.dev]
   resources: [trainingruns]
-  verbs: [get, list, watch]
+  verbs: [get, list, watch, create]
 - apiGroups: [loka.dev]
   resources: [trainingruns/status]
   verbs: [patch]
@@ -64,15 +65,25 @@ compares them). The same rules serve the ClusterRole and the per-namespace Roles
   resources: [trainingruns/finalizers]
   verbs: [update]
 # Evaluations, the same way: watched, status written, children owned with blockOwnerDeletion (get: the
-# evaluator's Role grants it).
+# evaluator's Role grants it; create: a RewardCycle's stages).
 - apiGroups: [loka.dev]
   resources: [evaluations]
-  verbs: [get, list, watch]
+  verbs: [get, list, watch, create]
 - apiGroups: [loka.dev]
   resources: [evaluations/status]
   verbs: [patch]
 - apiGroups: [loka.dev]
   resources: [evaluations/finalizers]
+  verbs: [update]
+# RewardCycles: watched, status written, their stages (TrainingRuns, Evaluations) owned with blockOwnerDeletion.
+- apiGroups: [loka.dev]
+  resources: [rewardcycles]
+  verbs: [list, watch]
+- apiGroups: [loka.dev]
+  resources: [rewardcycles/status]
+  verbs: [patch]
+- apiGroups: [loka.dev]
+  resources: [rewardcycles/finalizers]
   verbs: [update]
 # An Evaluation runs as a Job (watched, filtered by label on the server).
 - apiGroups: [batch]

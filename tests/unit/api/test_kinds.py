@@ -13,7 +13,7 @@ from loka_api.kinds import Kind
 
 REPO = Path(__file__).resolve().parents[3]
 # kinds.py, and the models each of Loka's own kinds is generated from (its CRD names).
-SPELLED_HERE = {REPO / "api" / "loka_api" / name for name in ("kinds.py", "models.py", "evaluation.py")}
+SPELLED_HERE = {REPO / "api" / "loka_api" / name for name in ("kinds.py", "models.py", "evaluation.py", "cycle.py")}
 # The local control plane's own start-up (Kueue's configuration and webhook probe) stands apart from Loka's packages.
 APART = {REPO / "localcluster" / "controlplane.py"}
 # The packages, the local control plane, the benchmarks and the tests' shared helpers (a test itself may spell a

@@ -13,6 +13,7 @@ from loka_operator import handlers
 from loka_operator.cache import ListScope
 from loka_operator.children import NETWORK_POLICY, RAY_JOB, REGISTRY
 from loka_operator.config import OperatorConfig
+from loka_operator.cycles import CycleReconciler
 from loka_operator.evaluations import EvaluationReconciler
 from loka_operator.handlers import OperatorState, in_scope, relist
 from loka_operator.kube import KubeClient
@@ -61,7 +62,18 @@ def state_of(client: ListingClient, namespaces: tuple[str, ...]) -> tuple[Operat
 
     scope = ListScope([None], {child: child.selector for child in REGISTRY}, in_scope(namespaces))
     evaluations = EvaluationReconciler(reconciler)
-    state = OperatorState(kube, reconciler, RunQueue(reconcile), metrics, scope, evaluations, RunQueue(reconcile))
+    cycles = CycleReconciler(reconciler, evaluations)
+    state = OperatorState(
+        kube,
+        reconciler,
+        RunQueue(reconcile),
+        metrics,
+        scope,
+        evaluations,
+        RunQueue(reconcile),
+        cycles,
+        RunQueue(reconcile),
+    )
     return state, reconciled
 
 

@@ -1,0 +1,108 @@
+"""A RewardCycle on the real control plane: it stamps out its first iteration as a TrainingRun, an Evaluation and a
+TrainingRun it owns, chained by their own fields, which wait for each other as they would applied by hand; a failed
+burst fails the stages after it and the cycle, naming it; deleting the cycle deletes its stages.
+
+The next iteration's creation (once the reward model succeeded) is the planner's (tests/unit/operator/
+test_cycle_stamping.py) and `make demo-cycle` runs it for real.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+import yaml
+
+from localcluster.controlplane import LocalCluster
+from localcluster.tools import REPO
+from loka_api import kinds
+from loka_operator import naming
+from tests.operator.conftest import drive_rayjob, eventually, wait_phase
+from tests.operator.kube import Kube
+
+CYCLES, EVALUATIONS, RUNS = kinds.REWARD_CYCLE, kinds.EVALUATION, kinds.TRAINING_RUN
+
+
+def cycle_manifest(ns: str, cq: str, s3: str) -> dict[str, Any]:
+    """The GPU example, in this namespace, queue and MinIO."""
+    body: dict[str, Any] = yaml.safe_load((REPO / "examples" / "cycle" / "reward-cycle.yaml").read_text())
+    body["metadata"] = {"name": "c", "namespace": ns}
+    spec = body["spec"]
+    spec["iterations"] = 2
+    for template in (spec["rl"], spec["rewardModel"]):
+        template["queue"] = {"name": "team-a", "clusterQueue": cq}
+        template["storage"]["endpoint"] = s3
+    spec["evaluation"]["storage"]["endpoint"] = s3
+    spec["evaluation"]["judges"] = [{"name": "j", "endpoint": "http://judge:8000/v1", "model": "m"}]
+    return body
+
+
+def cycle(kube: Kube, ns: str) -> dict[str, Any]:
+    return kube.get(*CYCLES.gvr, ns, "c") or {}
+
+
+def owned_by(body: dict[str, Any], uid: str) -> bool:
+    refs = body["metadata"].get("ownerReferences") or []
+    return [(r["kind"], r["uid"], r.get("controller")) for r in refs] == [("RewardCycle", uid, True)]
+
+
+@pytest.mark.usefixtures("operator")
+def test_a_cycle_stamps_out_owned_chained_stages_fails_with_its_burst_and_takes_them_when_deleted(
+    cluster: LocalCluster, kube: Kube, ns: str, gpu_queue: str
+) -> None:
+    encoded = {k: base64.b64encode(b"x").decode() for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    kube.core.create_namespaced_secret(ns, {"metadata": {"name": "loka-s3"}, "data": encoded})
+    kube.custom.create_namespaced_custom_object(
+        CYCLES.group, CYCLES.version, ns, CYCLES.plural, cycle_manifest(ns, gpu_queue, cluster.s3_endpoint)
+    )
+    uid = eventually(lambda: cycle(kube, ns).get("metadata", {}).get("uid"), what="the cycle")
+
+    # Iteration 1's three stages, owned by the cycle, each linked to the one before by its own field.
+    rl = eventually(lambda: kube.run(ns, "c-1-rl"), what="the first burst")
+    evaluation = eventually(lambda: kube.get(*EVALUATIONS.gvr, ns, "c-1-eval"), what="its Evaluation")
+    rm = eventually(lambda: kube.run(ns, "c-1-rm"), what="its reward model")
+    for stage in (rl, evaluation, rm):
+        assert owned_by(stage, uid), stage["metadata"]
+        assert stage["metadata"]["labels"][naming.LABEL_CYCLE] == "c"
+    assert evaluation["spec"]["rollouts"]["fromRun"] == "c-1-rl"
+    assert evaluation["spec"]["output"]["uri"] == "s3://ckpt/evals/c-1-eval"
+    assert rm["spec"]["data"]["fromEvaluation"] == "c-1-eval"
+    assert kube.run(ns, "c-2-rl") is None  # the next burst waits for the reward model it is rewarded by
+
+    # They wait for each other as they would applied by hand, and the cycle says which stage it is at.
+    waiting = eventually(
+        lambda: (
+            (e := kube.get(*EVALUATIONS.gvr, ns, "c-1-eval") or {}).get("status", {}).get("phase") == "Pending"
+            and e["status"]
+        ),
+        what="the Evaluation to wait for its burst",
+    )
+    assert "waiting for run 'c-1-rl' to succeed" in waiting["message"]
+    assert "waiting for Evaluation 'c-1-eval' to succeed" in wait_phase(kube, ns, "c-1-rm", "Pending")["message"]
+    status = eventually(lambda: (s := cycle(kube, ns).get("status") or {}).get("phase") == "Running" and s,
+                        what="the cycle to run")  # fmt: skip
+    assert (status["iteration"], status["stage"]) == (1, "c-1-rl")
+    assert [[s["name"] for s in row["stages"]] for row in status["iterations"]] == [["c-1-rl", "c-1-eval", "c-1-rm"]]
+    header, row = cluster.kubectl("get", "rewardcycles", "-n", ns).stdout.splitlines()[:2]
+    assert header.split() == ["NAME", "PHASE", "ITERATION", "OF", "STAGE", "STAGE-PHASE", "AGE"]
+    assert row.split()[:5] == ["c", "Running", "1", "2", "c-1-rl"]
+
+    # The burst fails: the stages after it fail on their own, and the cycle fails naming it.
+    eventually(lambda: kube.rayjob(ns, "c-1-rl"), timeout=90, what="the burst's RayJob")
+    drive_rayjob(kube, ns, "c-1-rl", "Failed", "FAILED", message="trainer exited 1")
+    wait_phase(kube, ns, "c-1-rl", "Failed")
+    failed = eventually(lambda: (s := cycle(kube, ns).get("status") or {}).get("phase") == "Failed" and s,
+                        what="the cycle to fail")  # fmt: skip
+    assert failed["message"].startswith("iteration 1: TrainingRun c-1-rl failed"), failed["message"]
+    assert wait_phase(kube, ns, "c-1-rm", "Failed")["message"]
+    assert kube.run(ns, "c-2-rl") is None
+
+    # Deleting the cycle deletes its stages (garbage collection, by ownerReferences), and theirs.
+    kube.custom.delete_namespaced_custom_object(CYCLES.group, CYCLES.version, ns, CYCLES.plural, "c")
+    eventually(
+        lambda: not kube.list(*RUNS.gvr, ns) and not kube.list(*EVALUATIONS.gvr, ns),
+        timeout=60,
+        what="the cycle's TrainingRuns and Evaluation to be deleted",
+    )
+    eventually(lambda: not kube.rayjobs(ns), timeout=60, what="the burst's RayJob to be deleted with it")
