@@ -12,7 +12,7 @@ VENV_STAMP = $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)-$
 comma := ,
 
 .PHONY: help venv cluster-build cluster-up cluster-down cluster-status test test-unit test-cluster lint typecheck fmt bench-cluster clean demo demo-down
-.PHONY: demo-pipeline demo-agent
+.PHONY: demo-pipeline demo-agent demo-cycle
 .PHONY: helm chart-crds chart-lint lint-workflows gitops-build gitops-health test-deploy
 .PHONY: lint-dockerfile test-trainer bench-checkpoint
 .PHONY: crds operator bench-reconcile bench-churn lint-imports
@@ -72,6 +72,9 @@ demo-pipeline: cluster-build ## Run SFT, then GRPO from the SFT run's final chec
 
 demo-agent: cluster-build ## SFT on tool-use transcripts, then GRPO from it in a toy MCP environment (examples/agents), on CPU
 	$(PY) -m localcluster.demo --agent
+
+demo-cycle: cluster-build ## One RewardCycle on CPU: GRPO, an Evaluation by local judges, a reward model, GRPO rewarded by it
+	$(PY) -m localcluster.demo --cycle --timeout 1500
 
 demo-down: ## Stop what the demo started (Ray head, router, operator, pod shim); the cluster stays up
 	@test -x $(PY) && $(PY) -m localcluster.demo --down || true

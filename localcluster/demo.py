@@ -7,11 +7,14 @@ then prints a summary. Nothing is faked but the kubelet (KWOK, plus the pod shim
 `--pipeline` (`make demo-pipeline`) applies `examples/pipeline/sft-then-grpo-demo.yaml` instead:
 an SFT run, and a GRPO run that waits for it and starts from its final checkpoint. `--agent` (`make demo-agent`)
 serves a toy MCP environment and applies `examples/agents/tool-use-demo.yaml`: SFT on tool-use transcripts, then
-GRPO from it in the environment (`localcluster/agent_demo.py`).
+GRPO from it in the environment (`localcluster/agent_demo.py`). `--cycle` (`make demo-cycle`) applies one RewardCycle:
+GRPO, an Evaluation of its rollouts by local judges, a reward model on their preferences, and the next GRPO burst
+rewarded by it (`localcluster/cycle_demo.py`).
 
     python -m localcluster.demo             # run the demo (idempotent: a previous demo run is replaced)
     python -m localcluster.demo --pipeline  # SFT, then GRPO from the SFT run's weights
     python -m localcluster.demo --agent     # SFT on tool-use transcripts, then GRPO in an MCP environment
+    python -m localcluster.demo --cycle     # RL, Evaluation, reward model, next RL: one RewardCycle
     python -m localcluster.demo --down      # stop what the demo started (the control plane stays up)
 """
 
@@ -279,7 +282,7 @@ def follow(
     raise ClusterError(f"the demo did not finish within {timeout:.0f}s; last status: {last}")
 
 
-def run_demo(timeout: float, *, pipeline: bool = False, agent: bool = False) -> int:
+def run_demo(timeout: float, *, pipeline: bool = False, agent: bool = False, cycle: bool = False) -> int:
     began = time.monotonic()
     cluster = LocalCluster()
     versions = cluster.versions
@@ -292,6 +295,10 @@ def run_demo(timeout: float, *, pipeline: bool = False, agent: bool = False) -> 
     print("2/5 Ray head, dashboard router, loka-operator and pod shim")
     stack = DemoStack(cluster)
     stack.up()
+    if cycle:
+        from localcluster.cycle_demo import run_cycle_demo
+
+        return run_cycle_demo(cluster, stack, timeout=timeout, began=began)
 
     environment = None
     if agent:
@@ -414,13 +421,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--down", action="store_true", help="stop what the demo started")
     parser.add_argument("--pipeline", action="store_true", help="SFT, then GRPO from the SFT run's final checkpoint")
     parser.add_argument("--agent", action="store_true", help="SFT on tool-use transcripts, then GRPO in an MCP env")
+    parser.add_argument("--cycle", action="store_true", help="RL, Evaluation, reward model, next RL: a RewardCycle")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the run to finish")
     args = parser.parse_args(argv)
     try:
         if args.down:
             DemoStack(LocalCluster()).down()
             return 0
-        return run_demo(args.timeout, pipeline=args.pipeline, agent=args.agent)
+        return run_demo(args.timeout, pipeline=args.pipeline, agent=args.agent, cycle=args.cycle)
     except ClusterError as err:
         print(f"demo failed: {err}", file=sys.stderr)
         return 1

@@ -23,6 +23,7 @@ from loka_api.phases import TERMINAL
 from loka_client import ray
 from loka_client.checkpoints import DownloadedCheckpoint, RunStorage
 from loka_client.connection import Connection
+from loka_client.cycles import Cycles
 from loka_client.errors import (
     InvalidRunError,
     LokaError,
@@ -101,6 +102,11 @@ class Client:
     def evaluations(self) -> Evaluations:
         """The cluster's Evaluations (LLM judges over a run's rollouts): get, list, submit, wait, delete."""
         return Evaluations(self.connection)
+
+    @property
+    def cycles(self) -> Cycles:
+        """The cluster's RewardCycles (RL, Evaluation, reward model, next RL): get, submit, delete."""
+        return Cycles(self.connection)
 
     def _ns(self, namespace: str | None) -> str:
         return namespace or self.connection.namespace
