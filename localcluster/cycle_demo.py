@@ -38,7 +38,7 @@ from localcluster.operator_process import free_port
 from localcluster.stack import DemoStack
 from loka_api import kinds
 from loka_api.contract import ENV_EVALUATION_NAME, ENV_EVALUATION_NAMESPACE
-from loka_api.cycle import STAGE_SUCCEEDED, CyclePhase, RewardCycle, Stage, StageStatus
+from loka_api.cycle import STAGE_FAILED, STAGE_SUCCEEDED, CyclePhase, RewardCycle, Stage, StageStatus
 from loka_api.storage import S3Uri
 from loka_client import Client, NotFoundError
 from loka_client.describe import describe_line
@@ -79,6 +79,17 @@ def hold_evaluations(cluster: LocalCluster, *, hold: bool) -> None:
         },
     }  # fmt: skip
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=yaml.safe_dump(queue))
+
+
+def release_one(cluster: LocalCluster, client: Client, evaluation: str, timeout: float = 120) -> None:
+    """Let Kueue admit the Evaluation's Job (KWOK then completes its pod), and hold the queue again once it ended."""
+    hold_evaluations(cluster, hold=False)
+    deadline = time.monotonic() + timeout
+    while client.evaluations.get(evaluation).phase.value not in (STAGE_SUCCEEDED, STAGE_FAILED):
+        if time.monotonic() > deadline:
+            raise ClusterError(f"Evaluation {evaluation} did not end within {timeout:.0f}s of its Job's admission")
+        time.sleep(0.5)
+    hold_evaluations(cluster, hold=True)
 
 
 def token_kubeconfig(cluster: LocalCluster, namespace: str, account: str, path: Path) -> Path:
@@ -199,9 +210,7 @@ def follow_cycle(
                     follower.say(stage.name, "the demo runs its evaluator as the Job's pod would, then releases it")
                     run_evaluator(cluster, namespace, stage.name, work)
                     follower.evaluated.add(stage.name)
-                    hold_evaluations(cluster, hold=False)
-                if stage.stage is Stage.EVALUATION and phase == STAGE_SUCCEEDED:
-                    hold_evaluations(cluster, hold=True)  # the next Evaluation waits for its evaluator again
+                    release_one(cluster, client, stage.name)
                 if stage.stage is Stage.REWARD_MODEL and phase == STAGE_SUCCEEDED:
                     checkpoint = client.get(stage.name).status.checkpoint
                     if checkpoint is not None and checkpoint.uri and rm.serving != checkpoint.uri:

@@ -1,4 +1,5 @@
-"""Every kind of object a TrainingRun has, declared once: the one place a new child kind is added.
+"""Every kind of object a TrainingRun, an Evaluation or a RewardCycle has, declared once: the one place a new child
+kind is added.
 
 An entry says which Kubernetes kind it is (`loka_api.kinds`), whether the run owns it (the operator creates it,
 labelled and owned by the run) or only observes it (made by someone else for the run: Kueue's Workload for its
@@ -15,6 +16,10 @@ Service) is one entry here per kind (`kinds.DEPLOYMENT`, `kinds.SERVICE`: owned,
 is its builder: the reconciler ensures what the builder returns before the RayJob (`Reconciler._ensure_side_services`),
 and the watch, the cache and the RBAC follow as for every entry. Its pods carry the run's labels
 (`naming.run_labels`), so the run's NetworkPolicy admits only the run's own pods to them.
+
+A RewardCycle's stages are Loka's own TrainingRuns and Evaluations (`CYCLE_STAGES`): their entries grant the verbs
+and say how a stage leads back to its cycle, but add no watch (`watched=False`): the operator watches and caches
+every run and Evaluation already, and those handlers hand a stage's events to its cycle.
 """
 
 from __future__ import annotations

@@ -246,7 +246,9 @@ class CycleReconciler:
             await self.client.create(child.kind, meta.namespace, manifest)
         except ApiError as error:
             if error.refused:
-                return Problem("StageRefused", f"the API server refused {child.name} {name}: {error.message}"), True
+                # An invalid stage stays invalid (the templates are immutable); a 403 (RBAC, a quota) may pass later.
+                problem = Problem("StageRefused", f"the API server refused {child.name} {name}: {error.message}")
+                return problem, error.status != 403
             if error.status != 409:
                 raise
             taken = await self.client.get(child.kind, meta.namespace, name)
