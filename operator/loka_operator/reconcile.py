@@ -8,7 +8,8 @@
 4. ensure the per-run ServiceAccount, Role, RoleBinding and NetworkPolicy (only ever the run's own: never adopted),
    then the side services the run brings (the child registry's entries with a builder, `children.py`)
 5. ensure the RayJob and its Ray token Secret (and apply suspend, maxRestarts, the TTL after the RayJob finished)
-6. calculate the status from what was observed and write the operator's fields only if they changed
+6. calculate the status from what was observed and write the operator's fields only if they changed (a change in
+   words only waits a few seconds for one that matters: `status_writer.py`)
 7. start a sender for each notice the status owes (recorded with the phase); it posts in the background
    (`notifications.py`)
 
@@ -58,6 +59,7 @@ from loka_operator.status import (
     TrainDataState,
     finished,
     permanent_failure,
+    workload_not_seen,
 )
 from loka_operator.status_writer import StatusWriter
 from loka_operator.validation import Validations
@@ -142,6 +144,7 @@ class Reconciler:
     def forget(self, key: str) -> None:
         """The run is gone: drop everything known about it."""
         self.cache.forget(key)
+        self.status.forget(key)
         self.notifier.forget(key)
         self.validations.forget(key)
         self._redactors.pop(key, None)
@@ -176,8 +179,8 @@ class Reconciler:
         except ValidationError as error:
             previous = TrainingRunStatus.model_validate(body.get("status") or {})
             problem = Problem("InvalidSpec", f"spec does not match the TrainingRun schema: {error}")
-            await self._write_status(body, previous, Observed(0, False, False, now(), invalid=problem))
-            return Outcome()
+            update = await self._write_status(body, previous, Observed(0, False, False, now(), invalid=problem))
+            return Outcome(requeue_after=update.write_in if update is not None else None)
         meta, spec, previous = run.metadata, run.spec, run.status
         uid, generation = meta.uid, meta.generation
         gpus = spec.resources.workers * spec.resources.gpus_per_worker
@@ -196,8 +199,9 @@ class Reconciler:
         if not launched:
             invalid = await self.validations.check(key, uid, generation, spec)
             if invalid is not None:
-                await self._write_status(body, previous, replace(base, now=now(), invalid=invalid))
-                return Outcome(requeue_after=self._notify(key), phase="Failed")
+                update = await self._write_status(body, previous, replace(base, now=now(), invalid=invalid))
+                words = update.write_in if update is not None else None
+                return Outcome(requeue_after=_sooner(self._notify(key), words), phase="Failed")
 
         # 1b. the source run's checkpoint and the Evaluation's pairs: nothing launches before status records them
         source, data, waits_for_source = await self._resolve_inputs(run, launched=launched)
@@ -222,6 +226,11 @@ class Reconciler:
             if workload is not None and not self._rayjob_finished(rayjob):
                 workload = await self._follow_suspend(key, workload, spec.suspend)
 
+        no_workload, later = None, None
+        if spec.queue is not None and workload is None:
+            grace, selector = self.config.workload_grace_seconds, self.config.workload_selector
+            no_workload, later = workload_not_seen(rayjob, selector, grace, now())
+        requeue = _sooner(requeue, later)
         rayjob, ended_by_deadline, later = await self._stop_or_clean_up(run, rayjob, expired)
         requeue = _sooner(requeue, later)
 
@@ -236,6 +245,7 @@ class Reconciler:
             rayjob=await self._readable(run, rayjob),
             workload=workload,
             deadline=ended_by_deadline,
+            no_workload=no_workload,
             pins=tuple(self._pins(run)),
         )
         update = await self._write_status(body, previous, observed)
@@ -244,7 +254,7 @@ class Reconciler:
             requeue = 0.0  # status.source now records the checkpoint: launch (our own write's echo wakes nobody)
         # 7. notifications
         if update is not None:
-            requeue = _sooner(requeue, self._notify(key))
+            requeue = _sooner(_sooner(requeue, self._notify(key)), update.write_in)
         phase = update.status.phase if update is not None else previous.phase
         return Outcome(
             requeue_after=_sooner(requeue, _servers_follow(run, update)), phase=phase.value if phase else None

@@ -32,6 +32,7 @@ from loka_api.phases import ACTIVE, ATTEMPT_ENDING, TERMINAL
 from loka_operator.interruptions import account, opened_and_settled
 from loka_operator.kueue import deactivated_by_us
 from loka_operator.messages import brief
+from loka_operator.naming import LABEL_RUN
 
 # What each phase means (terminal, active, ending an attempt) is the core's (loka_api.phases). Retries after a
 # failure are counted from KubeRay's own counter instead of ATTEMPT_ENDING: they can pass unobserved.
@@ -39,6 +40,9 @@ from loka_operator.messages import brief
 KUEUE_PREEMPTION = (workloads.PREEMPTED, workloads.EVICTED)
 # Kueue's reason (and reason prefix, e.g. DeactivatedDueToRequeuingLimitExceeded) for an inactive Workload.
 DEACTIVATED = "Deactivated"
+
+# Kueue holds the run's RayJob (suspended) but no Workload for it shows up (`workload_not_seen`).
+WORKLOAD_NOT_SEEN = "WorkloadNotSeen"
 
 # The run passed spec.deadline (loka_operator.deadline): it ends Failed with this reason.
 DEADLINE_EXCEEDED = "DeadlineExceeded"
@@ -118,6 +122,8 @@ class Observed:
     gpus: int = 0  # the run's GPUs (workers x gpusPerWorker): what an interruption's lost steps cost
     pins: tuple[CheckpointPin, ...] | None = None  # this run's checkpoints its dependents need (None: unchanged)
     deadline: Problem | None = None  # spec.deadline passed and no attempt runs any more (loka_operator.deadline)
+    # Kueue holds the RayJob, and no Workload the operator can see came for it for a long while (workload_not_seen)
+    no_workload: Problem | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +149,7 @@ class StatusUpdate:
     changes: dict[str, Any] = field(default_factory=dict)
     interrupted: list[Interruption] = field(default_factory=list)  # opened by this update
     settled: list[Interruption] = field(default_factory=list)  # costed by this update
+    write_in: float | None = None  # seconds until the words only this update changes are written (not yet written)
 
 
 # ------------------------------------------------------------------------------ Kueue's Workload
@@ -163,6 +170,32 @@ def _deactivation(workload: dict[str, Any]) -> Problem:
         f"reactivate it: kubectl -n {namespace} patch workload {name} --type=merge "
         f'-p \'{{"spec":{{"active":true}}}}\'',
     )
+
+
+def workload_not_seen(
+    rayjob: dict[str, Any] | None, selector: str, grace: float, now: datetime
+) -> tuple[Problem | None, float | None]:
+    """A queued run's RayJob that Kueue holds (suspended) with no Workload in sight: once that lasted `grace` seconds,
+    what to check, the setting that hides Kueue's Workloads from the operator first; else seconds until then."""
+    held = bool(((rayjob or {}).get("spec") or {}).get("suspend"))
+    created = str(((rayjob or {}).get("metadata") or {}).get("creationTimestamp") or "")
+    if rayjob is None or not held or not created:
+        return None, None
+    left = grace - (now - datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds()
+    if left > 0:
+        return None, left + 1
+    if selector:
+        why = (
+            f"the operator watches only Workloads matching --workload-selector={selector}, and Kueue labels a "
+            f"Workload so only when its Configuration lists integrations.labelKeysToCopy: [{LABEL_RUN}]; add that "
+            "to Kueue's Configuration and restart Kueue, or run the operator with --workload-selector= (chart: "
+            'kueue.workloadSelector: "") to watch every Workload'
+        )
+    else:
+        why = "check that Kueue is running and that its Configuration lists ray.io/rayjob in integrations.frameworks"
+    name = rayjob["metadata"].get("name", "")
+    said = f"Kueue holds the RayJob {name}, but no Workload for it appeared within {grace:.0f} s: {why}"
+    return Problem(WORKLOAD_NOT_SEEN, said), None
 
 
 def kueue_wait_reason(workload: dict[str, Any] | None) -> Problem:
@@ -191,6 +224,12 @@ def kueue_wait_reason(workload: dict[str, Any] | None) -> Problem:
 
 
 # ---------------------------------------------------------------------------- the state machine
+
+
+def _kueue_wait(obs: Observed) -> Problem:
+    if obs.workload is None and obs.no_workload is not None:
+        return obs.no_workload
+    return kueue_wait_reason(obs.workload)
 
 
 def rejected(status: TrainingRunStatus) -> bool:
@@ -268,7 +307,7 @@ def decide_phase(obs: Observed, previous: TrainingRunStatus) -> Verdict:
                 return Verdict(
                     RunPhase.SUSPENDED, "Suspended", "suspended by spec.suspend; the Ray cluster is released"
                 )
-            wait = kueue_wait_reason(obs.workload) if obs.queued else Problem("Resuming", "resuming the RayJob")
+            wait = _kueue_wait(obs) if obs.queued else Problem("Resuming", "resuming the RayJob")
             if not obs.queued:
                 return Verdict(RunPhase.RESUMING, wait.reason, wait.message)
             return _waiting_for_kueue(wait)
@@ -282,7 +321,7 @@ def decide_phase(obs: Observed, previous: TrainingRunStatus) -> Verdict:
                 return Verdict(RunPhase.SUSPENDED, "Suspending", "suspending: the Ray cluster is being released")
             held = bool((obs.rayjob.get("spec") or {}).get("suspend", False))
             if obs.queued and (held or not workloads.admitted(obs.workload)):
-                return _waiting_for_kueue(kueue_wait_reason(obs.workload))
+                return _waiting_for_kueue(_kueue_wait(obs))
             if restarting:
                 return Verdict(RunPhase.RESUMING, "StartingRayCluster", "starting a new Ray cluster for the run")
             return Verdict(RunPhase.STARTING, "StartingRayCluster", "starting the Ray cluster")
@@ -380,7 +419,7 @@ def _source_ready(state: SourceState) -> tuple[bool, str, str]:
 def _admitted(obs: Observed) -> tuple[bool, str, str]:
     if not obs.queued:
         return True, "NoQueue", "the run names no Kueue queue; the RayJob is not held by Kueue"
-    wait = kueue_wait_reason(obs.workload)
+    wait = _kueue_wait(obs)
     # Kueue marks eviction before it drops Admitted: an evicted Workload is no longer admitted for the run.
     taken_away = wait.reason.startswith((*KUEUE_PREEMPTION, DEACTIVATED))
     if workloads.admitted(obs.workload) and not taken_away:
@@ -572,6 +611,27 @@ def operator_view(status: TrainingRunStatus) -> dict[str, Any]:
     """The operator-owned fields as they go on the wire (absent fields as None)."""
     wire = status.model_dump(mode="json", by_alias=True)
     return {key: wire.get(key) for key in OPERATOR_STATUS_FIELDS}
+
+
+# Operator fields that say in words what other controllers are doing (and what KubeRay named the attempt's cluster
+# and job): on the way to Running they change many times in a few seconds, and nobody acts on them before the phase
+# that follows. Conditions' reasons and messages are words too; their status is not.
+WORDS = frozenset({"message", "rayCluster", "dashboardURL", "attempts"})
+
+
+def _acted_on(view: dict[str, Any]) -> dict[str, Any]:
+    """The operator view less its words: what a reader (a person's `kubectl wait`, the trainer, the notifier, the
+    operator itself on its next look) acts on."""
+    kept = {key: value for key, value in view.items() if key not in WORDS}
+    kept["conditions"] = [
+        (c.get("type"), c.get("status"), c.get("observedGeneration")) for c in view.get("conditions") or []
+    ]
+    return kept
+
+
+def only_words(previous: TrainingRunStatus, current: TrainingRunStatus) -> bool:
+    """The change is in words only (messages, reasons, KubeRay's names): it may wait for the next write."""
+    return _acted_on(operator_view(previous)) == _acted_on(operator_view(current))
 
 
 def status_changes(previous: TrainingRunStatus, current: TrainingRunStatus) -> dict[str, Any]:

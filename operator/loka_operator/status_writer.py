@@ -5,12 +5,19 @@ Each write is conditional on the resourceVersion of the body it was calculated f
 that something newer overtook (a trainer patch, a notice's record, a watch that showed an older version after our
 own write) fails instead of landing; the run is read again and the status calculated again from what it now is.
 So a transition is written, posted as an Event, observed in the metrics and owes its notices exactly once.
+
+A change in words only (messages, conditions' reasons, the names KubeRay gave the attempt's cluster and job) is not
+written at once: on the way to Running they change several times in a few seconds, each write costs the API server
+what Kueue and KubeRay need to move the run on, and nobody acts on them. They go with the next write that matters
+(a phase, a condition's status, a notice owed...), or on their own once they have held for `settle_seconds`: a
+run that waits keeps saying why, a few seconds late.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from pydantic import ValidationError
 
@@ -20,7 +27,7 @@ from loka_operator.cache import RunCache
 from loka_operator.events import EventRecorder
 from loka_operator.kube import JSON, ApiError, KubeClient
 from loka_operator.metrics import OperatorMetrics
-from loka_operator.status import Observed, StatusUpdate, calculate_status, status_changes
+from loka_operator.status import Observed, StatusUpdate, calculate_status, only_words, status_changes
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +35,8 @@ log = logging.getLogger(__name__)
 RAN = frozenset({"RUNNING", "SUCCEEDED", "FAILED", "STOPPED"})
 # Lost races in a row before the reconcile gives up (and is retried with backoff like any failed reconcile).
 MAX_CONFLICTS = 5
+# How long a change in words only may wait for a write that matters before it is written on its own.
+SETTLE_SECONDS = 10.0
 
 
 @dataclass
@@ -36,14 +45,23 @@ class StatusWriter:
     cache: RunCache
     events: EventRecorder
     metrics: OperatorMetrics
+    settle_seconds: float = SETTLE_SECONDS
+    # Since when each run's status has differed from the calculation in words only (not written yet).
+    _words_since: dict[str, datetime] = field(default_factory=dict)
+
+    def forget(self, key: str) -> None:
+        self._words_since.pop(key, None)
 
     async def write(self, body: JSON, previous: TrainingRunStatus, observed: Observed) -> StatusUpdate | None:
-        """The status the run now has; None when the run is gone (the caller forgets it)."""
+        """The status the run now has (`write_in` set when words wait to be written); None when the run is gone
+        (the caller forgets it)."""
         meta = body["metadata"]
         key = naming.run_key(meta["namespace"], meta["name"])
         for _ in range(MAX_CONFLICTS):
             update = self._calculate(body, previous, observed)
             if not update.changes:
+                self._words_since.pop(key, None)
+            if not update.changes or self._words_wait(key, previous, update, observed.now):
                 self.metrics.observe_phase(key, update.status.phase)
                 return update
             patch = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": update.changes}
@@ -63,9 +81,22 @@ class StatusWriter:
                 previous = TrainingRunStatus.model_validate(fresh.get("status") or {})
                 continue
             self.cache.wrote(written)
+            self._words_since.pop(key, None)
             self._landed(key, body, previous, update)
             return update
         raise ApiError(409, "Conflict", f"status of {key}: {MAX_CONFLICTS} writes in a row lost the race")
+
+    def _words_wait(self, key: str, previous: TrainingRunStatus, update: StatusUpdate, now: datetime) -> bool:
+        """The update changes words only and they have not held for `settle_seconds` yet: it is not written now
+        (`update.write_in` says when it would be)."""
+        if update.event is not None or not only_words(previous, update.status):
+            return False
+        since = self._words_since.setdefault(key, now)
+        left = self.settle_seconds - (now - since).total_seconds()
+        if left <= 0:
+            return False
+        update.write_in = left
+        return True
 
     def _calculate(self, body: JSON, previous: TrainingRunStatus, observed: Observed) -> StatusUpdate:
         """The next status, with the notices its transition owes recorded in it."""
