@@ -69,6 +69,8 @@ class OperatorConfig:
     # Server-side selector for Kueue Workloads: the run label, which Kueue copies from the RayJob when its
     # Configuration lists it in integrations.labelKeysToCopy ("": every Workload in scope, the others ignored).
     workload_selector: str = LABEL_RUN
+    # A queued run whose RayJob Kueue holds but whose Workload does not show this long says why that may be.
+    workload_grace_seconds: float = 60.0
     leader_election: LeaderElection | None = None
     # Slack post retries: the delays between tries (about five minutes in all).
     notification_backoff: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 120.0)

@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 
 from loka_api import CheckpointStatus, Condition, RunPhase, TrainingRunStatus
-from loka_operator.status import Observed, Problem, calculate_status, decide_phase, kueue_wait_reason
+from loka_operator.status import (
+    Observed,
+    Problem,
+    calculate_status,
+    decide_phase,
+    kueue_wait_reason,
+    workload_not_seen,
+)
 
 NOW = datetime(2026, 11, 22, 5, 0, 0, tzinfo=UTC)
 
@@ -439,3 +446,27 @@ def test_a_finished_run_keeps_the_reason_it_ended_with_once_its_rayjob_is_gone()
     condition = next(c for c in after_ttl.conditions if c.type == "Failed")
     assert after_ttl.phase == RunPhase.FAILED
     assert (condition.status, condition.reason, condition.message) == ("True", "AppFailed", "driver exited with code 1")
+
+
+def held_rayjob(created: datetime) -> dict[str, Any]:
+    held = rayjob("Suspended", suspend=True)
+    held["metadata"]["creationTimestamp"] = created.isoformat().replace("+00:00", "Z")
+    return held
+
+
+def test_a_queued_run_whose_workload_never_shows_names_the_kueue_setting_that_hides_it() -> None:
+    # Kueue made a Workload but did not copy the run label: the narrow watch never delivers it.
+    young = held_rayjob(NOW - timedelta(seconds=10))
+    assert workload_not_seen(young, "loka.dev/run", 60, NOW) == (None, 51)  # look again once the grace is over
+    problem, later = workload_not_seen(held_rayjob(NOW - timedelta(seconds=61)), "loka.dev/run", 60, NOW)
+    assert problem is not None and later is None
+    update = calculate_status(observe(held_rayjob(NOW), None, no_workload=problem), TrainingRunStatus())
+    admitted = next(c for c in update.status.conditions if c.type == "Admitted")
+    assert (update.status.phase, admitted.status, admitted.reason) == (RunPhase.QUEUED, "False", "WorkloadNotSeen")
+    for said in (admitted.message, update.status.message or ""):
+        assert "integrations.labelKeysToCopy: [loka.dev/run]" in said and "--workload-selector=" in said, said
+    # Watching every Workload, the label is not the cause: Kueue itself is.
+    broad, _ = workload_not_seen(held_rayjob(NOW - timedelta(seconds=61)), "", 60, NOW)
+    assert broad is not None and "labelKeysToCopy" not in broad.message and "integrations.frameworks" in broad.message
+    # Kueue let the RayJob go (admitted, or never held it): nothing is missing.
+    assert workload_not_seen(rayjob("Running", "RUNNING"), "loka.dev/run", 60, NOW) == (None, None)
