@@ -152,7 +152,9 @@ def immutability_rules() -> list[dict[str, str]]:
     mutable = ", ".join(MUTABLE_FIELDS)
     return [
         cel(
-            f"{_REJECTED} || ({_present_and_equal(field)})",
+            # Every status write evaluates the rules on the whole object (the spec does not change there): the
+            # field's comparison first ends each rule before it walks the conditions.
+            f"({_present_and_equal(field)}) || {_REJECTED}",
             f"spec.{field} is immutable once the run is created (only {mutable} may change; "
             "delete and recreate the run to change it)",
             field_path=f".spec.{field}",
