@@ -235,7 +235,7 @@ class Churn:
         self.restart_exited("before the hand-over")
         leader, standby = self.leader()
         stopped = time.monotonic()
-        leader.process.stop()
+        leader.process.terminate()  # as the kubelet does: SIGTERM, and the pod's grace period runs
         wait_until(
             lambda: lease_holder(self.api, self.ns, self.lease).startswith(f"{standby.name}_"),
             timeout=2 * LEASE,
@@ -243,6 +243,9 @@ class Churn:
             interval=0.1,
         )
         self.figures.handover_seconds = time.monotonic() - stopped
+        leader.process.stop()  # waits for it to end (SIGKILL after 30 s, the default grace period)
+        exited, code = time.monotonic() - stopped, leader.process.exit_code()
+        self.figures.notes.append(f"the stopped leader exited {exited:.1f}s after SIGTERM (code {code})")
         leader.process.start()  # the restarted pod stands by
 
     def delete_during_relist(self) -> None:

@@ -80,6 +80,7 @@ class KubeClient:
         self._use(info)
         self.requests: Counter[str] = Counter()
         self.request_seconds = 0.0
+        self._writes_in_flight: set[asyncio.Task[tuple[int, bytes]]] = set()
 
     def _use(self, info: kopf.ConnectionInfo) -> None:
         self._authorization = f"{info.scheme or 'Bearer'} {info.token}" if info.token else None
@@ -98,6 +99,17 @@ class KubeClient:
             headers = {"Accept": "application/json", "User-Agent": "loka-operator"}
             self._session = aiohttp.ClientSession(headers=headers, timeout=self._timeout, connector=connector)
         return self._session
+
+    async def writes_settled(self) -> None:
+        """Wait until every write already sent has been answered (or abandoned at its deadline): after that, nothing
+        this client sent can still land."""
+        while self._writes_in_flight:
+            await asyncio.wait(set(self._writes_in_flight))
+
+    def _write_done(self, sending: asyncio.Task[tuple[int, bytes]]) -> None:
+        self._writes_in_flight.discard(sending)
+        if not sending.cancelled():
+            sending.exception()  # retrieved: a caller cancelled meanwhile does not read it
 
     async def close(self) -> None:
         for session in [*self._retired, self._session]:
@@ -167,11 +179,23 @@ class KubeClient:
             headers["Accept"] = accept
         if self._authorization is not None:
             headers["Authorization"] = self._authorization
-        try:
+
+        async def exchange() -> tuple[int, bytes]:
             async with session.request(
                 method, self._server + path, data=data, params=params, headers=headers or None, timeout=timeout
             ) as response:
-                payload = await response.read()
+                return response.status, await response.read()
+
+        try:
+            if method == "GET":
+                status, payload = await exchange()
+            else:
+                # A write is never cut off mid-flight by its caller's cancellation (it could land all the same):
+                # it runs to its answer or its deadline, and `writes_settled()` can tell when none is left.
+                sending = asyncio.get_running_loop().create_task(exchange(), name=f"{method} {path}")
+                self._writes_in_flight.add(sending)
+                sending.add_done_callback(self._write_done)
+                status, payload = await asyncio.shield(sending)
         except (TimeoutError, aiohttp.ClientError) as error:
             raise ApiError(0, type(error).__name__, str(error) or "connection failed") from error
         finally:
@@ -180,7 +204,7 @@ class KubeClient:
             decoded: JSON = json.loads(payload) if payload else {}
         except ValueError:  # e.g. "404 page not found" for a resource the server does not serve
             decoded = {"message": payload[:200].decode(errors="replace")}
-        return response.status, decoded
+        return status, decoded
 
     async def get(self, resource: Kind, namespace: str, name: str) -> JSON | None:
         try:

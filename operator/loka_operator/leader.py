@@ -3,7 +3,8 @@
 Every replica competes for one Lease in the operator's own namespace; only its holder runs kopf (watches,
 reconciles). The holder renews every `retry_seconds`; a standby takes over once it has seen the same record for
 `lease_seconds` without a renewal (measured on its own clock, so clock skew between nodes does not matter). On a
-clean shutdown the holder releases the Lease, so a rolling update hands over at once.
+clean shutdown the holder steps down (its writes are refused from then on), waits for the writes already sent, and
+releases the Lease (client-go's ReleaseOnCancel): a rolling update hands over by the standby's next try.
 
 What keeps two replicas from writing at once (client-go's guarantees):
 - Each renewal is bounded by what is left of the renew deadline, on the Lease's own client with short timeouts:
@@ -54,6 +55,7 @@ class LeaseElector:
     on_lost: Callable[[], None] = lambda: None
     leading: bool = False
     lost: bool = False
+    _held: bool = False  # acquired, and neither lost nor released since
     _observed: dict[str, Any] = field(default_factory=dict)  # the last Lease spec seen
     _observed_at: float = 0.0  # when it last changed, on this process's monotonic clock
     _renewed_at: float = 0.0  # when the last successful renewal was sent
@@ -71,7 +73,7 @@ class LeaseElector:
         log.info("waiting to lead: Lease %s/%s as %s", self.election.namespace, self.election.name, self.me)
         while not stop.is_set():
             if await self._attempt(self.election.renew_deadline_seconds):
-                self.leading = True
+                self.leading = self._held = True
                 log.info("leading as %s (Lease %s/%s)", self.me, self.election.namespace, self.election.name)
                 return True
             with contextlib.suppress(TimeoutError):
@@ -90,6 +92,8 @@ class LeaseElector:
                 left = self._renewed_at + self.election.renew_deadline_seconds - time.monotonic()
                 if left > 0 and await self._attempt(left):
                     continue
+                if stop.is_set():
+                    return  # stepping down meanwhile: the release decides what is left to do
                 if self._other_holder:
                     self._lose(f"{self._other_holder} holds it now")
                 elif time.monotonic() >= self._renewed_at + self.election.renew_deadline_seconds:
@@ -103,31 +107,46 @@ class LeaseElector:
                 stop.set()
 
     def _lose(self, why: str) -> None:
-        self.leading, self.lost = False, True
+        self.leading, self.lost, self._held = False, True, False
         log.error("lost the Lease %s/%s (%s): stopping", self.election.namespace, self.election.name, why)
         self.on_lost()
 
-    async def release(self) -> None:
-        """Give the Lease up so that a standby takes over at once (only if this process still holds it)."""
-        if not self.leading:
-            return
+    def step_down(self) -> None:
+        """Stop leading now, before the Lease is released: every write of the operator's client is refused unsent
+        from here on (`write_deadline` is None)."""
+        if self.leading:
+            log.info("stepping down: no more writes as leader of %s/%s", self.election.namespace, self.election.name)
         self.leading = False
-        try:
-            lease = await self.client.get(kinds.LEASE, self.election.namespace, self.election.name)
-            if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.me:
+
+    async def release(self) -> None:
+        """Give the Lease up so that a standby takes over by its next try (only if this process still holds it).
+        Call it once nothing this process sent can land any more: the standby may write as soon as it is done."""
+        self.step_down()
+        if not self._held or self.lost:
+            return
+        self._held = False
+        namespace, name = self.election.namespace, self.election.name
+        for _ in range(3):  # a renewal cut short may still land first: read again and retry on a conflict
+            try:
+                lease = await self.client.get(kinds.LEASE, namespace, name)
+                if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.me:
+                    return
+                stamp = _micro_time(datetime.now(UTC))
+                spec = lease["spec"]
+                lease["spec"] = {
+                    "leaseDurationSeconds": 1,
+                    "acquireTime": stamp,
+                    "renewTime": stamp,
+                    "leaseTransitions": spec.get("leaseTransitions", 0),
+                }
+                await self.client.replace(kinds.LEASE, namespace, name, lease)
+                log.info("released the Lease %s/%s", namespace, name)
                 return
-            stamp = _micro_time(datetime.now(UTC))
-            spec = lease["spec"]
-            lease["spec"] = {
-                "leaseDurationSeconds": 1,
-                "acquireTime": stamp,
-                "renewTime": stamp,
-                "leaseTransitions": spec.get("leaseTransitions", 0),
-            }
-            await self.client.replace(kinds.LEASE, self.election.namespace, self.election.name, lease)
-            log.info("released the Lease %s/%s", self.election.namespace, self.election.name)
-        except ApiError as error:
-            log.warning("could not release the Lease %s/%s: %s", self.election.namespace, self.election.name, error)
+            except ApiError as error:
+                if error.status != 409:
+                    log.warning("could not release the Lease %s/%s: %s", namespace, name, error)
+                    return
+        log.warning("could not release the Lease %s/%s: it kept changing", namespace, name)
 
     async def _attempt(self, within: float) -> bool:
         """One round, given `within` seconds; any failure (a hung call, a refused login, a malformed Lease) is a

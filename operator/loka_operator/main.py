@@ -9,7 +9,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 import kopf
@@ -136,36 +137,65 @@ async def serve(config: OperatorConfig, args: argparse.Namespace) -> int:
         login(), relogin=login, on_request=count, write_deadline=elector.write_deadline if elector else None
     )
     stop = asyncio.Event()
+    memo = kopf.Memo(config=config, shared=Shared(client=client, metrics=metrics))
     holding: asyncio.Task[None] | None = None
     try:
-        if elector is not None:
-            with _stop_on_signals(stop):
+        with _on_signals(stop.set):
+            if elector is not None:
                 async with _standby_liveness(args.liveness):
                     if not await elector.acquire(stop):
                         return 0
+                holding = asyncio.create_task(elector.hold(stop), name="loka lease renewal")
             metrics.leader.set(1)
-            holding = asyncio.create_task(elector.hold(stop), name="loka lease renewal")
-        else:
-            metrics.leader.set(1)
-        await kopf.operator(
-            memo=kopf.Memo(config=config, shared=Shared(client=client, metrics=metrics)),
-            standalone=True,
-            clusterwide=not config.namespaces,
-            namespaces=config.namespaces,
-            liveness_endpoint=args.liveness or None,
-            stop_flag=stop,
-        )
+            # Created before kopf starts, so that kopf's shutdown (which cancels the tasks created while it ran)
+            # leaves the hand-over alone.
+            handing_over = asyncio.create_task(_step_down_when(stop, elector, holding, client, memo), name="loka stop")
+            try:
+                existing = asyncio.all_tasks()
+                tasks = await kopf.spawn_tasks(
+                    memo=memo,
+                    standalone=True,
+                    clusterwide=not config.namespaces,
+                    namespaces=config.namespaces,
+                    liveness_endpoint=args.liveness or None,
+                    stop_flag=stop,
+                )
+                # kopf has put its own SIGTERM/SIGINT handlers in place: ours again, so that a signal steps down first.
+                _handle_signals(stop.set)
+                await kopf.run_tasks(tasks, ignored=existing)
+            finally:
+                stop.set()  # kopf ended on its own: step down all the same
+                await handing_over
     finally:
         metrics.leader.set(0)
-        stop.set()  # kopf stopped on its own (a signal): the renewer ends without calling this a lost lead
+        stop.set()
         if holding is not None:
             holding.cancel()
-        if elector is not None and not elector.lost:
-            await elector.release()
         await client.close()
         if lease_client is not None:
             await lease_client.close()
     return 1 if elector is not None and elector.lost else 0
+
+
+async def _step_down_when(
+    stop: asyncio.Event, elector: LeaseElector | None, holding: asyncio.Task[None] | None, client: KubeClient, memo: Any
+) -> None:
+    """Once `stop` is set (SIGTERM, or kopf ended): write nothing new, cancel the reconciles in flight, let the
+    writes already sent be answered, then release the Lease. The standby leads by its next try, and nothing of
+    this process lands after it let go. kopf meanwhile stops its watches at its own pace."""
+    await stop.wait()
+    if elector is None or elector.lost:
+        return
+    log.info("stopping: handing the lead over")
+    elector.step_down()
+    state = getattr(memo, "loka", None)  # absent when stopped before kopf's startup handler ran
+    if state is not None:
+        await asyncio.gather(state.queue.drain(), state.evaluation_queue.drain())
+    if holding is not None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await holding  # the round in flight ends (the renewer sees `stop`); a release must come after it
+    await client.writes_settled()
+    await elector.release()
 
 
 def _exit_lost() -> None:
@@ -175,15 +205,20 @@ def _exit_lost() -> None:
     os._exit(1)
 
 
-@contextlib.contextmanager
-def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
-    """While standing by, SIGTERM/SIGINT end the wait (kopf installs its own handlers once it runs)."""
+def _handle_signals(handler: Callable[[], None]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, handler)
+
+
+@contextlib.contextmanager
+def _on_signals(handler: Callable[[], None]) -> Iterator[None]:
+    """SIGTERM/SIGINT call `handler` (standing by, they end the wait; leading, they start the hand-over)."""
+    _handle_signals(handler)
     try:
         yield
     finally:
+        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
 

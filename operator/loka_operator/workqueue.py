@@ -4,6 +4,7 @@ Watch handlers only call `request()` and return, so kopf's event loop never wait
 reconcile fails backs off exponentially with jitter (runs that failed together do not retry together) and keeps
 what the failed pass was asked to do (a drift pass is retried as one); events that arrive meanwhile wait for the
 backoff instead of retrying at once. Forgetting a run (it was deleted) cancels its reconcile in flight and any timer.
+Draining (the operator stops) cancels every reconcile and timer, and the queue takes no request after it.
 """
 
 from __future__ import annotations
@@ -46,8 +47,11 @@ class RunQueue:
     max_backoff: float = 60.0
     _slots: dict[str, _Slot] = field(default_factory=dict)
     _limit: asyncio.Semaphore | None = None
+    _drained: bool = False
 
     def request(self, key: str, *, drift: bool = False) -> None:
+        if self._drained:
+            return
         slot = self._slots.setdefault(key, _Slot())
         slot.drift = slot.drift or drift
         if slot.running():
@@ -63,6 +67,8 @@ class RunQueue:
         slot.task = asyncio.get_running_loop().create_task(self._run(key, slot), name=f"reconcile {key}")
 
     def request_after(self, key: str, delay: float, *, drift: bool = False) -> None:
+        if self._drained:
+            return
         slot = self._slots.setdefault(key, _Slot())
         slot.drift = slot.drift or drift
         self._schedule(key, slot, delay)
@@ -129,6 +135,8 @@ class RunQueue:
             slot.dirty = False
 
     async def drain(self) -> None:
+        """Cancel every reconcile in flight and every timer, and take no request from now on."""
+        self._drained = True
         tasks = [slot.task for slot in self._slots.values() if slot.task is not None and slot.running()]
         for slot in self._slots.values():
             if slot.timer is not None:

@@ -155,6 +155,62 @@ def test_one_replica_leads_and_a_killed_leader_hands_over_without_duplicates(rep
     assert metric(standby, "loka_leader") == 1
 
 
+# A stopped leader lets go at once: the standby leads by its next try (RETRY), not after the Lease expires (LEASE).
+HANDOVER_SECONDS = 2 * RETRY + 2.0
+EXIT_SECONDS = 10.0  # well inside a pod's default grace period (30 s), after which the kubelet kills it
+
+
+def test_a_stopped_leader_lets_go_at_once_and_writes_nothing_after(
+    replicas: Replicas, kube: Kube, cluster: LocalCluster
+) -> None:
+    """A rolling update: SIGTERM to the leader while it is launching runs. It stops writing at once, releases the
+    Lease, the standby leads within seconds and finishes the launches; nothing of the old leader lands after."""
+    ns, lease = replicas.ns, replicas.lease
+    leader, standby = replicas.by_holder(eventually(lambda: holder(kube, ns, lease), what="a replica to lead"))
+    names = [f"run-{i}" for i in range(6)]
+    for name in names:
+        kube.create_run(run_manifest(name, ns, resources=SMALL))
+    working = lambda: [e for e in _writes(cluster, leader, ns) if e.resource != "leases"]  # noqa: E731
+    eventually(working, timeout=60, interval=0.05, what="the leader to start writing")
+
+    stopped = time.monotonic()
+    leader.process.terminate()
+    eventually(
+        lambda: holder(kube, ns, lease).startswith(f"{standby.name}_"),
+        timeout=LEASE + 30,
+        interval=0.1,
+        what="the standby to lead",
+    )
+    handover = time.monotonic() - stopped
+    eventually(lambda: leader.process.exit_code() is not None, timeout=60, what="the stopped leader to exit")
+    exited = time.monotonic() - stopped
+    print(f"handover: the standby led {handover:.1f}s after SIGTERM; the old leader exited after {exited:.1f}s")
+    assert handover < HANDOVER_SECONDS, f"the standby led {handover:.1f}s after SIGTERM (the Lease lasts {LEASE:g}s)"
+    assert leader.process.exit_code() == 0
+    assert exited < EXIT_SECONDS
+
+    for name in names:
+        wait_phase(kube, ns, name, "Running", timeout=120)
+    # The release is the old leader's last write: nothing it started lands after it let go.
+    writes = [e for e in _writes(cluster, leader, ns) if e.landed]
+    release = max(e.received for e in writes if e.resource == "leases")
+    late = [str(e) for e in writes if e.resource != "leases" and e.received >= release]
+    assert late == [], f"the old leader wrote after it released the Lease at {release.isoformat()}"
+    acquired = min(e.received for e in _writes(cluster, standby, ns) if e.resource == "leases" and e.landed)
+    assert release <= acquired
+    # What the two did together is whole: one RayJob and one ServiceAccount per run, none twice.
+    assert sorted(r["metadata"]["name"] for r in kube.rayjobs(ns)) == sorted(names)
+    accounts = [sa.metadata.name for sa in kube.core.list_namespaced_service_account(ns).items]
+    assert sorted(a for a in accounts if a.startswith("loka-run-")) == sorted(f"loka-run-{n}" for n in names)
+    created = [
+        (e.resource, e.name)
+        for r in replicas.both
+        for e in _writes(cluster, r, ns)
+        if e.verb == "create" and e.landed and e.resource not in ("leases", "events")
+    ]
+    assert len(created) == len(set(created)), "a child was created twice"
+
+
 @contextmanager
 def _stall(leader: Replica) -> Iterator[None]:
     """The API server accepts the leader's connections and bytes and answers nothing (held, then delivered)."""

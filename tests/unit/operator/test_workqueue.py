@@ -167,3 +167,30 @@ def test_runs_that_fail_together_retry_at_different_times_within_the_backoff() -
     assert len(retried) == 20
     assert all(0.2 * (1 - JITTER) - 0.01 <= at <= 0.2 + 0.05 for at in retried.values()), retried
     assert len({round(at, 3) for at in retried.values()}) > 5  # spread, not one thundering herd
+
+
+def test_a_drained_queue_cancels_what_runs_and_starts_nothing_more() -> None:
+    """The operator stops: the reconcile in flight ends, and neither a late event nor a due timer starts another."""
+    started: list[str] = []
+    finished: list[str] = []
+
+    async def reconcile(key: str, drift: bool) -> float | None:
+        started.append(key)
+        await asyncio.sleep(10)
+        finished.append(key)
+        return None
+
+    async def scenario() -> None:
+        queue = RunQueue(reconcile)
+        queue.request("ns/a")
+        queue.request_after("ns/b", 0.05)
+        await asyncio.sleep(0.01)
+        await queue.drain()
+        queue.request("ns/c")
+        queue.request_after("ns/d", 0.0)
+        await asyncio.sleep(0.1)
+        assert queue.busy() == 0
+
+    asyncio.run(scenario())
+    assert started == ["ns/a"]
+    assert finished == []
