@@ -10,6 +10,7 @@ Ray, the per-node upload of the checkpoint callback and the per-node restore of 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,10 +26,14 @@ from typing import Any
 
 import pytest
 
+from loka_api import TrainingRunSpec
 from loka_api.manifest import Writer
 from loka_api.storage import ObjectStore, S3Uri
 from loka_trainer.checkpoints import CheckpointStore
+from loka_trainer.engines import EngineJob
+from loka_trainer.engines.verl import stage_other_nodes
 from loka_trainer.nodes import on_each_node, ray_rank_layout, stage_on_node
+from loka_trainer.staging import stage_inputs
 from loka_trainer.verl_callback import upload_from_every_node
 
 
@@ -249,3 +255,67 @@ def _address_of(node_id: str) -> str:
     import ray
 
     return next(str(n["NodeManagerAddress"]) for n in ray.nodes() if n["NodeID"] == node_id)  # type: ignore[no-untyped-call]
+
+
+def model_digests(folder: str) -> tuple[str, dict[str, str]]:
+    """This node's address and the sha256 of each file under ``folder`` on its own disk."""
+    import ray
+
+    root = Path(folder)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+    digests = {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    return str(ray.util.get_node_ip_address()), digests  # type: ignore[no-untyped-call]
+
+
+def test_a_source_runs_checkpoint_is_staged_once_and_the_other_nodes_copy_the_heads_model(
+    two_hosts: dict[str, Path], object_store: ObjectStore, s3_prefix: S3Uri, tmp_path: Path
+) -> None:
+    """spec.model.fromRun: the head downloads (and, for verl's shards, merges) the source's checkpoint once; the
+    other nodes copy the head's model folder instead of fetching and merging it again. Shown by removing the
+    checkpoint from S3 once the head staged it: the other node still gets the head's weights, byte for byte."""
+    work = two_hosts["work"]
+    on_each_node(wipe, lambda _node: (str(work),))
+    step_folder = tmp_path / "global_step_3"
+    weights = step_folder / "actor" / "huggingface"
+    weights.mkdir(parents=True)
+    (weights / "config.json").write_text('{"model_type": "qwen2"}')
+    (weights / "model.safetensors").write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    source = CheckpointStore(
+        object_store, s3_prefix.join("ns", "source", "uid-0"), keep=2, writer=Writer(1, "source-a1b2c")
+    )
+    source.claim()
+    source.upload(3, step_folder)
+    train = s3_prefix.join("train.parquet")
+    object_store.put_bytes(train, b"PAR1 train")
+    spec = TrainingRunSpec.model_validate(
+        {"image": "x", "model": {"fromRun": {"name": "source"}}, "data": {"train": str(train)}}
+    )
+    uri = str(source.step_uri(3))
+
+    inputs = stage_inputs(spec, work, object_store, source_uri=uri)  # the head, as the runner stages
+    object_store.delete_prefix(source.prefix)  # from here on only the head has the weights
+    stage_other_nodes(
+        EngineJob(
+            spec=spec,
+            run_name="dependent",
+            namespace="ns",
+            inputs=inputs,
+            work_dir=work,
+            checkpoint_dir=work / "checkpoints",
+            metrics_file=work / "metrics.jsonl",
+            checkpoints=None,
+            resume=None,
+            on_checkpoint=lambda _record: None,
+            stop=threading.Event(),
+            wandb_mode="disabled",
+            source_uri=uri,
+        )
+    )
+
+    models = dict(on_each_node(model_digests, lambda _node: (str(work / "model"),)))
+    assert len(models) == 2
+    expected = {
+        name: hashlib.sha256((weights / name).read_bytes()).hexdigest() for name in ("config.json", "model.safetensors")
+    }
+    for address, digests in models.items():
+        assert digests == expected, f"node {address} must hold the source's weights"

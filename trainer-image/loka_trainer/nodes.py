@@ -3,16 +3,20 @@
 In a RayJob the trainer starts on the head pod, verl's driver actor may land on any node, and each rank writes
 its checkpoint shards to its own node's ``trainer.default_local_dir``. With no shared volume, the model and data
 must be put on every node at the same path, a restored checkpoint's shards on the node whose ranks load them (its
-shared files everywhere), and each node uploads the shards it holds.
+shared files everywhere), and each node uploads the shards it holds. A model that takes work to stage (another
+run's checkpoint, downloaded and merged: ``spec.model.fromRun``) is staged once, by the head, and the other nodes
+copy the head's folder through Ray's object store.
 Without a Ray cluster (tests, the trl engine) the same functions run in this process.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +27,8 @@ from loka_api.storage import ObjectStore, S3Uri
 from loka_trainer.checkpoints import CheckpointStore, drop_older_local_checkpoints
 
 UPLOAD_SNAPSHOT_FOLDER = ".loka-upload"  # beside verl's global_step_N folders: what a background upload reads
+COPY_CHUNK_BYTES = 64 * 1024 * 1024  # one Ray object per chunk of a file copied from another node
+COPY_CHUNKS_IN_FLIGHT = 4
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +225,53 @@ def wait_for_driver_actors(driver_pid: int, *, timeout: float) -> list[str]:
 # ----------------------------------------------------------------------------------- node tasks
 
 
+def files_under(folder: str) -> list[tuple[str, int]]:
+    """The files under ``folder`` on this node: (path relative to it, size), in a stable order."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    return [(p.relative_to(root).as_posix(), p.stat().st_size) for p in sorted(root.rglob("*")) if p.is_file()]
+
+
+def read_part(path: str, offset: int, length: int) -> bytes:
+    with Path(path).open("rb") as file:
+        file.seek(offset)
+        return file.read(length)
+
+
+def copy_folder_from_node(node: str, folder: str) -> int:
+    """Copy ``folder`` from Ray node ``node`` to the same path here, replacing what is there, in chunks through
+    Ray's object store (a few in flight); returns the bytes copied. The folder appears whole or not at all."""
+    import ray
+
+    source, dest = Path(folder), Path(folder)
+    partial = dest.with_name(f"{dest.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    files: list[tuple[str, int]] = ray.get(_pinned(files_under, node).remote(folder))
+    if not files:
+        msg = f"{folder} holds no files on Ray node {node}, which was to have staged it"
+        raise FileNotFoundError(msg)
+    copied = 0
+    for name, size in files:
+        target = partial / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("wb") as out:
+            parts: deque[Any] = deque()
+            for offset in range(0, size, COPY_CHUNK_BYTES):
+                parts.append(_pinned(read_part, node).remote(str(source / name), offset, COPY_CHUNK_BYTES))
+                if len(parts) >= COPY_CHUNKS_IN_FLIGHT:
+                    out.write(ray.get(parts.popleft()))
+            while parts:
+                out.write(ray.get(parts.popleft()))
+        if target.stat().st_size != size:
+            msg = f"copying {source / name} from Ray node {node}: {target.stat().st_size} of {size} bytes arrived"
+            raise OSError(msg)
+        copied += size
+    shutil.rmtree(dest, ignore_errors=True)
+    partial.rename(dest)
+    return copied
+
+
 def stage_on_node(  # noqa: PLR0917 - a Ray task's arguments travel positionally
     spec_json: str,
     work_dir: str,
@@ -226,17 +279,25 @@ def stage_on_node(  # noqa: PLR0917 - a Ray task's arguments travel positionally
     resume: tuple[str, int] | None,
     ranks: frozenset[int] | None = None,
     source_uri: str | None = None,
+    model_from: str | None = None,
 ) -> str:
     """Stage the model (``source_uri``: the checkpoint of spec.model.fromRun, its weights whole on every node) and
     data under ``work_dir``, and restore checkpoint ``resume`` = (prefix, step): its shared files and the shards of
-    ``ranks`` (the ranks this node runs; None: every shard).
+    ``ranks`` (the ranks this node runs; None: every shard). ``model_from``: the Ray node that staged the model
+    already, at the same path; it is copied from there instead of being downloaded (and merged) again.
     """
     from loka_api import TrainingRunSpec
     from loka_trainer.staging import stage_inputs
 
     store = ObjectStore(endpoint_url=endpoint)
     root = Path(work_dir)
-    stage_inputs(TrainingRunSpec.model_validate_json(spec_json), root, store, source_uri=source_uri)
+    model: str | None = None
+    if model_from is not None:
+        model = str(root / "model")
+        copied = copy_folder_from_node(model_from, model)
+        log.info("copied the staged model (%.1f MB) from Ray node %s", copied / 1e6, model_from)
+    spec = TrainingRunSpec.model_validate_json(spec_json)
+    stage_inputs(spec, root, store, source_uri=source_uri, staged_model=model)
     if resume is not None:
         prefix, step = resume
         CheckpointStore(store, S3Uri.parse(prefix), keep=1).restore(step, root / "checkpoints", ranks=ranks)

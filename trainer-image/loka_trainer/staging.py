@@ -180,14 +180,17 @@ def stage_inputs(
     source_uri: str | None = None,
     train_uri: str | None = None,
     cancel: threading.Event | None = None,
+    staged_model: str | None = None,
 ) -> StagedInputs:
     """The model, the training and the validation data under ``work_dir``; ``source_uri`` is status.source.uri,
-    ``train_uri`` status.trainData.uri."""
-    uri = model_uri(spec, source_uri)
-    if spec.model.from_run is not None:
-        model = str(stage_checkpoint_as_model(uri, work_dir / "model", store, cancel=cancel))
+    ``train_uri`` status.trainData.uri, ``staged_model`` a model already put in place (copied from the node that
+    staged it): it is used as it is."""
+    if staged_model is not None:
+        model = staged_model
+    elif spec.model.from_run is not None:
+        model = str(stage_checkpoint_as_model(model_uri(spec, source_uri), work_dir / "model", store, cancel=cancel))
     else:
-        model = stage_model(uri, work_dir / "model", store, cancel=cancel)
+        model = stage_model(model_uri(spec, source_uri), work_dir / "model", store, cancel=cancel)
     field = "spec.data.train" if spec.data.train is not None else "spec.data.fromEvaluation"
     train = stage_data(spec, train_data_uri(spec, train_uri), field, work_dir / "data" / "train.parquet", store)
     validation = None

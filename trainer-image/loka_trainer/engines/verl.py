@@ -175,8 +175,9 @@ def pass_on_redacted(output: IO[bytes], environ: Mapping[str, str] | None = None
 def stage_other_nodes(job: EngineJob) -> None:
     """Put the model and data on every other Ray node at the same paths as here, and the restored checkpoint's
     shared files and the shards of the ranks each node runs: verl's ranks read them from their own node's disk.
+    Another run's checkpoint (spec.model.fromRun) was downloaded and merged here already: the others copy it.
     """
-    from loka_trainer.nodes import on_each_node, ray_rank_layout, stage_on_node
+    from loka_trainer.nodes import current_node_id, on_each_node, ray_rank_layout, stage_on_node
 
     resume = (job.resume.source, job.resume.step) if job.resume is not None else None
     endpoint = job.spec.storage.endpoint if job.spec.storage else None
@@ -184,9 +185,11 @@ def stage_other_nodes(job: EngineJob) -> None:
     resources = job.spec.resources
     layout = ray_rank_layout(nnodes=resources.workers, gpus_per_node=resources.gpus_per_worker)
 
+    model_from = current_node_id() if job.spec.model.from_run is not None else None
+
     def args_for(node: str | None) -> tuple[object, ...]:
         ranks = None if layout is None or node is None else layout.get(node, frozenset())
-        return (spec_json, str(job.work_dir), endpoint, resume, ranks, job.source_uri)
+        return (spec_json, str(job.work_dir), endpoint, resume, ranks, job.source_uri, model_from)
 
     hosts = on_each_node(stage_on_node, args_for, skip_current=True)
     if hosts:
