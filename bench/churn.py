@@ -350,7 +350,7 @@ def duplicates(events: list[AuditEvent], operators: set[str]) -> tuple[int, int]
     """(children created more than once within one run's life, children created while no run of that name existed).
 
     A run's life is from its create to its delete (both landed), per name; children are matched to their run by
-    name (`run-3`, `loka-run-3`, `loka-run-3-ray-token`).
+    name (run `run-3`: `run-3`, `loka-run-run-3`, `loka-run-run-3-ray-token`).
     """
     lives: dict[str, list[tuple[datetime, datetime | None]]] = defaultdict(list)
     for event in sorted(events, key=lambda e: e.received):
@@ -367,7 +367,7 @@ def duplicates(events: list[AuditEvent], operators: set[str]) -> tuple[int, int]
             continue
         if not event.landed:
             continue
-        run = re.sub(r"^loka-|-ray-token$", "", event.name)
+        run = re.sub(r"^loka-run-|-ray-token$", "", event.name)
         life = next(
             (
                 i

@@ -64,9 +64,9 @@ def test_a_child_created_twice_in_one_run_life_is_a_duplicate() -> None:
         write(2, "create", "rayjobs", "run-1", user="loka-b"),  # the other replica, once the first had it
         write(3, "create", "rayjobs", "run-1", code=409),  # refused: no duplicate
         write(4, "delete", "trainingruns", "run-1", user=CLIENT),
-        write(5, "create", "serviceaccounts", "loka-run-1"),  # no run of that name now
+        write(5, "create", "serviceaccounts", "loka-run-run-1"),  # no run of that name now
         write(6, "create", "trainingruns", "run-1", user=CLIENT),
         write(7, "create", "rayjobs", "run-1"),  # the new run's own
-        write(8, "create", "secrets", "loka-run-1-ray-token"),
+        write(8, "create", "secrets", "loka-run-run-1-ray-token"),
     ]
     assert duplicates(events, {OPERATOR, "loka-b"}) == (1, 1)
