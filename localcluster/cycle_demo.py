@@ -248,7 +248,7 @@ def summarize_cycle(client: Client, stack: DemoStack, cycle: RewardCycle, rm: Re
                 )
                 print(
                     f"      {ev.status.samples_judged} of {ev.status.samples} trajectories judged ({judges}), "
-                    f"agreement {ev.status.agreement}, {ev.status.preferences} preference pairs"
+                    f"agreement {ev.status.agreement or 0:.2f}, {ev.status.preferences} preference pairs"
                 )
                 print(f"      → {ev.status.preferences_uri}")
                 continue
