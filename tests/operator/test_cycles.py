@@ -9,10 +9,12 @@ test_cycle_stamping.py) and `make demo-cycle` runs it for real.
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import pytest
 import yaml
+from kubernetes.client.exceptions import ApiException
 
 from localcluster.controlplane import LocalCluster
 from localcluster.tools import REPO
@@ -45,6 +47,24 @@ def cycle(kube: Kube, ns: str) -> dict[str, Any]:
 def owned_by(body: dict[str, Any], uid: str) -> bool:
     refs = body["metadata"].get("ownerReferences") or []
     return [(r["kind"], r["uid"], r.get("controller")) for r in refs] == [("RewardCycle", uid, True)]
+
+
+def test_the_api_server_refuses_a_cycle_that_cannot_chain_naming_field_value_and_what_is_accepted(
+    cluster: LocalCluster, kube: Kube, ns: str
+) -> None:
+    body = cycle_manifest(ns, "cq", cluster.s3_endpoint)
+    body["metadata"]["name"] = "c" * 42
+    body["spec"]["rl"]["algorithm"] = "sft"
+    del body["spec"]["rl"]["rollouts"]
+    body["spec"]["rewardModel"]["data"]["train"] = "s3://loka/prefs.jsonl"
+    with pytest.raises(ApiException) as refused:
+        kube.custom.create_namespaced_custom_object(CYCLES.group, CYCLES.version, ns, CYCLES.plural, body)
+    said = json.loads(refused.value.body or "{}")["message"]
+    assert "spec.rl.algorithm: Invalid value" in said
+    assert "rl.algorithm must be an RL algorithm that keeps rollouts (grpo, rloo, reinforce_plus_plus, remax)" in said
+    assert "rl.rollouts and rl.checkpoints must be set" in said
+    assert "rewardModel.data.train and rewardModel.data.fromEvaluation are the cycle's to set" in said
+    assert "metadata.name must start with a letter" in said and "at most 41 characters" in said
 
 
 @pytest.mark.usefixtures("operator")
