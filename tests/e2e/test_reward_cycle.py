@@ -3,7 +3,8 @@ on CPU): GRPO keeping its rollouts, an Evaluation of them by two judges on the l
 their preferences, and the next GRPO burst from the first one's final checkpoint, rewarded by that reward model
 (served here by loka_trainer.rm_server, as the demo does). The stages are chained by their own fields alone.
 
-About 90 s once the stack is up (the cycle's four stages, each a few CPU steps).
+The bursts are half the demo's (4 steps, rollouts of steps 2 and 4), the reward model 16 steps: about 90 s once the
+stack is up.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from localcluster.judge_server import JudgeServer
 from localcluster.operator_process import free_port
 from localcluster.stack import DemoStack
 
+BURST_STEPS = 4  # rollouts kept every 2 steps: 2 x 4 prompts x 4 samples judged
+
 
 def e2e_cycle(namespace: str, *, storage: str, judge: str, reward_model: str) -> dict[str, Any]:
     """The demo's cycle in an e2e namespace and its queue (4 CPUs: one stage at a time), on the e2e assets."""
@@ -30,6 +33,8 @@ def e2e_cycle(namespace: str, *, storage: str, judge: str, reward_model: str) ->
         template["resources"] |= {"head": {"cpu": "1", "memory": "2Gi"}, "worker": {"cpu": "2", "memory": "2Gi"}}
         template["model"]["uri"] = "s3://loka/e2e/model"
     spec["rl"]["data"]["train"] = "s3://loka/e2e/data/train.parquet"
+    spec["rl"]["training"]["maxSteps"] = BURST_STEPS
+    spec["rewardModel"]["training"]["maxSteps"] = spec["rewardModel"]["checkpoints"]["every"] = 16
     spec["evaluation"]["output"]["uri"] = f"s3://loka/e2e/evals/{namespace}/"
     return body
 
@@ -59,16 +64,16 @@ def test_a_reward_cycle_trains_a_reward_model_on_judged_rollouts_and_rewards_the
         # Each stage found the one before by its own field, and recorded what it took from it.
         first, evaluation = client.get("cyc-1-rl"), client.evaluations.get("cyc-1-eval")
         assert first.status.rollouts is not None and evaluation.status.rollouts_uri == first.status.rollouts.uri
-        assert evaluation.status.samples_judged == evaluation.status.samples == 64  # 4 kept steps x 4 x 4
+        assert evaluation.status.samples_judged == evaluation.status.samples == 32
         assert evaluation.status.preferences
         reward_model = client.get("cyc-1-rm")
         assert reward_model.status.train_data is not None
         assert reward_model.status.train_data.uri == evaluation.status.preferences_uri
         second = client.get("cyc-2-rl")
         assert second.status.source is not None
-        assert (second.status.source.run, second.status.source.step) == ("cyc-1-rl", 8)
+        assert (second.status.source.run, second.status.source.step) == ("cyc-1-rl", BURST_STEPS)
         assert reward_model.status.checkpoint is not None and rm.serving == reward_model.status.checkpoint.uri
 
     # The next burst was rewarded by the reward model: its component answered at every step.
     scores = metric(stack, e2e_namespace, "cyc-2-rl", "reward/rm/mean")
-    assert len(scores) == 8 and all(0.0 < s <= 1.0 for s in scores), scores
+    assert len(scores) == BURST_STEPS and all(0.0 < s <= 1.0 for s in scores), scores
