@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -29,20 +30,34 @@ from typing import Any
 
 import yaml
 
-from localcluster.controlplane import PORTS, REPO_ROOT, ClusterError, Component, Layout, LocalCluster, http_ok
+from localcluster.controlplane import (
+    PORTS,
+    REPO_ROOT,
+    ClusterError,
+    Component,
+    Layout,
+    LocalCluster,
+    Ports,
+    http_ok,
+)
 from loka_api import kinds
 
 log = logging.getLogger("loka.demo")
 
-RAY_DASHBOARD_PORT = 8265
-RAY_GCS_PORT = 36379
+# The stack's ports move with the control plane's (LOKA_CLUSTER_PORT_OFFSET): a stack left up by one checkout
+# does not keep another checkout's stack, on its own offset, from starting.
+PORT_OFFSET = PORTS.dashboard_router - Ports().dashboard_router
+# The port a Ray head pod serves its dashboard on (what `kubectl port-forward` and KubeRay name).
+POD_DASHBOARD_PORT = 8265
+RAY_DASHBOARD_PORT = 8265 + PORT_OFFSET
+RAY_GCS_PORT = 36379 + PORT_OFFSET
 # Away from Ray's defaults (agent 52365, client 10001, workers 10002-19999), which any other Ray started on
 # this machine takes too: a clash leaves the head without a job agent, and every submission fails with 500.
-RAY_AGENT_PORT = 36365
-RAY_CLIENT_PORT = 36366
-RAY_WORKER_PORTS = (36400, 36499)
-OPERATOR_HEALTH_PORT = 38090
-OPERATOR_METRICS_PORT = 38091
+RAY_AGENT_PORT = 36365 + PORT_OFFSET
+RAY_CLIENT_PORT = 36366 + PORT_OFFSET
+RAY_WORKER_PORTS = (36400 + PORT_OFFSET, 36439 + PORT_OFFSET)  # below the API server's 36443 (+ offset)
+OPERATOR_HEALTH_PORT = 38090 + PORT_OFFSET
+OPERATOR_METRICS_PORT = 38091 + PORT_OFFSET
 # The namespaces the demo's operator watches: the demo's own and the end-to-end tests'.
 WATCHED_NAMESPACES = ("loka-demo", "lokae2e-*")
 ACTIVE_DEPLOYMENT_STATES = {"Initializing", "Running", "Waiting"}
@@ -185,12 +200,20 @@ class DemoStack:
         for sub in ("logs", "pids"):
             (self.layout.root / sub).mkdir(parents=True, exist_ok=True)
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        for component in self.components():
-            if component.is_healthy():
-                echo(f"  {component.name:<24} already running (pid {component.pid()})")
-                continue
-            pid = self.start(component, echo)
-            echo(f"  {component.name:<24} ready (pid {pid}, log {component.log})")
+        started: list[Component] = []
+        try:
+            for component in self.components():
+                if component.is_healthy():
+                    echo(f"  {component.name:<24} already running (pid {component.pid()})")
+                    continue
+                started.append(component)
+                pid = self.start(component, echo)
+                echo(f"  {component.name:<24} ready (pid {pid}, log {component.log})")
+        except BaseException:
+            # A stack half up holds the machine's Ray ports and serves no run: stop what this call started.
+            for component in reversed(started):
+                component.stop(timeout=45)
+            raise
 
     @staticmethod
     def start(component: Component, echo: Callable[[str], None] = print) -> int:
@@ -199,18 +222,18 @@ class DemoStack:
         attempts, attempt = START_ATTEMPTS.get(component.name, 1), 1
         while True:
             component.stop()
-            if component.before:
-                component.before()
-            pid = component.start()
             try:
+                if component.before:
+                    component.before()
+                pid = component.start()
                 component.wait_healthy()
                 return pid
-            except ClusterError as err:
+            except (ClusterError, subprocess.CalledProcessError) as err:
                 component.stop()
                 if attempt == attempts:
                     raise ClusterError(f"{component.name} failed to start: {err}") from err
                 echo(f"  {component.name:<24} failed to start (attempt {attempt}/{attempts}), starting it again:")
-                echo(err.args[0])
+                echo(str(err))
                 attempt += 1
 
     def is_up(self) -> bool:
@@ -325,7 +348,7 @@ class PodShim:
                     continue
                 forward = {
                     "forwards": [
-                        {"ports": [RAY_DASHBOARD_PORT], "target": {"port": RAY_DASHBOARD_PORT, "address": "127.0.0.1"}}
+                        {"ports": [POD_DASHBOARD_PORT], "target": {"port": RAY_DASHBOARD_PORT, "address": "127.0.0.1"}}
                     ]
                 }
                 logs = {"logs": [{"containers": ["ray-head"], "logsFile": str(self.cri_log), "follow": True}]}

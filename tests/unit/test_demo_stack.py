@@ -96,3 +96,12 @@ def test_a_ray_head_that_dies_at_every_start_is_reported_with_its_log(
     with pytest.raises(ClusterError, match=r"(?s)ray-head failed to start.*timed out during startup"):
         DemoStack.start(head, lambda _: None)
     assert head.pid() is None
+
+
+def test_a_stack_that_cannot_come_up_stops_what_it_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    head = fake_ray_head(tmp_path, monkeypatch, fails=0)
+    broken = dataclasses.replace(head, name="loka-operator", health=lambda: False, startup_timeout=3)
+    monkeypatch.setattr(DemoStack, "components", lambda self: [head, broken])
+    with pytest.raises(ClusterError, match="loka-operator failed to start"):
+        DemoStack(head.layout.root, head.layout.root).up(lambda _: None)  # type: ignore[arg-type]
+    assert head.pid() is None, "the Ray head the failed start began is stopped: it holds the machine's Ray ports"
