@@ -71,7 +71,7 @@ demo-pipeline: cluster-build ## Run SFT, then GRPO from the SFT run's final chec
 	$(PY) -m localcluster.demo --pipeline
 
 demo-agent: cluster-build ## SFT on tool-use transcripts, then GRPO from it in a toy MCP environment (examples/agents), on CPU
-	$(PY) -m localcluster.demo --agent
+	$(PY) -m localcluster.demo --agent --timeout 2400
 
 demo-cycle: cluster-build ## One RewardCycle on CPU: GRPO, an Evaluation by local judges, a reward model, GRPO rewarded by it
 	$(PY) -m localcluster.demo --cycle --timeout 1500

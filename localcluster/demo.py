@@ -282,7 +282,11 @@ def follow(
     raise ClusterError(f"the demo did not finish within {timeout:.0f}s; last status: {last}")
 
 
-def run_demo(timeout: float, *, pipeline: bool = False, agent: bool = False, cycle: bool = False) -> int:
+def run_demo(
+    timeout: float, *, pipeline: bool = False, agent: bool = False, cycle: bool = False, keep: bool = False
+) -> int:
+    """Run one demo; stop the Ray head, router, operator and shim afterwards if it started them, unless ``keep``
+    (`make demo` keeps them for the README's next steps; they hold the Ray ports of this port offset)."""
     began = time.monotonic()
     cluster = LocalCluster()
     versions = cluster.versions
@@ -294,7 +298,19 @@ def run_demo(timeout: float, *, pipeline: bool = False, agent: bool = False, cyc
     cluster.up()
     print("2/5 Ray head, dashboard router, loka-operator and pod shim")
     stack = DemoStack(cluster)
+    started = not stack.is_up()
     stack.up()
+    try:
+        return _run(cluster, stack, timeout, began=began, pipeline=pipeline, agent=agent, cycle=cycle)
+    finally:
+        if started and not keep:
+            print("Stopping the Ray head, router, operator and pod shim it started (--keep leaves them up)")
+            stack.down()
+
+
+def _run(
+    cluster: LocalCluster, stack: DemoStack, timeout: float, *, began: float, pipeline: bool, agent: bool, cycle: bool
+) -> int:
     if cycle:
         from localcluster.cycle_demo import run_cycle_demo
 
@@ -365,8 +381,9 @@ def _submit_and_follow(
     print("  source .cluster/env")
     print(f"  kubectl -n {namespace} get trainingruns -o wide")
     print(f"  kubectl -n {namespace} describe trainingrun {names[-1]}")
-    print(f"  Ray dashboard: {stack.dashboard_url}   (operator log: {stack.layout.logs / 'loka-operator.log'})")
-    print("  make demo-down    # stops the Ray head, router, operator and shim;  make cluster-down  # the rest")
+    print(f"  operator log: {stack.layout.logs / 'loka-operator.log'}")
+    print(f"  Ray dashboard: {stack.dashboard_url}   (with --keep: then make demo-down stops the Ray head, router,")
+    print("  operator and shim;  make cluster-down  # the rest)")
     return 0 if all(finals[name].phase == "Succeeded" for name in names) else 1
 
 
@@ -419,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localcluster.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--down", action="store_true", help="stop what the demo started")
+    parser.add_argument("--keep", action=argparse.BooleanOptionalAction,
+                        help="leave the Ray head, router, operator and shim up (default: but for --agent)")  # fmt: skip
     parser.add_argument("--pipeline", action="store_true", help="SFT, then GRPO from the SFT run's final checkpoint")
     parser.add_argument("--agent", action="store_true", help="SFT on tool-use transcripts, then GRPO in an MCP env")
     parser.add_argument("--cycle", action="store_true", help="RL, Evaluation, reward model, next RL: a RewardCycle")
@@ -428,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.down:
             DemoStack(LocalCluster()).down()
             return 0
-        return run_demo(args.timeout, pipeline=args.pipeline, agent=args.agent, cycle=args.cycle)
+        keep = args.keep if args.keep is not None else not args.agent
+        return run_demo(args.timeout, pipeline=args.pipeline, agent=args.agent, cycle=args.cycle, keep=keep)
     except ClusterError as err:
         print(f"demo failed: {err}", file=sys.stderr)
         return 1
