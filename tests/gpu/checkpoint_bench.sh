@@ -19,6 +19,6 @@ trap 'kill $minio' EXIT
 for _ in $(seq 60); do curl -sf http://127.0.0.1:9310/minio/health/live >/dev/null && break; sleep 0.5; done
 for layout in large small; do
   echo "== $layout files, ${size} GB"
-  python3 bench/checkpoint_upload.py --endpoint http://127.0.0.1:9310 --minio-pid $minio --size-gb "$size" \
+  python3 bench/checkpoint_upload.py --endpoint http://127.0.0.1:9310 --minio-pid $minio --size "${size}GB" \
     --layout $layout --repeat "$repeat" --workdir /tmp/bench-work
 done
