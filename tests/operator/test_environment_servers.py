@@ -1,6 +1,6 @@
 """An MCP environment server a run brings (spec.environment.servers[].run), through the real operator, Kueue and
-KubeRay: a Deployment and a Service owned by the run, inside its NetworkPolicy, counted in its Kueue Workload, serving
-while the run is admitted, gone with the run.
+KubeRay: a Deployment and a Service owned by the run (the child registry's entries), inside its NetworkPolicy, counted
+in its Kueue Workload, serving while the run is admitted, put back when changed, gone with the run.
 
 KWOK runs the pods and no traffic flows, so "reachable only from the run's pods" is asserted on the NetworkPolicy's
 selectors, not on packets.
@@ -80,6 +80,17 @@ def test_an_environment_server_the_run_brings_is_its_child_counted_by_kueue_and_
     assert policy["spec"]["pod_selector"]["match_labels"].items() <= pod_labels.items()
     peers = [peer for rule in policy["spec"]["ingress"] for peer in rule["_from"] if peer["pod_selector"]]
     assert [peer["pod_selector"]["match_labels"] for peer in peers] == [{naming.LABEL_RUN: RUN}]
+
+    # Changed by someone else (scaled away, pointed elsewhere): the operator puts the builder's spec back.
+    apps.patch_namespaced_deployment(SERVER, ns, {"spec": {"replicas": 0}})
+    kube.core.patch_namespaced_service(SERVER, ns, {"spec": {"selector": {naming.LABEL_RUN: "elsewhere"}}})
+    eventually(
+        lambda: (
+            apps.read_namespaced_deployment(SERVER, ns).spec.replicas == 2
+            and kube.core.read_namespaced_service(SERVER, ns).spec.selector == pod_labels
+        ),
+        what="the environment server's Deployment and Service to be put back",
+    )
 
     # Gone with the run (garbage collection by the owner reference).
     kube.delete_run(ns, RUN)
