@@ -233,6 +233,7 @@ OPERATOR_STATUS_FIELDS = (
     "source",
     "pins",
     "trainData",
+    "rewardModels",
     "message",
     "attempts",
     "interruptions",

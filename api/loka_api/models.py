@@ -302,15 +302,70 @@ class JudgeSettings(LokaModel):
     failure_score: float = Field(default=0.0, ge=0, le=1, description="What a verdict that failed scores.")
 
 
-class RewardModelSettings(LokaModel):
-    """A served reward model (an ``algorithm: rm`` run's checkpoint behind vLLM's pooling API, ``/classify``); its
-    value is sigmoid(logit) in [0, 1].
+class RewardModelServing(LokaModel):
+    """How the operator serves a reward model given by ``fromRun``: a Deployment and a Service owned by the run,
+    reachable only from the run's pods and counted by Kueue with the run. On CPU (``gpus: 0``) the plain server
+    ``python -m loka_trainer.rm_server`` (tiny models); with GPUs, vLLM's pooling runner (``vllm serve <checkpoint>
+    --runner pooling``). An init container of the run's image stages the checkpoint first.
     """
 
-    endpoint: str = Field(
+    gpus: int = Field(default=0, ge=0, le=8, description="nvidia.com/gpu per server pod (0: the CPU server).")
+    cpu: Quantity = Field(default="2", description="CPU request and limit of each server pod.")
+    memory: Quantity = Field(default="8Gi", description="Memory request and limit of each server pod.")
+    replicas: int = Field(default=1, ge=1, le=16, description="Server pods behind the Service.")
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=512,
+        description=(
+            "The serving container's image (default: the run's image, which carries the CPU server and vLLM). "
+            "With gpus, an image whose `vllm` command serves pooling models, e.g. vllm/vllm-openai."
+        ),
+    )
+
+
+class RewardModelSettings(LokaModel):
+    """A reward model (an ``algorithm: rm`` run's checkpoint behind vLLM's pooling API, ``/classify``): served
+    elsewhere (``endpoint``), or served for the run by the operator from another run's checkpoint (``fromRun``).
+    Its value is sigmoid(logit) in [0, 1].
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "has(self.endpoint) != has(self.fromRun)",
+                "set exactly one of rewardModel.endpoint (a served model) and rewardModel.fromRun (an rm run's "
+                "checkpoint, which the operator serves for the run)",
+            ),
+            cel(
+                "!has(self.serving) || has(self.fromRun)",
+                "rewardModel.serving is how the operator serves rewardModel.fromRun; a given endpoint is served "
+                "elsewhere",
+                field_path=".serving",
+            ),
+            cel(
+                "!has(self.apiKey) || has(self.endpoint)",
+                "rewardModel.apiKey is for a given endpoint; the server the operator runs for fromRun takes none",
+                field_path=".apiKey",
+            ),
+        )
+    )
+
+    endpoint: str | None = Field(
+        default=None,
         max_length=512,
         description="The server's base URL, e.g. http://rm.models:8000.",
         json_schema_extra=validations(_HTTP_URL_RULE),
+    )
+    from_run: FromRun | None = Field(
+        default=None,
+        description=(
+            "An rm run's checkpoint (final, latest or a step, as model.fromRun), served for this run by the "
+            "operator: the run waits (Pending) until that checkpoint exists, and status.rewardModels records it."
+        ),
+    )
+    serving: RewardModelServing | None = Field(
+        default=None, description="fromRun: the server's shape (default: one CPU pod with the plain server)."
     )
     model: str = Field(default="rm", min_length=1, max_length=256, description="The model name the server serves.")
     input_format: Literal["messages", "text"] = Field(
@@ -794,6 +849,7 @@ class ConditionType(enum.StrEnum):
     VALID = "Valid"
     SECRETS_READY = "SecretsReady"
     SOURCE_READY = "SourceReady"  # only on runs with spec.model.fromRun
+    REWARD_MODELS_READY = "RewardModelsReady"  # only on runs that serve reward models (rewardModel.fromRun)
     LAUNCHED = "Launched"  # the RayJob and the trainer's identity exist, or why one could not be created
     ADMITTED = "Admitted"
     CLUSTER_READY = "ClusterReady"
@@ -940,6 +996,13 @@ class CheckpointPin(LokaModel):
     uid: str = Field(max_length=64, description="The dependent run's uid.")
 
 
+class RewardModelSource(SourceStatus):
+    """A reward-model component's rewardModel.fromRun, resolved: the checkpoint its server serves (kept after the
+    source run is deleted)."""
+
+    component: str = Field(max_length=63, description="The reward component (spec.reward.components[].name).")
+
+
 class TrainDataStatus(LokaModel):
     """spec.data.fromEvaluation, resolved: the preference pairs a run trains on (kept after the Evaluation goes)."""
 
@@ -979,6 +1042,12 @@ class TrainingRunStatus(LokaModel):
     source: SourceStatus | None = Field(default=None, description="spec.model.fromRun, resolved: the lineage.")
     train_data: TrainDataStatus | None = Field(
         default=None, description="spec.data.fromEvaluation, resolved: the preference pairs trained on."
+    )
+    reward_models: list[RewardModelSource] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Each reward component's rewardModel.fromRun, resolved: the checkpoint the operator serves.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["component"]},
     )
     start_time: datetime | None = None
     completion_time: datetime | None = None

@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 from loka_api import contract
 from loka_api.evaluation import EvaluationSpec
 from loka_api.models import SecretKeyRef, TrainingRunSpec
+from loka_api.reward_models import served_components
 
 
 class Holder(enum.StrEnum):
@@ -25,6 +26,7 @@ class Holder(enum.StrEnum):
     WORKER = contract.RAY_WORKER  # the ray-worker container of every worker pod
     SUBMITTER = "submitter"  # the pod that runs `ray job submit` (K8sJobMode)
     EVALUATOR = "evaluator"  # the container of an Evaluation's Job
+    REWARD_MODEL_STAGER = "reward-model-stager"  # the init container that stages a served reward model's checkpoint
     OPERATOR = "operator"  # read by the operator itself (given to no pod by it)
 
 
@@ -62,6 +64,10 @@ class SecretUse:
 def _storage(spec: TrainingRunSpec | EvaluationSpec) -> Refs:
     name = spec.storage.credentials_secret if spec.storage is not None else None
     return [] if name is None else [(key, SecretKeyRef(secret=name, key=key)) for key in contract.STORAGE_SECRET_KEYS]
+
+
+def _served_reward_models(spec: TrainingRunSpec) -> Refs:
+    return _storage(spec) if served_components(spec) else []
 
 
 def _wandb(spec: TrainingRunSpec) -> Refs:
@@ -113,6 +119,17 @@ RUN_ROUTES: tuple[Route[TrainingRunSpec], ...] = (
         "shards it holds (one pinned Ray task per node, `loka_trainer/nodes.py`); the operator reads them once for "
         "a run `fromRun` a source's `final` checkpoint, to read that source's marker",
         _storage,
+    ),
+    Route(
+        "S3 / MinIO credentials, for a reward model the operator serves",
+        "`spec.storage.credentialsSecret`, when a reward component has `rewardModel.fromRun`",
+        "`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`",
+        "the same names",
+        (Holder.REWARD_MODEL_STAGER,),
+        "the init container of each served reward model's pods stages the source run's checkpoint (verified "
+        "against its manifest) into a volume; the serving container (`loka_trainer.rm_server` or vLLM) reads it "
+        "there and gets no credentials",
+        _served_reward_models,
     ),
     Route(
         "Weights & Biases API key",
@@ -255,5 +272,6 @@ _HOLDER_WORDS = {
     Holder.WORKER: "worker pods (`ray-worker`)",
     Holder.SUBMITTER: "submitter pod",
     Holder.EVALUATOR: "the Evaluation's pod",
+    Holder.REWARD_MODEL_STAGER: "a served reward model's staging init container (`stage`)",
     Holder.OPERATOR: "the operator",
 }

@@ -216,10 +216,12 @@ class RunCache:
 
 @dataclass
 class Children:
-    """A run's children as the watches delivered them (keyed by kind, run, then uid), our own recent writes on top."""
+    """A run's children as the watches delivered them (keyed by child kind, run, then uid), our own recent writes on
+    top. Two entries of one Kubernetes kind (the environment servers' and the reward models' Deployments) are kept
+    apart: each entry's LIST, filtered by its component, replaces only its own."""
 
     ledger: WriteLedger
-    _observed_by_kind: dict[str, dict[str, dict[str, JSON]]] = field(default_factory=dict)
+    _observed_by_kind: dict[ChildKind, dict[str, dict[str, JSON]]] = field(default_factory=dict)
     freshness: Freshness = field(default_factory=Freshness)
 
     def observe(self, child: ChildKind, key: str, body: Mapping[str, Any]) -> bool:
@@ -229,7 +231,7 @@ class Children:
             self.gone(child, key, body)
             return False
         kept = child.trimmed(body)
-        self._observed_by_kind.setdefault(child.name, {}).setdefault(key, {})[uid_of(kept)] = kept
+        self._observed_by_kind.setdefault(child, {}).setdefault(key, {})[uid_of(kept)] = kept
         self.freshness.seen(uid_of(kept))
         return True
 
@@ -250,18 +252,18 @@ class Children:
 
     def gone(self, child: ChildKind, key: str, body: Mapping[str, Any]) -> None:
         self.freshness.deleted(uid_of(body))
-        by_uid = self._observed_by_kind.get(child.name, {}).get(key)
+        by_uid = self._observed_by_kind.get(child, {}).get(key)
         if by_uid is not None:
             by_uid.pop(uid_of(body), None)
             if not by_uid:
-                del self._observed_by_kind[child.name][key]
+                del self._observed_by_kind[child][key]
 
     def replace(self, child: ChildKind, listed: Collection[Mapping[str, Any]], since: int) -> set[str]:
         """What a LIST of this kind begun at mark `since` returned replaces what is cached of it; the runs whose
         children it added, changed or removed (worth a reconcile)."""
         listed_by_uid = {uid_of(b): b for b in listed if child.run_of(b) is not None}
         touched: set[str] = set()
-        for key, by_uid in list(self._observed_by_kind.get(child.name, {}).items()):
+        for key, by_uid in list(self._observed_by_kind.get(child, {}).items()):
             for uid in [u for u in by_uid if u not in listed_by_uid and not self.freshness.newer_than_list(u, since)]:
                 self.gone(child, key, by_uid[uid])
                 touched.add(key)
@@ -269,7 +271,7 @@ class Children:
             owner = child.run_of(body)
             if owner is None or self.freshness.newer_than_list(uid, since):
                 continue
-            cached = self._observed_by_kind.get(child.name, {}).get(owner, {}).get(uid)
+            cached = self._observed_by_kind.get(child, {}).get(owner, {}).get(uid)
             if (cached is None or resource_version(cached) != resource_version(body)) and (
                 self.observe(child, owner, body) or cached is not None
             ):
@@ -285,7 +287,7 @@ class Children:
         return sum(len(by_uid) for by_key in self._observed_by_kind.values() for by_uid in by_key.values())
 
     def _observed(self, child: ChildKind, key: str) -> list[JSON]:
-        return list(self._observed_by_kind.get(child.name, {}).get(key, {}).values())
+        return list(self._observed_by_kind.get(child, {}).get(key, {}).values())
 
     def bodies(self, child: ChildKind, key: str) -> list[JSON]:
         """Every child of this kind the run has, our own recent writes on top."""

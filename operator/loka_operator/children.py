@@ -301,6 +301,41 @@ ENVIRONMENT_SERVICE = ChildKind(
     build=_environment_services,
 )
 
+
+def _reward_model_deployments(run: TrainingRun, config: OperatorConfig) -> list[JSON]:
+    from loka_operator.builders.reward_model import build_reward_model_deployments  # builders import this module
+
+    return build_reward_model_deployments(run, config)
+
+
+def _reward_model_services(run: TrainingRun, config: OperatorConfig) -> list[JSON]:
+    from loka_operator.builders.reward_model import build_reward_model_services  # builders import this module
+
+    return build_reward_model_services(run, config)
+
+
+# The reward models the operator serves for a run (spec.reward.components[].rewardModel.fromRun),
+# `builders/reward_model.py`: the same kinds as the environment servers, told apart by their component label.
+REWARD_MODEL_SERVER = ChildKind(
+    kinds.DEPLOYMENT,
+    Relation.OWNED,
+    kept={"spec": ("replicas", "selector", "template"), "status": ("readyReplicas",)},
+    # patch: its replicas follow the run's admission, and a changed template is put back.
+    verbs=frozenset({"get", "create", "patch"}),
+    component=naming.REWARD_MODEL_COMPONENT,
+    repaired=("spec",),
+    build=_reward_model_deployments,
+)
+REWARD_MODEL_SERVICE = ChildKind(
+    kinds.SERVICE,
+    Relation.OWNED,
+    kept={"spec": ("selector", "ports")},
+    verbs=frozenset({"get", "create", "patch"}),
+    component=naming.REWARD_MODEL_COMPONENT,
+    repaired=("spec",),
+    build=_reward_model_services,
+)
+
 # An Evaluation's children: its Job, and the evaluator's identity (the same kinds and verbs as a run's trainer
 # identity, told apart by the `loka.dev/evaluation` label). Its Kueue Workload is not watched: a suspended Job is
 # a queued one.
@@ -375,6 +410,8 @@ CHILDREN: tuple[ChildKind, ...] = (
     NETWORK_POLICY,
     ENVIRONMENT_SERVER,
     ENVIRONMENT_SERVICE,
+    REWARD_MODEL_SERVER,
+    REWARD_MODEL_SERVICE,
 )
 EVALUATION_CHILDREN: tuple[ChildKind, ...] = (
     EVALUATION_JOB,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Collection, Iterable
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,9 +102,8 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     settings.posting.enabled = False
     # Server-side filters: the API server sends only the operator's own children.
     selectors = child_selectors(config)
-    for child, selector in selectors.items():
-        if selector:
-            settings.watching.label_selectors[child.kind.gvr] = selector
+    for gvr, selector in watch_selectors(selectors).items():
+        settings.watching.label_selectors[gvr] = selector
     shared = getattr(memo, "shared", None)
     if not isinstance(shared, Shared):  # `kopf run` without main(): no standby, no leader election
         metrics = OperatorMetrics()
@@ -186,6 +185,29 @@ def child_selectors(config: OperatorConfig) -> dict[ChildKind, str]:
     selectors = {child: child.selector for child in REGISTRY if child.watched}
     selectors[WORKLOAD] = config.workload_selector
     return selectors
+
+
+def watch_selectors(selectors: Mapping[ChildKind, str]) -> dict[tuple[str, str, str], str]:
+    """The one label selector each watched resource gets (kopf opens one watch per resource): a kind two entries
+    share (the environment servers' and the reward models' Deployments) is watched for both components, and each
+    entry's handler keeps only its own (its ``labels``)."""
+    by_gvr: dict[tuple[str, str, str], list[ChildKind]] = {}
+    for child in selectors:
+        by_gvr.setdefault(child.kind.gvr, []).append(child)
+    out: dict[tuple[str, str, str], str] = {}
+    for gvr, entries in by_gvr.items():
+        distinct = {selectors[child] for child in entries}
+        if len(distinct) == 1:
+            if selector := distinct.pop():
+                out[gvr] = selector
+            continue
+        components = sorted({child.component for child in entries if child.component is not None})
+        if len(components) != len(entries) or any(selectors[c] != c.selector for c in entries):
+            raise ValueError(f"child kinds of {gvr} differ in more than their component: {sorted(distinct)}")
+        out[gvr] = (
+            f"{naming.LABEL_MANAGED_BY}={naming.OPERATOR_NAME},{naming.LABEL_COMPONENT} in ({','.join(components)})"
+        )
+    return out
 
 
 def in_scope(namespaces: Collection[str]) -> InScope:
@@ -392,10 +414,10 @@ async def cycle_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) 
 
 def _wake_source(state: OperatorState, body: dict[str, Any]) -> None:
     """The run this one starts from keeps the checkpoint it recorded pinned until it has one of its own, ends or
-    goes: its status.pins follow this run's."""
-    source = lineage.source_key_of(body)
-    if source is not None and state.reconciler.cache.known(source):
-        state.queue.request(source)
+    goes (a served reward model's source: until it ends or goes): their status.pins follow this run's."""
+    for source in lineage.source_keys_of(body):
+        if state.reconciler.cache.known(source):
+            state.queue.request(source)
 
 
 # ------------------------------------------------------------------------------------------ children
@@ -427,9 +449,11 @@ def watch_children(watched: Iterable[ChildKind], registry: kopf.OperatorRegistry
         if not child.watched:
             continue
         prefix = "" if child.parent == kinds.TRAINING_RUN else f"{child.parent.kind.lower()}-"
+        # A side service's kinds are shared by several entries (environment servers, reward models): one id each.
+        infix = f"-{child.component}" if child.build is not None else ""
         kopf.on.event(
             *child.kind.gvr,
-            id=f"{prefix}{child.kind.plural}-changed",
+            id=f"{prefix}{child.kind.plural}{infix}-changed",
             labels=child.labels or None,
             param=child,
             registry=registry,

@@ -24,6 +24,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -37,6 +38,7 @@ from loka_api.contract import (
     run_checkpoint_prefix,
 )
 from loka_api.evaluation import Evaluation, EvaluationPhase
+from loka_api.reward_models import served_components
 from loka_operator.kube import JSON
 from loka_operator.naming import run_key
 from loka_operator.status import Problem, SourceState, TrainDataState
@@ -60,11 +62,11 @@ class Marker:
     error: str | None = None
 
 
-def marker_wanted(run: TrainingRun, source_body: JSON | None) -> TrainingRun | None:
+def marker_wanted(run: TrainingRun, source_body: JSON | None, *, which: Wanted | None = None) -> TrainingRun | None:
     """The source whose marker ``resolve`` needs: for `fromRun: final`, once the source succeeded, until the lineage
-    is recorded (then it never changes)."""
-    from_run = run.spec.model.from_run
-    recorded = run.status.source
+    is recorded (then it never changes). ``which``: which fromRun (default: spec.model.fromRun)."""
+    which = which or model_source(run)
+    from_run, recorded = which.from_run, which.recorded
     if from_run is None or from_run.checkpoint != FROM_RUN_FINAL or source_body is None:
         return None
     if recorded is not None and recorded.uri is not None:
@@ -149,16 +151,48 @@ def _loop(run: TrainingRun, lookup: RunLookup) -> list[str] | None:
     return None
 
 
+@dataclass(frozen=True)
+class Wanted:
+    """One fromRun of a run: spec.model.fromRun (recorded in status.source) or a reward model's (recorded in
+    status.rewardModels); ``field`` names it in messages."""
+
+    from_run: FromRun | None
+    recorded: SourceStatus | None
+    field: str
+
+
+def model_source(run: TrainingRun) -> Wanted:
+    return Wanted(run.spec.model.from_run, run.status.source, "spec.model.fromRun")
+
+
+def reward_model_sources(run: TrainingRun) -> list[tuple[str, Wanted]]:
+    """Each reward component's rewardModel.fromRun, by component, with what status.rewardModels records of it."""
+    recorded = {r.component: r for r in run.status.reward_models}
+    found = []
+    for component in served_components(run.spec):
+        assert component.reward_model is not None
+        entry = recorded.get(component.name)
+        source = SourceStatus(run=entry.run, uid=entry.uid, step=entry.step, uri=entry.uri) if entry else None
+        field = f"spec.reward.components[{component.name}].rewardModel.fromRun"
+        found.append((component.name, Wanted(component.reward_model.from_run, source, field)))
+    return found
+
+
 def resolve(
-    run: TrainingRun, source_body: JSON | None, *, lookup: RunLookup, marker: Marker | None = None
+    run: TrainingRun,
+    source_body: JSON | None,
+    *,
+    lookup: RunLookup,
+    marker: Marker | None = None,
+    which: Wanted | None = None,
 ) -> SourceState:
-    """Where ``run`` stands with the source its spec.model.fromRun names; ``marker``: the source's, read once it
-    succeeded when the run asks for its final checkpoint (`marker_wanted`)."""
-    from_run = run.spec.model.from_run
+    """Where ``run`` stands with the source its spec.model.fromRun names (``which``: another of its fromRuns);
+    ``marker``: the source's, read once it succeeded when the run asks for its final checkpoint (`marker_wanted`)."""
+    which = which or model_source(run)
+    from_run, recorded, where = which.from_run, which.recorded, which.field
     if from_run is None:
-        msg = f"run {run.metadata.name!r} names no spec.model.fromRun"
+        msg = f"run {run.metadata.name!r} names no {where}"
         raise ValueError(msg)
-    recorded = run.status.source
     name, namespace = from_run.name, run.metadata.namespace
     if recorded is not None and recorded.uri is not None:
         return SourceState(recorded)  # resolved before: the lineage is fixed
@@ -174,7 +208,7 @@ def resolve(
     if source_body is None:
         if seen.uid is not None:
             return failed("SourceDeleted", f"source run {name!r} was deleted before it had {wanted}")
-        return waiting("SourceNotFound", f"waiting for run {name!r} (spec.model.fromRun) to exist in {namespace!r}")
+        return waiting("SourceNotFound", f"waiting for run {name!r} ({where}) to exist in {namespace!r}")
     uid = str(source_body.get("metadata", {}).get("uid", ""))
     if seen.uid is not None and uid != seen.uid:
         return failed(
@@ -186,7 +220,7 @@ def resolve(
         source = TrainingRun.model_validate(source_body)
     except ValidationError:
         return failed("SourceInvalid", f"source run {name!r} does not match the TrainingRun schema", seen)
-    if (loop := _loop(run, lookup)) is not None:
+    if where == model_source(run).field and (loop := _loop(run, lookup)) is not None:
         return failed("SourceCycle", f"spec.model.fromRun goes round in a circle: {' -> '.join(loop)}", seen)
     prefix = checkpoint_prefix_of(source)
     if prefix is None:
@@ -247,22 +281,34 @@ def _final(name: str, uid: str, prefix: str, marker: Marker | None) -> SourceSta
 
 
 def pins_of(source: TrainingRun, runs: Iterable[JSON]) -> list[CheckpointPin]:
-    """The checkpoints of ``source`` its dependents (``runs`` of its namespace) recorded and still need."""
-    pins: list[CheckpointPin] = []
+    """The checkpoints of ``source`` its dependents (``runs`` of its namespace) recorded and still need: a model
+    source's until the dependent has a checkpoint of its own, a served reward model's for as long as the dependent
+    runs (a server pod that restarts stages it again)."""
+    pins: dict[tuple[int, str, str], CheckpointPin] = {}
+
+    def pin(step: int, run: str, uid: str) -> None:
+        pins[(step, run, uid)] = CheckpointPin(step=step, run=run, uid=uid)
+
     for body in runs:
         meta = body.get("metadata") or {}
-        from_run = ((body.get("spec") or {}).get("model") or {}).get("fromRun") or {}
-        if from_run.get("name") != source.metadata.name or meta.get("deletionTimestamp"):
-            continue
         status = body.get("status") or {}
+        if meta.get("deletionTimestamp") or status.get("phase") in (RunPhase.SUCCEEDED.value, RunPhase.FAILED.value):
+            continue
+        dependent = {"run": str(meta.get("name")), "uid": str(meta.get("uid"))}
+        from_run = ((body.get("spec") or {}).get("model") or {}).get("fromRun") or {}
         recorded = status.get("source") or {}
-        if recorded.get("uid") != source.metadata.uid or recorded.get("step") is None:
-            continue
         has_own = (status.get("checkpoint") or {}).get("step") is not None
-        if has_own or status.get("phase") in (RunPhase.SUCCEEDED.value, RunPhase.FAILED.value):
-            continue
-        pins.append(CheckpointPin(step=int(recorded["step"]), run=str(meta.get("name")), uid=str(meta.get("uid"))))
-    return sorted(pins, key=lambda pin: (pin.step, pin.run))
+        if from_run.get("name") == source.metadata.name and _records(recorded, source) and not has_own:
+            pin(int(recorded["step"]), **dependent)
+        for served in status.get("rewardModels") or []:
+            if served.get("run") == source.metadata.name and _records(served, source):
+                pin(int(served["step"]), **dependent)
+    return [pins[k] for k in sorted(pins)]
+
+
+def _records(recorded: Mapping[str, Any], source: TrainingRun) -> bool:
+    """A dependent's record names a checkpoint of this very source (not of an earlier run of its name)."""
+    return recorded.get("uid") == source.metadata.uid and recorded.get("step") is not None
 
 
 def _checkpoint_step(wanted: str, phase: RunPhase | None, saved: int | None, every: int) -> int | None:
@@ -334,18 +380,23 @@ def resolve_train_data(run: TrainingRun, evaluation_body: JSON | None) -> TrainD
 
 @dataclass
 class SourceWaiters:
-    """Which runs (by key) wait on which source run (by key)."""
+    """Which runs (by key) wait on which sources (by key): a run may wait on several (its model's source and its
+    served reward models')."""
 
-    _waiting_on: dict[str, str] = field(default_factory=dict)
+    _waiting_on: dict[str, frozenset[str]] = field(default_factory=dict)
 
-    def wait(self, run: str, source: str) -> None:
-        self._waiting_on[run] = source
+    def wait(self, run: str, *sources: str) -> None:
+        """``run`` waits on these sources now (none: on nothing)."""
+        if sources:
+            self._waiting_on[run] = frozenset(sources)
+        else:
+            self._waiting_on.pop(run, None)
 
     def done(self, run: str) -> None:
         self._waiting_on.pop(run, None)
 
     def dependents(self, source: str) -> list[str]:
-        return sorted(run for run, on in self._waiting_on.items() if on == source)
+        return sorted(run for run, on in self._waiting_on.items() if source in on)
 
 
 def source_key(run: TrainingRun) -> str | None:
@@ -353,9 +404,12 @@ def source_key(run: TrainingRun) -> str | None:
     return run_key(run.metadata.namespace, from_run.name) if from_run is not None else None
 
 
-def source_key_of(body: JSON) -> str | None:
-    """The key of the run a run's body names in spec.model.fromRun (its pins follow the dependent's status)."""
-    from_run = ((body.get("spec") or {}).get("model") or {}).get("fromRun") or {}
+def source_keys_of(body: JSON) -> list[str]:
+    """The keys of the runs a run's body names in spec.model.fromRun and its reward models' fromRun (their pins
+    follow the dependent's status)."""
+    spec = body.get("spec") or {}
     namespace = (body.get("metadata") or {}).get("namespace")
-    name = from_run.get("name")
-    return run_key(namespace, name) if namespace and name else None
+    names = [((spec.get("model") or {}).get("fromRun") or {}).get("name")]
+    for component in (spec.get("reward") or {}).get("components") or []:
+        names.append(((component.get("rewardModel") or {}).get("fromRun") or {}).get("name"))
+    return sorted({run_key(namespace, name) for name in names if namespace and name})

@@ -34,6 +34,10 @@ WORKER_GROUP = "workers"
 # says which server a pod serves (a run may bring several).
 ENVIRONMENT_COMPONENT = "environment"
 LABEL_ENV_SERVER = f"{GROUP}/env-server"
+# A reward model the operator serves for a run (spec.reward.components[].rewardModel.fromRun): its pods' component,
+# and the label that says which reward component a pod serves.
+REWARD_MODEL_COMPONENT = "reward-model"
+LABEL_REWARD_MODEL = f"{GROUP}/reward-model"
 
 
 def rayjob_name(run: str) -> str:
@@ -70,6 +74,17 @@ def environment_pod_labels(run: str, server: str) -> dict[str, str]:
     """The labels of an environment server's pods: the run's (its NetworkPolicy admits only the run's pods), the
     component, and the server (its Service selects on all of them)."""
     return {**run_labels(run, ENVIRONMENT_COMPONENT), LABEL_ENV_SERVER: server}
+
+
+def reward_model_quota_group(component: str) -> str:
+    """The RayJob's worker group that holds a served reward model's Kueue quota (it starts no pods)."""
+    return f"rm-{component.replace('_', '-')}"
+
+
+def reward_model_pod_labels(run: str, component: str) -> dict[str, str]:
+    """The labels of a served reward model's pods: the run's (its NetworkPolicy admits only the run's pods), the
+    component, and the reward component served (its Service selects on all of them)."""
+    return {**run_labels(run, REWARD_MODEL_COMPONENT), LABEL_REWARD_MODEL: component.replace("_", "-")}
 
 
 def run_pods_selector(run: str) -> dict[str, Any]:

@@ -31,8 +31,10 @@ from pydantic import ValidationError
 
 from loka_api import CheckpointPin, QueueSpec, TrainingRun, TrainingRunStatus, kinds, secret_routes
 from loka_api.contract import STORAGE_SECRET_KEYS
+from loka_api.reward_models import served_components
 from loka_operator import builders, deadline, kueue, lineage, naming
 from loka_operator.builders.environment import image_servers, serving
+from loka_operator.builders.reward_model import reward_model_quota_groups
 from loka_operator.cache import Children, RunCache, WriteLedger
 from loka_operator.children import (
     CHILDREN,
@@ -54,6 +56,7 @@ from loka_operator.ownership import Claim, claim
 from loka_operator.status import (
     Observed,
     Problem,
+    RewardModelState,
     SourceState,
     StatusUpdate,
     TrainDataState,
@@ -91,8 +94,8 @@ def now() -> datetime:
 
 def _servers_follow(run: TrainingRun, update: StatusUpdate | None) -> float | None:
     """0 (reconcile again at once) when the status just written admits, suspends or finishes a run that brings
-    environment servers: their Deployments follow it (our own write's echo wakes nobody)."""
-    if update is None or not image_servers(run.spec):
+    environment servers or serves reward models: their Deployments follow it (our own write's echo wakes nobody)."""
+    if update is None or not (image_servers(run.spec) or served_components(run.spec)):
         return None
     return 0.0 if serving(run) != serving(run.model_copy(update={"status": update.status})) else None
 
@@ -103,6 +106,27 @@ def _plus_one(seconds: float | None) -> float | None:
 
 def _sooner(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else min(a, b)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a run that has not launched starts from: its model's source, its training pairs, its served reward
+    models' sources (None: it names none), and whether it still waits for any to be recorded in its status."""
+
+    source: SourceState | None = None
+    train_data: TrainDataState | None = None
+    reward_models: tuple[RewardModelState, ...] | None = None
+    waits: bool = False
+
+    @property
+    def ready(self) -> bool:
+        """Every input it names exists (then, once its status records them, it launches)."""
+        served = self.reward_models or ()
+        return (
+            (self.source is None or self.source.ready)
+            and (self.train_data is None or self.train_data.ready)
+            and all(rm.state.ready for rm in served)
+        )
 
 
 @dataclass
@@ -203,14 +227,18 @@ class Reconciler:
                 words = update.write_in if update is not None else None
                 return Outcome(requeue_after=_sooner(self._notify(key), words), phase="Failed")
 
-        # 1b. the source run's checkpoint and the Evaluation's pairs: nothing launches before status records them
-        source, data, waits_for_source = await self._resolve_inputs(run, launched=launched)
+        # 1b. the source runs' checkpoints and the Evaluation's pairs: nothing launches before status records them
+        inputs = await self._resolve_inputs(run, launched=launched)
+        source, data, waits_for_source = inputs.source, inputs.train_data, inputs.waits
 
         # 2. secrets, until the run launched (key names only: no value is read for the check)
         missing = None if launched or finished(previous) else await self._missing_secrets(run)
         expired = deadline.exceeded(spec, previous, base.now)
         requeue = _sooner(
-            _sooner(self._secret_retry(key, waiting=missing is not None), self._source_retry(source)),
+            _sooner(
+                self._secret_retry(key, waiting=missing is not None),
+                self._source_retry(source, *(rm.state for rm in inputs.reward_models or ())),
+            ),
             _plus_one(deadline.seconds_until(spec, previous, base.now)),
         )
 
@@ -240,6 +268,7 @@ class Reconciler:
             now=now(),
             source=source,
             train_data=data,
+            reward_models=inputs.reward_models,
             missing_secrets=missing,
             blocked=blocked,
             rayjob=await self._readable(run, rayjob),
@@ -249,8 +278,7 @@ class Reconciler:
             pins=tuple(self._pins(run)),
         )
         update = await self._write_status(body, previous, observed)
-        ready = (source is None or source.ready) and (data is None or data.ready)
-        if (source is not None or data is not None) and ready and waits_for_source and update is not None:
+        if inputs.ready and waits_for_source and update is not None:
             requeue = 0.0  # status.source now records the checkpoint: launch (our own write's echo wakes nobody)
         # 7. notifications
         if update is not None:
@@ -284,38 +312,49 @@ class Reconciler:
             return None, taken
         return await self._launch(run, rayjob, check_first=check_first)
 
-    async def _resolve_source(self, run: TrainingRun) -> SourceState | None:
-        """Where a run that has not launched stands with the run its spec.model.fromRun names (None: no source),
+    async def _resolve_source(self, run: TrainingRun, wanted: lineage.Wanted) -> SourceState | None:
+        """Where a run that has not launched stands with the run one of its fromRuns names (None: it names none),
         read from the run cache; the API only to confirm that a source seen before is really gone.
         """
-        from_run = run.spec.model.from_run
+        from_run = wanted.from_run
         if from_run is None or finished(run.status):
             return None
-        namespace, key = run.metadata.namespace, naming.run_key(run.metadata.namespace, run.metadata.name)
-        source_key = naming.run_key(namespace, from_run.name)
-        body = self.cache.run(source_key)
-        if body is None and run.status.source is not None and run.status.source.uid is not None:
+        namespace = run.metadata.namespace
+        body = self.cache.run(naming.run_key(namespace, from_run.name))
+        if body is None and wanted.recorded is not None and wanted.recorded.uid is not None:
             # Seen before, not cached now: right after a restart the run watch may not have delivered it yet.
             body = await self.client.get(kinds.TRAINING_RUN, namespace, from_run.name)
         if body is not None and body["metadata"].get("deletionTimestamp"):
             body = None  # going away: it will not produce the checkpoint
         marker = None
-        if (source := lineage.marker_wanted(run, body)) is not None:
+        if (source := lineage.marker_wanted(run, body, which=wanted)) is not None:
             marker = await lineage.read_marker(source, lineage.storage_settings(run, await self._s3_credentials(run)))
-        state = lineage.resolve(
-            run, body, lookup=lambda name: self.cache.run(naming.run_key(namespace, name)), marker=marker
+        return lineage.resolve(
+            run,
+            body,
+            lookup=lambda name: self.cache.run(naming.run_key(namespace, name)),
+            marker=marker,
+            which=wanted,
         )
-        if state.waiting is not None:
-            self.waiters.wait(key, source_key)
-        else:
-            self.waiters.done(key)
-        return state
 
-    def _source_retry(self, source: SourceState | None) -> float | None:
-        """How soon to look again at a source whose marker could not be read (the store may answer next time)."""
-        if source is None or source.waiting is None or source.waiting.reason != lineage.MARKER_UNREADABLE:
+    async def _resolve_reward_models(self, run: TrainingRun) -> tuple[RewardModelState, ...] | None:
+        """Each served reward model's source checkpoint, as for spec.model.fromRun (None: the run serves none)."""
+        wanted = lineage.reward_model_sources(run)
+        if not wanted or finished(run.status):
             return None
-        return self.config.refused_retry_seconds
+        found = []
+        for component, source in wanted:
+            state = await self._resolve_source(run, source)
+            assert state is not None
+            found.append(RewardModelState(component, state))
+        return tuple(found)
+
+    def _source_retry(self, *sources: SourceState | None) -> float | None:
+        """How soon to look again at a source whose marker could not be read (the store may answer next time)."""
+        for source in sources:
+            if source is not None and source.waiting is not None and source.waiting.reason == lineage.MARKER_UNREADABLE:
+                return self.config.refused_retry_seconds
+        return None
 
     async def _s3_credentials(self, run: TrainingRun) -> dict[str, str]:
         """The keys of the run's S3 credentials Secret (what its trainer reads with); none: the default chain."""
@@ -333,20 +372,26 @@ class Reconciler:
         same_namespace = (self.cache.run(key) for key in keys if key.startswith(prefix))
         return lineage.pins_of(run, (body for body in same_namespace if body is not None))
 
-    async def _resolve_inputs(
-        self, run: TrainingRun, *, launched: bool
-    ) -> tuple[SourceState | None, TrainDataState | None, bool]:
-        """spec.model.fromRun's checkpoint and spec.data.fromEvaluation's pairs, before launch; and whether the run
-        still waits for either (until status.source and status.trainData record them)."""
+    async def _resolve_inputs(self, run: TrainingRun, *, launched: bool) -> Inputs:
+        """spec.model.fromRun's checkpoint, spec.data.fromEvaluation's pairs and the served reward models'
+        checkpoints, before launch; and whether the run still waits for any (until status.source, status.trainData
+        and status.rewardModels record them)."""
         if launched:
-            return None, None, False
+            return Inputs()
         previous = run.status
-        source = await self._resolve_source(run)
+        source = await self._resolve_source(run, lineage.model_source(run))
+        served = await self._resolve_reward_models(run)
         data = None if finished(previous) else self._resolve_train_data(run)
-        waits = (source is not None and not source.launchable(previous.source)) or (
-            data is not None and not data.launchable(previous.train_data)
+        # The source runs whose watch events reconcile this run while it waits for them.
+        namespace, states = run.metadata.namespace, [source, *(rm.state for rm in served or ())]
+        waiting_on = [naming.run_key(namespace, s.source.run or "") for s in states if s and s.waiting is not None]
+        self.waiters.wait(naming.run_key(namespace, run.metadata.name), *waiting_on)
+        waits = (
+            (source is not None and not source.launchable(previous.source))
+            or (data is not None and not data.launchable(previous.train_data))
+            or any(not rm.launchable(previous.reward_models) for rm in served or ())
         )
-        return source, data, waits
+        return Inputs(source, data, served, waits)
 
     def _resolve_train_data(self, run: TrainingRun) -> TrainDataState | None:
         """Where a run that has not launched stands with the Evaluation its spec.data.fromEvaluation names (None:
@@ -592,6 +637,7 @@ class Reconciler:
                 uid=run.metadata.uid,
                 settings=self.config.rayjob,
                 active_deadline_seconds=deadline.active_deadline_seconds(spec, run.status, None, now()),
+                reward_model_groups=reward_model_quota_groups(run),
             )
             created, problem = await self._create(RAY_JOB, run, manifest)
             if created is not None and problem is None:

@@ -20,6 +20,7 @@ from loka_api import (
     Condition,
     ConditionType,
     Interruption,
+    RewardModelSource,
     RunPhase,
     SourceStatus,
     TrainDataStatus,
@@ -86,6 +87,23 @@ class SourceState:
 
 
 @dataclass(frozen=True)
+class RewardModelState:
+    """A reward component's rewardModel.fromRun, as reconcile found it (the same lineage as spec.model.fromRun)."""
+
+    component: str
+    state: SourceState
+
+    @property
+    def record(self) -> RewardModelSource:
+        """What status.rewardModels records of it."""
+        return RewardModelSource(component=self.component, **self.state.source.model_dump())
+
+    def launchable(self, recorded: list[RewardModelSource]) -> bool:
+        """The checkpoint exists and status.rewardModels already records it: its server can be built."""
+        return self.state.ready and self.record in recorded
+
+
+@dataclass(frozen=True)
 class TrainDataState:
     """The Evaluation named by spec.data.fromEvaluation, as reconcile found it (loka_operator.evaluations)."""
 
@@ -113,6 +131,8 @@ class Observed:
     invalid: Problem | None = None
     source: SourceState | None = None  # only for runs with spec.model.fromRun that have not launched
     train_data: TrainDataState | None = None  # only for runs with spec.data.fromEvaluation that have not launched
+    # Only for runs that serve reward models (rewardModel.fromRun) and have not launched.
+    reward_models: tuple[RewardModelState, ...] | None = None
     missing_secrets: Problem | None = None
     # A child could not be created: its name is taken (NameConflict), an earlier run of the same name still
     # owns it (WaitingForPreviousRun), or the API server refused it (CreateRefused).
@@ -270,6 +290,9 @@ def decide_phase(obs: Observed, previous: TrainingRunStatus) -> Verdict:
             return Verdict(RunPhase.FAILED, source.failed.reason, source.failed.message)
         if data is not None and data.failed is not None:
             return Verdict(RunPhase.FAILED, data.failed.reason, data.failed.message)
+        served = obs.reward_models or ()
+        if (failed := next((rm.state.failed for rm in served if rm.state.failed), None)) is not None:
+            return Verdict(RunPhase.FAILED, failed.reason, failed.message)
         if obs.missing_secrets is not None:
             return Verdict(RunPhase.PENDING, obs.missing_secrets.reason, obs.missing_secrets.message)
         if obs.blocked is not None:
@@ -284,6 +307,10 @@ def decide_phase(obs: Observed, previous: TrainingRunStatus) -> Verdict:
             return Verdict(RunPhase.PENDING, data.waiting.reason, data.waiting.message)
         if data is not None and data.ready and data.data != previous.train_data:
             return Verdict(RunPhase.PENDING, "TrainDataReady", f"training on {data.data.uri}")
+        if (waiting := next((rm.state.waiting for rm in served if rm.state.waiting), None)) is not None:
+            return Verdict(RunPhase.PENDING, waiting.reason, waiting.message)
+        if any(rm.state.ready and rm.record not in previous.reward_models for rm in served):
+            return Verdict(RunPhase.PENDING, "RewardModelsReady", _reward_models_message(served))
         return Verdict(RunPhase.PENDING, "CreatingRayJob", "creating the RayJob")
 
     status = _rayjob_status(obs.rayjob)
@@ -409,6 +436,18 @@ def _cluster_ready(rayjob: dict[str, Any] | None) -> tuple[bool, str, str]:
     return False, f"RayJob{deployment}", f"RayJob is {deployment}; Ray cluster state {state or 'unknown'}"
 
 
+def _reward_models_message(served: tuple[RewardModelState, ...]) -> str:
+    each = [f"{rm.component}: step {rm.state.source.step} of run {rm.state.source.run!r}" for rm in served]
+    return "serving the reward models " + "; ".join(each)
+
+
+def _reward_models_ready(served: tuple[RewardModelState, ...]) -> tuple[bool, str, str]:
+    problem = next((rm.state.failed or rm.state.waiting for rm in served if not rm.state.ready), None)
+    if problem is not None:
+        return False, problem.reason, problem.message
+    return True, "RewardModelsReady", _reward_models_message(served)
+
+
 def _source_ready(state: SourceState) -> tuple[bool, str, str]:
     problem = state.failed or state.waiting
     if problem is not None:
@@ -442,6 +481,8 @@ def _conditions_for(obs: Observed, verdict: Verdict, previous: TrainingRunStatus
         put(ConditionType.VALID, True, "Validated", "the spec is valid and its verl arguments compose")
     if obs.source is not None:
         put(ConditionType.SOURCE_READY, *_source_ready(obs.source))
+    if obs.reward_models:
+        put(ConditionType.REWARD_MODELS_READY, *_reward_models_ready(obs.reward_models))
     if obs.missing_secrets is not None:
         put(ConditionType.SECRETS_READY, False, obs.missing_secrets.reason, obs.missing_secrets.message)
     elif obs.invalid is None:
@@ -551,6 +592,8 @@ def _lineage(status: TrainingRunStatus, obs: Observed) -> None:
         status.pins = list(obs.pins)
     if obs.train_data is not None:
         status.train_data = obs.train_data.data
+    if obs.reward_models is not None:
+        status.reward_models = [rm.record for rm in obs.reward_models]
 
 
 def calculate_status(obs: Observed, previous: TrainingRunStatus) -> StatusUpdate:

@@ -15,6 +15,7 @@ from loka_api import Engine, TrainingRunSpec
 from loka_api.environments import environment_problems
 from loka_api.recipes import Recipe, recipe_for
 from loka_api.render import StagedPaths, VerlConfigError, VerlNotInstalledError, compose_verl_config, render_launch
+from loka_api.reward_models import served_components
 from loka_operator.status import Problem
 
 log = logging.getLogger(__name__)
@@ -80,10 +81,29 @@ def _check_environment(spec: TrainingRunSpec) -> Problem | None:
     return Problem("InvalidEnvironment", "; ".join(problems)) if problems else None
 
 
+def _check_served_reward_models(spec: TrainingRunSpec) -> Problem | None:
+    """The reward models the operator serves share the Workload's pod sets with the environment servers."""
+    served = len(served_components(spec))
+    servers = sum(s.run is not None for s in spec.environment.servers) if spec.environment is not None else 0
+    if spec.queue is None or served == 0 or served + servers <= MAX_QUEUED_IMAGE_SERVERS:
+        return None
+    return Problem(
+        "InvalidRewardModels",
+        f"spec.reward.components: {served} reward models served (rewardModel.fromRun) and {servers} environment "
+        f"servers given as run; a queued run may bring at most {MAX_QUEUED_IMAGE_SERVERS} in all (Kueue's Workload "
+        "holds 8 pod sets: the Ray head, workers, the submitter, one per served model or server)",
+    )
+
+
 def validate_spec(spec: TrainingRunSpec) -> Problem | None:
     """The first problem found, or None. Blocking (composition takes ~1 s cold): call it in a thread."""
     recipe = recipe_for(spec.algorithm)
-    return _check_recipe(spec, recipe) or _check_environment(spec) or _check_verl_overrides(spec, recipe)
+    return (
+        _check_recipe(spec, recipe)
+        or _check_environment(spec)
+        or _check_served_reward_models(spec)
+        or _check_verl_overrides(spec, recipe)
+    )
 
 
 @dataclass

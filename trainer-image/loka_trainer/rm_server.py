@@ -4,7 +4,10 @@ models, speaking the part of vLLM's pooling API Loka's reward-model component us
 ``vllm serve <dir> --runner pooling`` instead.
 
 The checkpoint is an ``algorithm: rm`` run's (a ``*ForSequenceClassification`` Hugging Face folder); an s3:// URI is
-downloaded first (the S3 credentials come from the standard AWS variables).
+downloaded first (the S3 credentials come from the standard AWS variables): a run's checkpoint
+(``…/global_step_N``) is restored and verified against its manifest like any, other URIs are copied as they are.
+``--stage-only DIR`` stages it into DIR and exits: the init container of the server the operator runs for a run's
+``rewardModel.fromRun`` (the serving container, this server or vLLM, then reads DIR and holds no S3 credentials).
 """
 
 from __future__ import annotations
@@ -85,13 +88,19 @@ def app(model: RewardModel) -> web.Application:
     return application
 
 
-def stage(uri: str, work: Path) -> Path:
+def stage(uri: str, dest: Path) -> Path:
+    """The model at ``uri`` as a local folder: a local path as it is, an s3:// one downloaded into ``dest``."""
     if not uri.startswith("s3://"):
         return Path(uri)
+    from loka_api.contract import STEP_FOLDER_PREFIX
     from loka_api.storage import ObjectStore, S3Uri
 
-    dest = work / "model"
-    ObjectStore().download_prefix(S3Uri.parse(uri), dest)
+    store = ObjectStore()
+    if uri.rstrip("/").rsplit("/", 1)[-1].startswith(STEP_FOLDER_PREFIX):
+        from loka_trainer.source_model import stage_checkpoint_as_model
+
+        return stage_checkpoint_as_model(uri.rstrip("/"), dest, store)
+    store.download_prefix(S3Uri.parse(uri), dest)
     return dest
 
 
@@ -101,10 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="rm", help="the model name it answers to")
     parser.add_argument("--host", default="0.0.0.0")  # a server in a pod: every interface
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--stage-only", metavar="DIR", help="stage the model into DIR and exit (serve nothing)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.stage_only:
+        staged = stage(args.model, Path(args.stage_only))
+        log.info("staged %s into %s", args.model, staged)
+        return 0
     with tempfile.TemporaryDirectory(prefix="loka-rm-") as work:
-        model = RewardModel(stage(args.model, Path(work)), args.name)
+        model = RewardModel(stage(args.model, Path(work) / "model"), args.name)
         log.info("serving %s on %s:%d", args.name, args.host, args.port)
         web.run_app(app(model), host=args.host, port=args.port, print=None)
     return 0

@@ -24,6 +24,7 @@ from loka_api.recipes.base import (
     tracking_overrides,
     validation_every,
 )
+from loka_api.reward_models import with_served_endpoints
 
 if TYPE_CHECKING:
     from loka_api.models import TrainingRunSpec
@@ -115,7 +116,7 @@ class GrpoRecipe(Recipe):
             f"actor_rollout_ref.rollout.gpu_memory_utilization={training.gpu_memory_utilization}",
             f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={training.micro_batch_size_per_gpu}",
             f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={training.micro_batch_size_per_gpu}",
-            *_reward_overrides(spec),
+            *_reward_overrides(spec, run=run_name, namespace=namespace),
             *_environment_overrides(spec, paths),
             f"trainer.nnodes={resources.workers}",
             f"trainer.n_gpus_per_node={resources.gpus_per_worker}",
@@ -131,12 +132,14 @@ class GrpoRecipe(Recipe):
         return overrides
 
 
-def reward_rubric(spec: TrainingRunSpec) -> list[RewardComponent] | None:
-    """The run's rubric: reward.components, the default agent rubric for a run with an environment and no reward,
-    or None (a reward function of its own).
+def reward_rubric(spec: TrainingRunSpec, *, run: str, namespace: str) -> list[RewardComponent] | None:
+    """The run's rubric: reward.components (a reward model the operator serves for the run called at its Service's
+    address), the default agent rubric for a run with an environment and no reward, or None (a reward function of
+    its own).
     """
     if spec.reward is not None:
-        return spec.reward.components
+        components = spec.reward.components
+        return None if components is None else with_served_endpoints(components, run=run, namespace=namespace)
     return default_agent_rubric() if spec.environment is not None else None
 
 
@@ -146,8 +149,8 @@ def rubric_json(components: list[RewardComponent]) -> str:
     return json.dumps(configs, separators=(",", ":"), sort_keys=True)
 
 
-def _reward_overrides(spec: TrainingRunSpec) -> list[str]:
-    rubric = reward_rubric(spec)
+def _reward_overrides(spec: TrainingRunSpec, *, run: str, namespace: str) -> list[str]:
+    rubric = reward_rubric(spec, run=run, namespace=namespace)
     if rubric is not None:
         module, function = REWARD_COMPOSE_FUNCTION.split(":")
         return [

@@ -8,6 +8,7 @@ head's trainer container holds an API token: its run's ServiceAccount token, pro
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -225,9 +226,11 @@ def build_rayjob(
     uid: str,
     settings: RayJobSettings,
     active_deadline_seconds: int | None = None,
+    reward_model_groups: Sequence[Manifest] = (),
 ) -> Manifest:
     """The RayJob for a run. Under Kueue, `suspend` is Kueue's to flip, so it is only set for unqueued runs.
-    ``active_deadline_seconds``: what is left of spec.deadline for the attempt (loka_operator.deadline)."""
+    ``active_deadline_seconds``: what is left of spec.deadline for the attempt (loka_operator.deadline);
+    ``reward_model_groups``: the served reward models' quota groups (`builders.reward_model`, from the run's status)."""
     resources = spec.resources
     storage_class = resources.disk_storage_class or settings.disk_storage_class
     head = _pod_template(
@@ -286,6 +289,7 @@ def build_rayjob(
                 ),
                 # Under Kueue, the environment servers' quota (suspended groups: their pods are the Deployments').
                 *(environment_quota_groups(spec, run) if spec.queue is not None else []),
+                *(reward_model_groups if spec.queue is not None else []),
             ],
         },
     }

@@ -82,11 +82,11 @@ def load_reward(function: str) -> ComputeScore:
     return loaded
 
 
-def run_reward(spec: TrainingRunSpec) -> ComputeScore:
+def run_reward(spec: TrainingRunSpec, *, run: str, namespace: str) -> ComputeScore:
     """The run's ``compute_score``: its rubric (reward.components, or the default agent rubric for a run with an
     environment), or its own function.
     """
-    rubric = reward_rubric(spec)
+    rubric = reward_rubric(spec, run=run, namespace=namespace)
     if rubric is not None:
         return functools.partial(compose.compute_score, rubric=rubric_json(rubric))
     function = spec.reward.function if spec.reward is not None else None
@@ -298,7 +298,7 @@ def build_grpo(job: EngineJob, writer: MetricsWriter) -> Any:
 
     tap = StepTap(training.samples_per_prompt)
     reward = trl_reward(
-        run_reward(spec),
+        run_reward(spec, run=job.run_name, namespace=job.namespace),
         samples_per_prompt=training.samples_per_prompt,
         tap=tap,
     )

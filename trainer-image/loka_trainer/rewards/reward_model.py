@@ -40,7 +40,11 @@ class RewardModelConfig:
 
     @classmethod
     def from_settings(cls, settings: RewardModelSettings, *, name: str, api_key_env: str | None) -> RewardModelConfig:
-        """From the spec's reward model settings (a run's rewardModel component)."""
+        """From the spec's reward model settings (a run's rewardModel component; a model served for the run
+        (fromRun) has its Service's address as its endpoint, `loka_api.reward_models.with_served_endpoints`)."""
+        if settings.endpoint is None:
+            msg = f"reward.components[{name}].rewardModel: no endpoint (a fromRun model is called at its Service)"
+            raise ValueError(msg)
         return cls(
             endpoint=settings.endpoint,
             model=settings.model,
