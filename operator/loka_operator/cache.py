@@ -361,6 +361,7 @@ async def relist_children(
 
 
 async def relist_runs(runs: RunCache, client: KubeClient, scope: ListScope) -> tuple[list[str], list[str]]:
-    """Replace the cached runs with one LIST per namespace: (runs changed or added, runs gone)."""
+    """Replace the cached runs (or Evaluations: the cache's kind) with one LIST per namespace: (changed or added,
+    gone)."""
     since = runs.freshness.now()
-    return runs.replace(await _list(client, kinds.TRAINING_RUN, scope.namespaces, "", scope.in_scope), since)
+    return runs.replace(await _list(client, runs.kind, scope.namespaces, "", scope.in_scope), since)

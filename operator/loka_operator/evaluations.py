@@ -8,8 +8,15 @@ cache, then create", and a status calculated from what was observed.
 3. every referenced Secret and key (the storage credentials, each judge's API key; key names only)
 4. the Kueue LocalQueue (when named with its ClusterQueue), the evaluator's ServiceAccount, Role and RoleBinding
    (it may get this Evaluation and patch its status, nothing else), then the Job (`builders.evaluation`)
-5. phase and conditions from the Job: suspended is Queued (Kueue has not admitted it), running is Running, its
-   Complete or Failed condition ends the Evaluation
+5. phase and conditions from the Job: suspended is Queued (Kueue has not admitted it, and its Workload says why
+   in Kueue's words), running is Running, its Complete or Failed condition ends the Evaluation
+6. the status written only when this reconciler's fields changed, conditional on the version it was calculated
+   from; each phase it enters is posted once as an Event on the Evaluation and counted in the metrics
+   (`loka_evaluations{phase}`, `loka_evaluation_duration_seconds{phase}`), as a run's are
+
+Kueue's Workload for the Job is read while the Job is queued (one LIST by the Job's uid, again every
+`QUEUED_LOOK_SECONDS`): the operator's Workload watch follows the runs' only, whose Workloads carry the run label
+Kueue copies (`labelKeysToCopy: [loka.dev/run]`).
 
 The evaluator writes the figures (samples, judges, agreement, tokens, the output URIs) into the status itself;
 this reconciler writes only its own fields (`OPERATOR_FIELDS`). The children are owned by the Evaluation, so
@@ -29,6 +36,7 @@ from pydantic import ValidationError
 from loka_api import RunPhase, TrainingRun, kinds, secret_routes
 from loka_api.contract import ROLLOUT_STEPS_ALL, ROLLOUT_STEPS_LATEST
 from loka_api.evaluation import Evaluation, EvaluationPhase, EvaluationStatus, parse_steps
+from loka_api.kueue import JOB_UID_LABEL, workload_of
 from loka_operator import lineage, naming
 from loka_operator.builders.evaluation import build_evaluation_job, build_evaluator_identity
 from loka_operator.cache import Children, RunCache, WriteLedger
@@ -40,9 +48,9 @@ from loka_operator.children import (
     ChildKind,
 )
 from loka_operator.kube import JSON, ApiError, KubeClient
-from loka_operator.messages import cause
+from loka_operator.messages import brief, cause
 from loka_operator.ownership import Claim, claim
-from loka_operator.status import Problem, set_condition
+from loka_operator.status import PhaseEvent, Problem, kueue_wait_reason, set_condition
 
 if TYPE_CHECKING:
     from loka_operator.reconcile import Outcome, Reconciler
@@ -77,6 +85,10 @@ EVALUATOR_FIELDS = (
 TERMINAL = frozenset({EvaluationPhase.SUCCEEDED, EvaluationPhase.FAILED})
 # The evaluator's own failure message starts so (loka_trainer.evaluate); the operator keeps it when the Job fails.
 EVALUATOR_FAILURE_PREFIX = "evaluation failed:"
+# How often a queued Evaluation reads its Job's Workload again, to keep Kueue's reason current.
+QUEUED_LOOK_SECONDS = 15.0
+# Lost races in a row before the reconcile gives up (and is retried with backoff like any failed reconcile).
+MAX_CONFLICTS = 5
 
 
 class EvaluationCondition(enum.StrEnum):
@@ -186,6 +198,7 @@ class EvaluationObserved:
     missing_secrets: Problem | None = None
     blocked: Problem | None = None
     job: JSON | None = None
+    workload: JSON | None = None  # Kueue's Workload for the Job, read while the Job is suspended
 
 
 def _true_conditions(job: JSON) -> dict[str, dict[str, Any]]:
@@ -269,9 +282,13 @@ def _from_job(obs: EvaluationObserved, previous: EvaluationStatus, put: Any) -> 
         put(EvaluationCondition.FAILED, True, "JobFailed", message)
         return EvaluationPhase.FAILED, message
     if (job.get("spec") or {}).get("suspend"):
-        waiting = f"waiting for Kueue to admit Job {name}"
-        put(EvaluationCondition.ADMITTED, False, "Queued", waiting)
-        return EvaluationPhase.QUEUED, waiting
+        if obs.workload is None:
+            waiting = f"waiting for Kueue to admit Job {name}"
+            put(EvaluationCondition.ADMITTED, False, "Queued", waiting)
+            return EvaluationPhase.QUEUED, waiting
+        wait = kueue_wait_reason(obs.workload)  # in Kueue's own words, as a run's
+        put(EvaluationCondition.ADMITTED, False, wait.reason, wait.message)
+        return EvaluationPhase.QUEUED, f"waiting for Kueue: {wait.message}"
     put(EvaluationCondition.ADMITTED, True, "Admitted", f"Job {name} may run")
     return EvaluationPhase.RUNNING, None
 
@@ -310,6 +327,7 @@ class EvaluationReconciler:
         self.cache.forget(key)
         self.children.forget(key)
         self.waiters.done(key)
+        self.runs.metrics.observe_evaluation_phase(key, None)
 
     def dependents(self, run_key: str) -> list[str]:
         """The Evaluations waiting for run ``run_key``'s rollouts."""
@@ -347,12 +365,23 @@ class EvaluationReconciler:
                     job, blocked = await self._launch(evaluation)
             if blocked is not None:
                 requeue = self.runs.config.refused_retry_seconds
+        workload = await self._workload(namespace, job) if previous.phase not in TERMINAL else None
         observed = EvaluationObserved(
-            generation, now(), rollouts=rollouts, missing_secrets=missing, blocked=blocked, job=job
+            generation, now(), rollouts=rollouts, missing_secrets=missing, blocked=blocked, job=job, workload=workload
         )
         status = await self._write_status(body, previous, observed)
         phase = status.phase if status is not None else previous.phase
+        if phase == EvaluationPhase.QUEUED:
+            requeue = QUEUED_LOOK_SECONDS if requeue is None else min(requeue, QUEUED_LOOK_SECONDS)
         return Outcome(requeue_after=requeue, phase=phase.value if phase else None)
+
+    async def _workload(self, namespace: str, job: JSON | None) -> JSON | None:
+        """Kueue's Workload for a suspended Job (None: the Job runs, or Kueue has not made one yet)."""
+        if job is None or not (job.get("spec") or {}).get("suspend") or not job["metadata"].get("uid"):
+            return None
+        selector = f"{JOB_UID_LABEL}={job['metadata']['uid']}"
+        found: list[JSON] = await self.client.list(kinds.WORKLOAD, namespace, label_selector=selector)
+        return workload_of(found, job)
 
     async def _missing_rubrics(self, evaluation: Evaluation) -> Problem | None:
         """A judge's rubric ConfigMap key that is not there would hold the pod in ContainerCreating: wait, naming it."""
@@ -441,24 +470,63 @@ class EvaluationReconciler:
     async def _write_status(
         self, body: JSON, previous: EvaluationStatus, observed: EvaluationObserved
     ) -> EvaluationStatus | None:
+        """Write this reconciler's fields when they changed, conditional on the version they were calculated from
+        (a write that lost the race is calculated again from what the Evaluation now is), so that each transition
+        lands, is posted as an Event and counted once."""
         meta = body["metadata"]
-        current = calculate_evaluation_status(observed, previous)
-        changes = status_changes(previous, current)
-        if not changes:
+        key = naming.run_key(meta["namespace"], meta["name"])
+        for _ in range(MAX_CONFLICTS):
+            current = calculate_evaluation_status(observed, previous)
+            changes = status_changes(previous, current)
+            if not changes:
+                self.runs.metrics.observe_evaluation_phase(key, current.phase.value if current.phase else None)
+                return current
+            patch = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": changes}
+            try:
+                written = await self.client.merge_patch(
+                    kinds.EVALUATION, meta["namespace"], meta["name"], patch, subresource="status"
+                )
+            except ApiError as error:
+                if error.status == 404:
+                    self.forget(key)
+                    return None
+                if error.status != 409:
+                    raise
+                fresh = await self.client.get(kinds.EVALUATION, meta["namespace"], meta["name"])
+                if fresh is None or fresh["metadata"].get("uid") != meta.get("uid"):
+                    self.forget(key)
+                    return None
+                body, meta = fresh, fresh["metadata"]
+                previous = EvaluationStatus.model_validate(fresh.get("status") or {})
+                continue
+            self.cache.wrote(written)
+            self._landed(key, body, previous, current)
             return current
-        try:
-            written = await self.client.merge_patch(
-                kinds.EVALUATION, meta["namespace"], meta["name"], {"status": changes}, subresource="status"
-            )
-        except ApiError as error:
-            if error.status == 404:
-                self.forget(naming.run_key(meta["namespace"], meta["name"]))
-                return None
-            raise
-        self.cache.wrote(written)
-        if current.phase != previous.phase:
-            log.info("evaluation %s/%s: %s -> %s", meta["namespace"], meta["name"], previous.phase, current.phase)
-        return current
+        raise ApiError(409, "Conflict", f"status of Evaluation {key}: {MAX_CONFLICTS} writes in a row lost the race")
+
+    def _landed(self, key: str, body: JSON, previous: EvaluationStatus, current: EvaluationStatus) -> None:
+        """What a transition does once its write landed (and only then): the metrics, the Event, the log line."""
+        phase = current.phase
+        self.runs.metrics.observe_evaluation_phase(key, phase.value if phase else None)
+        if phase == previous.phase or phase is None:
+            return
+        if phase in TERMINAL and current.start_time is not None and current.completion_time is not None:
+            ran = (current.completion_time - current.start_time).total_seconds()
+            self.runs.metrics.evaluation_seconds.labels(phase=phase.value).observe(max(ran, 0.0))
+        said = current.message or _phase_words(phase, current)
+        event = PhaseEvent("Warning" if phase == EvaluationPhase.FAILED else "Normal", phase.value, brief(said))
+        involved = {"apiVersion": kinds.EVALUATION.api_version, "kind": kinds.EVALUATION.kind, **body}
+        self.runs.status.events.post_soon(involved, event)
+        log.info("evaluation %s: %s -> %s", key, previous.phase, phase)
+
+
+def _phase_words(phase: EvaluationPhase, status: EvaluationStatus) -> str:
+    """What an Event says of a phase the status gives no message for."""
+    if phase == EvaluationPhase.SUCCEEDED:
+        return f"judged {status.samples_judged or 0} samples into {status.preferences or 0} preference pairs"
+    if phase == EvaluationPhase.RUNNING:
+        return f"Kueue admitted Job {status.job}; the evaluator runs"
+    return f"the Evaluation is {phase.value}"
 
 
 def _claimed(kind: str, obj: JSON, evaluation: str, uid: str) -> tuple[JSON | None, Problem | None]:

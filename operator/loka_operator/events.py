@@ -1,4 +1,4 @@
-"""Kubernetes Events on a TrainingRun: one per phase transition, as `kubectl describe` shows them."""
+"""Kubernetes Events on a TrainingRun or an Evaluation: one per phase transition, as `kubectl describe` shows them."""
 
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ Every child kind the registry declares (`children.REGISTRY`) is watched by one g
 from the watch events (primed by one LIST per kind at startup), so a reconcile reads them instead of the API server.
 When kopf lists a kind again (its watch expired: 410 Gone), it reports only the objects that exist; the operator
 then lists that kind itself and replaces what it caches of it (`relist`), so that what was deleted in the gap is
-forgotten, not kept as a ghost. The slow resync does the same for every kind before it reconciles every run.
+forgotten, not kept as a ghost: runs, Evaluations and every child kind alike. The slow resync does the same for
+every kind before it reconciles every run and Evaluation.
 Events the operator caused itself (the echo of its own write) and run updates that touch only what the trainer
 writes (progress, metrics, ...) do not cause a reconcile of that run; every event of a run does reconcile the runs
 waiting for its checkpoint (spec.model.fromRun).
@@ -53,6 +54,7 @@ RELIST_DELAY_SECONDS = 1.0
 # ... and how long it waits to try again when that LIST failed.
 RELIST_RETRY_SECONDS = 5.0
 RUNS = kinds.TRAINING_RUN.kind  # the runs' name among the kinds to relist (the children's: `ChildKind.name`)
+EVALUATIONS = kinds.EVALUATION.kind
 
 
 @dataclass
@@ -256,10 +258,18 @@ async def relist(state: OperatorState, wanted: Collection[str] | None = None) ->
         for key in touched:
             if cache.known(key):
                 state.queue.request(key)
+        evaluations = state.evaluations.cache
+        if wanted is None or EVALUATIONS in wanted:
+            changed, gone = await relist_runs(evaluations, state.client, state.scope)
+            for key in gone:
+                log.info("Evaluation %s is gone (deleted while the watch was away): forgetting it", key)
+                _forget_evaluation(state, key)
+            for key in changed:
+                state.evaluation_queue.request(key)
         listed = [child for child in EVALUATION_CHILDREN if wanted is None or child.name in wanted]
         touched = await relist_children(state.evaluations.children, state.client, state.scope, listed)
         for key in touched:
-            if state.evaluations.cache.known(key):
+            if evaluations.known(key):
                 state.evaluation_queue.request(key)
 
 
@@ -268,7 +278,8 @@ def _hear_kopf_listings(state: OperatorState) -> None:
     last run of a namespace deleted while the watch was away) says nothing. Its watch stream marks the end of every
     LIST (Bookmark.LISTED) but keeps it to itself: wrap the stream so that the mark reaches `_listed_again` too."""
     by_resource = {(kinds.TRAINING_RUN.group, kinds.TRAINING_RUN.plural): RUNS}
-    by_resource |= {(child.kind.group, child.kind.plural): child.name for child in CHILDREN}
+    by_resource[kinds.EVALUATION.group, kinds.EVALUATION.plural] = EVALUATIONS
+    by_resource |= {(child.kind.group, child.kind.plural): child.name for child in REGISTRY}
     original = getattr(watching, "infinite_watch", None)
     original = getattr(original, "loka_wrapped", original)
     if original is None:
@@ -379,16 +390,31 @@ def _wake_dependents(state: OperatorState, key: str) -> None:
 async def evaluation_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
     state = _state(memo)
     key = naming.run_key(body.metadata.namespace or "", body.metadata.name or "")
+    if type is None:
+        _listed_again(state, EVALUATIONS)
     if type == "DELETED":
-        state.evaluation_queue.forget(key)
-        state.evaluations.forget(key)
-    elif state.evaluations.cache.observe(dict(body)):
+        _forget_evaluation(state, key, dict(body))
+        return
+    if state.evaluations.cache.observe(dict(body)):
         state.evaluation_queue.request(key)
-    # Runs waiting for this Evaluation's preference pairs (spec.data.fromEvaluation): its phase is what they wait
-    # on, and its deletion fails them.
+    _wake_evaluation_dependents(state, key, dict(body))
+
+
+def _forget_evaluation(state: OperatorState, key: str, body: dict[str, Any] | None = None) -> None:
+    """The Evaluation is gone (``body``: its last known state, to wake its cycle)."""
+    body = body or state.evaluations.cache.run(key)
+    state.evaluation_queue.forget(key)
+    state.evaluations.forget(key)
+    _wake_evaluation_dependents(state, key, body)
+
+
+def _wake_evaluation_dependents(state: OperatorState, key: str, body: dict[str, Any] | None) -> None:
+    """Runs waiting for this Evaluation's preference pairs (spec.data.fromEvaluation): its phase is what they wait
+    on, and its deletion fails them; and the RewardCycle that made it."""
     for dependent in state.reconciler.evaluation_dependents(key):
         state.queue.request(dependent)
-    _wake_cycle(state, dict(body))
+    if body is not None:
+        _wake_cycle(state, body)
 
 
 def _wake_cycle(state: OperatorState, body: dict[str, Any]) -> None:

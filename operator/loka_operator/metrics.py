@@ -1,5 +1,5 @@
 """Prometheus metrics: reconciles by result, reconcile duration, runs by phase, time queued, API requests, lead,
-and what interruptions cost (by reason and queue)."""
+what interruptions cost (by reason and queue), Evaluations by phase and how long their Jobs ran."""
 
 from __future__ import annotations
 
@@ -55,13 +55,31 @@ class OperatorMetrics:
             ["reason", "queue"],
             registry=self.registry,
         )
+        self.evaluations = Gauge("loka_evaluations", "Evaluations by phase.", ["phase"], registry=self.registry)
+        self.evaluation_seconds = Histogram(
+            "loka_evaluation_duration_seconds",
+            "How long an Evaluation's Job ran, from its start until the Evaluation ended, by the phase it ended in.",
+            ["phase"],
+            buckets=(10, 30, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600),
+            registry=self.registry,
+        )
         self._phases: dict[str, str] = {}
+        self._evaluation_phases: dict[str, str] = {}
 
     def observe_phase(self, key: str, phase: RunPhase | None) -> None:
         """Keep `loka_runs{phase}` exact without listing runs on every scrape."""
-        old = self._phases.pop(key, None)
-        if old is not None:
-            self.runs.labels(phase=old).dec()
-        if phase is not None:
-            self._phases[key] = phase.value
-            self.runs.labels(phase=phase.value).inc()
+        _move(self.runs, self._phases, key, phase.value if phase is not None else None)
+
+    def observe_evaluation_phase(self, key: str, phase: str | None) -> None:
+        """Keep `loka_evaluations{phase}` exact the same way (None: the Evaluation is gone)."""
+        _move(self.evaluations, self._evaluation_phases, key, phase)
+
+
+def _move(gauge: Gauge, phases: dict[str, str], key: str, phase: str | None) -> None:
+    """Count ``key`` under ``phase`` only, in ``gauge`` (by phase) and ``phases`` (what each key is counted under)."""
+    old = phases.pop(key, None)
+    if old is not None:
+        gauge.labels(phase=old).dec()
+    if phase is not None:
+        phases[key] = phase
+        gauge.labels(phase=phase).inc()

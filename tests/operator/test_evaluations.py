@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import yaml
 
 from localcluster.controlplane import S3_BUCKET, LocalCluster
 from localcluster.judge_server import JudgeServer
+from localcluster.operator_process import OperatorProcess
 from loka_api import kinds
 from loka_api.contract import ENV_EVALUATION_NAME, ENV_EVALUATION_NAMESPACE, judge_api_key_env, rollout_file
 from loka_api.storage import ObjectStore, S3Uri
@@ -184,11 +186,12 @@ def test_an_evaluation_waits_for_rollouts_runs_as_an_admitted_job_and_reports_th
         kube.create_run(rm)
 
         # Waiting for the run, saying so; no Job before the rollouts exist.
+        # (The operator may see the Evaluation before the run: it waits for the run to exist first.)
         waiting = eventually(
-            lambda: (s := evaluation(kube, ns, "ev").get("status") or {}).get("phase") == "Pending" and s,
+            lambda: "to succeed" in ((s := evaluation(kube, ns, "ev").get("status") or {}).get("message") or "") and s,
             what="the Evaluation to wait for its source",
         )
-        assert "waiting for run 'grpo' to succeed" in waiting["message"]
+        assert waiting["phase"] == "Pending" and "waiting for run 'grpo' to succeed" in waiting["message"]
         assert kube.batch.list_namespaced_job(ns).items == []
         rm_waits = wait_phase(kube, ns, "rm", "Pending")
         assert "waiting for Evaluation 'ev' to succeed" in rm_waits["message"], rm_waits
@@ -246,3 +249,68 @@ def test_an_evaluation_waits_for_rollouts_runs_as_an_admitted_job_and_reports_th
     eventually(lambda: not kube.batch.list_namespaced_job(ns).items, timeout=60, what="the Job to be deleted")
     account = naming.evaluator_account_name("ev")
     eventually(lambda: not kube.exists(*kinds.SERVICE_ACCOUNT.gvr, ns, account), timeout=60, what="the identity gone")
+
+
+@pytest.fixture
+def cpu_less_queue(kube: Kube) -> Iterator[str]:
+    """A Kueue ClusterQueue with no CPU quota: it admits nothing that asks for a CPU; returns its name."""
+    name = f"lokaev-cq-{uuid.uuid4().hex[:6]}"
+    flavor = f"{name}-flavor"
+    kube.create_cluster_object(kinds.RESOURCE_FLAVOR, {"metadata": {"name": flavor}})
+    resources = [{"name": "cpu", "nominalQuota": "0"}, {"name": "memory", "nominalQuota": "1Ti"}]
+    group = {"coveredResources": ["cpu", "memory"], "flavors": [{"name": flavor, "resources": resources}]}
+    kube.create_cluster_object(
+        kinds.CLUSTER_QUEUE, {"metadata": {"name": name}, "spec": {"namespaceSelector": {}, "resourceGroups": [group]}}
+    )
+    yield name
+    kube.delete_cluster_object(kinds.CLUSTER_QUEUE, name)
+    kube.delete_cluster_object(kinds.RESOURCE_FLAVOR, flavor)
+
+
+def test_a_queued_evaluation_says_why_in_kueues_words_posts_each_phase_and_is_counted(
+    operator: OperatorProcess, cluster: LocalCluster, kube: Kube, ns: str, cpu_less_queue: str
+) -> None:
+    storage = {"endpoint": cluster.s3_endpoint, "credentialsSecret": "loka-s3"}
+    create_secrets(kube, ns)
+    kube.create_run(run_manifest("grpo", ns, rollouts={"every": 1}, storage=storage))
+    eventually(lambda: kube.run(ns, "grpo"), what="the source run")
+    manifest = evaluation_manifest(
+        "ev", ns, source="grpo", output="s3://loka/evals/ev", judge="http://judge:8000/v1", cq=cpu_less_queue,
+        storage=storage,
+    )  # fmt: skip
+    manifest["spec"]["rollouts"]["steps"] = "1"
+    kube.custom.create_namespaced_custom_object(
+        EVALUATIONS.group, EVALUATIONS.version, ns, EVALUATIONS.plural, manifest
+    )
+
+    def wait_evaluation(phase: str) -> dict[str, Any]:
+        found: dict[str, Any] = eventually(
+            lambda: (s := evaluation(kube, ns, "ev").get("status") or {}).get("phase") == phase and s,
+            what=f"the Evaluation to be {phase}",
+        )
+        return found
+
+    wait_evaluation("Pending")
+    # Its rollouts are kept: the Job is made, and Kueue has no CPU to admit it.
+    kube.patch_run_status(ns, "grpo", {"rollouts": {"uri": "s3://loka/tests/ev-rollouts", "step": 1}})
+    wait_evaluation("Queued")
+    (workload,) = eventually(lambda: kube.workloads(ns), what="Kueue's Workload for the evaluator's Job")
+    said = next(c for c in workload["status"]["conditions"] if c["type"] == "QuotaReserved")
+    eventually(
+        lambda: (
+            (evaluation(kube, ns, "ev").get("status") or {}).get("message") == f"waiting for Kueue: {said['message']}"
+        ),
+        what="the Evaluation to say why in Kueue's words",
+    )
+    queued = evaluation(kube, ns, "ev")["status"]
+    admitted = next(c for c in queued["conditions"] if c["type"] == "Admitted")
+    assert (admitted["status"], admitted["reason"]) == ("False", said["reason"])
+    assert "insufficient" in said["message"], said
+
+    # Each phase it entered is an Event on the Evaluation, once; and the operator counts it by phase.
+    events = eventually(
+        lambda: (e := kube.events(ns, "ev", kind="Evaluation")) and len(e) >= 2 and e, what="the Evaluation's Events"
+    )
+    assert sorted(e.reason for e in events) == ["Pending", "Queued"]
+    queued_now = re.search(r'^loka_evaluations\{phase="Queued"\} ([0-9.]+)$', operator.metrics(), re.M)
+    assert queued_now is not None and float(queued_now.group(1)) >= 1

@@ -1,5 +1,6 @@
-"""The operator's caches after a watch gap: what was deleted while the operator could not watch is forgotten once
-its watches come back (kopf relists and reports only what exists; the operator must learn the rest)."""
+"""The operator's caches after a watch gap: what was deleted while the operator could not watch (runs, Evaluations,
+children) is forgotten once its watches come back (kopf relists and reports only what exists; the operator must learn
+the rest)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from kubernetes import client
 from localcluster.controlplane import PORTS, LocalCluster
 from localcluster.faults import FaultProxy
 from localcluster.operator_process import OperatorProcess
+from loka_api import kinds
 from loka_operator import naming
 from tests.operator.conftest import eventually, fresh_namespace, metric, run_manifest, wait_phase
 from tests.operator.kube import Kube
@@ -58,6 +60,24 @@ def cut_off(cluster: LocalCluster, crd: None, kube: Kube, tmp_path: Path) -> Ite
     next(namespaces, None)
 
 
+REWARD_MODEL_RUN = {"algorithm": "rm", "engine": "trl", "data": {"fromEvaluation": "judged"}}
+
+
+def evaluation_manifest(name: str, ns: str) -> dict[str, object]:
+    evaluations = kinds.EVALUATION
+    return {
+        "apiVersion": evaluations.api_version,
+        "kind": evaluations.kind,
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "image": "ghcr.io/acme/loka:rl-train",
+            "rollouts": {"fromRun": "never-made", "steps": "latest"},
+            "judges": [{"name": "one", "endpoint": "http://judge:8000/v1", "model": "m"}],
+            "output": {"uri": "s3://loka/evals/judged"},
+        },
+    }
+
+
 def network_policy_exists(kube: Kube, ns: str, run: str) -> bool:
     policies = client.NetworkingV1Api(kube.api).list_namespaced_network_policy(ns).items
     return naming.network_policy_name(run) in {p.metadata.name for p in policies if p.metadata is not None}
@@ -81,7 +101,15 @@ def test_what_was_deleted_while_the_watch_was_away_is_forgotten_after_the_relist
     for name in ("recreated", "deleted", "kept"):
         eventually(lambda n=name: kube.rayjob(ns, n) and kube.phase(ns, n), timeout=60, what=f"{name} to launch")
     eventually(lambda: kube.status(ns, "follower").get("source", {}).get("uid"), what="the follower to wait")
-    eventually(lambda: metric(operator, "loka_runs") == 4, what="four runs counted")
+    # An Evaluation (waiting for a run that never comes) and a reward model's run waiting for its pairs.
+    evaluations = kinds.EVALUATION
+    kube.custom.create_namespaced_custom_object(
+        evaluations.group, evaluations.version, ns, evaluations.plural, evaluation_manifest("judged", ns)
+    )
+    kube.create_run(run_manifest("rewarded", ns, resources=SMALL, **REWARD_MODEL_RUN))
+    eventually(lambda: kube.status(ns, "rewarded").get("trainData", {}).get("uid"), what="the rm run to wait")
+    eventually(lambda: metric(operator, "loka_runs") == 5, what="five runs counted")
+    eventually(lambda: metric(operator, "loka_evaluations") == 1, what="the Evaluation counted")
 
     # The operator hears nothing while two runs are deleted (their children collected) and a child of the third is
     # deleted by hand; then the watch history is compacted away, as after an outage longer than the watch window.
@@ -89,6 +117,9 @@ def test_what_was_deleted_while_the_watch_was_away_is_forgotten_after_the_relist
     try:
         kube.delete_run(ns, "recreated")
         kube.delete_run(ns, "deleted")
+        kube.custom.delete_namespaced_custom_object(
+            evaluations.group, evaluations.version, ns, evaluations.plural, "judged"
+        )
         client.NetworkingV1Api(kube.api).delete_namespaced_network_policy(naming.network_policy_name("kept"), ns)
         for name in ("recreated", "deleted"):
             eventually(lambda n=name: kube.rayjob(ns, n) is None, timeout=90, what=f"{name}'s RayJob to be collected")
@@ -108,5 +139,9 @@ def test_what_was_deleted_while_the_watch_was_away_is_forgotten_after_the_relist
     # The run waiting for the deleted one's checkpoint learns that it will never come.
     failed = wait_phase(kube, ns, "follower", "Failed", timeout=30)
     assert "deleted" in failed["message"], failed
-    # The deleted run is no longer counted.
-    eventually(lambda: metric(operator, "loka_runs") == 3, timeout=30, what="three runs counted")
+    # The run waiting for the deleted Evaluation's pairs learns that they will never come.
+    failed = wait_phase(kube, ns, "rewarded", "Failed", timeout=30)
+    assert "Evaluation 'judged' was deleted" in failed["message"], failed
+    # The deleted run and the deleted Evaluation are no longer counted.
+    eventually(lambda: metric(operator, "loka_runs") == 4, timeout=30, what="four runs counted")
+    eventually(lambda: metric(operator, "loka_evaluations") == 0, timeout=30, what="no Evaluation counted")

@@ -11,7 +11,7 @@ from loka_api import RunPhase, kinds
 from loka_api.kinds import Kind
 from loka_operator import handlers
 from loka_operator.cache import ListScope
-from loka_operator.children import NETWORK_POLICY, RAY_JOB, REGISTRY
+from loka_operator.children import EVALUATION_JOB, NETWORK_POLICY, RAY_JOB, REGISTRY
 from loka_operator.config import OperatorConfig
 from loka_operator.cycles import CycleReconciler
 from loka_operator.evaluations import EvaluationReconciler
@@ -99,6 +99,66 @@ def test_a_relist_forgets_a_run_deleted_in_the_gap_and_its_children_and_wakes_it
         assert children.bodies(RAY_JOB, "team-a/other") == []
         assert state.metrics.runs.labels(phase="Running")._value.get() == 1
         assert reconciled == ["team-a/follower"]  # told its source is gone; nothing else changed
+
+    asyncio.run(scenario())
+
+
+def evaluation(name: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": kinds.EVALUATION.api_version,
+        "kind": kinds.EVALUATION.kind,
+        "metadata": {"name": name, "namespace": "team-a", "uid": uid, "resourceVersion": "1", "generation": 1},
+        "spec": {},
+        "status": {"phase": "Pending"},
+    }
+
+
+def evaluation_job(name: str, uid: str) -> dict[str, Any]:
+    labels = {**EVALUATION_JOB.labels, "loka.dev/evaluation": name}
+    meta = {"name": f"{name}-eval", "namespace": "team-a", "uid": uid, "resourceVersion": "1", "labels": labels}
+    return {"metadata": meta}
+
+
+def test_a_relist_forgets_an_evaluation_deleted_in_the_gap_and_its_job_and_wakes_the_runs_waiting_on_it() -> None:
+    async def scenario() -> None:
+        client = ListingClient()
+        state, reconciled = state_of(client, ("team-*",))
+        cache, children = state.evaluations.cache, state.evaluations.children
+        for name, uid in (("gone", "e1"), ("kept", "e2")):
+            cache.observe(evaluation(name, uid))
+            children.observe(EVALUATION_JOB, f"team-a/{name}", evaluation_job(name, f"j-{uid}"))
+        state.reconciler.evaluation_waiters.wait("team-a/rm", "team-a/gone")
+        client.objects = {
+            kinds.EVALUATION.kind: [evaluation("kept", "e2")],
+            EVALUATION_JOB.name: [evaluation_job("kept", "j-e2")],
+        }
+        await relist(state)
+        await asyncio.sleep(0)
+        assert cache.keys() == ["team-a/kept"]
+        assert children.bodies(EVALUATION_JOB, "team-a/gone") == []
+        assert reconciled == ["team-a/rm"]  # told its Evaluation is gone; nothing else changed
+
+    asyncio.run(scenario())
+
+
+def test_kopf_listing_evaluations_or_their_jobs_asks_for_a_relist_of_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kopf._cogs.clients import watching
+
+    async def stream(*, resource: Any, **_: Any) -> Any:
+        yield watching.Bookmark.LISTED
+
+    monkeypatch.setattr(watching, "infinite_watch", stream)
+    asked: list[str] = []
+    monkeypatch.setattr(handlers, "_listed_again", lambda state, kind: asked.append(kind))
+
+    async def scenario() -> None:
+        state, _ = state_of(ListingClient(), ())
+        handlers._hear_kopf_listings(state)
+        for kind in (kinds.EVALUATION, EVALUATION_JOB.kind):
+            resource = type("Resource", (), {"group": kind.group, "plural": kind.plural})
+            async for _ in watching.infinite_watch(resource=resource(), settings=None, namespace=None):  # type: ignore[arg-type]
+                pass
+        assert asked == [kinds.EVALUATION.kind, EVALUATION_JOB.name]
 
     asyncio.run(scenario())
 
