@@ -899,6 +899,12 @@ class Metrics(LokaModel):
         default=None, ge=0, description="The step the validation figures were measured at (0: before training)."
     )
     seconds_per_step: float | None = Field(default=None, ge=0, description="Mean time of the recent steps.")
+    reward_components: dict[str, float] | None = Field(
+        default=None,
+        max_length=32,
+        description="RL with spec.reward.components: each component's mean over the last step, by name "
+        "(the metrics file and W&B keep its std, min and max).",
+    )
     updated_at: datetime | None = None
 
 

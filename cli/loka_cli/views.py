@@ -188,6 +188,9 @@ def live_view(
             else f"  reward {_float(metrics.reward_mean, 3)}   kl {_float(metrics.kl_loss, 4)}"
         )
         lines.append(headline + (f"   tokens/s {metrics.tokens_per_second:.0f}" if metrics.tokens_per_second else ""))
+        if metrics.reward_components:
+            parts = (f"{name} {_float(value, 3)}" for name, value in sorted(metrics.reward_components.items()))
+            lines.append("  components  " + "   ".join(parts))
         if (validation := validation_text(metrics)) is not None:
             lines.append(f"  {validation}")
     source = status.source

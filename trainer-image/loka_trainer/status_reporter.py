@@ -61,6 +61,9 @@ def progress_patch(metrics: StepMetrics, total_steps: int | None) -> dict[str, A
                 "pairwiseAccuracy": shown(metrics.pairwise_accuracy),
                 "validationStep": metrics.validation_step,
                 "secondsPerStep": shown(metrics.seconds_per_step),
+                "rewardComponents": {name: shown(value) for name, value in metrics.reward_components.items()}
+                if metrics.reward_components
+                else None,
                 "updatedAt": _now(),
             }
         ),

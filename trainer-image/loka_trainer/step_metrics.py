@@ -31,6 +31,8 @@ SFT_VALIDATION_LOSS = "val/loss"
 # Loka's domain metrics, logged every step by both engines (loka_trainer.reward_metrics, loka_trainer.rollouts).
 DOMAIN_PREFIXES = ("reward/", "judge/", "rm/", "env/", "rollouts/", "perf/samples_per_min")
 SAMPLES_PER_MINUTE = "perf/samples_per_min"
+REWARD_PREFIX, MEAN_SUFFIX = "reward/", "/mean"
+REWARD_TOTAL_MEAN = "reward/total/mean"
 ROLLOUTS_STEP = "rollouts/step"
 # rm: the share of held-out preference pairs scored chosen above rejected (TRL's eval accuracy).
 PAIRWISE_ACCURACY = "val/pairwise_accuracy"
@@ -53,6 +55,7 @@ class StepMetrics:
     validation_step: int | None = None  # the step the validation figures belong to
     seconds_per_step: float | None = None
     rollouts_step: int | None = None  # the newest step whose rollouts were written (spec.rollouts)
+    reward_components: Mapping[str, float] | None = None  # each reward component's mean (reward/<name>/mean)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -89,6 +92,7 @@ _FIGURES = (
     "pairwise_accuracy",
     "validation_step",
     "rollouts_step",
+    "reward_components",
 )
 
 
@@ -108,6 +112,17 @@ def _validation_reward(data: Mapping[str, Any]) -> float | None:
         if (score := _number(data, key)) is not None:
             return score
     return None
+
+
+def _reward_components(data: Mapping[str, Any]) -> dict[str, float] | None:
+    """Each reward component's mean, ``reward/<component>/mean`` (the total is status's rewardMean)."""
+    found = {
+        key[len(REWARD_PREFIX) : -len(MEAN_SUFFIX)]: value
+        for key in data
+        if key.startswith(REWARD_PREFIX) and key.endswith(MEAN_SUFFIX) and key != REWARD_TOTAL_MEAN
+        and key.count("/") == 2 and (value := _number(data, key)) is not None
+    }  # fmt: skip
+    return found or None
 
 
 def parse_line(line: str | bytes) -> StepMetrics | None:
@@ -147,6 +162,7 @@ def parse_line(line: str | bytes) -> StepMetrics | None:
         else None,
         seconds_per_step=seconds,
         rollouts_step=None if rollouts_step is None else int(rollouts_step),
+        reward_components=_reward_components(data),
         raw=data,
     )
 

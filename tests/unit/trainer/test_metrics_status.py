@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from loka_api.checkpoints import CheckpointRecord
-from loka_trainer.status_reporter import StatusReporter
+from loka_trainer.status_reporter import StatusReporter, progress_patch
 from loka_trainer.step_metrics import MetricsFollower, MetricsWriter, StepMetrics, parse_line
 
 VERL_STEP = {
@@ -248,3 +248,21 @@ def test_the_reporter_writes_only_the_status_fields_the_contract_gives_the_train
     reporter.flush()
     written = {key for patch in sent for key in patch}
     assert written and written <= set(TRAINER_STATUS_FIELDS), written - set(TRAINER_STATUS_FIELDS)
+
+
+def test_each_reward_components_mean_reaches_status_beside_the_total() -> None:
+    """A rubric's components (reward/<name>/mean, logged every step) show in status.metrics, rounded for people;
+    the total stays rewardMean and the std/min/max stay in the metrics file."""
+    line = json.dumps({"step": 3, "data": {
+        "training/global_step": 3, "critic/score/mean": 0.61,
+        "reward/total/mean": 0.61, "reward/total/std": 0.2,
+        "reward/environment/mean": 0.512345, "reward/environment/max": 1.0,
+        "reward/toolExecution/mean": 1.0, "reward/formatCompliance/mean": 0.75,
+    }})  # fmt: skip
+    metrics = parse_line(line)
+    assert metrics is not None
+    patch = progress_patch(metrics, total_steps=6)["metrics"]
+    assert patch["rewardMean"] == 0.61
+    assert patch["rewardComponents"] == {"environment": 0.5123, "toolExecution": 1.0, "formatCompliance": 0.75}
+    assert "total" not in patch["rewardComponents"]
+    assert "rewardComponents" not in progress_patch(parse_line(json.dumps({"step": 1, "data": {}})), None)["metrics"]
