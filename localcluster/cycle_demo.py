@@ -8,9 +8,9 @@ machine lacks:
   ClusterQueue the demo holds (Kueue's `stopPolicy: Hold`); once the operator made an Evaluation's Job, the demo
   runs `loka-trainer evaluate` as that pod would (its ServiceAccount's token, its Evaluation's name, MinIO), then
   lets Kueue admit the Job;
-- the reward model's server: the operator does not serve a reward model `fromRun` yet, so once a reward model run
-  succeeded the demo serves its final checkpoint with `loka_trainer.rm_server` at the cycle's
-  `reward.rewardModel.endpoint`, which the next burst's reward component asks.
+- the reward model's server: the operator would serve it for the next burst (`rewardModel.fromRun`), but KWOK runs
+  no server pod, so the demo's cycle gives `reward.rewardModel.endpoint` instead, and once a reward model run
+  succeeded the demo serves its final checkpoint there with `loka_trainer.rm_server`.
 
 Everything else is the operator's: it creates each stage (TrainingRun, Evaluation, TrainingRun) owned by the cycle,
 each waits for the one before by its own field (rollouts.fromRun, data.fromEvaluation, model.fromRun), and the next

@@ -450,9 +450,9 @@ EVALUATION_CRD_PATH = Path("crds") / f"evaluations.{GROUP}.yaml"
 
 
 def _without_rule(schema: JSONSchema, rule: str) -> JSONSchema:
-    schema["x-kubernetes-validations"] = [r for r in schema.get("x-kubernetes-validations", []) if r["rule"] != rule]
-    if not schema["x-kubernetes-validations"]:
-        del schema["x-kubernetes-validations"]
+    kept = [r for r in schema.pop("x-kubernetes-validations", []) if r["rule"] != rule]
+    if kept:
+        schema["x-kubernetes-validations"] = kept
     return schema
 
 
@@ -480,6 +480,10 @@ def build_reward_cycle_crd() -> dict[str, Any]:
         properties[template]["description"] = described
     # The cycle sets each reward model's data.fromEvaluation: its template has neither data source.
     _without_rule(properties["rewardModel"]["properties"]["data"], "has(self.train) != has(self.fromEvaluation)")
+    # ... and each later burst's rewardModel.fromRun (unless it gives an endpoint): neither is required of reward.
+    served = properties["reward"]["properties"]["rewardModel"]
+    for rule in ("has(self.endpoint) != has(self.fromRun)", "!has(self.serving) || has(self.fromRun)"):
+        _without_rule(served, rule)
     spec["x-kubernetes-validations"] = [*spec.get("x-kubernetes-validations", []), *cycle_rules()]
     templates = [name for name in properties if name != "iterations"]
     schema = resource_schema(

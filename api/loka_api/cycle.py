@@ -107,8 +107,9 @@ class CycleReward(LokaModel):
     )
     reward_model: RewardModelSettings = Field(
         description=(
-            "Where the latest reward model is served and how it is asked (the component's settings). The cycle "
-            "creates each later burst only once the reward model it follows succeeded."
+            "The component's settings, without fromRun: the cycle sets rewardModel.fromRun to the reward model the "
+            "burst follows, which the operator serves for the burst (serving: how). Or an endpoint of your own that "
+            "serves it (the cycle creates each later burst only once the reward model it follows succeeded)."
         ),
     )
 
@@ -176,6 +177,17 @@ def cycle_rules() -> list[dict[str, str]]:
             f"{rl_storage} == {eval_storage}",
             "evaluation.storage.endpoint must be rl.storage.endpoint: the Evaluation reads the bursts' rollouts there",
             field_path=".evaluation.storage",
+        ),
+        cel(
+            "!has(self.reward.rewardModel.fromRun)",
+            "reward.rewardModel.fromRun is the cycle's to set: each later burst is rewarded by the reward model of the "
+            "iteration before (leave it out, or give reward.rewardModel.endpoint to ask a server of your own)",
+            field_path=".reward.rewardModel.fromRun",
+        ),
+        cel(
+            "!has(self.reward.rewardModel.endpoint) || !has(self.reward.rewardModel.serving)",
+            "reward.rewardModel.serving is how the operator serves the reward model; with an endpoint you serve it",
+            field_path=".reward.rewardModel.serving",
         ),
         cel(
             "self.reward.combine == 'replace' || (has(self.rl.reward) && has(self.rl.reward.components) ? "

@@ -3,7 +3,8 @@
 Each stage's spec is the cycle's template for it as the user wrote it (no defaults filled in, so the stage reads as
 if applied by hand), with only the links set: the burst an Evaluation judges (``rollouts.fromRun``), the Evaluation a
 reward model trains on (``data.fromEvaluation``), and for every burst after the first the previous burst's final
-checkpoint (``model.fromRun``) and the previous reward model as a reward component.
+checkpoint (``model.fromRun``) and the previous reward model as a reward component (``rewardModel.fromRun``, served for
+the burst by the operator, unless the cycle gives an endpoint of its own).
 """
 
 from __future__ import annotations
@@ -49,11 +50,15 @@ def burst_spec(spec: JSON, cycle: str, iteration: int) -> JSON:
         return burst
     burst["model"] = {"fromRun": {"name": stage_name(cycle, iteration - 1, Stage.RL), "checkpoint": FROM_RUN_FINAL}}
     reward = spec["reward"]
+    settings = copy.deepcopy(reward["rewardModel"])
+    if not settings.get("endpoint"):  # the operator serves the reward model the burst follows, for the burst
+        previous = stage_name(cycle, iteration - 1, Stage.REWARD_MODEL)
+        settings["fromRun"] = {"name": previous, "checkpoint": FROM_RUN_FINAL}
     component = {
         "name": reward.get("name", "rm"),
         "kind": RewardComponentKind.REWARD_MODEL.value,
         "weight": reward.get("weight", 1.0),
-        "rewardModel": copy.deepcopy(reward["rewardModel"]),
+        "rewardModel": settings,
     }
     own = [] if reward.get("combine", "add") == "replace" else own_components(burst)
     burst["reward"] = {"components": [*own, component]}

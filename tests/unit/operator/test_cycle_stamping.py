@@ -181,3 +181,20 @@ def test_the_examples_stamp_valid_stages(example: Any) -> None:
         for each in (Stage.RL, Stage.EVALUATION, Stage.REWARD_MODEL):
             manifest = build_stage(body, iteration, each)
             (Evaluation if each is Stage.EVALUATION else TrainingRun).model_validate(manifest)
+
+
+def test_without_an_endpoint_a_later_burst_is_rewarded_by_the_reward_model_before_it_served_by_the_operator() -> None:
+    body = cycle_body(3)
+    body["spec"]["reward"]["rewardModel"] = {"model": "rm", "serving": {"gpus": 1}}
+    RewardCycle.model_validate(body)
+
+    for iteration in (2, 3):
+        burst = build_stage(body, iteration, Stage.RL)
+        (component,) = [c for c in burst["spec"]["reward"]["components"] if c["kind"] == "rewardModel"]
+        previous = stage_name("c", iteration - 1, Stage.REWARD_MODEL)
+        assert component["rewardModel"] == {
+            "model": "rm",
+            "serving": {"gpus": 1},
+            "fromRun": {"name": previous, "checkpoint": "final"},
+        }
+        TrainingRun.model_validate(burst)
