@@ -57,6 +57,7 @@ def test_the_api_server_refuses_a_cycle_that_cannot_chain_naming_field_value_and
     body["spec"]["rl"]["algorithm"] = "sft"
     del body["spec"]["rl"]["rollouts"]
     body["spec"]["rewardModel"]["data"]["train"] = "s3://loka/prefs.jsonl"
+    body["spec"]["reward"]["rewardModel"]["fromRun"] = {"name": "rm-of-my-own"}
     with pytest.raises(ApiException) as refused:
         kube.custom.create_namespaced_custom_object(CYCLES.group, CYCLES.version, ns, CYCLES.plural, body)
     said = json.loads(refused.value.body or "{}")["message"]
@@ -64,6 +65,7 @@ def test_the_api_server_refuses_a_cycle_that_cannot_chain_naming_field_value_and
     assert "rl.algorithm must be an RL algorithm that keeps rollouts (grpo, rloo, reinforce_plus_plus, remax)" in said
     assert "rl.rollouts and rl.checkpoints must be set" in said
     assert "rewardModel.data.train and rewardModel.data.fromEvaluation are the cycle's to set" in said
+    assert "reward.rewardModel.fromRun is the cycle's to set" in said
     assert "metadata.name must start with a letter" in said and "at most 41 characters" in said
 
 
