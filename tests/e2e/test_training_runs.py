@@ -20,6 +20,9 @@ from localcluster.demo import checkpoint_keys, demo_manifest, s3_client
 from localcluster.stack import OPERATOR_METRICS_PORT, DemoStack
 
 PRIORITY_CLASSES = {"loka-e2e-low": 100, "loka-e2e-high": 10000}
+# The preempted run's length: it reaches about step 8 when preempted and 13 to 17 when suspended (status shows a
+# step up to 10 s late), so it is still training at both; each step past those costs the suite about a second.
+LOW_STEPS = 36
 
 
 def run_manifest(namespace: str, name: str, **spec: Any) -> dict[str, Any]:
@@ -130,7 +133,7 @@ def test_a_preempted_run_with_an_explicit_resume_continues_from_its_own_latest_c
     seed_uri = seeded["checkpoint"]["uri"]
 
     low = apply(cluster, run_manifest(
-        e2e_namespace, "low", training={"maxSteps": 60}, checkpoints={"every": 4, "resume": seed_uri},
+        e2e_namespace, "low", training={"maxSteps": LOW_STEPS}, checkpoints={"every": 4, "resume": seed_uri},
         queue={"name": "e2e", "clusterQueue": e2e_namespace, "priorityClass": "loka-e2e-low"},
     ))  # fmt: skip
     low.until(lambda s: (s.get("checkpoint") or {}).get("step", 0) >= 4, timeout=300, what="a first checkpoint")
@@ -175,7 +178,7 @@ def test_a_preempted_run_with_an_explicit_resume_continues_from_its_own_latest_c
             assert step >= checkpoint, st
     after = [st["progress"]["step"] for st in low.seen[first:] if (st.get("progress") or {}).get("step") is not None]
     assert min(after) >= resumed_from, f"the step went back past checkpoint {resumed_from}: {after}"
-    assert final["progress"]["step"] == 60
+    assert final["progress"]["step"] == LOW_STEPS
     assert final.get("attempt") == 3
 
     assert_saved_on_the_way_out(low, final, resumed_from=resumed_from, reached_at_suspension=reached)
