@@ -57,14 +57,18 @@ class RunWatch:
         self.seen.append(status)
         return status
 
-    def until(self, predicate: Callable[[dict[str, Any]], bool], *, timeout: float, what: str) -> dict[str, Any]:
+    def until(
+        self, predicate: Callable[[dict[str, Any]], bool], *, timeout: float, what: str, after_end: bool = False
+    ) -> dict[str, Any]:
+        """Poll until ``predicate`` holds; a run that finished first fails the wait, unless ``after_end`` (what the
+        trainer still reports once the phase turned, such as its save on the way out)."""
         deadline = time.monotonic() + timeout
         status: dict[str, Any] = {}
         while time.monotonic() < deadline:
             status = self.status()
             if predicate(status):
                 return status
-            if status.get("phase") in ("Succeeded", "Failed") and not predicate(status):
+            if status.get("phase") in ("Succeeded", "Failed") and not after_end:
                 break
             time.sleep(0.5)
         pytest.fail(f"{self.name}: timed out or finished waiting for {what}; last status:\n{yaml.safe_dump(status)}")
@@ -235,16 +239,16 @@ def test_a_deadline_ends_the_run_failed_with_a_final_checkpoint_of_the_step_it_w
     cluster: LocalCluster, stack: DemoStack, e2e_namespace: str
 ) -> None:
     # No periodic checkpoint before the deadline (every 1000): what S3 holds at the end is the save on the way out.
-    # The trainer takes its first step about 12 s after the run starts (CPU, the e2e model), then ~8 steps a second;
-    # a grace period of 40 s leaves it 17 s to end its step and save (0.5 s here).
+    # The trainer takes its first step 12 to 15 s after the run starts (CPU, the e2e model), then 2 to 8 steps a
+    # second; a grace period of 40 s leaves it 17 s to end its step and save (0.5 s here). Status may show no step
+    # before the deadline (the trainer reports every 10 s, late under load): the save proves the run trained.
     limit = 45
     manifest = run_manifest(
         e2e_namespace, "deadline", training={"maxSteps": 5000}, checkpoints={"every": 1000},
         deadline={"seconds": limit}, preemption={"gracePeriodSeconds": 40},
     )  # fmt: skip
     watch = apply(cluster, manifest)
-    watch.until(lambda s: (s.get("progress") or {}).get("step", 0) >= 1, timeout=120, what="a first step")
-    failed = watch.until(lambda s: s.get("phase") == "Failed", timeout=120, what="the deadline to end the run")
+    failed = watch.until(lambda s: s.get("phase") == "Failed", timeout=limit + 120, what="the deadline to end it")
     ended = condition(failed, "Failed")
     assert ended.get("reason") == "DeadlineExceeded", failed
     assert f"spec.deadline.seconds {limit}" in ended.get("message", ""), ended
@@ -254,10 +258,10 @@ def test_a_deadline_ends_the_run_failed_with_a_final_checkpoint_of_the_step_it_w
 
     # The trainer saved the step it was on before its Ray job ended: the marker names that checkpoint, complete.
     saved = watch.until(
-        lambda s: bool((s.get("checkpoint") or {}).get("step")), timeout=60, what="the final checkpoint"
+        lambda s: bool((s.get("checkpoint") or {}).get("step")), timeout=60, what="the final checkpoint", after_end=True
     )
     step = saved["checkpoint"]["step"]
-    assert step >= (failed.get("progress") or {}).get("step", 0) >= 1, saved
+    assert step >= max((st.get("progress") or {}).get("step", 0) for st in watch.seen) >= 1, saved
     keys = checkpoint_keys(cluster, manifest)
     prefix = saved["checkpoint"]["uri"].removeprefix(f"s3://{S3_BUCKET}/")
     assert f"{prefix}/loka-manifest.json" in keys, keys
