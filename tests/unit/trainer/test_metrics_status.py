@@ -265,4 +265,6 @@ def test_each_reward_components_mean_reaches_status_beside_the_total() -> None:
     assert patch["rewardMean"] == 0.61
     assert patch["rewardComponents"] == {"environment": 0.5123, "toolExecution": 1.0, "formatCompliance": 0.75}
     assert "total" not in patch["rewardComponents"]
-    assert "rewardComponents" not in progress_patch(parse_line(json.dumps({"step": 1, "data": {}})), None)["metrics"]
+    plain = parse_line(json.dumps({"step": 1, "data": {}}))
+    assert plain is not None
+    assert "rewardComponents" not in progress_patch(plain, None)["metrics"]
