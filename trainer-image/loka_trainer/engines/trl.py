@@ -496,6 +496,13 @@ def loka_callback(
             self.rollouts_step: int | None = None
             self.saved: int | None = None  # the last step uploaded and marked
 
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            # transformers computes the save, eval and logging intervals from this run's arguments, then replaces
+            # its state with the checkpoint's trainer_state.json on resume: a run resumed from another run's
+            # checkpoint (checkpoints.resume, a fromRun seed) would save and validate at *that* run's interval.
+            state.compute_steps(args, state.max_steps)
+            return control
+
         def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
             self.step_started = time.monotonic()
             if tap is not None:
