@@ -21,6 +21,7 @@ import yaml
 from localcluster.controlplane import S3_BUCKET, LocalCluster
 from localcluster.operator_process import OperatorProcess
 from loka_cli.main import main
+from loka_operator.status_writer import SETTLE_SECONDS
 from tests.operator.conftest import drive_rayjob, eventually, run_manifest, wait_phase
 from tests.operator.kube import Kube
 
@@ -178,9 +179,15 @@ def test_queued_run_shows_its_position_and_kueues_reason(
     kube.create_run(run_manifest("second", ns, **queue))
     wait_phase(kube, ns, "second", "Queued")
     eventually(lambda: "position 1 of 1" in loka("status", "second")[1], timeout=30, what="the queue position")
+    # Kueue's reason reaches the run's status with its next write that matters, or once it has held for the
+    # operator's settle time (a change of words alone is not written at once: loka_operator.status_writer).
+    eventually(
+        lambda: "insufficient unused quota for nvidia.com/gpu" in loka("status", "second")[1],
+        timeout=SETTLE_SECONDS + 30,
+        what="Kueue's reason in the run's status",
+    )
     out = loka("status", "second")[1]
     assert "in LocalQueue team-a (estimated from this namespace): " in out
-    assert "insufficient unused quota for nvidia.com/gpu" in out
 
 
 def test_suspend_resume_and_delete(operator: OperatorProcess, kube: Kube, ns: str, loka: Any) -> None:
