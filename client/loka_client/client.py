@@ -118,20 +118,11 @@ class Client:
         return Run.from_body(self._get_body(name, self._ns(namespace)))
 
     def _get_body(self, name: str, ns: str) -> JSON:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            body: JSON = self.connection.custom.get_namespaced_custom_object(
-                RUNS.group, RUNS.version, ns, RUNS.plural, name
-            )
-        except ApiException as error:
-            if error.status == 404:
-                raise RunNotFoundError(name, ns) from error
-            raise self.connection.explain(error, f"reading TrainingRun {ns}/{name}") from error
-        except LokaError:
-            raise
-        except Exception as error:
-            raise self.connection.explain(error, f"reading TrainingRun {ns}/{name}") from error
+        custom = self.connection.custom
+        body: JSON = self.connection.call_on(
+            "TrainingRun", "reading", name, ns, RunNotFoundError,
+            custom.get_namespaced_custom_object, RUNS.group, RUNS.version, ns, RUNS.plural, name,
+        )  # fmt: skip
         return body
 
     def list(self, namespace: str | None = None, *, all_namespaces: bool = False) -> builtins.list[Run]:

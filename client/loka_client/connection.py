@@ -135,6 +135,32 @@ class Connection:
         except (ApiException, HTTPError, OSError) as error:
             raise self.explain(error, what) from error
 
+    def call_on(  # noqa: PLR0917 - the target, then the call and its arguments as the API client takes them
+        self,
+        kind: str,
+        what: str,
+        name: str,
+        ns: str,
+        not_found: Callable[[str, str], LokaError],
+        fn: Callable[..., Any],
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        """``fn(*args, **kwargs)`` on the ``kind`` object ``ns/name`` (``name`` empty for a create or apply): a 404
+        of a named object is ``not_found(name, ns)``; any other error is explained, naming the operation."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return fn(*args, **kwargs)
+        except ApiException as error:
+            if error.status == 404 and name:
+                raise not_found(name, ns) from error
+            raise self.explain(error, f"{what} {kind} {ns}/{name}".rstrip("/")) from error
+        except LokaError:
+            raise
+        except Exception as error:
+            raise self.explain(error, f"{what} {kind} {ns}/{name}".rstrip("/")) from error
+
     # ------------------------------------------------------------------------------ API groups
 
     @property

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from loka_api import kinds
 from loka_api.cycle import RewardCycle
-from loka_client.errors import InvalidRunError, LokaError, NotFoundError, WaitTimeoutError
+from loka_client.errors import InvalidRunError, NotFoundError, WaitTimeoutError
 from loka_client.runs import JSON, field_of, parse_manifest, problems
 
 if TYPE_CHECKING:
@@ -51,18 +51,7 @@ class Cycles:
         return namespace or self.connection.namespace
 
     def _call(self, what: str, name: str, ns: str, method: Any, *args: Any, **kwargs: Any) -> Any:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            return method(*args, **kwargs)
-        except ApiException as error:
-            if error.status == 404 and name:
-                raise CycleNotFoundError(name, ns) from error
-            raise self.connection.explain(error, f"{what} RewardCycle {ns}/{name}".rstrip("/")) from error
-        except LokaError:
-            raise
-        except Exception as error:
-            raise self.connection.explain(error, f"{what} RewardCycle {ns}/{name}".rstrip("/")) from error
+        return self.connection.call_on("RewardCycle", what, name, ns, CycleNotFoundError, method, *args, **kwargs)
 
     def get(self, name: str, namespace: str | None = None) -> RewardCycle:
         ns = self._ns(namespace)

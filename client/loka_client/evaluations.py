@@ -134,18 +134,7 @@ class Evaluations:
         return namespace or self.connection.namespace
 
     def _call(self, what: str, name: str, ns: str, method: Any, *args: Any, **kwargs: Any) -> Any:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            return method(*args, **kwargs)
-        except ApiException as error:
-            if error.status == 404 and name:
-                raise EvaluationNotFoundError(name, ns) from error
-            raise self.connection.explain(error, f"{what} Evaluation {ns}/{name}".rstrip("/")) from error
-        except LokaError:
-            raise
-        except Exception as error:
-            raise self.connection.explain(error, f"{what} Evaluation {ns}/{name}".rstrip("/")) from error
+        return self.connection.call_on("Evaluation", what, name, ns, EvaluationNotFoundError, method, *args, **kwargs)
 
     def get(self, name: str, namespace: str | None = None) -> EvaluationView:
         ns = self._ns(namespace)
