@@ -280,25 +280,36 @@ def _environment_services(run: TrainingRun, config: OperatorConfig) -> list[JSON
     return build_environment_services(run, config)
 
 
+def _served(
+    component: str, deployments: SideServiceBuilder, services: SideServiceBuilder
+) -> tuple[ChildKind, ChildKind]:
+    """A server the operator runs for a run: its Deployment and Service, told apart from another server's by their
+    component label."""
+    server = ChildKind(
+        kinds.DEPLOYMENT,
+        Relation.OWNED,
+        kept={"spec": ("replicas", "selector", "template"), "status": ("readyReplicas",)},
+        # patch: its replicas follow the run's admission, and a changed template is put back.
+        verbs=frozenset({"get", "create", "patch"}),
+        component=component,
+        repaired=("spec",),
+        build=deployments,
+    )
+    service = ChildKind(
+        kinds.SERVICE,
+        Relation.OWNED,
+        kept={"spec": ("selector", "ports")},
+        verbs=frozenset({"get", "create", "patch"}),
+        component=component,
+        repaired=("spec",),
+        build=services,
+    )
+    return server, service
+
+
 # The MCP environment servers a run brings (spec.environment.servers[].run), `builders/environment.py`.
-ENVIRONMENT_SERVER = ChildKind(
-    kinds.DEPLOYMENT,
-    Relation.OWNED,
-    kept={"spec": ("replicas", "selector", "template"), "status": ("readyReplicas",)},
-    # patch: its replicas follow the run's admission, and a changed template is put back.
-    verbs=frozenset({"get", "create", "patch"}),
-    component=naming.ENVIRONMENT_COMPONENT,
-    repaired=("spec",),
-    build=_environment_deployments,
-)
-ENVIRONMENT_SERVICE = ChildKind(
-    kinds.SERVICE,
-    Relation.OWNED,
-    kept={"spec": ("selector", "ports")},
-    verbs=frozenset({"get", "create", "patch"}),
-    component=naming.ENVIRONMENT_COMPONENT,
-    repaired=("spec",),
-    build=_environment_services,
+ENVIRONMENT_SERVER, ENVIRONMENT_SERVICE = _served(
+    naming.ENVIRONMENT_COMPONENT, _environment_deployments, _environment_services
 )
 
 
@@ -316,24 +327,8 @@ def _reward_model_services(run: TrainingRun, config: OperatorConfig) -> list[JSO
 
 # The reward models the operator serves for a run (spec.reward.components[].rewardModel.fromRun),
 # `builders/reward_model.py`: the same kinds as the environment servers, told apart by their component label.
-REWARD_MODEL_SERVER = ChildKind(
-    kinds.DEPLOYMENT,
-    Relation.OWNED,
-    kept={"spec": ("replicas", "selector", "template"), "status": ("readyReplicas",)},
-    # patch: its replicas follow the run's admission, and a changed template is put back.
-    verbs=frozenset({"get", "create", "patch"}),
-    component=naming.REWARD_MODEL_COMPONENT,
-    repaired=("spec",),
-    build=_reward_model_deployments,
-)
-REWARD_MODEL_SERVICE = ChildKind(
-    kinds.SERVICE,
-    Relation.OWNED,
-    kept={"spec": ("selector", "ports")},
-    verbs=frozenset({"get", "create", "patch"}),
-    component=naming.REWARD_MODEL_COMPONENT,
-    repaired=("spec",),
-    build=_reward_model_services,
+REWARD_MODEL_SERVER, REWARD_MODEL_SERVICE = _served(
+    naming.REWARD_MODEL_COMPONENT, _reward_model_deployments, _reward_model_services
 )
 
 # An Evaluation's children: its Job, and the evaluator's identity (the same kinds and verbs as a run's trainer
