@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -349,20 +350,23 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
 ]
 
 
-def build_crd() -> dict[str, Any]:
+def custom_resource_definition(  # noqa: PLR0917 - the names and columns of one kind, as the CRD lists them
+    kind: str, plural: str, singular: str, short_names: Sequence[str], columns: list[dict[str, Any]], schema: JSONSchema
+) -> dict[str, Any]:
+    """One namespaced kind of this group, version v1alpha1 only, with a status subresource."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PLURAL}.{GROUP}", "labels": {"app.kubernetes.io/part-of": "loka"}},
+        "metadata": {"name": f"{plural}.{GROUP}", "labels": {"app.kubernetes.io/part-of": "loka"}},
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": SINGULAR,
-                "shortNames": list(SHORT_NAMES),
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": singular,
+                "shortNames": list(short_names),
                 "categories": list(CATEGORIES),
             },
             "versions": [
@@ -371,12 +375,16 @@ def build_crd() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
-                    "schema": {"openAPIV3Schema": openapi_schema()},
+                    "additionalPrinterColumns": columns,
+                    "schema": {"openAPIV3Schema": schema},
                 }
             ],
         },
     }
+
+
+def build_crd() -> dict[str, Any]:
+    return custom_resource_definition(KIND, PLURAL, SINGULAR, SHORT_NAMES, PRINTER_COLUMNS, openapi_schema())
 
 
 def render_crd_yaml() -> str:
@@ -412,33 +420,14 @@ def build_evaluation_crd() -> dict[str, Any]:
             )
         ],
     )
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{EVALUATION_PLURAL}.{GROUP}", "labels": {"app.kubernetes.io/part-of": "loka"}},
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": EVALUATION_KIND,
-                "listKind": f"{EVALUATION_KIND}List",
-                "plural": EVALUATION_PLURAL,
-                "singular": EVALUATION_SINGULAR,
-                "shortNames": list(EVALUATION_SHORT_NAMES),
-                "categories": list(CATEGORIES),
-            },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": EVALUATION_PRINTER_COLUMNS,
-                    "schema": {"openAPIV3Schema": schema},
-                }
-            ],
-        },
-    }
+    return custom_resource_definition(
+        EVALUATION_KIND,
+        EVALUATION_PLURAL,
+        EVALUATION_SINGULAR,
+        EVALUATION_SHORT_NAMES,
+        EVALUATION_PRINTER_COLUMNS,
+        schema,
+    )
 
 
 def render_evaluation_crd_yaml() -> str:
@@ -510,33 +499,14 @@ def build_reward_cycle_crd() -> dict[str, Any]:
             ),
         ],
     )
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{REWARD_CYCLE_PLURAL}.{GROUP}", "labels": {"app.kubernetes.io/part-of": "loka"}},
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": REWARD_CYCLE_KIND,
-                "listKind": f"{REWARD_CYCLE_KIND}List",
-                "plural": REWARD_CYCLE_PLURAL,
-                "singular": REWARD_CYCLE_SINGULAR,
-                "shortNames": list(REWARD_CYCLE_SHORT_NAMES),
-                "categories": list(CATEGORIES),
-            },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": REWARD_CYCLE_PRINTER_COLUMNS,
-                    "schema": {"openAPIV3Schema": schema},
-                }
-            ],
-        },
-    }
+    return custom_resource_definition(
+        REWARD_CYCLE_KIND,
+        REWARD_CYCLE_PLURAL,
+        REWARD_CYCLE_SINGULAR,
+        REWARD_CYCLE_SHORT_NAMES,
+        REWARD_CYCLE_PRINTER_COLUMNS,
+        schema,
+    )
 
 
 def render_reward_cycle_crd_yaml() -> str:
