@@ -92,44 +92,39 @@ def run_pods_selector(run: str) -> dict[str, Any]:
     return {"matchLabels": {LABEL_RUN: run}}
 
 
-def run_labels(run: str, component: str) -> dict[str, str]:
-    return {
-        LABEL_RUN: run,
-        LABEL_MANAGED_BY: OPERATOR_NAME,
-        LABEL_PART_OF: "loka",
-        LABEL_COMPONENT: component,
+def _labels(key: str, owner: str, component: str) -> dict[str, str]:
+    """What the operator puts on a child: whose it is (a run, an Evaluation, a cycle by ``key``), and what it is."""
+    return {key: owner, LABEL_MANAGED_BY: OPERATOR_NAME, LABEL_PART_OF: "loka", LABEL_COMPONENT: component}
+
+
+def _controller_reference(kind: kinds.Kind, name: str, uid: str, *, block_owner_deletion: bool) -> dict[str, Any]:
+    reference: dict[str, Any] = {
+        "apiVersion": kind.api_version,
+        "kind": kind.kind,
+        "name": name,
+        "uid": uid,
+        "controller": True,
     }
+    if block_owner_deletion:
+        reference["blockOwnerDeletion"] = True
+    return reference
+
+
+def run_labels(run: str, component: str) -> dict[str, str]:
+    return _labels(LABEL_RUN, run, component)
 
 
 def owner_reference(run: str, uid: str) -> dict[str, Any]:
-    return {
-        "apiVersion": kinds.TRAINING_RUN.api_version,
-        "kind": kinds.TRAINING_RUN.kind,
-        "name": run,
-        "uid": uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+    return _controller_reference(kinds.TRAINING_RUN, run, uid, block_owner_deletion=True)
 
 
 def rayjob_owner_reference(rayjob: str, uid: str) -> dict[str, Any]:
     """No blockOwnerDeletion: that would need `update` on rayjobs/finalizers, and nothing waits on it."""
-    return {
-        "apiVersion": kinds.RAY_JOB.api_version,
-        "kind": kinds.RAY_JOB.kind,
-        "name": rayjob,
-        "uid": uid,
-        "controller": True,
-    }
+    return _controller_reference(kinds.RAY_JOB, rayjob, uid, block_owner_deletion=False)
 
 
 def evaluation_labels(evaluation: str, component: str) -> dict[str, str]:
-    return {
-        LABEL_EVALUATION: evaluation,
-        LABEL_MANAGED_BY: OPERATOR_NAME,
-        LABEL_PART_OF: "loka",
-        LABEL_COMPONENT: component,
-    }
+    return _labels(LABEL_EVALUATION, evaluation, component)
 
 
 def evaluation_job_name(evaluation: str) -> str:
@@ -147,34 +142,15 @@ def evaluator_account_name(evaluation: str) -> str:
 
 
 def evaluation_owner_reference(evaluation: str, uid: str) -> dict[str, Any]:
-    return {
-        "apiVersion": kinds.EVALUATION.api_version,
-        "kind": kinds.EVALUATION.kind,
-        "name": evaluation,
-        "uid": uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+    return _controller_reference(kinds.EVALUATION, evaluation, uid, block_owner_deletion=True)
 
 
 def cycle_labels(cycle: str, component: str) -> dict[str, str]:
-    return {
-        LABEL_CYCLE: cycle,
-        LABEL_MANAGED_BY: OPERATOR_NAME,
-        LABEL_PART_OF: "loka",
-        LABEL_COMPONENT: component,
-    }
+    return _labels(LABEL_CYCLE, cycle, component)
 
 
 def cycle_owner_reference(cycle: str, uid: str) -> dict[str, Any]:
-    return {
-        "apiVersion": kinds.REWARD_CYCLE.api_version,
-        "kind": kinds.REWARD_CYCLE.kind,
-        "name": cycle,
-        "uid": uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+    return _controller_reference(kinds.REWARD_CYCLE, cycle, uid, block_owner_deletion=True)
 
 
 def run_key(namespace: str, name: str) -> str:
