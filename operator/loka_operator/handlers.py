@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ from prometheus_client import start_http_server
 
 from loka_api import kinds
 from loka_operator import lineage, naming
-from loka_operator.cache import InScope, ListScope, relist_children, relist_runs
+from loka_operator.cache import Children, InScope, ListScope, RunCache, relist_children, relist_runs
 from loka_operator.children import CHILDREN, EVALUATION_CHILDREN, REGISTRY, WORKLOAD, ChildKind, by_cycle_label
 from loka_operator.config import OperatorConfig
 from loka_operator.credentials import login
@@ -245,32 +245,37 @@ async def relist(state: OperatorState, wanted: Collection[str] | None = None) ->
     """One LIST per kind (`wanted`: their names, None: every kind) replaces what the caches hold of it: runs the list
     lacks are forgotten, runs whose children it added, changed or removed are reconciled."""
     async with state.relist_lock:
-        cache = state.reconciler.cache
-        if wanted is None or RUNS in wanted:
-            changed, gone = await relist_runs(cache, state.client, state.scope)
-            for key in gone:
-                log.info("run %s is gone (deleted while the watch was away): forgetting it", key)
-                _forget_run(state, key)
-            for key in changed:
-                state.queue.request(key)
-        listed = [child for child in CHILDREN if wanted is None or child.name in wanted]
-        touched = await relist_children(state.reconciler.children, state.client, state.scope, listed)
-        for key in touched:
-            if cache.known(key):
-                state.queue.request(key)
-        evaluations = state.evaluations.cache
-        if wanted is None or EVALUATIONS in wanted:
-            changed, gone = await relist_runs(evaluations, state.client, state.scope)
-            for key in gone:
-                log.info("Evaluation %s is gone (deleted while the watch was away): forgetting it", key)
-                _forget_evaluation(state, key)
-            for key in changed:
-                state.evaluation_queue.request(key)
-        listed = [child for child in EVALUATION_CHILDREN if wanted is None or child.name in wanted]
-        touched = await relist_children(state.evaluations.children, state.client, state.scope, listed)
-        for key in touched:
-            if evaluations.known(key):
-                state.evaluation_queue.request(key)
+        reconciler, evaluations = state.reconciler, state.evaluations
+        await _relist_parents(state, wanted, RUNS, "run", reconciler.cache, reconciler.children, CHILDREN,
+                              _forget_run, state.queue)  # fmt: skip
+        await _relist_parents(state, wanted, EVALUATIONS, "Evaluation", evaluations.cache, evaluations.children,
+                              EVALUATION_CHILDREN, _forget_evaluation, state.evaluation_queue)  # fmt: skip
+
+
+async def _relist_parents(  # noqa: PLR0917 - one parent kind's caches, children and queue, as relist names them
+    state: OperatorState,
+    wanted: Collection[str] | None,
+    kind: str,
+    noun: str,
+    cache: RunCache,
+    children: Children,
+    child_kinds: Iterable[ChildKind],
+    forget: Callable[[OperatorState, str], None],
+    queue: RunQueue,
+) -> None:
+    """Relist one parent kind (runs or Evaluations) and its children: forget the parents gone, reconcile the ones
+    whose object or children changed."""
+    if wanted is None or kind in wanted:
+        changed, gone = await relist_runs(cache, state.client, state.scope)
+        for key in gone:
+            log.info("%s %s is gone (deleted while the watch was away): forgetting it", noun, key)
+            forget(state, key)
+        for key in changed:
+            queue.request(key)
+    listed = [child for child in child_kinds if wanted is None or child.name in wanted]
+    for key in await relist_children(children, state.client, state.scope, listed):
+        if cache.known(key):
+            queue.request(key)
 
 
 def _hear_kopf_listings(state: OperatorState) -> None:
