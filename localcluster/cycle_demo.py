@@ -41,7 +41,7 @@ from loka_api.contract import ENV_EVALUATION_NAME, ENV_EVALUATION_NAMESPACE
 from loka_api.cycle import STAGE_FAILED, STAGE_SUCCEEDED, CyclePhase, RewardCycle, Stage, StageStatus
 from loka_api.storage import S3Uri
 from loka_client import Client, NotFoundError
-from loka_client.describe import describe_line
+from loka_client.describe import describe_line, evaluation_line
 
 CYCLE = REPO_ROOT / "examples" / "cycle" / "reward-cycle-demo.yaml"
 EVALUATION_QUEUE = "loka-demo-evals"  # the cycle's evaluation.queue.clusterQueue
@@ -181,11 +181,7 @@ def stage_line(client: Client, stage: StageStatus) -> tuple[str | None, str]:
     with contextlib.suppress(NotFoundError):
         if stage.stage is Stage.EVALUATION:
             evaluation = client.evaluations.get(stage.name).status
-            phase = evaluation.phase.value if evaluation.phase else None
-            judged = f", {evaluation.samples_judged} judged" if evaluation.samples_judged is not None else ""
-            pairs = f", {evaluation.preferences} pairs" if evaluation.preferences is not None else ""
-            message = f": {evaluation.message}" if evaluation.message else ""
-            return phase, f"{phase or 'Pending'}{judged}{pairs}{message}"
+            return (evaluation.phase.value if evaluation.phase else None), evaluation_line(evaluation)
         status = client.get(stage.name).status
         return (status.phase.value if status.phase else None), describe_line(status)
     return None, "not created yet"

@@ -172,6 +172,37 @@ def cmd_eval_delete(args: argparse.Namespace) -> int:
     return evaluations.delete(_client(args), args.name, wait=args.wait, timeout=args.timeout)
 
 
+def cmd_cycle_submit(args: argparse.Namespace) -> int:
+    from loka_cli import cycles
+
+    return cycles.submit(_client(args), args.file, wait=args.wait, timeout=args.timeout, dry_run=args.dry_run)
+
+
+def cmd_cycle_list(args: argparse.Namespace) -> int:
+    from loka_cli import cycles
+
+    return cycles.listing(_client(args), all_namespaces=args.all_namespaces, output=args.output)
+
+
+def cmd_cycle_status(args: argparse.Namespace) -> int:
+    from loka_cli import cycles
+
+    return cycles.status(_client(args), args.name, watch=args.watch, all_namespaces=args.all_namespaces,
+                         output=args.output, timeout=args.timeout)  # fmt: skip
+
+
+def cmd_cycle_wait(args: argparse.Namespace) -> int:
+    from loka_cli import cycles
+
+    return cycles.wait(_client(args), args.name, timeout=args.timeout)
+
+
+def cmd_cycle_delete(args: argparse.Namespace) -> int:
+    from loka_cli import cycles
+
+    return cycles.delete(_client(args), args.name, wait=args.wait, timeout=args.timeout)
+
+
 def cmd_completion(args: argparse.Namespace) -> int:
     from argcomplete.shell_integration import shellcode
 
@@ -354,39 +385,73 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  (one place list
     delete.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True, help="wait until it is gone")
     delete.add_argument("--timeout", type=float, default=120, help="seconds to wait (default 120)")
 
+    def subcommands(name: str, help_: str, description: str) -> Callable[..., argparse.ArgumentParser]:
+        """A command with commands of its own (``loka eval``, ``loka cycle``); returns how to add one."""
+        group = commands.add_parser(name, help=help_, description=description)
+        sub = group.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
+
+        def add(command_name: str, handler: Handler, help_: str, *parents: argparse.ArgumentParser) -> Any:
+            parser = sub.add_parser(command_name, help=help_, description=help_, parents=[cluster_flags, *parents])
+            parser.set_defaults(handler=handler)
+            return parser
+
+        return add
+
+    def submit_flags(sub: argparse.ArgumentParser, what: str) -> None:
+        sub.add_argument("-f", "--file", required=True, help=f"the {what}'s YAML (- for stdin)")
+        sub.add_argument("--wait", action="store_true", help="follow it until it succeeds (0) or fails (1)")
+        sub.add_argument("--timeout", type=float, default=24 * 3600, help="seconds --wait waits (default a day)")
+        sub.add_argument("--dry-run", action="store_true", help="let the API server validate it, change nothing")
+
+    def status_flags(sub: argparse.ArgumentParser, what: str) -> None:
+        sub.add_argument("name", metavar="NAME", nargs="?", help=f"the {what}")
+        sub.add_argument("-w", "--watch", action="store_true", help="follow NAME until it ends")
+        sub.add_argument("-A", "--all-namespaces", action="store_true", help=f"{what}s of every namespace")
+        sub.add_argument("--timeout", type=float, default=24 * 3600, help="seconds -w follows (default a day)")
+
+    def wait_flags(sub: argparse.ArgumentParser, what: str) -> None:
+        sub.add_argument("name", metavar="NAME", help=f"the {what}")
+        sub.add_argument("--timeout", type=float, default=24 * 3600, help="seconds to wait (default a day)")
+
+    def delete_flags(sub: argparse.ArgumentParser, what: str) -> None:
+        sub.add_argument("name", metavar="NAME", help=f"the {what}")
+        sub.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True, help="until it is gone")
+        sub.add_argument("--timeout", type=float, default=120, help="seconds to wait (default 120)")
+
     # Evaluations (LLM judges over a run's rollouts): the run commands' names, under `loka eval`.
-    evals = commands.add_parser(
-        "eval", help="Evaluations: judge a run's rollouts (submit, status, wait, delete)",
-        description="Evaluations: LLM judges over a run's kept rollouts, writing scores and preference pairs",
+    eval_command = subcommands(
+        "eval", "Evaluations: judge a run's rollouts (submit, status, wait, delete)",
+        "Evaluations: LLM judges over a run's kept rollouts, writing scores and preference pairs",
     )  # fmt: skip
-    eval_commands = evals.add_subparsers(dest="eval_command", metavar="COMMAND", required=True)
+    submit_flags(eval_command("submit", cmd_eval_submit, "apply an Evaluation; with --wait, follow it to the end"),
+                 "Evaluation")  # fmt: skip
+    status_flags(eval_command("status", cmd_eval_status,
+                              "list Evaluations, or show one (judges' parse and error rates, pairs)", output_flag),
+                 "Evaluation")  # fmt: skip
+    wait_flags(eval_command("wait", cmd_eval_wait, "wait until an Evaluation ends: 0 when it succeeded, 1 if not"),
+               "Evaluation")  # fmt: skip
+    delete_flags(eval_command("delete", cmd_eval_delete, "delete an Evaluation and its Job (its output stays in S3)"),
+                 "Evaluation")  # fmt: skip
 
-    def eval_command(
-        name: str, handler: Handler, help_: str, *parents: argparse.ArgumentParser
-    ) -> argparse.ArgumentParser:
-        sub = eval_commands.add_parser(name, help=help_, description=help_, parents=[cluster_flags, *parents])
-        sub.set_defaults(handler=handler)
-        return sub
-
-    eval_submit = eval_command("submit", cmd_eval_submit, "apply an Evaluation; with --wait, follow it to the end")
-    eval_submit.add_argument("-f", "--file", required=True, help="the Evaluation's YAML (- for stdin)")
-    eval_submit.add_argument("--wait", action="store_true", help="follow it until it succeeds (0) or fails (1)")
-    eval_submit.add_argument("--timeout", type=float, default=24 * 3600, help="seconds --wait waits (default a day)")
-    eval_submit.add_argument("--dry-run", action="store_true", help="let the API server validate it, change nothing")
-    eval_status = eval_command(
-        "status", cmd_eval_status, "list Evaluations, or show one (judges' parse and error rates, pairs)", output_flag
-    )
-    eval_status.add_argument("name", metavar="NAME", nargs="?", help="the Evaluation")
-    eval_status.add_argument("-w", "--watch", action="store_true", help="follow NAME until it ends")
-    eval_status.add_argument("-A", "--all-namespaces", action="store_true", help="Evaluations of every namespace")
-    eval_status.add_argument("--timeout", type=float, default=24 * 3600, help="seconds -w follows (default a day)")
-    eval_wait = eval_command("wait", cmd_eval_wait, "wait until an Evaluation ends: 0 when it succeeded, 1 if not")
-    eval_wait.add_argument("name", metavar="NAME", help="the Evaluation")
-    eval_wait.add_argument("--timeout", type=float, default=24 * 3600, help="seconds to wait (default a day)")
-    eval_delete = eval_command("delete", cmd_eval_delete, "delete an Evaluation and its Job (its output stays in S3)")
-    eval_delete.add_argument("name", metavar="NAME", help="the Evaluation")
-    eval_delete.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True, help="until it is gone")
-    eval_delete.add_argument("--timeout", type=float, default=120, help="seconds to wait (default 120)")
+    # RewardCycles (RL, Evaluation, reward model, next RL): the same commands, under `loka cycle`.
+    cycle_command = subcommands(
+        "cycle", "RewardCycles: RL, judges, a reward model, RL again (submit, list, status, wait, delete)",
+        "RewardCycles: RL bursts, each followed by an Evaluation of its rollouts and a reward model on the judges' "
+        "preferences, which rewards the next burst",
+    )  # fmt: skip
+    submit_flags(cycle_command("submit", cmd_cycle_submit, "apply a RewardCycle; with --wait, follow it to the end"),
+                 "RewardCycle")  # fmt: skip
+    cycle_list = cycle_command("list", cmd_cycle_list, "list RewardCycles (phase, iteration, stage)", output_flag)
+    cycle_list.add_argument("-A", "--all-namespaces", action="store_true", help="RewardCycles of every namespace")
+    status_flags(cycle_command("status", cmd_cycle_status,
+                               "list RewardCycles, or show one: each iteration's stages, their phases and links",
+                               output_flag),
+                 "RewardCycle")  # fmt: skip
+    wait_flags(cycle_command("wait", cmd_cycle_wait, "wait until a RewardCycle ends: 0 when it succeeded, 1 if not"),
+               "RewardCycle")  # fmt: skip
+    delete_flags(cycle_command("delete", cmd_cycle_delete,
+                               "delete a RewardCycle and its stages (what they wrote stays in S3)"),
+                 "RewardCycle")  # fmt: skip
 
     completion = command("completion", cmd_completion, "print the shell completion script (bash, zsh, fish)")
     completion.add_argument("shell", choices=("bash", "zsh", "fish"))

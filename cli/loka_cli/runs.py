@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Sequence
 from typing import TextIO
 
 from loka_api.phases import TERMINAL
-from loka_cli.errors import EXIT_FAILED, EXIT_OK, CliError, usage
+from loka_cli import resources
+from loka_cli.errors import EXIT_FAILED, EXIT_OK, usage
 from loka_cli.views import dump, live_view, table
-from loka_client import Client, InvalidRunError, Run, WaitTimeoutError
+from loka_client import Client, InvalidRunError, Run
 from loka_client.describe import describe_line
-from loka_client.runs import JSON, checked_manifest, parse_manifest
-
-
-def read_manifest(path: str, namespace_flag: str | None, default_namespace: Callable[[], str]) -> JSON:
-    """The TrainingRun in ``path`` (``-`` for stdin), checked against the models before it is sent."""
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
-    except OSError as error:
-        raise usage(f"-f {path}: {error.strerror}") from error
-    manifest = checked_manifest(parse_manifest(text, f"-f {path}"), namespace_flag, f"-f {path}")
-    manifest["metadata"]["namespace"] = manifest["metadata"].get("namespace") or default_namespace()
-    return manifest
 
 
 def submit(
@@ -38,40 +26,25 @@ def submit(
     out: TextIO | None = None,
 ) -> int:
     out = out or sys.stdout
-    manifest = read_manifest(path, client.connection.namespace_flag, lambda: client.namespace)
-    client.connection.use_namespace(manifest["metadata"]["namespace"])
-    applied = client.apply(manifest, force_conflicts=force_conflicts, dry_run=dry_run)
-    created = applied.metadata.generation == 1 and not applied.manifest.get("status")
-    verb = "validated (server dry run)" if dry_run else ("created" if created else "configured")
-    print(f"trainingrun.loka.dev/{applied.name} {verb} in namespace {applied.namespace}", file=out, flush=True)
+    applied = resources.submit(client.runs, path, dry_run=dry_run, force_conflicts=force_conflicts, out=out)
     if not wait or dry_run:
         return EXIT_OK
     final = follow(client, applied.name, timeout=timeout, out=out)
-    return EXIT_OK if final.phase == "Succeeded" else EXIT_FAILED
+    return resources.exit_code(final)
 
 
 def follow(client: Client, name: str, *, timeout: float, out: TextIO | None = None) -> Run:
     """Print one line each time the run's phase, step, reward or checkpoint changes; return the run as it ended."""
     out = out or sys.stdout
-    started = time.monotonic()
-    last = ""
-    run: Run | None = None
-    for change in client.watch(name, timeout=timeout):
-        run = change.run
-        line = describe_line(run.status)
-        if line != last:
-            print(f"  [{time.monotonic() - started:6.1f}s] {line}", file=out, flush=True)
-            last = line
-    if run is None or not run.finished:
-        raise WaitTimeoutError(
-            f"{name} did not finish within {timeout:.0f}s; last seen: {last}",
-            run,
-            hint=f"it keeps running; watch it with `loka status {name} -w -n {client.namespace}`",
-        )
+    run = resources.follow(client.runs, name, line=lambda r: describe_line(r.status), timeout=timeout, out=out)
     if run.phase == "Failed":
         print(f"  run failed: {run.status.message or '(no message)'}", file=out)
         print(f"  see why: loka logs {name} -n {client.namespace}", file=out)
     return run
+
+
+def _table(runs: Sequence[Run], all_namespaces: bool) -> str:
+    return table(runs, all_namespaces=all_namespaces)
 
 
 def status(
@@ -85,26 +58,11 @@ def status(
     out: TextIO | None = None,
 ) -> int:
     out = out or sys.stdout
-    if name is None:
-        if watch:
-            raise usage("-w needs a run name", "loka status NAME -w")
-        runs = client.list(all_namespaces=all_namespaces)
-        if output:
-            print(dump({"apiVersion": "v1", "kind": "List", "items": [r.manifest for r in runs]}, output), file=out)
-        elif not runs:
-            where = "any namespace" if all_namespaces else f"namespace {client.namespace!r}"
-            print(f"No TrainingRuns in {where}.", file=out)
-        else:
-            print(table(runs, all_namespaces=all_namespaces), file=out)
-        return EXIT_OK
-    if not watch:
-        run = client.get(name)
-        if output:
-            print(dump(run.manifest, output), file=out)
-        else:
-            print(live_view(run, queue=_queue(client, run)), file=out)
-        return EXIT_OK
-    return _watch(client, name, timeout=timeout, output=output, out=out)
+    followed = (lambda n: _watch(client, n, timeout=timeout, output=output, out=out)) if watch else None
+    return resources.status(
+        client.runs, name, "loka status", _table, lambda run: live_view(run, queue=_queue(client, run)), followed,
+        all_namespaces=all_namespaces, output=output, out=out,
+    )  # fmt: skip
 
 
 def _queue(client: Client, run: Run) -> str | None:
@@ -159,13 +117,7 @@ def set_suspend(client: Client, name: str, suspend: bool, out: TextIO | None = N
 
 
 def delete(client: Client, name: str, *, wait: bool, timeout: float, out: TextIO | None = None) -> int:
-    out = out or sys.stdout
-    try:
-        client.delete(name, wait=wait, timeout=timeout)
-    except WaitTimeoutError as error:
-        raise CliError(error.message) from error
-    print(
-        f'trainingrun.loka.dev "{name}" deleted (its RayJob and Ray cluster go with it; checkpoints stay in S3)',
-        file=out,
-    )
-    return EXIT_OK
+    return resources.delete(
+        client.runs, name, wait=wait, timeout=timeout, out=out or sys.stdout,
+        after="its RayJob and Ray cluster go with it; checkpoints stay in S3",
+    )  # fmt: skip

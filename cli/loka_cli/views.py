@@ -46,18 +46,24 @@ def _float(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def columns(header: Sequence[str], rows: Sequence[tuple[str, Sequence[str]]], *, all_namespaces: bool = False) -> str:
+    """Rows of ``(namespace, cells)`` aligned under the header as kubectl aligns them; with ``all_namespaces``, a
+    NAMESPACE column first."""
+    lines = [["NAMESPACE", *header] if all_namespaces else list(header)]
+    lines += [[namespace, *cells] if all_namespaces else list(cells) for namespace, cells in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join("   ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines)
+
+
 def table(runs: Sequence[TrainingRun], *, all_namespaces: bool = False, now: datetime | None = None) -> str:
     """One line per run: the printer columns of `kubectl get trainingruns`, plus the attempt."""
-    header = ["NAME", "PHASE", "STEP", "REWARD", "CHECKPOINT", "QUEUE", "ATTEMPT", "AGE"]
-    if all_namespaces:
-        header.insert(0, "NAMESPACE")
-    rows = [header]
+    rows = []
     for run in runs:
         status = run.status
         step = status.progress.step if status.progress else None
         total = status.progress.total_steps if status.progress else None
         checkpoint = status.checkpoint.step if status.checkpoint else None
-        row = [
+        cells = [
             run.metadata.name,
             status.phase or RunPhase.PENDING,
             "-" if step is None else (f"{step}/{total}" if total else str(step)),
@@ -67,11 +73,9 @@ def table(runs: Sequence[TrainingRun], *, all_namespaces: bool = False, now: dat
             str(status.attempt or "-"),
             age(run.metadata.creation_timestamp, now),
         ]
-        if all_namespaces:
-            row.insert(0, run.metadata.namespace)
-        rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    return "\n".join("   ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+        rows.append((run.metadata.namespace, cells))
+    header = ["NAME", "PHASE", "STEP", "REWARD", "CHECKPOINT", "QUEUE", "ATTEMPT", "AGE"]
+    return columns(header, rows, all_namespaces=all_namespaces)
 
 
 def eta_seconds(status: TrainingRunStatus, observed_rate: float | None = None) -> tuple[float, float] | None:

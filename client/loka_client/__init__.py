@@ -11,11 +11,14 @@ reader, and kinds are named through `loka_api.kinds`. It never imports the opera
 """
 
 from loka_client.client import Client
+from loka_client.cycles import CycleNotFoundError, Cycles, CycleView
 from loka_client.errors import (
     CheckpointMismatchError,
     CheckpointNotFoundError,
     ClusterError,
+    CycleFailedError,
     EvaluationFailedError,
+    FailedError,
     InvalidInputError,
     InvalidRunError,
     LokaError,
@@ -26,25 +29,34 @@ from loka_client.errors import (
     WaitTimeoutError,
 )
 from loka_client.evaluations import EvaluationNotFoundError, Evaluations, EvaluationView
-from loka_client.runs import Run, RunChange
+from loka_client.resources import CustomResources, ObjectView
+from loka_client.runs import Run, RunChange, Runs
 
 __all__ = [
     "CheckpointMismatchError",
     "CheckpointNotFoundError",
     "Client",
     "ClusterError",
+    "CustomResources",
+    "CycleFailedError",
+    "CycleNotFoundError",
+    "CycleView",
+    "Cycles",
     "EvaluationFailedError",
     "EvaluationNotFoundError",
     "EvaluationView",
     "Evaluations",
+    "FailedError",
     "InvalidInputError",
     "InvalidRunError",
     "LokaError",
     "NotFoundError",
+    "ObjectView",
     "Run",
     "RunChange",
     "RunFailedError",
     "RunNotFoundError",
+    "Runs",
     "StorageError",
     "WaitTimeoutError",
 ]

@@ -11,9 +11,7 @@ client.wait(run.name)                           # the final run; RunFailedError 
 from __future__ import annotations
 
 import builtins
-import json
 import os
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,31 +22,16 @@ from loka_client import ray
 from loka_client.checkpoints import DownloadedCheckpoint, RunStorage
 from loka_client.connection import Connection
 from loka_client.cycles import Cycles
-from loka_client.errors import (
-    InvalidRunError,
-    LokaError,
-    NotFoundError,
-    RunFailedError,
-    RunNotFoundError,
-    WaitTimeoutError,
-)
+from loka_client.errors import InvalidRunError, NotFoundError
 from loka_client.evaluations import Evaluations
 from loka_client.portforward import PortForward
 from loka_client.queue import QueueStanding, queue_standing
-from loka_client.runs import JSON, Run, RunChange, checked_manifest, parse_manifest
+from loka_client.resources import JSON
+from loka_client.runs import Run, RunChange, Runs, wire_manifest
 from loka_client.storage import upload_files
 
 if TYPE_CHECKING:
     from loka_api.checkpoints import Checkpoint
-
-# Server-side apply's field manager: what `kubectl get --show-managed-fields` names as the run's author.
-FIELD_MANAGER = "loka"
-# One watch request lasts at most this long before it is made again (the API server ends long ones anyway).
-WATCH_REQUEST_SECONDS = 60
-# How often delete(wait=True) looks again.
-POLL_SECONDS = 0.5
-
-RUNS = kinds.TRAINING_RUN
 
 
 class Client:
@@ -99,13 +82,19 @@ class Client:
         return self.connection.api
 
     @property
+    def runs(self) -> Runs:
+        """The cluster's TrainingRuns as any of Loka's kinds (get, list, submit, watch, wait, delete): what this
+        client's own run methods stand on."""
+        return Runs(self.connection)
+
+    @property
     def evaluations(self) -> Evaluations:
         """The cluster's Evaluations (LLM judges over a run's rollouts): get, list, submit, wait, delete."""
         return Evaluations(self.connection)
 
     @property
     def cycles(self) -> Cycles:
-        """The cluster's RewardCycles (RL, Evaluation, reward model, next RL): get, submit, delete."""
+        """The cluster's RewardCycles (RL, Evaluation, reward model, next RL): get, list, submit, wait, delete."""
         return Cycles(self.connection)
 
     def _ns(self, namespace: str | None) -> str:
@@ -115,35 +104,11 @@ class Client:
 
     def get(self, name: str, namespace: str | None = None) -> Run:
         """The run now. Raises RunNotFoundError when there is none of that name."""
-        return Run.from_body(self._get_body(name, self._ns(namespace)))
-
-    def _get_body(self, name: str, ns: str) -> JSON:
-        custom = self.connection.custom
-        body: JSON = self.connection.call_on(
-            "TrainingRun", "reading", name, ns, RunNotFoundError,
-            custom.get_namespaced_custom_object, RUNS.group, RUNS.version, ns, RUNS.plural, name,
-        )  # fmt: skip
-        return body
+        return self.runs.get(name, namespace)
 
     def list(self, namespace: str | None = None, *, all_namespaces: bool = False) -> builtins.list[Run]:
         """The runs of the namespace (or of every namespace), sorted by namespace and name."""
-        custom = self.connection.custom
-        if all_namespaces:
-            answer = self.connection.call(
-                "listing TrainingRuns", custom.list_cluster_custom_object, RUNS.group, RUNS.version, RUNS.plural
-            )
-        else:
-            ns = self._ns(namespace)
-            answer = self.connection.call(
-                f"listing TrainingRuns in {ns!r}",
-                custom.list_namespaced_custom_object,
-                RUNS.group,
-                RUNS.version,
-                ns,
-                RUNS.plural,
-            )
-        runs = [Run.from_body(item) for item in answer.get("items", [])]
-        return sorted(runs, key=lambda r: (r.namespace, r.name))
+        return self.runs.list(namespace, all_namespaces=all_namespaces)
 
     # ------------------------------------------------------------------------------ writing
 
@@ -160,56 +125,12 @@ class Client:
         against the models first: InvalidRunError names the field, the value and what is wrong; nothing is sent.
         ``dry_run``: the API server validates it (schema and CEL rules) and stores nothing.
         """
-        source = "the run"
-        if isinstance(run, Path):
-            source = str(run)
-            try:
-                text = run.read_text()
-            except OSError as error:
-                raise InvalidRunError(f"{run}: {error.strerror}") from error
-            run = parse_manifest(text, source)
-        manifest = checked_manifest(run, namespace or self.connection.namespace_flag, source)
-        if not manifest["metadata"].get("namespace"):
-            manifest["metadata"]["namespace"] = self.connection.namespace
-        return self.apply(manifest, dry_run=dry_run, force_conflicts=force_conflicts)
+        given = wire_manifest(run) if isinstance(run, TrainingRun) else run
+        return self.runs.submit(given, namespace, dry_run=dry_run, force_conflicts=force_conflicts)
 
     def apply(self, manifest: JSON, *, dry_run: bool = False, force_conflicts: bool = False) -> Run:
         """Server-side apply of a manifest already checked (``submit`` checks it)."""
-        meta = manifest["metadata"]
-        extra: JSON = {"dry_run": "All"} if dry_run else {}
-        # Read the answer ourselves: the generated client maps only 200, and an apply that creates answers 201.
-        response = self.connection.call(
-            f"applying TrainingRun {meta['namespace']}/{meta['name']}",
-            self.connection.custom.patch_namespaced_custom_object,
-            RUNS.group,
-            RUNS.version,
-            meta["namespace"],
-            RUNS.plural,
-            meta["name"],
-            manifest,
-            field_manager=FIELD_MANAGER,
-            force=force_conflicts,
-            _content_type="application/apply-patch+yaml",
-            _preload_content=False,
-            **extra,
-        )
-        return Run.from_body(json.loads(response.data))
-
-    def _patch(self, name: str, ns: str, patch: JSON) -> Run:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            body: JSON = self.connection.custom.patch_namespaced_custom_object(
-                RUNS.group, RUNS.version, ns, RUNS.plural, name, patch,
-                _content_type="application/merge-patch+json",
-            )  # fmt: skip
-        except ApiException as error:
-            if error.status == 404:
-                raise RunNotFoundError(name, ns) from error
-            raise self.connection.explain(error, f"patching TrainingRun {ns}/{name}") from error
-        except Exception as error:
-            raise self.connection.explain(error, f"patching TrainingRun {ns}/{name}") from error
-        return Run.from_body(body)
+        return self.runs.apply(manifest, dry_run=dry_run, force_conflicts=force_conflicts)
 
     def suspend(self, name: str, namespace: str | None = None) -> Run:
         """Suspend the run: its Ray cluster is released, its checkpoints stay; ``resume`` continues from the last.
@@ -230,35 +151,13 @@ class Client:
             )
         if run.spec.suspend == suspend:
             return run
-        return self._patch(name, ns, {"spec": {"suspend": suspend}})
+        return self.runs.patch(name, ns, {"spec": {"suspend": suspend}})
 
     def delete(self, name: str, namespace: str | None = None, *, wait: bool = True, timeout: float = 120) -> None:
         """Delete the run; its RayJob and Ray cluster go with it, its checkpoints stay in S3. With ``wait``, return
         once it is gone (WaitTimeoutError when a finalizer holds it longer than ``timeout`` seconds).
         """
-        ns = self._ns(namespace)
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            self.connection.custom.delete_namespaced_custom_object(
-                RUNS.group, RUNS.version, ns, RUNS.plural, name, propagation_policy="Background"
-            )
-        except ApiException as error:
-            if error.status == 404:
-                raise RunNotFoundError(name, ns) from error
-            raise self.connection.explain(error, f"deleting TrainingRun {ns}/{name}") from error
-        except Exception as error:
-            raise self.connection.explain(error, f"deleting TrainingRun {ns}/{name}") from error
-        if not wait:
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                self._get_body(name, ns)
-            except RunNotFoundError:
-                return
-            time.sleep(POLL_SECONDS)
-        raise WaitTimeoutError(f"{name} is still there after {timeout:.0f}s (a finalizer may hold it)", None)
+        self.runs.delete(name, namespace, wait=wait, timeout=timeout)
 
     # ------------------------------------------------------------------------------ following
 
@@ -269,59 +168,10 @@ class Client:
         server's watch delivers them (reconnecting as needed). Ends after the change that finished the run (with
         ``until_finished``) or once ``timeout`` seconds passed. RunNotFoundError if the run is deleted meanwhile.
         """
-        ns = self._ns(namespace)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        body = self._get_body(name, ns)
-        last = Run.from_body(body)
-        yield RunChange.between(None, last)
-        if until_finished and last.finished:
-            return
-        version = body["metadata"]["resourceVersion"]
-        while deadline is None or time.monotonic() < deadline:
-            left = WATCH_REQUEST_SECONDS if deadline is None else max(1, int(deadline - time.monotonic()))
-            for kind, event_body in self._events(name, ns, version, min(left, WATCH_REQUEST_SECONDS)):
-                if kind == "DELETED":
-                    raise RunNotFoundError(name, ns, message=f"TrainingRun {ns}/{name} was deleted")
-                version = event_body["metadata"]["resourceVersion"]
-                run = Run.from_body(event_body)
-                change = RunChange.between(last, run)
-                if not change.changed:
-                    continue  # only metadata moved (managed fields, annotations)
-                last = run
-                yield change
-                if until_finished and run.finished:
-                    return
-                if deadline is not None and time.monotonic() >= deadline:
-                    return
-
-    def _events(self, name: str, ns: str, version: str, seconds: int) -> Iterator[tuple[str, JSON]]:
-        """One watch request's events; an expired resourceVersion (410) answers with a fresh read instead."""
-        from kubernetes import watch
-        from kubernetes.client.exceptions import ApiException
-
-        stream = watch.Watch()  # type: ignore[no-untyped-call]
-        try:
-            for event in stream.stream(  # type: ignore[no-untyped-call]
-                self.connection.custom.list_namespaced_custom_object,
-                RUNS.group,
-                RUNS.version,
-                ns,
-                RUNS.plural,
-                field_selector=f"metadata.name={name}",
-                resource_version=version,
-                timeout_seconds=seconds,
-            ):
-                yield str(event["type"]), event["object"]
-        except ApiException as error:
-            if error.status != 410:
-                raise self.connection.explain(error, f"watching TrainingRun {ns}/{name}") from error
-            yield "MODIFIED", self._get_body(name, ns)  # too old: start from a fresh read
-        except LokaError:
-            raise
-        except Exception as error:
-            raise self.connection.explain(error, f"watching TrainingRun {ns}/{name}") from error
-        finally:
-            stream.stop()  # type: ignore[no-untyped-call]
+        previous: Run | None = None
+        for run in self.runs.watch(name, namespace, timeout=timeout, until_finished=until_finished):
+            yield RunChange.between(previous, run)
+            previous = run
 
     def wait(
         self,
@@ -336,23 +186,7 @@ class Client:
         Raises RunFailedError when it failed (unless Failed is in ``until``), WaitTimeoutError after ``timeout``
         seconds (the run keeps going), RunNotFoundError when it is deleted meanwhile.
         """
-        wanted = {RunPhase(p) for p in until}
-        run: Run | None = None
-        for change in self.watch(name, namespace, timeout=timeout, until_finished=True):
-            run = change.run
-            if run.phase in wanted and (run.phase not in TERMINAL or run.finished):
-                return run
-            if run.finished:
-                if run.phase == RunPhase.FAILED:
-                    raise RunFailedError(run)
-                return run
-        target = " or ".join(sorted(wanted)) or "the end"
-        seen = "never seen" if run is None else run.phase
-        raise WaitTimeoutError(
-            f"{name} did not reach {target} within {timeout:.0f}s (last seen: {seen})",
-            run,
-            hint=f"it keeps running; watch it with `loka status {name} -w -n {self._ns(namespace)}`",
-        )
+        return self.runs.wait(name, namespace, until={RunPhase(p) for p in until}, timeout=timeout)
 
     # ------------------------------------------------------------------------------ checkpoints
 

@@ -1,5 +1,6 @@
 """A run in words: the one line that changes when its phase, step, reward, loss or checkpoint does (``loka submit
---wait``, the demo, a notebook's log), and the held-out figures with the step they were measured at."""
+--wait``, the demo, a notebook's log), and the held-out figures with the step they were measured at; an
+Evaluation's line likewise."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from loka_api import Metrics, RunPhase, TrainingRunStatus
+from loka_api.evaluation import EvaluationPhase, EvaluationStatus
 
 BAR_WIDTH = 20
 
@@ -44,6 +46,14 @@ def describe_line(status: TrainingRunStatus | Mapping[str, Any]) -> str:
     if phase not in (RunPhase.RUNNING, RunPhase.SUCCEEDED) and status.message:
         parts.append(f"— {status.message[:100]}")
     return "  ".join(parts)
+
+
+def evaluation_line(status: EvaluationStatus) -> str:
+    """One line that changes when an Evaluation's phase or figures do (samples judged, preference pairs)."""
+    text = f"{status.phase or EvaluationPhase.PENDING}" + (f": {status.message}" if status.message else "")
+    if status.samples_judged is not None:
+        text += f" ({status.samples_judged} judged, {status.preferences or 0} pairs)"
+    return text
 
 
 def validation_text(metrics: Metrics | None) -> str | None:

@@ -10,6 +10,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from loka_client.cycles import CycleView
+    from loka_client.evaluations import EvaluationView
+    from loka_client.resources import ObjectView
     from loka_client.runs import Run
 
 
@@ -67,32 +70,42 @@ class CheckpointMismatchError(LokaError):
     """A downloaded file does not match the checkpoint's manifest: nothing of the download is kept."""
 
 
-class RunFailedError(LokaError):
+class FailedError(LokaError):
+    """What was waited for failed; ``seen`` is how it ended, ``why`` its status message."""
+
+    def __init__(self, seen: ObjectView, why: str | None, *, hint: str) -> None:
+        super().__init__(f"{seen.KIND.kind} {seen.namespace}/{seen.name} failed: {why or '(no message)'}", hint=hint)
+        self.seen = seen
+
+
+class RunFailedError(FailedError):
     """The run that was waited for failed; ``run`` is how it ended."""
 
     def __init__(self, run: Run) -> None:
-        meta = run.metadata
-        super().__init__(
-            f"TrainingRun {meta.namespace}/{meta.name} failed: {run.status.message or '(no message)'}",
-            hint=f"see why: loka logs {meta.name} -n {meta.namespace}",
-        )
+        super().__init__(run, run.status.message, hint=f"see why: loka logs {run.name} -n {run.namespace}")
         self.run = run
 
 
-class EvaluationFailedError(LokaError):
-    """The Evaluation that was waited for failed; ``message`` says why, as its status does."""
+class EvaluationFailedError(FailedError):
+    """The Evaluation that was waited for failed; the message says why, as its status does."""
 
-    def __init__(self, name: str, namespace: str, why: str | None) -> None:
-        super().__init__(
-            f"Evaluation {namespace}/{name} failed: {why or '(no message)'}",
-            hint=f"see its conditions: loka eval status {name} -n {namespace}",
-        )
-        self.name, self.namespace = name, namespace
+    def __init__(self, evaluation: EvaluationView) -> None:
+        hint = f"see its conditions: loka eval status {evaluation.name} -n {evaluation.namespace}"
+        super().__init__(evaluation, evaluation.status.message, hint=hint)
+        self.name, self.namespace = evaluation.name, evaluation.namespace
+
+
+class CycleFailedError(FailedError):
+    """The RewardCycle that was waited for failed; the message names the stage that failed."""
+
+    def __init__(self, cycle: CycleView) -> None:
+        hint = f"see each stage: loka cycle status {cycle.name} -n {cycle.namespace}"
+        super().__init__(cycle, cycle.status.message, hint=hint)
 
 
 class WaitTimeoutError(LokaError, TimeoutError):
-    """The run did not reach what was waited for in time; ``run`` is how it was last seen (it keeps running)."""
+    """What was waited for did not happen in time; ``run`` is the object as it was last seen (it keeps going)."""
 
-    def __init__(self, message: str, run: Run | None, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, run: ObjectView | None, *, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.run = run

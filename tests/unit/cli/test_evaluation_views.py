@@ -11,7 +11,7 @@ from loka_api.evaluation import Evaluation
 from loka_cli.evaluations import describe, table
 from loka_client import InvalidRunError
 from loka_client.evaluations import checked_evaluation
-from loka_client.runs import parse_manifest
+from loka_client.resources import parse_manifest
 from tests.unit.api.test_evaluation_kind import MANIFEST
 
 REPO = Path(__file__).resolve().parents[3]

@@ -8,7 +8,8 @@ import pytest
 
 from loka_api import RunPhase, TrainingRun
 from loka_client import InvalidRunError, Run, RunChange
-from loka_client.runs import checked_manifest, parse_manifest
+from loka_client.resources import parse_manifest
+from loka_client.runs import checked_manifest
 from tests.operator.conftest import run_manifest
 
 
