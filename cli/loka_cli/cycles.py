@@ -4,16 +4,13 @@ stage before."""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import TextIO
 
 from loka_api.cycle import CyclePhase, RewardCycle, Stage, StageStatus, stage_name
 from loka_cli import resources
-from loka_cli.errors import EXIT_OK
 from loka_cli.views import age, columns
-from loka_client import Client, CycleView, EvaluationView, Run
+from loka_client import CycleView, EvaluationView, Run
 from loka_client.cycles import StageObject
 from loka_client.describe import describe_line, evaluation_line
 
@@ -108,59 +105,12 @@ def links(found: StageObject) -> list[str]:
     return said
 
 
-def submit(client: Client, path: str, *, wait: bool, timeout: float, dry_run: bool, out: TextIO | None = None) -> int:
-    out = out or sys.stdout
-    applied = resources.submit(client.cycles, path, dry_run=dry_run, out=out)
-    if not wait or dry_run:
-        return EXIT_OK
-    return follow(client, applied.name, timeout=timeout, out=out)
-
-
-def follow(client: Client, name: str, *, timeout: float, out: TextIO) -> int:
-    """One line each time the cycle's stage or its phase changes; every stage at the end."""
-    seen = resources.follow(client.cycles, name, line=line, timeout=timeout, out=out)
-    print(_shown(client)(seen), file=out)
-    return resources.exit_code(seen)
-
-
-def _table(found: Sequence[CycleView], all_namespaces: bool) -> str:
-    return table(found, all_namespaces=all_namespaces)
-
-
-def _shown(client: Client) -> Callable[[CycleView], str]:
-    """The description of a cycle, its stages read as they are now."""
-    return lambda cycle: describe(cycle, client.cycles.stages(cycle))
-
-
-def status(
-    client: Client,
-    name: str | None,
-    *,
-    watch: bool,
-    all_namespaces: bool,
-    output: str | None,
-    timeout: float,
-    out: TextIO | None = None,
-) -> int:
-    out = out or sys.stdout
-    followed = (lambda n: follow(client, n, timeout=timeout, out=out)) if watch else None
-    return resources.status(
-        client.cycles, name, "loka cycle status", _table, _shown(client), followed,
-        all_namespaces=all_namespaces, output=output, out=out,
-    )  # fmt: skip
-
-
-def listing(client: Client, *, all_namespaces: bool, output: str | None, out: TextIO | None = None) -> int:
-    resources.listing(client.cycles, _table, all_namespaces=all_namespaces, output=output, out=out or sys.stdout)
-    return EXIT_OK
-
-
-def wait(client: Client, name: str, *, timeout: float, out: TextIO | None = None) -> int:
-    return resources.wait(client.cycles, name, _shown(client), timeout=timeout, out=out or sys.stdout)
-
-
-def delete(client: Client, name: str, *, wait: bool, timeout: float, out: TextIO | None = None) -> int:
-    return resources.delete(
-        client.cycles, name, wait=wait, timeout=timeout, out=out or sys.stdout,
-        after="its TrainingRuns and Evaluations go with it; what they wrote to S3 stays",
-    )  # fmt: skip
+PRINTER: resources.Printer[CycleView] = resources.Printer(
+    objects=lambda client: client.cycles,
+    command="loka cycle status",
+    table=lambda found, all_namespaces: table(found, all_namespaces=all_namespaces),
+    describe=lambda client, cycle: describe(cycle, client.cycles.stages(cycle)),
+    line=line,
+    ended=lambda client, cycle: describe(cycle, client.cycles.stages(cycle)),
+    deleted="its TrainingRuns and Evaluations go with it; what they wrote to S3 stays",
+)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TextIO
 
 from loka_api.evaluation import Evaluation, EvaluationPhase
 from loka_cli import resources
-from loka_cli.errors import EXIT_OK
 from loka_cli.views import age, columns
-from loka_client import Client, EvaluationView
+from loka_client import EvaluationView
 from loka_client.describe import evaluation_line
 
 
@@ -69,51 +66,12 @@ def describe(evaluation: Evaluation) -> str:
     return "\n".join(lines)
 
 
-def submit(client: Client, path: str, *, wait: bool, timeout: float, dry_run: bool, out: TextIO | None = None) -> int:
-    out = out or sys.stdout
-    applied = resources.submit(client.evaluations, path, dry_run=dry_run, out=out)
-    if not wait or dry_run:
-        return EXIT_OK
-    return follow(client, applied.name, timeout=timeout, out=out)
-
-
-def follow(client: Client, name: str, *, timeout: float, out: TextIO) -> int:
-    """One line each time the phase or the figures change; the description at the end."""
-    seen = resources.follow(
-        client.evaluations, name, line=lambda e: evaluation_line(e.status), timeout=timeout, out=out
-    )
-    print(describe(seen), file=out)
-    return resources.exit_code(seen)
-
-
-def _table(found: Sequence[EvaluationView], all_namespaces: bool) -> str:
-    return table(found, all_namespaces=all_namespaces)
-
-
-def status(
-    client: Client,
-    name: str | None,
-    *,
-    watch: bool,
-    all_namespaces: bool,
-    output: str | None,
-    timeout: float,
-    out: TextIO | None = None,
-) -> int:
-    out = out or sys.stdout
-    followed = (lambda n: follow(client, n, timeout=timeout, out=out)) if watch else None
-    return resources.status(
-        client.evaluations, name, "loka eval status", _table, describe, followed,
-        all_namespaces=all_namespaces, output=output, out=out,
-    )  # fmt: skip
-
-
-def wait(client: Client, name: str, *, timeout: float, out: TextIO | None = None) -> int:
-    return resources.wait(client.evaluations, name, describe, timeout=timeout, out=out or sys.stdout)
-
-
-def delete(client: Client, name: str, *, wait: bool, timeout: float, out: TextIO | None = None) -> int:
-    return resources.delete(
-        client.evaluations, name, wait=wait, timeout=timeout, out=out or sys.stdout,
-        after="its Job goes with it; scores and pairs stay in S3",
-    )  # fmt: skip
+PRINTER: resources.Printer[EvaluationView] = resources.Printer(
+    objects=lambda client: client.evaluations,
+    command="loka eval status",
+    table=lambda found, all_namespaces: table(found, all_namespaces=all_namespaces),
+    describe=lambda _, evaluation: describe(evaluation),
+    line=lambda evaluation: evaluation_line(evaluation.status),
+    ended=lambda _, evaluation: describe(evaluation),
+    deleted="its Job goes with it; scores and pairs stay in S3",
+)

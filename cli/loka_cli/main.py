@@ -91,17 +91,21 @@ def cmd_dataset(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from loka_cli.runs import submit
+    from loka_cli import resources, runs
 
-    return submit(_client(args), args.file, wait=args.wait, timeout=args.timeout,
-                  force_conflicts=args.force_conflicts, dry_run=args.dry_run)  # fmt: skip
+    return resources.submit(_client(args), runs.PRINTER, args.file, wait=args.wait, timeout=args.timeout,
+                            force_conflicts=args.force_conflicts, dry_run=args.dry_run)  # fmt: skip
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from loka_cli.runs import status
+    from loka_cli import resources, runs
 
-    return status(_client(args), args.name, watch=args.watch, all_namespaces=args.all_namespaces,
-                  output=args.output, timeout=args.timeout)  # fmt: skip
+    client = _client(args)
+    return resources.status(
+        client, runs.PRINTER, args.name, watch=args.watch, all_namespaces=args.all_namespaces, output=args.output,
+        timeout=args.timeout,
+        watcher=lambda name: runs.watch_live(client, name, timeout=args.timeout, output=args.output),
+    )  # fmt: skip
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -142,65 +146,51 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from loka_cli.runs import delete
+    from loka_cli import resources, runs
 
-    return delete(_client(args), args.name, wait=args.wait, timeout=args.timeout)
-
-
-def cmd_eval_submit(args: argparse.Namespace) -> int:
-    from loka_cli import evaluations
-
-    return evaluations.submit(_client(args), args.file, wait=args.wait, timeout=args.timeout, dry_run=args.dry_run)
+    return resources.delete(_client(args), runs.PRINTER, args.name, wait=args.wait, timeout=args.timeout)
 
 
-def cmd_eval_status(args: argparse.Namespace) -> int:
-    from loka_cli import evaluations
-
-    return evaluations.status(_client(args), args.name, watch=args.watch, all_namespaces=args.all_namespaces,
-                              output=args.output, timeout=args.timeout)  # fmt: skip
+# `loka eval` and `loka cycle`: the same commands on another kind, each printed by its module's PRINTER.
+KIND_MODULES = {"eval": "loka_cli.evaluations", "cycle": "loka_cli.cycles"}
 
 
-def cmd_eval_wait(args: argparse.Namespace) -> int:
-    from loka_cli import evaluations
+def _printer(args: argparse.Namespace) -> Any:
+    from importlib import import_module
 
-    return evaluations.wait(_client(args), args.name, timeout=args.timeout)
-
-
-def cmd_eval_delete(args: argparse.Namespace) -> int:
-    from loka_cli import evaluations
-
-    return evaluations.delete(_client(args), args.name, wait=args.wait, timeout=args.timeout)
+    return import_module(KIND_MODULES[args.command]).PRINTER
 
 
-def cmd_cycle_submit(args: argparse.Namespace) -> int:
-    from loka_cli import cycles
+def cmd_kind_submit(args: argparse.Namespace) -> int:
+    from loka_cli import resources
 
-    return cycles.submit(_client(args), args.file, wait=args.wait, timeout=args.timeout, dry_run=args.dry_run)
-
-
-def cmd_cycle_list(args: argparse.Namespace) -> int:
-    from loka_cli import cycles
-
-    return cycles.listing(_client(args), all_namespaces=args.all_namespaces, output=args.output)
+    return resources.submit(_client(args), _printer(args), args.file, wait=args.wait, timeout=args.timeout,
+                            dry_run=args.dry_run)  # fmt: skip
 
 
-def cmd_cycle_status(args: argparse.Namespace) -> int:
-    from loka_cli import cycles
+def cmd_kind_list(args: argparse.Namespace) -> int:
+    from loka_cli import resources
 
-    return cycles.status(_client(args), args.name, watch=args.watch, all_namespaces=args.all_namespaces,
-                         output=args.output, timeout=args.timeout)  # fmt: skip
-
-
-def cmd_cycle_wait(args: argparse.Namespace) -> int:
-    from loka_cli import cycles
-
-    return cycles.wait(_client(args), args.name, timeout=args.timeout)
+    return resources.listing(_client(args), _printer(args), all_namespaces=args.all_namespaces, output=args.output)
 
 
-def cmd_cycle_delete(args: argparse.Namespace) -> int:
-    from loka_cli import cycles
+def cmd_kind_status(args: argparse.Namespace) -> int:
+    from loka_cli import resources
 
-    return cycles.delete(_client(args), args.name, wait=args.wait, timeout=args.timeout)
+    return resources.status(_client(args), _printer(args), args.name, watch=args.watch,
+                            all_namespaces=args.all_namespaces, output=args.output, timeout=args.timeout)  # fmt: skip
+
+
+def cmd_kind_wait(args: argparse.Namespace) -> int:
+    from loka_cli import resources
+
+    return resources.wait(_client(args), _printer(args), args.name, timeout=args.timeout)
+
+
+def cmd_kind_delete(args: argparse.Namespace) -> int:
+    from loka_cli import resources
+
+    return resources.delete(_client(args), _printer(args), args.name, wait=args.wait, timeout=args.timeout)
 
 
 def cmd_completion(args: argparse.Namespace) -> int:
@@ -423,14 +413,14 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  (one place list
         "eval", "Evaluations: judge a run's rollouts (submit, status, wait, delete)",
         "Evaluations: LLM judges over a run's kept rollouts, writing scores and preference pairs",
     )  # fmt: skip
-    submit_flags(eval_command("submit", cmd_eval_submit, "apply an Evaluation; with --wait, follow it to the end"),
+    submit_flags(eval_command("submit", cmd_kind_submit, "apply an Evaluation; with --wait, follow it to the end"),
                  "Evaluation")  # fmt: skip
-    status_flags(eval_command("status", cmd_eval_status,
+    status_flags(eval_command("status", cmd_kind_status,
                               "list Evaluations, or show one (judges' parse and error rates, pairs)", output_flag),
                  "Evaluation")  # fmt: skip
-    wait_flags(eval_command("wait", cmd_eval_wait, "wait until an Evaluation ends: 0 when it succeeded, 1 if not"),
+    wait_flags(eval_command("wait", cmd_kind_wait, "wait until an Evaluation ends: 0 when it succeeded, 1 if not"),
                "Evaluation")  # fmt: skip
-    delete_flags(eval_command("delete", cmd_eval_delete, "delete an Evaluation and its Job (its output stays in S3)"),
+    delete_flags(eval_command("delete", cmd_kind_delete, "delete an Evaluation and its Job (its output stays in S3)"),
                  "Evaluation")  # fmt: skip
 
     # RewardCycles (RL, Evaluation, reward model, next RL): the same commands, under `loka cycle`.
@@ -439,17 +429,17 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  (one place list
         "RewardCycles: RL bursts, each followed by an Evaluation of its rollouts and a reward model on the judges' "
         "preferences, which rewards the next burst",
     )  # fmt: skip
-    submit_flags(cycle_command("submit", cmd_cycle_submit, "apply a RewardCycle; with --wait, follow it to the end"),
+    submit_flags(cycle_command("submit", cmd_kind_submit, "apply a RewardCycle; with --wait, follow it to the end"),
                  "RewardCycle")  # fmt: skip
-    cycle_list = cycle_command("list", cmd_cycle_list, "list RewardCycles (phase, iteration, stage)", output_flag)
+    cycle_list = cycle_command("list", cmd_kind_list, "list RewardCycles (phase, iteration, stage)", output_flag)
     cycle_list.add_argument("-A", "--all-namespaces", action="store_true", help="RewardCycles of every namespace")
-    status_flags(cycle_command("status", cmd_cycle_status,
+    status_flags(cycle_command("status", cmd_kind_status,
                                "list RewardCycles, or show one: each iteration's stages, their phases and links",
                                output_flag),
                  "RewardCycle")  # fmt: skip
-    wait_flags(cycle_command("wait", cmd_cycle_wait, "wait until a RewardCycle ends: 0 when it succeeded, 1 if not"),
+    wait_flags(cycle_command("wait", cmd_kind_wait, "wait until a RewardCycle ends: 0 when it succeeded, 1 if not"),
                "RewardCycle")  # fmt: skip
-    delete_flags(cycle_command("delete", cmd_cycle_delete,
+    delete_flags(cycle_command("delete", cmd_kind_delete,
                                "delete a RewardCycle and its stages (what they wrote stays in S3)"),
                  "RewardCycle")  # fmt: skip
 

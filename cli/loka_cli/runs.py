@@ -1,10 +1,9 @@
-"""submit, status, suspend, resume, delete: what the client library returns, printed."""
+"""The run commands: how a run is printed (``PRINTER``), its live view followed, suspend and resume."""
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
 from typing import TextIO
 
 from loka_api.phases import TERMINAL
@@ -15,54 +14,13 @@ from loka_client import Client, InvalidRunError, Run
 from loka_client.describe import describe_line
 
 
-def submit(
-    client: Client,
-    path: str,
-    *,
-    wait: bool,
-    timeout: float,
-    force_conflicts: bool,
-    dry_run: bool,
-    out: TextIO | None = None,
-) -> int:
-    out = out or sys.stdout
-    applied = resources.submit(client.runs, path, dry_run=dry_run, force_conflicts=force_conflicts, out=out)
-    if not wait or dry_run:
-        return EXIT_OK
-    final = follow(client, applied.name, timeout=timeout, out=out)
-    return resources.exit_code(final)
-
-
-def follow(client: Client, name: str, *, timeout: float, out: TextIO | None = None) -> Run:
-    """Print one line each time the run's phase, step, reward or checkpoint changes; return the run as it ended."""
-    out = out or sys.stdout
-    run = resources.follow(client.runs, name, line=lambda r: describe_line(r.status), timeout=timeout, out=out)
-    if run.phase == "Failed":
-        print(f"  run failed: {run.status.message or '(no message)'}", file=out)
-        print(f"  see why: loka logs {name} -n {client.namespace}", file=out)
-    return run
-
-
-def _table(runs: Sequence[Run], all_namespaces: bool) -> str:
-    return table(runs, all_namespaces=all_namespaces)
-
-
-def status(
-    client: Client,
-    name: str | None,
-    *,
-    watch: bool,
-    all_namespaces: bool,
-    output: str | None,
-    timeout: float,
-    out: TextIO | None = None,
-) -> int:
-    out = out or sys.stdout
-    followed = (lambda n: _watch(client, n, timeout=timeout, output=output, out=out)) if watch else None
-    return resources.status(
-        client.runs, name, "loka status", _table, lambda run: live_view(run, queue=_queue(client, run)), followed,
-        all_namespaces=all_namespaces, output=output, out=out,
-    )  # fmt: skip
+def _ended(client: Client, run: Run) -> str | None:
+    """A followed run that failed: why, and where to look."""
+    if run.phase != "Failed":
+        return None
+    return (
+        f"  run failed: {run.status.message or '(no message)'}\n  see why: loka logs {run.name} -n {client.namespace}"
+    )
 
 
 def _queue(client: Client, run: Run) -> str | None:
@@ -70,7 +28,9 @@ def _queue(client: Client, run: Run) -> str | None:
     return None if standing is None else str(standing)
 
 
-def _watch(client: Client, name: str, *, timeout: float, output: str | None, out: TextIO) -> int:
+def watch_live(client: Client, name: str, *, timeout: float, output: str | None, out: TextIO | None = None) -> int:
+    """`loka status NAME -w`: the run's live view, redrawn on a terminal, until it ends (or as JSON or YAML)."""
+    out = out or sys.stdout
     redraw = out.isatty() and output is None
     samples: list[tuple[float, int]] = []
     last = ""
@@ -116,8 +76,12 @@ def set_suspend(client: Client, name: str, suspend: bool, out: TextIO | None = N
     return EXIT_OK
 
 
-def delete(client: Client, name: str, *, wait: bool, timeout: float, out: TextIO | None = None) -> int:
-    return resources.delete(
-        client.runs, name, wait=wait, timeout=timeout, out=out or sys.stdout,
-        after="its RayJob and Ray cluster go with it; checkpoints stay in S3",
-    )  # fmt: skip
+PRINTER: resources.Printer[Run] = resources.Printer(
+    objects=lambda client: client.runs,
+    command="loka status",
+    table=lambda found, all_namespaces: table(found, all_namespaces=all_namespaces),
+    describe=lambda client, run: live_view(run, queue=_queue(client, run)),
+    line=lambda run: describe_line(run.status),
+    ended=_ended,
+    deleted="its RayJob and Ray cluster go with it; checkpoints stay in S3",
+)

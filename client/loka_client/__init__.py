@@ -11,24 +11,27 @@ reader, and kinds are named through `loka_api.kinds`. It never imports the opera
 """
 
 from loka_client.client import Client
-from loka_client.cycles import CycleNotFoundError, Cycles, CycleView
+from loka_client.cycles import Cycles, CycleView
 from loka_client.errors import (
     CheckpointMismatchError,
     CheckpointNotFoundError,
     ClusterError,
     CycleFailedError,
+    CycleNotFoundError,
     EvaluationFailedError,
+    EvaluationNotFoundError,
     FailedError,
     InvalidInputError,
     InvalidRunError,
     LokaError,
     NotFoundError,
+    ObjectNotFoundError,
     RunFailedError,
     RunNotFoundError,
     StorageError,
     WaitTimeoutError,
 )
-from loka_client.evaluations import EvaluationNotFoundError, Evaluations, EvaluationView
+from loka_client.evaluations import Evaluations, EvaluationView
 from loka_client.resources import CustomResources, ObjectView
 from loka_client.runs import Run, RunChange, Runs
 
@@ -51,6 +54,7 @@ __all__ = [
     "InvalidRunError",
     "LokaError",
     "NotFoundError",
+    "ObjectNotFoundError",
     "ObjectView",
     "Run",
     "RunChange",

@@ -14,24 +14,13 @@ from typing import TYPE_CHECKING, ClassVar
 
 from loka_api import kinds
 from loka_api.cycle import CyclePhase, RewardCycle, Stage
-from loka_client.errors import CycleFailedError, NotFoundError
+from loka_client.errors import CycleFailedError, CycleNotFoundError, NotFoundError
 from loka_client.evaluations import Evaluations, EvaluationView
 from loka_client.resources import CustomResources, ObjectView
 from loka_client.runs import Run, Runs
 
 if TYPE_CHECKING:
     from loka_client.connection import Connection
-
-
-class CycleNotFoundError(NotFoundError):
-    """No RewardCycle of that name in that namespace (or it was deleted while it was followed)."""
-
-    def __init__(self, name: str, namespace: str, *, message: str | None = None) -> None:
-        super().__init__(
-            message or f"no RewardCycle {name!r} in namespace {namespace!r}",
-            hint=f"list the cycles there with `loka cycle list -n {namespace}`",
-        )
-        self.name, self.namespace = name, namespace
 
 
 class CycleView(ObjectView, RewardCycle):

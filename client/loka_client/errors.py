@@ -7,7 +7,7 @@ them to exit codes) decides what to do without reading the text.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from loka_client.cycles import CycleView
@@ -42,16 +42,35 @@ class NotFoundError(LokaError, LookupError):
     """Something named is not there: a run, its Ray cluster, a checkpoint."""
 
 
-class RunNotFoundError(NotFoundError):
-    """No TrainingRun of that name in that namespace (or it was deleted while it was watched)."""
+class ObjectNotFoundError(NotFoundError):
+    """No object of the kind ``KIND`` of that name in that namespace (or it was deleted while it was followed);
+    ``HINT`` says how to list them there."""
+
+    KIND: ClassVar[str]
+    HINT: ClassVar[str]
 
     def __init__(self, name: str, namespace: str, *, message: str | None = None, hint: str | None = None) -> None:
         super().__init__(
-            message or f"no TrainingRun {name!r} in namespace {namespace!r}",
-            hint=hint or f"list the runs there with `loka status -n {namespace}` (or every namespace with -A)",
+            message or f"no {self.KIND} {name!r} in namespace {namespace!r}",
+            hint=hint or self.HINT.format(namespace=namespace),
         )
         self.name = name
         self.namespace = namespace
+
+
+class RunNotFoundError(ObjectNotFoundError):
+    KIND = "TrainingRun"
+    HINT = "list the runs there with `loka status -n {namespace}` (or every namespace with -A)"
+
+
+class EvaluationNotFoundError(ObjectNotFoundError):
+    KIND = "Evaluation"
+    HINT = "list the evaluations there with `loka eval status -n {namespace}`"
+
+
+class CycleNotFoundError(ObjectNotFoundError):
+    KIND = "RewardCycle"
+    HINT = "list the cycles there with `loka cycle list -n {namespace}`"
 
 
 class CheckpointNotFoundError(NotFoundError):

@@ -14,22 +14,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from loka_api import kinds
 from loka_api.evaluation import Evaluation, EvaluationPhase
-from loka_client.errors import EvaluationFailedError, NotFoundError
+from loka_client.errors import EvaluationFailedError, EvaluationNotFoundError
 from loka_client.resources import JSON, CustomResources, ObjectView, checked
 
 if TYPE_CHECKING:
     from loka_client.connection import Connection
-
-
-class EvaluationNotFoundError(NotFoundError):
-    """No Evaluation of that name in that namespace (or it was deleted while it was followed)."""
-
-    def __init__(self, name: str, namespace: str, *, message: str | None = None) -> None:
-        super().__init__(
-            message or f"no Evaluation {name!r} in namespace {namespace!r}",
-            hint=f"list the evaluations there with `loka eval status -n {namespace}`",
-        )
-        self.name, self.namespace = name, namespace
 
 
 class EvaluationView(ObjectView, Evaluation):

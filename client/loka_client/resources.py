@@ -19,7 +19,14 @@ import yaml
 from pydantic import PrivateAttr, ValidationError
 
 from loka_api.models import KIND, LokaModel
-from loka_client.errors import FailedError, InvalidRunError, LokaError, NotFoundError, WaitTimeoutError
+from loka_client.errors import (
+    FailedError,
+    InvalidRunError,
+    LokaError,
+    NotFoundError,
+    ObjectNotFoundError,
+    WaitTimeoutError,
+)
 
 if TYPE_CHECKING:
     from loka_api.kinds import Kind
@@ -175,7 +182,7 @@ class CustomResources(Generic[V]):
         self,
         connection: Connection,
         view: type[V],
-        not_found: Callable[..., NotFoundError],
+        not_found: type[ObjectNotFoundError],
         failed: Callable[[V], FailedError],
         *,
         propagation: str = "Background",
