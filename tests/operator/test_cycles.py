@@ -22,6 +22,7 @@ from loka_api import kinds
 from loka_operator import naming
 from tests.operator.conftest import drive_rayjob, eventually, wait_phase
 from tests.operator.kube import Kube
+from tests.operator.test_evaluations import loka
 
 CYCLES, EVALUATIONS, RUNS = kinds.REWARD_CYCLE, kinds.EVALUATION, kinds.TRAINING_RUN
 
@@ -71,7 +72,7 @@ def test_the_api_server_refuses_a_cycle_that_cannot_chain_naming_field_value_and
 
 @pytest.mark.usefixtures("operator")
 def test_a_cycle_stamps_out_owned_chained_stages_fails_with_its_burst_and_takes_them_when_deleted(
-    cluster: LocalCluster, kube: Kube, ns: str, gpu_queue: str
+    cluster: LocalCluster, kube: Kube, ns: str, gpu_queue: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     encoded = {k: base64.b64encode(b"x").decode() for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     kube.core.create_namespaced_secret(ns, {"metadata": {"name": "loka-s3"}, "data": encoded})
@@ -109,6 +110,20 @@ def test_a_cycle_stamps_out_owned_chained_stages_fails_with_its_burst_and_takes_
     header, row = cluster.kubectl("get", "rewardcycles", "-n", ns).stdout.splitlines()[:2]
     assert header.split() == ["NAME", "PHASE", "ITERATION", "OF", "STAGE", "STAGE-PHASE", "AGE"]
     assert row.split()[:5] == ["c", "Running", "1", "2", "c-1-rl"]
+    # `loka cycle`: the same columns, and each stage with its phase and the field that links it to the one before.
+    code, listed = loka(capsys, cluster, ns, "cycle", "list")
+    assert code == 0 and listed.splitlines()[1].split()[:5] == ["c", "Running", "1", "2", "c-1-rl"]
+    code, shown = loka(capsys, cluster, ns, "cycle", "status", "c")
+    stages = [
+        line.split()[:3] for line in shown.splitlines() if line.split()[:1] in (["rl"], ["evaluation"], ["rewardModel"])
+    ]
+    assert code == 0 and stages == [
+        ["rl", "TrainingRun", "c-1-rl"],
+        ["evaluation", "Evaluation", "c-1-eval"],
+        ["rewardModel", "TrainingRun", "c-1-rm"],
+    ]
+    assert "<- rollouts.fromRun c-1-rl" in shown and "<- data.fromEvaluation c-1-eval" in shown
+    assert "iteration 2 of 2: not created yet (once c-1-rm succeeded)" in shown
 
     # The burst fails: the stages after it fail on their own, and the cycle fails naming it.
     eventually(lambda: kube.rayjob(ns, "c-1-rl"), timeout=90, what="the burst's RayJob")
@@ -117,6 +132,8 @@ def test_a_cycle_stamps_out_owned_chained_stages_fails_with_its_burst_and_takes_
     failed = eventually(lambda: (s := cycle(kube, ns).get("status") or {}).get("phase") == "Failed" and s,
                         what="the cycle to fail")  # fmt: skip
     assert failed["message"].startswith("iteration 1: TrainingRun c-1-rl failed"), failed["message"]
+    code, waited = loka(capsys, cluster, ns, "cycle", "wait", "c", "--timeout", "30")
+    assert code == 1 and f"RewardCycle {ns}/c failed: iteration 1: TrainingRun c-1-rl failed" in waited
     assert wait_phase(kube, ns, "c-1-rm", "Failed")["message"]
     assert kube.run(ns, "c-2-rl") is None
 
