@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -10,6 +11,14 @@ import pytest
 
 from localcluster.build import build_all
 from localcluster.controlplane import LocalCluster, running_cluster, wait_until
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ray with its token auth off, unless a test sets it: a `ray.init()` that starts a local instance turns token
+    auth on and writes ~/.ray/auth_token, after which every `ray start` on this machine requires the token while a
+    client that connects by address sends none, so the suite's Ray clusters broke or not depending on test order.
+    The local stack's Ray head runs with it off too (localcluster/stack.py)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

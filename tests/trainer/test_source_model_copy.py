@@ -22,16 +22,13 @@ UNREACHABLE_S3 = "http://127.0.0.1:9"  # nothing listens: any fetch of the sourc
 def local_ray() -> Iterator[None]:
     import ray
 
-    # ray.init sets RAY_AUTH_MODE=token (and more) in this process's environment and leaves it after shutdown:
-    # every Ray head a later test starts, and every trainer it launches, inherited it and could not authenticate.
-    saved = dict(os.environ)
+    # With RAY_AUTH_MODE=disabled (tests/conftest.py): ray.init would otherwise write ~/.ray/auth_token and set
+    # RAY_AUTH_MODE=token in this process, and later tests' Ray heads and trainers could not authenticate.
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)  # never another test's
     try:
         yield
     finally:
         ray.shutdown()
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def digests(folder: Path) -> dict[str, str]:
