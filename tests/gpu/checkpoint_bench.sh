@@ -11,9 +11,10 @@ python3 -m zipfile -e bin/awscrt-*.whl /tmp/lk/site
 chmod +x bin/s5cmd
 export PATH=$here/bin:$PATH PYTHONPATH=/tmp/lk/site:$here/api:$here/trainer-image:$here
 export AWS_ACCESS_KEY_ID=lokabench AWS_SECRET_ACCESS_KEY=lokabench-secret AWS_DEFAULT_REGION=us-east-1
-rm -rf /tmp/bench-minio && mkdir -p /tmp/bench-minio /tmp/bench-work
+store=${BENCH_MINIO_DIR:-/tmp/bench-minio}  # MinIO's drive; /dev/shm when the local disk cannot hold 3x the size
+rm -rf "$store" && mkdir -p "$store" /tmp/bench-work
 MINIO_ROOT_USER=$AWS_ACCESS_KEY_ID MINIO_ROOT_PASSWORD=$AWS_SECRET_ACCESS_KEY \
-  /tmp/lk/minio server /tmp/bench-minio --address 127.0.0.1:9310 --console-address 127.0.0.1:9311 >/tmp/bench-minio.log 2>&1 &
+  /tmp/lk/minio server "$store" --address 127.0.0.1:9310 --console-address 127.0.0.1:9311 >/tmp/bench-minio.log 2>&1 &
 minio=$!
 trap 'kill $minio' EXIT
 for _ in $(seq 60); do curl -sf http://127.0.0.1:9310/minio/health/live >/dev/null && break; sleep 0.5; done

@@ -81,6 +81,9 @@ def step_figures(records: list[dict[str, Any]], prefix: str) -> dict[int, dict[s
 
 
 def train_reward_model() -> tuple[Path, list[float], float]:
+    # TRL travels beside the site, not in it: verl 0.9.1's FSDP worker imports a class TRL 1.x no longer has whenever
+    # TRL is importable. Only this process (the reward model's trainer) sees it; the GRPO runs are subprocesses.
+    sys.path.insert(0, os.environ.get("LOKA_GPU_TRL", "/tmp/lk/trl"))
     from loka_api import TrainingRunSpec
     from loka_trainer.engines import EngineJob
     from loka_trainer.engines.trl import TrlEngine
