@@ -55,6 +55,7 @@ RELIST_DELAY_SECONDS = 1.0
 RELIST_RETRY_SECONDS = 5.0
 RUNS = kinds.TRAINING_RUN.kind  # the runs' name among the kinds to relist (the children's: `ChildKind.name`)
 EVALUATIONS = kinds.EVALUATION.kind
+CYCLES = kinds.REWARD_CYCLE.kind
 
 
 @dataclass
@@ -250,6 +251,13 @@ async def relist(state: OperatorState, wanted: Collection[str] | None = None) ->
                               _forget_run, state.queue)  # fmt: skip
         await _relist_parents(state, wanted, EVALUATIONS, "Evaluation", evaluations.cache, evaluations.children,
                               EVALUATION_CHILDREN, _forget_evaluation, state.evaluation_queue)  # fmt: skip
+        if wanted is None or CYCLES in wanted:  # a cycle's stages are runs and Evaluations: no children of its own
+            changed, gone = await relist_runs(state.cycles.cache, state.client, state.scope)
+            for key in gone:
+                log.info("RewardCycle %s is gone (deleted while the watch was away): forgetting it", key)
+                _forget_cycle(state, key)
+            for key in changed:
+                state.cycle_queue.request(key)
 
 
 async def _relist_parents(  # noqa: PLR0917 - one parent kind's caches, children and queue, as relist names them
@@ -284,6 +292,7 @@ def _hear_kopf_listings(state: OperatorState) -> None:
     LIST (Bookmark.LISTED) but keeps it to itself: wrap the stream so that the mark reaches `_listed_again` too."""
     by_resource = {(kinds.TRAINING_RUN.group, kinds.TRAINING_RUN.plural): RUNS}
     by_resource[kinds.EVALUATION.group, kinds.EVALUATION.plural] = EVALUATIONS
+    by_resource[kinds.REWARD_CYCLE.group, kinds.REWARD_CYCLE.plural] = CYCLES
     by_resource |= {(child.kind.group, child.kind.plural): child.name for child in REGISTRY}
     original = getattr(watching, "infinite_watch", None)
     original = getattr(original, "loka_wrapped", original)
@@ -432,13 +441,17 @@ def _wake_cycle(state: OperatorState, body: dict[str, Any]) -> None:
 # -------------------------------------------------------------------------------------------- cycles
 
 
+def _forget_cycle(state: OperatorState, key: str) -> None:
+    state.cycle_queue.forget(key)
+    state.cycles.forget(key)
+
+
 @kopf.on.event(*kinds.REWARD_CYCLE.gvr)
 async def cycle_changed(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
     state = _state(memo)
     key = naming.run_key(body.metadata.namespace or "", body.metadata.name or "")
     if type == "DELETED":
-        state.cycle_queue.forget(key)
-        state.cycles.forget(key)
+        _forget_cycle(state, key)
     elif state.cycles.cache.observe(dict(body)):
         state.cycle_queue.request(key)
 

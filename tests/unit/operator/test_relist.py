@@ -211,3 +211,52 @@ def test_an_empty_list_kopf_makes_asks_for_a_relist_too(monkeypatch: pytest.Monk
         assert asked == [NETWORK_POLICY.name]
 
     asyncio.run(scenario())
+
+
+def cycle(name: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": kinds.REWARD_CYCLE.api_version,
+        "kind": kinds.REWARD_CYCLE.kind,
+        "metadata": {"name": name, "namespace": "team-a", "uid": uid, "resourceVersion": "1", "generation": 1},
+        "spec": {},
+        "status": {"phase": "Running"},
+    }
+
+
+def test_a_relist_forgets_a_cycle_deleted_in_the_gap_so_no_resync_makes_its_next_stage() -> None:
+    """A cycle still cached after its deletion is reconciled again at every resync, from what the caches hold: it
+    would create its next stage (a TrainingRun that starts training) for a cycle that no longer exists."""
+
+    async def scenario() -> None:
+        client = ListingClient()
+        state, reconciled = state_of(client, ("team-*",))
+        for name, uid in (("gone", "c1"), ("kept", "c2")):
+            state.cycles.cache.observe(cycle(name, uid))
+        client.objects = {kinds.REWARD_CYCLE.kind: [cycle("kept", "c2")]}
+        await relist(state)
+        await asyncio.sleep(0)
+        assert state.cycles.cache.keys() == ["team-a/kept"]
+        assert reconciled == []  # the kept cycle did not change
+
+    asyncio.run(scenario())
+
+
+def test_kopf_listing_reward_cycles_asks_for_a_relist_of_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kopf._cogs.clients import watching
+
+    async def stream(*, resource: Any, **_: Any) -> Any:
+        yield watching.Bookmark.LISTED
+
+    monkeypatch.setattr(watching, "infinite_watch", stream)
+    asked: list[str] = []
+    monkeypatch.setattr(handlers, "_listed_again", lambda state, kind: asked.append(kind))
+
+    async def scenario() -> None:
+        state, _ = state_of(ListingClient(), ())
+        handlers._hear_kopf_listings(state)
+        resource = type("Resource", (), {"group": kinds.REWARD_CYCLE.group, "plural": kinds.REWARD_CYCLE.plural})
+        async for _ in watching.infinite_watch(resource=resource(), settings=None, namespace=None):  # type: ignore[arg-type]
+            pass
+        assert asked == [kinds.REWARD_CYCLE.kind]
+
+    asyncio.run(scenario())
