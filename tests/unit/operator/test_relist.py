@@ -141,7 +141,7 @@ def test_a_relist_forgets_an_evaluation_deleted_in_the_gap_and_its_job_and_wakes
     asyncio.run(scenario())
 
 
-def test_kopf_listing_evaluations_or_their_jobs_asks_for_a_relist_of_them(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kopf_listing_evaluations_jobs_or_cycles_asks_for_their_relist(monkeypatch: pytest.MonkeyPatch) -> None:
     from kopf._cogs.clients import watching
 
     async def stream(*, resource: Any, **_: Any) -> Any:
@@ -154,11 +154,11 @@ def test_kopf_listing_evaluations_or_their_jobs_asks_for_a_relist_of_them(monkey
     async def scenario() -> None:
         state, _ = state_of(ListingClient(), ())
         handlers._hear_kopf_listings(state)
-        for kind in (kinds.EVALUATION, EVALUATION_JOB.kind):
+        for kind in (kinds.EVALUATION, EVALUATION_JOB.kind, kinds.REWARD_CYCLE):
             resource = type("Resource", (), {"group": kind.group, "plural": kind.plural})
             async for _ in watching.infinite_watch(resource=resource(), settings=None, namespace=None):  # type: ignore[arg-type]
                 pass
-        assert asked == [kinds.EVALUATION.kind, EVALUATION_JOB.name]
+        assert asked == [kinds.EVALUATION.kind, EVALUATION_JOB.name, kinds.REWARD_CYCLE.kind]
 
     asyncio.run(scenario())
 
@@ -237,26 +237,5 @@ def test_a_relist_forgets_a_cycle_deleted_in_the_gap_so_no_resync_makes_its_next
         await asyncio.sleep(0)
         assert state.cycles.cache.keys() == ["team-a/kept"]
         assert reconciled == []  # the kept cycle did not change
-
-    asyncio.run(scenario())
-
-
-def test_kopf_listing_reward_cycles_asks_for_a_relist_of_them(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kopf._cogs.clients import watching
-
-    async def stream(*, resource: Any, **_: Any) -> Any:
-        yield watching.Bookmark.LISTED
-
-    monkeypatch.setattr(watching, "infinite_watch", stream)
-    asked: list[str] = []
-    monkeypatch.setattr(handlers, "_listed_again", lambda state, kind: asked.append(kind))
-
-    async def scenario() -> None:
-        state, _ = state_of(ListingClient(), ())
-        handlers._hear_kopf_listings(state)
-        resource = type("Resource", (), {"group": kinds.REWARD_CYCLE.group, "plural": kinds.REWARD_CYCLE.plural})
-        async for _ in watching.infinite_watch(resource=resource(), settings=None, namespace=None):  # type: ignore[arg-type]
-            pass
-        assert asked == [kinds.REWARD_CYCLE.kind]
 
     asyncio.run(scenario())
