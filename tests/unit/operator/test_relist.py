@@ -103,14 +103,19 @@ def test_a_relist_forgets_a_run_deleted_in_the_gap_and_its_children_and_wakes_it
     asyncio.run(scenario())
 
 
-def evaluation(name: str, uid: str) -> dict[str, Any]:
+def parent(kind: Kind, name: str, uid: str, phase: str) -> dict[str, Any]:
+    """An Evaluation or a RewardCycle as the API server lists it."""
     return {
-        "apiVersion": kinds.EVALUATION.api_version,
-        "kind": kinds.EVALUATION.kind,
+        "apiVersion": kind.api_version,
+        "kind": kind.kind,
         "metadata": {"name": name, "namespace": "team-a", "uid": uid, "resourceVersion": "1", "generation": 1},
         "spec": {},
-        "status": {"phase": "Pending"},
+        "status": {"phase": phase},
     }
+
+
+def evaluation(name: str, uid: str) -> dict[str, Any]:
+    return parent(kinds.EVALUATION, name, uid, "Pending")
 
 
 def evaluation_job(name: str, uid: str) -> dict[str, Any]:
@@ -214,13 +219,7 @@ def test_an_empty_list_kopf_makes_asks_for_a_relist_too(monkeypatch: pytest.Monk
 
 
 def cycle(name: str, uid: str) -> dict[str, Any]:
-    return {
-        "apiVersion": kinds.REWARD_CYCLE.api_version,
-        "kind": kinds.REWARD_CYCLE.kind,
-        "metadata": {"name": name, "namespace": "team-a", "uid": uid, "resourceVersion": "1", "generation": 1},
-        "spec": {},
-        "status": {"phase": "Running"},
-    }
+    return parent(kinds.REWARD_CYCLE, name, uid, "Running")
 
 
 def test_a_relist_forgets_a_cycle_deleted_in_the_gap_so_no_resync_makes_its_next_stage() -> None:
