@@ -152,15 +152,42 @@ class RunCache:
     ledger: WriteLedger = field(default_factory=WriteLedger)
     kind: Kind = kinds.TRAINING_RUN
     reporter_fields: Collection[str] = RUN_REPORTER_FIELDS
+    # The keys of the objects a body names as its sources (runs: spec.model.fromRun and the reward models'
+    # fromRun), indexed so that a source finds its dependents without reading every object of its namespace.
+    sources_of: Callable[[JSON], Collection[str]] | None = None
     _runs: dict[str, JSON] = field(default_factory=dict)
+    _dependents: dict[str, set[str]] = field(default_factory=dict)
     freshness: Freshness = field(default_factory=Freshness)
+
+    def _store(self, key: str, body: JSON) -> JSON | None:
+        old = self._runs.get(key)
+        self._runs[key] = body
+        self._index(key, old, body)
+        return old
+
+    def _index(self, key: str, old: JSON | None, new: JSON | None) -> None:
+        sources_of = self.sources_of
+        if sources_of is None:
+            return
+        before = set(sources_of(old)) if old is not None else set()
+        after = set(sources_of(new)) if new is not None else set()
+        for source in before - after:
+            dependents = self._dependents.get(source, set())
+            dependents.discard(key)
+            if not dependents:
+                self._dependents.pop(source, None)
+        for source in after - before:
+            self._dependents.setdefault(source, set()).add(key)
+
+    def dependents(self, key: str) -> list[str]:
+        """The cached objects that name ``key`` as a source (a superset of those that still need it)."""
+        return sorted(self._dependents.get(key, ()))
 
     def observe(self, body: JSON) -> bool:
         """Record a watch event; True when it may change what the operator does (worth a reconcile)."""
         body = trimmed_run(body)
         key = naming.run_key(body["metadata"]["namespace"], body["metadata"]["name"])
-        old = self._runs.get(key)
-        self._runs[key] = body
+        old = self._store(key, body)
         self.freshness.seen(uid_of(body))
         ref = ref_of(self.kind.kind, body)
         if self.ledger.is_echo(ref, body):
@@ -171,7 +198,8 @@ class RunCache:
         body = trimmed_run(body)
         key = naming.run_key(body["metadata"]["namespace"], body["metadata"]["name"])
         self.ledger.wrote(ref_of(self.kind.kind, body), body, seen_before=self._runs.get(key))
-        self._runs.setdefault(key, body)
+        if key not in self._runs:
+            self._store(key, body)
 
     def run(self, key: str) -> JSON | None:
         namespace, name = naming.split_key(key)
@@ -187,6 +215,7 @@ class RunCache:
         gone = self._runs.pop(key, None)
         if gone is not None:
             self.freshness.deleted(uid_of(gone))
+            self._index(key, gone, None)
         namespace, name = naming.split_key(key)
         self.ledger.forget(namespace, {name})
 

@@ -160,7 +160,7 @@ class Reconciler:
     evaluation_waiters: lineage.SourceWaiters = field(default_factory=lineage.SourceWaiters)
 
     def __post_init__(self) -> None:
-        self.cache = RunCache(self.ledger)
+        self.cache = RunCache(self.ledger, sources_of=lineage.source_keys_of)
         self.children = Children(self.ledger)
         self.status = StatusWriter(self.client, self.cache, EventRecorder(self.client), self.metrics)
         self.notifier = Notifier(self.client, backoff=self.config.notification_backoff)
@@ -367,10 +367,11 @@ class Reconciler:
         return {key: _decoded(data[key]) for key in STORAGE_SECRET_KEYS if key in data}
 
     def _pins(self, run: TrainingRun) -> list[CheckpointPin]:
-        """This run's checkpoints that runs of its namespace starting from it still need (from the run cache)."""
-        prefix, keys = naming.run_key(run.metadata.namespace, ""), self.cache.keys()
-        same_namespace = (self.cache.run(key) for key in keys if key.startswith(prefix))
-        return lineage.pins_of(run, (body for body in same_namespace if body is not None))
+        """This run's checkpoints that runs starting from it still need (from the run cache: only the runs that name
+        it as a source, not every run of its namespace at every reconcile)."""
+        source = naming.run_key(run.metadata.namespace, run.metadata.name)
+        dependents = (self.cache.run(key) for key in self.cache.dependents(source))
+        return lineage.pins_of(run, (body for body in dependents if body is not None))
 
     async def _resolve_inputs(self, run: TrainingRun, *, launched: bool) -> Inputs:
         """spec.model.fromRun's checkpoint, spec.data.fromEvaluation's pairs and the served reward models'

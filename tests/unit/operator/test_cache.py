@@ -177,3 +177,26 @@ def test_the_workload_of_a_rayjob_just_created_is_cached_before_the_rayjobs_watc
     children = Children(WriteLedger())
     children.wrote(RAY_JOB, "team/qwen", rayjob("5", uid="ours"))
     assert children.observe(WORKLOAD, "team/qwen", workload("ours")) is True
+
+
+def test_a_source_finds_the_runs_that_name_it_without_reading_the_rest_of_its_namespace() -> None:
+    """Each reconcile of a source works out its pins from its dependents: from an index, not a pass over every run
+    of the namespace (500 runs launching together made that pass the operator's largest cost)."""
+    from loka_operator import lineage
+
+    def named(name: str, **spec: Any) -> dict[str, Any]:
+        return {"metadata": {"name": name, "namespace": "team", "resourceVersion": "1"}, "spec": spec, "status": {}}
+
+    cache = RunCache(sources_of=lineage.source_keys_of)
+    cache.observe(named("sft"))
+    cache.observe(named("grpo", model={"fromRun": {"name": "sft"}}))
+    reward = {"components": [{"name": "rm", "rewardModel": {"fromRun": {"name": "rm-run"}}}]}
+    cache.observe(named("judged", model={"fromRun": {"name": "sft"}}, reward=reward))
+    cache.observe(named("other", model={"uri": "s3://models/base"}))
+    cache.wrote(named("late", model={"fromRun": {"name": "sft"}}))  # our own write of a run not yet watched
+    assert cache.dependents("team/sft") == ["team/grpo", "team/judged", "team/late"]
+    assert cache.dependents("team/rm-run") == ["team/judged"]
+    cache.observe(named("grpo", model={"uri": "s3://models/base"}))  # a new spec (recreated under the name)
+    cache.forget("team/judged")
+    assert cache.dependents("team/sft") == ["team/late"]
+    assert cache.dependents("team/rm-run") == []
