@@ -79,3 +79,17 @@ def test_only_workloads_labelled_with_their_run_are_watched_unless_asked_for_eve
     monkeypatch.delenv(ENV_RAY_VERSION, raising=False)
     assert child_selectors(config_from(parse_args([])))[WORKLOAD] == "loka.dev/run"
     assert child_selectors(config_from(parse_args(["--workload-selector="])))[WORKLOAD] == ""
+
+
+def test_the_operator_registers_no_handler_that_needs_kopfs_last_handled_copies() -> None:
+    """The operator gives kopf no diff base (`handlers.NoDiffBase`): safe only while every handler of a watched kind
+    is on.event. An on.create/on.update/on.delete handler or a daemon would see every change as new."""
+    import kopf
+
+    import loka_operator.handlers  # noqa: F401  (registers the handlers)
+
+    registry = kopf.get_default_registry()
+    watching = list(registry._watching.get_all_handlers())
+    assert len(watching) >= 3  # runs, Evaluations and RewardCycles at least
+    assert list(registry._changing.get_all_handlers()) == []
+    assert list(registry._spawning.get_all_handlers()) == []
