@@ -268,13 +268,8 @@ async def relist(state: OperatorState, wanted: Collection[str] | None = None) ->
                               _forget_run, state.queue)  # fmt: skip
         await _relist_parents(state, wanted, EVALUATIONS, "Evaluation", evaluations.cache, evaluations.children,
                               EVALUATION_CHILDREN, _forget_evaluation, state.evaluation_queue)  # fmt: skip
-        if wanted is None or CYCLES in wanted:  # a cycle's stages are runs and Evaluations: no children of its own
-            changed, gone = await relist_runs(state.cycles.cache, state.client, state.scope)
-            for key in gone:
-                log.info("RewardCycle %s is gone (deleted while the watch was away): forgetting it", key)
-                _forget_cycle(state, key)
-            for key in changed:
-                state.cycle_queue.request(key)
+        # A cycle's stages are runs and Evaluations: it has no children of its own.
+        await _relist_kind(state, wanted, CYCLES, "RewardCycle", state.cycles.cache, _forget_cycle, state.cycle_queue)
 
 
 async def _relist_parents(  # noqa: PLR0917 - one parent kind's caches, children and queue, as relist names them
@@ -290,17 +285,31 @@ async def _relist_parents(  # noqa: PLR0917 - one parent kind's caches, children
 ) -> None:
     """Relist one parent kind (runs or Evaluations) and its children: forget the parents gone, reconcile the ones
     whose object or children changed."""
-    if wanted is None or kind in wanted:
-        changed, gone = await relist_runs(cache, state.client, state.scope)
-        for key in gone:
-            log.info("%s %s is gone (deleted while the watch was away): forgetting it", noun, key)
-            forget(state, key)
-        for key in changed:
-            queue.request(key)
+    await _relist_kind(state, wanted, kind, noun, cache, forget, queue)
     listed = [child for child in child_kinds if wanted is None or child.name in wanted]
     for key in await relist_children(children, state.client, state.scope, listed):
         if cache.known(key):
             queue.request(key)
+
+
+async def _relist_kind(  # noqa: PLR0917 - one kind's cache and queue, as relist names them
+    state: OperatorState,
+    wanted: Collection[str] | None,
+    kind: str,
+    noun: str,
+    cache: RunCache,
+    forget: Callable[[OperatorState, str], None],
+    queue: RunQueue,
+) -> None:
+    """Relist one kind of parent (runs, Evaluations, RewardCycles): forget the gone, reconcile the changed."""
+    if wanted is not None and kind not in wanted:
+        return
+    changed, gone = await relist_runs(cache, state.client, state.scope)
+    for key in gone:
+        log.info("%s %s is gone (deleted while the watch was away): forgetting it", noun, key)
+        forget(state, key)
+    for key in changed:
+        queue.request(key)
 
 
 def _hear_kopf_listings(state: OperatorState) -> None:
