@@ -15,7 +15,7 @@ comma := ,
 .PHONY: demo-pipeline demo-agent demo-cycle
 .PHONY: helm chart-crds chart-lint lint-workflows gitops-build gitops-health test-deploy
 .PHONY: lint-dockerfile test-trainer bench-checkpoint
-.PHONY: crds operator bench-reconcile bench-churn lint-imports
+.PHONY: crds operator bench-reconcile bench-churn bench-apiserver lint-imports
 
 help: ## List every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -129,6 +129,9 @@ operator: venv ## Run loka-operator against the current kubeconfig (LOKA_RAYJOB_
 
 bench-reconcile: cluster-up ## TrainingRuns vs plain RayJobs through Kueue (apply -> Running) and idle API load, N=1,100,500
 	$(PY) bench/reconcile.py
+
+bench-apiserver: cluster-up ## The API server's CPU per request of a run's launch (status patches, identity, token)
+	$(PY) bench/apiserver_cost.py
 
 bench-churn: cluster-up ## 1,000 runs created, deleted, re-created in waves on two replicas, with a hand-over and a relist
 	$(PY) bench/churn.py

@@ -115,10 +115,15 @@ def model_schema(model: type[Any]) -> JSONSchema:
     return result
 
 
-def _present_and_equal(field: str) -> str:
+def _unchanged(field: str, always_set: bool) -> str:
+    """CEL: spec.<field> is as it was. Each field access on the spec costs the API server a walk of the spec's
+    schema, and every status write evaluates these rules: a field always set (required or defaulted) is compared
+    at once, an optional one tested for presence once on each side."""
+    if always_set:
+        return f"self.spec.{field} == oldSelf.spec.{field}"
     return (
-        f"has(self.spec.{field}) == has(oldSelf.spec.{field}) && "
-        f"(!has(self.spec.{field}) || self.spec.{field} == oldSelf.spec.{field})"
+        f"has(self.spec.{field}) ? has(oldSelf.spec.{field}) && self.spec.{field} == oldSelf.spec.{field} "
+        f": !has(oldSelf.spec.{field})"
     )
 
 
@@ -149,13 +154,14 @@ def lineage_rule() -> dict[str, str]:
     )
 
 
-def immutability_rules() -> list[dict[str, str]]:
+def immutability_rules(spec: JSONSchema) -> list[dict[str, str]]:
     mutable = ", ".join(MUTABLE_FIELDS)
+    required, fields = set(spec.get("required", ())), spec["properties"]
     return [
         cel(
             # Every status write evaluates the rules on the whole object (the spec does not change there): the
             # field's comparison first ends each rule before it walks the conditions.
-            f"({_present_and_equal(field)}) || {_REJECTED}",
+            f"({_unchanged(field, field in required or 'default' in fields[field])}) || {_REJECTED}",
             f"spec.{field} is immutable once the run is created (only {mutable} may change; "
             "delete and recreate the run to change it)",
             field_path=f".spec.{field}",
@@ -250,7 +256,11 @@ def _spelled(keys: list[str]) -> str:
 
 
 def _unless(algorithms: tuple[str, ...], every: tuple[str, ...], rule: str) -> str:
-    return rule if set(algorithms) >= set(every) else f"{_is_none_of(algorithms)} || {rule}"
+    # A run without verlOverrides (most) ends the rule at its first field access, before the algorithm's.
+    absent = "!has(self.verlOverrides)"
+    if set(algorithms) >= set(every):
+        return f"{absent} || {rule}"
+    return f"{absent} || {_is_none_of(algorithms)} || {rule}"
 
 
 def owned_key_rules(families: tuple[Recipe, ...]) -> list[dict[str, str]]:
@@ -268,7 +278,7 @@ def owned_key_rules(families: tuple[Recipe, ...]) -> list[dict[str, str]]:
     groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
     for (key, instead), holders in owners.items():
         groups.setdefault((instead, tuple(dict.fromkeys(holders))), []).append(key)
-    prefix = "!has(self.verlOverrides) || self.verlOverrides.all(o, !o.matches('^[+~]{0,2}"
+    prefix = "self.verlOverrides.all(o, !o.matches('^[+~]{0,2}"
     rules = []
     for (instead, algorithms), keys in groups.items():
         verb = "is" if len(keys) == 1 else "are"
@@ -313,7 +323,7 @@ def openapi_schema() -> JSONSchema:
         "A post-training run (verl GRPO or SFT on KubeRay, admitted by Kueue).",
         spec,
         model_schema(TrainingRunStatus),
-        [name_rule(), lineage_rule(), *immutability_rules()],
+        [name_rule(), lineage_rule(), *immutability_rules(spec)],
     )
 
 

@@ -112,6 +112,15 @@ def test_run_shaping_fields_are_immutable_after_creation(
     assert f"spec.{field}" in output and "immutable" in output and "suspend, maxRestarts" in output
 
 
+def test_an_optional_run_shaping_field_may_not_be_removed_after_creation(cluster: LocalCluster, ns: str) -> None:
+    assert apply(cluster, run_manifest("kept", ns))[0] == 0
+    without = run_manifest("kept", ns)
+    del without["spec"]["checkpoints"]
+    code, output = apply(cluster, without)
+    assert code != 0
+    assert "spec.checkpoints" in output and "immutable" in output
+
+
 def test_suspend_max_restarts_and_ttl_stay_mutable(cluster: LocalCluster, kube: Kube, ns: str) -> None:
     assert apply(cluster, run_manifest("mutable", ns))[0] == 0
     changed = run_manifest("mutable", ns, suspend=True, maxRestarts=7, ttlSecondsAfterFinished=60)

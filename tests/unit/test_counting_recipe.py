@@ -71,7 +71,7 @@ def test_the_crd_offers_the_new_algorithm_with_its_rules() -> None:
         == "self.algorithm != 'count' || (!has(self.reward))"
     )
     owned = next(rule for message, rule in rules.items() if message.startswith("trainer.total_training_steps is"))
-    assert owned.startswith("self.algorithm != 'count' || ")
+    assert owned.startswith("!has(self.verlOverrides) || self.algorithm != 'count' || ")
     divisible = next(rule for rule in rules.values() if "% (self.resources.workers" in rule)
     # A batch of count splits over the GPUs item by item (only the RL family multiplies it by samplesPerPrompt).
     assert "'remax'] ? self.training.samplesPerPrompt : 1)" in divisible
