@@ -148,6 +148,8 @@ class Reconciler:
     _seen_finished: dict[str, tuple[str, datetime]] = field(default_factory=dict)
     # LocalQueues known to exist in this resync period: shared by many runs, so checked once per period.
     _local_queues: set[tuple[str, str]] = field(default_factory=set)
+    # One ensure in flight per LocalQueue: the runs of a burst (one per worker) wait for it instead of each creating.
+    _local_queue_locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
     # The uid of the RayJob whose Ray token Secret exists, per run (Secrets are never watched: no values cached).
     _tokens: dict[str, str] = field(default_factory=dict)
     # How many times in a row each run found a referenced Secret missing (its next look waits longer).
@@ -455,8 +457,15 @@ class Reconciler:
         if queue is None:
             return
         manifest = builders.build_local_queue(queue, namespace)
-        if manifest is None or (namespace, queue.name) in self._local_queues:
+        key = (namespace, queue.name)
+        if manifest is None or key in self._local_queues:
             return
+        async with self._local_queue_locks.setdefault(key, asyncio.Lock()):
+            if key not in self._local_queues:
+                await self._create_local_queue(queue, namespace, manifest)
+                self._local_queues.add(key)
+
+    async def _create_local_queue(self, queue: QueueSpec, namespace: str, manifest: JSON) -> None:
         try:
             await self.client.create(kinds.LOCAL_QUEUE, namespace, manifest)
         except ApiError as error:
@@ -471,7 +480,6 @@ class Reconciler:
                     existing.get("spec", {}).get("clusterQueue"),
                     queue.cluster_queue,
                 )
-        self._local_queues.add((namespace, queue.name))
 
     async def _ensure_identity(self, run: TrainingRun) -> Problem | None:
         """The trainer's identity and the NetworkPolicy around the run's pods, before any of them exists."""
