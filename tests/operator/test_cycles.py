@@ -93,16 +93,22 @@ def test_a_cycle_stamps_out_owned_chained_stages_fails_with_its_burst_and_takes_
     assert rm["spec"]["data"]["fromEvaluation"] == "c-1-eval"
     assert kube.run(ns, "c-2-rl") is None  # the next burst waits for the reward model it is rewarded by
 
-    # They wait for each other as they would applied by hand, and the cycle says which stage it is at.
-    waiting = eventually(
+    # They wait for each other as they would applied by hand, and the cycle says which stage it is at. A stage
+    # reconciled before the operator saw the stage it waits for says that one is missing; the change of words alone
+    # is written within the status writer's settle time (30 s).
+    eventually(
         lambda: (
             (e := kube.get(*EVALUATIONS.gvr, ns, "c-1-eval") or {}).get("status", {}).get("phase") == "Pending"
-            and e["status"]
+            and "waiting for run 'c-1-rl' to succeed" in e["status"].get("message", "")
         ),
-        what="the Evaluation to wait for its burst",
+        timeout=90,
+        what="the Evaluation to wait for its burst to succeed",
     )
-    assert "waiting for run 'c-1-rl' to succeed" in waiting["message"]
-    assert "waiting for Evaluation 'c-1-eval' to succeed" in wait_phase(kube, ns, "c-1-rm", "Pending")["message"]
+    eventually(
+        lambda: "waiting for Evaluation 'c-1-eval' to succeed" in wait_phase(kube, ns, "c-1-rm", "Pending")["message"],
+        timeout=90,
+        what="the reward model's run to wait for the Evaluation to succeed",
+    )
     status = eventually(lambda: (s := cycle(kube, ns).get("status") or {}).get("phase") == "Running" and s,
                         what="the cycle to run")  # fmt: skip
     assert (status["iteration"], status["stage"]) == (1, "c-1-rl")

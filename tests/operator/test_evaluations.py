@@ -294,8 +294,18 @@ def test_a_queued_evaluation_says_why_in_kueues_words_posts_each_phase_and_is_co
     # Its rollouts are kept: the Job is made, and Kueue has no CPU to admit it.
     kube.patch_run_status(ns, "grpo", {"rollouts": {"uri": "s3://loka/tests/ev-rollouts", "step": 1}})
     wait_evaluation("Queued")
-    (workload,) = eventually(lambda: kube.workloads(ns), what="Kueue's Workload for the evaluator's Job")
-    said = next(c for c in workload["status"]["conditions"] if c["type"] == "QuotaReserved")
+    said = eventually(
+        lambda: next(
+            (
+                c
+                for w in kube.workloads(ns)
+                for c in (w.get("status") or {}).get("conditions") or []
+                if c["type"] == "QuotaReserved"
+            ),
+            None,
+        ),
+        what="Kueue's word on the evaluator's Workload (QuotaReserved)",
+    )
     eventually(
         lambda: (
             (evaluation(kube, ns, "ev").get("status") or {}).get("message") == f"waiting for Kueue: {said['message']}"
