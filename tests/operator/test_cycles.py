@@ -105,7 +105,10 @@ def test_a_cycle_stamps_out_owned_chained_stages_fails_with_its_burst_and_takes_
         what="the Evaluation to wait for its burst to succeed",
     )
     eventually(
-        lambda: "waiting for Evaluation 'c-1-eval' to succeed" in wait_phase(kube, ns, "c-1-rm", "Pending")["message"],
+        lambda: (
+            (s := kube.status(ns, "c-1-rm")).get("phase") == "Pending"
+            and "waiting for Evaluation 'c-1-eval' to succeed" in s.get("message", "")
+        ),
         timeout=90,
         what="the reward model's run to wait for the Evaluation to succeed",
     )

@@ -21,7 +21,7 @@ import yaml
 from localcluster.controlplane import S3_BUCKET, LocalCluster
 from localcluster.judge_server import JudgeServer
 from localcluster.operator_process import OperatorProcess
-from loka_api import kinds
+from loka_api import kinds, kueue
 from loka_api.contract import ENV_EVALUATION_NAME, ENV_EVALUATION_NAMESPACE, judge_api_key_env, rollout_file
 from loka_api.storage import ObjectStore, S3Uri
 from loka_cli.main import main
@@ -294,18 +294,13 @@ def test_a_queued_evaluation_says_why_in_kueues_words_posts_each_phase_and_is_co
     # Its rollouts are kept: the Job is made, and Kueue has no CPU to admit it.
     kube.patch_run_status(ns, "grpo", {"rollouts": {"uri": "s3://loka/tests/ev-rollouts", "step": 1}})
     wait_evaluation("Queued")
-    said = eventually(
-        lambda: next(
-            (
-                c
-                for w in kube.workloads(ns)
-                for c in (w.get("status") or {}).get("conditions") or []
-                if c["type"] == "QuotaReserved"
-            ),
-            None,
+    (workload,) = eventually(
+        lambda: (
+            (found := kube.workloads(ns)) and all(kueue.QUOTA_RESERVED in kueue.conditions(w) for w in found) and found
         ),
-        what="Kueue's word on the evaluator's Workload (QuotaReserved)",
+        what="Kueue's Workload for the evaluator's Job, with its word on quota (QuotaReserved)",
     )
+    said = kueue.conditions(workload)[kueue.QUOTA_RESERVED]
     eventually(
         lambda: (
             (evaluation(kube, ns, "ev").get("status") or {}).get("message") == f"waiting for Kueue: {said['message']}"
