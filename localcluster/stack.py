@@ -18,6 +18,7 @@ import fnmatch
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -124,6 +125,9 @@ class DemoStack:
             # As in the trainer image: time for the trainer to stop, flush status and exit after SIGTERM.
             "RAY_JOB_STOP_WAIT_TIME_S": "25",
             "TOKENIZERS_PARALLELISM": "false",
+            # Ray refuses new objects (and a trainer waits on them) once its disk is 95% used: on a large shared disk
+            # that is still gigabytes free, far more than the demo's few megabytes of objects need.
+            "RAY_local_fs_capacity_threshold": "0.99",
         }
         return [
             Component(
@@ -254,6 +258,29 @@ class DemoStack:
     def _apply_crd(self) -> None:
         self.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
         self.cluster.wait_for_crds("trainingruns.loka.dev", "evaluations.loka.dev", "rewardcycles.loka.dev")
+
+    def diagnosis(self, log_lines: int = 15) -> str:
+        """What a person looks at when a run never moves: whether each process of the stack is alive, the free disk
+        Ray and MinIO write to (Ray refuses new objects once its disk is 95% used), each Ray job's state and the
+        last lines of any unfinished job's driver log. Never raises: it is read while something already failed."""
+        lines = [f"{c.name}: {'pid ' + str(c.pid()) if c.pid() else 'NOT RUNNING'}" for c in self.components()]
+        usage = shutil.disk_usage(self.layout.root)
+        free, total = usage.free / 2**30, usage.total / 2**30
+        lines.append(f"disk under {self.layout.root}: {free:.1f} GiB free of {total:.0f} GiB")
+        try:
+            jobs = self.ray_jobs()
+        except (OSError, ValueError) as err:
+            return "\n".join([*lines, f"Ray's job API did not answer: {err}"])
+        for job in jobs:
+            sid = job.get("submission_id") or job.get("job_id") or "?"
+            lines.append(f"Ray job {sid}: {job.get('status')} {(job.get('message') or '')[:200]}")
+            if job.get("status") in ("PENDING", "RUNNING"):
+                try:
+                    tail = self.ray_job_logs(str(sid)).splitlines()[-log_lines:]
+                except (OSError, ValueError) as err:
+                    tail = [f"(its log did not answer: {err})"]
+                lines += [f"  | {line[:240]}" for line in tail]
+        return "\n".join(lines)
 
     # ----- Ray's job API, as the pod shim and the summary use it ---------------------------------
 

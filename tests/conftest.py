@@ -21,6 +21,32 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
+# How much of a failure's report is printed the moment it fails (the whole report still comes at the end).
+EARLY_REPORT_CHARS = 4000
+_terminal: list[Any] = []  # pytest's terminal reporter, once the session started
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        _terminal[:] = [reporter]
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Print a failure's report as soon as it happens, not only in the summary at the end: a run stopped by CI's
+    time limit (or by hand) otherwise shows only its F's, never why."""
+    if not report.failed or not _terminal:
+        return
+    text = report.longreprtext
+    if len(text) > EARLY_REPORT_CHARS:
+        text = "…" + text[-EARLY_REPORT_CHARS:]
+    reporter = _terminal[0]
+    reporter.write_line("")
+    reporter.write_line(f"--- {report.nodeid} failed ({report.when}), as it happened ---")
+    reporter.write_line(text)
+    reporter.write_line(f"--- end of {report.nodeid} ---")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Any test that uses the cluster is marked `cluster`, so `-m 'not cluster'` skips them all."""
     for item in items:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,11 +12,35 @@ from localcluster.controlplane import LocalCluster
 from localcluster.demo import prepare_namespace, upload_tiny_assets
 from localcluster.stack import DemoStack
 
+# After this many end-to-end tests failed, the rest fail at once: each waits up to ten minutes on runs that a broken
+# stack never moves, which would spend CI's whole time limit on one cause (the reports above say which).
+FAILURES_BEFORE_GIVING_UP = 2
+_failed: list[str] = []
+
+
+def _is_e2e(path: object) -> bool:
+    return Path(str(path)).parent == Path(__file__).parent
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if Path(str(item.fspath)).parent == Path(__file__).parent:
+        if _is_e2e(item.fspath):
             item.add_marker(pytest.mark.e2e)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed and _is_e2e(item.fspath) and item.nodeid not in _failed:
+        _failed.append(item.nodeid)
+    return report
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if _is_e2e(item.fspath) and len(_failed) >= FAILURES_BEFORE_GIVING_UP:
+        pytest.fail(f"not run: {len(_failed)} end-to-end tests failed before it ({', '.join(_failed)}); see above")
 
 
 @pytest.fixture(scope="session")

@@ -71,7 +71,10 @@ class RunWatch:
             if status.get("phase") in ("Succeeded", "Failed") and not after_end:
                 break
             time.sleep(0.5)
-        pytest.fail(f"{self.name}: timed out or finished waiting for {what}; last status:\n{yaml.safe_dump(status)}")
+        pytest.fail(
+            f"{self.name}: timed out or finished waiting for {what}; last status:\n{yaml.safe_dump(status)}\n"
+            f"the stack:\n{DemoStack(self.cluster).diagnosis()}"
+        )
 
 
 def apply(cluster: LocalCluster, manifest: dict[str, Any]) -> RunWatch:
