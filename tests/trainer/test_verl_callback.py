@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -221,6 +222,7 @@ def test_a_fenced_writer_stops_at_the_next_step_end_not_at_the_next_save(
 def test_a_requested_save_ends_the_step_in_flight_with_a_marked_checkpoint(
     ray_cluster: list[str], object_store: ObjectStore, s3_prefix: S3Uri, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from loka_trainer import verl_callback
     from loka_trainer.verl_callback import S3CheckpointCallback, on_step_end
 
     writer = Writer(1, "run-a1b2c")
@@ -240,8 +242,12 @@ def test_a_requested_save_ends_the_step_in_flight_with_a_marked_checkpoint(
     assert handshake.saved_step() is None
     handshake.request_save("SIGTERM")  # a preemption during step 14
     trainer.global_steps = 14
+    monkeypatch.setattr(verl_callback, "HOLD_AFTER_SAVE_S", 2.0)
+    began = time.monotonic()
     on_step_end(trainer)
 
+    # No step 15 until the trainer stopped verl: one would train, and at a periodic step save, past step 14.
+    assert time.monotonic() - began >= verl_callback.HOLD_AFTER_SAVE_S
     assert handshake.saved_step() == 14
     assert store.marker_step() == 14
     assert store.complete_steps() == [10, 14]

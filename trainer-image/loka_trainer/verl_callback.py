@@ -46,6 +46,9 @@ from loka_trainer.settings import CallbackSettings
 from loka_trainer.stop_handshake import StopHandshake
 
 log = logging.getLogger(__name__)
+# How long verl's step loop waits to be stopped once it answered the save on the way out (the trainer stops it within
+# a poll and its 10 s grace: engines.verl.STOP_GRACE_S).
+HOLD_AFTER_SAVE_S = 300.0
 
 # The callbacks verl built in this process: every way out of the TaskRunner waits for their uploads.
 _CALLBACKS: list[S3CheckpointCallback] = []
@@ -174,6 +177,7 @@ class S3CheckpointCallback(CheckpointCallback):
             raise
         self.handshake.mark_saved(step)
         log.info("step %d saved and marked %.1f s after the stop request", step, time.monotonic() - started)
+        hold_until_stopped(step)
 
     def _stop_requested(self) -> str | None:
         return None if self.handshake is None else self.handshake.save_requested()
@@ -190,6 +194,19 @@ class S3CheckpointCallback(CheckpointCallback):
             self.wait_for_upload()
         except Exception as error:
             log.error("%s", error)
+
+
+def hold_until_stopped(step: int) -> None:
+    """The save on the way out is answered: the trainer stops verl next (its driver, then Ray the TaskRunner's actor,
+    which can take seconds on a busy node). Another step meanwhile would train, and at a periodic step save and mark,
+    past the checkpoint the trainer's closing message names. So the loop waits here to be stopped; only if nothing
+    stopped it after HOLD_AFTER_SAVE_S (more than the trainer's save window and grace together) does it train on."""
+    time.sleep(HOLD_AFTER_SAVE_S)
+    log.warning(
+        "nothing stopped verl %.0f s after the save of step %d on the way out: training goes on",
+        HOLD_AFTER_SAVE_S,
+        step,
+    )
 
 
 def finish_uploads_in_flight() -> None:
