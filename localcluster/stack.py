@@ -261,12 +261,19 @@ class DemoStack:
 
     def diagnosis(self, log_lines: int = 15) -> str:
         """What a person looks at when a run never moves: whether each process of the stack is alive, the free disk
-        Ray and MinIO write to (Ray refuses new objects once its disk is 95% used), each Ray job's state and the
-        last lines of any unfinished job's driver log. Never raises: it is read while something already failed."""
-        lines = [f"{c.name}: {'pid ' + str(c.pid()) if c.pid() else 'NOT RUNNING'}" for c in self.components()]
-        usage = shutil.disk_usage(self.layout.root)
-        free, total = usage.free / 2**30, usage.total / 2**30
-        lines.append(f"disk under {self.layout.root}: {free:.1f} GiB free of {total:.0f} GiB")
+        under the stack's folder, each Ray job's state and the last lines of any unfinished job's driver log. Never
+        raises: it is read while something already failed."""
+        lines = []
+        for component in self.components():
+            pid = component.pid()
+            lines.append(f"{component.name}: {f'pid {pid}' if pid else 'NOT RUNNING'}")
+        try:
+            usage = shutil.disk_usage(self.layout.root)
+            lines.append(
+                f"disk under {self.layout.root}: {usage.free / 2**30:.1f} GiB free of {usage.total / 2**30:.0f} GiB"
+            )
+        except OSError as err:
+            lines.append(f"disk under {self.layout.root}: unknown ({err})")
         try:
             jobs = self.ray_jobs()
         except (OSError, ValueError) as err:

@@ -18,28 +18,25 @@ FAILURES_BEFORE_GIVING_UP = 2
 _failed: list[str] = []
 
 
-def _is_e2e(path: object) -> bool:
-    return Path(str(path)).parent == Path(__file__).parent
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if _is_e2e(item.fspath):
+        if Path(str(item.fspath)).parent == Path(__file__).parent:
             item.add_marker(pytest.mark.e2e)
 
 
+# The two hooks below take an item: pytest calls a conftest's such hooks for the items under its folder only.
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    if report.failed and _is_e2e(item.fspath) and item.nodeid not in _failed:
+    if report.failed and item.nodeid not in _failed:
         _failed.append(item.nodeid)
     return report
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    if _is_e2e(item.fspath) and len(_failed) >= FAILURES_BEFORE_GIVING_UP:
+    if len(_failed) >= FAILURES_BEFORE_GIVING_UP:
         pytest.fail(f"not run: {len(_failed)} end-to-end tests failed before it ({', '.join(_failed)}); see above")
 
 

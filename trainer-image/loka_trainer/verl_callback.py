@@ -200,7 +200,7 @@ def hold_until_stopped(step: int) -> None:
     """The save on the way out is answered: the trainer stops verl next (its driver, then Ray the TaskRunner's actor,
     which can take seconds on a busy node). Another step meanwhile would train, and at a periodic step save and mark,
     past the checkpoint the trainer's closing message names. So the loop waits here to be stopped; only if nothing
-    stopped it after HOLD_AFTER_SAVE_S (more than the trainer's save window and grace together) does it train on."""
+    stopped it after HOLD_AFTER_SAVE_S (far longer than the trainer takes to stop it) does it train on."""
     time.sleep(HOLD_AFTER_SAVE_S)
     log.warning(
         "nothing stopped verl %.0f s after the save of step %d on the way out: training goes on",
