@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import dataclasses
 import fcntl
 import json
 import os
@@ -34,44 +33,12 @@ from localcluster import nodes
 from localcluster.build import GoEnv, bin_dir, is_built
 from localcluster.faults import AuditLog
 from localcluster.pki import Pki
+from localcluster.ports import LOCALHOST, Ports, describe, holders
 from localcluster.versions import cache_root, load_versions
 from loka_api import GROUP
 from loka_client.localhost import port_free
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LOCALHOST = "127.0.0.1"
-
-
-@dataclass(frozen=True)
-class Ports:
-    """Every port the control plane binds, in one block away from the usual defaults."""
-
-    etcd_client: int = 32379
-    etcd_peer: int = 32380
-    apiserver: int = 36443
-    controller_manager: int = 30257
-    scheduler: int = 30259
-    kwok: int = 30247
-    kuberay_metrics: int = 38080
-    kuberay_probe: int = 38082
-    kueue_probe: int = 38081
-    kueue_metrics: int = 38443
-    kueue_webhook: int = 39443
-    minio: int = 39000
-    minio_console: int = 39001
-    # KubeRay reaches Ray dashboards through this HTTP proxy. Nothing listens here unless the
-    # demo or an e2e test starts its dashboard router, which forwards to a real local Ray.
-    dashboard_router: int = 38265
-
-    @classmethod
-    def from_env(cls) -> Ports:
-        """The block, shifted by ``LOKA_CLUSTER_PORT_OFFSET`` (a multiple of 100 below 1000): a second checkout
-        can run its own control plane beside the first (give it its own LOKA_CLUSTER_DIR too)."""
-        raw = os.environ.get("LOKA_CLUSTER_PORT_OFFSET", "0") or "0"
-        offset = int(raw)
-        if offset % 100 or not 0 <= offset < 1000:
-            raise ValueError(f"LOKA_CLUSTER_PORT_OFFSET={raw!r}: expected 0, 100, 200, ... 900")
-        return cls(**{name: port + offset for name, port in dataclasses.asdict(cls()).items()})
 
 
 PORTS = Ports.from_env()
@@ -195,8 +162,9 @@ class Component:
                 time.sleep(0.5)
             if not port_free(LOCALHOST, port):
                 raise ClusterError(
-                    f"{self.name} cannot start: port {port} on {LOCALHOST} is taken by another process "
-                    "(another Loka cluster from a different checkout? run `make cluster-down` there)"
+                    f"{self.name} cannot start: port {port} on {LOCALHOST} is taken ({describe(holders([port]))}). "
+                    "Another Loka cluster from a different checkout? Run `make cluster-down` there, or give this "
+                    "one another block with LOKA_CLUSTER_PORT_OFFSET=100 (or 200, ... 900)"
                 )
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)

@@ -32,9 +32,10 @@ from typing import Any
 
 import yaml
 
-from localcluster.controlplane import LOCALHOST, REPO_ROOT, S3_BUCKET, ClusterError, LocalCluster
+from localcluster.controlplane import REPO_ROOT, S3_BUCKET, ClusterError, LocalCluster
 from localcluster.judge_server import JudgeServer
 from localcluster.operator_process import free_port
+from localcluster.ports import LOCALHOST
 from localcluster.stack import DemoStack
 from loka_api import kinds
 from loka_api.contract import ENV_EVALUATION_NAME, ENV_EVALUATION_NAMESPACE

@@ -35,7 +35,8 @@ from typing import Any
 import yaml
 
 from localcluster.build import build_all, is_built
-from localcluster.controlplane import LOCALHOST, PORTS, REPO_ROOT, S3_BUCKET, ClusterError, LocalCluster
+from localcluster.controlplane import PORTS, REPO_ROOT, S3_BUCKET, ClusterError, LocalCluster
+from localcluster.ports import LOCALHOST
 from localcluster.stack import DemoStack
 from loka_api import Metrics, Progress, TrainingRunStatus, kinds
 from loka_api.phases import TERMINAL

@@ -38,7 +38,6 @@ from localcluster.controlplane import (
     Component,
     Layout,
     LocalCluster,
-    Ports,
     http_ok,
 )
 from loka_api import kinds
@@ -47,18 +46,15 @@ log = logging.getLogger("loka.demo")
 
 # The stack's ports move with the control plane's (LOKA_CLUSTER_PORT_OFFSET): a stack left up by one checkout
 # does not keep another checkout's stack, on its own offset, from starting.
-PORT_OFFSET = PORTS.dashboard_router - Ports().dashboard_router
 # The port a Ray head pod serves its dashboard on (what `kubectl port-forward` and KubeRay name).
 POD_DASHBOARD_PORT = 8265
-RAY_DASHBOARD_PORT = 8265 + PORT_OFFSET
-RAY_GCS_PORT = 36379 + PORT_OFFSET
-# Away from Ray's defaults (agent 52365, client 10001, workers 10002-19999), which any other Ray started on
-# this machine takes too: a clash leaves the head without a job agent, and every submission fails with 500.
-RAY_AGENT_PORT = 36365 + PORT_OFFSET
-RAY_CLIENT_PORT = 36366 + PORT_OFFSET
-RAY_WORKER_PORTS = (36400 + PORT_OFFSET, 36439 + PORT_OFFSET)  # below the API server's 36443 (+ offset)
-OPERATOR_HEALTH_PORT = 38090 + PORT_OFFSET
-OPERATOR_METRICS_PORT = 38091 + PORT_OFFSET
+RAY_DASHBOARD_PORT = PORTS.ray_dashboard
+RAY_GCS_PORT = PORTS.ray_gcs
+RAY_AGENT_PORT = PORTS.ray_agent
+RAY_CLIENT_PORT = PORTS.ray_client
+RAY_WORKER_PORTS = (PORTS.ray_first_worker, PORTS.ray_last_worker)
+OPERATOR_HEALTH_PORT = PORTS.operator_health
+OPERATOR_METRICS_PORT = PORTS.operator_metrics
 # The namespaces the demo's operator watches: the demo's own and the end-to-end tests'.
 WATCHED_NAMESPACES = ("loka-demo", "lokae2e-*")
 ACTIVE_DEPLOYMENT_STATES = {"Initializing", "Running", "Waiting"}

@@ -450,4 +450,5 @@ def test_a_component_whose_port_is_taken_says_which_port(tmp_path: Any) -> None:
         with pytest.raises(ClusterError) as refused:
             component.start()
     assert f"port {component.ports[0]} on 127.0.0.1 is taken" in str(refused.value)
+    assert f"by pid {os.getpid()}" in str(refused.value), "and by whom"
     assert component.pid() is None, "nothing was started"
