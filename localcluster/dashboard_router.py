@@ -5,7 +5,7 @@ Under KWOK that address leads nowhere, so the control plane starts KubeRay with
 `HTTP_PROXY` pointing here, and this forward proxy sends every such request to the local
 Ray dashboard. KubeRay then submits and polls jobs exactly as it would in a cluster.
 
-    python -m localcluster.dashboard_router --listen 127.0.0.1:38265 --dashboard 127.0.0.1:8265
+    python -m localcluster.dashboard_router --listen 127.0.0.1:28265 --dashboard 127.0.0.1:8265
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def _address(text: str) -> tuple[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--listen", type=_address, default=("127.0.0.1", 38265))
+    parser.add_argument("--listen", type=_address, default=("127.0.0.1", 28265))
     parser.add_argument("--dashboard", type=_address, default=("127.0.0.1", 8265))
     parser.add_argument("--namespace", action="append", default=[], help="route only these (globs; default all)")
     args = parser.parse_args(argv)

@@ -30,35 +30,37 @@ _HOLDING_STATES = {"01", "02", "03", "04", "05", "08", "09", "0A", "0B"}  # all 
 
 @dataclass(frozen=True)
 class Ports:
-    """Every port the control plane and the stack bind, in one block away from the usual defaults."""
+    """Every port the control plane and the stack bind, in one block away from the usual defaults and below the
+    kernel's ephemeral range (32768-60999 on Linux), where any client connection may hold a port for as long as
+    it stays open: a watch on the API server for minutes."""
 
-    etcd_client: int = 32379
-    etcd_peer: int = 32380
-    apiserver: int = 36443
-    controller_manager: int = 30257
-    scheduler: int = 30259
-    kwok: int = 30247
-    kuberay_metrics: int = 38080
-    kuberay_probe: int = 38082
-    kueue_probe: int = 38081
-    kueue_metrics: int = 38443
-    kueue_webhook: int = 39443
-    minio: int = 39000
-    minio_console: int = 39001
+    etcd_client: int = 22379
+    etcd_peer: int = 22380
+    apiserver: int = 26443
+    controller_manager: int = 20257
+    scheduler: int = 20259
+    kwok: int = 20247
+    kuberay_metrics: int = 28080
+    kuberay_probe: int = 28082
+    kueue_probe: int = 28081
+    kueue_metrics: int = 28443
+    kueue_webhook: int = 29443
+    minio: int = 29000
+    minio_console: int = 29001
     # KubeRay reaches Ray dashboards through this HTTP proxy. Nothing listens here unless the
     # demo or an e2e test starts its dashboard router, which forwards to a real local Ray.
-    dashboard_router: int = 38265
+    dashboard_router: int = 28265
     # The stack's (localcluster.stack) Ray head and operator. Away from Ray's defaults (agent 52365, client 10001,
     # workers 10002-19999), which any other Ray started on this machine takes too: a clash leaves the head without
     # a job agent, and every submission fails with 500.
     ray_dashboard: int = 8265
-    ray_gcs: int = 36379
-    ray_agent: int = 36365
-    ray_client: int = 36366
-    ray_first_worker: int = 36400
-    ray_last_worker: int = 36439  # below the API server's port
-    operator_health: int = 38090
-    operator_metrics: int = 38091
+    ray_gcs: int = 26379
+    ray_agent: int = 26365
+    ray_client: int = 26366
+    ray_first_worker: int = 26400
+    ray_last_worker: int = 26439  # below the API server's port
+    operator_health: int = 28090
+    operator_metrics: int = 28091
 
     @classmethod
     def at(cls, offset: int) -> Ports:
