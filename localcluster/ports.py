@@ -1,11 +1,11 @@
 """Every port the local control plane and the stack on it bind, which process holds one, and which block a test
 session can use.
 
-The block moves by ``LOKA_CLUSTER_PORT_OFFSET`` (0, 100, ... 900). `make test` picks a free block itself when the
-default one is held by processes this checkout did not start (`session_offset`, run by the `-p
-localcluster.ports` pytest plugin before any conftest reads the block): a control plane left running by an
-earlier checkout that was stopped without `make cluster-down` (a CI job killed at its time limit) otherwise fails
-every cluster test with "port taken".
+The block moves by ``LOKA_CLUSTER_PORT_OFFSET`` (0, 100, ... 900). A test session picks a free block itself when
+the default one is held by processes this checkout did not start (`settle_session_block`, called by
+tests/conftest.py before it imports the control plane): a control plane left running by an earlier checkout that
+was removed without `make cluster-down` (a CI job killed at its time limit) otherwise fails every cluster test
+with "port taken".
 
 Imports nothing of localcluster: the block has to be settled before `localcluster.controlplane` reads it.
 """
@@ -201,19 +201,13 @@ def session_offset(own: set[int], offsets: Sequence[int] = OFFSETS) -> tuple[int
     return first, f"every port block is in use ({describe(shown)} in the default one); the cluster cannot start"
 
 
-_session_note: list[str] = []
-
-
-def pytest_load_initial_conftests() -> None:
-    """Before the first conftest imports localcluster.controlplane (which reads the block): settle it."""
+def settle_session_block() -> str:
+    """Before anything reads the block (``localcluster.controlplane`` does on import), choose the one a test
+    session uses and put it in the environment, where the session's processes find it too. Says why when it is
+    not the default one."""
     root = Path(__file__).resolve().parents[1]
     cluster_dir = Path(os.environ.get("LOKA_CLUSTER_DIR", root / ".cluster"))
     offset, why = session_offset(recorded_pids(cluster_dir, root / ".demo"))
-    _session_note[:] = [why] if why else []
     if offset:
         os.environ[OFFSET_ENV] = str(offset)
-
-
-def pytest_report_header() -> list[str]:
-    """The block's choice, at the top of the session's output."""
-    return [f"loka: {note}" for note in _session_note]
+    return why

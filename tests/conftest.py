@@ -9,8 +9,13 @@ from typing import Any
 
 import pytest
 
-from localcluster.build import build_all
-from localcluster.controlplane import LocalCluster, running_cluster, wait_until
+from localcluster import ports
+
+# Which port block this session's control plane and stack use, settled before the control plane's module reads it.
+PORT_BLOCK_NOTE = ports.settle_session_block()
+
+from localcluster.build import build_all  # noqa: E402
+from localcluster.controlplane import LocalCluster, running_cluster, wait_until  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -19,6 +24,11 @@ def pytest_configure(config: pytest.Config) -> None:
     client that connects by address sends none, so the suite's Ray clusters broke or not depending on test order.
     The local stack's Ray head runs with it off too (localcluster/stack.py)."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def pytest_report_header() -> list[str]:
+    """A port block other than the default one, and why, at the top of the session's output."""
+    return [f"loka: {PORT_BLOCK_NOTE}"] if PORT_BLOCK_NOTE else []
 
 
 # How much of a failure's report is printed the moment it fails (the whole report still comes at the end).
