@@ -68,9 +68,12 @@ def test_a_run_whose_reconcile_keeps_failing_backs_off_while_events_keep_coming(
 def test_deleting_a_run_cancels_its_reconcile_in_flight(
     cluster: LocalCluster, crd: None, kube: Kube, tmp_path: Path
 ) -> None:
+    pki = cluster.layout.pki
     with (
-        SilentServer() as webhook,
-        rayjob_webhook(kube.api, webhook.url, timeout_seconds=30) as labels,
+        # A webhook that completes TLS and never answers: the create hangs the webhook's whole 30 s (10 s, the TLS
+        # handshake timeout, without a certificate: too short a window for a loaded machine to delete the run in).
+        SilentServer(tls=(pki.serving_crt, pki.serving_key)) as webhook,
+        rayjob_webhook(kube.api, webhook.url, timeout_seconds=30, ca_bundle=pki.ca_crt.read_bytes()) as labels,
         own_operator(cluster, kube, tmp_path / "operator.log", labels) as (ns, operator),
     ):
         kube.create_run(run_manifest(RUN, ns))

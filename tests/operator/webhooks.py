@@ -5,11 +5,14 @@ Each is registered for one namespace label only, so nothing else on the shared c
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import socket
+import ssl
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from kubernetes import client
@@ -21,9 +24,15 @@ LABEL = "loka.dev/webhook-test"
 
 
 @contextlib.contextmanager
-def rayjob_webhook(api: Any, url: str, *, timeout_seconds: int) -> Iterator[dict[str, str]]:
-    """A failing-closed validating webhook on RayJob creates; yields the namespace labels it applies to."""
+def rayjob_webhook(
+    api: Any, url: str, *, timeout_seconds: int, ca_bundle: bytes | None = None
+) -> Iterator[dict[str, str]]:
+    """A failing-closed validating webhook on RayJob creates; yields the namespace labels it applies to.
+    ``ca_bundle``: the PEM the API server trusts the webhook's certificate by."""
     tag = uuid.uuid4().hex[:8]
+    client_config: dict[str, str] = {"url": url}
+    if ca_bundle is not None:
+        client_config["caBundle"] = base64.b64encode(ca_bundle).decode()
     name = f"loka-test-{tag}"
     admission: Any = client.AdmissionregistrationV1Api(api)
     admission.create_validating_webhook_configuration(
@@ -32,7 +41,7 @@ def rayjob_webhook(api: Any, url: str, *, timeout_seconds: int) -> Iterator[dict
             "webhooks": [
                 {
                     "name": f"rayjobs.{tag}.loka.dev",
-                    "clientConfig": {"url": url},
+                    "clientConfig": client_config,
                     "rules": [
                         {
                             "apiGroups": [kinds.RAY_JOB.group],
@@ -62,10 +71,16 @@ def unreachable_url() -> str:
 
 
 class SilentServer:
-    """Accepts the API server's connections and never answers, so each call hangs until the API server gives up
-    (its TLS handshake timeout, 10 s); `ended` is set when it has hung up."""
+    """Accepts the API server's connections and never answers, so each call hangs until the API server gives up;
+    `ended` is set when it has hung up. Without ``tls`` (certificate, key) no TLS handshake completes and the API
+    server gives up at its TLS handshake timeout, 10 s; with them it reads the request and the API server waits out
+    the webhook's own timeoutSeconds."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
+        self._tls: ssl.SSLContext | None = None
+        if tls is not None:
+            self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._tls.load_cert_chain(*tls)
         self._socket = socket.create_server(("127.0.0.1", 0))
         self._socket.settimeout(0.2)
         self._closed = threading.Event()
@@ -90,6 +105,9 @@ class SilentServer:
 
     def _until_closed(self, connection: socket.socket) -> None:
         try:
+            if self._tls is not None:
+                connection = self._tls.wrap_socket(connection, server_side=True)
+                self._connections.append(connection)
             while connection.recv(4096):
                 pass
         except OSError:
