@@ -29,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kubernetes import client
 
-from bench.reconcile import SPEC, cpu_seconds, delete_namespace
+from bench.reconcile import SPEC, delete_namespace
 from localcluster.controlplane import LocalCluster
+from localcluster.procfs import cpu_seconds
 from loka_api import kinds
 from loka_api.crd import CRD_PATH
 from loka_operator import builders

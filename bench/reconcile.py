@@ -47,6 +47,7 @@ from kubernetes.client.exceptions import ApiException
 from bench import timeline
 from localcluster.controlplane import LocalCluster, wait_until
 from localcluster.operator_process import OperatorProcess
+from localcluster.procfs import cpu_seconds
 from loka_api import TrainingRunSpec, kinds
 from loka_api.crd import CRD_PATH, EVALUATION_CRD_PATH, REWARD_CYCLE_CRD_PATH
 from loka_operator.builders import RayJobSettings, build_local_queue, build_rayjob, build_service_account
@@ -64,15 +65,6 @@ SPEC: dict[str, Any] = {
     "data": {"train": "s3://loka/data/gsm8k/train.parquet"},
     "resources": {"workers": 0, "gpusPerWorker": 0, "head": {"cpu": "50m", "memory": "64Mi"}},
 }
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """User and system CPU seconds a process has used so far (0 when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, TypeError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class CpuAccount:

@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kubernetes import client
 
-from bench.reconcile import cpu_seconds
 from localcluster.controlplane import LocalCluster, wait_until
+from localcluster.procfs import cpu_seconds
 from loka_api import TrainingRunStatus
 from loka_api.crd import CRD_PATH
 from loka_operator.status import Observed, calculate_status

@@ -34,6 +34,7 @@ from localcluster.build import GoEnv, bin_dir, is_built
 from localcluster.faults import AuditLog
 from localcluster.pki import Pki
 from localcluster.ports import LOCALHOST, Ports, describe, holders
+from localcluster.procfs import stat_fields
 from localcluster.versions import cache_root, load_versions
 from loka_api import GROUP
 from loka_client.localhost import port_free
@@ -146,8 +147,7 @@ class Component:
         # Guard against PID reuse: the recorded process must still be our binary.
         if self.binary.name.encode() not in cmdline:
             return None
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+        if stat_fields(pid)[0] == "Z":
             return None
         return pid
 

@@ -7,7 +7,7 @@ tests/conftest.py before it imports the control plane): a control plane left run
 was removed without `make cluster-down` (a CI job killed at its time limit) otherwise fails every cluster test
 with "port taken".
 
-Imports nothing of localcluster: the block has to be settled before `localcluster.controlplane` reads it.
+Imports nothing of localcluster that reads the block: it has to be settled before `localcluster.controlplane` reads it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from localcluster.procfs import stat_fields
 from loka_client.localhost import port_free
 
 LOCALHOST = "127.0.0.1"
@@ -71,10 +72,6 @@ class Ports:
         """The block, shifted by ``LOKA_CLUSTER_PORT_OFFSET``: a second checkout can run its own control plane
         beside the first (give it its own LOKA_CLUSTER_DIR too)."""
         return cls.at(offset_from_env())
-
-    @property
-    def offset(self) -> int:
-        return self.apiserver - Ports().apiserver
 
     def every_port(self) -> list[int]:
         """Each port the block binds, the Ray workers' range spelled out."""
@@ -149,7 +146,7 @@ def descends_from(pid: int, ancestors: set[int]) -> bool:
         if pid in ancestors:
             return True
         try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            pid = int(stat_fields(pid)[1])
         except (OSError, ValueError, IndexError):
             return False
     return False

@@ -9,7 +9,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +18,7 @@ from urllib3.exceptions import HTTPError
 
 from localcluster.controlplane import PORTS, LocalCluster, wait_until
 from localcluster.faults import FaultProxy, frozen
+from localcluster.procfs import stat_fields
 
 
 @pytest.fixture
@@ -94,7 +94,7 @@ def test_a_frozen_process_stops_until_continued() -> None:
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
 
     def state() -> str:
-        return Path(f"/proc/{sleeper.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return stat_fields(sleeper.pid)[0]
 
     try:
         with frozen(sleeper.pid):

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from localcluster.procfs import stat_fields
 from loka_api.dataset import build_dataset
 from loka_api.storage import ObjectStore, S3Uri
 from loka_trainer.checkpoints import CheckpointStore
@@ -54,7 +55,7 @@ def ray_head(cluster: Any) -> Iterator[str]:
 
 def alive(pid: int) -> bool:
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        state = stat_fields(pid)[0]
     except (FileNotFoundError, IndexError):
         return False
     return state != "Z"
